@@ -1,0 +1,1 @@
+"""The control plane: xDS server, mesh model and the extension operator."""

@@ -1,0 +1,3 @@
+from meshext.cli import main
+
+main()

@@ -1,0 +1,38 @@
+"""The error every layer raises for bad user input.
+
+A user-facing error names *what* was wrong (the file, field or reference), and
+*how to fix it*.  The CLI prints it without a Python traceback and exits with
+the error's ``exit_code``; libraries and the control plane put the same text in
+logs and resource status.
+"""
+
+from __future__ import annotations
+
+# Exit codes of the `meshext` command (click itself uses 2 for usage errors).
+EXIT_USER_ERROR = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3  # a registry, proxy or control plane could not be reached
+
+
+class MeshextError(Exception):
+    """Bad input or an unusable environment, explained for the user."""
+
+    exit_code = EXIT_USER_ERROR
+
+    def __init__(self, message: str, *, where: str | None = None, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.where = where
+        self.fix = fix
+
+    def __str__(self) -> str:
+        text = f"{self.where}: {self.message}" if self.where else self.message
+        if self.fix:
+            text += f"\n  fix: {self.fix}"
+        return text
+
+
+class UnavailableError(MeshextError):
+    """A service we depend on (registry, Envoy, control plane) did not answer."""
+
+    exit_code = EXIT_UNAVAILABLE

