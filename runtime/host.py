@@ -650,6 +650,15 @@ class PluginVM:
                 stream.send_response_body(response_body, end_stream=True)
         return stream
 
+    @property
+    def logs(self) -> list[LogRecord]:
+        """What this plugin logged (proxy_log, stdout, stderr), oldest first."""
+        return [record for record in self.host.logs
+                if record.vm_id == self.vm_id and record.plugin_name == self.name and record.root_id == self.root_id]
+
+    def log_messages(self, min_level: LogLevel = LogLevel.TRACE) -> list[str]:
+        return [record.message for record in self.logs if record.level >= min_level]
+
     # -- calling into the module ---------------------------------------------
 
     def _call(self, name: str, *args: int) -> int | None:
@@ -690,7 +699,9 @@ class PluginVM:
             frames.append(f"{frame.module_name or 'module'}!{function} @ 0x{frame.module_offset:x}")
         module_logs = [str(record) for record in self.host.logs[-20:] if record.vm_id == self.vm_id
                        and record.plugin_name == self.name and record.level >= LogLevel.WARN][-10:]
-        message = trap.message.split("\n", 1)[0]
+        # wasmtime puts the cause last ("Caused by: wasm trap: integer divide by zero").
+        causes = [line.strip() for line in trap.message.split("Caused by:", 1)[-1].splitlines() if line.strip()]
+        message = causes[-1] if causes else trap.message.splitlines()[0]
         return WasmTrap(f"Wasm trap in {callback}: {message}", callback=callback, frames=frames,
                         module_logs=module_logs)
 

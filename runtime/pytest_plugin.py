@@ -1,0 +1,56 @@
+"""pytest plugin (entry point ``meshext``): fixtures for testing Proxy-Wasm filters.
+
+Fixtures:
+
+- ``proxy_host``: a fresh ``Host`` (one simulated Envoy) per test.
+- ``filter_module``: path of the module under test, from ``--meshext-module``
+  or the ``MESHEXT_TEST_MODULE`` environment variable (``meshext test`` sets it).
+- ``load_filter``: ``load_filter(config="...", **options)`` loads that module
+  into ``proxy_host`` and returns the started plugin.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshext.errors import MeshextError
+from meshext.runtime.host import Host, PluginVM
+
+MODULE_ENV = "MESHEXT_TEST_MODULE"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("meshext", "meshext Proxy-Wasm filter testing")
+    group.addoption("--meshext-module", default=None, metavar="FILE.wasm",
+                    help=f"Proxy-Wasm module the load_filter fixture loads (default: ${MODULE_ENV})")
+
+
+@pytest.fixture
+def proxy_host() -> Host:
+    return Host()
+
+
+@pytest.fixture
+def filter_module(request: pytest.FixtureRequest) -> Path:
+    value = request.config.getoption("--meshext-module") or os.environ.get(MODULE_ENV)
+    if not value:
+        raise MeshextError("no module under test", where="filter_module fixture",
+                           fix=f"run `meshext test DIR`, or pass --meshext-module FILE.wasm, or set {MODULE_ENV}")
+    path = Path(value)
+    if not path.is_file():
+        raise MeshextError(f"module {path} does not exist", where="filter_module fixture",
+                           fix="build the filter first (meshext build) or fix the path")
+    return path
+
+
+@pytest.fixture
+def load_filter(proxy_host: Host, filter_module: Path) -> Callable[..., PluginVM]:
+    def load(config: str | bytes = b"", **options: Any) -> PluginVM:
+        return proxy_host.load(filter_module, config=config, **options)
+
+    return load
