@@ -53,7 +53,10 @@ class WasmTrap(MeshextError):
         self.callback = callback
         self.frames = frames
         self.module_logs = module_logs
-        text = f"{message}\nWasm backtrace (innermost first):\n" + "\n".join(f"  {frame}" for frame in frames)
+        if frames:
+            text = f"{message}\nWasm backtrace (innermost first):\n" + "\n".join(f"  {frame}" for frame in frames)
+        else:
+            text = f"{message}\nWasm backtrace: none (the module ended itself, e.g. an SDK abort)"
         if module_logs:
             text += "\nLast messages the module logged before the trap:\n" + "\n".join(
                 f"  {line}" for line in module_logs
@@ -63,6 +66,14 @@ class WasmTrap(MeshextError):
 
 class _MemoryFault(Exception):
     """A pointer/size from the module points outside its memory."""
+
+
+class _ModuleExit(Exception):
+    """The module called WASI proc_exit (AssemblyScript's abort does): a crash for Envoy."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
 
 
 # ---------------------------------------------------------------------------
@@ -674,6 +685,10 @@ class PluginVM:
         except wasmtime.Trap as trap:
             self.failed = True
             raise self._trap_error(trap, name) from None
+        except _ModuleExit as exit_request:
+            self.failed = True
+            raise WasmTrap(f"Wasm module exited with proc_exit({exit_request.code}) in {name}", callback=name,
+                           frames=[], module_logs=self._recent_problem_logs()) from None
         except wasmtime.WasmtimeError as error:
             self.failed = True
             raise MeshextError(f"{name} failed: {error}", where=self.where) from None
@@ -697,13 +712,16 @@ class PluginVM:
         for frame in trap.frames or []:
             function = frame.func_name or f"func[{frame.func_index}]"
             frames.append(f"{frame.module_name or 'module'}!{function} @ 0x{frame.module_offset:x}")
-        module_logs = [str(record) for record in self.host.logs[-20:] if record.vm_id == self.vm_id
-                       and record.plugin_name == self.name and record.level >= LogLevel.WARN][-10:]
+        module_logs = self._recent_problem_logs()
         # wasmtime puts the cause last ("Caused by: wasm trap: integer divide by zero").
         causes = [line.strip() for line in trap.message.split("Caused by:", 1)[-1].splitlines() if line.strip()]
         message = causes[-1] if causes else trap.message.splitlines()[0]
         return WasmTrap(f"Wasm trap in {callback}: {message}", callback=callback, frames=frames,
                         module_logs=module_logs)
+
+    def _recent_problem_logs(self) -> list[str]:
+        """The module's last warnings and errors: SDKs log the cause (a Python traceback) there."""
+        return [str(record) for record in self.logs[-20:] if record.level >= LogLevel.WARN][-10:]
 
     # -- memory helpers --------------------------------------------------------
 
@@ -1549,7 +1567,7 @@ class PluginVM:
         return abi.WASI_SUCCESS
 
     def _wasi_proc_exit(self, code: int) -> None:
-        raise RuntimeError(f"module called proc_exit({code}); Envoy treats this as a crash")
+        raise _ModuleExit(code)
 
     # -- timers ----------------------------------------------------------------------
 
