@@ -39,6 +39,7 @@ import wasmtime
 
 from meshext.errors import MeshextError
 from meshext.runtime import abi, wasi
+from meshext.runtime.fastcall import Crossing, Export, MemoryView, define_host_function
 from meshext.runtime.abi import Action, BufferType, LogLevel, MapType, MetricType, Pairs, Status, StreamType
 from meshext.runtime.properties import encode_property, request_attributes, split_path
 
@@ -541,6 +542,8 @@ class PluginVM:
         self._pending_done: set[int] = set()
         self._http_token, self._grpc_call_token, self._grpc_stream_token = 0, 1, 2
         self.store = wasmtime.Store(engine())
+        self._crossing = Crossing()
+        self._keep_alive: list[Any] = []  # native callbacks must outlive the instance
         self._abi = self._check_abi()
         linker = wasmtime.Linker(engine())
         self._link(linker)
@@ -551,17 +554,18 @@ class PluginVM:
         except wasmtime.WasmtimeError as error:
             raise MeshextError(f"Envoy would refuse this module: {error}", where=where) from None
         exports = self.instance.exports(self.store)
-        self._exports: dict[str, wasmtime.Func] = {}
+        self._exports: dict[str, Export] = {}
         memory = None
         for export_name, item in exports.items():
             if isinstance(item, wasmtime.Func):
-                self._exports[export_name] = item
+                self._exports[export_name] = Export(self.store, item, self._crossing)
             elif isinstance(item, wasmtime.Memory) and memory is None:
                 memory = item
         if memory is None:
             raise MeshextError("module exports no memory", where=where,
                                fix="Proxy-Wasm modules must export their linear memory as `memory`")
         self.memory: wasmtime.Memory = memory
+        self._memory = MemoryView(self.store, memory)
         self._malloc = self._exports.get("malloc") or self._exports.get("proxy_on_memory_allocate")
         if self._malloc is None:
             raise MeshextError("module exports neither proxy_on_memory_allocate nor malloc", where=where,
@@ -681,7 +685,7 @@ class PluginVM:
                                fix="see the first WasmTrap; Envoy would also stop using this VM")
         self._depth += 1
         try:
-            return func(self.store, *args)
+            return func(*args)
         except wasmtime.Trap as trap:
             self.failed = True
             raise self._trap_error(trap, name) from None
@@ -725,22 +729,19 @@ class PluginVM:
 
     # -- memory helpers --------------------------------------------------------
 
-    def _base(self) -> int:
-        return ctypes.cast(self.memory.data_ptr(self.store), ctypes.c_void_p).value or 0
-
     def read(self, pointer: int, size: int) -> bytes:
         pointer &= MASK32
         size &= MASK32
-        if pointer + size > self.memory.data_len(self.store):
+        if pointer + size > self._memory.size():
             raise _MemoryFault
-        return ctypes.string_at(self._base() + pointer, size) if size else b""
+        return ctypes.string_at(self._memory.base() + pointer, size) if size else b""
 
     def write(self, pointer: int, data: bytes) -> None:
         pointer &= MASK32
-        if pointer + len(data) > self.memory.data_len(self.store):
+        if pointer + len(data) > self._memory.size():
             raise _MemoryFault
         if data:
-            ctypes.memmove(self._base() + pointer, data, len(data))
+            ctypes.memmove(self._memory.base() + pointer, data, len(data))
 
     def write_u32(self, pointer: int, value: int) -> None:
         self.write(pointer, struct.pack("<I", value & MASK32))
@@ -751,7 +752,7 @@ class PluginVM:
     def copy_out(self, data: bytes, pointer_pointer: int, size_pointer: int) -> None:
         """Copy ``data`` into memory the module allocates, then store its address and size."""
         if data:
-            address = self._malloc(self.store, len(data)) & MASK32
+            address = self._malloc(len(data)) & MASK32
             if address == 0:
                 raise _MemoryFault
             self.write(address, data)
@@ -769,7 +770,8 @@ class PluginVM:
             if implementation is None:
                 problems.append(f"{item.module}.{item.name}: {reason}")
                 continue
-            params, results = signature
+            param_spec, has_result = signature
+            params, results = _types(param_spec), _types("i" if has_result else "")
             wanted = item.type
             if not isinstance(wanted, wasmtime.FuncType):
                 problems.append(f"{item.module}.{item.name}: imports a {type(wanted).__name__}, Envoy provides only functions")
@@ -780,7 +782,8 @@ class PluginVM:
                     f"{item.module}.{item.name}: import type mismatch (module wants "
                     f"{_signature(wanted.params, wanted.results)}, Envoy provides {_signature(params, results)})")
                 continue
-            linker.define_func(item.module, item.name or "", wasmtime.FuncType(params, results), implementation)
+            define_host_function(linker, item.module, item.name or "", param_spec, has_result, implementation,
+                                 self._crossing, self._keep_alive)
         if problems:
             raise MeshextError(
                 "Envoy 1.40 would refuse this module; it imports what Envoy does not provide:\n  "
@@ -789,27 +792,28 @@ class PluginVM:
                 fix="remove these imports (define them inside the module, or keep to the WASI subset Envoy links)",
             )
 
-    def _implementation(self, module: str, name: str) -> tuple[Callable | None, tuple[list, list], str]:
+    def _implementation(self, module: str, name: str) -> tuple[Callable | None, tuple[str, bool], str]:
+        """(Python function, (parameter kinds, returns i32?), why not provided)."""
         if module == "env":
             spec = PROXY_FUNCTIONS.get(name)
             if spec is None:
-                return None, ([], []), "not a Proxy-Wasm host function Envoy provides"
+                return None, ("", False), "not a Proxy-Wasm host function Envoy provides"
             if name == "proxy_get_log_level" and self._abi != "proxy_abi_version_0_2_1":
-                return None, ([], []), "only provided to modules declaring ABI 0.2.1"
+                return None, ("", False), "only provided to modules declaring ABI 0.2.1"
             params, result = spec
-            return getattr(self, "_h_" + name), (_types(params), _types(result)), ""
+            return getattr(self, "_h_" + name), (params, bool(result)), ""
         if module in wasi.WASI_MODULES:
             if name in wasi.REFUSED_BY_ENVOY:
-                return None, ([], []), "Envoy declares it with a wrong signature and refuses the module (import type mismatch)"
+                return None, ("", False), "Envoy declares it with a wrong signature and refuses the module (import type mismatch)"
             spec_w = wasi.WASI_FUNCTIONS.get(name)
             if spec_w is None:
-                return None, ([], []), "not a WASI function Envoy provides"
+                return None, ("", False), "not a WASI function Envoy provides"
             params, has_result, errno = spec_w
             implementation = getattr(self, "_wasi_" + name, None)
             if implementation is None:
                 implementation = _wasi_stub(name, errno)
-            return implementation, (_types(params), _types("i" if has_result else "")), ""
-        return None, ([], []), f"Envoy provides no import module named {module!r}"
+            return implementation, (params, has_result), ""
+        return None, ("", False), f"Envoy provides no import module named {module!r}"
 
     # -- contexts as the module sees them ---------------------------------------
 

@@ -1,0 +1,52 @@
+"""`meshext test DIR --module FILE.wasm` runs the project's tests with the harness fixtures."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+PASSING = '''
+    from meshext.testing import Action
+
+    def test_trace_module_adds_its_header(load_filter):
+        plugin = load_filter(config="from-test", root_id="r")
+        stream = plugin.exchange("GET", "/hello")
+        assert stream.request.header("x-wat-trace") == "yes"
+        assert plugin.log_messages()[:3] == ["on_context_create 1 0", "on_vm_start 1 0", "on_configure 1 9"]
+
+    def test_steps(load_filter, proxy_host):
+        stream = load_filter(config="c").http_stream()
+        assert stream.send_request_headers({":path": "/"}, end_stream=True) == Action.CONTINUE
+        assert proxy_host.log_lines()[-1] == "on_request_headers 2 1 1"
+'''
+
+FAILING = '''
+    def test_expects_a_header_the_filter_does_not_add(load_filter):
+        assert load_filter(config="c").exchange().request.header("x-missing") == "yes"
+'''
+
+
+def run_meshext_test(tmp_path, source, module):
+    project = tmp_path / "project"
+    (project / "tests").mkdir(parents=True)
+    (project / "tests" / "test_filter.py").write_text(textwrap.dedent(source))
+    return subprocess.run([sys.executable, "-m", "meshext", "test", str(project), "--module", str(module), "-q"],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_passing_project(tmp_path, wat_module):
+    result = run_meshext_test(tmp_path, PASSING, wat_module("trace"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
+
+
+def test_failing_project_fails_the_command(tmp_path, wat_module):
+    result = run_meshext_test(tmp_path, FAILING, wat_module("trace"))
+    assert result.returncode == 1
+    assert "1 failed" in result.stdout and "x-missing" in result.stdout
+
+
+def test_help_explains_the_command():
+    result = subprocess.run([sys.executable, "-m", "meshext", "test", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "--module" in result.stdout and "MESHEXT_TEST_MODULE" in result.stdout
