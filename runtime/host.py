@@ -1114,14 +1114,18 @@ class PluginVM:
         state = getattr(context, "filter_state", None)
         if state is None:
             state = self.properties
-        state[".".join(path)] = value
+        # Envoy keeps the whole path as one filter-state key; reading resolves only the
+        # first segment there, so only one-segment paths read back.
+        state["\0".join(path)] = value
         return Status.OK
 
     def _property(self, path: tuple[str, ...]) -> Any:
         dotted = ".".join(path)
         context = self.active
         stream_state = getattr(context, "filter_state", {})
-        for source in (stream_state, getattr(context, "properties", {}), self.properties):
+        if len(path) == 1 and path[0] in stream_state:
+            return stream_state[path[0]]
+        for source in (getattr(context, "properties", {}), self.properties):
             if dotted in source:
                 return source[dotted]
         plugin = {"plugin_name": self.name, "plugin_root_id": self.root_id, "plugin_vm_id": self.vm_id}
@@ -1608,6 +1612,10 @@ class Direction:
         self.forwarded_body = bytearray()
         self.forwarded_trailers: Pairs | None = None
         self.complete = False
+        # Envoy forgets a header map once its callback answered CONTINUE (it stays readable
+        # while paused, and again in proxy_on_log).
+        self.headers_visible = False
+        self.trailers_visible = False
         self.actions: list[tuple[str, Action]] = []
 
     @property
@@ -1636,21 +1644,22 @@ class HttpStream(Context):
         self.response = Direction()
         self.local_response: LocalResponse | None = None
         self._local_reply_pending = False
+        self._in_log = False
         self.reset = False
         self.ended = False
 
     # what the module sees
 
     def header_map(self, map_type: int) -> HeaderMap | None:
-        if map_type == MapType.HTTP_REQUEST_HEADERS:
-            return self.request.headers
-        if map_type == MapType.HTTP_RESPONSE_HEADERS:
-            return self.response.headers
-        if map_type == MapType.HTTP_REQUEST_TRAILERS:
-            return self.request.trailers
-        if map_type == MapType.HTTP_RESPONSE_TRAILERS:
-            return self.response.trailers
-        return None
+        if map_type in (MapType.HTTP_REQUEST_HEADERS, MapType.HTTP_REQUEST_TRAILERS):
+            direction = self.request
+        elif map_type in (MapType.HTTP_RESPONSE_HEADERS, MapType.HTTP_RESPONSE_TRAILERS):
+            direction = self.response
+        else:
+            return None
+        if map_type in (MapType.HTTP_REQUEST_HEADERS, MapType.HTTP_RESPONSE_HEADERS):
+            return direction.headers if (direction.headers_visible or self._in_log) else None
+        return direction.trailers if (direction.trailers_visible or self._in_log) else None
 
     def buffer(self, buffer_type: int) -> bytearray | None:
         if buffer_type == BufferType.HTTP_REQUEST_BODY and self.request.headers is not None:
@@ -1663,15 +1672,19 @@ class HttpStream(Context):
         if not path:
             return None
         if path[0] == "request" and len(path) >= 2:
+            if path[1] == "protocol":
+                return "HTTP/1.1"
+            request_headers = self.header_map(MapType.HTTP_REQUEST_HEADERS)
             if path[1] == "headers" and len(path) == 3:
-                return self.request.headers.get(path[2]) if self.request.headers else None
-            getter = request_attributes(self.request.headers).get(path[1])
+                return request_headers.get(path[2]) if request_headers else None
+            getter = request_attributes(request_headers).get(path[1])
             return getter() if getter else None
         if path[0] == "response" and len(path) >= 2:
             headers = self.response.headers
             if path[1] == "code":
                 status = headers.get(":status") if headers else None
                 return int(status) if status else None
+            headers = self.header_map(MapType.HTTP_RESPONSE_HEADERS)
             if path[1] == "headers":
                 if len(path) == 3:
                     return headers.get(path[2]) if headers else None
@@ -1720,6 +1733,7 @@ class HttpStream(Context):
         if self._stopped(direction):
             return None
         direction.headers = HeaderMap(_as_pairs(headers))
+        direction.headers_visible = True
         direction.end_stream = end_stream
         direction.headers_paused = True  # until the callback's answer says otherwise
         raw = self._call_now(direction, callback, len(direction.headers), int(end_stream))
@@ -1733,6 +1747,7 @@ class HttpStream(Context):
             action = self._run(direction, callback, *args)
             if callback.endswith("_headers"):
                 direction.headers_paused = action == Action.PAUSE
+                direction.headers_visible = direction.headers_paused
                 if not direction.headers_paused and not self._stopped(direction) and not self._local_reply_pending:
                     self._forward_headers(direction)
             elif callback.endswith("_body"):
@@ -1741,6 +1756,7 @@ class HttpStream(Context):
                     self._forward_body(direction)
             else:
                 direction.trailers_paused = action == Action.PAUSE
+                direction.trailers_visible = direction.trailers_paused
                 if not direction.trailers_paused and not self._local_reply_pending:
                     self._forward_body(direction)
                     self._forward_trailers(direction)
@@ -1765,6 +1781,7 @@ class HttpStream(Context):
         if self._stopped(direction):
             return None
         direction.trailers = HeaderMap(_as_pairs(trailers))
+        direction.trailers_visible = True
         direction.end_stream = True
         if direction.headers_paused:
             return None
@@ -1837,7 +1854,11 @@ class HttpStream(Context):
             return
         self.ended = True
         vm = self.vm
-        vm._callback("proxy_on_log", self, self.id)
+        self._in_log = True  # Envoy hands the final header maps to the access-log phase
+        try:
+            vm._callback("proxy_on_log", self, self.id)
+        finally:
+            self._in_log = False
         if vm._callback("proxy_on_done", self, self.id) in (None, 1):
             vm._delete(self)
         else:

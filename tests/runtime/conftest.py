@@ -22,7 +22,7 @@ import pytest
 HERE = Path(__file__).parent
 WAT_DIR = HERE / "modules"
 AS_DIR = HERE.parent / "assemblyscript"
-AS_FILTERS = ["headers", "deny", "body", "callout"]
+AS_FILTERS = ["headers", "deny", "body", "callout", "properties"]
 
 
 def wasm_tools() -> str:

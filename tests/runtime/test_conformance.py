@@ -42,10 +42,13 @@ def scenarios(as_modules: dict[str, Path], wat_module) -> list[Scenario]:
         Scenario("as-body", as_modules["body"], "suffix", "as_body", TRAFFIC),
         # HTTP callout to a real upstream while the request is paused, then continue.
         Scenario("as-callout", as_modules["callout"], "callout-config", "as_callout", TRAFFIC),
+        # Envoy attributes via proxy_get_property/proxy_set_property, and when header maps
+        # stop being readable (after CONTINUE) and become readable again (proxy_on_log).
+        Scenario("as-properties", as_modules["properties"], "p", "as_properties", TRAFFIC),
     ]
 
 
-SCENARIO_NAMES = ["wat-callback-trace", "as-headers", "as-deny", "as-body", "as-callout"]
+SCENARIO_NAMES = ["wat-callback-trace", "as-headers", "as-deny", "as-body", "as-callout", "as-properties"]
 
 
 @pytest.fixture(scope="module")
