@@ -22,7 +22,6 @@ it elsewhere works (for editors and type checkers) but host calls fail.
 from meshext.sdk import properties
 from meshext.sdk.abi import Action, BufferType, LogLevel, MapType, MetricType, PeerType, Status, StreamType
 from meshext.sdk.callouts import CalloutError, GrpcResponse, GrpcStream, GrpcStreamHandler, HttpCallResponse
-from meshext.sdk.config import ConfigError
 from meshext.sdk.contexts import FailPolicy, HttpContext, RootContext, StreamContext
 from meshext.sdk.host import HostError
 from meshext.sdk.log import log
@@ -31,7 +30,7 @@ from meshext.sdk.metrics import Counter, Gauge, Histogram
 from meshext.sdk.shared import CasMismatch, SharedData, SharedQueue
 
 __all__ = [
-    "Action", "Body", "BufferType", "CalloutError", "CasMismatch", "ConfigError", "Counter", "FailPolicy", "Gauge",
+    "Action", "Body", "BufferType", "CalloutError", "CasMismatch", "Counter", "FailPolicy", "Gauge",
     "GrpcResponse", "GrpcStream", "GrpcStreamHandler", "HeaderMap", "Histogram", "HostError", "HttpCallResponse",
     "HttpContext", "LogLevel", "MapType", "Message", "MetricType", "PeerType", "RootContext", "SharedData",
     "SharedQueue", "Status", "StreamContext", "StreamType", "log", "properties",

@@ -10,8 +10,9 @@ from __future__ import annotations
 import gc
 import json
 import sys
-import traceback
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 from meshext.sdk import callouts
 from meshext.sdk.abi import Action, BufferType, MapType, StreamType
@@ -45,6 +46,11 @@ def preinit() -> None:
     entry_class = candidate
     for name in build.get("preload", []):
         __import__(name)
+    # Imported stdlib modules never read their files again: drop the bytes.
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None) or ""
+        if file.startswith("/lib/") and file.endswith(".pyc"):
+            host.forget_file(file)
     # Everything imported so far is permanent: keep the collector away from it.
     gc.collect()
     gc.freeze()
@@ -180,6 +186,8 @@ def _policy(context: Any) -> FailPolicy:
 
 def handle_error(context: Any, callback: str, error: BaseException | None) -> int:
     """Log an exception from filter code and apply the fail policy; returns the action."""
+    import traceback  # only on the error path: keeps it out of every VM's memory
+
     where = type(context).__name__ if context is not None else "filter"
     lines = traceback.format_exception(error) if error is not None else ["(no exception)"]
     host.log(4, f"meshext filter {filter_name!r}: {where}.{callback} raised:\n{''.join(lines).rstrip()}")

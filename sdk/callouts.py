@@ -8,25 +8,32 @@ context that made the call, with that context made effective again (so
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
-
 from meshext.sdk.host import HostError, describe_host_error, host
 
-Pairs = Any  # Iterable[tuple[str, str]]; kept loose for speed and to avoid a cycle
+# Plain classes, not dataclasses, and typing only for checkers: importing
+# dataclasses and typing would add megabytes to every VM of every filter.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from typing import Any
+
+    Pairs = Iterable[tuple[str, str]]
 
 
 class CalloutError(RuntimeError):
     """Envoy refused to start a call (unknown cluster, missing pseudo-headers...)."""
 
 
-@dataclass
 class HttpCallResponse:
-    token: int
-    headers: list[tuple[str, str]]
-    body: bytes
-    trailers: list[tuple[str, str]]
+    """The answer to :meth:`HttpContext.http_call` (also for failed calls)."""
+
+    __slots__ = ("token", "headers", "body", "trailers")
+
+    def __init__(self, token: int, headers: list[tuple[str, str]], body: bytes, trailers: list[tuple[str, str]]) -> None:
+        self.token = token
+        self.headers = headers
+        self.body = body
+        self.trailers = trailers
 
     @property
     def failed(self) -> bool:
@@ -46,12 +53,16 @@ class HttpCallResponse:
         return None
 
 
-@dataclass
 class GrpcResponse:
-    token: int
-    status_code: int  # gRPC status: 0 is OK
-    message: bytes = b""
-    status_message: str = ""
+    """The answer to a unary gRPC call: ``status_code`` 0 is OK."""
+
+    __slots__ = ("token", "status_code", "message", "status_message")
+
+    def __init__(self, token: int, status_code: int, message: bytes = b"", status_message: str = "") -> None:
+        self.token = token
+        self.status_code = status_code
+        self.message = message
+        self.status_message = status_message
 
     @property
     def ok(self) -> bool:
@@ -89,15 +100,16 @@ class GrpcStream:
         host.grpc_cancel(self.token)
 
 
-@dataclass
 class Pending:
-    """A call waiting for Envoy's answer."""
+    """A call waiting for Envoy's answer: a callback (unary) or a handler (stream)."""
 
-    context: Any
-    kind: str  # "http", "grpc" or "grpc_stream"
-    callback: Callable[[Any], Any] | None = None
-    handler: GrpcStreamHandler | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    __slots__ = ("context", "callback", "handler")
+
+    def __init__(self, context: Any, callback: Callable[[Any], Any] | None = None,
+                 handler: GrpcStreamHandler | None = None) -> None:
+        self.context = context
+        self.callback = callback
+        self.handler = handler
 
 
 pending: dict[int, Pending] = {}
@@ -116,7 +128,7 @@ def http_call(context: Any, cluster: str, headers: Pairs, body: bytes | str, tra
         token = host.http_call(cluster, list(headers), body, list(trailers), timeout_ms)
     except HostError as error:
         raise _refused("http_call", cluster, error) from None
-    pending[token] = Pending(context, "http", callback=callback)
+    pending[token] = Pending(context, callback=callback)
     return token
 
 
@@ -126,7 +138,7 @@ def grpc_call(context: Any, cluster: str, service: str, method: str, message: by
         token = host.grpc_call(cluster, service, method, list(metadata), message, timeout_ms)
     except HostError as error:
         raise _refused("grpc_call", cluster, error) from None
-    pending[token] = Pending(context, "grpc", callback=callback)
+    pending[token] = Pending(context, callback=callback)
     return token
 
 
@@ -136,5 +148,5 @@ def grpc_stream(context: Any, cluster: str, service: str, method: str, metadata:
         token = host.grpc_stream(cluster, service, method, list(metadata))
     except HostError as error:
         raise _refused("grpc_stream", cluster, error) from None
-    pending[token] = Pending(context, "grpc_stream", handler=handler)
+    pending[token] = Pending(context, handler=handler)
     return GrpcStream(token)

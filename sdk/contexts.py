@@ -11,16 +11,21 @@ Only the callbacks a class overrides are ever called: the rest cost nothing.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from enum import Enum
-from typing import Any, ClassVar
 
 from meshext.sdk import callouts
 from meshext.sdk.abi import Action, BufferType, PeerType, StreamType
-from meshext.sdk.config import validate_config
 from meshext.sdk.host import host
 from meshext.sdk.log import log
-from meshext.sdk.messages import REQUEST, RESPONSE, Body, Message, Pairs
+from meshext.sdk.messages import REQUEST, RESPONSE, Body, Message
+
+# typing only for checkers: importing it would grow every VM (see callouts.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, ClassVar
+
+    from meshext.sdk.messages import Pairs
 
 
 class FailPolicy(str, Enum):
@@ -202,14 +207,29 @@ class RootContext(_CalloutMixin):
         """Parse the plugin configuration; answer False to make Envoy refuse it."""
         self.config_bytes = config
         if not config.strip():
-            self.config = validate_config(self.config_class, {}) if self.config_class else None
-            return True
+            self.config = None
+            return self._validate({}) if self.config_class else True
         try:
             parsed = json.loads(config)
         except ValueError as error:
             log.error(f"plugin configuration is not JSON: {error}; fix: give the plugin a JSON object")
             return False
-        self.config = validate_config(self.config_class, parsed) if self.config_class else parsed
+        if self.config_class is None:
+            self.config = parsed
+            return True
+        return self._validate(parsed)
+
+    def _validate(self, data: Any) -> bool:
+        # Imported on first use: dataclass validation pulls in typing and
+        # inspect, which filters without a config_class should not carry.
+        from meshext.sdk.config import ConfigError, validate_config
+
+        assert self.config_class is not None
+        try:
+            self.config = validate_config(self.config_class, data)
+        except ConfigError as error:
+            log.error(f"plugin configuration refused: {error}")
+            return False
         return True
 
     def on_tick(self) -> None:

@@ -7,7 +7,9 @@ works but calling the host fails with an explanation.
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 from meshext.sdk.abi import Status
 

@@ -615,6 +615,14 @@ static PyObject *h_call_foreign_function(PyObject *self, PyObject *const *args, 
     return take_bytes(results, results_size);
 }
 
+/* Build time only (see meshext_memfs_forget). */
+static PyObject *h_forget_file(PyObject *self, PyObject *arg) {
+    const char *path;
+    Py_ssize_t size;
+    if (text_arg(arg, &path, &size) < 0) return NULL;
+    return PyBool_FromLong(meshext_memfs_forget(path, (uint32_t)size) == 0);
+}
+
 #define FAST(name) {#name, (PyCFunction)(void (*)(void))h_##name, METH_FASTCALL, NULL}
 #define ONE(name) {#name, (PyCFunction)h_##name, METH_O, NULL}
 #define NONE(name) {#name, (PyCFunction)h_##name, METH_NOARGS, NULL}
@@ -627,7 +635,7 @@ static PyMethodDef host_methods[] = {
     FAST(define_metric), FAST(increment_metric), FAST(record_metric), ONE(get_metric), ONE(get_shared_data),
     FAST(set_shared_data), ONE(register_shared_queue), FAST(resolve_shared_queue), FAST(enqueue_shared_queue),
     ONE(dequeue_shared_queue), FAST(http_call), FAST(grpc_call), FAST(grpc_stream), FAST(grpc_send),
-    ONE(grpc_cancel), ONE(grpc_close), FAST(call_foreign_function),
+    ONE(grpc_cancel), ONE(grpc_close), FAST(call_foreign_function), ONE(forget_file),
     {NULL, NULL, 0, NULL},
 };
 

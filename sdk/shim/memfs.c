@@ -36,8 +36,8 @@ typedef struct {
     uint32_t path_offset, path_length, data_offset, data_length, kind;
 } mxfs_entry;
 
-static const uint8_t *image;
-static const mxfs_entry *entries;
+static uint8_t *image;
+static mxfs_entry *entries;
 static uint32_t entry_count;
 
 typedef struct {
@@ -50,11 +50,11 @@ typedef struct {
  * (in a constructor) before the image is mounted. */
 static open_file fds[MAX_FDS] = {[ROOT_FD] = {.in_use = 1, .entry = -1}};
 
-void meshext_memfs_mount(const uint8_t *data, uint32_t size) {
+void meshext_memfs_mount(uint8_t *data, uint32_t size) {
     if (size < 12 || memcmp(data, "MXFS", 4) != 0) return;
     image = data;
     memcpy(&entry_count, data + 8, 4);
-    entries = (const mxfs_entry *)(data + 12);
+    entries = (mxfs_entry *)(data + 12);
 }
 
 static const char *entry_path(int32_t index, uint32_t *length) {
@@ -381,5 +381,21 @@ REFUSE(sock_shutdown, __WASI_ERRNO_NOTSUP, int32_t a, int32_t b)
 WASI_FN(clock_res_get)(int32_t clock, int32_t out) {
     (void)clock;
     *(uint64_t *)out = 1000; /* Envoy's clock: microsecond resolution */
+    return 0;
+}
+
+/*
+ * Build time: a module imported before the snapshot never reads its file
+ * again, so its bytes are zeroed and left out of the snapshot's data.
+ */
+int meshext_memfs_forget(const char *path, uint32_t length) {
+    if (length > 0 && path[0] == '/') {
+        path++;
+        length--;
+    }
+    int32_t index = lookup(path, length);
+    if (index < 0 || entries[index].kind != MXFS_KIND_FILE) return -1;
+    memset(image + entries[index].data_offset, 0, entries[index].data_length);
+    entries[index].data_length = 0;
     return 0;
 }

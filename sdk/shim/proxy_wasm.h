@@ -113,6 +113,7 @@ proxy_status proxy_call_foreign_function(const char *name, size_t name_size, con
                                          char **results, size_t *results_size);
 
 /* memfs.c */
-void meshext_memfs_mount(const uint8_t *data, uint32_t size);
+void meshext_memfs_mount(uint8_t *data, uint32_t size);
+int meshext_memfs_forget(const char *path, uint32_t length);
 
 #endif

@@ -424,7 +424,7 @@ static int intern_names(void) {
  * already in memory.  Returns 0 on success; on failure the Python traceback
  * has gone to stderr (proxy_log at error level).
  */
-EXPORT(meshext_preinit) int32_t meshext_preinit(const uint8_t *image, uint32_t image_size) {
+EXPORT(meshext_preinit) int32_t meshext_preinit(uint8_t *image, uint32_t image_size) {
     meshext_memfs_mount(image, image_size);
 
     PyConfig config;
