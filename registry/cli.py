@@ -156,16 +156,12 @@ def inspect_command(reference: str, as_json: bool, **transport: Any) -> None:
     Example:
       meshext inspect 127.0.0.1:5000/filters/hello:1.0 --plain-http
     """
-    from rich.console import Console
-    from rich.table import Table
-
     from meshext.registry.pull import inspect
 
     info = inspect(reference, progress=not as_json, **transport)
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(info), indent=2))
         return
-    table = Table(show_header=False, box=None)
     rows = [("reference", info.reference), ("format", info.format), ("digest", info.manifest_digest),
             ("media type", info.media_type), ("module size", f"{info.size} bytes"),
             ("module sha256", info.module_sha256), ("config media type", info.config_media_type)]
@@ -175,6 +171,6 @@ def inspect_command(reference: str, as_json: bool, **transport: Any) -> None:
              for index, layer in enumerate(info.layers)]
     if info.maistra:
         rows += [(f"manifest.yaml {key}", str(value)) for key, value in dataclasses.asdict(info.maistra).items()]
-    for key, value in rows:
-        table.add_row(key, value)
-    Console().print(table)
+    width = max(len(key) for key, _ in rows)
+    for key, value in rows:  # one unwrapped line per field: digests stay whole and copyable
+        click.echo(f"{key:<{width}}  {value}")

@@ -30,12 +30,13 @@ class TransferProgress:
 
 @contextlib.contextmanager
 def transfer_progress(enabled: bool) -> Iterator[TransferProgress]:
-    if not enabled:
+    console = Console(stderr=True)
+    if not enabled or not console.is_terminal:  # bars only for a person watching a terminal
         yield TransferProgress(None)
         return
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+        TimeRemainingColumn(), console=console, transient=True,
     )
     with progress:
         yield TransferProgress(progress)
