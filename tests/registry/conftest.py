@@ -4,13 +4,11 @@ basic auth (entries made with apache2-utils' htpasswd)."""
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 from pathlib import Path
 
 import pytest
-import wasmtime
-from registry_helpers import Registry
+from registry_helpers import Registry, make_module
 
 from meshext.registry import Credentials, ModuleCache
 from meshext.registry.local_registry import LocalRegistry
@@ -21,10 +19,7 @@ PASSWORD = "correct horse battery staple"
 
 @pytest.fixture(scope="session")
 def wasm_module() -> bytes:
-    """A real (valid) Wasm module, made bigger than one transfer chunk by a data segment."""
-    payload = "".join(f"\\{byte:02x}" for byte in hashlib.sha256(b"meshext").digest() * 40_000)
-    return wasmtime.wat2wasm(f'(module (memory 32) (data (i32.const 0) "{payload}") '
-                             '(func (export "proxy_abi_version_0_2_1")))')
+    return make_module("meshext")
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+import wasmtime
 
 from meshext.registry import Credentials, ModuleCache
 from meshext.registry.local_registry import LocalRegistry
@@ -126,3 +127,13 @@ def docker_config_for(registry: Registry, path: Path) -> Path:
     token = base64.b64encode(f"{registry.credentials.username}:{registry.credentials.password}".encode()).decode()
     path.write_text(json.dumps({"auths": {registry.host: {"auth": token}}}))
     return path
+
+
+def make_module(label: str, kilobytes: int = 1250) -> bytes:
+    """A valid Wasm module, unique per ``label``, bigger than one transfer chunk.
+    (The registry stores blobs once for all repositories, so a test that tampers
+    with a blob must use a module no other test pushes.)"""
+    block = hashlib.sha256(label.encode()).digest()
+    payload = "".join(f"\\{byte:02x}" for byte in block * (kilobytes * 1024 // len(block)))
+    return wasmtime.wat2wasm(f'(module (memory 32) (data (i32.const 0) "{payload}") '
+                             '(func (export "proxy_abi_version_0_2_1")))')

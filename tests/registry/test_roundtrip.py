@@ -13,7 +13,7 @@ import yaml
 
 from meshext.registry import MaistraManifest, ModuleCache, inspect, pull, push
 
-from registry_helpers import Registry, docker_config_for
+from registry_helpers import Registry, docker_config_for, make_module
 
 MAISTRA = MaistraManifest(name="header-filter", description="adds a header", version="1.2.0", phase="PostAuthZ",
                           priority=10, module="header-filter.wasm")
@@ -107,7 +107,7 @@ def test_if_not_present_keeps_the_cached_module_and_always_follows_the_tag(
     reference = f"{plain_registry.host}/filters/moving:stable"
     first_file = tmp_path / "first.wasm"
     first_file.write_bytes(wasm_module)
-    second_module = wasm_module + b"\0"  # a custom-section-free tail still starts with \0asm
+    second_module = make_module("moving-tag-second")
     second_file = tmp_path / "second.wasm"
     second_file.write_bytes(second_module)
 
