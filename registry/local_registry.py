@@ -20,13 +20,14 @@ START_TIMEOUT_SECONDS = 10
 class LocalRegistry:
     """A registry process with its storage and config under ``workdir``.
 
-    ``htpasswd_file`` turns on HTTP basic auth (bcrypt entries, as ``htpasswd -B``
-    writes them); ``tls`` = (certificate, key) PEM paths turns on HTTPS."""
+    ``auth`` is distribution's ``auth:`` section, e.g. ``{"htpasswd": {"realm": ...,
+    "path": ...}}`` for HTTP basic auth or ``{"token": {...}}`` for bearer tokens;
+    ``tls`` = (certificate, key) PEM paths turns on HTTPS."""
 
-    def __init__(self, workdir: Path, *, htpasswd_file: Path | None = None, tls: tuple[Path, Path] | None = None) -> None:
+    def __init__(self, workdir: Path, *, auth: dict | None = None, tls: tuple[Path, Path] | None = None) -> None:
         self.workdir = Path(workdir)
         self.storage = self.workdir / "storage"
-        self.htpasswd_file = htpasswd_file
+        self.auth = auth
         self.tls = tls
         self.port = 0
         self._process: subprocess.Popen | None = None
@@ -85,8 +86,8 @@ class LocalRegistry:
                         "cache": {"blobdescriptor": "inmemory"}},
             "http": http,
         }
-        if self.htpasswd_file:
-            config["auth"] = {"htpasswd": {"realm": "meshext-local", "path": str(self.htpasswd_file)}}
+        if self.auth:
+            config["auth"] = self.auth
         return config
 
     def _wait_ready(self) -> bool:

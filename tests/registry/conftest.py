@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from registry_helpers import Registry, make_module
+from registry_helpers import Registry, TokenServer, make_module
 
 from meshext.registry import Credentials, ModuleCache
 from meshext.registry.local_registry import LocalRegistry
@@ -66,9 +66,24 @@ def secure_registry(tmp_path_factory: pytest.TempPathFactory, test_ca: dict[str,
     htpasswd = directory / "htpasswd"
     entry = subprocess.run(["htpasswd", "-Bbn", USERNAME, PASSWORD], check=True, capture_output=True, text=True).stdout
     htpasswd.write_text(entry.strip() + "\n")
-    with LocalRegistry(directory, htpasswd_file=htpasswd, tls=(test_ca["server"], test_ca["server_key"])) as server:
+    auth = {"htpasswd": {"realm": "meshext-test", "path": str(htpasswd)}}
+    with LocalRegistry(directory, auth=auth, tls=(test_ca["server"], test_ca["server_key"])) as server:
         yield Registry(server, plain_http=False, ca_file=str(test_ca["ca"]),
                        credentials=Credentials(username=USERNAME, password=PASSWORD))
+
+
+@pytest.fixture(scope="session")
+def token_registry(tmp_path_factory: pytest.TempPathFactory, test_ca: dict[str, Path]) -> Registry:
+    """A registry that wants bearer tokens from a token service (as Docker Hub, Quay and Harbor do)."""
+    directory = tmp_path_factory.mktemp("token-registry")
+    tls = (test_ca["server"], test_ca["server_key"])
+    tokens = TokenServer(directory, USERNAME, PASSWORD, tls)
+    try:
+        with LocalRegistry(directory, auth=tokens.registry_auth(), tls=tls) as server:
+            yield Registry(server, plain_http=False, ca_file=str(test_ca["ca"]),
+                           credentials=Credentials(username=USERNAME, password=PASSWORD), token_server=tokens)
+    finally:
+        tokens.stop()
 
 
 @pytest.fixture(params=["plain", "tls+htpasswd"])

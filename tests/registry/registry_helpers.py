@@ -6,9 +6,16 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import http.server
 import io
 import json
+import ssl
+import subprocess
 import tarfile
+import threading
+import time
+import urllib.parse
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +34,7 @@ class Registry:
     plain_http: bool
     ca_file: str | None
     credentials: Credentials | None
+    token_server: "TokenServer | None" = None
 
     @property
     def host(self) -> str:
@@ -137,3 +145,89 @@ def make_module(label: str, kilobytes: int = 1250) -> bytes:
     payload = "".join(f"\\{byte:02x}" for byte in block * (kilobytes * 1024 // len(block)))
     return wasmtime.wat2wasm(f'(module (memory 32) (data (i32.const 0) "{payload}") '
                              '(func (export "proxy_abi_version_0_2_1")))')
+
+
+class TokenServer:
+    """A Docker registry token service (the protocol distribution's ``auth: token``
+    speaks): checks HTTP basic credentials, answers a JWT signed RS256 with a key
+    the registry trusts.  No packaged token server exists for Debian, so the test
+    runs this minimal one on loopback; signing uses the openssl command."""
+
+    SERVICE = "meshext-test-registry"
+    ISSUER = "meshext-test-issuer"
+
+    def __init__(self, workdir: Path, username: str, password: str, tls: tuple[Path, Path]) -> None:
+        self.workdir = workdir
+        self.username, self.password = username, password
+        self.signing_key = workdir / "token-signing.key"
+        self.signing_cert = workdir / "token-signing.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(self.signing_key),
+                        "-out", str(self.signing_cert), "-days", "2", "-subj", "/CN=meshext token signer"],
+                       check=True, capture_output=True)
+        public_der = subprocess.run(["openssl", "pkey", "-in", str(self.signing_key), "-pubout", "-outform", "DER"],
+                                    check=True, capture_output=True).stdout
+        # libtrust key ID: base32 of the first 240 bits of sha256(SubjectPublicKeyInfo), in groups of 4.
+        encoded = base64.b32encode(hashlib.sha256(public_der).digest()[:30]).decode().rstrip("=")
+        self.key_id = ":".join(encoded[index:index + 4] for index in range(0, len(encoded), 4))
+        self.tokens_issued = 0
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(tls[0]), str(tls[1]))
+        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    @property
+    def realm(self) -> str:
+        return f"https://127.0.0.1:{self._server.server_address[1]}/token"
+
+    def registry_auth(self) -> dict:
+        """The ``auth:`` section for the registry's config."""
+        return {"token": {"realm": self.realm, "service": self.SERVICE, "issuer": self.ISSUER,
+                          "rootcertbundle": str(self.signing_cert)}}
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def issue(self, subject: str, scope: str | None) -> str:
+        access = []
+        if scope:
+            kind, name, actions = scope.split(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "RS256", "kid": self.key_id}
+        claims = {"iss": self.ISSUER, "sub": subject, "aud": self.SERVICE, "exp": now + 300, "nbf": now - 10,
+                  "iat": now, "jti": str(uuid.uuid4()), "access": access}
+        signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(self.signing_key)],
+                                   input=signing_input.encode(), check=True, capture_output=True).stdout
+        self.tokens_issued += 1
+        return f"{signing_input}.{_b64url(signature)}"
+
+    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        token_server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+                expected = "Basic " + base64.b64encode(f"{token_server.username}:{token_server.password}".encode()).decode()
+                if self.headers.get("Authorization") != expected or query.get("service") != [TokenServer.SERVICE]:
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                token = token_server.issue(token_server.username, (query.get("scope") or [None])[0])
+                body = json.dumps({"token": token, "expires_in": 300}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        return Handler
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from meshext.registry import MaistraManifest, ModuleCache, inspect, pull, push
+from meshext.errors import MeshextError
+from meshext.registry import Credentials, MaistraManifest, ModuleCache, inspect, pull, push
 
 from registry_helpers import Registry, docker_config_for, make_module
 
@@ -201,3 +202,22 @@ def test_cli_push_pull_inspect_with_login_and_tls(secure_registry: Registry, was
 
     human = run_cli("inspect", reference, "--ca-file", secure_registry.ca_file, "--registry-config", str(config))
     assert "maistra" in human.stdout and "PreStats" in human.stdout and digest in human.stdout
+
+
+def test_bearer_token_auth(token_registry: Registry, wasm_file: Path, wasm_module: bytes, cache: ModuleCache) -> None:
+    reference = f"{token_registry.host}/filters/token-auth:1"
+    issued_before = token_registry.token_server.tokens_issued
+    digest = push(wasm_file, reference, **token_registry.options())
+    pulled = pull(reference, cache=cache, **token_registry.options())
+    assert (pulled.manifest_digest, pulled.path.read_bytes()) == (digest, wasm_module)
+    assert token_registry.token_server.tokens_issued > issued_before
+
+    # A token the registry issued can be handed over as is (Docker's "registrytoken").
+    token = token_registry.token_server.issue(token_registry.credentials.username, "repository:filters/token-auth:pull")
+    info = inspect(reference, ca_file=token_registry.ca_file, credentials=Credentials(token=token))
+    assert info.manifest_digest == digest
+
+    wrong = Credentials(username=token_registry.credentials.username, password="wrong")
+    with pytest.raises(MeshextError, match="refused the credentials"):
+        pull(f"{reference}", cache=ModuleCache(cache.root.parent / "other"), ca_file=token_registry.ca_file,
+             credentials=wrong)
