@@ -147,4 +147,4 @@ def build_root_layer(files: dict[str, bytes]) -> bytes:
             info.size = len(content)
             info.mode = 0o644
             archive.addfile(info, io.BytesIO(content))
-    return gzip.compress(raw.getvalue(), mtime=0)
+    return gzip.compress(raw.getvalue(), compresslevel=6, mtime=0)
