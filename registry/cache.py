@@ -21,7 +21,6 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
 
@@ -129,7 +128,7 @@ class ModuleCache:
     def _write_json(self, path: Path, content: dict[str, Any]) -> None:
         temporary = self._temporary_file(".json.part")
         try:
-            temporary.write_text(json.dumps(content, default=_json_default, sort_keys=True))
+            temporary.write_text(json.dumps(content, sort_keys=True))
             path.parent.mkdir(parents=True, exist_ok=True)
             os.replace(temporary, path)
         finally:
@@ -146,10 +145,3 @@ class ModuleCache:
 def _hex(digest: str) -> str:
     return digest.split(":", 1)[-1]
 
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "__dataclass_fields__"):
-        return asdict(value)
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot store {type(value).__name__} in a cache record")

@@ -43,7 +43,6 @@ TAR_LAYER_TYPES = (
 )
 
 FORMATS = ("wasm-oci", "docker", "maistra")
-Format = Literal["wasm-oci", "docker", "maistra"]
 DOCKER_MODULE_FILE = "plugin.wasm"
 MAISTRA_MANIFEST_FILE = "manifest.yaml"
 MAISTRA_PHASES = ("PreAuthN", "PostAuthN", "PreAuthZ", "PostAuthZ", "PreStats", "PostStats")

@@ -89,11 +89,11 @@ def pull(reference: str, *, policy: str = "IfNotPresent", cache: ModuleCache | N
 
     client = RegistryClient(image_reference, credentials=credentials, plain_http=plain_http, ca_file=ca_file, where=where)
     image = resolve(client, image_reference.pull_target, where)
-    cached = _from_cache(cache, image.digest, image_reference, sha256)
-    if cached is None:
-        cached = _download(client, image, image_reference, cache, sha256, progress, where)
-    cache.record(image.digest, [tag_key] if tag_key else [], _record_fields(cached))
-    return cached
+    module = _from_cache(cache, image.digest, image_reference, sha256)  # Always, but the tag has not moved
+    if module is None:
+        module = _download(client, image, image_reference, cache, sha256, progress, where)
+    cache.record(image.digest, [tag_key] if tag_key else [], _record_fields(module))
+    return module
 
 
 def inspect(reference: str, *, credentials: Credentials | None = None, plain_http: bool = False,
