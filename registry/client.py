@@ -30,6 +30,7 @@ from meshext.registry.reference import ImageReference, require_plain_http_allowe
 CONNECT_TIMEOUT_SECONDS = 5
 READ_TIMEOUT_SECONDS = 60
 STREAM_CHUNK = 1 << 20
+UPLOAD_CHUNK = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class RegistryClient(oras.provider.Registry):
         self._authorization: dict[str, str] = (
             {"Authorization": f"Bearer {self.credentials.token}"} if self.credentials and self.credentials.token else {}
         )
+        self._on_chunk_sent: Advance | None = None  # set while push_blob uploads in chunks
         self.container = self.get_container(f"{reference.registry}/{reference.repository}:{reference.tag or 'latest'}")
 
     # -- transport -----------------------------------------------------------------
@@ -95,6 +97,8 @@ class RegistryClient(oras.provider.Registry):
             response = self._send(method, url, data, headers, json, stream)
         if response.status_code in (401, 403):
             self._raise_denied(response)
+        if method == "PATCH" and self._on_chunk_sent is not None and isinstance(data, bytes):
+            self._on_chunk_sent(len(data))
         return response
 
     def _send(self, method: str, url: str, data: Any, headers: dict, json_body: Any, stream: bool) -> requests.Response:
@@ -218,13 +222,21 @@ class RegistryClient(oras.provider.Registry):
                   annotations: dict[str, str] | None = None) -> Descriptor:
         descriptor = Descriptor(media_type, "sha256:" + hashlib.sha256(content).hexdigest(), len(content),
                                 annotations or {})
-        # oras-py uploads from a path; the blob is small enough to stage in a temporary file.
-        with tempfile.NamedTemporaryFile(suffix=".blob") as staged:
-            staged.write(content)
-            staged.flush()
-            response = self.upload_blob(staged.name, self.container, descriptor.to_json())
+        # oras-py uploads from a path; stage the blob in a temporary file.  Big
+        # blobs go up in chunks (one PATCH each) so the progress bar can move.
+        chunked = len(content) > UPLOAD_CHUNK
+        self._on_chunk_sent = advance if chunked else None
+        try:
+            with tempfile.NamedTemporaryFile(suffix=".blob") as staged:
+                staged.write(content)
+                staged.flush()
+                response = self.upload_blob(staged.name, self.container, descriptor.to_json(), do_chunked=chunked,
+                                            chunk_size=UPLOAD_CHUNK)
+        finally:
+            self._on_chunk_sent = None
         self._require_success(response, "blob upload")
-        advance(len(content))
+        if not chunked:
+            advance(len(content))
         return descriptor
 
     def _require_success(self, response: requests.Response, what: str) -> None:

@@ -138,13 +138,24 @@ def docker_config_for(registry: Registry, path: Path) -> Path:
 
 
 def make_module(label: str, kilobytes: int = 1250) -> bytes:
-    """A valid Wasm module, unique per ``label``, bigger than one transfer chunk.
-    (The registry stores blobs once for all repositories, so a test that tampers
-    with a blob must use a module no other test pushes.)"""
-    block = hashlib.sha256(label.encode()).digest()
-    payload = "".join(f"\\{byte:02x}" for byte in block * (kilobytes * 1024 // len(block)))
-    return wasmtime.wat2wasm(f'(module (memory 32) (data (i32.const 0) "{payload}") '
-                             '(func (export "proxy_abi_version_0_2_1")))')
+    """A valid Wasm module, unique per ``label``, bigger than one transfer chunk:
+    a tiny module plus a custom section of filler.  (The registry stores blobs
+    once for all repositories, so a test that tampers with a blob must use a
+    module no other test pushes.)"""
+    core = wasmtime.wat2wasm('(module (func (export "proxy_abi_version_0_2_1")))')
+    name = b"meshext-test-filler"
+    filler = hashlib.sha256(label.encode()).digest() * (kilobytes * 1024 // 32)
+    body = _leb128(len(name)) + name + filler
+    return core + b"\x00" + _leb128(len(body)) + body
+
+
+def _leb128(value: int) -> bytes:
+    encoded = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        encoded.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(encoded)
 
 
 class TokenServer:

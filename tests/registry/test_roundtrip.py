@@ -221,3 +221,16 @@ def test_bearer_token_auth(token_registry: Registry, wasm_file: Path, wasm_modul
     with pytest.raises(MeshextError, match="refused the credentials"):
         pull(f"{reference}", cache=ModuleCache(cache.root.parent / "other"), ca_file=token_registry.ca_file,
              credentials=wrong)
+
+
+def test_module_bigger_than_an_upload_chunk(secure_registry: Registry, tmp_path: Path, cache: ModuleCache) -> None:
+    from meshext.registry.client import UPLOAD_CHUNK
+
+    module = make_module("large", kilobytes=UPLOAD_CHUNK * 2 // 1024 + 100)
+    assert len(module) > 2 * UPLOAD_CHUNK
+    module_file = tmp_path / "large.wasm"
+    module_file.write_bytes(module)
+    reference = f"{secure_registry.host}/filters/large:1"
+    digest = push(module_file, reference, **secure_registry.options())
+    pulled = pull(reference, cache=cache, **secure_registry.options())
+    assert (pulled.manifest_digest, pulled.path.read_bytes()) == (digest, module)
