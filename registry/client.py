@@ -125,14 +125,19 @@ class RegistryClient(oras.provider.Registry):
         if scheme == "basic":
             if self.credentials is None or not self.credentials.username:
                 return False
-            self._authorization = {"Authorization": f"Basic {self.auth._basic_auth}"}
+            basic = oras.auth.utils.get_basic_auth(self.credentials.username, self.credentials.password)
+            self._authorization = {"Authorization": f"Basic {basic}"}
             return True
         if scheme == "bearer":
             if self.credentials is not None and self.credentials.token and self._authorization:
                 return False  # the registry refused the token we were given; asking again won't help
             parsed = oras.auth.utils.parse_auth_header(challenge)
-            token = (self.auth.request_token(parsed) if hasattr(self.auth, "_basic_auth")
-                     else self.auth.request_anonymous_token(parsed))
+            try:
+                token = (self.auth.request_token(parsed) if self.credentials is not None and self.credentials.username
+                         else self.auth.request_anonymous_token(parsed))
+            except requests.exceptions.RequestException as error:
+                raise UnavailableError(f"token service {parsed.realm} did not answer: {_reason(error)}", where=self.where,
+                                       fix="check that the registry's token service is reachable from here") from None
             if not token:
                 return False
             self._authorization = {"Authorization": f"Bearer {token}"}
