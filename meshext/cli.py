@@ -19,6 +19,9 @@ from meshext.errors import MeshextError
 COMMANDS: dict[str, str] = {
     "init": "meshext.sdk.cli:init_command",
     "build": "meshext.sdk.cli:build_command",
+    "push": "meshext.registry.cli:push_command",
+    "pull": "meshext.registry.cli:pull_command",
+    "inspect": "meshext.registry.cli:inspect_command",
     "toolchain": "meshext.sdk.cli:toolchain_command",
 }
 
