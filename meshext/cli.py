@@ -20,6 +20,10 @@ COMMANDS: dict[str, str] = {
     "init": "meshext.sdk.cli:init_command",
     "build": "meshext.sdk.cli:build_command",
     "test": "meshext.runtime.cli:test_command",
+    "push": "meshext.registry.cli:push_command",
+    "pull": "meshext.registry.cli:pull_command",
+    "inspect": "meshext.registry.cli:inspect_command",
+    "toolchain": "meshext.sdk.cli:toolchain_command",
 }
 
 
@@ -53,7 +57,7 @@ def cli() -> None:
 def main() -> None:
     """Console entry point: user errors print cleanly with a meaningful exit code."""
     try:
-        cli.main(standalone_mode=False)
+        code = cli.main(standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
@@ -63,6 +67,7 @@ def main() -> None:
     except MeshextError as error:
         click.secho(f"error: {error}", fg="red", err=True)
         sys.exit(error.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
