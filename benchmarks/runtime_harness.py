@@ -1,6 +1,6 @@
 """Harness speed: request/response round trips per second, and module ready time.
 
-    python benchmarks/runtime_harness.py [MODULE.wasm[:ROOT_ID[:CONFIG]] ...] [--seconds N]
+    python benchmarks/runtime_harness.py [MODULE.wasm ...] [--config C] [--root-id R] [--seconds N]
 
 Without arguments it measures the modules the tests build (WAT trace module,
 AssemblyScript header filter from tests/assemblyscript if installed).
@@ -84,16 +84,16 @@ def ready_times_ms(module: Path, root_id: str, config: str, runs: int = 20) -> t
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("modules", nargs="*", help="MODULE.wasm[:ROOT_ID[:CONFIG]]")
+    parser.add_argument("modules", nargs="*", help="modules to measure (default: the test modules)")
+    parser.add_argument("--config", default="bench", help="plugin configuration for the given modules")
+    parser.add_argument("--root-id", default="", help="root id for the given modules")
     parser.add_argument("--seconds", type=float, default=3.0)
     arguments = parser.parse_args()
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core
     with tempfile.TemporaryDirectory() as workdir:
         if arguments.modules:
-            modules = []
-            for spec in arguments.modules:
-                path, root_id, config = (spec.split(":") + ["", ""])[:3]
-                modules.append((Path(path).name, Path(path), root_id, config or "bench"))
+            modules = [(Path(path).name, Path(path), arguments.root_id, arguments.config)
+                       for path in arguments.modules]
         else:
             modules = default_modules(Path(workdir))
         print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or platform.machine()}, "

@@ -20,14 +20,15 @@ def build_with_sdk(project: Path) -> Path:
     calls into it.
     """
     try:
-        from meshext.sdk.build import build_project  # type: ignore[attr-defined]
+        from meshext.sdk.build import build_filter
     except ImportError:
         raise MeshextError(
             "this installation has no `meshext build` pipeline to build the filter with",
             where=str(project),
             fix="build the module yourself and pass it: meshext test DIR --module FILE.wasm",
         ) from None
-    return Path(build_project(project))
+    click.echo(f"building {project} (meshext build)", err=True)
+    return build_filter(project).output
 
 
 @click.command("test", context_settings={"ignore_unknown_options": True})
@@ -40,8 +41,8 @@ def test_command(directory: Path, module: Path | None, pytest_args: tuple[str, .
 
     \b
     The tests (DIRECTORY/tests, or DIRECTORY itself) use the pytest fixtures
-    `load_filter`, `proxy_host` and `filter_module`, or `meshext.testing`
-    directly; the built module is handed to them through $MESHEXT_TEST_MODULE.
+    `filter_module` (load the built module with a config), `proxy_host` and
+    `filter_module_path`, or `meshext.testing` directly; the built module is handed to them through $MESHEXT_TEST_MODULE.
     Extra arguments go to pytest:
       meshext test my-filter -k headers -x
       meshext test my-filter --module build/filter.wasm

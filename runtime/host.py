@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import http.client
+import json
 import os
 import struct
 import time
@@ -97,6 +98,15 @@ class HeaderMap:
             if name == key:
                 return value
         return None
+
+    def __getitem__(self, key: str) -> str:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key) is not None
 
     def get_all(self, key: str) -> list[str]:
         key = key.lower()
@@ -379,7 +389,7 @@ class Host:
         self,
         module: str | os.PathLike | bytes,
         *,
-        config: str | bytes = b"",
+        config: str | bytes | dict | list = b"",
         vm_config: str | bytes = b"",
         name: str = "",
         root_id: str = "",
@@ -402,6 +412,8 @@ class Host:
             code, where = path.read_bytes(), str(path)
         else:
             code, where = bytes(module), "module"
+        if isinstance(config, (dict, list)):
+            config = json.dumps(config)
         vm = PluginVM(
             self, compile_module(code, where=where), where=where,
             config=config.encode() if isinstance(config, str) else bytes(config),
@@ -609,14 +621,22 @@ class PluginVM:
         configured = self._call("proxy_on_configure", self.root.id, len(self.config))
         if configured == 0:
             self.failed = True
+            said = "".join(f"\n  {line}" for line in self._recent_problem_logs())
             raise MeshextError(
-                "proxy_on_configure returned false: the filter refused its plugin configuration",
+                "proxy_on_configure returned false: the filter refused its plugin configuration" + said,
                 where=self.where, fix=f"check the plugin configuration: {self.config[:200]!r}")
         self.configured = True
 
+    def __enter__(self) -> PluginVM:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self.failed:
+            self.shutdown()
+
     def shutdown(self) -> None:
         """Envoy's drain: proxy_on_done (then proxy_on_delete) on the root context."""
-        if self.root.done:
+        if self.root.done or self.failed:
             return
         if self._callback("proxy_on_done", self.root, self.root.id) in (None, 1):
             self._delete(self.root)
@@ -1647,6 +1667,15 @@ class HttpStream(Context):
         self._in_log = False
         self.reset = False
         self.ended = False
+
+    @property
+    def request_headers(self) -> HeaderMap | None:
+        """The request headers as the filter left them (what the upstream gets once forwarded)."""
+        return self.request.headers
+
+    @property
+    def response_headers(self) -> HeaderMap | None:
+        return self.response.headers
 
     # what the module sees
 

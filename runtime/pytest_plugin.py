@@ -2,11 +2,14 @@
 
 Fixtures:
 
-- ``proxy_host``: a fresh ``Host`` (one simulated Envoy) per test.
-- ``filter_module``: path of the module under test, from ``--meshext-module``
-  or the ``MESHEXT_TEST_MODULE`` environment variable (``meshext test`` sets it).
-- ``load_filter``: ``load_filter(config="...", **options)`` loads that module
-  into ``proxy_host`` and returns the started plugin.
+- ``filter_module``: ``filter_module(config=..., **options)`` loads the module
+  under test into ``proxy_host`` and returns the started plugin (also a
+  context manager that drains it on exit).  ``config`` may be a dict (sent
+  as JSON), a string or bytes; options are those of ``Host.load``.
+- ``filter_module_path``: path of the module under test, from
+  ``--meshext-module`` or ``$MESHEXT_TEST_MODULE`` (``meshext test`` sets it).
+- ``proxy_host``: a fresh ``Host`` (one simulated Envoy) per test; load more
+  VMs into it to test shared data, queues and ticks.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ MODULE_ENV = "MESHEXT_TEST_MODULE"
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("meshext", "meshext Proxy-Wasm filter testing")
     group.addoption("--meshext-module", default=None, metavar="FILE.wasm",
-                    help=f"Proxy-Wasm module the load_filter fixture loads (default: ${MODULE_ENV})")
+                    help=f"Proxy-Wasm module the filter_module fixture loads (default: ${MODULE_ENV})")
 
 
 @pytest.fixture
@@ -36,7 +39,7 @@ def proxy_host() -> Host:
 
 
 @pytest.fixture
-def filter_module(request: pytest.FixtureRequest) -> Path:
+def filter_module_path(request: pytest.FixtureRequest) -> Path:
     value = request.config.getoption("--meshext-module") or os.environ.get(MODULE_ENV)
     if not value:
         raise MeshextError("no module under test", where="filter_module fixture",
@@ -49,8 +52,8 @@ def filter_module(request: pytest.FixtureRequest) -> Path:
 
 
 @pytest.fixture
-def load_filter(proxy_host: Host, filter_module: Path) -> Callable[..., PluginVM]:
-    def load(config: str | bytes = b"", **options: Any) -> PluginVM:
-        return proxy_host.load(filter_module, config=config, **options)
+def filter_module(proxy_host: Host, filter_module_path: Path) -> Callable[..., PluginVM]:
+    def load(config: Any = b"", **options: Any) -> PluginVM:
+        return proxy_host.load(filter_module_path, config=config, **options)
 
     return load

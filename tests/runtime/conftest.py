@@ -74,3 +74,26 @@ def as_modules(request: pytest.FixtureRequest) -> dict[str, Path]:
     with ThreadPoolExecutor(max_workers=4) as pool:
         built = dict(zip(AS_FILTERS, pool.map(lambda name: _compile_assemblyscript(name, cache), AS_FILTERS)))
     return built
+
+
+PYTHON_FILTERS = HERE / "python_filters"
+
+
+@pytest.fixture(scope="session")
+def python_modules(request: pytest.FixtureRequest) -> dict[str, Path]:
+    """Filters in python_filters/ built with the SDK pipeline (`meshext build`), cached by content."""
+    try:
+        from meshext.sdk.build import build_filter
+    except ImportError as error:
+        pytest.fail(f"meshext.sdk.build is not importable ({error}); the SDK build pipeline is needed "
+                    "to build the Python conformance filters")
+    cache = Path(request.config.cache.mkdir("meshext-python-filters"))
+    built = {}
+    for project in sorted(path for path in PYTHON_FILTERS.iterdir() if (path / "meshext.toml").exists()):
+        digest = hashlib.sha256(b"".join(file.read_bytes() for file in sorted(project.rglob("*"))
+                                         if file.is_file() and "build" not in file.parts)).hexdigest()[:16]
+        output = cache / f"{project.name}-{digest}.wasm"
+        if not output.exists():
+            build_filter(project, output)
+        built[project.name] = output
+    return built

@@ -9,21 +9,23 @@ import textwrap
 PASSING = '''
     from meshext.testing import Action
 
-    def test_trace_module_adds_its_header(load_filter):
-        plugin = load_filter(config="from-test", root_id="r")
-        stream = plugin.exchange("GET", "/hello")
-        assert stream.request.header("x-wat-trace") == "yes"
-        assert plugin.log_messages()[:3] == ["on_context_create 1 0", "on_vm_start 1 0", "on_configure 1 9"]
+    def test_trace_module_adds_its_header(filter_module):
+        with filter_module(config="from-test", root_id="r") as plugin:
+            stream = plugin.exchange("GET", "/hello")
+            assert stream.request.header("x-wat-trace") == "yes"
+            assert plugin.log_messages()[:3] == ["on_context_create 1 0", "on_vm_start 1 0", "on_configure 1 9"]
+        assert plugin.log_messages()[-2:] == ["on_done 1", "on_delete 1"]  # drained on exit
 
-    def test_steps(load_filter, proxy_host):
-        stream = load_filter(config="c").http_stream()
+    def test_steps(filter_module, proxy_host):
+        stream = filter_module(config={"json": True}).http_stream()
         assert stream.send_request_headers({":path": "/"}, end_stream=True) == Action.CONTINUE
+        assert stream.request_headers["x-wat-trace"] == "yes"
         assert proxy_host.log_lines()[-1] == "on_request_headers 2 1 1"
 '''
 
 FAILING = '''
-    def test_expects_a_header_the_filter_does_not_add(load_filter):
-        assert load_filter(config="c").exchange().request.header("x-missing") == "yes"
+    def test_expects_a_header_the_filter_does_not_add(filter_module):
+        assert filter_module(config="c").exchange().request.header("x-missing") == "yes"
 '''
 
 

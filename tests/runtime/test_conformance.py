@@ -26,6 +26,30 @@ TRAFFIC = [
 ]
 
 
+PYTHON_TRAFFIC = TRAFFIC + [Request("POST", "/form", [("x-keep", "k")], body=b"name=value")]
+
+
+def python_scenarios(python_modules: dict[str, Path]) -> list[Scenario]:
+    return [
+        # meshext.sdk filter (CPython inside the module): headers, local reply, body buffering,
+        # counters and a gauge, logs from on_request_headers and on_log.
+        Scenario("python-policy", python_modules["policy"], '{"deny_header": "x-deny", "tag": "conformance"}',
+                 "policy", PYTHON_TRAFFIC,
+                 metrics=["py_policy_requests_total", "py_policy_denied_total", "py_policy_last_body_bytes"]),
+    ]
+
+
+@pytest.mark.parametrize("name", ["python-policy"])
+def test_python_filter_matches_envoy(name, python_modules):
+    scenario = {s.name: s for s in python_scenarios(python_modules)}[name]
+    envoy = run_in_envoy(scenario)
+    host = run_in_host(scenario)
+    problems = compare(scenario, envoy, host)
+    assert not problems, "\n".join(problems)
+    assert len(envoy.responses) == len(PYTHON_TRAFFIC) and envoy.logs
+    assert None not in envoy.metrics.values(), envoy.metrics  # Envoy really had these metrics
+
+
 def scenarios(as_modules: dict[str, Path], wat_module) -> list[Scenario]:
     return [
         # Hand-written WAT: logs every callback with its arguments (call order, context ids,
@@ -67,6 +91,7 @@ def test_host_matches_envoy(name, as_modules, wat_module, envoy_observations):
     assert not problems, "\n".join(problems)
     # The scenario must have exercised something: traffic reached the client in both runs.
     assert len(envoy.responses) == len(TRAFFIC) and envoy.logs
+    assert None not in envoy.metrics.values(), envoy.metrics  # Envoy really had these metrics
 
 
 def test_a_difference_is_reported_with_the_scenario_name(as_modules, wat_module, envoy_observations):
