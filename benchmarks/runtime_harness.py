@@ -2,8 +2,10 @@
 
     python benchmarks/runtime_harness.py [MODULE.wasm ...] [--config C] [--root-id R] [--seconds N]
 
-Without arguments it measures the modules the tests build (WAT trace module,
-AssemblyScript header filter from tests/assemblyscript if installed).
+Without arguments it measures the modules the tests build: the WAT trace
+module, the AssemblyScript header filter (if tests/assemblyscript is
+installed) and the Python header filter `meshext init` scaffolds, built with
+`meshext build` (if the SDK build pipeline is importable).
 Round trip: one HTTP stream through the filter - request headers, response
 headers, then log/done/delete - on one core (this process, one thread).
 Ready time: from module bytes with the compiled code in the on-disk cache
@@ -43,6 +45,17 @@ def default_modules(workdir: Path) -> list[tuple[str, Path, str, str]]:
         subprocess.run([str(asc), "filters/headers.ts", "-b", str(headers), "--use", "abort=abort_proc_exit", "-O3"],
                        cwd=ROOT / "tests/assemblyscript", check=True, capture_output=True)
         modules.append(("AssemblyScript header filter", headers, "as_headers", "bench"))
+    try:
+        from meshext.sdk.build import build_filter
+    except ImportError:
+        print("# meshext.sdk.build not importable: Python filter not measured", file=sys.stderr)
+        return modules
+    project = workdir / "scaffold"
+    subprocess.run([sys.executable, "-m", "meshext", "init", "scaffold", "-d", str(project)], check=True,
+                   capture_output=True)
+    python_filter = build_filter(project, workdir / "scaffold.wasm").output
+    modules.append(("Python header filter (meshext init scaffold, meshext build)", python_filter, "",
+                    '{"header": "x-len"}'))
     return modules
 
 

@@ -52,3 +52,15 @@ def test_failing_project_fails_the_command(tmp_path, wat_module):
 def test_help_explains_the_command():
     result = subprocess.run([sys.executable, "-m", "meshext", "test", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--module" in result.stdout and "MESHEXT_TEST_MODULE" in result.stdout
+
+
+def test_scaffold_from_meshext_init_passes_under_meshext_test(tmp_path):
+    """`meshext init` then `meshext test`: builds the Python filter and runs its own test."""
+    project = tmp_path / "demo"
+    init = subprocess.run([sys.executable, "-m", "meshext", "init", "demo", "-d", str(project)],
+                          capture_output=True, text=True, timeout=60)
+    assert init.returncode == 0, init.stderr
+    result = subprocess.run([sys.executable, "-m", "meshext", "test", str(project), "-q"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout and "building" in result.stderr
