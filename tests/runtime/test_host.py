@@ -213,3 +213,46 @@ def test_not_a_wasm_file_is_explained(tmp_path):
     with pytest.raises(MeshextError, match="not a valid Wasm module") as error:
         Host().load(bogus)
     assert str(bogus) in str(error.value)
+
+
+def test_trailers_and_chunked_bodies_reach_the_filter_in_envoys_order(wat_module):
+    host = Host()
+    plugin = host.load(wat_module("trace"), root_id="r")
+    stream = plugin.http_stream()
+    stream.send_request_headers({":path": "/", ":method": "POST"})
+    stream.send_request_body(b"abc")
+    stream.send_request_body(b"defg")
+    stream.send_request_trailers({"x-checksum": "1"})
+    stream.send_response_headers({":status": "200"})
+    stream.send_response_body(b"ok", end_stream=False)
+    stream.send_response_trailers({"grpc-status": "0"})
+    assert plugin.log_messages()[3:] == [
+        "on_context_create 2 1", "on_request_headers 2 2 0", "on_request_body 2 3 0", "on_request_body 2 4 0",
+        "on_request_trailers 2 1", "on_response_headers 2 1 0", "on_response_body 2 2 0",
+        "on_response_trailers 2 1", "on_log 2", "on_done 2", "on_delete 2"]
+    assert bytes(stream.request.forwarded_body) == b"abcdefg"
+    assert stream.request.forwarded_trailers == [("x-checksum", "1")] and stream.request.complete
+
+
+def test_body_arriving_while_headers_are_paused_is_held_then_given_to_the_filter(as_modules):
+    host = Host()
+    host.add_cluster("upstream", lambda call: None)
+    plugin = host.load(as_modules["callout"], config="cfg", root_id="as_callout")
+    stream = plugin.http_stream()
+    assert stream.send_request_headers({":path": "/p", ":method": "POST", ":authority": "a"}) == Action.PAUSE
+    assert stream.send_request_body(b"abc") is None  # held: the filter stopped at headers
+    assert stream.send_request_body(b"def", end_stream=True) is None
+    assert stream.request.forwarded_headers is None and not stream.request.forwarded_body
+    plugin.http_calls[0].respond(200)
+    assert stream.request.header("x-auth-status") == "200"
+    assert bytes(stream.request.forwarded_body) == b"abcdef" and stream.request.complete
+    assert stream.request.actions[-1] == ("proxy_on_request_body", Action.CONTINUE)
+
+
+def test_tcp_connection_callbacks_and_close_order(wat_module):
+    plugin = Host().load(wat_module("trace"), root_id="r")
+    connection = plugin.tcp_stream()
+    assert connection.send_downstream_data(b"ping") == Action.CONTINUE
+    assert bytes(connection.to_upstream) == b"ping"
+    connection.close()
+    assert plugin.log_messages()[-3:] == ["on_done 2", "on_log 2", "on_delete 2"]  # Envoy's TCP order
