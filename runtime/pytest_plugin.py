@@ -57,3 +57,14 @@ def filter_module(proxy_host: Host, filter_module_path: Path) -> Callable[..., P
         return proxy_host.load(filter_module_path, config=config, **options)
 
     return load
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
+    """A failing test shows what the module logged (an SDK filter's Python traceback lands there)."""
+    report = yield
+    host = getattr(item, "funcargs", {}).get("proxy_host")
+    if report.failed and isinstance(host, Host) and host.logs:
+        lines = [f"{record.level.name.lower():8} ctx {record.context_id}: {record.message}" for record in host.logs[-50:]]
+        report.sections.append(("meshext module log (last 50 lines)", "\n".join(lines)))
+    return report

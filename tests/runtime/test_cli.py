@@ -47,6 +47,7 @@ def test_failing_project_fails_the_command(tmp_path, wat_module):
     result = run_meshext_test(tmp_path, FAILING, wat_module("trace"))
     assert result.returncode == 1
     assert "1 failed" in result.stdout and "x-missing" in result.stdout
+    assert "meshext module log" in result.stdout and "on_request_headers 2 4 1" in result.stdout
 
 
 def test_help_explains_the_command():
