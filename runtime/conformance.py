@@ -124,10 +124,11 @@ def _run_in_host(scenario: Scenario, upstream_server: _Upstream) -> Observation:
         if request.body:
             headers.append(("content-length", str(len(request.body))))
         headers.append(("x-forwarded-proto", "http"))
-        stream.send_request_headers(headers, end_stream=not request.body)
-        if request.body:
-            stream.send_request_body(request.body, end_stream=False)
-            stream.send_request_body(b"", end_stream=True)
+        with host.step():  # the client's request arrives in one read: one event-loop turn
+            stream.send_request_headers(headers, end_stream=not request.body)
+            if request.body:
+                stream.send_request_body(request.body, end_stream=False)
+                stream.send_request_body(b"", end_stream=True)
         if stream.local_response is None and stream.request.complete:
             # What Envoy's router would send: the filter's headers, :authority as host, the body
             # (chunked when the filter dropped content-length).
@@ -144,10 +145,11 @@ def _run_in_host(scenario: Scenario, upstream_server: _Upstream) -> Observation:
             reply = scenario.upstream
             reply_headers = [(":status", str(reply.status)), *reply.headers,
                              ("content-length", str(len(reply.body)))]
-            stream.send_response_headers(reply_headers, end_stream=not reply.body)
-            if reply.body:
-                stream.send_response_body(reply.body, end_stream=False)
-                stream.send_response_body(b"", end_stream=True)
+            with host.step():  # likewise the upstream's answer
+                stream.send_response_headers(reply_headers, end_stream=not reply.body)
+                if reply.body:
+                    stream.send_response_body(reply.body, end_stream=False)
+                    stream.send_response_body(b"", end_stream=True)
         forwarded_response = stream.response.forwarded_headers or []
         response_headers = [pair for pair in forwarded_response if not pair[0].startswith(":")]
         response_body = bytes(stream.response.forwarded_body)

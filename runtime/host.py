@@ -380,6 +380,8 @@ class Host:
         self.vms: list[PluginVM] = []
         self.auto_dispatch = True
         self._deferred: deque[Callable[[], None]] = deque()
+        self._posted: deque[Callable[[], None]] = deque()
+        self._operations = 0
         self._dispatching = False
         self._next_token = 1
 
@@ -461,20 +463,37 @@ class Host:
         return best
 
     # -- deferred actions ----------------------------------------------------
+    # Two kinds, as in Envoy: actions that take effect as soon as the callback returns
+    # (continue, local reply, close, proxy_done), and events that arrive later from the
+    # event loop (callout answers, queue notifications) - after the whole step the test
+    # is driving (e.g. a stream's teardown) has finished.
 
     def defer(self, action: Callable[[], None]) -> None:
+        """Run ``action`` right after the running callback returns."""
         self._deferred.append(action)
 
+    def post(self, event: Callable[[], None]) -> None:
+        """Deliver ``event`` on a later turn of the event loop."""
+        self._posted.append(event)
+
     def dispatch(self) -> None:
-        """Run what Envoy would do once the current callback returns (continue, replies, callouts)."""
+        """Run deferred actions, then (outside a driving step) posted events, until quiet."""
         if self._dispatching:
             return
         self._dispatching = True
         try:
-            while self._deferred:
-                self._deferred.popleft()()
+            while True:
+                while self._deferred:
+                    self._deferred.popleft()()
+                if not self._posted or self._operations:
+                    break
+                self._posted.popleft()()
         finally:
             self._dispatching = False
+
+    def step(self) -> _Step:
+        """Context manager around one driving step (a send_* call, a stream's end)."""
+        return _Step(self)
 
     # -- shared state --------------------------------------------------------
 
@@ -493,6 +512,19 @@ class Host:
 
     def log_lines(self, min_level: LogLevel = LogLevel.TRACE) -> list[str]:
         return [record.message for record in self.logs if record.level >= min_level]
+
+
+class _Step:
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    def __enter__(self) -> None:
+        self.host._operations += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.host._operations -= 1
+        if self.host._operations == 0 and self.host.auto_dispatch and exc_info[0] is None:
+            self.host.dispatch()
 
 
 # ---------------------------------------------------------------------------
@@ -1225,7 +1257,7 @@ class PluginVM:
         except _MemoryFault:
             return Status.INVALID_MEMORY_ACCESS
         owner = queue.owner
-        self.host.defer(lambda: owner._callback("proxy_on_queue_ready", owner.root, owner.root.id, queue.token))
+        self.host.post(lambda: owner._callback("proxy_on_queue_ready", owner.root, owner.root.id, queue.token))
         return Status.OK
 
     def _h_proxy_dequeue_shared_queue(self, token: int, return_data: int, return_size: int) -> int:
@@ -1311,7 +1343,7 @@ class PluginVM:
             return Status.INVALID_MEMORY_ACCESS
         self.http_calls.append(call)
         self._pending_http[token] = call
-        self.host.defer(lambda: self._answer_http(cluster, call))
+        self.host.post(lambda: self._answer_http(cluster, call))
         return Status.OK
 
     def _answer_http(self, cluster: Cluster, call: HttpCallout) -> None:
@@ -1380,7 +1412,7 @@ class PluginVM:
         self.grpc_calls.append(call)
         self._grpc[token] = call
         if not is_stream:
-            self.host.defer(lambda: self._answer_grpc(cluster, call))
+            self.host.post(lambda: self._answer_grpc(cluster, call))
         return Status.OK
 
     def _answer_grpc(self, cluster: Cluster, call: GrpcCallout) -> None:
@@ -1456,7 +1488,7 @@ class PluginVM:
             call.closed_by_module = True
         handler = self.host.clusters[call.cluster].grpc_handler
         if handler is not None:
-            self.host.defer(lambda: self._stream_handler(handler, call))
+            self.host.post(lambda: self._stream_handler(handler, call))
         return Status.OK
 
     def _stream_handler(self, handler: GrpcHandler, call: GrpcCallout) -> None:
@@ -1725,26 +1757,33 @@ class HttpStream(Context):
     # the test drives these
 
     def send_request_headers(self, headers: Pairs | Mapping[str, str], end_stream: bool = False) -> Action | None:
-        return self._headers(self.request, "proxy_on_request_headers", headers, end_stream)
+        with self.vm.host.step():
+            return self._headers(self.request, "proxy_on_request_headers", headers, end_stream)
 
     def send_request_body(self, chunk: bytes, end_stream: bool = False) -> Action | None:
-        return self._body(self.request, "proxy_on_request_body", chunk, end_stream)
+        with self.vm.host.step():
+            return self._body(self.request, "proxy_on_request_body", chunk, end_stream)
 
     def send_request_trailers(self, trailers: Pairs | Mapping[str, str]) -> Action | None:
-        return self._trailers(self.request, "proxy_on_request_trailers", trailers)
+        with self.vm.host.step():
+            return self._trailers(self.request, "proxy_on_request_trailers", trailers)
 
     def send_response_headers(self, headers: Pairs | Mapping[str, str], end_stream: bool = False) -> Action | None:
-        return self._headers(self.response, "proxy_on_response_headers", headers, end_stream)
+        with self.vm.host.step():
+            return self._headers(self.response, "proxy_on_response_headers", headers, end_stream)
 
     def send_response_body(self, chunk: bytes, end_stream: bool = False) -> Action | None:
-        return self._body(self.response, "proxy_on_response_body", chunk, end_stream)
+        with self.vm.host.step():
+            return self._body(self.response, "proxy_on_response_body", chunk, end_stream)
 
     def send_response_trailers(self, trailers: Pairs | Mapping[str, str]) -> Action | None:
-        return self._trailers(self.response, "proxy_on_response_trailers", trailers)
+        with self.vm.host.step():
+            return self._trailers(self.response, "proxy_on_response_trailers", trailers)
 
     def end(self) -> None:
         """Finish the stream now (downstream reset or test done): log, done, delete."""
-        self._finish()
+        with self.vm.host.step():
+            self._finish()
 
     # the machinery
 
@@ -1869,10 +1908,19 @@ class HttpStream(Context):
         if self.ended or self.response.forwarded_headers is not None:
             return  # Envoy: too late once response headers went downstream
         self.local_response = reply
-        # Envoy builds the reply headers, then runs them through the encoder filters (this one too).
         headers = [(":status", str(reply.status))] + list(reply.headers)
         if reply.body:
             headers += [("content-length", str(len(reply.body))), ("content-type", "text/plain")]
+        if self.response.headers is not None:
+            # Sent while the upstream's response was in the filter: Envoy answers directly,
+            # without running the reply through this filter again.
+            self.response = Direction()
+            self.response.headers = HeaderMap(headers)
+            self.response.forwarded_headers = list(self.response.headers.pairs)
+            self.response.forwarded_body.extend(reply.body)
+            self._direction_complete(self.response)
+            return
+        # From the request path: Envoy runs the reply through the encoder filters (this one too).
         self.response = Direction()
         self._headers(self.response, "proxy_on_response_headers", headers, end_stream=not reply.body)
         if reply.body and not self.ended:

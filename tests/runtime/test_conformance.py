@@ -26,13 +26,15 @@ TRAFFIC = [
 ]
 
 
-PYTHON_TRAFFIC = TRAFFIC + [Request("POST", "/form", [("x-keep", "k")], body=b"name=value")]
+PYTHON_TRAFFIC = TRAFFIC + [Request("POST", "/form", [("x-keep", "k")], body=b"name=value"),
+                            Request("GET", "/replace-answer", [("x-fail-response", "1")])]
 
 
 def python_scenarios(python_modules: dict[str, Path]) -> list[Scenario]:
     return [
-        # meshext.sdk filter (CPython inside the module): headers, local reply, body buffering,
-        # counters and a gauge, logs from on_request_headers and on_log.
+        # meshext.sdk filter (CPython inside the module): headers, local replies from the request
+        # and the response path, body buffering, counters and a gauge, shared data with CAS,
+        # a shared queue drained by the root context, logs from on_request_headers and on_log.
         Scenario("python-policy", python_modules["policy"], '{"deny_header": "x-deny", "tag": "conformance"}',
                  "policy", PYTHON_TRAFFIC,
                  metrics=["py_policy_requests_total", "py_policy_denied_total", "py_policy_last_body_bytes"]),
