@@ -24,6 +24,7 @@ headers.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import hashlib
 import http.client
 import json
@@ -42,7 +43,7 @@ from meshext.errors import MeshextError
 from meshext.runtime import abi, wasi
 from meshext.runtime.fastcall import Crossing, Export, MemoryView, define_host_function
 from meshext.runtime.abi import Action, BufferType, LogLevel, MapType, MetricType, Pairs, Status, StreamType
-from meshext.runtime.properties import encode_property, request_attributes, split_path
+from meshext.runtime.properties import CONNECTION_DEFAULTS, encode_property, request_attributes, split_path
 
 MASK32 = 0xFFFFFFFF
 ABI_VERSIONS = ("proxy_abi_version_0_2_1", "proxy_abi_version_0_2_0")
@@ -1488,20 +1489,22 @@ class PluginVM:
             call.closed_by_module = True
         handler = self.host.clusters[call.cluster].grpc_handler
         if handler is not None:
-            self.host.post(lambda: self._stream_handler(handler, call))
+            # The handler sees the stream as it was when this message was sent.
+            as_sent = dataclasses.replace(call, messages=list(call.messages))
+            self.host.post(lambda: self._stream_handler(handler, call, as_sent))
         return Status.OK
 
-    def _stream_handler(self, handler: GrpcHandler, call: GrpcCallout) -> None:
+    def _stream_handler(self, handler: GrpcHandler, call: GrpcCallout, as_sent: GrpcCallout) -> None:
         if call.finished or call.cancelled:
             return
-        response = handler(call)
+        response = handler(as_sent)
         if response is None:
             return
         if response.initial_metadata:
             self._grpc_metadata(call, MapType.GRPC_CALL_INITIAL_METADATA, _as_pairs(response.initial_metadata))
         for message in response.messages:
             self._grpc_message(call, message)
-        if call.closed_by_module or response.status != 0:
+        if as_sent.closed_by_module or response.status != 0:
             self._grpc_finish(call, response.status, response.status_message, _as_pairs(response.trailing_metadata))
 
     def _h_proxy_grpc_cancel(self, token: int) -> int:
@@ -1732,6 +1735,9 @@ class HttpStream(Context):
     def property(self, path: tuple[str, ...]) -> Any:
         if not path:
             return None
+        connection = CONNECTION_DEFAULTS.get(".".join(path))
+        if connection is not None:
+            return connection
         if path[0] == "request" and len(path) >= 2:
             if path[1] == "protocol":
                 return "HTTP/1.1"
@@ -1957,6 +1963,9 @@ class TcpStream(Context):
         self.upstream_paused = False
         self.closed = False
         self.new_connection_action = self.vm._callback("proxy_on_new_connection", self, self.id)
+
+    def property(self, path: tuple[str, ...]) -> Any:
+        return CONNECTION_DEFAULTS.get(".".join(path))
 
     def buffer(self, buffer_type: int) -> bytearray | None:
         if buffer_type == BufferType.DOWNSTREAM_DATA:

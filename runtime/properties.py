@@ -23,6 +23,17 @@ from meshext.runtime.abi import serialize_pairs
 
 PropertyValue = str | bytes | int | bool | dict | list | None
 
+# Connection attributes a stream has unless the test sets its own
+# (``plugin.http_stream(properties={"source.address": "10.1.2.3:4567"})``).
+CONNECTION_DEFAULTS: dict[str, PropertyValue] = {
+    "source.address": "127.0.0.1:50000",
+    "source.port": 50000,
+    "destination.address": "127.0.0.1:10000",
+    "destination.port": 10000,
+    "connection.mtls": False,
+    "connection.requested_server_name": "",
+}
+
 
 def encode_property(value: Any) -> bytes:
     if isinstance(value, bytes):

@@ -256,3 +256,15 @@ def test_tcp_connection_callbacks_and_close_order(wat_module):
     assert bytes(connection.to_upstream) == b"ping"
     connection.close()
     assert plugin.log_messages()[-3:] == ["on_done 2", "on_log 2", "on_delete 2"]  # Envoy's TCP order
+
+
+def test_grpc_stream_messages_go_to_the_handler_and_answers_come_back(wat_module):
+    host = Host()
+    host.add_cluster("grpc_upstream", grpc=lambda call: GrpcResponse(0, [b"echo:" + call.messages[-1]]))
+    plugin = host.load(wat_module("grpc_stream"))
+    stream = plugin.exchange("GET", "/chat")
+    call = plugin.grpc_calls[0]
+    assert (call.is_stream, call.service, call.method, call.messages) == (True, "chat.Chat", "Talk", [b"hello", b"bye"])
+    assert call.token % 4 == 2  # Envoy's numbering for gRPC streams
+    assert stream.request_headers.get_all("x-chat") == ["echo:hello", "echo:bye"]
+    assert plugin.log_messages() == ["stream closed"] and stream.request.complete
