@@ -181,16 +181,19 @@ def grpc_close(token: int, status_code: int) -> None:
 
 def _policy(context: Any) -> FailPolicy:
     root = getattr(context, "root", context)
-    return getattr(type(root), "fail_policy", None) or default_fail_policy
+    return getattr(root, "fail_policy", None) or default_fail_policy
 
 
 def handle_error(context: Any, callback: str, error: BaseException | None) -> int:
     """Log an exception from filter code and apply the fail policy; returns the action."""
-    import traceback  # only on the error path: keeps it out of every VM's memory
-
     where = type(context).__name__ if context is not None else "filter"
-    lines = traceback.format_exception(error) if error is not None else ["(no exception)"]
-    host.log(4, f"meshext filter {filter_name!r}: {where}.{callback} raised:\n{''.join(lines).rstrip()}")
+    try:
+        import traceback  # only on the error path: keeps it out of every VM's memory
+
+        details = "".join(traceback.format_exception(error)).rstrip() if error is not None else "(no exception)"
+    except Exception:  # noqa: BLE001 - never let reporting hide the original error
+        details = f"{type(error).__name__}: {error}"
+    host.log(4, f"meshext filter {filter_name!r}: {where}.{callback} raised:\n{details}")
     if isinstance(context, RootContext) or context is None:
         return 0  # for on_configure / on_vm_start: 0 makes Envoy refuse the configuration
     if _policy(context) is FailPolicy.OPEN:
