@@ -39,7 +39,7 @@ def preinit() -> None:
     module = __import__(module_name, fromlist=["_"])
     candidate = getattr(module, class_name, None)
     if not (isinstance(candidate, type) and issubclass(candidate, RootContext)):
-        raise SystemExit(
+        raise TypeError(
             f"meshext: entry point {build['entry']!r}: {class_name!r} in {module.__file__} is not a "
             "RootContext subclass; fix: point `entry` in meshext.toml at your RootContext class"
         )
