@@ -76,13 +76,23 @@ def configure(root: RootContext, config: bytes) -> int:
     return int(bool(root.on_configure(config)))
 
 
-def create_root(context_id: int) -> tuple[RootContext, int]:
+def create_root(context_id: int) -> tuple[RootContext, int, type | None, type | None]:
+    """The root, the callbacks its children override, and the child classes
+    the shim may create itself (no Python code runs for them)."""
     root = entry_class(context_id)
     cls = type(root)
     mask = callback_mask(cls.http_context, HttpContext) | callback_mask(cls.stream_context, StreamContext)
-    if cls.new_http_context is not RootContext.new_http_context or cls.new_stream_context is not RootContext.new_stream_context:
+    custom_http = cls.new_http_context is not RootContext.new_http_context
+    custom_stream = cls.new_stream_context is not RootContext.new_stream_context
+    if custom_http or custom_stream:
         mask = ALL_CALLBACKS
-    return root, mask
+    fast_http = cls.http_context if not custom_http and _plain_init(cls.http_context, HttpContext) else None
+    fast_stream = cls.stream_context if not custom_stream and _plain_init(cls.stream_context, StreamContext) else None
+    return root, mask, fast_http, fast_stream
+
+
+def _plain_init(cls: type | None, base: type) -> bool:
+    return cls is not None and cls.__init__ is base.__init__ and cls.__new__ is object.__new__
 
 
 def create_child(root: RootContext, context_id: int, stream: bool) -> Any:
