@@ -42,7 +42,8 @@ class ProxyStatus:
         return self.types.setdefault(type_url, TypeStatus())
 
 
-# Called (on the xDS loop thread) as listener(node_id, type_url, status, nacked_names).
+# Called (on the xDS loop thread) as listener(node_id, type_url, status, nacked_names);
+# type_url "" announces a newly connected stream.
 AckListener = Callable[[str, str, TypeStatus, list[str]], None]
 
 
@@ -85,6 +86,8 @@ class SnapshotCache:
             proxy.metadata = metadata
             proxy.streams += 1
             proxy.last_change = time.time()
+        for listener in self._listeners:
+            listener(node_id, "", TypeStatus(), [])
 
     def disconnect(self, node_id: str, event: asyncio.Event) -> None:
         with self._changed:

@@ -36,6 +36,7 @@ class PlacedExtension:
     outbound: bool = False
     ports: frozenset[int] = field(default_factory=frozenset)  # empty: every port
     vm_environment: tuple[tuple[str, str], ...] = ()
+    vm_host_environment: tuple[str, ...] = ()
 
     def sort_key(self) -> tuple[int, int, str]:
         return (PHASES.index(self.phase), -self.priority, self.key)

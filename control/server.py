@@ -2,8 +2,10 @@
 
 The HTTP server (loopback only) has two jobs:
 
-* ``GET /modules/sha256/<hex>`` serves verified module bytes to Envoy's
-  Wasm remote data source (see modules.py);
+* module delivery to the sidecars' module syncers (see modules.py):
+  ``GET /modules/sha256/<hex>`` serves verified module bytes, and
+  ``GET /modules/wanted?node=ID&dir=DIR&present=SHA,...&version=N`` reports
+  what a syncer holds and long-polls for what its proxy needs;
 * ``GET /status`` returns extensions and proxies as JSON, for `meshext status`.
 """
 
@@ -14,11 +16,12 @@ import json
 import logging
 import re
 import threading
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
 from meshext.control.cache import SnapshotCache
-from meshext.control.modules import ModuleStore
+from meshext.control.modules import ModuleDemand, ModuleStore
 from meshext.control.xds import start_xds_server
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,7 @@ class ControlPlane:
                  http_address: tuple[str, int] = ("127.0.0.1", 0)) -> None:
         self.cache = SnapshotCache()
         self.modules = ModuleStore()
+        self.demand = ModuleDemand()
         self.status_provider: Callable[[], dict[str, Any]] = lambda: {}
         self._xds_bind = xds_address
         self._http_bind = http_address
@@ -89,6 +93,8 @@ class ControlPlane:
                         self._reply(404, b"unknown module\n", "text/plain")
                     else:
                         self._reply(200, data, "application/wasm")
+                elif self.path.startswith("/modules/wanted?"):
+                    self._wanted()
                 elif self.path == "/status":
                     body = json.dumps(control_plane.status_provider(), indent=2, sort_keys=True).encode()
                     self._reply(200, body, "application/json")
@@ -96,6 +102,20 @@ class ControlPlane:
                     self._reply(200, b"ok\n", "text/plain")
                 else:
                     self._reply(404, b"not found\n", "text/plain")
+
+            def _wanted(self) -> None:
+                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                node_id = query.get("node", [""])[0]
+                if not node_id:
+                    self._reply(400, b"node= is required\n", "text/plain")
+                    return
+                present = {sha for sha in query.get("present", [""])[0].split(",") if sha}
+                control_plane.demand.report(node_id, query.get("dir", [""])[0], present)
+                known = int(query.get("version", ["0"])[0] or 0)
+                wait = min(float(query.get("wait", ["20"])[0]), 60.0)
+                version, wanted = control_plane.demand.wait_wanted(node_id, known, wait)
+                body = json.dumps({"version": version, "modules": sorted(wanted)}).encode()
+                self._reply(200, body, "application/json")
 
             def _reply(self, code: int, body: bytes, content_type: str) -> None:
                 self.send_response(code)

@@ -74,5 +74,13 @@ class Snapshot:
         }
         return cls(resources=MappingProxyType(packed))
 
+    @classmethod
+    def of_resources(cls, resources: Mapping[str, list[Resource]]) -> Snapshot:
+        """A snapshot of already packed resources (shared between snapshots)."""
+        return cls(resources=MappingProxyType({
+            type_url: MappingProxyType({resource.name: resource for resource in items})
+            for type_url, items in resources.items()
+        }))
+
     def of_type(self, type_url: str) -> Mapping[str, Resource]:
         return self.resources.get(type_url, MappingProxyType({}))

@@ -19,6 +19,9 @@ from meshext.errors import MeshextError
 COMMANDS: dict[str, str] = {
     "init": "meshext.sdk.cli:init_command",
     "build": "meshext.sdk.cli:build_command",
+    "control": "meshext.control.cli:control_group",
+    "proxy": "meshext.control.cli:proxy_command",
+    "status": "meshext.control.cli:status_command",
 }
 
 
