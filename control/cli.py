@@ -87,30 +87,36 @@ def serve_command(config_dir: Path | None, kubernetes: bool, mesh_file: Path | N
 @click.option("--namespace", default="default", show_default=True)
 @click.option("--control", "control_address", default=DEFAULT_XDS, show_default=True,
               help="The control plane's xDS address (HOST:PORT).")
+@click.option("--control-http", default=DEFAULT_HTTP, show_default=True,
+              help="The control plane's HTTP address, where the module syncer fetches Wasm modules.")
+@click.option("--module-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where verified modules are kept for Envoy (default: a temporary directory).")
 @click.option("--protocol", type=click.Choice(["delta", "sotw"]), default="delta", show_default=True,
               help="Incremental (delta) or state-of-the-world ADS.")
 @click.option("--concurrency", default=1, show_default=True, help="Envoy worker threads.")
 @click.option("--log-level", default="warning", show_default=True)
-def proxy_command(workload: str, namespace: str, control_address: str, protocol: str, concurrency: int,
-                  log_level: str) -> None:
-    """Run an Envoy sidecar for WORKLOAD; everything it serves comes from the control plane.
+def proxy_command(workload: str, namespace: str, control_address: str, control_http: str, module_dir: Path | None,
+                  protocol: str, concurrency: int, log_level: str) -> None:
+    """Run the sidecar of WORKLOAD: Envoy, configured entirely by the control plane
+    over ADS, and a module syncer that fetches its Wasm modules (sha256 verified).
 
     \b
     Example:
       meshext proxy --workload backend-v1 --namespace default --control 127.0.0.1:15010
     """
-    from meshext.control.proxy import bootstrap, parse_address
-    from meshext.runtime.envoy import EnvoyProcess
+    from meshext.control.proxy import Sidecar, parse_address
 
-    control = parse_address(control_address, where="--control")
-    envoy = EnvoyProcess(bootstrap(workload, namespace, control, protocol=protocol),  # type: ignore[arg-type]
-                         concurrency=concurrency, log_level=log_level)
-    envoy.start()
-    click.echo(f"Envoy for {workload}.{namespace} running (admin {envoy.admin_url}, log {envoy.log_path})", err=True)
+    sidecar = Sidecar(workload, namespace, parse_address(control_address, where="--control"),
+                      parse_address(control_http, where="--control-http"), protocol=protocol,  # type: ignore[arg-type]
+                      module_dir=module_dir, concurrency=concurrency, log_level=log_level)
+    sidecar.start()
+    envoy = sidecar.envoy
+    click.echo(f"sidecar for {workload}.{namespace} running (Envoy admin {envoy.admin_url}, log {envoy.log_path})",
+               err=True)
     try:
         _wait_for_signal()
     finally:
-        envoy.stop()
+        sidecar.cleanup()
 
 
 @click.command("status")

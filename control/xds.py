@@ -55,6 +55,7 @@ class _DeltaType:
     names: set[str] = field(default_factory=set)
     known: dict[str, str] = field(default_factory=dict)  # name -> version the client holds
     nonce: str = ""
+    recorded: bool = False  # the cache has heard of this type from this stream
 
 
 class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
@@ -222,14 +223,21 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         }
         changed = [resource for name, resource in wanted.items() if state.known.get(name) != resource.version]
         removed = [name for name in state.known if name not in wanted]
+        version = snapshot.type_versions[type_url]
         if not changed and not removed:
+            if not state.recorded and not state.nonce:
+                # A reconnecting proxy announced (initial_resource_versions) exactly
+                # what we hold: it is in sync without a push.
+                self.cache.record_sent(node_id, type_url, version, dict(state.known))
+                self.cache.record_reply(node_id, type_url, None)
+                state.recorded = True
             return None
         for resource in changed:
             state.known[resource.name] = resource.version
         for name in removed:
             del state.known[name]
         state.nonce = str(next(_nonces))
-        version = snapshot.type_versions[type_url]
+        state.recorded = True
         self.cache.record_sent(node_id, type_url, version, dict(state.known))
         return discovery_pb2.DeltaDiscoveryResponse(
             system_version_info=version,

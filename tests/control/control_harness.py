@@ -166,9 +166,13 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = 
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
+        try:
+            last = predicate()
+        except OSError as error:  # not listening yet
+            last = error
+        else:
+            if last:
+                return last
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last value: {last!r})")
 
