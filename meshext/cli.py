@@ -19,6 +19,10 @@ from meshext.errors import MeshextError
 COMMANDS: dict[str, str] = {
     "init": "meshext.sdk.cli:init_command",
     "build": "meshext.sdk.cli:build_command",
+    "push": "meshext.registry.cli:push_command",
+    "pull": "meshext.registry.cli:pull_command",
+    "inspect": "meshext.registry.cli:inspect_command",
+    "toolchain": "meshext.sdk.cli:toolchain_command",
     "control": "meshext.control.cli:control_group",
     "proxy": "meshext.control.cli:proxy_command",
     "status": "meshext.control.cli:status_command",
@@ -55,7 +59,7 @@ def cli() -> None:
 def main() -> None:
     """Console entry point: user errors print cleanly with a meaningful exit code."""
     try:
-        cli.main(standalone_mode=False)
+        code = cli.main(standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
@@ -65,6 +69,7 @@ def main() -> None:
     except MeshextError as error:
         click.secho(f"error: {error}", fg="red", err=True)
         sys.exit(error.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,211 @@
+"""The Python half of the shim: what sdk/shim/shim.c calls besides filter methods.
+
+Creates root and child contexts, routes callout answers by token, applies
+the fail policy when filter code raises, and (at build time) imports the
+filter.  Not part of the public API.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+from meshext.sdk import callouts
+from meshext.sdk.abi import Action, BufferType, MapType, StreamType
+from meshext.sdk.contexts import ALL_CALLBACKS, FailPolicy, HttpContext, RootContext, StreamContext, callback_mask
+from meshext.sdk.host import host
+
+# Written by `meshext build` into the module's file system.
+BUILD_CONFIG_PATH = "/app/meshext-build.json"
+
+entry_class: type[RootContext] = RootContext
+filter_name = "filter"
+default_fail_policy = FailPolicy.OPEN
+_vm_started = False
+
+
+def preinit() -> None:
+    """Build time: import the filter, then settle the heap for the snapshot."""
+    global entry_class, filter_name, default_fail_policy
+    with open(BUILD_CONFIG_PATH) as file:
+        build = json.load(file)
+    filter_name = build["name"]
+    default_fail_policy = FailPolicy(build["fail_policy"])
+    module_name, _, class_name = build["entry"].partition(":")
+    module = __import__(module_name, fromlist=["_"])
+    candidate = getattr(module, class_name, None)
+    if not (isinstance(candidate, type) and issubclass(candidate, RootContext)):
+        raise SystemExit(
+            f"meshext: entry point {build['entry']!r}: {class_name!r} in {module.__file__} is not a "
+            "RootContext subclass; fix: point `entry` in meshext.toml at your RootContext class"
+        )
+    entry_class = candidate
+    for name in build.get("preload", []):
+        __import__(name)
+    # Imported stdlib modules never read their files again: drop the bytes.
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None) or ""
+        if file.startswith("/lib/") and file.endswith(".pyc"):
+            host.forget_file(file)
+    # Everything imported so far is permanent: keep the collector away from it.
+    gc.collect()
+    gc.freeze()
+
+
+def vm_start(root: RootContext, vm_config: bytes) -> int:
+    global _vm_started
+    if not _vm_started:
+        _vm_started = True
+        _reseed()
+    return int(bool(root.on_vm_start(vm_config)))
+
+
+def _reseed() -> None:
+    # The heap comes from a build-time snapshot: without this every VM of a
+    # module would draw the same `random` sequence.
+    random = sys.modules.get("random")
+    if random is not None:
+        random.seed()
+
+
+def configure(root: RootContext, config: bytes) -> int:
+    return int(bool(root.on_configure(config)))
+
+
+def create_root(context_id: int) -> tuple[RootContext, int]:
+    root = entry_class(context_id)
+    cls = type(root)
+    mask = callback_mask(cls.http_context, HttpContext) | callback_mask(cls.stream_context, StreamContext)
+    if cls.new_http_context is not RootContext.new_http_context or cls.new_stream_context is not RootContext.new_stream_context:
+        mask = ALL_CALLBACKS
+    return root, mask
+
+
+def create_child(root: RootContext, context_id: int, stream: bool) -> Any:
+    return root.new_stream_context(context_id) if stream else root.new_http_context(context_id)
+
+
+def delete_context(context_id: int) -> None:
+    stale = [token for token, call in callouts.pending.items() if getattr(call.context, "context_id", None) == context_id]
+    for token in stale:
+        del callouts.pending[token]
+
+
+def tick(root: RootContext) -> None:
+    root.on_tick()
+
+
+def queue_ready(root: RootContext, queue_id: int) -> None:
+    root.on_queue_ready(queue_id)
+
+
+def foreign_function(root: RootContext, function_id: int, arguments: bytes) -> None:
+    root.on_foreign_function(function_id, arguments)
+
+
+# ---- callout answers ----
+
+def _deliver(call: callouts.Pending, what: str, function: Any, *args: Any) -> None:
+    host.set_effective_context(call.context.context_id)
+    try:
+        function(*args)
+    except BaseException as error:  # noqa: BLE001 - the fail policy decides
+        handle_error(call.context, what, error)
+
+
+def http_call_response(token: int, num_headers: int, body_size: int, num_trailers: int) -> None:
+    call = callouts.pending.pop(token, None)
+    if call is None:
+        return
+    host.set_effective_context(call.context.context_id)
+    response = callouts.HttpCallResponse(
+        token,
+        host.get_headers(MapType.HTTP_CALL_RESPONSE_HEADERS) if num_headers else [],
+        host.get_buffer(BufferType.HTTP_CALL_RESPONSE_BODY, 0, body_size) if body_size else b"",
+        host.get_headers(MapType.HTTP_CALL_RESPONSE_TRAILERS) if num_trailers else [],
+    )
+    _deliver(call, "http_call callback", call.callback, response)
+
+
+def grpc_initial_metadata(token: int, count: int) -> None:
+    call = callouts.pending.get(token)
+    if call is not None and call.handler is not None:
+        host.set_effective_context(call.context.context_id)
+        metadata = host.get_headers(MapType.GRPC_CALL_INITIAL_METADATA) if count else []
+        _deliver(call, "grpc on_initial_metadata", call.handler.on_initial_metadata, metadata)
+
+
+def grpc_message(token: int, size: int) -> None:
+    call = callouts.pending.get(token)
+    if call is None:
+        return
+    host.set_effective_context(call.context.context_id)
+    message = host.get_buffer(BufferType.GRPC_CALL_MESSAGE, 0, size) if size else b""
+    if call.handler is not None:
+        _deliver(call, "grpc on_message", call.handler.on_message, message)
+    else:
+        # A unary call is complete with its one message.
+        del callouts.pending[token]
+        _deliver(call, "grpc_call callback", call.callback, callouts.GrpcResponse(token, 0, message))
+
+
+def grpc_trailing_metadata(token: int, count: int) -> None:
+    call = callouts.pending.get(token)
+    if call is not None and call.handler is not None:
+        host.set_effective_context(call.context.context_id)
+        metadata = host.get_headers(MapType.GRPC_CALL_TRAILING_METADATA) if count else []
+        _deliver(call, "grpc on_trailing_metadata", call.handler.on_trailing_metadata, metadata)
+
+
+def grpc_close(token: int, status_code: int) -> None:
+    call = callouts.pending.pop(token, None)
+    if call is None:
+        return
+    host.set_effective_context(call.context.context_id)
+    try:
+        _, status_message = host.get_status()
+    except Exception:  # noqa: BLE001 - older hosts lack proxy_get_status
+        status_message = ""
+    if call.handler is not None:
+        _deliver(call, "grpc on_close", call.handler.on_close, status_code, status_message)
+    else:
+        _deliver(call, "grpc_call callback", call.callback,
+                 callouts.GrpcResponse(token, status_code, b"", status_message))
+
+
+# ---- errors ----
+
+def _policy(context: Any) -> FailPolicy:
+    root = getattr(context, "root", context)
+    return getattr(type(root), "fail_policy", None) or default_fail_policy
+
+
+def handle_error(context: Any, callback: str, error: BaseException | None) -> int:
+    """Log an exception from filter code and apply the fail policy; returns the action."""
+    import traceback  # only on the error path: keeps it out of every VM's memory
+
+    where = type(context).__name__ if context is not None else "filter"
+    lines = traceback.format_exception(error) if error is not None else ["(no exception)"]
+    host.log(4, f"meshext filter {filter_name!r}: {where}.{callback} raised:\n{''.join(lines).rstrip()}")
+    if isinstance(context, RootContext) or context is None:
+        return 0  # for on_configure / on_vm_start: 0 makes Envoy refuse the configuration
+    if _policy(context) is FailPolicy.OPEN:
+        return Action.CONTINUE
+    if isinstance(context, HttpContext):
+        try:
+            host.send_local_response(
+                500,
+                "meshext_filter_error",
+                f"meshext: filter {filter_name!r} failed ({type(error).__name__}); request rejected (fail closed)\n",
+                [("content-type", "text/plain")],
+                -1,
+            )
+        except Exception:  # noqa: BLE001 - response already started: reset instead
+            host.close_stream(StreamType.HTTP_RESPONSE)
+        return Action.PAUSE
+    host.close_stream(StreamType.DOWNSTREAM)
+    return Action.PAUSE

@@ -1,0 +1,84 @@
+"""Proxy-Wasm ABI 0.2.1 constants, as Python enums.
+
+Values are the ABI's; filter code mostly needs only :class:`Action`.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Action(IntEnum):
+    """What a stream callback tells Envoy to do next.
+
+    ``PAUSE`` stops iteration: for headers Envoy waits (resume with
+    ``self.request.resume()``), for bodies Envoy buffers the data until the
+    filter continues or the stream ends.
+    """
+
+    CONTINUE = 0
+    PAUSE = 1
+
+
+class LogLevel(IntEnum):
+    TRACE = 0
+    DEBUG = 1
+    INFO = 2
+    WARN = 3
+    ERROR = 4
+    CRITICAL = 5
+
+
+class Status(IntEnum):
+    OK = 0
+    NOT_FOUND = 1
+    BAD_ARGUMENT = 2
+    SERIALIZATION_FAILURE = 3
+    PARSE_FAILURE = 4
+    INVALID_MEMORY_ACCESS = 6
+    EMPTY = 7
+    CAS_MISMATCH = 8
+    INTERNAL_FAILURE = 10
+    UNIMPLEMENTED = 12
+
+
+class BufferType(IntEnum):
+    HTTP_REQUEST_BODY = 0
+    HTTP_RESPONSE_BODY = 1
+    DOWNSTREAM_DATA = 2
+    UPSTREAM_DATA = 3
+    HTTP_CALL_RESPONSE_BODY = 4
+    GRPC_CALL_MESSAGE = 5
+    VM_CONFIGURATION = 6
+    PLUGIN_CONFIGURATION = 7
+    FOREIGN_FUNCTION_ARGUMENTS = 8
+
+
+class MapType(IntEnum):
+    HTTP_REQUEST_HEADERS = 0
+    HTTP_REQUEST_TRAILERS = 1
+    HTTP_RESPONSE_HEADERS = 2
+    HTTP_RESPONSE_TRAILERS = 3
+    GRPC_CALL_INITIAL_METADATA = 4
+    GRPC_CALL_TRAILING_METADATA = 5
+    HTTP_CALL_RESPONSE_HEADERS = 6
+    HTTP_CALL_RESPONSE_TRAILERS = 7
+
+
+class PeerType(IntEnum):
+    UNKNOWN = 0
+    LOCAL = 1
+    REMOTE = 2
+
+
+class StreamType(IntEnum):
+    HTTP_REQUEST = 0
+    HTTP_RESPONSE = 1
+    DOWNSTREAM = 2
+    UPSTREAM = 3
+
+
+class MetricType(IntEnum):
+    COUNTER = 0
+    GAUGE = 1
+    HISTOGRAM = 2

