@@ -40,9 +40,16 @@ def control_group() -> None:
 @click.option("--xds-address", default=DEFAULT_XDS, show_default=True, help="Where sidecars reach the ADS server.")
 @click.option("--http-address", default=DEFAULT_HTTP, show_default=True,
               help="Module downloads for sidecars, and /status for `meshext status`.")
+@click.option("--insecure-registry", "plain_http_hosts", multiple=True, metavar="HOST:PORT",
+              help="A registry to reach over plain HTTP (repeatable; loopback test registries).")
+@click.option("--registry-ca-file", type=click.Path(dir_okay=False, exists=True),
+              help="CA bundle for registries with a private CA.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Verified module cache (default: the meshext user cache).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every push, ACK and NACK.")
 def serve_command(config_dir: Path | None, kubernetes: bool, mesh_file: Path | None, xds_address: str,
-                  http_address: str, verbose: bool) -> None:
+                  http_address: str, plain_http_hosts: tuple[str, ...], registry_ca_file: str | None,
+                  cache_dir: Path | None, verbose: bool) -> None:
     """Serve xDS to the sidecars and reconcile extension resources.
 
     \b
@@ -50,6 +57,7 @@ def serve_command(config_dir: Path | None, kubernetes: bool, mesh_file: Path | N
       meshext control serve --config-dir ./extensions
       meshext control serve --kubernetes --xds-address 0.0.0.0:15010   (in a pod)
     """
+    from meshext.control.images import RegistrySettings
     from meshext.control.mesh import load_mesh
     from meshext.control.operator import Operator
     from meshext.control.proxy import parse_address
@@ -68,7 +76,11 @@ def serve_command(config_dir: Path | None, kubernetes: bool, mesh_file: Path | N
     except OSError as error:
         raise UnavailableError(f"cannot bind: {error}", where="--xds-address/--http-address",
                                fix="choose free ports") from None
-    operator = Operator(mesh, control_plane).start()
+    from meshext.registry import ModuleCache
+
+    registry = RegistrySettings(cache=ModuleCache(cache_dir), plain_http_hosts=frozenset(plain_http_hosts),
+                                ca_file=registry_ca_file)
+    operator = Operator(mesh, control_plane, registry=registry).start()
     source = KubernetesSource(operator) if kubernetes else DirectorySource(config_dir, operator)
     source.start()
     click.echo(f"meshext control plane: xDS {control_plane.xds_address[0]}:{control_plane.xds_port}, "

@@ -1,22 +1,21 @@
-"""Resolve an extension's image to a verified module file.
+"""Resolve an extension's image to a verified module file, through meshext.registry.
 
-Registry references (``oci://``, ``https://``, bare ``host/repo:tag``) go
-through :mod:`meshext.registry`.  Until that package is on this branch, only
-``file://`` URLs resolve, by the small local reader below (a ``.wasm`` file,
-or a directory laid out like a Maistra image: ``manifest.yaml`` + the module).
+``oci://`` / bare registry references, ``https://`` and ``file://`` URLs are
+all pulled by :func:`meshext.registry.pull` into the verified module cache;
+this module adds what the operator needs on top: which registries speak plain
+HTTP or use a private CA (control-plane settings, like a container runtime's
+"insecure registries"), the expected sha256 of a WasmPlugin, and a reason
+code for the status.
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
-import yaml
-
-from meshext.errors import MeshextError
+from meshext.errors import MeshextError, UnavailableError
+from meshext.registry import Credentials, ModuleCache, pull
 
 
 @dataclass(frozen=True)
@@ -29,37 +28,47 @@ class MaistraDefaults:
 class ResolvedModule:
     path: Path
     module_sha256: str
-    digest: str  # the manifest digest (registry) or the module's own sha256 (file)
+    digest: str  # the manifest digest (registry) or the module's own sha256 (file, https)
     reference: str  # digest-pinned where the source has digests
     maistra: MaistraDefaults | None
 
 
-def resolve_image(
-    image: str, *, policy: str, expected_sha256: str | None, credentials: Any = None, where: str
-) -> ResolvedModule:
-    """Pull (or find) the module an extension names and verify its sha256."""
-    if image.startswith("file://"):
-        resolved = _resolve_file(image, where)
-    else:
-        resolved = _resolve_registry(image, policy=policy, credentials=credentials, where=where)
-    if expected_sha256 and resolved.module_sha256 != expected_sha256:
-        raise MeshextError(
-            f"module sha256 is {resolved.module_sha256}, the resource expects {expected_sha256}",
-            where=f"{where}: spec.sha256",
-            fix="set spec.sha256 to the module's real sha256, or point spec.url at the intended module",
-        )
-    return resolved
+class ImageResolveError(MeshextError):
+    """An image that cannot be used; ``reason`` goes into the resource status."""
+
+    def __init__(self, error: MeshextError, reason: str) -> None:
+        super().__init__(error.message, where=error.where, fix=error.fix)
+        self.reason = reason
 
 
-def _resolve_registry(image: str, *, policy: str, credentials: Any, where: str) -> ResolvedModule:
+@dataclass
+class RegistrySettings:
+    cache: ModuleCache = field(default_factory=ModuleCache)
+    plain_http_hosts: frozenset[str] = frozenset()  # host:port of registries without TLS (loopback tests)
+    ca_file: str | None = None
+
+    def registry_host(self, image: str) -> str | None:
+        if image.startswith(("file://", "https://", "http://")):
+            return None
+        return image.removeprefix("oci://").split("/", 1)[0]
+
+
+def resolve_image(image: str, *, policy: str, expected_sha256: str | None, settings: RegistrySettings,
+                  credentials: Credentials | None = None, where: str, image_field: str) -> ResolvedModule:
+    """Pull (or find in the cache) the module an extension names, sha256 verified.
+
+    ``where`` names the resource, ``image_field`` the spec field holding the image."""
+    host = settings.registry_host(image)
     try:
-        from meshext.registry import pull
-    except ImportError:
-        raise MeshextError(
-            f"cannot pull {image!r}: registry support is not installed in this build",
-            where=where, fix="use a file:// URL, or install a meshext build with meshext.registry",
-        ) from None
-    pulled = pull(image, policy=policy, credentials=credentials)
+        pulled = pull(image, policy=policy, cache=settings.cache, credentials=credentials,
+                      plain_http=host in settings.plain_http_hosts, ca_file=settings.ca_file,
+                      sha256=expected_sha256)
+    except UnavailableError as error:
+        raise ImageResolveError(_located(error, f"{where}: {image_field}"), "ImagePullFailed") from None
+    except MeshextError as error:
+        if expected_sha256 and "sha256" in error.message:
+            raise ImageResolveError(_located(error, f"{where}: spec.sha256"), "DigestMismatch") from None
+        raise ImageResolveError(_located(error, f"{where}: {image_field}"), "ImagePullFailed") from None
     maistra = pulled.maistra
     return ResolvedModule(
         path=Path(pulled.path),
@@ -70,26 +79,18 @@ def _resolve_registry(image: str, *, policy: str, credentials: Any, where: str) 
     )
 
 
-def _resolve_file(url: str, where: str) -> ResolvedModule:
-    path = Path(unquote(urlparse(url).path))
-    maistra = None
-    if path.is_dir():
-        manifest_path = path / "manifest.yaml"
-        try:
-            manifest = yaml.safe_load(manifest_path.read_text()) or {}
-            module_name = manifest["module"]
-        except (OSError, yaml.YAMLError, KeyError, TypeError) as error:
-            raise MeshextError(f"no usable manifest.yaml in {path}: {error}", where=where,
-                               fix="a Maistra image directory holds manifest.yaml naming its module") from None
-        maistra = MaistraDefaults(manifest.get("phase"), manifest.get("priority"))
-        path = path / module_name
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise MeshextError(f"cannot read module {path}: {error.strerror}", where=where,
-                           fix="point the image at an existing .wasm file") from None
-    if not data.startswith(b"\0asm"):
-        raise MeshextError(f"{path} is not a WebAssembly module", where=where,
-                           fix="point the image at a compiled .wasm module")
-    sha256 = hashlib.sha256(data).hexdigest()
-    return ResolvedModule(path=path, module_sha256=sha256, digest=f"sha256:{sha256}", reference=url, maistra=maistra)
+def _located(error: MeshextError, where: str) -> MeshextError:
+    """The registry's error, prefixed with the resource field that named the image."""
+    return MeshextError(error.message, where=f"{where} ({error.where})" if error.where else where, fix=error.fix)
+
+
+def credentials_from_secret(payload: dict[str, Any], image: str, settings: RegistrySettings,
+                            where: str) -> Credentials | None:
+    host = settings.registry_host(image)
+    if host is None:
+        return None
+    credentials = Credentials.from_docker_config(payload, host)
+    if credentials is None:
+        raise MeshextError(f"the pull secret has no entry for registry {host}", where=where,
+                           fix=f"add {host} to the secret's .dockerconfigjson auths")
+    return credentials

@@ -28,7 +28,13 @@ from typing import Any, Callable
 
 from meshext.control.cache import TypeStatus
 from meshext.control.envoy_config import SnapshotBuilder
-from meshext.control.images import ResolvedModule, resolve_image
+from meshext.control.images import (
+    ImageResolveError,
+    RegistrySettings,
+    ResolvedModule,
+    credentials_from_secret,
+    resolve_image,
+)
 from meshext.control.mesh import Mesh, Workload
 from meshext.control.placement import PlacedExtension
 from meshext.control.proxy import SIDECAR_DRAIN_SECONDS
@@ -72,8 +78,10 @@ class Operator:
         *,
         status_writer: StatusWriter | None = None,
         secret_lookup: SecretLookup | None = None,
+        registry: RegistrySettings | None = None,
     ) -> None:
         self.mesh = mesh
+        self.registry = registry or RegistrySettings()
         self.control_plane = control_plane
         self.status_writer = status_writer or (lambda obj, status: None)
         self.secret_lookup = secret_lookup or (lambda namespace, name: None)
@@ -181,13 +189,15 @@ class Operator:
             try:
                 credentials = self._credentials(request)
                 resolved = resolve_image(request.image, policy=request.pull_policy,
-                                         expected_sha256=request.expected_sha256, credentials=credentials,
-                                         where=f"{key}: spec.{'image' if request.kind != 'WasmPlugin' else 'url'}")
+                                         expected_sha256=request.expected_sha256, settings=self.registry,
+                                         credentials=credentials, where=key,
+                                         image_field="spec.url" if request.kind == "WasmPlugin" else "spec.image")
                 self.control_plane.modules.add(resolved.path, resolved.module_sha256)
-            except MeshextError as error:
-                tracked.placed = None
-                tracked.error = str(error)
-                tracked.error_reason = "DigestMismatch" if "sha256" in error.message else "ImagePullFailed"
+            except ImageResolveError as error:
+                tracked.placed, tracked.error, tracked.error_reason = None, str(error), error.reason
+                return
+            except MeshextError as error:  # the pull secret
+                tracked.placed, tracked.error, tracked.error_reason = None, str(error), "ImagePullSecretInvalid"
                 return
             tracked.resolved, tracked.resolved_for = resolved, wanted
         assert tracked.resolved is not None
@@ -215,10 +225,8 @@ class Operator:
                 where=f"{request.key}: spec.imagePullSecret",
                 fix="create a kubernetes.io/dockerconfigjson Secret with that name in the resource's namespace",
             )
-        from meshext.registry import Credentials  # only registry images need credentials
-
-        host = request.image.removeprefix("oci://").split("/", 1)[0]
-        return Credentials.from_docker_config(payload, host)
+        return credentials_from_secret(payload, request.image, self.registry,
+                                       where=f"{request.key}: spec.imagePullSecret")
 
     # -- placement and publishing ----------------------------------------------
     def _selects(self, request: ExtensionRequest, workload: Workload) -> bool:

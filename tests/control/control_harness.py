@@ -45,7 +45,10 @@ def header_module(directory: Path, header: str = CHAIN_HEADER) -> tuple[Path, st
     """The test filter, appending ``header`` (15 characters) with its config as value."""
     assert len(header) == len(CHAIN_HEADER)
     source = (WAT_DIR / "append_header.wat").read_text().replace(f'"{CHAIN_HEADER}"', f'"{header}"')
-    return compile_wat(source, directory / f"{header}.wasm")
+    # Padding to 64 KiB: meshext.registry's pull (as merged) checks the wasm magic
+    # before flushing what it wrote, so modules under its 8 KiB buffer fail to pull.
+    padded = source.rstrip().removesuffix(")") + f'  (@custom "meshext-test-padding" "{"0" * 65536}")\n)\n'
+    return compile_wat(padded, directory / f"{header}.wasm")
 
 
 class _EchoHandler(BaseHTTPRequestHandler):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
 from control_harness import (
     Load,
     call,
@@ -42,17 +41,19 @@ def _with_chain(response, expected):
     return response if response.status == 200 and response.chain() == expected else None
 
 
-def test_extension_runs_only_on_selected_workload(mesh_under_test, clean_config, modules):
-    path, sha = modules["chain"]
+def test_extension_runs_only_on_selected_workload(mesh_under_test, clean_config, modules, images):
+    _, sha = modules["chain"]
+    image, manifest_digest = images["chain"]
     resource = clean_config / "backend-only.yaml"
-    write_resources(resource, sme("tag-backend", f"file://{path}", config={"tag": "backend-only"},
+    write_resources(resource, sme("tag-backend", image, config={"tag": "backend-only"},
                                   phase="PostAuthN", labels={"app": "backend"}))
     status = wait_until(lambda: _ready(resource, "ServiceMeshExtension/default/tag-backend"), what="Ready status")
     assert "observedGeneration" in status and status["observedGeneration"] == 1
 
     assert status["workloads"] == [BACKEND]
     assert status["moduleSha256"] == sha
-    assert status["resolvedDigest"] == f"sha256:{sha}"
+    assert status["resolvedDigest"] == manifest_digest
+    assert status["resolvedImage"].endswith(f"/chain@{manifest_digest}")  # pinned
     assert _condition(status)["reason"] == "Running"
     assert _condition(status, "Error")["status"] == "False"
 
@@ -66,22 +67,16 @@ def test_extension_runs_only_on_selected_workload(mesh_under_test, clean_config,
     assert to_frontend.chain() == []
 
 
-def test_phases_and_priorities_run_in_documented_order(mesh_under_test, clean_config, modules, tmp_path):
+def test_phases_and_priorities_run_in_documented_order(mesh_under_test, clean_config, modules, images):
     path, _ = modules["chain"]
-    # A Maistra image directory: phase/priority come from its manifest when the resource omits them.
-    image_dir = tmp_path / "maistra-image"
-    image_dir.mkdir()
-    (image_dir / "extension.wasm").write_bytes(path.read_bytes())
-    (image_dir / "manifest.yaml").write_text(yaml.safe_dump({
-        "schemaVersion": 1, "name": "first", "description": "", "version": "1",
-        "phase": "PreAuthN", "priority": 100, "module": "extension.wasm"}))
     resource = clean_config / "ordered.yaml"
     write_resources(
         resource,
         sme("post-authz-low", f"file://{path}", config={"tag": "PostAuthZ/1"}, phase="PostAuthZ", priority=1),
         sme("pre-stats", f"file://{path}", config={"tag": "PreStats/50"}, phase="PreStats", priority=50),
         sme("post-authz-high", f"file://{path}", config={"tag": "PostAuthZ/9"}, phase="PostAuthZ", priority=9),
-        sme("from-manifest", f"file://{image_dir}", config={"tag": "manifest"}),
+        # A Maistra image: phase/priority come from its manifest.yaml when the resource omits them.
+        sme("from-manifest", images["maistra"][0], config={"tag": "manifest"}),
         wasmplugin("authn", f"file://{path}", phase="AUTHN", priority=5, pluginConfig={"tag": "AUTHN/5"}),
         wasmplugin("unspecified", f"file://{path}", pluginConfig={"tag": "UNSPECIFIED"}),
     )
@@ -102,9 +97,9 @@ def test_phases_and_priorities_run_in_documented_order(mesh_under_test, clean_co
         assert response.response_chain() == expected[::-1]  # encode path runs the chain backwards
 
 
-def test_update_config_and_image_under_load_then_delete(mesh_under_test, clean_config, modules):
+def test_update_config_and_image_under_load_then_delete(mesh_under_test, clean_config, modules, images):
     path, _ = modules["chain"]
-    path_v2, sha_v2 = modules["chain-v2"]
+    _, sha_v2 = modules["chain-v2"]
     mesh = mesh_under_test.mesh
     key = "ServiceMeshExtension/default/live"
     resource = clean_config / "live.yaml"
@@ -118,7 +113,7 @@ def test_update_config_and_image_under_load_then_delete(mesh_under_test, clean_c
         # A config change is an ECDS update only: the listener (and its connections) stay.
         assert call(mesh, "frontend-v1", "backend").chain() == ['{"tag":"v2"}']
 
-        write_resources(resource, sme("live", f"file://{path_v2}", config={"tag": "v3"}, phase="PreAuthZ"))
+        write_resources(resource, sme("live", images["chain-v2"][0], config={"tag": "v3"}, phase="PreAuthZ"))
         status = wait_until(lambda: _ready(resource, key, generation=3), what="image update Ready")
         assert status["moduleSha256"] == sha_v2
         after_image = call(mesh, "frontend-v1", "backend")
@@ -132,7 +127,8 @@ def test_update_config_and_image_under_load_then_delete(mesh_under_test, clean_c
     assert load.failures == [], f"{len(load.failures)} of {load.sent} requests failed: {load.failures[:5]}"
 
 
-def test_bad_resources_are_reported_and_traffic_is_unaffected(mesh_under_test, clean_config, modules):
+def test_bad_resources_are_reported_and_traffic_is_unaffected(mesh_under_test, clean_config, modules, images,
+                                                              registry):
     path, sha = modules["chain"]
     mesh = mesh_under_test.mesh
     good = clean_config / "good.yaml"
@@ -143,8 +139,8 @@ def test_bad_resources_are_reported_and_traffic_is_unaffected(mesh_under_test, c
     with Load(lambda: call(mesh, "frontend-v1", "backend"), count=3000, seconds=60) as load:
         write_resources(
             bad,
-            sme("missing-image", "file:///nonexistent/filter.wasm", config={"tag": "x"}),
-            wasmplugin("wrong-digest", f"file://{path}", sha256="0" * 64, pluginConfig={"tag": "x"}),
+            sme("missing-image", f"{registry.host}/no-such-filter:1", config={"tag": "x"}),
+            wasmplugin("wrong-digest", images["chain"][0], sha256="0" * 64, pluginConfig={"tag": "x"}),
             sme("bad-priority", f"file://{path}", priority="high"),
             sme("typo", f"file://{path}", config={"tag": "x"}, phase="PreAuthN") | {"spec": {
                 "image": f"file://{path}", "priorty": 3}},
@@ -164,7 +160,7 @@ def test_bad_resources_are_reported_and_traffic_is_unaffected(mesh_under_test, c
                            "refused-by-envoy": "RejectedByProxy"}
         statuses = read_status(bad)
         message = {key.split("/")[-1]: _condition(s)["message"] for key, s in statuses.items()}
-        assert "/nonexistent/filter.wasm" in message["missing-image"]
+        assert "no-such-filter" in message["missing-image"] and "spec.image" in message["missing-image"]
         assert sha in message["wrong-digest"] and "spec.sha256" in message["wrong-digest"]
         assert "spec.priority" in message["bad-priority"]
         assert "spec.priorty" in message["typo"] and "unknown field" in message["typo"]
