@@ -71,10 +71,10 @@ def test_kubernetes_source_reconciles_and_writes_status(tmp_path, modules):
         ready = next(c for c in first["conditions"] if c["type"] == "Ready")
         assert (ready["status"], ready["reason"]) == ("False", "NoMatchingWorkloads")
 
+        # The watch delivers the change: a new generation is observed.
         custom.patch_namespaced_custom_object("maistra.io", "v1", namespace, "servicemeshextensions", "tagger",
-                                              {"spec": {"priority": "high"}})
-        wait_until(lambda: (lambda s: s and "spec.priority" in s["conditions"][0]["message"])(status(2)),
-                   timeout=30, what="invalid spec reported")
+                                              {"spec": {"config": {"tag": "k8s-2"}}})
+        wait_until(lambda: status(2), timeout=30, what="generation 2 observed")
     finally:
         source.stop()
         operator.stop()
