@@ -70,10 +70,6 @@ class SnapshotCache:
         with self._lock:
             return self._snapshots.get(node_id)
 
-    def node_ids(self) -> list[str]:
-        with self._lock:
-            return sorted(set(self._snapshots) | set(self._proxies))
-
     def add_listener(self, listener: AckListener) -> None:
         self._listeners.append(listener)
 

@@ -20,7 +20,6 @@ xds-protos messages, which checks every field name against the real schema.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -221,12 +220,3 @@ class SnapshotBuilder:
         ]
         return {CLUSTER: clusters, ENDPOINT: endpoints, ROUTE: routes}
 
-
-def describe(snapshot: Snapshot) -> str:
-    """A readable dump (for debugging and `meshext status --verbose`)."""
-    out = {}
-    for type_url, resources in snapshot.resources.items():
-        out[type_url.rsplit(".", 1)[-1]] = {
-            name: json_format.MessageToDict(resource.packed) for name, resource in resources.items()
-        }
-    return json.dumps(out, indent=2)

@@ -419,11 +419,6 @@ class Operator:
             }
         return {"extensions": extensions, "proxies": proxies}
 
-    def resync(self) -> None:
-        """Recompute everything (e.g. after the mesh changed)."""
-        self._idle.clear()
-        self._events.put(("resync", None))
-
 
 def _without_times(status: dict[str, Any]) -> dict[str, Any]:
     if not status:

@@ -26,9 +26,6 @@ EXTENSION_CONFIG = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfi
 TYPE_URLS = (CLUSTER, ENDPOINT, LISTENER, ROUTE, EXTENSION_CONFIG)
 # Types that Envoy requests as a wildcard (all resources) in state-of-the-world.
 WILDCARD_TYPES = frozenset({LISTENER, CLUSTER})
-SHORT_TYPE_NAMES = {
-    LISTENER: "LDS", ROUTE: "RDS", CLUSTER: "CDS", ENDPOINT: "EDS", EXTENSION_CONFIG: "ECDS",
-}
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import asyncio
 import itertools
 import logging
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
@@ -62,14 +62,20 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
     def __init__(self, cache: SnapshotCache) -> None:
         self.cache = cache
 
-    # -- state of the world --------------------------------------------------
-    async def StreamAggregatedResources(
-        self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+    async def _serve(
+        self,
+        request_iterator: AsyncIterator[Any],
+        context: grpc.aio.ServicerContext,
+        on_request: Callable[[str, Any], None],
+        respond: Callable[[str, str, Snapshot], Any | None],
+    ) -> AsyncIterator[Any]:
+        """The loop both variants share: read requests in a task, answer on wake-ups.
+
+        A wake-up comes from a request (ACK, NACK, new subscription) or from the
+        cache (a new snapshot for this node)."""
         wake = asyncio.Event()
-        types: dict[str, _SotwType] = {}
-        node: dict[str, Any] = {}
         closed = asyncio.Event()
+        node: dict[str, str] = {}
 
         async def read() -> None:
             try:
@@ -79,7 +85,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first request must carry node.id")
                         node["id"] = request.node.id
                         self.cache.connect(request.node.id, _node_metadata(request.node), wake)
-                    self._on_sotw_request(node["id"], types, request)
+                    on_request(node["id"], request)
                     wake.set()
             finally:
                 closed.set()
@@ -96,15 +102,29 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                 if snapshot is None:
                     continue
                 for type_url in TYPE_URLS:
-                    state = types.get(type_url)
-                    if state is not None and state.waiting:
-                        response = self._sotw_response(node["id"], type_url, state, snapshot)
-                        if response is not None:
-                            yield response
+                    response = respond(node["id"], type_url, snapshot)
+                    if response is not None:
+                        yield response
         finally:
             reader.cancel()
             if node:
                 self.cache.disconnect(node["id"], wake)
+
+    # -- state of the world --------------------------------------------------
+    async def StreamAggregatedResources(
+        self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+        types: dict[str, _SotwType] = {}
+
+        def respond(node_id: str, type_url: str, snapshot: Snapshot) -> discovery_pb2.DiscoveryResponse | None:
+            state = types.get(type_url)
+            if state is None or not state.waiting:
+                return None
+            return self._sotw_response(node_id, type_url, state, snapshot)
+
+        on_request = lambda node_id, request: self._on_sotw_request(node_id, types, request)  # noqa: E731
+        async for response in self._serve(request_iterator, context, on_request, respond):
+            yield response
 
     def _on_sotw_request(self, node_id: str, types: dict[str, _SotwType], request: discovery_pb2.DiscoveryRequest) -> None:
         state = types.setdefault(request.type_url, _SotwType())
@@ -148,44 +168,15 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
     async def DeltaAggregatedResources(
         self, request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
-        wake = asyncio.Event()
         types: dict[str, _DeltaType] = {}
-        node: dict[str, Any] = {}
-        closed = asyncio.Event()
 
-        async def read() -> None:
-            try:
-                async for request in request_iterator:
-                    if not node:
-                        if not request.node.id:
-                            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first request must carry node.id")
-                        node["id"] = request.node.id
-                        self.cache.connect(request.node.id, _node_metadata(request.node), wake)
-                    self._on_delta_request(node["id"], types, request)
-                    wake.set()
-            finally:
-                closed.set()
-                wake.set()
+        def respond(node_id: str, type_url: str, snapshot: Snapshot) -> discovery_pb2.DeltaDiscoveryResponse | None:
+            state = types.get(type_url)
+            return None if state is None else self._delta_response(node_id, type_url, state, snapshot)
 
-        reader = asyncio.create_task(read())
-        try:
-            while True:
-                await wake.wait()
-                wake.clear()
-                if closed.is_set():
-                    break
-                snapshot = self.cache.snapshot(node["id"]) if node else None
-                if snapshot is None:
-                    continue
-                for type_url in TYPE_URLS:
-                    if type_url in types:
-                        response = self._delta_response(node["id"], type_url, types[type_url], snapshot)
-                        if response is not None:
-                            yield response
-        finally:
-            reader.cancel()
-            if node:
-                self.cache.disconnect(node["id"], wake)
+        on_request = lambda node_id, request: self._on_delta_request(node_id, types, request)  # noqa: E731
+        async for response in self._serve(request_iterator, context, on_request, respond):
+            yield response
 
     def _on_delta_request(
         self, node_id: str, types: dict[str, _DeltaType], request: discovery_pb2.DeltaDiscoveryRequest
