@@ -24,6 +24,9 @@ COMMANDS: dict[str, str] = {
     "pull": "meshext.registry.cli:pull_command",
     "inspect": "meshext.registry.cli:inspect_command",
     "toolchain": "meshext.sdk.cli:toolchain_command",
+    "control": "meshext.control.cli:control_group",
+    "proxy": "meshext.control.cli:proxy_command",
+    "status": "meshext.control.cli:status_command",
 }
 
 

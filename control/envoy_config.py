@@ -1,0 +1,222 @@
+"""Translate the mesh model and placed extensions into one proxy's xDS snapshot.
+
+Per sidecar:
+
+* listener ``inbound`` (the workload's endpoint) -> route ``inbound`` ->
+  cluster ``inbound|<app port>`` (the local app, HTTP/1.1 or HTTP/2);
+* listener ``outbound`` -> route ``outbound`` (a virtual host per service)
+  -> EDS cluster ``outbound|<port>||<service host>`` whose endpoints are the
+  peers' inbound listeners, spoken to over HTTP/2;
+* each Wasm extension is one ECDS resource (TypedExtensionConfig holding an
+  ``envoy.extensions.filters.http.wasm.v3.Wasm``); the HTTP connection
+  managers only *reference* it through ``config_discovery``, so changing an
+  extension's config or module never rebuilds a listener;
+* the module is a local file that the sidecar's module syncer put in place,
+  sha256 verified (see modules.py for why the module travels that way).
+
+Resources are written as the JSON form of Envoy's API and parsed into the
+xds-protos messages, which checks every field name against the real schema.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import extension_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401 - registers the type for Any
+from envoy.extensions.filters.http.wasm.v3 import wasm_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
+    http_connection_manager_pb2,
+)
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from meshext.control.mesh import Mesh, Service, Workload
+from meshext.control.placement import PlacedExtension, order
+from meshext.control.snapshot import CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, Resource, Snapshot
+
+WASM_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+PROTOCOL_OPTIONS_TYPE = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+ADS = {"ads": {}, "resource_api_version": "V3"}
+
+
+def _parse(message_class: type[Message], data: dict[str, Any]) -> Message:
+    return json_format.ParseDict(data, message_class())
+
+
+def _socket(address: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": address, "port_value": port}}
+
+
+def _protocol_options(http2: bool) -> dict[str, Any]:
+    explicit = {"http2_protocol_options": {}} if http2 else {"http_protocol_options": {}}
+    return {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": PROTOCOL_OPTIONS_TYPE, "explicit_http_config": explicit}}
+
+
+def wasm_filter_config(extension: PlacedExtension, module_path: str) -> wasm_pb2.Wasm:
+    """The Envoy Wasm HTTP filter for one extension, loading a verified local module."""
+    vm_config: dict[str, Any] = {
+        # One VM per extension (as Istio does per WasmPlugin): extensions never
+        # share module globals, and one that traps cannot take another down.
+        "vm_id": extension.key,
+        "runtime": "envoy.wasm.runtime.v8",
+        "code": {"local": {"filename": module_path}},
+    }
+    if extension.vm_environment or extension.vm_host_environment:
+        vm_config["environment_variables"] = {
+            "key_values": dict(extension.vm_environment),
+            "host_env_keys": list(extension.vm_host_environment),
+        }
+    return _parse(wasm_pb2.Wasm, {"config": {
+        "name": extension.key,
+        "root_id": extension.root_id,
+        "vm_config": vm_config,
+        "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                          "value": extension.configuration},
+        # failure_policy supersedes the deprecated fail_open flag in Envoy >= 1.32.
+        "failure_policy": "FAIL_OPEN" if extension.fail_open else "FAIL_CLOSED",
+    }})
+
+
+def _http_connection_manager(direction: str, extensions: list[PlacedExtension]) -> dict[str, Any]:
+    http_filters = [
+        {"name": extension.filter_name, "config_discovery": {
+            "config_source": ADS, "type_urls": [WASM_FILTER_TYPE]}}
+        for extension in extensions
+    ]
+    http_filters.append({"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}})
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": HCM_TYPE,
+            "stat_prefix": direction,
+            "codec_type": "AUTO",  # HTTP/1.1 and HTTP/2 (prior knowledge) on one port
+            "rds": {"route_config_name": direction, "config_source": ADS},
+            "http_filters": http_filters,
+        },
+    }
+
+
+def _listener(direction: str, address: str, port: int, extensions: list[PlacedExtension]) -> listener_pb2.Listener:
+    return _parse(listener_pb2.Listener, {
+        "name": direction,
+        "address": _socket(address, port),
+        "filter_chains": [{"filters": [_http_connection_manager(direction, extensions)]}],
+    })
+
+
+def _outbound_cluster_name(service: Service, port: int) -> str:
+    return f"outbound|{port}||{service.host}"
+
+
+def _applies(extension: PlacedExtension, direction: str, port: int) -> bool:
+    wanted = extension.inbound if direction == "inbound" else extension.outbound
+    return wanted and (not extension.ports or port in extension.ports)
+
+
+class SnapshotBuilder:
+    """Builds per-sidecar snapshots, reusing packed resources between builds.
+
+    A mesh-wide change touches every sidecar; what differs between two builds
+    is usually one extension config, so the services' clusters, routes and
+    endpoints are packed once per workload, listeners once per filter list,
+    and each extension config once for all sidecars.
+    """
+
+    def __init__(self, mesh: Mesh) -> None:
+        self.mesh = mesh
+        self._base: dict[str, dict[str, list[Resource]]] = {}
+        self._listeners: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[Resource]] = {}
+        self._extension_configs: dict[tuple[PlacedExtension, str], Resource] = {}
+
+    def snapshot(self, workload: Workload, extensions: list[PlacedExtension], module_dir: str = "",
+                 draining: list[PlacedExtension] | None = None) -> Snapshot:
+        """Everything the sidecar of ``workload`` should run; modules are read from ``module_dir``.
+
+        ``draining``: extensions no listener references any more, whose config is
+        still served because connections on a draining filter chain use it."""
+        ordered = order(extensions)
+        inbound = [e for e in ordered if _applies(e, "inbound", workload.inbound.port)]
+        outbound = [e for e in ordered if _applies(e, "outbound", workload.outbound.port)]
+        listener_key = (workload.node_id, tuple(e.filter_name for e in inbound), tuple(e.filter_name for e in outbound))
+        if listener_key not in self._listeners:
+            self._listeners[listener_key] = [
+                Resource.of("inbound", _listener("inbound", workload.inbound.address, workload.inbound.port, inbound)),
+                Resource.of("outbound", _listener("outbound", workload.outbound.address, workload.outbound.port,
+                                                  outbound)),
+            ]
+        if workload.node_id not in self._base:
+            self._base[workload.node_id] = self._service_resources(workload)
+        extension_configs = [self._extension_config(e, module_dir) for e in ordered if e in inbound or e in outbound]
+        extension_configs += [self._extension_config(e, module_dir) for e in draining or []]
+        return Snapshot.of_resources({
+            **self._base[workload.node_id],
+            LISTENER: self._listeners[listener_key],
+            EXTENSION_CONFIG: extension_configs,
+        })
+
+    def _extension_config(self, extension: PlacedExtension, module_dir: str) -> Resource:
+        key = (extension, module_dir)
+        if key not in self._extension_configs:
+            path = f"{module_dir}/{extension.module_sha256}.wasm"
+            typed = extension_pb2.TypedExtensionConfig(name=extension.filter_name)
+            typed.typed_config.Pack(wasm_filter_config(extension, path))
+            self._extension_configs[key] = Resource.of(extension.filter_name, typed)
+        return self._extension_configs[key]
+
+    def _service_resources(self, workload: Workload) -> dict[str, list[Resource]]:
+        mesh = self.mesh
+        own_services = mesh.services_of(workload)
+        app_http2 = bool(own_services and own_services[0].ports[0].protocol == "HTTP2")
+        inbound_cluster = f"inbound|{workload.app.port}"
+        clusters = [
+            Resource.of(inbound_cluster, _parse(cluster_pb2.Cluster, {
+                "name": inbound_cluster, "type": "STATIC", "connect_timeout": "1s",
+                "typed_extension_protocol_options": _protocol_options(app_http2),
+                "load_assignment": {"cluster_name": inbound_cluster, "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": _socket(workload.app.address, workload.app.port)}}]}]},
+            })),
+        ]
+        endpoints = []
+        virtual_hosts = []
+        for service in mesh.services:
+            for port in service.ports:
+                name = _outbound_cluster_name(service, port.port)
+                clusters.append(Resource.of(name, _parse(cluster_pb2.Cluster, {
+                    "name": name, "type": "EDS", "connect_timeout": "1s",
+                    "eds_cluster_config": {"eds_config": ADS},
+                    # Sidecar to sidecar is always HTTP/2 (prior knowledge).
+                    "typed_extension_protocol_options": _protocol_options(True),
+                })))
+                endpoints.append(Resource.of(name, _parse(endpoint_pb2.ClusterLoadAssignment, {
+                    "cluster_name": name,
+                    "endpoints": [{"lb_endpoints": [
+                        {"endpoint": {"address": _socket(peer.inbound.address, peer.inbound.port)}}
+                        for peer in mesh.endpoints(service)
+                    ]}],
+                })))
+                short = [service.name, f"{service.name}.{service.namespace}",
+                         f"{service.name}.{service.namespace}.svc", service.host]
+                virtual_hosts.append({
+                    "name": f"{service.host}:{port.port}",
+                    "domains": short + [f"{host}:{port.port}" for host in short],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": name, "timeout": "15s"}}],
+                })
+        routes = [
+            Resource.of("inbound", _parse(route_pb2.RouteConfiguration, {"name": "inbound", "virtual_hosts": [{
+                "name": "inbound", "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": inbound_cluster, "timeout": "15s"}}],
+            }]})),
+            Resource.of("outbound", _parse(route_pb2.RouteConfiguration, {"name": "outbound",
+                                                                          "virtual_hosts": virtual_hosts})),
+        ]
+        return {CLUSTER: clusters, ENDPOINT: endpoints, ROUTE: routes}
+

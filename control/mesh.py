@@ -1,0 +1,117 @@
+"""The mesh model: services and the workloads (sidecar + local app) behind them.
+
+Read from a YAML mesh file; ``default-mesh.yaml`` next to this module is the
+embedded default.  Like Kubernetes, a service selects its workloads by labels;
+a workload's endpoint is its sidecar's inbound listener, so service-to-service
+traffic always goes sidecar to sidecar.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from meshext.errors import MeshextError
+
+DEFAULT_MESH_FILE = Path(__file__).with_name("default-mesh.yaml")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Address(_Strict):
+    address: str = "127.0.0.1"
+    port: int = Field(ge=1, le=65535)
+
+
+class ServicePort(_Strict):
+    name: str = "http"
+    port: int = Field(ge=1, le=65535)
+    # How the app behind the port speaks; sidecars talk HTTP/2 to each other.
+    protocol: Literal["HTTP", "HTTP2"] = "HTTP"
+
+
+class Service(_Strict):
+    name: str
+    namespace: str = "default"
+    selector: dict[str, str]
+    ports: list[ServicePort] = Field(min_length=1)
+
+    @property
+    def host(self) -> str:
+        return f"{self.name}.{self.namespace}.svc.cluster.local"
+
+
+class Workload(_Strict):
+    name: str
+    namespace: str = "default"
+    labels: dict[str, str] = Field(default_factory=dict)
+    app: Address  # the local application the inbound listener forwards to
+    inbound: Address  # the sidecar's inbound listener: this workload's endpoint
+    outbound: Address  # the sidecar's outbound listener the local app sends through
+
+    @property
+    def node_id(self) -> str:
+        return f"{self.name}.{self.namespace}"
+
+
+class Mesh(_Strict):
+    controlPlaneNamespace: str = "meshext-system"
+    services: list[Service] = Field(default_factory=list)
+    workloads: list[Workload] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Mesh:
+        for kind, items in (("service", self.services), ("workload", self.workloads)):
+            seen: set[tuple[str, str]] = set()
+            for item in items:
+                key = (item.namespace, item.name)
+                if key in seen:
+                    raise ValueError(f"{kind} {item.namespace}/{item.name} is defined twice")
+                seen.add(key)
+        return self
+
+    def workload(self, name: str, namespace: str) -> Workload:
+        for workload in self.workloads:
+            if workload.name == name and workload.namespace == namespace:
+                return workload
+        known = ", ".join(f"{w.namespace}/{w.name}" for w in self.workloads) or "none"
+        raise MeshextError(
+            f"no workload {namespace}/{name} in the mesh",
+            where="--workload/--namespace",
+            fix=f"use one of the mesh file's workloads ({known})",
+        )
+
+    def endpoints(self, service: Service) -> list[Workload]:
+        return [
+            workload for workload in self.workloads
+            if workload.namespace == service.namespace
+            and all(workload.labels.get(key) == value for key, value in service.selector.items())
+        ]
+
+    def services_of(self, workload: Workload) -> list[Service]:
+        return [service for service in self.services if workload in self.endpoints(service)]
+
+
+def load_mesh(path: Path | None = None) -> Mesh:
+    """Parse a mesh file (the embedded default when ``path`` is None)."""
+    path = path or DEFAULT_MESH_FILE
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise MeshextError(f"cannot read the mesh file: {error}", where=str(path),
+                           fix="pass a readable YAML file with --mesh") from None
+    try:
+        return Mesh.model_validate(data or {})
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        raise MeshextError(
+            f"invalid mesh file: {field}: {first['msg']}",
+            where=str(path),
+            fix="see control/default-mesh.yaml for the expected shape",
+        ) from None

@@ -1,0 +1,430 @@
+"""The extension operator: resources in, per-proxy snapshots and statuses out.
+
+Where resources come from (a directory, Kubernetes) is the sources' business
+(sources.py); they call :meth:`Operator.apply` / :meth:`Operator.delete`.  One
+worker thread does all the work, so no two reconciles ever race:
+
+1. validate each changed resource and resolve its image (digest pinned,
+   sha256 verified) into the control plane's module store;
+2. choose, for every workload, the extensions that select it (a resource in
+   the control-plane namespace applies mesh-wide, elsewhere only in its own
+   namespace), and publish one snapshot per sidecar;
+3. follow ACKs and NACKs: a configuration a proxy refused is marked rejected
+   with Envoy's error text and withdrawn, so every proxy goes back to (and new
+   proxies start with) the last configuration that was accepted;
+4. write each resource's status when it changes.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import queue
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from meshext.control.cache import TypeStatus
+from meshext.control.envoy_config import SnapshotBuilder
+from meshext.control.images import (
+    ImageResolveError,
+    RegistrySettings,
+    ResolvedModule,
+    credentials_from_secret,
+    resolve_image,
+)
+from meshext.control.mesh import Mesh, Workload
+from meshext.control.placement import PlacedExtension
+from meshext.control.proxy import SIDECAR_DRAIN_SECONDS
+from meshext.control.resources import ExtensionRequest, parse_resource, resource_key
+from meshext.control.server import ControlPlane
+from meshext.control.snapshot import EXTENSION_CONFIG, LISTENER
+from meshext.errors import MeshextError
+
+log = logging.getLogger(__name__)
+
+# A removed filter's ECDS config outlives its last listener reference by this
+# much: connections still on the old filter chain (draining) use it, and Envoy
+# answers 500 on a filter chain whose ECDS config was withdrawn.
+RETIRED_FILTER_SECONDS = 2 * SIDECAR_DRAIN_SECONDS + 2
+
+# (resource object, status) -> None; the source decides where status goes.
+StatusWriter = Callable[[dict[str, Any], dict[str, Any]], None]
+# (namespace, secret name) -> the secret's .dockerconfigjson payload, or None.
+SecretLookup = Callable[[str, str], dict[str, Any] | None]
+
+
+@dataclass
+class _Tracked:
+    obj: dict[str, Any]
+    request: ExtensionRequest | None = None
+    error: str = ""  # why it cannot run: validation or image resolution
+    error_reason: str = ""
+    resolved: ResolvedModule | None = None
+    resolved_for: tuple[Any, ...] = ()
+    placed: PlacedExtension | None = None
+    last_good: PlacedExtension | None = None
+    rejected: dict[PlacedExtension, str] = field(default_factory=dict)  # refused by Envoy
+    status: dict[str, Any] = field(default_factory=dict)
+
+
+class Operator:
+    def __init__(
+        self,
+        mesh: Mesh,
+        control_plane: ControlPlane,
+        *,
+        status_writer: StatusWriter | None = None,
+        secret_lookup: SecretLookup | None = None,
+        registry: RegistrySettings | None = None,
+    ) -> None:
+        self.mesh = mesh
+        self.registry = registry or RegistrySettings()
+        self.control_plane = control_plane
+        self.status_writer = status_writer or (lambda obj, status: None)
+        self.secret_lookup = secret_lookup or (lambda namespace, name: None)
+        self._builder = SnapshotBuilder(mesh)
+        self._tracked: dict[str, _Tracked] = {}
+        self._published: dict[str, dict[str, PlacedExtension]] = {}  # node id -> ECDS name -> extension
+        self._retired: dict[str, dict[str, tuple[PlacedExtension, float]]] = {}  # node -> name -> (ext, until)
+        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._lock = threading.Lock()  # guards _tracked/_published for status readers
+        self._idle = threading.Event()
+        self._rejections_changed = False
+        self._worker = threading.Thread(target=self._run, name="operator", daemon=True)
+        control_plane.cache.add_listener(self._on_reply)
+        control_plane.demand.on_report = lambda node_id: self._events.put(("modules", node_id))
+        control_plane.status_provider = self.status_report
+
+    # -- inputs ----------------------------------------------------------------
+    def start(self) -> Operator:
+        self._events.put(("resync", None))
+        self._worker.start()
+        return self
+
+    def stop(self) -> None:
+        self._events.put(("stop", None))
+        self._worker.join(timeout=30)
+
+    def apply(self, obj: dict[str, Any]) -> None:
+        self._idle.clear()
+        self._events.put(("apply", copy.deepcopy(obj)))
+
+    def delete(self, key: str) -> None:
+        self._idle.clear()
+        self._events.put(("delete", key))
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until every queued event has been handled (tests, CLI)."""
+        return self._idle.wait(timeout)
+
+    def _on_reply(self, node_id: str, type_url: str, status: TypeStatus, nacked_names: list[str]) -> None:
+        # Runs on the xDS loop: hand over and return at once.
+        if type_url == "":  # a proxy connected: it may be waiting for its first snapshot
+            self._events.put(("connect", node_id))
+        elif type_url in (EXTENSION_CONFIG, LISTENER):
+            self._events.put(("reply", (node_id, type_url, status, nacked_names)))
+
+    # -- the worker ------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            try:
+                events = [self._events.get(timeout=self._next_expiry())]
+            except queue.Empty:
+                events = [("expire", None)]
+            while True:  # coalesce a burst of events into one reconcile
+                try:
+                    events.append(self._events.get_nowait())
+                except queue.Empty:
+                    break
+            for kind, payload in events:
+                if kind == "stop":
+                    return
+                try:
+                    self._handle(kind, payload)
+                except Exception:  # one bad event must not stop the operator
+                    log.exception("operator event %s failed", kind)
+            try:
+                if any(kind != "reply" for kind, _ in events) or self._rejections_changed:
+                    self._rejections_changed = False
+                    self._reconcile()
+                else:  # ACKs change only who runs what
+                    self._write_statuses()
+            except Exception:
+                log.exception("reconcile failed")
+            if self._events.empty():
+                self._idle.set()
+
+    def _next_expiry(self) -> float | None:
+        until = [t for retired in self._retired.values() for _, t in retired.values()]
+        return max(0.0, min(until) - time.monotonic()) + 0.05 if until else None
+
+    def _handle(self, kind: str, payload: Any) -> None:
+        if kind == "apply":
+            key = resource_key(payload)
+            with self._lock:
+                tracked = self._tracked.setdefault(key, _Tracked(obj=payload))
+                tracked.obj = payload
+            self._prepare(tracked)
+        elif kind == "delete":
+            with self._lock:
+                self._tracked.pop(payload, None)
+        elif kind == "reply":
+            self._record_reply(*payload)
+
+    def _prepare(self, tracked: _Tracked) -> None:
+        """Validate and resolve one resource (only what changed is pulled again)."""
+        key = resource_key(tracked.obj)
+        try:
+            request = parse_resource(tracked.obj)
+        except MeshextError as error:
+            tracked.request, tracked.placed = None, None
+            tracked.error, tracked.error_reason = str(error), "InvalidSpec"
+            return
+        tracked.request = request
+        wanted = (request.image, request.pull_policy, request.expected_sha256, request.pull_secret)
+        if tracked.resolved is None or tracked.resolved_for != wanted or request.pull_policy == "Always":
+            try:
+                credentials = self._credentials(request)
+                resolved = resolve_image(request.image, policy=request.pull_policy,
+                                         expected_sha256=request.expected_sha256, settings=self.registry,
+                                         credentials=credentials, where=key,
+                                         image_field="spec.url" if request.kind == "WasmPlugin" else "spec.image")
+                self.control_plane.modules.add(resolved.path, resolved.module_sha256)
+            except ImageResolveError as error:
+                tracked.placed, tracked.error, tracked.error_reason = None, str(error), error.reason
+                return
+            except MeshextError as error:  # the pull secret
+                tracked.placed, tracked.error, tracked.error_reason = None, str(error), "ImagePullSecretInvalid"
+                return
+            tracked.resolved, tracked.resolved_for = resolved, wanted
+        assert tracked.resolved is not None
+        maistra = tracked.resolved.maistra
+        phase = request.phase or (maistra.phase if maistra and maistra.phase else "Unspecified")
+        priority = request.priority
+        if priority is None:
+            priority = maistra.priority if maistra and maistra.priority is not None else 0
+        tracked.placed = PlacedExtension(
+            key=key, filter_name=request.filter_name, phase=phase, priority=priority,
+            module_sha256=tracked.resolved.module_sha256, root_id=request.root_id,
+            configuration=request.configuration, fail_open=request.fail_open,
+            inbound=request.inbound, outbound=request.outbound, ports=request.ports,
+            vm_environment=request.vm_environment, vm_host_environment=request.vm_host_environment,
+        )
+        tracked.error = tracked.error_reason = ""
+
+    def _credentials(self, request: ExtensionRequest) -> Any:
+        if not request.pull_secret:
+            return None
+        payload = self.secret_lookup(request.namespace, request.pull_secret)
+        if payload is None:
+            raise MeshextError(
+                f"imagePullSecret {request.pull_secret!r} not found in namespace {request.namespace}",
+                where=f"{request.key}: spec.imagePullSecret",
+                fix="create a kubernetes.io/dockerconfigjson Secret with that name in the resource's namespace",
+            )
+        return credentials_from_secret(payload, request.image, self.registry,
+                                       where=f"{request.key}: spec.imagePullSecret")
+
+    # -- placement and publishing ----------------------------------------------
+    def _selects(self, request: ExtensionRequest, workload: Workload) -> bool:
+        if request.namespace != self.mesh.controlPlaneNamespace and request.namespace != workload.namespace:
+            return False
+        return all(workload.labels.get(k) == v for k, v in request.selector.items())
+
+    def _effective(self, tracked: _Tracked) -> PlacedExtension | None:
+        """What should run: the current config unless a proxy refused it."""
+        candidates = self._candidates(tracked)
+        return candidates[0] if candidates else None
+
+    @staticmethod
+    def _candidates(tracked: _Tracked) -> list[PlacedExtension]:
+        """Preferred first: the current config (unless refused), then the last accepted one."""
+        candidates = []
+        if tracked.placed is not None and tracked.placed not in tracked.rejected:
+            candidates.append(tracked.placed)
+        if tracked.last_good is not None and tracked.last_good not in candidates:
+            candidates.append(tracked.last_good)
+        return candidates
+
+    def _reconcile(self) -> None:
+        with self._lock:
+            tracked_items = list(self._tracked.values())
+        proxies = self.control_plane.cache.proxies()
+        demand = self.control_plane.demand
+        published: dict[str, dict[str, PlacedExtension]] = {}
+        for workload in self.mesh.workloads:
+            node_id = workload.node_id
+            report = demand.reported(node_id)
+            module_dir, present = report if report is not None else ("", frozenset())
+            chosen: dict[str, PlacedExtension] = {}
+            wanted: set[str] = set()
+            for tracked in tracked_items:
+                if tracked.request is None or not self._selects(tracked.request, workload):
+                    continue
+                candidates = self._candidates(tracked)
+                wanted.update(c.module_sha256 for c in candidates)
+                # Until the sidecar holds the new module, it keeps the previous one.
+                usable = next((c for c in candidates if c.module_sha256 in present), None)
+                if usable is not None:
+                    chosen[usable.filter_name] = usable
+            draining = self._draining(node_id, chosen)
+            wanted.update(e.module_sha256 for e in draining)
+            demand.set_wanted(node_id, wanted)
+            published[node_id] = chosen
+            proxy = proxies.get(node_id)
+            if report is None and (proxy is None or proxy.metadata.get("MESHEXT_MODULE_SYNC")):
+                # Its syncer has not reported yet (e.g. right after a control-plane restart):
+                # publishing now would strip the proxy's filters until it does.
+                continue
+            self.control_plane.cache.set_snapshot(node_id, self._builder.snapshot(
+                workload, list(chosen.values()), module_dir, draining=draining))
+        with self._lock:
+            self._published = published
+        self._write_statuses()
+
+    def _draining(self, node_id: str, chosen: dict[str, PlacedExtension]) -> list[PlacedExtension]:
+        """Filters that just left ``node_id``'s listeners, kept until their chains drained."""
+        now = time.monotonic()
+        retired = self._retired.setdefault(node_id, {})
+        refused = {extension for tracked in self._tracked.values() for extension in tracked.rejected}
+        for name, extension in self._published.get(node_id, {}).items():
+            # A refused config never ran, so no connection can be using it.
+            if name not in chosen and name not in retired and extension not in refused:
+                retired[name] = (extension, now + RETIRED_FILTER_SECONDS)
+        for name in list(retired):
+            if name in chosen or retired[name][1] <= now:
+                del retired[name]
+        return [extension for extension, _ in retired.values()]
+
+    def _record_reply(self, node_id: str, type_url: str, status: TypeStatus, nacked_names: list[str]) -> None:
+        published = self._published.get(node_id, {})
+        if type_url != EXTENSION_CONFIG:
+            return  # listener replies only matter for the "running on" view
+        with self._lock:
+            by_filter = {t.placed.filter_name: t for t in self._tracked.values() if t.placed is not None}
+            by_filter.update({t.last_good.filter_name: t for t in self._tracked.values()
+                              if t.last_good is not None and t.last_good.filter_name not in by_filter})
+        if not status.error_detail:
+            for name in status.acked_resources:
+                tracked = by_filter.get(name)
+                if tracked is not None and published.get(name) is not None:
+                    tracked.last_good = published[name]
+            return
+        suspects = [by_filter[name] for name in nacked_names if name in by_filter]
+        # Envoy names the plugin it could not create: prefer that over "everything in the push".
+        named = [t for t in suspects if t.placed and re.search(re.escape(t.placed.key), status.error_detail)]
+        for tracked in named or suspects:
+            refused = published.get(tracked.request.filter_name if tracked.request else "")
+            if refused is not None:
+                tracked.rejected = {refused: f"proxy {node_id} rejected it: {status.error_detail}"}
+                self._rejections_changed = True
+                log.warning("%s rejected by %s: %s", refused.key, node_id, status.error_detail)
+
+    # -- status ----------------------------------------------------------------
+    def _running_on(self, extension: PlacedExtension, proxies: dict[str, Any]) -> list[str]:
+        """Proxies that accepted exactly this version of the extension."""
+        running = []
+        filter_name = extension.filter_name
+        for node_id, chosen in self._published.items():
+            proxy = proxies.get(node_id)
+            snapshot = self.control_plane.cache.snapshot(node_id)
+            if chosen.get(filter_name) != extension or proxy is None or proxy.streams <= 0 or snapshot is None:
+                continue
+            ecds = proxy.types.get(EXTENSION_CONFIG)
+            lds = proxy.types.get(LISTENER)
+            resource = snapshot.of_type(EXTENSION_CONFIG).get(filter_name)
+            if (ecds and lds and resource is not None
+                    and ecds.acked_resources.get(filter_name) == resource.version
+                    and lds.acked_version == snapshot.type_versions[LISTENER]):
+                running.append(node_id)
+        return sorted(running)
+
+    def _status_of(self, tracked: _Tracked, proxies: dict[str, Any]) -> dict[str, Any]:
+        request = tracked.request
+        generation = int((tracked.obj.get("metadata") or {}).get("generation") or 1)
+        status: dict[str, Any] = {"observedGeneration": generation}
+        reason, message, error = "", "", False
+        effective = self._effective(tracked)
+        if tracked.error:
+            reason, message, error = tracked.error_reason, tracked.error, True
+        elif tracked.placed is not None and tracked.placed in tracked.rejected:
+            reason, message, error = "RejectedByProxy", tracked.rejected[tracked.placed], True
+        if tracked.resolved is not None:
+            status["resolvedImage"] = tracked.resolved.reference
+            status["resolvedDigest"] = tracked.resolved.digest
+            status["moduleSha256"] = tracked.resolved.module_sha256
+        selected = ([w.node_id for w in self.mesh.workloads if self._selects(request, w)]
+                    if request is not None else [])
+        running = self._running_on(effective, proxies) if effective else []
+        if effective is not None:
+            status["effectivePhase"] = effective.phase
+            status["effectivePriority"] = effective.priority
+        status["workloads"] = running
+        if error:
+            if effective is not None:
+                message += " (the last accepted configuration keeps running)"
+            ready = False
+        elif not selected:
+            ready, reason, message = False, "NoMatchingWorkloads", "the selector matches no workload in the mesh"
+        elif set(running) >= set(selected):
+            ready, reason, message = True, "Running", f"running on {len(running)} workload(s)"
+        else:
+            waiting = sorted(set(selected) - set(running))
+            ready, reason, message = False, "Pending", "waiting for the proxies of " + ", ".join(waiting)
+        status["conditions"] = [
+            {"type": "Ready", "status": str(ready), "reason": reason, "message": message},
+            {"type": "Error", "status": str(error), "reason": reason if error else "NoError",
+             "message": message if error else ""},
+        ]
+        status["phase"] = "Error" if error else ("Ready" if ready else "Pending")
+        return status
+
+    def _write_statuses(self) -> None:
+        proxies = self.control_plane.cache.proxies()
+        with self._lock:
+            tracked_items = list(self._tracked.values())
+        for tracked in tracked_items:
+            status = self._status_of(tracked, proxies)
+            if status == _without_times(tracked.status):
+                continue
+            previous = {c["type"]: c for c in tracked.status.get("conditions", [])}
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            for condition in status["conditions"]:
+                old = previous.get(condition["type"])
+                same = old is not None and old["status"] == condition["status"]
+                condition["lastTransitionTime"] = old["lastTransitionTime"] if same else now
+            tracked.status = status
+            try:
+                self.status_writer(tracked.obj, status)
+            except Exception:
+                log.exception("cannot write the status of %s", resource_key(tracked.obj))
+
+    def status_report(self) -> dict[str, Any]:
+        """Extensions and proxies, for GET /status and `meshext status`."""
+        with self._lock:
+            extensions = {key: {"status": copy.deepcopy(t.status), "image": (t.request.image if t.request else
+                                (t.obj.get("spec") or {}).get("image") or (t.obj.get("spec") or {}).get("url"))}
+                          for key, t in self._tracked.items()}
+        proxies = {}
+        for node_id, proxy in self.control_plane.cache.proxies().items():
+            proxies[node_id] = {
+                "connected": proxy.streams > 0,
+                "inSync": self.control_plane.cache.converged(node_id),
+                "types": {url.rsplit(".", 1)[-1]: {"acked": s.acked_version, "sent": s.sent_version,
+                                                   "nacked": s.nacked_version, "error": s.error_detail}
+                          for url, s in proxy.types.items()},
+            }
+        return {"extensions": extensions, "proxies": proxies}
+
+
+def _without_times(status: dict[str, Any]) -> dict[str, Any]:
+    if not status:
+        return {}
+    stripped = dict(status)
+    stripped["conditions"] = [
+        {k: v for k, v in condition.items() if k != "lastTransitionTime"} for condition in status["conditions"]
+    ]
+    return stripped

@@ -1,0 +1,189 @@
+"""The sidecar: Envoy bootstrapped to the control plane, plus its module syncer.
+
+The bootstrap only says who the proxy is (node id and metadata) and where
+the control plane is; every listener, route, cluster and filter comes over
+ADS.  The module syncer puts the Wasm modules the proxy needs into a local
+directory, sha256 verified (modules.py says why modules travel that way).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any, Literal
+
+from meshext.control.mesh import Workload
+from meshext.errors import MeshextError
+from meshext.runtime.envoy import EnvoyProcess
+
+log = logging.getLogger(__name__)
+
+# How long Envoy drains connections of a replaced filter chain (Envoy's default is 600 s).
+SIDECAR_DRAIN_SECONDS = 5
+
+XDS_CLUSTER = "meshext-xds"
+
+
+def parse_address(text: str, *, where: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise MeshextError(f"{text!r} is not HOST:PORT", where=where, fix="e.g. 127.0.0.1:15010")
+    return host.strip("[]"), int(port)
+
+
+def node_id(workload: str, namespace: str) -> str:
+    return f"{workload}.{namespace}"
+
+
+def bootstrap(
+    workload: str,
+    namespace: str,
+    control: tuple[str, int],
+    *,
+    labels: dict[str, str] | None = None,
+    protocol: Literal["sotw", "delta"] = "delta",
+) -> dict[str, Any]:
+    """Envoy bootstrap whose ADS stream points at the control plane."""
+    return {
+        "node": {
+            "id": node_id(workload, namespace),
+            "cluster": f"{workload}.{namespace}",
+            "metadata": {"WORKLOAD_NAME": workload, "NAMESPACE": namespace, "LABELS": labels or {},
+                         # Extensions reach this proxy through its module syncer.
+                         "MESHEXT_MODULE_SYNC": True},
+        },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "DELTA_GRPC" if protocol == "delta" else "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {
+                    "cluster_name": XDS_CLUSTER,
+                    # Reconnect to a restarted control plane within a second.
+                    "retry_policy": {"retry_back_off": {"base_interval": "0.1s", "max_interval": "1s"}},
+                }}],
+                "set_node_on_first_message_only": True,
+            },
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "static_resources": {"clusters": [{
+            "name": XDS_CLUSTER,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {
+                        # Keepalive pings notice a dead control plane quickly.
+                        "connection_keepalive": {"interval": "5s", "timeout": "5s"}}},
+                },
+            },
+            "load_assignment": {"cluster_name": XDS_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": {
+                "address": {"socket_address": {"address": control[0], "port_value": control[1]}}}}]}]},
+        }]},
+    }
+
+
+def sidecar_for(workload: Workload, control: tuple[str, int], control_http: tuple[str, int],
+                protocol: Literal["sotw", "delta"] = "delta", **envoy_options: Any) -> Sidecar:
+    return Sidecar(workload.name, workload.namespace, control, control_http, labels=dict(workload.labels),
+                   protocol=protocol, **envoy_options)
+
+
+class ModuleSyncer:
+    """Keeps ``directory`` holding the modules the control plane says this proxy needs.
+
+    Long-polls ``/modules/wanted`` (each poll also reports what is present),
+    downloads what is missing, verifies its sha256 and renames it into place,
+    so Envoy never sees a partial or unverified file.  Survives control-plane
+    restarts by polling again.
+    """
+
+    def __init__(self, node_id: str, control_http: tuple[str, int], directory: Path) -> None:
+        self.node_id = node_id
+        self.base = f"http://{control_http[0]}:{control_http[1]}"
+        self.directory = directory
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"module-sync-{node_id}", daemon=True)
+
+    def start(self) -> ModuleSyncer:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def present(self) -> set[str]:
+        return {path.stem for path in self.directory.glob("*.wasm")}
+
+    def _run(self) -> None:
+        version = 0
+        while not self._stop.is_set():
+            query = urllib.parse.urlencode({
+                "node": self.node_id, "dir": str(self.directory), "version": version,
+                "present": ",".join(sorted(self.present())), "wait": 2})
+            try:
+                with urllib.request.urlopen(f"{self.base}/modules/wanted?{query}", timeout=10) as response:
+                    answer = json.load(response)
+                version = answer["version"]
+                missing = [sha for sha in answer["modules"] if sha not in self.present()]
+                for sha256 in missing:
+                    self._download(sha256)
+                if missing:
+                    version = 0  # report the new modules at once
+            except (urllib.error.URLError, OSError, ValueError, KeyError) as error:
+                log.debug("module sync for %s: %s; retrying", self.node_id, error)
+                self._stop.wait(0.2)
+
+    def _download(self, sha256: str) -> None:
+        with urllib.request.urlopen(f"{self.base}/modules/sha256/{sha256}", timeout=60) as response:
+            data = response.read()
+        if hashlib.sha256(data).hexdigest() != sha256:
+            log.error("module %s: downloaded bytes do not match; not installed", sha256)
+            return
+        partial = self.directory / f".{sha256}.partial"
+        partial.write_bytes(data)
+        partial.replace(self.directory / f"{sha256}.wasm")
+
+
+class Sidecar:
+    """Envoy for one workload plus its module syncer (what `meshext proxy` runs)."""
+
+    def __init__(self, workload: str, namespace: str, control: tuple[str, int], control_http: tuple[str, int], *,
+                 labels: dict[str, str] | None = None, protocol: Literal["sotw", "delta"] = "delta",
+                 module_dir: Path | None = None, **envoy_options: Any) -> None:
+        self._own_dir = module_dir is None
+        self.module_dir = module_dir or Path(tempfile.mkdtemp(prefix="meshext-sidecar-modules-"))
+        self.syncer = ModuleSyncer(node_id(workload, namespace), control_http, self.module_dir)
+        # Immediate drain: connections on a replaced filter chain close after their
+        # next request instead of lingering, so filter changes show quickly.
+        extra_args = [*envoy_options.pop("extra_args", []), "--drain-time-s", str(SIDECAR_DRAIN_SECONDS),
+                      "--drain-strategy", "immediate"]
+        self.envoy = EnvoyProcess(bootstrap(workload, namespace, control, labels=labels, protocol=protocol),
+                                  extra_args=extra_args, **envoy_options)
+
+    def start(self) -> Sidecar:
+        self.syncer.start()
+        self.envoy.start()
+        return self
+
+    def stop(self) -> None:
+        self.envoy.stop()
+        self.syncer.stop()
+
+    def cleanup(self) -> None:
+        self.stop()
+        self.envoy.cleanup()
+        if self._own_dir and not os.environ.get("MESHEXT_KEEP_ENVOY_LOGS"):
+            shutil.rmtree(self.module_dir, ignore_errors=True)

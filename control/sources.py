@@ -1,0 +1,268 @@
+"""Where extension resources come from: a watched directory, or Kubernetes.
+
+Both feed the same :class:`~meshext.control.operator.Operator`; neither knows
+anything about Envoy.
+
+Directory mode: every ``*.yaml`` / ``*.yml`` / ``*.json`` file (multi-document
+YAML allowed) holds ServiceMeshExtension, WasmPlugin or
+``kubernetes.io/dockerconfigjson`` Secret objects.  The directory is polled
+(a stat per file and tick; no inotify dependency, and it works on every file
+system).  Status goes to ``<file>.status.yaml`` next to each resource file,
+one entry per resource, keyed ``Kind/namespace/name``.  Without
+``metadata.generation`` a resource's generation starts at 1 and goes up each
+time its spec changes, as the API server would do.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from meshext.control.operator import Operator
+from meshext.control.resources import KINDS, resource_key
+
+log = logging.getLogger(__name__)
+STATUS_SUFFIX = ".status.yaml"
+
+
+def _dockerconfig(secret: dict[str, Any]) -> dict[str, Any] | None:
+    data = secret.get("data") or {}
+    if ".dockerconfigjson" in data:
+        return json.loads(base64.b64decode(data[".dockerconfigjson"]))
+    string_data = secret.get("stringData") or {}
+    if ".dockerconfigjson" in string_data:
+        return json.loads(string_data[".dockerconfigjson"])
+    return None
+
+
+class DirectorySource:
+    def __init__(self, directory: Path, operator: Operator, *, interval: float = 0.2) -> None:
+        self.directory = directory
+        self.operator = operator
+        self.interval = interval
+        self._stamps: dict[Path, tuple[int, int]] = {}
+        self._objects: dict[Path, dict[str, dict[str, Any]]] = {}  # file -> key -> object
+        self._generations: dict[str, tuple[str, int]] = {}  # key -> (spec hash, generation)
+        self._secrets: dict[tuple[str, str], dict[str, Any]] = {}
+        self._statuses: dict[Path, dict[str, Any]] = {}
+        self._file_of: dict[str, Path] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="directory-source", daemon=True)
+        operator.status_writer = self.write_status
+        operator.secret_lookup = self.secret
+
+    def start(self) -> DirectorySource:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.scan()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.scan()
+            except Exception:
+                log.exception("scanning %s failed", self.directory)
+
+    def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._secrets.get((namespace, name))
+
+    def scan(self) -> None:
+        """Apply what changed since the last scan, delete what disappeared."""
+        present = {
+            path for pattern in ("*.yaml", "*.yml", "*.json") for path in self.directory.glob(pattern)
+            if not path.name.endswith(STATUS_SUFFIX)
+        }
+        for path in sorted(present):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            stamp = (stat.st_mtime_ns, stat.st_size)
+            if self._stamps.get(path) != stamp:
+                self._stamps[path] = stamp
+                self._load(path)
+        for path in set(self._objects) - present:
+            self._stamps.pop(path, None)
+            for key in self._objects.pop(path):
+                self.operator.delete(key)
+            path.with_name(path.name + STATUS_SUFFIX).unlink(missing_ok=True)
+
+    def _load(self, path: Path) -> None:
+        try:
+            documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        except (OSError, yaml.YAMLError) as error:
+            # Keep what the file held before: the last good configuration keeps serving.
+            log.error("%s: cannot parse (%s); keeping its previous resources", path, error)
+            return
+        objects: dict[str, dict[str, Any]] = {}
+        for document in documents:
+            if not isinstance(document, dict):
+                continue
+            if document.get("kind") == "Secret":
+                payload = _dockerconfig(document)
+                metadata = document.get("metadata") or {}
+                if payload is not None:
+                    with self._lock:
+                        self._secrets[(metadata.get("namespace") or "default", metadata.get("name"))] = payload
+                continue
+            if document.get("kind") not in KINDS:
+                continue
+            key = resource_key(document)
+            metadata = document.setdefault("metadata", {})
+            if not metadata.get("generation"):
+                spec_hash = hashlib.sha256(json.dumps(document.get("spec"), sort_keys=True).encode()).hexdigest()
+                old_hash, generation = self._generations.get(key, ("", 0))
+                if spec_hash != old_hash:
+                    generation += 1
+                self._generations[key] = (spec_hash, generation)
+                metadata["generation"] = generation
+            objects[key] = document
+        for key in set(self._objects.get(path, {})) - set(objects):
+            self.operator.delete(key)
+        self._objects[path] = objects
+        for key, obj in objects.items():
+            self._file_of[key] = path
+            self.operator.apply(obj)
+
+    def write_status(self, obj: dict[str, Any], status: dict[str, Any]) -> None:
+        key = resource_key(obj)
+        path = self._file_of.get(key)
+        if path is None or path not in self._objects:
+            return
+        with self._lock:
+            statuses = self._statuses.setdefault(path, {})
+            statuses[key] = status
+            statuses = {k: v for k, v in statuses.items() if k in self._objects.get(path, {})}
+            self._statuses[path] = statuses
+            target = path.with_name(path.name + STATUS_SUFFIX)
+            partial = target.with_name(target.name + ".partial")
+            partial.write_text(yaml.safe_dump(statuses, sort_keys=True))
+            partial.replace(target)  # readers never see half a file
+
+
+class KubernetesSource:
+    """List + watch both CRDs with the `kubernetes` client; status via the status subresource.
+
+    Each watch resumes from the last resourceVersion it saw; on a dropped
+    connection it reconnects, and on 410 Gone (history expired) it lists
+    again, applying what changed and deleting what disappeared.
+    """
+
+    RESOURCES = (("maistra.io", "v1", "servicemeshextensions"),
+                 ("extensions.istio.io", "v1alpha1", "wasmplugins"))
+
+    def __init__(self, operator: Operator, *, api_client: Any = None, timeout_seconds: int = 60) -> None:
+        from kubernetes import client, config
+
+        if api_client is None:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            api_client = client.ApiClient()
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.operator = operator
+        self.timeout_seconds = timeout_seconds
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._watch_forever, args=resource, daemon=True,
+                                          name=f"watch-{resource[2]}") for resource in self.RESOURCES]
+        operator.status_writer = self.write_status
+        operator.secret_lookup = self.secret
+
+    def start(self) -> KubernetesSource:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _list(self, group: str, version: str, plural: str, known: dict[str, dict[str, Any]]) -> str:
+        listing = self.custom.list_cluster_custom_object(group, version, plural)
+        seen = {}
+        for item in listing.get("items", []):
+            key = resource_key(item)
+            seen[key] = item
+            if known.get(key, {}).get("metadata", {}).get("resourceVersion") != item["metadata"].get("resourceVersion"):
+                self.operator.apply(item)
+        for key in set(known) - set(seen):
+            self.operator.delete(key)
+        known.clear()
+        known.update(seen)
+        return listing["metadata"]["resourceVersion"]
+
+    def _watch_forever(self, group: str, version: str, plural: str) -> None:
+        from kubernetes import watch
+        from kubernetes.client.exceptions import ApiException
+
+        known: dict[str, dict[str, Any]] = {}
+        resource_version = ""
+        while not self._stop.is_set():
+            try:
+                if not resource_version:
+                    resource_version = self._list(group, version, plural, known)
+                stream = watch.Watch().stream(
+                    self.custom.list_cluster_custom_object, group, version, plural,
+                    resource_version=resource_version, timeout_seconds=self.timeout_seconds,
+                    allow_watch_bookmarks=True)
+                for event in stream:
+                    obj = event["object"]
+                    if event["type"] == "ERROR":
+                        if obj.get("code") == 410:
+                            resource_version = ""  # history expired: relist
+                        break
+                    resource_version = obj["metadata"]["resourceVersion"]
+                    if event["type"] == "BOOKMARK":
+                        continue
+                    key = resource_key(obj)
+                    if event["type"] == "DELETED":
+                        known.pop(key, None)
+                        self.operator.delete(key)
+                    else:
+                        known[key] = obj
+                        self.operator.apply(obj)
+                    if self._stop.is_set():
+                        return
+            except ApiException as error:
+                if error.status == 410:
+                    resource_version = ""
+                else:
+                    log.warning("watch %s failed (%s); reconnecting", plural, error.reason)
+                    time.sleep(1)
+            except Exception as error:  # connection dropped: reconnect from the same version
+                log.warning("watch %s interrupted (%s); reconnecting", plural, error)
+                time.sleep(1)
+
+    def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return _dockerconfig({"data": secret.data or {}})
+
+    def write_status(self, obj: dict[str, Any], status: dict[str, Any]) -> None:
+        group, _, version = obj["apiVersion"].partition("/")
+        plural = {"ServiceMeshExtension": "servicemeshextensions", "WasmPlugin": "wasmplugins"}[obj["kind"]]
+        metadata = obj["metadata"]
+        self.custom.patch_namespaced_custom_object_status(
+            group, version, metadata.get("namespace") or "default", plural, metadata["name"], {"status": status})

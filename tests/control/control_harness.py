@@ -1,0 +1,214 @@
+"""Shared pieces of the control-plane tests: apps, meshes, modules, load.
+
+Everything binds to loopback.  Ports for the mesh are picked free by the OS
+and then written into the mesh file, because a workload's endpoint must be
+known to its peers before its sidecar starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from meshext.control.mesh import Mesh
+
+WAT_DIR = Path(__file__).parent / "wasm"
+CHAIN_HEADER = "x-meshext-chain"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def compile_wat(source: str, target: Path) -> tuple[Path, str]:
+    """Compile WAT text with the `wasm-tools` binary; returns (path, sha256)."""
+    wat = target.with_suffix(".wat")
+    wat.write_text(source)
+    subprocess.run(["wasm-tools", "parse", str(wat), "-o", str(target)], check=True)
+    return target, hashlib.sha256(target.read_bytes()).hexdigest()
+
+
+def header_module(directory: Path, header: str = CHAIN_HEADER) -> tuple[Path, str]:
+    """The test filter, appending ``header`` (15 characters) with its config as value."""
+    assert len(header) == len(CHAIN_HEADER)
+    source = (WAT_DIR / "append_header.wat").read_text().replace(f'"{CHAIN_HEADER}"', f'"{header}"')
+    # Padding to 64 KiB: meshext.registry's pull (as merged) checks the wasm magic
+    # before flushing what it wrote, so modules under its 8 KiB buffer fail to pull.
+    padded = source.rstrip().removesuffix(")") + f'  (@custom "meshext-test-padding" "{"0" * 65536}")\n)\n'
+    return compile_wat(padded, directory / f"{header}.wasm")
+
+
+class _EchoHandler(BaseHTTPRequestHandler):
+    """The app: answers with its name and the chain headers it received."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802
+        body = json.dumps({
+            "app": self.server.app_name,  # type: ignore[attr-defined]
+            "headers": {name.lower(): self.headers.get_all(name) for name in set(self.headers.keys())},
+        }).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def start_app(name: str, port: int) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", port), _EchoHandler)
+    server.daemon_threads = True
+    server.app_name = name  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def two_service_mesh() -> dict[str, Any]:
+    """frontend and backend, one workload each, on free loopback ports."""
+    workloads = []
+    for app in ("frontend", "backend"):
+        workloads.append({
+            "name": f"{app}-v1", "namespace": "default", "labels": {"app": app, "version": "v1"},
+            "app": {"port": free_port()}, "inbound": {"port": free_port()}, "outbound": {"port": free_port()},
+        })
+    return {
+        "controlPlaneNamespace": "meshext-system",
+        "services": [{"name": app, "namespace": "default", "selector": {"app": app}, "ports": [{"port": 8080}]}
+                     for app in ("frontend", "backend")],
+        "workloads": workloads,
+    }
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[str, str]]
+    body: dict[str, Any]
+
+    def chain(self) -> list[str]:
+        """Chain header values the app received (request order)."""
+        return self.body.get("headers", {}).get(CHAIN_HEADER, [])
+
+    def response_chain(self) -> list[str]:
+        return [value for name, value in self.headers if name.lower() == CHAIN_HEADER]
+
+    def header_values(self, name: str) -> list[str]:
+        return self.body.get("headers", {}).get(name, [])
+
+
+def call(mesh: Mesh, source: str, service: str, path: str = "/") -> Response:
+    """Send one request from workload ``source``'s app through its sidecar to ``service``."""
+    workload = next(w for w in mesh.workloads if w.name == source)
+    connection = http.client.HTTPConnection(workload.outbound.address, workload.outbound.port, timeout=10)
+    try:
+        connection.request("GET", path, headers={"Host": service, "Connection": "close"})
+        response = connection.getresponse()
+        raw = response.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = {"raw": raw.decode(errors="replace")}
+        return Response(response.status, response.getheaders(), body)
+    finally:
+        connection.close()
+
+
+@dataclass
+class Load:
+    """A bounded background load: at most ``count`` requests within ``seconds``."""
+
+    send: Callable[[], Response]
+    count: int = 2000
+    seconds: float = 60.0
+    pause: float = 0.005
+    sent: int = 0
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> Load:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        while self.sent < self.count and time.monotonic() < deadline and not self._stop.is_set():
+            try:
+                response = self.send()
+                if response.status != 200:
+                    self.failures.append(f"HTTP {response.status}: {response.body}")
+            except OSError as error:
+                self.failures.append(repr(error))
+            self.sent += 1
+            time.sleep(self.pause)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join(timeout=30)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except OSError as error:  # not listening yet
+            last = error
+        else:
+            if last:
+                return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last value: {last!r})")
+
+
+def write_resources(path: Path, *documents: dict[str, Any]) -> None:
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(yaml.safe_dump_all(documents))
+    partial.replace(path)
+
+
+def read_status(path: Path) -> dict[str, Any]:
+    status_path = path.with_name(path.name + ".status.yaml")
+    try:
+        return yaml.safe_load(status_path.read_text()) or {}
+    except FileNotFoundError:
+        return {}
+
+
+def sme(name: str, image: str, *, namespace: str = "default", config: Any = None, phase: str | None = None,
+        priority: Any = None, labels: dict[str, str] | None = None, api_version: str = "maistra.io/v1") -> dict:
+    spec: dict[str, Any] = {"image": image}
+    if config is not None:
+        spec["config"] = config
+    if phase is not None:
+        spec["phase"] = phase
+    if priority is not None:
+        spec["priority"] = priority
+    if labels is not None:
+        spec["workloadSelector"] = {"labels": labels}
+    return {"apiVersion": api_version, "kind": "ServiceMeshExtension",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def wasmplugin(name: str, url: str, *, namespace: str = "default", **spec: Any) -> dict:
+    return {"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+            "metadata": {"name": name, "namespace": namespace}, "spec": {"url": url, **spec}}

@@ -1,0 +1,80 @@
+"""deploy/: manifests valid for Kubernetes, CRD schemas agreeing with the operator's validation."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from meshext.control.resources import parse_resource
+from meshext.errors import MeshextError
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+def _documents(name: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((DEPLOY / name).read_text()) if d]
+
+
+@pytest.mark.parametrize("name", ["crds.yaml", "rbac.yaml", "control-plane.yaml"])
+def test_manifests_validate_with_kubernetes_validate(name):
+    documents = _documents(name)
+    assert documents
+    for document in documents:
+        kubernetes_validate.validate(document, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_kubernetes_validate_catches_a_broken_crd():
+    broken = copy.deepcopy(_documents("crds.yaml")[0])
+    broken["spec"]["versions"][0]["served"] = "yes"  # must be a boolean
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, kubernetes_validate.latest_version(), strict=True)
+
+
+def _schemas() -> dict[tuple[str, str], dict]:
+    schemas = {}
+    for crd in _documents("crds.yaml"):
+        for version in crd["spec"]["versions"]:
+            schemas[(f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])] = \
+                version["schema"]["openAPIV3Schema"]
+    return schemas
+
+
+def test_crds_have_printer_columns_for_phase_priority_image_ready():
+    for crd in _documents("crds.yaml"):
+        for version in crd["spec"]["versions"]:
+            names = [column["name"] for column in version["additionalPrinterColumns"]]
+            assert names[:4] == ["Phase", "Priority", "Image", "Ready"]
+            assert version["subresources"] == {"status": {}}
+
+
+def test_examples_pass_both_the_crd_schema_and_the_operator():
+    schemas = _schemas()
+    examples = _documents("examples/extensions.yaml")
+    assert {(e["apiVersion"], e["kind"]) for e in examples} == set(schemas)
+    for example in examples:
+        jsonschema.validate(example, schemas[(example["apiVersion"], example["kind"])])
+        request = parse_resource(example)
+        assert request.image == (example["spec"].get("image") or example["spec"]["url"])
+
+
+@pytest.mark.parametrize("field, value", [
+    ("priority", "high"),
+    ("phase", "Sometime"),
+    ("sha256", "abc"),
+    ("failStrategy", "MAYBE"),
+    ("match", [{"mode": "SIDEWAYS"}]),
+])
+def test_bad_fields_are_refused_by_the_crd_and_the_operator(field, value):
+    example = next(e for e in _documents("examples/extensions.yaml") if e["kind"] == "WasmPlugin")
+    example["spec"][field] = value
+    schema = _schemas()[(example["apiVersion"], example["kind"])]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(example, schema)
+    with pytest.raises(MeshextError) as error:
+        parse_resource(example)
+    assert f"spec.{field}" in str(error.value)

@@ -1,0 +1,194 @@
+"""Extensions on real Envoy sidecars, driven through the watched directory.
+
+frontend-v1's sidecar speaks state-of-the-world ADS, backend-v1's delta ADS,
+so every test exercises both protocols.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from control_harness import (
+    Load,
+    call,
+    read_status,
+    sme,
+    wait_until,
+    wasmplugin,
+    write_resources,
+)
+
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
+
+BACKEND = "backend-v1.default"
+
+
+def _condition(status: dict, kind: str = "Ready") -> dict:
+    return next(c for c in status.get("conditions", []) if c["type"] == kind)
+
+
+def _status_of(path, key):
+    return read_status(path).get(key, {})
+
+
+def _ready(path, key, generation=1):
+    status = _status_of(path, key)
+    return status if status.get("observedGeneration") == generation and status.get("phase") == "Ready" else None
+
+
+def _with_chain(response, expected):
+    return response if response.status == 200 and response.chain() == expected else None
+
+
+def test_extension_runs_only_on_selected_workload(mesh_under_test, clean_config, modules, images):
+    _, sha = modules["chain"]
+    image, manifest_digest = images["chain"]
+    resource = clean_config / "backend-only.yaml"
+    write_resources(resource, sme("tag-backend", image, config={"tag": "backend-only"},
+                                  phase="PostAuthN", labels={"app": "backend"}))
+    status = wait_until(lambda: _ready(resource, "ServiceMeshExtension/default/tag-backend"), what="Ready status")
+    assert "observedGeneration" in status and status["observedGeneration"] == 1
+
+    assert status["workloads"] == [BACKEND]
+    assert status["moduleSha256"] == sha
+    assert status["resolvedDigest"] == manifest_digest
+    assert status["resolvedImage"].endswith(f"/chain@{manifest_digest}")  # pinned
+    assert _condition(status)["reason"] == "Running"
+    assert _condition(status, "Error")["status"] == "False"
+
+    mesh = mesh_under_test.mesh
+    # Connections opened before the change finish on the old filter chain (Envoy drains them).
+    to_backend = wait_until(lambda: _with_chain(call(mesh, "frontend-v1", "backend"), ['{"tag":"backend-only"}']),
+                            what="backend chain")
+    assert to_backend.status == 200 and to_backend.body["app"] == "backend-v1"
+    to_frontend = call(mesh, "backend-v1", "frontend")
+    assert to_frontend.status == 200 and to_frontend.body["app"] == "frontend-v1"
+    assert to_frontend.chain() == []
+
+
+def test_phases_and_priorities_run_in_documented_order(mesh_under_test, clean_config, modules, images):
+    path, _ = modules["chain"]
+    resource = clean_config / "ordered.yaml"
+    write_resources(
+        resource,
+        sme("post-authz-low", f"file://{path}", config={"tag": "PostAuthZ/1"}, phase="PostAuthZ", priority=1),
+        sme("pre-stats", f"file://{path}", config={"tag": "PreStats/50"}, phase="PreStats", priority=50),
+        sme("post-authz-high", f"file://{path}", config={"tag": "PostAuthZ/9"}, phase="PostAuthZ", priority=9),
+        # A Maistra image: phase/priority come from its manifest.yaml when the resource omits them.
+        sme("from-manifest", images["maistra"][0], config={"tag": "manifest"}),
+        wasmplugin("authn", f"file://{path}", phase="AUTHN", priority=5, pluginConfig={"tag": "AUTHN/5"}),
+        wasmplugin("unspecified", f"file://{path}", pluginConfig={"tag": "UNSPECIFIED"}),
+    )
+    keys = ["ServiceMeshExtension/default/" + n for n in ("post-authz-low", "pre-stats", "post-authz-high",
+                                                          "from-manifest")]
+    keys += ["WasmPlugin/default/authn", "WasmPlugin/default/unspecified"]
+    for key in keys:
+        wait_until(lambda: _ready(resource, key), what=f"{key} Ready")
+    manifest_status = _status_of(resource, "ServiceMeshExtension/default/from-manifest")
+    assert (manifest_status["effectivePhase"], manifest_status["effectivePriority"]) == ("PreAuthN", 100)
+
+    expected = ['{"tag":"manifest"}', '{"tag":"AUTHN/5"}', '{"tag":"PostAuthZ/9"}', '{"tag":"PostAuthZ/1"}',
+                '{"tag":"PreStats/50"}', '{"tag":"UNSPECIFIED"}']
+    for source, service in (("frontend-v1", "backend"), ("backend-v1", "frontend")):
+        response = wait_until(lambda: _with_chain(call(mesh_under_test.mesh, source, service), expected),
+                              what=f"{source} -> {service} chain")
+        assert response.chain() == expected  # decode path: filter order
+        assert response.response_chain() == expected[::-1]  # encode path runs the chain backwards
+
+
+def test_update_config_and_image_under_load_then_delete(mesh_under_test, clean_config, modules, images):
+    path, _ = modules["chain"]
+    _, sha_v2 = modules["chain-v2"]
+    mesh = mesh_under_test.mesh
+    key = "ServiceMeshExtension/default/live"
+    resource = clean_config / "live.yaml"
+    write_resources(resource, sme("live", f"file://{path}", config={"tag": "v1"}, phase="PreAuthZ"))
+    wait_until(lambda: _ready(resource, key), what="first version Ready")
+
+    with Load(lambda: call(mesh, "frontend-v1", "backend"), count=3000, seconds=60) as load:
+        wait_until(lambda: load.sent > 20, what="load started")
+        write_resources(resource, sme("live", f"file://{path}", config={"tag": "v2"}, phase="PreAuthZ"))
+        wait_until(lambda: _ready(resource, key, generation=2), what="config update Ready")
+        # A config change is an ECDS update only: the listener (and its connections) stay.
+        assert call(mesh, "frontend-v1", "backend").chain() == ['{"tag":"v2"}']
+
+        write_resources(resource, sme("live", images["chain-v2"][0], config={"tag": "v3"}, phase="PreAuthZ"))
+        status = wait_until(lambda: _ready(resource, key, generation=3), what="image update Ready")
+        assert status["moduleSha256"] == sha_v2
+        after_image = call(mesh, "frontend-v1", "backend")
+        assert after_image.chain() == [] and after_image.header_values("x-meshext-chan2") == ['{"tag":"v3"}']
+
+        resource.unlink()
+        wait_until(lambda: call(mesh, "frontend-v1", "backend").header_values("x-meshext-chan2") == [],
+                   what="filter removed")
+        sent_before = load.sent
+        wait_until(lambda: load.sent > sent_before + 100, what="more load after delete")
+    assert load.failures == [], f"{len(load.failures)} of {load.sent} requests failed: {load.failures[:5]}"
+
+
+def test_bad_resources_are_reported_and_traffic_is_unaffected(mesh_under_test, clean_config, modules, images,
+                                                              registry):
+    path, sha = modules["chain"]
+    mesh = mesh_under_test.mesh
+    good = clean_config / "good.yaml"
+    write_resources(good, sme("good", f"file://{path}", config={"tag": "good"}, phase="PostStats"))
+    wait_until(lambda: _ready(good, "ServiceMeshExtension/default/good"), what="good extension Ready")
+
+    bad = clean_config / "bad.yaml"
+    with Load(lambda: call(mesh, "frontend-v1", "backend"), count=3000, seconds=60) as load:
+        write_resources(
+            bad,
+            sme("missing-image", f"{registry.host}/no-such-filter:1", config={"tag": "x"}),
+            wasmplugin("wrong-digest", images["chain"][0], sha256="0" * 64, pluginConfig={"tag": "x"}),
+            sme("bad-priority", f"file://{path}", priority="high"),
+            sme("typo", f"file://{path}", config={"tag": "x"}, phase="PreAuthN") | {"spec": {
+                "image": f"file://{path}", "priorty": 3}},
+            # The test module refuses an empty plugin configuration: Envoy NACKs the ECDS update.
+            wasmplugin("refused-by-envoy", f"file://{path}", phase="AUTHN"),
+        )
+
+        def errors():
+            statuses = read_status(bad)
+            found = {key.split("/")[-1]: _condition(s)["reason"] for key, s in statuses.items()
+                     if s.get("phase") == "Error"}
+            return found if len(found) == 5 else None
+
+        reasons = wait_until(errors, timeout=30, what="five error statuses")
+        assert reasons == {"missing-image": "ImagePullFailed", "wrong-digest": "DigestMismatch",
+                           "bad-priority": "InvalidSpec", "typo": "InvalidSpec",
+                           "refused-by-envoy": "RejectedByProxy"}
+        statuses = read_status(bad)
+        message = {key.split("/")[-1]: _condition(s)["message"] for key, s in statuses.items()}
+        assert "no-such-filter" in message["missing-image"] and "spec.image" in message["missing-image"]
+        assert sha in message["wrong-digest"] and "spec.sha256" in message["wrong-digest"]
+        assert "spec.priority" in message["bad-priority"]
+        assert "spec.priorty" in message["typo"] and "unknown field" in message["typo"]
+        assert "Unable to create Wasm plugin WasmPlugin/default/refused-by-envoy" in message["refused-by-envoy"]
+        assert all(s["workloads"] == [] for s in statuses.values())
+
+        # The refused extension is withdrawn: every proxy is back in sync on good config.
+        nodes = [w.node_id for w in mesh.workloads]
+        assert mesh_under_test.control_plane.cache.wait_converged(nodes, 20)
+        for source, service in (("frontend-v1", "backend"), ("backend-v1", "frontend")):
+            wait_until(lambda: _with_chain(call(mesh, source, service), ['{"tag":"good"}']), what="good chain only")
+        assert _ready(good, "ServiceMeshExtension/default/good")
+    assert load.failures == [], f"{len(load.failures)} of {load.sent} requests failed: {load.failures[:5]}"
+
+
+def test_status_endpoint_lists_extensions_and_proxies(mesh_under_test, clean_config, modules):
+    import urllib.request
+
+    path, _ = modules["chain"]
+    resource = clean_config / "listed.yaml"
+    write_resources(resource, sme("listed", f"file://{path}", config={"tag": "l"},
+                                  namespace="meshext-system", labels={"version": "v1"}))
+    wait_until(lambda: _ready(resource, "ServiceMeshExtension/meshext-system/listed"), what="Ready")
+    host, port = mesh_under_test.control_plane.http_address
+    with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=5) as response:
+        report = json.load(response)
+    listed = report["extensions"]["ServiceMeshExtension/meshext-system/listed"]
+    # In the control-plane namespace the resource applies mesh-wide.
+    assert listed["status"]["workloads"] == ["backend-v1.default", "frontend-v1.default"]
+    assert set(report["proxies"]) == {"backend-v1.default", "frontend-v1.default"}
+    assert all(p["connected"] and p["inSync"] for p in report["proxies"].values())
