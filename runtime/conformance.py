@@ -23,6 +23,7 @@ import http.server
 import re
 import threading
 import time
+from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,9 @@ class Scenario:
     metrics: list[str] = field(default_factory=list)
     plugin_name: str = "conformance"
     vm_id: str = "conformance_vm"
+    # Also run a real gRPC server as cluster "grpc_upstream": echo.Echo/Say answers b"echo:" + request,
+    # or fails with PERMISSION_DENIED (7) when the request is b"/fail".
+    grpc_upstream: bool = False
 
 
 @dataclass
@@ -101,17 +105,22 @@ def compare(scenario: Scenario, envoy: Observation, host: Observation) -> list[s
 def run_in_host(scenario: Scenario) -> Observation:
     upstream = _Upstream(scenario.upstream)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    grpc_server, grpc_port = _grpc_echo_server() if scenario.grpc_upstream else (None, 0)
     try:
-        return _run_in_host(scenario, upstream)
+        return _run_in_host(scenario, upstream, grpc_port)
     finally:
         upstream.shutdown()
         upstream.server_close()
+        if grpc_server is not None:
+            grpc_server.stop(None)
 
 
-def _run_in_host(scenario: Scenario, upstream_server: _Upstream) -> Observation:
+def _run_in_host(scenario: Scenario, upstream_server: _Upstream, grpc_port: int) -> Observation:
     host = Host(log_level=LogLevel.TRACE)
     # Callouts to "upstream" really go to the loopback server, as Envoy's do.
     host.add_cluster("upstream", address=("127.0.0.1", upstream_server.server_address[1]))
+    if grpc_port:
+        host.add_cluster("grpc_upstream", address=("127.0.0.1", grpc_port))
     vm = host.load(scenario.module, config=scenario.config, name=scenario.plugin_name,
                    root_id=scenario.root_id, vm_id=scenario.vm_id)
     startup = {_log_line(record.level, record.message) for record in host.logs}
@@ -214,7 +223,36 @@ class _UpstreamHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def envoy_bootstrap(scenario: Scenario, upstream_port: int) -> dict[str, Any]:
+def _grpc_echo_server() -> tuple[Any, int]:
+    import grpc
+
+    def say(request: bytes, context: Any) -> bytes:
+        if request == b"/fail":
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "refused by the echo server")
+        return b"echo:" + request
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "echo.Echo", {"Say": grpc.unary_unary_rpc_method_handler(say)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
+
+
+def _static_cluster(name: str, port: int, http2: bool = False) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
+        "name": name, "type": "STATIC", "connect_timeout": "2s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]},
+    }
+    if http2:
+        cluster["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}}
+    return cluster
+
+
+def envoy_bootstrap(scenario: Scenario, upstream_port: int, grpc_port: int = 0) -> dict[str, Any]:
     """A listener with the Wasm filter (V8, module from a local file) routing to the upstream."""
     wasm_filter = {
         "name": "envoy.filters.http.wasm",
@@ -245,18 +283,17 @@ def envoy_bootstrap(scenario: Scenario, upstream_port: int) -> dict[str, Any]:
         "listeners": [{"name": "main", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
                        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
                                                        "typed_config": connection_manager}]}]}],
-        "clusters": [{"name": "upstream", "type": "STATIC", "connect_timeout": "2s",
-                      "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [
-                          {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1",
-                                                                       "port_value": upstream_port}}}}]}]}}],
+        "clusters": [_static_cluster("upstream", upstream_port)]
+        + ([_static_cluster("grpc_upstream", grpc_port, http2=True)] if grpc_port else []),
     }}
 
 
 def run_in_envoy(scenario: Scenario) -> Observation:
     upstream = _Upstream(scenario.upstream)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    grpc_server, grpc_port = _grpc_echo_server() if scenario.grpc_upstream else (None, 0)
     try:
-        with EnvoyProcess(envoy_bootstrap(scenario, upstream.server_address[1]),
+        with EnvoyProcess(envoy_bootstrap(scenario, upstream.server_address[1], grpc_port),
                           component_log_level="wasm:trace") as envoy:
             address = envoy.listener_address("main")
             startup_lines = _wait_for_quiet_log(envoy, scenario)
@@ -270,6 +307,8 @@ def run_in_envoy(scenario: Scenario) -> Observation:
     finally:
         upstream.shutdown()
         upstream.server_close()
+        if grpc_server is not None:
+            grpc_server.stop(None)
 
 
 def _send(address: tuple[str, int], request: Request) -> dict[str, Any]:

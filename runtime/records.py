@@ -228,10 +228,15 @@ class GrpcCallout:
     finished: bool = False
 
     def reply(self, message: bytes) -> None:
-        self.vm._grpc_message(self, message)
+        """Answer with a message: a unary call then succeeds (Envoy: receive, no close)."""
+        if self.is_stream:
+            self.vm._grpc_message(self, message)
+        else:
+            self.vm._grpc_unary_success(self, message)
         self.vm.host.dispatch()
 
     def close(self, status: int = 0, status_message: str = "", trailing_metadata: Pairs | Mapping[str, str] = ()) -> None:
+        """End a stream, or fail a unary call with a gRPC status (Envoy: proxy_on_grpc_close)."""
         self.vm._grpc_finish(self, status, status_message, as_pairs(trailing_metadata))
         self.vm.host.dispatch()
 

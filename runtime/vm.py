@@ -894,11 +894,16 @@ class PluginVM:
             response = None
         if response is None:
             return
-        if response.initial_metadata:
-            self._grpc_metadata(call, MapType.GRPC_CALL_INITIAL_METADATA, as_pairs(response.initial_metadata))
-        for message in response.messages:
-            self._grpc_message(call, message)
-        self._grpc_finish(call, response.status, response.status_message, as_pairs(response.trailing_metadata))
+        if response.status == 0 and response.messages:
+            self._grpc_unary_success(call, response.messages[0])
+        else:
+            self._grpc_finish(call, response.status or 2, response.status_message, [])  # 2 = UNKNOWN
+
+    def _grpc_unary_success(self, call: GrpcCallout, message: bytes) -> None:
+        """Envoy answers a successful unary call with proxy_on_grpc_receive only: no metadata, no close."""
+        call.finished = True
+        self._grpc.pop(call.token, None)
+        self._grpc_message(call, message)
 
     def _grpc_metadata(self, call: GrpcCallout, map_type: MapType, pairs: Pairs) -> None:
         callback = ("proxy_on_grpc_receive_initial_metadata" if map_type == MapType.GRPC_CALL_INITIAL_METADATA
