@@ -43,6 +43,8 @@ class Request:
     headers: Pairs = field(default_factory=list)
     body: bytes = b""
     authority: str = "example.com"
+    # With trailers the body goes chunked (one chunk), then the trailers.
+    trailers: Pairs = field(default_factory=list)
 
 
 @dataclass
@@ -130,12 +132,16 @@ def _run_in_host(scenario: Scenario, upstream_server: _Upstream, grpc_port: int)
         stream = vm.http_stream()
         headers = [(":authority", request.authority), (":path", request.path), (":method", request.method),
                    (":scheme", "http"), *request.headers]
-        if request.body:
+        # Envoy's HTTP/1 codec keeps content-length but drops transfer-encoding (the router re-adds it).
+        if request.body and not request.trailers:
             headers.append(("content-length", str(len(request.body))))
         headers.append(("x-forwarded-proto", "http"))
         with host.step():  # the client's request arrives in one read: one event-loop turn
-            stream.send_request_headers(headers, end_stream=not request.body)
-            if request.body:
+            stream.send_request_headers(headers, end_stream=not (request.body or request.trailers))
+            if request.trailers:
+                stream.send_request_body(request.body, end_stream=False)
+                stream.send_request_trailers(request.trailers)
+            elif request.body:
                 stream.send_request_body(request.body, end_stream=False)
                 stream.send_request_body(b"", end_stream=True)
         if stream.local_response is None and stream.request.complete:
@@ -150,6 +156,7 @@ def _run_in_host(scenario: Scenario, upstream_server: _Upstream, grpc_port: int)
             upstream_server.received.append({
                 "method": pseudo.get(":method"), "path": pseudo.get(":path"),
                 "headers": [("host", pseudo.get(":authority", "")), *plain], "body": body,
+                "trailers": list(stream.request.forwarded_trailers or []),
             })
             reply = scenario.upstream
             reply_headers = [(":status", str(reply.status)), *reply.headers,
@@ -195,19 +202,24 @@ class _UpstreamHandler(http.server.BaseHTTPRequestHandler):
     server: _Upstream
 
     def _handle(self) -> None:
+        trailers = []
         if self.headers.get("transfer-encoding", "").lower() == "chunked":
             body = bytearray()
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:
-                    self.rfile.readline()
+                    # Trailer lines, then an empty line (http.server has no chunked support).
+                    while (line := self.rfile.readline().strip()):
+                        name, _, value = line.decode().partition(":")
+                        trailers.append((name.strip().lower(), value.strip()))
                     break
                 body.extend(self.rfile.read(size))
                 self.rfile.readline()
         else:
             body = self.rfile.read(int(self.headers.get("content-length") or 0))
         self.server.received.append({"method": self.command, "path": self.path,
-                                     "headers": [(k, v) for k, v in self.headers.items()], "body": bytes(body)})
+                                     "headers": [(k, v) for k, v in self.headers.items()], "body": bytes(body),
+                                     "trailers": trailers})
         reply = self.server.reply
         # send_response_only: no Server/Date headers, so the filter sees exactly reply.headers.
         self.send_response_only(reply.status)
@@ -245,10 +257,10 @@ def _static_cluster(name: str, port: int, http2: bool = False) -> dict[str, Any]
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
             {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]},
     }
-    if http2:
-        cluster["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            "explicit_http_config": {"http2_protocol_options": {}}}}
+    protocol = {"http2_protocol_options": {}} if http2 else {"http_protocol_options": {"enable_trailers": True}}
+    cluster["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": protocol}}
     return cluster
 
 
@@ -275,6 +287,7 @@ def envoy_bootstrap(scenario: Scenario, upstream_port: int, grpc_port: int = 0) 
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "conformance",
         "generate_request_id": False,
+        "http_protocol_options": {"enable_trailers": True},
         "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
             {"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}]},
         "http_filters": [wasm_filter, router],
@@ -318,9 +331,16 @@ def _send(address: tuple[str, int], request: Request) -> dict[str, Any]:
         connection.putheader("host", request.authority)
         for key, value in request.headers:
             connection.putheader(key, value)
-        if request.body:
-            connection.putheader("content-length", str(len(request.body)))
-        connection.endheaders(request.body or None)
+        if request.trailers:
+            # http.client cannot send trailers: write the chunked body by hand, in one write.
+            connection.putheader("transfer-encoding", "chunked")
+            connection.endheaders()
+            trailer_lines = "".join(f"{key}: {value}\r\n" for key, value in request.trailers)
+            connection.send(b"%x\r\n%s\r\n0\r\n%s\r\n" % (len(request.body), request.body, trailer_lines.encode()))
+        else:
+            if request.body:
+                connection.putheader("content-length", str(len(request.body)))
+            connection.endheaders(request.body or None)
         reply = connection.getresponse()
         body = reply.read()
         headers = [(key.lower(), value) for key, value in reply.getheaders()

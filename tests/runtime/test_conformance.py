@@ -23,6 +23,7 @@ TRAFFIC = [
                                  ("x-keep", "twice")]),
     Request("POST", "/upload", [("content-type", "text/plain")], body=b"hello body"),
     Request("GET", "/denied", [("x-deny", "yes")]),
+    Request("POST", "/chunked", [("x-keep", "k")], body=b"chunk body", trailers=[("x-checksum", "c0ffee")]),
 ]
 
 
