@@ -57,7 +57,9 @@ class HttpStream(Context):
     (``forwarded_headers``, ``forwarded_body``, ``forwarded_trailers``,
     ``complete``) and whether it is paused; ``local_response`` holds a reply
     the filter generated.  The stream ends itself (log, done, delete) once
-    the response is complete, like Envoy's.
+    the response is complete, like Envoy's.  ``send_*`` return the filter's
+    answer, or None when Envoy would not call the filter (data held while
+    the headers are paused, or the stream already answered or ended).
     """
 
     def __init__(self, vm: PluginVM, context_id: int, properties: dict[str, Any]) -> None:
@@ -179,8 +181,7 @@ class HttpStream(Context):
         direction.headers_visible = True
         direction.end_stream = end_stream
         direction.headers_paused = True  # until the callback's answer says otherwise
-        raw = self._call_now(direction, callback, len(direction.headers), int(end_stream))
-        return raw
+        return self._call_now(direction, callback, len(direction.headers), int(end_stream))
 
     def _call_now(self, direction: Direction, callback: str, *args: int) -> Action:
         """Call a stream callback; apply its action before deferred actions (continue) run."""
@@ -201,6 +202,7 @@ class HttpStream(Context):
                 direction.trailers_paused = action == Action.PAUSE
                 direction.trailers_visible = direction.trailers_paused
                 if not direction.trailers_paused and not self._local_reply_pending:
+                    direction.body_paused = False  # continuing at trailers releases a held body too
                     self._forward_body(direction)
                     self._forward_trailers(direction)
         finally:
@@ -264,15 +266,12 @@ class HttpStream(Context):
                                int(direction.end_stream and direction.trailers is None))
             if direction.trailers is not None and not direction.paused and not direction.complete:
                 self._call_now(direction, prefix + "trailers", len(direction.trailers))
-        elif direction.body_paused:
-            direction.body_paused = False
+        elif direction.body_paused or direction.trailers_paused:
+            # Trailers (if any) were already given to the filter when they arrived.
+            direction.body_paused = direction.trailers_paused = False
             self._forward_body(direction)
             if direction.trailers is not None:
-                self._call_now(direction, prefix + "trailers", len(direction.trailers))
-        elif direction.trailers_paused:
-            direction.trailers_paused = False
-            self._forward_body(direction)
-            self._forward_trailers(direction)
+                self._forward_trailers(direction)
 
     def _close(self, stream_type: StreamType) -> None:
         self.reset = True

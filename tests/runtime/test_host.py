@@ -275,3 +275,14 @@ def test_grpc_stream_messages_go_to_the_handler_and_answers_come_back(wat_module
     assert call.token % 4 == 2  # Envoy's numbering for gRPC streams
     assert stream.request_headers.get_all("x-chat") == ["echo:hello", "echo:bye"]
     assert plugin.log_messages() == ["stream closed"] and stream.request.complete
+
+
+def test_trailers_arriving_while_the_body_is_held_release_it(as_modules):
+    plugin = Host().load(as_modules["body"], config="!", root_id="as_body")
+    stream = plugin.http_stream()
+    stream.send_request_headers({":path": "/", ":method": "POST"})
+    assert stream.send_request_body(b"held") == Action.PAUSE  # buffering until end of stream
+    assert stream.send_request_trailers({"x-sum": "1"}) == Action.CONTINUE
+    assert bytes(stream.request.forwarded_body) == b"held"  # never saw end_of_stream: not rewritten
+    assert stream.request.forwarded_trailers == [("x-sum", "1")] and stream.request.complete
+    assert not stream.request.paused
