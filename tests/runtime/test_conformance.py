@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from meshext.runtime.conformance import Request, Scenario, UpstreamReply, compare, run_in_envoy, run_in_host
+from meshext.runtime.conformance import (
+    Request, Scenario, TcpScenario, UpstreamReply, compare, run_in_envoy, run_in_host, run_tcp_in_envoy, run_tcp_in_host,
+)
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
@@ -114,3 +116,14 @@ def test_a_difference_is_reported_with_the_scenario_name(as_modules, wat_module,
     assert problems
     assert all("scenario 'as-headers'" in problem for problem in problems)
     assert any("config-from-envoy" in problem and "another-config" in problem for problem in problems)
+
+
+def test_tcp_filter_matches_envoy(wat_module):
+    """Network filter: the trace module between a client and an echo upstream (tcp_proxy in Envoy)."""
+    scenario = TcpScenario("wat-tcp-trace", wat_module("trace"), "tcp-config", "trace_root",
+                           [b"ping", b"a second, longer message"])
+    envoy = run_tcp_in_envoy(scenario)
+    problems = compare(scenario, envoy, run_tcp_in_host(scenario))
+    assert not problems, "\n".join(problems)
+    assert envoy.responses == [{"bytes": b"pong:pingpong:a second, longer message"}]
+    assert "info: on_new_connection 2" in envoy.logs
