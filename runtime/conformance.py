@@ -66,6 +66,8 @@ class Scenario:
     metrics: list[str] = field(default_factory=list)
     plugin_name: str = "conformance"
     vm_id: str = "conformance_vm"
+    # Environment variables of the VM (Envoy: vm_config.environment_variables.key_values).
+    env: dict[str, str] = field(default_factory=dict)
     # Also run a real gRPC server as cluster "grpc_upstream": echo.Echo/Say answers b"echo:" + request,
     # or fails with PERMISSION_DENIED (7) when the request is b"/fail".
     grpc_upstream: bool = False
@@ -139,7 +141,7 @@ def _run_in_host(scenario: Scenario, upstream_server: _Upstream, grpc_port: int)
     if grpc_port:
         host.add_cluster("grpc_upstream", address=("127.0.0.1", grpc_port))
     vm = host.load(scenario.module, config=scenario.config, name=scenario.plugin_name,
-                   root_id=scenario.root_id, vm_id=scenario.vm_id)
+                   root_id=scenario.root_id, vm_id=scenario.vm_id, env=scenario.env)
     startup = {_log_line(record.level, record.message) for record in host.logs}
     first_request_log = len(host.logs)
     responses = []
@@ -291,7 +293,8 @@ def envoy_bootstrap(scenario: Scenario, upstream_port: int, grpc_port: int = 0) 
                 "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
                                   "value": scenario.config},
                 "vm_config": {"vm_id": scenario.vm_id, "runtime": "envoy.wasm.runtime.v8",
-                              "code": {"local": {"filename": str(Path(scenario.module).resolve())}}},
+                              "code": {"local": {"filename": str(Path(scenario.module).resolve())}},
+                              "environment_variables": {"key_values": scenario.env}},
             },
         },
     }

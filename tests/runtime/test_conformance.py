@@ -127,3 +127,14 @@ def test_tcp_filter_matches_envoy(wat_module):
     assert not problems, "\n".join(problems)
     assert envoy.responses == [{"bytes": b"pong:pingpong:a second, longer message"}]
     assert "info: on_new_connection 2" in envoy.logs
+
+
+def test_wasi_subset_matches_envoy(wat_module):
+    """stdout/stderr to the log at info/error, environment from the VM config, Envoy's errno for stubs."""
+    # One variable: Envoy keeps them in a hash map, so the order of several is unspecified.
+    scenario = Scenario("wat-wasi", wat_module("wasi"), "wasi", "wasi_root", [Request("GET", "/")],
+                        env={"GREETING": "hello from the vm config"})
+    envoy = run_in_envoy(scenario)
+    problems = compare(scenario, envoy, run_in_host(scenario))
+    assert not problems, "\n".join(problems)
+    assert {"info: env: GREETING=hello from the vm config", "error: to stderr"} <= envoy.startup_logs
