@@ -19,6 +19,7 @@ from meshext.errors import MeshextError
 COMMANDS: dict[str, str] = {
     "init": "meshext.sdk.cli:init_command",
     "build": "meshext.sdk.cli:build_command",
+    "test": "meshext.runtime.cli:test_command",
     "push": "meshext.registry.cli:push_command",
     "pull": "meshext.registry.cli:pull_command",
     "inspect": "meshext.registry.cli:inspect_command",

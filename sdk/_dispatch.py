@@ -39,7 +39,7 @@ def preinit() -> None:
     module = __import__(module_name, fromlist=["_"])
     candidate = getattr(module, class_name, None)
     if not (isinstance(candidate, type) and issubclass(candidate, RootContext)):
-        raise SystemExit(
+        raise TypeError(
             f"meshext: entry point {build['entry']!r}: {class_name!r} in {module.__file__} is not a "
             "RootContext subclass; fix: point `entry` in meshext.toml at your RootContext class"
         )
@@ -76,13 +76,23 @@ def configure(root: RootContext, config: bytes) -> int:
     return int(bool(root.on_configure(config)))
 
 
-def create_root(context_id: int) -> tuple[RootContext, int]:
+def create_root(context_id: int) -> tuple[RootContext, int, type | None, type | None]:
+    """The root, the callbacks its children override, and the child classes
+    the shim may create itself (no Python code runs for them)."""
     root = entry_class(context_id)
     cls = type(root)
     mask = callback_mask(cls.http_context, HttpContext) | callback_mask(cls.stream_context, StreamContext)
-    if cls.new_http_context is not RootContext.new_http_context or cls.new_stream_context is not RootContext.new_stream_context:
+    custom_http = cls.new_http_context is not RootContext.new_http_context
+    custom_stream = cls.new_stream_context is not RootContext.new_stream_context
+    if custom_http or custom_stream:
         mask = ALL_CALLBACKS
-    return root, mask
+    fast_http = cls.http_context if not custom_http and _plain_init(cls.http_context, HttpContext) else None
+    fast_stream = cls.stream_context if not custom_stream and _plain_init(cls.stream_context, StreamContext) else None
+    return root, mask, fast_http, fast_stream
+
+
+def _plain_init(cls: type | None, base: type) -> bool:
+    return cls is not None and cls.__init__ is base.__init__ and cls.__new__ is object.__new__
 
 
 def create_child(root: RootContext, context_id: int, stream: bool) -> Any:
@@ -181,16 +191,19 @@ def grpc_close(token: int, status_code: int) -> None:
 
 def _policy(context: Any) -> FailPolicy:
     root = getattr(context, "root", context)
-    return getattr(type(root), "fail_policy", None) or default_fail_policy
+    return getattr(root, "fail_policy", None) or default_fail_policy
 
 
 def handle_error(context: Any, callback: str, error: BaseException | None) -> int:
     """Log an exception from filter code and apply the fail policy; returns the action."""
-    import traceback  # only on the error path: keeps it out of every VM's memory
-
     where = type(context).__name__ if context is not None else "filter"
-    lines = traceback.format_exception(error) if error is not None else ["(no exception)"]
-    host.log(4, f"meshext filter {filter_name!r}: {where}.{callback} raised:\n{''.join(lines).rstrip()}")
+    try:
+        import traceback  # only on the error path: keeps it out of every VM's memory
+
+        details = "".join(traceback.format_exception(error)).rstrip() if error is not None else "(no exception)"
+    except Exception:  # noqa: BLE001 - never let reporting hide the original error
+        details = f"{type(error).__name__}: {error}"
+    host.log(4, f"meshext filter {filter_name!r}: {where}.{callback} raised:\n{details}")
     if isinstance(context, RootContext) or context is None:
         return 0  # for on_configure / on_vm_start: 0 makes Envoy refuse the configuration
     if _policy(context) is FailPolicy.OPEN:

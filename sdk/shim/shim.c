@@ -49,12 +49,17 @@ typedef struct {
     uint8_t kind;
     uint8_t stream;    /* children: 1 once known to be a TCP stream */
     PyObject *object;  /* NULL until created */
+    /* roots: child classes that can be made without running Python code
+       (no custom __init__ or new_*_context), else NULL */
+    PyObject *fast_http, *fast_stream;
 } context_slot;
 
 static context_slot *slots;
 static uint32_t slot_capacity, slot_count;
 
 static PyObject *dispatch;          /* meshext.sdk._dispatch */
+static PyObject *pending_callouts;  /* meshext.sdk.callouts.pending (token -> call) */
+static PyObject *str_root, *str_context_id, *empty_tuple;
 static PyObject *name_on[16];       /* interned callback method names, indexed by bit number */
 static PyObject *str_create_root, *str_create_child, *str_handle_error, *str_vm_start, *str_configure,
     *str_on_tick, *str_on_queue_ready, *str_http_call_response, *str_grpc_initial_metadata, *str_grpc_message,
@@ -161,10 +166,31 @@ static PyObject *call_dispatch(PyObject *name, PyObject **args, size_t nargs) {
     return PyObject_VectorcallMethod(name, args, nargs | 0, NULL);
 }
 
+/* The per-request object without a Python call: tp_new plus two attributes. */
+static PyObject *fast_child(PyObject *cls, PyObject *root, uint32_t context_id) {
+    PyObject *object = ((PyTypeObject *)cls)->tp_new((PyTypeObject *)cls, empty_tuple, NULL);
+    if (!object) return NULL;
+    PyObject *id = PyLong_FromUnsignedLong(context_id);
+    if (!id || PyObject_SetAttr(object, str_root, root) < 0 || PyObject_SetAttr(object, str_context_id, id) < 0) {
+        Py_XDECREF(id);
+        Py_DECREF(object);
+        return NULL;
+    }
+    Py_DECREF(id);
+    return object;
+}
+
 static PyObject *child_object(context_slot *slot, int stream) {
     if (slot->object) return slot->object;
     context_slot *root = find_slot(slot->root_id);
     if (!root || !root->object) return NULL;
+    PyObject *fast = stream ? root->fast_stream : root->fast_http;
+    if (fast) {
+        slot->object = fast_child(fast, root->object, slot->id);
+        slot->stream = (uint8_t)stream;
+        if (!slot->object) handle_error(root->object, stream ? "new_stream_context" : "new_http_context");
+        return slot->object;
+    }
     PyObject *id = PyLong_FromUnsignedLong(slot->id);
     PyObject *args[] = {NULL, root->object, id, stream ? Py_True : Py_False};
     slot->object = id ? call_dispatch(str_create_child, args, 4) : NULL;
@@ -220,10 +246,14 @@ EXPORT(proxy_on_context_create) void proxy_on_context_create(uint32_t context_id
         handle_error(NULL, "create_root");
         return;
     }
-    /* _dispatch.create_root answers (root object, callback mask of its children). */
+    /* _dispatch.create_root answers (root, callback mask of its children,
+       fast HTTP child class or None, fast stream child class or None). */
     slot = find_slot(context_id);
     slot->object = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
     slot->mask = (uint32_t)PyLong_AsUnsignedLong(PyTuple_GET_ITEM(pair, 1));
+    PyObject *fast_http = PyTuple_GET_ITEM(pair, 2), *fast_stream = PyTuple_GET_ITEM(pair, 3);
+    slot->fast_http = fast_http == Py_None ? NULL : Py_NewRef(fast_http);
+    slot->fast_stream = fast_stream == Py_None ? NULL : Py_NewRef(fast_stream);
     Py_DECREF(pair);
 }
 
@@ -346,9 +376,10 @@ EXPORT(proxy_on_delete) void proxy_on_delete(uint32_t id) {
     context_slot *slot = find_slot(id);
     if (!slot) return;
     PyObject *object = slot->object;
-    int notify = slot->kind == KIND_ROOT || (object != NULL);
+    Py_XDECREF(slot->fast_http);
+    Py_XDECREF(slot->fast_stream);
     remove_slot(slot);
-    if (object && notify) {
+    if (object && PyDict_GET_SIZE(pending_callouts) > 0) {
         /* Forget pending callouts of this context (their responses would find no one). */
         PyObject *context_id = PyLong_FromUnsignedLong(id);
         PyObject *args[] = {NULL, context_id};
@@ -449,6 +480,15 @@ EXPORT(meshext_preinit) int32_t meshext_preinit(uint8_t *image, uint32_t image_s
     if (intern_names() < 0) goto failed;
     dispatch = PyImport_ImportModule("meshext.sdk._dispatch");
     if (!dispatch) goto failed;
+    PyObject *callouts = PyImport_ImportModule("meshext.sdk.callouts");
+    if (!callouts) goto failed;
+    pending_callouts = PyObject_GetAttrString(callouts, "pending");
+    Py_DECREF(callouts);
+    if (!pending_callouts || !PyDict_Check(pending_callouts)) goto failed;
+    empty_tuple = PyTuple_New(0);
+    str_root = PyUnicode_InternFromString("root");
+    str_context_id = PyUnicode_InternFromString("context_id");
+    if (!empty_tuple || !str_root || !str_context_id) goto failed;
     PyObject *result = PyObject_CallMethod(dispatch, "preinit", NULL);
     if (!result) goto failed;
     Py_DECREF(result);

@@ -1,0 +1,322 @@
+"""Differential conformance: run one scenario in real Envoy and in this host, compare.
+
+A scenario is a module, its plugin configuration, a list of HTTP/1.1
+requests and the answer a local upstream gives.  Both runs produce an
+``Observation``: what the upstream received (method, path, headers, body),
+what the client received (status, headers, body - local replies included),
+the module's log lines and its metrics.  ``compare`` lists every difference;
+an empty list means the host behaved like Envoy 1.40 for that scenario.
+
+Envoy adds a few things of its own that no filter sees (``date`` and
+``server`` on responses to the client, ``connection``); those are dropped
+from the Envoy side before comparing.  On the host side the requests are
+given to the filter exactly as Envoy's HTTP/1 codec and connection manager
+present them: pseudo-headers from the request line and ``Host``, the client's
+headers in order, ``x-forwarded-proto: http`` appended, and a body as one
+data chunk followed by an empty end-of-stream chunk.
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meshext.runtime.abi import LogLevel, Pairs
+from meshext.runtime.envoy import EnvoyProcess
+from meshext.runtime.host import Host
+
+# Headers Envoy's connection manager adds after the filter chain ran.
+ENVOY_ONLY_RESPONSE_HEADERS = {"date", "server", "connection"}
+
+
+@dataclass
+class Request:
+    method: str = "GET"
+    path: str = "/"
+    headers: Pairs = field(default_factory=list)
+    body: bytes = b""
+    authority: str = "example.com"
+
+
+@dataclass
+class UpstreamReply:
+    status: int = 200
+    headers: Pairs = field(default_factory=lambda: [("content-type", "text/plain")])
+    body: bytes = b"hello from upstream"
+
+
+@dataclass
+class Scenario:
+    name: str
+    module: Path
+    config: str
+    root_id: str
+    requests: list[Request]
+    upstream: UpstreamReply = field(default_factory=UpstreamReply)
+    metrics: list[str] = field(default_factory=list)
+    plugin_name: str = "conformance"
+    vm_id: str = "conformance_vm"
+
+
+@dataclass
+class Observation:
+    startup_logs: set[str]  # distinct lines: Envoy starts the plugin in several VMs
+    logs: list[str]  # in order, from the first request on
+    upstream_requests: list[dict[str, Any]]  # method, path, headers, body; callouts included
+    responses: list[dict[str, Any]]  # status, headers, body the client received
+    metrics: dict[str, int | None]
+
+
+def compare(scenario: Scenario, envoy: Observation, host: Observation) -> list[str]:
+    """Human-readable differences, each naming the scenario and what differed."""
+    problems: list[str] = []
+    prefix = f"scenario {scenario.name!r}"
+    if envoy.startup_logs != host.startup_logs:
+        problems.append(f"{prefix}: start-up logs differ\n  envoy: {sorted(envoy.startup_logs)}\n"
+                        f"  host:  {sorted(host.startup_logs)}")
+    if envoy.logs != host.logs:
+        problems.append(f"{prefix}: logs during requests differ\n  envoy: {envoy.logs}\n  host:  {host.logs}")
+    if envoy.upstream_requests != host.upstream_requests:
+        problems.append(f"{prefix}: the upstream received different requests\n"
+                        f"  envoy: {envoy.upstream_requests}\n  host:  {host.upstream_requests}")
+    for index, (seen_envoy, seen_host) in enumerate(zip(envoy.responses, host.responses)):
+        if seen_envoy != seen_host:
+            problems.append(f"{prefix}, request {index}: the client received different responses\n"
+                            f"  envoy: {seen_envoy}\n  host:  {seen_host}")
+    if envoy.metrics != host.metrics:
+        problems.append(f"{prefix}: metrics differ\n  envoy: {envoy.metrics}\n  host:  {host.metrics}")
+    return problems
+
+
+# ---------------------------------------------------------------------------
+# In this host
+
+
+def run_in_host(scenario: Scenario) -> Observation:
+    upstream = _Upstream(scenario.upstream)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    try:
+        return _run_in_host(scenario, upstream)
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+
+
+def _run_in_host(scenario: Scenario, upstream_server: _Upstream) -> Observation:
+    host = Host(log_level=LogLevel.TRACE)
+    # Callouts to "upstream" really go to the loopback server, as Envoy's do.
+    host.add_cluster("upstream", address=("127.0.0.1", upstream_server.server_address[1]))
+    vm = host.load(scenario.module, config=scenario.config, name=scenario.plugin_name,
+                   root_id=scenario.root_id, vm_id=scenario.vm_id)
+    startup = {_log_line(record.level, record.message) for record in host.logs}
+    first_request_log = len(host.logs)
+    responses = []
+    for request in scenario.requests:
+        stream = vm.http_stream()
+        headers = [(":authority", request.authority), (":path", request.path), (":method", request.method),
+                   (":scheme", "http"), *request.headers]
+        if request.body:
+            headers.append(("content-length", str(len(request.body))))
+        headers.append(("x-forwarded-proto", "http"))
+        with host.step():  # the client's request arrives in one read: one event-loop turn
+            stream.send_request_headers(headers, end_stream=not request.body)
+            if request.body:
+                stream.send_request_body(request.body, end_stream=False)
+                stream.send_request_body(b"", end_stream=True)
+        if stream.local_response is None and stream.request.complete:
+            # What Envoy's router would send: the filter's headers, :authority as host, the body
+            # (chunked when the filter dropped content-length).
+            forwarded = stream.request.forwarded_headers or []
+            pseudo = dict(pair for pair in forwarded if pair[0].startswith(":"))
+            plain = [pair for pair in forwarded if not pair[0].startswith(":")]
+            body = bytes(stream.request.forwarded_body)
+            if body and not any(key == "content-length" for key, _ in plain):
+                plain.append(("transfer-encoding", "chunked"))
+            upstream_server.received.append({
+                "method": pseudo.get(":method"), "path": pseudo.get(":path"),
+                "headers": [("host", pseudo.get(":authority", "")), *plain], "body": body,
+            })
+            reply = scenario.upstream
+            reply_headers = [(":status", str(reply.status)), *reply.headers,
+                             ("content-length", str(len(reply.body)))]
+            with host.step():  # likewise the upstream's answer
+                stream.send_response_headers(reply_headers, end_stream=not reply.body)
+                if reply.body:
+                    stream.send_response_body(reply.body, end_stream=False)
+                    stream.send_response_body(b"", end_stream=True)
+        forwarded_response = stream.response.forwarded_headers or []
+        response_headers = [pair for pair in forwarded_response if not pair[0].startswith(":")]
+        response_body = bytes(stream.response.forwarded_body)
+        if not any(key == "content-length" for key, _ in response_headers):
+            response_headers.append(("transfer-encoding", "chunked"))  # Envoy's HTTP/1 codec
+        responses.append({"status": int(dict(forwarded_response).get(":status", "0")),
+                          "headers": response_headers, "body": response_body})
+    logs = [_log_line(record.level, record.message) for record in host.logs[first_request_log:]]
+    return Observation(startup, logs, upstream_server.received, responses,
+                       {name: host.metric(name) for name in scenario.metrics})
+
+
+def _log_line(level: int, message: str) -> str:
+    return f"{LogLevel(level).name.lower()}: {message}"
+
+
+# ---------------------------------------------------------------------------
+# In Envoy
+
+
+class _Upstream(http.server.ThreadingHTTPServer):
+    """A loopback HTTP/1.1 server that records requests and answers one fixed reply."""
+
+    daemon_threads = True
+
+    def __init__(self, reply: UpstreamReply) -> None:
+        self.reply = reply
+        self.received: list[dict[str, Any]] = []
+        super().__init__(("127.0.0.1", 0), _UpstreamHandler)
+
+
+class _UpstreamHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Upstream
+
+    def _handle(self) -> None:
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            body = bytearray()
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    self.rfile.readline()
+                    break
+                body.extend(self.rfile.read(size))
+                self.rfile.readline()
+        else:
+            body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.server.received.append({"method": self.command, "path": self.path,
+                                     "headers": [(k, v) for k, v in self.headers.items()], "body": bytes(body)})
+        reply = self.server.reply
+        # send_response_only: no Server/Date headers, so the filter sees exactly reply.headers.
+        self.send_response_only(reply.status)
+        for key, value in reply.headers:
+            self.send_header(key, value)
+        self.send_header("content-length", str(len(reply.body)))
+        self.end_headers()
+        self.wfile.write(reply.body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def envoy_bootstrap(scenario: Scenario, upstream_port: int) -> dict[str, Any]:
+    """A listener with the Wasm filter (V8, module from a local file) routing to the upstream."""
+    wasm_filter = {
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": scenario.plugin_name,
+                "root_id": scenario.root_id,
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                  "value": scenario.config},
+                "vm_config": {"vm_id": scenario.vm_id, "runtime": "envoy.wasm.runtime.v8",
+                              "code": {"local": {"filename": str(Path(scenario.module).resolve())}}},
+            },
+        },
+    }
+    router = {"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+        "suppress_envoy_headers": True}}
+    connection_manager = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "conformance",
+        "generate_request_id": False,
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}]},
+        "http_filters": [wasm_filter, router],
+    }
+    return {"static_resources": {
+        "listeners": [{"name": "main", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                       "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                       "typed_config": connection_manager}]}]}],
+        "clusters": [{"name": "upstream", "type": "STATIC", "connect_timeout": "2s",
+                      "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [
+                          {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1",
+                                                                       "port_value": upstream_port}}}}]}]}}],
+    }}
+
+
+def run_in_envoy(scenario: Scenario) -> Observation:
+    upstream = _Upstream(scenario.upstream)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    try:
+        with EnvoyProcess(envoy_bootstrap(scenario, upstream.server_address[1]),
+                          component_log_level="wasm:trace") as envoy:
+            address = envoy.listener_address("main")
+            startup_lines = _wait_for_quiet_log(envoy, scenario)
+            startup_count = len(startup_lines)
+            responses = [_send(address, request) for request in scenario.requests]
+            all_lines = _wait_for_quiet_log(envoy, scenario)
+            stats = envoy.stats()
+            # Envoy files module-defined metrics under the "wasmcustom." namespace.
+            metrics = {name: stats.get("wasmcustom." + name) for name in scenario.metrics}
+            return Observation(set(startup_lines), all_lines[startup_count:], upstream.received, responses, metrics)
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+
+
+def _send(address: tuple[str, int], request: Request) -> dict[str, Any]:
+    connection = http.client.HTTPConnection(*address, timeout=10)
+    try:
+        connection.putrequest(request.method, request.path, skip_host=True, skip_accept_encoding=True)
+        connection.putheader("host", request.authority)
+        for key, value in request.headers:
+            connection.putheader(key, value)
+        if request.body:
+            connection.putheader("content-length", str(len(request.body)))
+        connection.endheaders(request.body or None)
+        reply = connection.getresponse()
+        body = reply.read()
+        headers = [(key.lower(), value) for key, value in reply.getheaders()
+                   if key.lower() not in ENVOY_ONLY_RESPONSE_HEADERS]
+        return {"status": reply.status, "headers": headers, "body": body}
+    finally:
+        connection.close()
+
+
+_ENVOY_LEVELS = {"trace": LogLevel.TRACE, "debug": LogLevel.DEBUG, "info": LogLevel.INFO,
+                 "warning": LogLevel.WARN, "error": LogLevel.ERROR, "critical": LogLevel.CRITICAL}
+
+
+def _module_logs(envoy: EnvoyProcess, scenario: Scenario) -> list[str]:
+    """The module's proxy_log lines from Envoy's log ("wasm log <plugin> <root_id> <vm_id>: msg")."""
+    pattern = re.compile(
+        r"\]\[(\w+)\]\[wasm\] \[[^\]]*\] wasm log (?:" + re.escape(scenario.plugin_name) + " )?"
+        + re.escape(scenario.root_id) + " " + re.escape(scenario.vm_id) + ": (.*)$")
+    lines = []
+    for line in envoy.log_text().splitlines():
+        match = pattern.search(line)
+        if match:
+            lines.append(_log_line(_ENVOY_LEVELS[match.group(1)], match.group(2)))
+    return lines
+
+
+def _wait_for_quiet_log(envoy: EnvoyProcess, scenario: Scenario, settle: float = 0.3,
+                        timeout: float = 10.0) -> list[str]:
+    """Envoy writes its log asynchronously: wait until it stops growing."""
+    deadline = time.monotonic() + timeout
+    previous = _module_logs(envoy, scenario)
+    while time.monotonic() < deadline:
+        time.sleep(settle)
+        current = _module_logs(envoy, scenario)
+        if current == previous:
+            return current
+        previous = current
+    return previous

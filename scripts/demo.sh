@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Installs everything, then builds a Python filter and runs it in a real Envoy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+exec "${PYTHON:-python3}" scripts/demo.py

@@ -1,0 +1,110 @@
+"""Differential conformance: each scenario runs in Envoy 1.40 (V8) and in meshext.runtime.
+
+What is compared (see meshext.runtime.conformance): the requests the upstream
+received (callouts included), the responses the client received (local
+replies included), the module's log lines (start-up as a set, then in order)
+and the module's metrics.  Any difference fails the test and names the
+scenario.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meshext.runtime.conformance import Request, Scenario, UpstreamReply, compare, run_in_envoy, run_in_host
+
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
+
+TRAFFIC = [
+    Request("GET", "/plain", [("x-keep", "k")]),
+    Request("GET", "/edit?q=1", [("x-replace-me", "old"), ("x-remove-me", "gone"), ("x-keep", "k"),
+                                 ("x-keep", "twice")]),
+    Request("POST", "/upload", [("content-type", "text/plain")], body=b"hello body"),
+    Request("GET", "/denied", [("x-deny", "yes")]),
+]
+
+
+PYTHON_TRAFFIC = TRAFFIC + [Request("POST", "/form", [("x-keep", "k")], body=b"name=value"),
+                            Request("GET", "/replace-answer", [("x-fail-response", "1")])]
+
+
+def python_scenarios(python_modules: dict[str, Path]) -> list[Scenario]:
+    return [
+        # meshext.sdk filter (CPython inside the module): headers, local replies from the request
+        # and the response path, body buffering, counters and a gauge, shared data with CAS,
+        # a shared queue drained by the root context, logs from on_request_headers and on_log.
+        Scenario("python-policy", python_modules["policy"], '{"deny_header": "x-deny", "tag": "conformance"}',
+                 "policy", PYTHON_TRAFFIC,
+                 metrics=["py_policy_requests_total", "py_policy_denied_total", "py_policy_last_body_bytes"]),
+    ]
+
+
+@pytest.mark.parametrize("name", ["python-policy"])
+def test_python_filter_matches_envoy(name, python_modules):
+    scenario = {s.name: s for s in python_scenarios(python_modules)}[name]
+    envoy = run_in_envoy(scenario)
+    host = run_in_host(scenario)
+    problems = compare(scenario, envoy, host)
+    assert not problems, "\n".join(problems)
+    assert len(envoy.responses) == len(PYTHON_TRAFFIC) and envoy.logs
+    assert None not in envoy.metrics.values(), envoy.metrics  # Envoy really had these metrics
+
+
+def scenarios(as_modules: dict[str, Path], wat_module) -> list[Scenario]:
+    return [
+        # Hand-written WAT: logs every callback with its arguments (call order, context ids,
+        # header counts, body sizes, end-of-stream flags) and adds a header both ways.
+        Scenario("wat-callback-trace", wat_module("trace"), "trace-config", "trace_root", TRAFFIC),
+        # AssemblyScript SDK (npm), third-party: header mutations, configuration, counter.
+        Scenario("as-headers", as_modules["headers"], "config-from-envoy", "as_headers", TRAFFIC,
+                 metrics=["as_headers_requests_total"]),
+        # Local reply (403 + body + header) that also passes the filter's response path; gauge.
+        Scenario("as-deny", as_modules["deny"], "deny-config", "as_deny", TRAFFIC,
+                 upstream=UpstreamReply(201, [("content-type", "application/json"), ("x-upstream", "1")], b"{}"),
+                 metrics=["as_deny_denied_total", "as_deny_last_status"]),
+        # Body buffering (StopIterationAndBuffer) and rewriting in both directions.
+        Scenario("as-body", as_modules["body"], "suffix", "as_body", TRAFFIC),
+        # HTTP callout to a real upstream while the request is paused, then continue.
+        Scenario("as-callout", as_modules["callout"], "callout-config", "as_callout", TRAFFIC),
+        # Envoy attributes via proxy_get_property/proxy_set_property, and when header maps
+        # stop being readable (after CONTINUE) and become readable again (proxy_on_log).
+        Scenario("as-properties", as_modules["properties"], "p", "as_properties", TRAFFIC),
+    ]
+
+
+SCENARIO_NAMES = ["wat-callback-trace", "as-headers", "as-deny", "as-body", "as-callout", "as-properties"]
+
+
+@pytest.fixture(scope="module")
+def envoy_observations():
+    """Envoy runs are the slow part: each scenario's is kept for the module's tests."""
+    return {}
+
+
+@pytest.mark.parametrize("name", SCENARIO_NAMES)
+def test_host_matches_envoy(name, as_modules, wat_module, envoy_observations):
+    scenario = {s.name: s for s in scenarios(as_modules, wat_module)}[name]
+    envoy = run_in_envoy(scenario)
+    envoy_observations[name] = (scenario, envoy)
+    host = run_in_host(scenario)
+    problems = compare(scenario, envoy, host)
+    assert not problems, "\n".join(problems)
+    # The scenario must have exercised something: traffic reached the client in both runs.
+    assert len(envoy.responses) == len(TRAFFIC) and envoy.logs
+    assert None not in envoy.metrics.values(), envoy.metrics  # Envoy really had these metrics
+
+
+def test_a_difference_is_reported_with_the_scenario_name(as_modules, wat_module, envoy_observations):
+    """The comparison is not vacuous: a host run with another configuration is caught."""
+    if "as-headers" not in envoy_observations:
+        scenario = {s.name: s for s in scenarios(as_modules, wat_module)}["as-headers"]
+        envoy_observations["as-headers"] = (scenario, run_in_envoy(scenario))
+    scenario, envoy = envoy_observations["as-headers"]
+    altered = Scenario(scenario.name, scenario.module, "another-config", scenario.root_id,
+                       scenario.requests, metrics=scenario.metrics)
+    problems = compare(scenario, envoy, run_in_host(altered))
+    assert problems
+    assert all("scenario 'as-headers'" in problem for problem in problems)
+    assert any("config-from-envoy" in problem and "another-config" in problem for problem in problems)

@@ -1,0 +1,270 @@
+"""meshext.runtime host behaviour that Envoy cannot be driven into deterministically:
+controllable clock, several VMs sharing data and queues, callouts answered by
+test handlers or real upstreams (HTTP and gRPC), crashes and refused imports.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from concurrent import futures
+
+import grpc
+import pytest
+
+from meshext.errors import MeshextError
+from meshext.testing import Action, GrpcResponse, Host, HttpResponse, LogLevel, WasmTrap
+
+
+def test_module_importing_what_envoy_lacks_is_refused_naming_each_import(wat_module):
+    with pytest.raises(MeshextError) as refused:
+        Host().load(wat_module("forbidden_import"))
+    text = str(refused.value)
+    assert "wasi_snapshot_preview1.path_symlink" in text and "import type mismatch" in text
+    assert "env.proxy_open_socket" in text
+    assert "fd_write" not in text  # Envoy does provide that one
+
+
+def test_trap_shows_wasm_backtrace_and_last_error_logs(wat_module):
+    plugin = Host().load(wat_module("crash"))
+    with pytest.raises(WasmTrap) as trapped:
+        plugin.exchange("GET", "/")
+    trap = trapped.value
+    assert trap.callback == "proxy_on_request_headers"
+    assert "integer divide by zero" in str(trap)
+    assert [frame.split("!")[1].split(" ")[0] for frame in trap.frames[:2]] == ["divide", "compute_quota"]
+    assert trap.module_logs == ["[error] about to divide by zero"]
+    with pytest.raises(MeshextError, match="crashed earlier"):
+        plugin.exchange("GET", "/")
+
+
+def test_ticks_follow_the_controllable_clock_and_vms_share_data_and_queues(wat_module):
+    host = Host()
+    first = host.load(wat_module("stateful"), name="first", vm_id="shared_vm")
+    second = host.load(wat_module("stateful"), name="second", vm_id="shared_vm")
+    host.advance(99)
+    assert host.metric("ticks_total") == 0  # no tick before one period
+    host.advance(1)
+    # Both VMs ticked once; the second saw the first one's value through shared data (CAS ok).
+    assert first.log_messages() == ["configured queue 1", "tick 1 set status 0"]
+    # The queue was registered by both VMs; the last registrant is notified of every item,
+    # right after the enqueuing callback returned (before the next VM's tick).
+    assert second.log_messages() == ["configured queue 1", "dequeued 1", "queue status 7",
+                                     "tick 2 set status 0", "dequeued 2", "queue status 7"]
+    assert host.metric("ticks_total") == 2
+    host.advance(300)
+    assert host.metric("ticks_total") == 8
+    assert host.shared_data[("shared_vm", "ticks")][0] == (8).to_bytes(4, "little")
+
+
+def test_shared_data_is_separate_per_vm_id(wat_module):
+    host = Host()
+    host.load(wat_module("stateful"), vm_id="one")
+    host.load(wat_module("stateful"), vm_id="two")
+    host.advance(100)
+    assert host.shared_data[("one", "ticks")][0] == host.shared_data[("two", "ticks")][0] == b"\x01\0\0\0"
+
+
+def test_stale_cas_write_fails_and_grpc_answer_from_handler_continues_request(wat_module):
+    host = Host()
+    host.add_cluster("grpc_upstream", grpc=lambda call: GrpcResponse(0, [b"pong:" + call.messages[0]]))
+    plugin = host.load(wat_module("stateful"))
+    host.advance(100)
+    stream = plugin.exchange("GET", "/")
+    assert plugin.log_messages()[-3:] == ["stale cas status 8", "grpc call status 0", "grpc close 0"]
+    call = plugin.grpc_calls[0]
+    assert (call.cluster, call.service, call.method, call.messages) == ("grpc_upstream", "echo.Echo", "Say", [b"ping"])
+    assert stream.request.header("x-grpc-reply") == "pong:ping"
+    assert stream.response.complete and stream.ended
+
+
+def test_pending_grpc_call_keeps_request_paused_until_the_test_answers(wat_module):
+    host = Host()
+    host.add_cluster("grpc_upstream", grpc=lambda call: None)  # answer later
+    plugin = host.load(wat_module("stateful"))
+    stream = plugin.http_stream()
+    assert stream.send_request_headers({":path": "/", ":method": "GET", ":authority": "a"}, end_stream=True) \
+        == Action.PAUSE
+    assert stream.request.paused and stream.request.forwarded_headers is None
+    call = plugin.grpc_calls[0]
+    call.reply(b"late")
+    call.close(status=0)
+    assert not stream.request.paused and stream.request.header("x-grpc-reply") == "late"
+
+
+def test_grpc_call_to_a_real_grpc_server(wat_module):
+    def say(request: bytes, context) -> bytes:
+        return b"real:" + request
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "echo.Echo", {"Say": grpc.unary_unary_rpc_method_handler(say)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        host = Host()
+        host.add_cluster("grpc_upstream", address=("127.0.0.1", port))
+        plugin = host.load(wat_module("stateful"))
+        stream = plugin.exchange("GET", "/")
+        assert stream.request.header("x-grpc-reply") == "real:ping"
+        assert plugin.log_messages()[-1] == "grpc close 0"
+    finally:
+        server.stop(None)
+
+
+def test_grpc_call_to_an_undeclared_cluster_fails_like_envoy(wat_module):
+    plugin = Host().load(wat_module("stateful"))
+    plugin.http_stream().send_request_headers({":path": "/"}, end_stream=True)
+    assert "grpc call status 4" in plugin.log_messages()  # PARSE_FAILURE
+
+
+def test_http_callout_answered_by_test_handler(as_modules):
+    host = Host()
+    seen = []
+
+    def auth(call):
+        seen.append((call.cluster, call.header(":path"), call.header("x-plugin-config")))
+        return HttpResponse(202, {"content-type": "text/plain"}, b"ok")
+
+    host.add_cluster("upstream", auth)
+    plugin = host.load(as_modules["callout"], config="cfg", root_id="as_callout")
+    stream = plugin.exchange("GET", "/resource")
+    assert seen == [("upstream", "/auth?for=/resource", "cfg")]
+    assert stream.request.header("x-auth-status") == "202"
+    assert "auth said 202 body_size=2 upstream-time=present" in plugin.log_messages(LogLevel.INFO)
+
+
+def test_http_callout_times_out_on_the_clock_and_filter_replies_locally(as_modules):
+    host = Host()
+    host.add_cluster("upstream", lambda call: None)  # never answers
+    plugin = host.load(as_modules["callout"], config="cfg", root_id="as_callout")
+    stream = plugin.http_stream()
+    stream.send_request_headers({":path": "/x", ":method": "GET", ":authority": "a"}, end_stream=True)
+    assert stream.request.paused and plugin.http_calls[0].timeout_ms == 5000
+    host.advance(4999)
+    assert stream.local_response is None
+    host.advance(1)
+    assert stream.local_response.status == 503
+    assert stream.local_response.body == b"auth unavailable\n"
+    assert stream.response.header(":status") == "503" and stream.ended
+
+
+def test_http_callout_to_a_real_upstream(as_modules):
+    class Auth(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(418)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Auth)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        host = Host()
+        host.add_cluster("upstream", address=server.server_address)
+        plugin = host.load(as_modules["callout"], config="cfg", root_id="as_callout")
+        assert plugin.exchange("GET", "/").request.header("x-auth-status") == "418"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_body_buffered_while_paused_then_rewritten(as_modules):
+    plugin = Host().load(as_modules["body"], config="!", root_id="as_body")
+    stream = plugin.http_stream()
+    stream.send_request_headers({":path": "/", ":method": "POST", "content-length": "10"})
+    assert stream.send_request_body(b"part1") == Action.PAUSE
+    assert stream.send_request_body(b"part2", end_stream=True) == Action.CONTINUE
+    assert bytes(stream.request.forwarded_body) == b"part1part2+!"
+    assert stream.request.header("content-length") is None
+    assert plugin.log_messages(LogLevel.INFO)[-3:] == [
+        "request body 5 end=0", "request body 10 end=1", "request body was 'part1part2' set status 0"]
+
+
+def test_local_reply_runs_through_the_filter_response_path(as_modules):
+    host = Host()
+    plugin = host.load(as_modules["deny"], config="x", root_id="as_deny")
+    stream = plugin.exchange("GET", "/secret", headers={"x-deny": "1"})
+    assert stream.local_response.status == 403 and stream.local_response.details == "denied_by_policy"
+    assert stream.request.forwarded_headers is None  # never reached the upstream
+    assert stream.response.forwarded_headers == [
+        (":status", "403"), ("x-denied-by", "as-deny"), ("content-length", "14"), ("content-type", "text/plain")]
+    assert host.metric("as_deny_denied_total") == 1 and host.metric("as_deny_last_status") == 403
+    assert "denying /secret" in plugin.log_messages(LogLevel.WARN)
+
+
+def test_plugin_refusing_its_configuration_is_reported(as_modules):
+    # The AssemblyScript runtime traps on an empty plugin configuration (a known SDK trait).
+    with pytest.raises(WasmTrap) as trapped:
+        Host().load(as_modules["headers"], config="", root_id="as_headers")
+    assert trapped.value.callback == "proxy_on_configure"
+
+
+def test_unknown_root_id_is_the_modules_own_error(as_modules):
+    with pytest.raises(WasmTrap):
+        Host().load(as_modules["headers"], config="c", root_id="no_such_root")
+
+
+def test_not_a_wasm_file_is_explained(tmp_path):
+    bogus = tmp_path / "filter.wasm"
+    bogus.write_text("print('hello')")
+    with pytest.raises(MeshextError, match="not a valid Wasm module") as error:
+        Host().load(bogus)
+    assert str(bogus) in str(error.value)
+
+
+def test_trailers_and_chunked_bodies_reach_the_filter_in_envoys_order(wat_module):
+    host = Host()
+    plugin = host.load(wat_module("trace"), root_id="r")
+    stream = plugin.http_stream()
+    stream.send_request_headers({":path": "/", ":method": "POST"})
+    stream.send_request_body(b"abc")
+    stream.send_request_body(b"defg")
+    stream.send_request_trailers({"x-checksum": "1"})
+    stream.send_response_headers({":status": "200"})
+    stream.send_response_body(b"ok", end_stream=False)
+    stream.send_response_trailers({"grpc-status": "0"})
+    assert plugin.log_messages()[3:] == [
+        "on_context_create 2 1", "on_request_headers 2 2 0", "on_request_body 2 3 0", "on_request_body 2 4 0",
+        "on_request_trailers 2 1", "on_response_headers 2 1 0", "on_response_body 2 2 0",
+        "on_response_trailers 2 1", "on_log 2", "on_done 2", "on_delete 2"]
+    assert bytes(stream.request.forwarded_body) == b"abcdefg"
+    assert stream.request.forwarded_trailers == [("x-checksum", "1")] and stream.request.complete
+
+
+def test_body_arriving_while_headers_are_paused_is_held_then_given_to_the_filter(as_modules):
+    host = Host()
+    host.add_cluster("upstream", lambda call: None)
+    plugin = host.load(as_modules["callout"], config="cfg", root_id="as_callout")
+    stream = plugin.http_stream()
+    assert stream.send_request_headers({":path": "/p", ":method": "POST", ":authority": "a"}) == Action.PAUSE
+    assert stream.send_request_body(b"abc") is None  # held: the filter stopped at headers
+    assert stream.send_request_body(b"def", end_stream=True) is None
+    assert stream.request.forwarded_headers is None and not stream.request.forwarded_body
+    plugin.http_calls[0].respond(200)
+    assert stream.request.header("x-auth-status") == "200"
+    assert bytes(stream.request.forwarded_body) == b"abcdef" and stream.request.complete
+    assert stream.request.actions[-1] == ("proxy_on_request_body", Action.CONTINUE)
+
+
+def test_tcp_connection_callbacks_and_close_order(wat_module):
+    plugin = Host().load(wat_module("trace"), root_id="r")
+    connection = plugin.tcp_stream()
+    assert connection.send_downstream_data(b"ping") == Action.CONTINUE
+    assert bytes(connection.to_upstream) == b"ping"
+    connection.close()
+    assert plugin.log_messages()[-3:] == ["on_done 2", "on_log 2", "on_delete 2"]  # Envoy's TCP order
+
+
+def test_grpc_stream_messages_go_to_the_handler_and_answers_come_back(wat_module):
+    host = Host()
+    host.add_cluster("grpc_upstream", grpc=lambda call: GrpcResponse(0, [b"echo:" + call.messages[-1]]))
+    plugin = host.load(wat_module("grpc_stream"))
+    stream = plugin.exchange("GET", "/chat")
+    call = plugin.grpc_calls[0]
+    assert (call.is_stream, call.service, call.method, call.messages) == (True, "chat.Chat", "Talk", [b"hello", b"bye"])
+    assert call.token % 4 == 2  # Envoy's numbering for gRPC streams
+    assert stream.request_headers.get_all("x-chat") == ["echo:hello", "echo:bye"]
+    assert plugin.log_messages() == ["stream closed"] and stream.request.complete
