@@ -6,6 +6,7 @@ so every test exercises both protocols.
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -192,3 +193,43 @@ def test_status_endpoint_lists_extensions_and_proxies(mesh_under_test, clean_con
     assert listed["status"]["workloads"] == ["backend-v1.default", "frontend-v1.default"]
     assert set(report["proxies"]) == {"backend-v1.default", "frontend-v1.default"}
     assert all(p["connected"] and p["inSync"] for p in report["proxies"].values())
+
+
+def _pull_secret(name: str, host: str, username: str, password: str) -> dict:
+    auth = base64.b64encode(f"{username}:{password}".encode()).decode()
+    payload = json.dumps({"auths": {host: {"auth": auth}}})
+    return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+            "metadata": {"name": name, "namespace": "default"},
+            "data": {".dockerconfigjson": base64.b64encode(payload.encode()).decode()}}
+
+
+def test_image_pull_secret_is_honoured(mesh_under_test, clean_config, auth_registry):
+    from conftest import PULL_PASSWORD, PULL_USER
+
+    server, image = auth_registry
+    resource = clean_config / "private.yaml"
+    write_resources(
+        resource,
+        _pull_secret("pull-creds", server.host, PULL_USER, PULL_PASSWORD),
+        _pull_secret("wrong-creds", server.host, PULL_USER, "not-the-password"),
+        wasmplugin("with-secret", image, imagePullSecret="pull-creds", pluginConfig={"tag": "private"}),
+        # Always: ask the registry (IfNotPresent reuses a cached image, as kubelet does).
+        wasmplugin("without-secret", image, imagePullPolicy="Always", pluginConfig={"tag": "x"}),
+        wasmplugin("wrong-secret", image, imagePullSecret="wrong-creds", imagePullPolicy="Always",
+                   pluginConfig={"tag": "x"}),
+        wasmplugin("missing-secret", image, imagePullSecret="nowhere", pluginConfig={"tag": "x"}),
+    )
+    wait_until(lambda: _ready(resource, "WasmPlugin/default/with-secret"), what="private image Ready")
+
+    def reasons():
+        found = {key.split("/")[-1]: _condition(s)["reason"] for key, s in read_status(resource).items()
+                 if s.get("phase") == "Error"}
+        return found if len(found) == 3 else None
+
+    assert wait_until(reasons, what="three errors") == {
+        "without-secret": "ImagePullFailed", "wrong-secret": "ImagePullFailed",
+        "missing-secret": "ImagePullSecretInvalid"}
+    message = _condition(_status_of(resource, "WasmPlugin/default/missing-secret"))["message"]
+    assert "spec.imagePullSecret" in message and "nowhere" in message
+    wait_until(lambda: _with_chain(call(mesh_under_test.mesh, "frontend-v1", "backend"), ['{"tag":"private"}']),
+               what="private extension running")
