@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 
 import pytest
 from control_harness import (
+    PULL_PASSWORD,
+    PULL_USER,
     Load,
     call,
     read_status,
@@ -63,6 +66,13 @@ def test_extension_runs_only_on_selected_workload(mesh_under_test, clean_config,
     to_backend = wait_until(lambda: _with_chain(call(mesh, "frontend-v1", "backend"), ['{"tag":"backend-only"}']),
                             what="backend chain")
     assert to_backend.status == 200 and to_backend.body["app"] == "backend-v1"
+    # The outbound listener speaks HTTP/2 too (prior knowledge, as gRPC clients do).
+    workload = next(w for w in mesh.workloads if w.name == "frontend-v1")
+    http2 = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "-H", "Host: backend", "-o", "/dev/null",
+                            "-w", "%{http_version} %{http_code}",
+                            f"http://{workload.outbound.address}:{workload.outbound.port}/"],
+                           capture_output=True, text=True, timeout=10)
+    assert http2.stdout == "2 200"
     to_frontend = call(mesh, "backend-v1", "frontend")
     assert to_frontend.status == 200 and to_frontend.body["app"] == "frontend-v1"
     assert to_frontend.chain() == []
@@ -204,8 +214,6 @@ def _pull_secret(name: str, host: str, username: str, password: str) -> dict:
 
 
 def test_image_pull_secret_is_honoured(mesh_under_test, clean_config, auth_registry):
-    from conftest import PULL_PASSWORD, PULL_USER
-
     server, image = auth_registry
     resource = clean_config / "private.yaml"
     write_resources(
