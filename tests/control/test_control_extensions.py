@@ -184,6 +184,21 @@ def test_bad_resources_are_reported_and_traffic_is_unaffected(mesh_under_test, c
         for source, service in (("frontend-v1", "backend"), ("backend-v1", "frontend")):
             wait_until(lambda: _with_chain(call(mesh, source, service), ['{"tag":"good"}']), what="good chain only")
         assert _ready(good, "ServiceMeshExtension/default/good")
+
+        # An update that Envoy refuses: the previous generation keeps running, and the status says both.
+        write_resources(good, sme("good", f"file://{path}", config="", phase="PostStats",
+                                  api_version="maistra.io/v1alpha1"))
+
+        def refused():
+            status = _status_of(good, "ServiceMeshExtension/default/good")
+            return status if status.get("observedGeneration") == 2 and status.get("phase") == "Error" else None
+
+        status = wait_until(refused, what="refused update reported")
+        assert _condition(status)["reason"] == "RejectedByProxy"
+        assert "the last accepted configuration keeps running" in _condition(status)["message"]
+        assert status["workloads"] == ["backend-v1.default", "frontend-v1.default"]
+        assert mesh_under_test.control_plane.cache.wait_converged(nodes, 20)
+        assert call(mesh, "frontend-v1", "backend").chain() == ['{"tag":"good"}']
     assert load.failures == [], f"{len(load.failures)} of {load.sent} requests failed: {load.failures[:5]}"
 
 
