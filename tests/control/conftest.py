@@ -19,7 +19,7 @@ from meshext.control.sources import DirectorySource
 from meshext.registry import Credentials, MaistraManifest, ModuleCache, push
 from meshext.registry.local_registry import LocalRegistry
 
-from control_harness import header_module, start_app, two_service_mesh
+from control_harness import PULL_PASSWORD, PULL_USER, header_module, start_app, two_service_mesh
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -37,9 +37,6 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry
     """A real OCI registry (Debian's docker-registry) on loopback, plain HTTP."""
     with LocalRegistry(tmp_path_factory.mktemp("registry")) as server:
         yield server
-
-
-PULL_USER, PULL_PASSWORD = "puller", "pull-secret-password"
 
 
 @pytest.fixture(scope="session")
@@ -108,7 +105,6 @@ class MeshUnderTest:
         self.source.stop()
         self.operator.stop()
         self.control_plane.stop()
-        self.control_plane.modules.close()
         for app in self.apps:
             app.shutdown()
             app.server_close()

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 
 import pytest
 from control_harness import (
+    PULL_PASSWORD,
+    PULL_USER,
     Load,
     call,
     read_status,
@@ -63,6 +66,13 @@ def test_extension_runs_only_on_selected_workload(mesh_under_test, clean_config,
     to_backend = wait_until(lambda: _with_chain(call(mesh, "frontend-v1", "backend"), ['{"tag":"backend-only"}']),
                             what="backend chain")
     assert to_backend.status == 200 and to_backend.body["app"] == "backend-v1"
+    # The outbound listener speaks HTTP/2 too (prior knowledge, as gRPC clients do).
+    workload = next(w for w in mesh.workloads if w.name == "frontend-v1")
+    http2 = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "-H", "Host: backend", "-o", "/dev/null",
+                            "-w", "%{http_version} %{http_code}",
+                            f"http://{workload.outbound.address}:{workload.outbound.port}/"],
+                           capture_output=True, text=True, timeout=10)
+    assert http2.stdout == "2 200"
     to_frontend = call(mesh, "backend-v1", "frontend")
     assert to_frontend.status == 200 and to_frontend.body["app"] == "frontend-v1"
     assert to_frontend.chain() == []
@@ -174,6 +184,21 @@ def test_bad_resources_are_reported_and_traffic_is_unaffected(mesh_under_test, c
         for source, service in (("frontend-v1", "backend"), ("backend-v1", "frontend")):
             wait_until(lambda: _with_chain(call(mesh, source, service), ['{"tag":"good"}']), what="good chain only")
         assert _ready(good, "ServiceMeshExtension/default/good")
+
+        # An update that Envoy refuses: the previous generation keeps running, and the status says both.
+        write_resources(good, sme("good", f"file://{path}", config="", phase="PostStats",
+                                  api_version="maistra.io/v1alpha1"))
+
+        def refused():
+            status = _status_of(good, "ServiceMeshExtension/default/good")
+            return status if status.get("observedGeneration") == 2 and status.get("phase") == "Error" else None
+
+        status = wait_until(refused, what="refused update reported")
+        assert _condition(status)["reason"] == "RejectedByProxy"
+        assert "the last accepted configuration keeps running" in _condition(status)["message"]
+        assert status["workloads"] == ["backend-v1.default", "frontend-v1.default"]
+        assert mesh_under_test.control_plane.cache.wait_converged(nodes, 20)
+        assert call(mesh, "frontend-v1", "backend").chain() == ['{"tag":"good"}']
     assert load.failures == [], f"{len(load.failures)} of {load.sent} requests failed: {load.failures[:5]}"
 
 
@@ -204,8 +229,6 @@ def _pull_secret(name: str, host: str, username: str, password: str) -> dict:
 
 
 def test_image_pull_secret_is_honoured(mesh_under_test, clean_config, auth_registry):
-    from conftest import PULL_PASSWORD, PULL_USER
-
     server, image = auth_registry
     resource = clean_config / "private.yaml"
     write_resources(
