@@ -26,6 +26,7 @@ from meshext.control.xds import start_xds_server
 
 log = logging.getLogger(__name__)
 _MODULE_PATH = re.compile(r"^/modules/sha256/([0-9a-f]{64})$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ControlPlane:
@@ -74,6 +75,7 @@ class ControlPlane:
             asyncio.run_coroutine_threadsafe(self._grpc_server.stop(grace=None), self._loop).result(timeout=30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._loop_thread.join(timeout=10)
+        self.modules.close()
 
     def __enter__(self) -> ControlPlane:
         return self.start()
@@ -109,8 +111,12 @@ class ControlPlane:
                 if not node_id:
                     self._reply(400, b"node= is required\n", "text/plain")
                     return
-                present = {sha for sha in query.get("present", [""])[0].split(",") if sha}
-                control_plane.demand.report(node_id, query.get("dir", [""])[0], present)
+                present = {sha for sha in query.get("present", [""])[0].split(",") if _SHA256.match(sha)}
+                module_dir = query.get("dir", [""])[0]
+                if not module_dir.startswith("/") or ".." in module_dir.split("/"):
+                    self._reply(400, b"dir= must be an absolute path\n", "text/plain")
+                    return
+                control_plane.demand.report(node_id, module_dir, present)
                 known = int(query.get("version", ["0"])[0] or 0)
                 wait = min(float(query.get("wait", ["20"])[0]), 60.0)
                 version, wanted = control_plane.demand.wait_wanted(node_id, known, wait)

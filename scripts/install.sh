@@ -15,7 +15,7 @@ SUDO=""
 apt_packages=()
 if $want_test; then
     # A real OCI registry, Redis, load generators and TLS tooling for the tests.
-    apt_packages+=(docker-registry redis-server wrk apache2-utils openssl)
+    apt_packages+=(docker-registry redis-server wrk apache2-utils openssl curl)
     # Node.js for the AssemblyScript SDK; Debian's only where none is installed.
     command -v npm >/dev/null || apt_packages+=(nodejs npm)
 fi

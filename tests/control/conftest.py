@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Iterator
 
@@ -15,10 +16,10 @@ from meshext.control.proxy import sidecar_for
 from meshext.control.server import ControlPlane
 from meshext.control.sources import DirectorySource
 
-from meshext.registry import MaistraManifest, ModuleCache, push
+from meshext.registry import Credentials, MaistraManifest, ModuleCache, push
 from meshext.registry.local_registry import LocalRegistry
 
-from control_harness import header_module, start_app, two_service_mesh
+from control_harness import PULL_PASSWORD, PULL_USER, header_module, start_app, two_service_mesh
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -36,6 +37,21 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry
     """A real OCI registry (Debian's docker-registry) on loopback, plain HTTP."""
     with LocalRegistry(tmp_path_factory.mktemp("registry")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def auth_registry(tmp_path_factory: pytest.TempPathFactory, modules) -> Iterator[tuple[LocalRegistry, str]]:
+    """A registry that wants HTTP basic auth, holding the chain image: (server, image reference)."""
+    directory = tmp_path_factory.mktemp("auth-registry")
+    entry = subprocess.run(["htpasswd", "-Bbn", PULL_USER, PULL_PASSWORD], check=True, capture_output=True,
+                           text=True).stdout
+    (directory / "htpasswd").write_text(entry.strip() + "\n")
+    auth = {"htpasswd": {"realm": "meshext-control-test", "path": str(directory / "htpasswd")}}
+    with LocalRegistry(directory, auth=auth) as server:
+        reference = f"{server.host}/private/chain:1"
+        push(modules["chain"][0], reference, plain_http=True,
+             credentials=Credentials(username=PULL_USER, password=PULL_PASSWORD))
+        yield server, f"oci://{reference}"
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +79,7 @@ def images(registry: LocalRegistry, modules: dict[str, tuple[Path, str]]) -> dic
 class MeshUnderTest:
     """Two apps with Envoy sidecars (frontend: SotW ADS, backend: delta ADS), one control plane."""
 
-    def __init__(self, root: Path, registry_host: str) -> None:
+    def __init__(self, root: Path, registry_hosts: set[str]) -> None:
         self.root = root
         self.mesh_file = root / "mesh.yaml"
         self.mesh_file.write_text(yaml.safe_dump(two_service_mesh()))
@@ -71,7 +87,7 @@ class MeshUnderTest:
         self.config_dir = root / "extensions"
         self.apps = [start_app(w.name, w.app.port) for w in self.mesh.workloads]
         self.control_plane = ControlPlane().start()
-        settings = RegistrySettings(cache=ModuleCache(root / "cache"), plain_http_hosts=frozenset({registry_host}))
+        settings = RegistrySettings(cache=ModuleCache(root / "cache"), plain_http_hosts=frozenset(registry_hosts))
         self.operator = Operator(self.mesh, self.control_plane, registry=settings).start()
         self.source = DirectorySource(self.config_dir, self.operator, interval=0.1).start()
         self.sidecars = {
@@ -89,15 +105,15 @@ class MeshUnderTest:
         self.source.stop()
         self.operator.stop()
         self.control_plane.stop()
-        self.control_plane.modules.close()
         for app in self.apps:
             app.shutdown()
             app.server_close()
 
 
 @pytest.fixture(scope="module")
-def mesh_under_test(tmp_path_factory: pytest.TempPathFactory, registry: LocalRegistry) -> Iterator[MeshUnderTest]:
-    running = MeshUnderTest(tmp_path_factory.mktemp("mesh"), registry.host)
+def mesh_under_test(tmp_path_factory: pytest.TempPathFactory, registry: LocalRegistry,
+                    auth_registry: tuple[LocalRegistry, str]) -> Iterator[MeshUnderTest]:
+    running = MeshUnderTest(tmp_path_factory.mktemp("mesh"), {registry.host, auth_registry[0].host})
     yield running
     running.close()
 

@@ -25,6 +25,8 @@ from meshext.control.mesh import Mesh
 
 WAT_DIR = Path(__file__).parent / "wasm"
 CHAIN_HEADER = "x-meshext-chain"
+# Account of the test registry that wants basic auth (conftest's auth_registry).
+PULL_USER, PULL_PASSWORD = "puller", "pull-secret-password"
 
 
 def free_port() -> int:

@@ -6,10 +6,14 @@ so every test exercises both protocols.
 
 from __future__ import annotations
 
+import base64
 import json
+import subprocess
 
 import pytest
 from control_harness import (
+    PULL_PASSWORD,
+    PULL_USER,
     Load,
     call,
     read_status,
@@ -62,6 +66,13 @@ def test_extension_runs_only_on_selected_workload(mesh_under_test, clean_config,
     to_backend = wait_until(lambda: _with_chain(call(mesh, "frontend-v1", "backend"), ['{"tag":"backend-only"}']),
                             what="backend chain")
     assert to_backend.status == 200 and to_backend.body["app"] == "backend-v1"
+    # The outbound listener speaks HTTP/2 too (prior knowledge, as gRPC clients do).
+    workload = next(w for w in mesh.workloads if w.name == "frontend-v1")
+    http2 = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "-H", "Host: backend", "-o", "/dev/null",
+                            "-w", "%{http_version} %{http_code}",
+                            f"http://{workload.outbound.address}:{workload.outbound.port}/"],
+                           capture_output=True, text=True, timeout=10)
+    assert http2.stdout == "2 200"
     to_frontend = call(mesh, "backend-v1", "frontend")
     assert to_frontend.status == 200 and to_frontend.body["app"] == "frontend-v1"
     assert to_frontend.chain() == []
@@ -173,6 +184,21 @@ def test_bad_resources_are_reported_and_traffic_is_unaffected(mesh_under_test, c
         for source, service in (("frontend-v1", "backend"), ("backend-v1", "frontend")):
             wait_until(lambda: _with_chain(call(mesh, source, service), ['{"tag":"good"}']), what="good chain only")
         assert _ready(good, "ServiceMeshExtension/default/good")
+
+        # An update that Envoy refuses: the previous generation keeps running, and the status says both.
+        write_resources(good, sme("good", f"file://{path}", config="", phase="PostStats",
+                                  api_version="maistra.io/v1alpha1"))
+
+        def refused():
+            status = _status_of(good, "ServiceMeshExtension/default/good")
+            return status if status.get("observedGeneration") == 2 and status.get("phase") == "Error" else None
+
+        status = wait_until(refused, what="refused update reported")
+        assert _condition(status)["reason"] == "RejectedByProxy"
+        assert "the last accepted configuration keeps running" in _condition(status)["message"]
+        assert status["workloads"] == ["backend-v1.default", "frontend-v1.default"]
+        assert mesh_under_test.control_plane.cache.wait_converged(nodes, 20)
+        assert call(mesh, "frontend-v1", "backend").chain() == ['{"tag":"good"}']
     assert load.failures == [], f"{len(load.failures)} of {load.sent} requests failed: {load.failures[:5]}"
 
 
@@ -192,3 +218,41 @@ def test_status_endpoint_lists_extensions_and_proxies(mesh_under_test, clean_con
     assert listed["status"]["workloads"] == ["backend-v1.default", "frontend-v1.default"]
     assert set(report["proxies"]) == {"backend-v1.default", "frontend-v1.default"}
     assert all(p["connected"] and p["inSync"] for p in report["proxies"].values())
+
+
+def _pull_secret(name: str, host: str, username: str, password: str) -> dict:
+    auth = base64.b64encode(f"{username}:{password}".encode()).decode()
+    payload = json.dumps({"auths": {host: {"auth": auth}}})
+    return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+            "metadata": {"name": name, "namespace": "default"},
+            "data": {".dockerconfigjson": base64.b64encode(payload.encode()).decode()}}
+
+
+def test_image_pull_secret_is_honoured(mesh_under_test, clean_config, auth_registry):
+    server, image = auth_registry
+    resource = clean_config / "private.yaml"
+    write_resources(
+        resource,
+        _pull_secret("pull-creds", server.host, PULL_USER, PULL_PASSWORD),
+        _pull_secret("wrong-creds", server.host, PULL_USER, "not-the-password"),
+        wasmplugin("with-secret", image, imagePullSecret="pull-creds", pluginConfig={"tag": "private"}),
+        # Always: ask the registry (IfNotPresent reuses a cached image, as kubelet does).
+        wasmplugin("without-secret", image, imagePullPolicy="Always", pluginConfig={"tag": "x"}),
+        wasmplugin("wrong-secret", image, imagePullSecret="wrong-creds", imagePullPolicy="Always",
+                   pluginConfig={"tag": "x"}),
+        wasmplugin("missing-secret", image, imagePullSecret="nowhere", pluginConfig={"tag": "x"}),
+    )
+    wait_until(lambda: _ready(resource, "WasmPlugin/default/with-secret"), what="private image Ready")
+
+    def reasons():
+        found = {key.split("/")[-1]: _condition(s)["reason"] for key, s in read_status(resource).items()
+                 if s.get("phase") == "Error"}
+        return found if len(found) == 3 else None
+
+    assert wait_until(reasons, what="three errors") == {
+        "without-secret": "ImagePullFailed", "wrong-secret": "ImagePullFailed",
+        "missing-secret": "ImagePullSecretInvalid"}
+    message = _condition(_status_of(resource, "WasmPlugin/default/missing-secret"))["message"]
+    assert "spec.imagePullSecret" in message and "nowhere" in message
+    wait_until(lambda: _with_chain(call(mesh_under_test.mesh, "frontend-v1", "backend"), ['{"tag":"private"}']),
+               what="private extension running")

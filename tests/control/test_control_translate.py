@@ -1,0 +1,109 @@
+"""Resources -> placed extensions -> Envoy config, without running Envoy."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.core.v3 import extension_pb2
+from envoy.extensions.filters.http.wasm.v3 import wasm_pb2
+from envoy.extensions.wasm.v3 import wasm_pb2 as plugin_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+
+from meshext.control.envoy_config import SnapshotBuilder
+from meshext.control.mesh import load_mesh
+from meshext.control.placement import PlacedExtension
+from meshext.control.resources import parse_resource
+from meshext.control.snapshot import EXTENSION_CONFIG, LISTENER
+from meshext.errors import MeshextError
+
+SHA = "ab" * 32
+
+
+def _placed(name: str, phase: str, priority: int, **extra) -> PlacedExtension:
+    return PlacedExtension(key=f"ServiceMeshExtension/default/{name}", filter_name=f"meshext.{name}", phase=phase,
+                           priority=priority, module_sha256=SHA, root_id="", configuration="{}", fail_open=False,
+                           **extra)
+
+
+def _http_filters(snapshot, listener_name: str) -> list[str]:
+    listener = listener_pb2.Listener()
+    snapshot.of_type(LISTENER)[listener_name].packed.Unpack(listener)
+    manager = hcm_pb2.HttpConnectionManager()
+    listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
+    return [f.name for f in manager.http_filters]
+
+
+def test_filter_chain_follows_phase_then_priority():
+    mesh = load_mesh()
+    workload = mesh.workloads[0]
+    extensions = [
+        _placed("stats", "PostStats", 0), _placed("authz-low", "PostAuthZ", 1), _placed("unspecified", "Unspecified", 9),
+        _placed("authn", "PreAuthN", 0), _placed("authz-high", "PostAuthZ", 7), _placed("client", "PreAuthN", 5,
+                                                                                        inbound=False, outbound=True),
+    ]
+    snapshot = SnapshotBuilder(mesh).snapshot(workload, extensions, "/modules")
+    assert _http_filters(snapshot, "inbound") == [
+        "meshext.authn", "meshext.authz-high", "meshext.authz-low", "meshext.stats", "meshext.unspecified",
+        "envoy.filters.http.router"]
+    assert _http_filters(snapshot, "outbound") == ["meshext.client", "envoy.filters.http.router"]
+    assert set(snapshot.of_type(EXTENSION_CONFIG)) == {e.filter_name for e in extensions}
+
+
+def test_wasm_filter_config_from_a_wasmplugin():
+    request = parse_resource({
+        "apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+        "metadata": {"name": "limits", "namespace": "shop"},
+        "spec": {"url": "oci://example.com/limits:1", "failStrategy": "FAIL_OPEN", "pluginName": "root",
+                 "pluginConfig": {"b": 1, "a": [1, 2]}, "phase": "AUTHZ", "priority": 3,
+                 "vmConfig": {"env": [{"name": "MODE", "value": "strict"}, {"name": "HOSTNAME", "valueFrom": "HOST"}]},
+                 "match": [{"mode": "CLIENT", "ports": [{"number": 9080}]}]},
+    })
+    assert (request.phase, request.priority, request.inbound, request.outbound) == ("PreAuthZ", 3, False, True)
+    assert request.ports == frozenset({9080}) and request.configuration == '{"a":[1,2],"b":1}'
+    extension = PlacedExtension(
+        key=request.key, filter_name=request.filter_name, phase=request.phase, priority=request.priority,
+        module_sha256=SHA, root_id=request.root_id, configuration=request.configuration,
+        fail_open=request.fail_open, inbound=request.inbound, outbound=request.outbound, ports=request.ports,
+        vm_environment=request.vm_environment, vm_host_environment=request.vm_host_environment)
+    mesh = load_mesh()
+    snapshot = SnapshotBuilder(mesh).snapshot(mesh.workloads[0], [extension], "/var/lib/modules")
+    # The default mesh's outbound listener is on 15001, not 9080: the port match keeps it off.
+    assert "meshext.wasmplugin.shop.limits" not in snapshot.of_type(EXTENSION_CONFIG)
+
+    snapshot = SnapshotBuilder(mesh).snapshot(
+        mesh.workloads[0], [PlacedExtension(**{**vars(extension), "ports": frozenset()})], "/var/lib/modules")
+    typed = snapshot.of_type(EXTENSION_CONFIG)["meshext.wasmplugin.shop.limits"]
+    config = extension_pb2.TypedExtensionConfig()
+    typed.packed.Unpack(config)
+    wasm = wasm_pb2.Wasm()
+    config.typed_config.Unpack(wasm)
+    plugin = wasm.config
+    assert plugin.failure_policy == plugin_pb2.FAIL_OPEN
+    assert plugin.root_id == "root" and plugin.vm_config.runtime == "envoy.wasm.runtime.v8"
+    assert plugin.vm_config.code.local.filename == f"/var/lib/modules/{SHA}.wasm"
+    assert dict(plugin.vm_config.environment_variables.key_values) == {"MODE": "strict"}
+    assert list(plugin.vm_config.environment_variables.host_env_keys) == ["HOSTNAME"]
+
+
+def test_same_content_same_versions():
+    mesh = load_mesh()
+    first = SnapshotBuilder(mesh).snapshot(mesh.workloads[0], [_placed("a", "PreAuthN", 0)], "/m")
+    second = SnapshotBuilder(mesh).snapshot(mesh.workloads[0], [_placed("a", "PreAuthN", 0)], "/m")
+    reconfigured = replace(_placed("a", "PreAuthN", 0), configuration='{"x":1}')
+    changed = SnapshotBuilder(mesh).snapshot(mesh.workloads[0], [reconfigured], "/m")
+    assert first.type_versions == second.type_versions
+    # A config change is an ECDS change only: listeners keep their version.
+    assert first.type_versions[EXTENSION_CONFIG] != changed.type_versions[EXTENSION_CONFIG]
+    assert first.type_versions[LISTENER] == changed.type_versions[LISTENER]
+
+
+def test_validation_names_field_and_fix():
+    bad = {"apiVersion": "maistra.io/v2", "kind": "ServiceMeshExtension", "metadata": {"name": "x"},
+           "spec": {"image": "a/b:1"}}
+    try:
+        parse_resource(bad)
+    except MeshextError as error:
+        assert "apiVersion" in error.message and error.fix == "use apiVersion maistra.io/v1"
+    else:
+        raise AssertionError("maistra.io/v2 must be refused")
