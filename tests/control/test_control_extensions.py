@@ -199,6 +199,18 @@ def test_bad_resources_are_reported_and_traffic_is_unaffected(mesh_under_test, c
         assert status["workloads"] == ["backend-v1.default", "frontend-v1.default"]
         assert mesh_under_test.control_plane.cache.wait_converged(nodes, 20)
         assert call(mesh, "frontend-v1", "backend").chain() == ['{"tag":"good"}']
+
+        # An invalid update: reported, and again the last accepted configuration keeps running.
+        write_resources(good, sme("good", f"file://{path}", config={"tag": "better"}, priority="high"))
+
+        def invalid():
+            status = _status_of(good, "ServiceMeshExtension/default/good")
+            return status if status.get("observedGeneration") == 3 and status.get("phase") == "Error" else None
+
+        status = wait_until(invalid, what="invalid update reported")
+        assert _condition(status)["reason"] == "InvalidSpec" and "spec.priority" in _condition(status)["message"]
+        assert status["workloads"] == ["backend-v1.default", "frontend-v1.default"]
+        assert call(mesh, "frontend-v1", "backend").chain() == ['{"tag":"good"}']
     assert load.failures == [], f"{len(load.failures)} of {load.sent} requests failed: {load.failures[:5]}"
 
 
