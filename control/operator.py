@@ -184,11 +184,14 @@ class Operator:
             tracked.placed = None
             tracked.error, tracked.error_reason = str(error), "InvalidSpec"
             return
-        tracked.request = request
         wanted = (request.image, request.pull_policy, request.expected_sha256, request.pull_secret)
         if tracked.resolved is None or tracked.resolved_for != wanted or request.pull_policy == "Always":
             try:
                 credentials = self._credentials(request)
+            except MeshextError as error:
+                tracked.placed, tracked.error, tracked.error_reason = None, str(error), "ImagePullSecretInvalid"
+                return
+            try:
                 resolved = resolve_image(request.image, policy=request.pull_policy,
                                          expected_sha256=request.expected_sha256, settings=self.registry,
                                          credentials=credentials, where=key,
@@ -197,10 +200,12 @@ class Operator:
             except ImageResolveError as error:
                 tracked.placed, tracked.error, tracked.error_reason = None, str(error), error.reason
                 return
-            except MeshextError as error:  # the pull secret
-                tracked.placed, tracked.error, tracked.error_reason = None, str(error), "ImagePullSecretInvalid"
+            except MeshextError as error:  # the cached module changed under us
+                tracked.placed, tracked.error, tracked.error_reason = None, str(error), "ImagePullFailed"
                 return
             tracked.resolved, tracked.resolved_for = resolved, wanted
+        # Only a spec that resolved replaces the one whose selector keeps the accepted config running.
+        tracked.request = request
         assert tracked.resolved is not None
         maistra = tracked.resolved.maistra
         phase = request.phase or (maistra.phase if maistra and maistra.phase else "Unspecified")
