@@ -152,7 +152,7 @@ def status_command(control_http: str, as_json: bool) -> None:
     console = Console()
     table = Table(title="extensions")
     for column in ("extension", "state", "phase", "priority", "image", "running on", "reason"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for key, extension in sorted(report["extensions"].items()):
         status = extension["status"]
         ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
