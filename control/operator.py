@@ -86,6 +86,7 @@ class Operator:
         self.status_writer = status_writer or (lambda obj, status: None)
         self.secret_lookup = secret_lookup or (lambda namespace, name: None)
         self._builder = SnapshotBuilder(mesh)
+        self._node_ids = {w.node_id for w in mesh.workloads}
         self._tracked: dict[str, _Tracked] = {}
         self._published: dict[str, dict[str, PlacedExtension]] = {}  # node id -> ECDS name -> extension
         self._retired: dict[str, dict[str, tuple[PlacedExtension, float]]] = {}  # node -> name -> (ext, until)
@@ -123,6 +124,8 @@ class Operator:
     def _on_reply(self, node_id: str, type_url: str, status: TypeStatus, nacked_names: list[str]) -> None:
         # Runs on the xDS loop: hand over and return at once.
         if type_url == "":  # a proxy connected: it may be waiting for its first snapshot
+            if node_id not in self._node_ids:
+                log.warning("proxy %s is not a workload of the mesh file: it gets no configuration", node_id)
             self._events.put(("connect", node_id))
         elif type_url in (EXTENSION_CONFIG, LISTENER):
             self._events.put(("reply", (node_id, type_url, status, nacked_names)))
@@ -415,6 +418,7 @@ class Operator:
         for node_id, proxy in self.control_plane.cache.proxies().items():
             proxies[node_id] = {
                 "connected": proxy.streams > 0,
+                "inMesh": node_id in self._node_ids,
                 "inSync": self.control_plane.cache.converged(node_id),
                 "types": {url.rsplit(".", 1)[-1]: {"acked": s.acked_version, "sent": s.sent_version,
                                                    "nacked": s.nacked_version, "error": s.error_detail}
