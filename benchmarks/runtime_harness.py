@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from meshext.runtime import host as host_module
+from meshext.runtime import modules as module_cache
 from meshext.runtime.host import Host
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,10 +80,10 @@ def round_trips_per_second(module: Path, root_id: str, config: str, seconds: flo
 
 def ready_times_ms(module: Path, root_id: str, config: str, runs: int = 20) -> tuple[float, float]:
     code = module.read_bytes()
-    host_module.compile_module(code)  # make sure the on-disk cache holds it
+    module_cache.compile_module(code)  # make sure the on-disk cache holds it
     from_disk = []
     for _ in range(runs):
-        host_module._MODULES.clear()  # forget the in-memory module: deserialize from disk
+        module_cache._MODULES.clear()  # forget the in-memory module: deserialize from disk
         started = time.perf_counter()
         Host().load(code, root_id=root_id, config=config)
         from_disk.append((time.perf_counter() - started) * 1000)
@@ -110,7 +110,7 @@ def main() -> None:
         else:
             modules = default_modules(Path(workdir))
         print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or platform.machine()}, "
-              f"{_cpu_model()}, Python {platform.python_version()}, wasmtime {host_module.wasmtime_version()}")
+              f"{_cpu_model()}, Python {platform.python_version()}, wasmtime {module_cache.wasmtime_version()}")
         print("| module | size | round trips/s (1 core) | ready from disk cache (median ms) | ready, module in memory (ms) |")
         print("| --- | --- | --- | --- | --- |")
         for label, path, root_id, config in modules:

@@ -23,6 +23,7 @@ import http.server
 import re
 import threading
 import time
+from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ class Request:
     headers: Pairs = field(default_factory=list)
     body: bytes = b""
     authority: str = "example.com"
+    # With trailers the body goes chunked (one chunk), then the trailers.
+    trailers: Pairs = field(default_factory=list)
 
 
 @dataclass
@@ -62,6 +65,9 @@ class Scenario:
     metrics: list[str] = field(default_factory=list)
     plugin_name: str = "conformance"
     vm_id: str = "conformance_vm"
+    # Also run a real gRPC server as cluster "grpc_upstream": echo.Echo/Say answers b"echo:" + request,
+    # or fails with PERMISSION_DENIED (7) when the request is b"/fail".
+    grpc_upstream: bool = False
 
 
 @dataclass
@@ -101,17 +107,22 @@ def compare(scenario: Scenario, envoy: Observation, host: Observation) -> list[s
 def run_in_host(scenario: Scenario) -> Observation:
     upstream = _Upstream(scenario.upstream)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    grpc_server, grpc_port = _grpc_echo_server() if scenario.grpc_upstream else (None, 0)
     try:
-        return _run_in_host(scenario, upstream)
+        return _run_in_host(scenario, upstream, grpc_port)
     finally:
         upstream.shutdown()
         upstream.server_close()
+        if grpc_server is not None:
+            grpc_server.stop(None)
 
 
-def _run_in_host(scenario: Scenario, upstream_server: _Upstream) -> Observation:
+def _run_in_host(scenario: Scenario, upstream_server: _Upstream, grpc_port: int) -> Observation:
     host = Host(log_level=LogLevel.TRACE)
     # Callouts to "upstream" really go to the loopback server, as Envoy's do.
     host.add_cluster("upstream", address=("127.0.0.1", upstream_server.server_address[1]))
+    if grpc_port:
+        host.add_cluster("grpc_upstream", address=("127.0.0.1", grpc_port))
     vm = host.load(scenario.module, config=scenario.config, name=scenario.plugin_name,
                    root_id=scenario.root_id, vm_id=scenario.vm_id)
     startup = {_log_line(record.level, record.message) for record in host.logs}
@@ -121,12 +132,16 @@ def _run_in_host(scenario: Scenario, upstream_server: _Upstream) -> Observation:
         stream = vm.http_stream()
         headers = [(":authority", request.authority), (":path", request.path), (":method", request.method),
                    (":scheme", "http"), *request.headers]
-        if request.body:
+        # Envoy's HTTP/1 codec keeps content-length but drops transfer-encoding (the router re-adds it).
+        if request.body and not request.trailers:
             headers.append(("content-length", str(len(request.body))))
         headers.append(("x-forwarded-proto", "http"))
         with host.step():  # the client's request arrives in one read: one event-loop turn
-            stream.send_request_headers(headers, end_stream=not request.body)
-            if request.body:
+            stream.send_request_headers(headers, end_stream=not (request.body or request.trailers))
+            if request.trailers:
+                stream.send_request_body(request.body, end_stream=False)
+                stream.send_request_trailers(request.trailers)
+            elif request.body:
                 stream.send_request_body(request.body, end_stream=False)
                 stream.send_request_body(b"", end_stream=True)
         if stream.local_response is None and stream.request.complete:
@@ -141,6 +156,7 @@ def _run_in_host(scenario: Scenario, upstream_server: _Upstream) -> Observation:
             upstream_server.received.append({
                 "method": pseudo.get(":method"), "path": pseudo.get(":path"),
                 "headers": [("host", pseudo.get(":authority", "")), *plain], "body": body,
+                "trailers": list(stream.request.forwarded_trailers or []),
             })
             reply = scenario.upstream
             reply_headers = [(":status", str(reply.status)), *reply.headers,
@@ -186,19 +202,24 @@ class _UpstreamHandler(http.server.BaseHTTPRequestHandler):
     server: _Upstream
 
     def _handle(self) -> None:
+        trailers = []
         if self.headers.get("transfer-encoding", "").lower() == "chunked":
             body = bytearray()
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:
-                    self.rfile.readline()
+                    # Trailer lines, then an empty line (http.server has no chunked support).
+                    while (line := self.rfile.readline().strip()):
+                        name, _, value = line.decode().partition(":")
+                        trailers.append((name.strip().lower(), value.strip()))
                     break
                 body.extend(self.rfile.read(size))
                 self.rfile.readline()
         else:
             body = self.rfile.read(int(self.headers.get("content-length") or 0))
         self.server.received.append({"method": self.command, "path": self.path,
-                                     "headers": [(k, v) for k, v in self.headers.items()], "body": bytes(body)})
+                                     "headers": [(k, v) for k, v in self.headers.items()], "body": bytes(body),
+                                     "trailers": trailers})
         reply = self.server.reply
         # send_response_only: no Server/Date headers, so the filter sees exactly reply.headers.
         self.send_response_only(reply.status)
@@ -214,7 +235,36 @@ class _UpstreamHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def envoy_bootstrap(scenario: Scenario, upstream_port: int) -> dict[str, Any]:
+def _grpc_echo_server() -> tuple[Any, int]:
+    import grpc
+
+    def say(request: bytes, context: Any) -> bytes:
+        if request == b"/fail":
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "refused by the echo server")
+        return b"echo:" + request
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "echo.Echo", {"Say": grpc.unary_unary_rpc_method_handler(say)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
+
+
+def _static_cluster(name: str, port: int, http2: bool = False) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
+        "name": name, "type": "STATIC", "connect_timeout": "2s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]},
+    }
+    protocol = {"http2_protocol_options": {}} if http2 else {"http_protocol_options": {"enable_trailers": True}}
+    cluster["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": protocol}}
+    return cluster
+
+
+def envoy_bootstrap(scenario: Scenario, upstream_port: int, grpc_port: int = 0) -> dict[str, Any]:
     """A listener with the Wasm filter (V8, module from a local file) routing to the upstream."""
     wasm_filter = {
         "name": "envoy.filters.http.wasm",
@@ -237,6 +287,7 @@ def envoy_bootstrap(scenario: Scenario, upstream_port: int) -> dict[str, Any]:
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "conformance",
         "generate_request_id": False,
+        "http_protocol_options": {"enable_trailers": True},
         "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
             {"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}]},
         "http_filters": [wasm_filter, router],
@@ -245,18 +296,17 @@ def envoy_bootstrap(scenario: Scenario, upstream_port: int) -> dict[str, Any]:
         "listeners": [{"name": "main", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
                        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
                                                        "typed_config": connection_manager}]}]}],
-        "clusters": [{"name": "upstream", "type": "STATIC", "connect_timeout": "2s",
-                      "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [
-                          {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1",
-                                                                       "port_value": upstream_port}}}}]}]}}],
+        "clusters": [_static_cluster("upstream", upstream_port)]
+        + ([_static_cluster("grpc_upstream", grpc_port, http2=True)] if grpc_port else []),
     }}
 
 
 def run_in_envoy(scenario: Scenario) -> Observation:
     upstream = _Upstream(scenario.upstream)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    grpc_server, grpc_port = _grpc_echo_server() if scenario.grpc_upstream else (None, 0)
     try:
-        with EnvoyProcess(envoy_bootstrap(scenario, upstream.server_address[1]),
+        with EnvoyProcess(envoy_bootstrap(scenario, upstream.server_address[1], grpc_port),
                           component_log_level="wasm:trace") as envoy:
             address = envoy.listener_address("main")
             startup_lines = _wait_for_quiet_log(envoy, scenario)
@@ -270,6 +320,8 @@ def run_in_envoy(scenario: Scenario) -> Observation:
     finally:
         upstream.shutdown()
         upstream.server_close()
+        if grpc_server is not None:
+            grpc_server.stop(None)
 
 
 def _send(address: tuple[str, int], request: Request) -> dict[str, Any]:
@@ -279,9 +331,16 @@ def _send(address: tuple[str, int], request: Request) -> dict[str, Any]:
         connection.putheader("host", request.authority)
         for key, value in request.headers:
             connection.putheader(key, value)
-        if request.body:
-            connection.putheader("content-length", str(len(request.body)))
-        connection.endheaders(request.body or None)
+        if request.trailers:
+            # http.client cannot send trailers: write the chunked body by hand, in one write.
+            connection.putheader("transfer-encoding", "chunked")
+            connection.endheaders()
+            trailer_lines = "".join(f"{key}: {value}\r\n" for key, value in request.trailers)
+            connection.send(b"%x\r\n%s\r\n0\r\n%s\r\n" % (len(request.body), request.body, trailer_lines.encode()))
+        else:
+            if request.body:
+                connection.putheader("content-length", str(len(request.body)))
+            connection.endheaders(request.body or None)
         reply = connection.getresponse()
         body = reply.read()
         headers = [(key.lower(), value) for key, value in reply.getheaders()

@@ -33,21 +33,20 @@ error logs (an SDK-built filter logs its Python traceback there).
 from __future__ import annotations
 
 from meshext.runtime.abi import Action, BufferType, LogLevel, MapType, MetricType, Status, StreamType
-from meshext.runtime.host import (
+from meshext.runtime.host import Host
+from meshext.runtime.records import (
     Cluster,
     GrpcCallout,
     GrpcResponse,
     HeaderMap,
-    Host,
     HttpCallout,
     HttpResponse,
-    HttpStream,
     LocalResponse,
     LogRecord,
-    PluginVM,
-    TcpStream,
     WasmTrap,
 )
+from meshext.runtime.streams import HttpStream, TcpStream
+from meshext.runtime.vm import PluginVM
 
 __all__ = [
     "Action", "BufferType", "Cluster", "GrpcCallout", "GrpcResponse", "HeaderMap", "Host", "HttpCallout",

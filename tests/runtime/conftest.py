@@ -38,6 +38,14 @@ def module_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("modules")
 
 
+def build_cache(request: pytest.FixtureRequest, name: str) -> Path:
+    """pytest's cache directory (kept between runs), or a temporary one with -p no:cacheprovider."""
+    cache = getattr(request.config, "cache", None)
+    if cache is None:
+        return request.getfixturevalue("tmp_path_factory").mktemp(name)
+    return Path(cache.mkdir(name))
+
+
 @pytest.fixture(scope="session")
 def wat_module(module_dir: Path):
     def build(name: str) -> Path:
@@ -70,7 +78,7 @@ def as_modules(request: pytest.FixtureRequest) -> dict[str, Path]:
     """All AssemblyScript test filters, compiled in parallel (about 5 s each)."""
     if not (AS_DIR / "node_modules" / ".bin" / "asc").exists():
         pytest.fail(f"AssemblyScript SDK not installed: run `npm install` in {AS_DIR} (scripts/install.sh --test)")
-    cache = Path(request.config.cache.mkdir("meshext-assemblyscript"))
+    cache = build_cache(request, "meshext-assemblyscript")
     with ThreadPoolExecutor(max_workers=4) as pool:
         built = dict(zip(AS_FILTERS, pool.map(lambda name: _compile_assemblyscript(name, cache), AS_FILTERS)))
     return built
@@ -87,7 +95,7 @@ def python_modules(request: pytest.FixtureRequest) -> dict[str, Path]:
     except ImportError as error:
         pytest.fail(f"meshext.sdk.build is not importable ({error}); the SDK build pipeline is needed "
                     "to build the Python conformance filters")
-    cache = Path(request.config.cache.mkdir("meshext-python-filters"))
+    cache = build_cache(request, "meshext-python-filters")
     built = {}
     for project in sorted(path for path in PYTHON_FILTERS.iterdir() if (path / "meshext.toml").exists()):
         digest = hashlib.sha256(b"".join(file.read_bytes() for file in sorted(project.rglob("*"))

@@ -23,6 +23,7 @@ TRAFFIC = [
                                  ("x-keep", "twice")]),
     Request("POST", "/upload", [("content-type", "text/plain")], body=b"hello body"),
     Request("GET", "/denied", [("x-deny", "yes")]),
+    Request("POST", "/chunked", [("x-keep", "k")], body=b"chunk body", trailers=[("x-checksum", "c0ffee")]),
 ]
 
 
@@ -68,13 +69,18 @@ def scenarios(as_modules: dict[str, Path], wat_module) -> list[Scenario]:
         Scenario("as-body", as_modules["body"], "suffix", "as_body", TRAFFIC),
         # HTTP callout to a real upstream while the request is paused, then continue.
         Scenario("as-callout", as_modules["callout"], "callout-config", "as_callout", TRAFFIC),
+        # Hand-written WAT: unary gRPC calls to a real gRPC server, answered or failed.
+        Scenario("wat-grpc-call", wat_module("grpc_call"), "grpc", "grpc_root",
+                 [Request("GET", "/a"), Request("POST", "/b", body=b"xy"), Request("GET", "/fail")],
+                 grpc_upstream=True),
         # Envoy attributes via proxy_get_property/proxy_set_property, and when header maps
         # stop being readable (after CONTINUE) and become readable again (proxy_on_log).
         Scenario("as-properties", as_modules["properties"], "p", "as_properties", TRAFFIC),
     ]
 
 
-SCENARIO_NAMES = ["wat-callback-trace", "as-headers", "as-deny", "as-body", "as-callout", "as-properties"]
+SCENARIO_NAMES = ["wat-callback-trace", "as-headers", "as-deny", "as-body", "as-callout", "wat-grpc-call",
+                  "as-properties"]
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +98,7 @@ def test_host_matches_envoy(name, as_modules, wat_module, envoy_observations):
     problems = compare(scenario, envoy, host)
     assert not problems, "\n".join(problems)
     # The scenario must have exercised something: traffic reached the client in both runs.
-    assert len(envoy.responses) == len(TRAFFIC) and envoy.logs
+    assert len(envoy.responses) == len(scenario.requests) and envoy.logs
     assert None not in envoy.metrics.values(), envoy.metrics  # Envoy really had these metrics
 
 

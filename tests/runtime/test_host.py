@@ -71,7 +71,7 @@ def test_stale_cas_write_fails_and_grpc_answer_from_handler_continues_request(wa
     plugin = host.load(wat_module("stateful"))
     host.advance(100)
     stream = plugin.exchange("GET", "/")
-    assert plugin.log_messages()[-3:] == ["stale cas status 8", "grpc call status 0", "grpc close 0"]
+    assert plugin.log_messages()[-2:] == ["stale cas status 8", "grpc call status 0"]  # success: no close
     call = plugin.grpc_calls[0]
     assert (call.cluster, call.service, call.method, call.messages) == ("grpc_upstream", "echo.Echo", "Say", [b"ping"])
     assert stream.request.header("x-grpc-reply") == "pong:ping"
@@ -86,10 +86,17 @@ def test_pending_grpc_call_keeps_request_paused_until_the_test_answers(wat_modul
     assert stream.send_request_headers({":path": "/", ":method": "GET", ":authority": "a"}, end_stream=True) \
         == Action.PAUSE
     assert stream.request.paused and stream.request.forwarded_headers is None
-    call = plugin.grpc_calls[0]
-    call.reply(b"late")
-    call.close(status=0)
+    plugin.grpc_calls[0].reply(b"late")
     assert not stream.request.paused and stream.request.header("x-grpc-reply") == "late"
+
+
+def test_failed_grpc_call_arrives_as_close_with_its_status(wat_module):
+    host = Host()
+    host.add_cluster("grpc_upstream", grpc=lambda call: GrpcResponse(status=14, status_message="unavailable"))
+    plugin = host.load(wat_module("stateful"))
+    stream = plugin.exchange("GET", "/")
+    assert plugin.log_messages()[-1] == "grpc close 14"
+    assert stream.request.header("x-grpc-reply") is None and stream.request.complete
 
 
 def test_grpc_call_to_a_real_grpc_server(wat_module):
@@ -107,7 +114,7 @@ def test_grpc_call_to_a_real_grpc_server(wat_module):
         plugin = host.load(wat_module("stateful"))
         stream = plugin.exchange("GET", "/")
         assert stream.request.header("x-grpc-reply") == "real:ping"
-        assert plugin.log_messages()[-1] == "grpc close 0"
+        assert plugin.log_messages()[-1] == "grpc call status 0"
     finally:
         server.stop(None)
 
@@ -268,3 +275,14 @@ def test_grpc_stream_messages_go_to_the_handler_and_answers_come_back(wat_module
     assert call.token % 4 == 2  # Envoy's numbering for gRPC streams
     assert stream.request_headers.get_all("x-chat") == ["echo:hello", "echo:bye"]
     assert plugin.log_messages() == ["stream closed"] and stream.request.complete
+
+
+def test_trailers_arriving_while_the_body_is_held_release_it(as_modules):
+    plugin = Host().load(as_modules["body"], config="!", root_id="as_body")
+    stream = plugin.http_stream()
+    stream.send_request_headers({":path": "/", ":method": "POST"})
+    assert stream.send_request_body(b"held") == Action.PAUSE  # buffering until end of stream
+    assert stream.send_request_trailers({"x-sum": "1"}) == Action.CONTINUE
+    assert bytes(stream.request.forwarded_body) == b"held"  # never saw end_of_stream: not rewritten
+    assert stream.request.forwarded_trailers == [("x-sum", "1")] and stream.request.complete
+    assert not stream.request.paused

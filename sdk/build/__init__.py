@@ -1,0 +1,20 @@
+"""`meshext build`: from a filter project to a pre-initialised Proxy-Wasm module.
+
+Stages, one module each:
+
+- ``project``    reads and validates ``meshext.toml``;
+- ``analysis``   checks the filter's Python before anything is compiled
+                 (syntax, entry point, imports the module can satisfy);
+- ``toolchain``  provides CPython for wasm32-wasi and the zig C compiler;
+- ``shim``       compiles and caches the C shim linked with libpython;
+- ``fsimage``    packs the filter, the SDK and the needed stdlib into the
+                 module's read-only in-memory file system;
+- ``preinit``    runs the interpreter start and the filter import in
+                 wasmtime and snapshots the result into the module;
+- ``wasm_binary`` reads and rewrites module sections for that snapshot;
+- ``pipeline``   puts the stages together.
+"""
+
+from meshext.sdk.build.pipeline import BuildResult, build_filter
+
+__all__ = ["BuildResult", "build_filter"]

@@ -1,0 +1,106 @@
+"""Pre-initialisation: start CPython and import the filter at build time.
+
+The shim is instantiated in wasmtime with the file-system image written into
+its memory; ``meshext_preinit`` starts the interpreter and imports the
+filter; then memory and globals are written back into the module as its
+initial state (the technique of Wizer, done here with wasmtime-py and
+:mod:`wasm_binary`).  Envoy then starts each VM with the filter already
+imported.
+
+Only ``proxy_log`` works at build time (messages are collected for the
+build's output); any other host call raises, because there is no proxy yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import wasmtime
+
+from meshext.sdk.build import wasm_binary
+
+LOG_LEVELS = ("trace", "debug", "info", "warn", "error", "critical")
+
+
+class PreinitFailed(Exception):
+    def __init__(self, log: list[tuple[str, str]]) -> None:
+        super().__init__("\n".join(message for _, message in log))
+        self.log = log
+
+
+@dataclass
+class PreinitResult:
+    module: bytes
+    log: list[tuple[str, str]] = field(default_factory=list)
+    memory_bytes: int = 0
+
+
+def _read(caller: wasmtime.Caller, pointer: int, size: int) -> bytes:
+    memory = caller.get("memory")
+    assert isinstance(memory, wasmtime.Memory)
+    return bytes(memory.read(caller, pointer, pointer + size))
+
+
+def preinitialize(shim: bytes, image: bytes) -> PreinitResult:
+    engine = wasmtime.Engine()
+    store = wasmtime.Store(engine)
+    wasi = wasmtime.WasiConfig()
+    store.set_wasi(wasi)
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+
+    instrumented = wasm_binary.export_globals(shim)
+    module = wasmtime.Module(engine, instrumented)
+    log: list[tuple[str, str]] = []
+
+    def proxy_log(caller: wasmtime.Caller, level: int, pointer: int, size: int) -> int:
+        name = LOG_LEVELS[level] if 0 <= level < len(LOG_LEVELS) else str(level)
+        log.append((name, _read(caller, pointer, size).decode("utf-8", "replace")))
+        return 0
+
+    def unavailable(name: str):  # type: ignore[no-untyped-def]
+        def call(*_args: object) -> int:
+            raise RuntimeError(
+                f"{name} was called while the filter was imported at build time; "
+                "host calls work only in callbacks (on_vm_start, on_configure, stream callbacks)"
+            )
+
+        return call
+
+    for item in module.imports:
+        if item.module != "env":
+            continue
+        function_type = item.type
+        assert isinstance(function_type, wasmtime.FuncType)
+        if item.name == "proxy_log":
+            linker.define_func("env", item.name, function_type, proxy_log, access_caller=True)
+        else:
+            linker.define_func("env", item.name, function_type, unavailable(item.name or ""))
+
+    instance = linker.instantiate(store, module)
+    exports = instance.exports(store)
+    memory = exports["memory"]
+    assert isinstance(memory, wasmtime.Memory)
+    exports["_initialize"](store)  # type: ignore[operator]
+    pointer = exports["proxy_on_memory_allocate"](store, len(image))  # type: ignore[operator]
+    memory.write(store, image, pointer)
+    try:
+        status = exports["meshext_preinit"](store, pointer, len(image))  # type: ignore[operator]
+    except (wasmtime.Trap, wasmtime.ExitTrap, wasmtime.WasmtimeError) as trap:
+        # sys.exit() or a host call at import time: keep what was logged, add the trap.
+        log.append(("critical", str(trap).split("\n")[0]))
+        raise PreinitFailed(log) from None
+    if status != 0:
+        raise PreinitFailed(log)
+
+    globals_count = len(wasm_binary.defined_global_types(wasm_binary.parse_sections(shim)))
+    values = []
+    for offset in range(globals_count):
+        global_ = exports[f"{wasm_binary.GLOBAL_EXPORT_PREFIX}{offset}"]
+        assert isinstance(global_, wasmtime.Global)
+        values.append(global_.value(store))
+    snapshot_memory = bytes(memory.read(store, 0, memory.data_len(store)))
+    snapshotted = wasm_binary.snapshot(
+        shim, snapshot_memory, values, drop_exports=("_initialize", "meshext_preinit")
+    )
+    return PreinitResult(snapshotted, log, len(snapshot_memory))

@@ -1,0 +1,94 @@
+"""A filter project: a folder with ``meshext.toml`` and the filter's Python.
+
+::
+
+    [filter]
+    name = "add-header"          # the extension's name (images, logs, metrics)
+    entry = "filter:Root"        # module:RootContext subclass
+    phase = "PostAuthZ"          # Maistra phase; WasmPlugin phases map onto these
+    priority = 100               # higher runs first within a phase
+    fail_policy = "open"         # or "closed": what an exception does to a request
+    version = "0.1.0"
+    description = "..."
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from meshext.errors import MeshextError
+
+PROJECT_FILE = "meshext.toml"
+PHASES = ("PreAuthN", "PostAuthN", "PreAuthZ", "PostAuthZ", "PreStats", "PostStats")
+
+
+class FilterSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    entry: str
+    phase: Literal["PreAuthN", "PostAuthN", "PreAuthZ", "PostAuthZ", "PreStats", "PostStats"] = "PostAuthZ"
+    priority: int = 100
+    fail_policy: Literal["open", "closed"] = "open"
+    version: str = "0.1.0"
+    description: str = ""
+
+    @field_validator("entry")
+    @classmethod
+    def _entry_shape(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+            raise ValueError("must look like 'module:ClassName' (e.g. 'filter:Root')")
+        return value
+
+    @property
+    def module(self) -> str:
+        return self.entry.split(":")[0]
+
+    @property
+    def class_name(self) -> str:
+        return self.entry.split(":")[1]
+
+
+class Project(BaseModel):
+    root: Path
+    filter: FilterSettings
+
+
+def load_project(directory: Path) -> Project:
+    directory = directory.resolve()
+    config_path = directory / PROJECT_FILE
+    if not config_path.is_file():
+        raise MeshextError(
+            f"no {PROJECT_FILE} in {directory}",
+            where=str(directory),
+            fix="run `meshext init NAME` to scaffold a filter project, or pass the project folder",
+        )
+    try:
+        data = tomllib.loads(config_path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise MeshextError(f"invalid TOML: {error}", where=str(config_path), fix="correct the syntax") from None
+    try:
+        settings = FilterSettings.model_validate(data.get("filter", {}))
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "filter"
+        raise MeshextError(
+            f"[filter] {field}: {first['msg']}",
+            where=str(config_path),
+            fix=_FIXES.get(field, "see the [filter] table documented in `meshext init --help`"),
+        ) from None
+    return Project(root=directory, filter=settings)
+
+
+_FIXES = {
+    "name": "use lower-case letters, digits and '-', e.g. name = \"add-header\"",
+    "entry": "point at your RootContext subclass, e.g. entry = \"filter:Root\"",
+    "phase": f"use one of {', '.join(PHASES)}",
+    "fail_policy": "use \"open\" (continue on errors) or \"closed\" (reply 500 on errors)",
+    "priority": "use an integer; higher runs first within a phase",
+}

@@ -1,0 +1,295 @@
+"""Just enough of the WebAssembly binary format to snapshot a module.
+
+Pre-initialisation (what Wizer does) needs to export a module's globals,
+then rewrite its memory size, global initialisers, data segments and
+exports.  No maintained Python library writes Wasm sections, so this reads
+and writes the few sections involved and copies every other byte as is.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+MAGIC = b"\0asm\x01\0\0\0"
+CUSTOM, TYPE, IMPORT, FUNCTION, TABLE, MEMORY, GLOBAL, EXPORT, START, ELEMENT, CODE, DATA, DATACOUNT = (
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+)
+I32, I64, F32, F64 = 0x7F, 0x7E, 0x7D, 0x7C
+EXTERNAL_FUNC, EXTERNAL_TABLE, EXTERNAL_MEMORY, EXTERNAL_GLOBAL = 0, 1, 2, 3
+END = 0x0B
+
+
+def uleb(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def sleb(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        done = (value == 0 and not byte & 0x40) or (value == -1 and byte & 0x40)
+        out.append(byte | (0 if done else 0x80))
+        if done:
+            return bytes(out)
+
+
+class Reader:
+    def __init__(self, data: bytes, position: int = 0) -> None:
+        self.data = data
+        self.position = position
+
+    def byte(self) -> int:
+        value = self.data[self.position]
+        self.position += 1
+        return value
+
+    def uleb(self) -> int:
+        result = shift = 0
+        while True:
+            byte = self.byte()
+            result |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return result
+
+    def name(self) -> str:
+        length = self.uleb()
+        value = self.data[self.position:self.position + length].decode()
+        self.position += length
+        return value
+
+    def skip_limits(self) -> None:
+        flags = self.byte()
+        self.uleb()
+        if flags & 1:
+            self.uleb()
+
+    def skip_const_expr(self) -> None:
+        # Constant expressions of the globals we meet end at the first END
+        # opcode; their immediates never contain 0x0B in an opcode position.
+        while True:
+            opcode = self.byte()
+            if opcode == END:
+                return
+            if opcode in (0x41, 0x42):  # i32.const / i64.const
+                self.uleb()
+            elif opcode == 0x43:
+                self.position += 4
+            elif opcode == 0x44:
+                self.position += 8
+            elif opcode in (0x23, 0xD2):  # global.get / ref.func
+                self.uleb()
+            elif opcode == 0xD0:  # ref.null
+                self.byte()
+
+
+@dataclass
+class Section:
+    id: int
+    payload: bytes
+
+
+@dataclass
+class Export:
+    name: str
+    kind: int
+    index: int
+
+
+def parse_sections(module: bytes) -> list[Section]:
+    if module[:8] != MAGIC:
+        raise ValueError("not a WebAssembly 1.0 module")
+    reader = Reader(module, 8)
+    sections = []
+    while reader.position < len(module):
+        section_id = reader.byte()
+        size = reader.uleb()
+        sections.append(Section(section_id, module[reader.position:reader.position + size]))
+        reader.position += size
+    return sections
+
+
+def encode_sections(sections: list[Section]) -> bytes:
+    out = bytearray(MAGIC)
+    for section in sections:
+        out += bytes([section.id]) + uleb(len(section.payload)) + section.payload
+    return bytes(out)
+
+
+def _find(sections: list[Section], section_id: int) -> Section | None:
+    return next((section for section in sections if section.id == section_id), None)
+
+
+def imported_global_count(sections: list[Section]) -> int:
+    section = _find(sections, IMPORT)
+    if section is None:
+        return 0
+    reader = Reader(section.payload)
+    count = 0
+    for _ in range(reader.uleb()):
+        reader.name()
+        reader.name()
+        kind = reader.byte()
+        if kind == EXTERNAL_FUNC:
+            reader.uleb()
+        elif kind == EXTERNAL_TABLE:
+            reader.byte()
+            reader.skip_limits()
+        elif kind == EXTERNAL_MEMORY:
+            reader.skip_limits()
+        elif kind == EXTERNAL_GLOBAL:
+            reader.byte()
+            reader.byte()
+            count += 1
+    return count
+
+
+def defined_global_types(sections: list[Section]) -> list[tuple[int, bool]]:
+    """(value type, mutable) of each global the module defines."""
+    section = _find(sections, GLOBAL)
+    if section is None:
+        return []
+    reader = Reader(section.payload)
+    types = []
+    for _ in range(reader.uleb()):
+        value_type = reader.byte()
+        mutable = bool(reader.byte())
+        reader.skip_const_expr()
+        types.append((value_type, mutable))
+    return types
+
+
+def read_exports(sections: list[Section]) -> list[Export]:
+    section = _find(sections, EXPORT)
+    if section is None:
+        return []
+    reader = Reader(section.payload)
+    exports = []
+    for _ in range(reader.uleb()):
+        name = reader.name()
+        kind = reader.byte()
+        exports.append(Export(name, kind, reader.uleb()))
+    return exports
+
+
+def _export_section(exports: list[Export]) -> Section:
+    payload = bytearray(uleb(len(exports)))
+    for export in exports:
+        encoded = export.name.encode()
+        payload += uleb(len(encoded)) + encoded + bytes([export.kind]) + uleb(export.index)
+    return Section(EXPORT, bytes(payload))
+
+
+def _replace(sections: list[Section], new: Section, before: tuple[int, ...]) -> None:
+    for position, section in enumerate(sections):
+        if section.id == new.id:
+            sections[position] = new
+            return
+    # Insert in canonical order: before the first section that must follow it.
+    for position, section in enumerate(sections):
+        if section.id in before:
+            sections.insert(position, new)
+            return
+    sections.append(new)
+
+
+GLOBAL_EXPORT_PREFIX = "__meshext_global_"
+
+
+def export_globals(module: bytes) -> bytes:
+    """The same module with every defined global exported (to read them after init)."""
+    sections = parse_sections(module)
+    first = imported_global_count(sections)
+    exports = read_exports(sections)
+    for offset, _ in enumerate(defined_global_types(sections)):
+        exports.append(Export(f"{GLOBAL_EXPORT_PREFIX}{offset}", EXTERNAL_GLOBAL, first + offset))
+    _replace(sections, _export_section(exports), (START, ELEMENT, DATACOUNT, CODE, DATA))
+    return encode_sections(sections)
+
+
+def _const(value_type: int, value: int | float) -> bytes:
+    if value_type == I32:
+        return b"\x41" + sleb(int(value) - (1 << 32) if int(value) >= 1 << 31 else int(value)) + bytes([END])
+    if value_type == I64:
+        return b"\x42" + sleb(int(value) - (1 << 64) if int(value) >= 1 << 63 else int(value)) + bytes([END])
+    if value_type == F32:
+        return b"\x43" + struct.pack("<f", value) + bytes([END])
+    if value_type == F64:
+        return b"\x44" + struct.pack("<d", value) + bytes([END])
+    raise ValueError(f"cannot snapshot a global of type 0x{value_type:02x}")
+
+
+def data_segments(memory: bytes, chunk: int = 256, gap: int = 1024) -> list[tuple[int, bytes]]:
+    """(offset, bytes) runs covering every non-zero byte of ``memory``."""
+    zero = bytes(chunk)
+    runs: list[list[int]] = []
+    for start in range(0, len(memory), chunk):
+        if memory[start:start + chunk] != zero[: len(memory[start:start + chunk])]:
+            end = min(start + chunk, len(memory))
+            if runs and start - runs[-1][1] <= gap:
+                runs[-1][1] = end
+            else:
+                runs.append([start, end])
+    segments = []
+    for start, end in runs:
+        block = memory[start:end]
+        stripped = block.lstrip(b"\0")
+        start += len(block) - len(stripped)
+        segments.append((start, stripped.rstrip(b"\0")))
+    return segments
+
+
+def snapshot(
+    module: bytes,
+    memory: bytes,
+    global_values: list[int | float],
+    *,
+    drop_exports: tuple[str, ...],
+    keep_names: bool = False,
+) -> bytes:
+    """``module`` with its state replaced by a snapshot taken after initialisation."""
+    sections = parse_sections(module)
+    page_count = len(memory) // 65536
+
+    memory_section = _find(sections, MEMORY)
+    if memory_section is None:
+        raise ValueError("the module defines no memory")
+    reader = Reader(memory_section.payload)
+    if reader.uleb() != 1:
+        raise ValueError("expected exactly one memory")
+    flags = reader.byte()
+    reader.uleb()
+    limits = bytes([flags]) + uleb(page_count) + (uleb(reader.uleb()) if flags & 1 else b"")
+    _replace(sections, Section(MEMORY, uleb(1) + limits), ())
+
+    types = defined_global_types(sections)
+    if len(types) != len(global_values):
+        raise ValueError(f"{len(types)} globals but {len(global_values)} snapshot values")
+    payload = bytearray(uleb(len(types)))
+    for (value_type, mutable), value in zip(types, global_values):
+        payload += bytes([value_type, int(mutable)]) + _const(value_type, value)
+    _replace(sections, Section(GLOBAL, bytes(payload)), ())
+
+    segments = data_segments(memory)
+    payload = bytearray(uleb(len(segments)))
+    for offset, data in segments:
+        payload += b"\x00" + b"\x41" + sleb(offset) + bytes([END]) + uleb(len(data)) + data
+    _replace(sections, Section(DATA, bytes(payload)), ())
+    if _find(sections, DATACOUNT) is not None:
+        _replace(sections, Section(DATACOUNT, uleb(len(segments))), ())
+
+    exports = [e for e in read_exports(sections) if e.name not in drop_exports and not e.name.startswith(GLOBAL_EXPORT_PREFIX)]
+    _replace(sections, _export_section(exports), ())
+
+    sections = [s for s in sections if s.id != START]
+    if not keep_names:
+        sections = [s for s in sections if s.id != CUSTOM]
+    return encode_sections(sections)
