@@ -152,7 +152,7 @@ def status_command(control_http: str, as_json: bool) -> None:
     console = Console()
     table = Table(title="extensions")
     for column in ("extension", "state", "phase", "priority", "image", "running on", "reason"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for key, extension in sorted(report["extensions"].items()):
         status = extension["status"]
         ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
@@ -163,8 +163,10 @@ def status_command(control_http: str, as_json: bool) -> None:
     console.print(table)
     proxies = Table(title="proxies")
     for column in ("proxy", "connected", "in sync", "errors"):
-        proxies.add_column(column)
+        proxies.add_column(column, overflow="fold")
     for node_id, proxy in sorted(report["proxies"].items()):
         errors = "; ".join(f"{t}: {s['error']}" for t, s in proxy["types"].items() if s["error"])
+        if not proxy["inMesh"]:
+            errors = "not a workload of the mesh file: check --workload/--namespace"
         proxies.add_row(node_id, str(proxy["connected"]), str(proxy["inSync"]), errors or "-")
     console.print(proxies)

@@ -73,6 +73,14 @@ class Mesh(_Strict):
                 if key in seen:
                     raise ValueError(f"{kind} {item.namespace}/{item.name} is defined twice")
                 seen.add(key)
+        bound: dict[tuple[str, int], str] = {}
+        for workload in self.workloads:
+            for role in ("app", "inbound", "outbound"):
+                address: Address = getattr(workload, role)
+                owner = f"{workload.namespace}/{workload.name} {role}"
+                other = bound.setdefault((address.address, address.port), owner)
+                if other != owner:
+                    raise ValueError(f"{owner} and {other} both use {address.address}:{address.port}")
         return self
 
     def workload(self, name: str, namespace: str) -> Workload:

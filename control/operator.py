@@ -59,13 +59,13 @@ SecretLookup = Callable[[str, str], dict[str, Any] | None]
 @dataclass
 class _Tracked:
     obj: dict[str, Any]
-    request: ExtensionRequest | None = None
+    request: ExtensionRequest | None = None  # the last valid spec (kept while a newer one is invalid)
     error: str = ""  # why it cannot run: validation or image resolution
     error_reason: str = ""
     resolved: ResolvedModule | None = None
     resolved_for: tuple[Any, ...] = ()
     placed: PlacedExtension | None = None
-    last_good: PlacedExtension | None = None
+    accepted: list[PlacedExtension] = field(default_factory=list)  # ACKed configs, most recent first
     rejected: dict[PlacedExtension, str] = field(default_factory=dict)  # refused by Envoy
     status: dict[str, Any] = field(default_factory=dict)
 
@@ -86,6 +86,7 @@ class Operator:
         self.status_writer = status_writer or (lambda obj, status: None)
         self.secret_lookup = secret_lookup or (lambda namespace, name: None)
         self._builder = SnapshotBuilder(mesh)
+        self._node_ids = {w.node_id for w in mesh.workloads}
         self._tracked: dict[str, _Tracked] = {}
         self._published: dict[str, dict[str, PlacedExtension]] = {}  # node id -> ECDS name -> extension
         self._retired: dict[str, dict[str, tuple[PlacedExtension, float]]] = {}  # node -> name -> (ext, until)
@@ -123,6 +124,8 @@ class Operator:
     def _on_reply(self, node_id: str, type_url: str, status: TypeStatus, nacked_names: list[str]) -> None:
         # Runs on the xDS loop: hand over and return at once.
         if type_url == "":  # a proxy connected: it may be waiting for its first snapshot
+            if node_id not in self._node_ids:
+                log.warning("proxy %s is not a workload of the mesh file: it gets no configuration", node_id)
             self._events.put(("connect", node_id))
         elif type_url in (EXTENSION_CONFIG, LISTENER):
             self._events.put(("reply", (node_id, type_url, status, nacked_names)))
@@ -180,14 +183,18 @@ class Operator:
         try:
             request = parse_resource(tracked.obj)
         except MeshextError as error:
-            tracked.request, tracked.placed = None, None
+            # The last valid spec keeps selecting workloads, so what ran keeps running.
+            tracked.placed = None
             tracked.error, tracked.error_reason = str(error), "InvalidSpec"
             return
-        tracked.request = request
         wanted = (request.image, request.pull_policy, request.expected_sha256, request.pull_secret)
         if tracked.resolved is None or tracked.resolved_for != wanted or request.pull_policy == "Always":
             try:
                 credentials = self._credentials(request)
+            except MeshextError as error:
+                tracked.placed, tracked.error, tracked.error_reason = None, str(error), "ImagePullSecretInvalid"
+                return
+            try:
                 resolved = resolve_image(request.image, policy=request.pull_policy,
                                          expected_sha256=request.expected_sha256, settings=self.registry,
                                          credentials=credentials, where=key,
@@ -196,10 +203,12 @@ class Operator:
             except ImageResolveError as error:
                 tracked.placed, tracked.error, tracked.error_reason = None, str(error), error.reason
                 return
-            except MeshextError as error:  # the pull secret
-                tracked.placed, tracked.error, tracked.error_reason = None, str(error), "ImagePullSecretInvalid"
+            except MeshextError as error:  # the cached module changed under us
+                tracked.placed, tracked.error, tracked.error_reason = None, str(error), "ImagePullFailed"
                 return
             tracked.resolved, tracked.resolved_for = resolved, wanted
+        # Only a spec that resolved replaces the one whose selector keeps the accepted config running.
+        tracked.request = request
         assert tracked.resolved is not None
         maistra = tracked.resolved.maistra
         phase = request.phase or (maistra.phase if maistra and maistra.phase else "Unspecified")
@@ -241,12 +250,11 @@ class Operator:
 
     @staticmethod
     def _candidates(tracked: _Tracked) -> list[PlacedExtension]:
-        """Preferred first: the current config (unless refused), then the last accepted one."""
+        """Preferred first: the current config (unless refused), then what proxies accepted before."""
         candidates = []
         if tracked.placed is not None and tracked.placed not in tracked.rejected:
             candidates.append(tracked.placed)
-        if tracked.last_good is not None and tracked.last_good not in candidates:
-            candidates.append(tracked.last_good)
+        candidates += [c for c in tracked.accepted if c not in candidates and c not in tracked.rejected]
         return candidates
 
     def _reconcile(self) -> None:
@@ -304,14 +312,13 @@ class Operator:
         if type_url != EXTENSION_CONFIG:
             return  # listener replies only matter for the "running on" view
         with self._lock:
-            by_filter = {t.placed.filter_name: t for t in self._tracked.values() if t.placed is not None}
-            by_filter.update({t.last_good.filter_name: t for t in self._tracked.values()
-                              if t.last_good is not None and t.last_good.filter_name not in by_filter})
+            by_filter = {t.request.filter_name: t for t in self._tracked.values() if t.request is not None}
         if not status.error_detail:
             for name in status.acked_resources:
-                tracked = by_filter.get(name)
-                if tracked is not None and published.get(name) is not None:
-                    tracked.last_good = published[name]
+                tracked, extension = by_filter.get(name), published.get(name)
+                if tracked is not None and extension is not None and extension not in tracked.accepted[:1]:
+                    # A short history: if another proxy refuses this one, the one before still serves.
+                    tracked.accepted = [extension, *(a for a in tracked.accepted if a != extension)][:3]
             return
         suspects = [by_filter[name] for name in nacked_names if name in by_filter]
         # Envoy names the plugin it could not create: prefer that over "everything in the push".
@@ -405,19 +412,24 @@ class Operator:
     def status_report(self) -> dict[str, Any]:
         """Extensions and proxies, for GET /status and `meshext status`."""
         with self._lock:
-            extensions = {key: {"status": copy.deepcopy(t.status), "image": (t.request.image if t.request else
-                                (t.obj.get("spec") or {}).get("image") or (t.obj.get("spec") or {}).get("url"))}
+            extensions = {key: {"status": copy.deepcopy(t.status), "image": _image_of(t.obj)}
                           for key, t in self._tracked.items()}
         proxies = {}
         for node_id, proxy in self.control_plane.cache.proxies().items():
             proxies[node_id] = {
                 "connected": proxy.streams > 0,
+                "inMesh": node_id in self._node_ids,
                 "inSync": self.control_plane.cache.converged(node_id),
                 "types": {url.rsplit(".", 1)[-1]: {"acked": s.acked_version, "sent": s.sent_version,
                                                    "nacked": s.nacked_version, "error": s.error_detail}
                           for url, s in proxy.types.items()},
             }
         return {"extensions": extensions, "proxies": proxies}
+
+
+def _image_of(obj: dict[str, Any]) -> str:
+    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+    return str(spec.get("image") or spec.get("url") or "")
 
 
 def _without_times(status: dict[str, Any]) -> dict[str, Any]:

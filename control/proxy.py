@@ -108,6 +108,8 @@ class ModuleSyncer:
     restarts by polling again.
     """
 
+    POLL_SECONDS = 20  # how long one long poll may wait for a change
+
     def __init__(self, node_id: str, control_http: tuple[str, int], directory: Path) -> None:
         self.node_id = node_id
         self.base = f"http://{control_http[0]}:{control_http[1]}"
@@ -121,8 +123,8 @@ class ModuleSyncer:
         return self
 
     def stop(self) -> None:
+        # A long poll in flight is not interrupted: the (daemon) thread ends when it returns.
         self._stop.set()
-        self._thread.join(timeout=5)
 
     def present(self) -> set[str]:
         return {path.stem for path in self.directory.glob("*.wasm")}
@@ -132,9 +134,10 @@ class ModuleSyncer:
         while not self._stop.is_set():
             query = urllib.parse.urlencode({
                 "node": self.node_id, "dir": str(self.directory), "version": version,
-                "present": ",".join(sorted(self.present())), "wait": 2})
+                "present": ",".join(sorted(self.present())), "wait": self.POLL_SECONDS})
             try:
-                with urllib.request.urlopen(f"{self.base}/modules/wanted?{query}", timeout=10) as response:
+                with urllib.request.urlopen(f"{self.base}/modules/wanted?{query}",
+                                            timeout=self.POLL_SECONDS + 10) as response:
                     answer = json.load(response)
                 version = answer["version"]
                 missing = [sha for sha in answer["modules"] if sha not in self.present()]

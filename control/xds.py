@@ -122,7 +122,9 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                 return None
             return self._sotw_response(node_id, type_url, state, snapshot)
 
-        on_request = lambda node_id, request: self._on_sotw_request(node_id, types, request)  # noqa: E731
+        def on_request(node_id: str, request: discovery_pb2.DiscoveryRequest) -> None:
+            self._on_sotw_request(node_id, types, request)
+
         async for response in self._serve(request_iterator, context, on_request, respond):
             yield response
 
@@ -174,7 +176,9 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
             state = types.get(type_url)
             return None if state is None else self._delta_response(node_id, type_url, state, snapshot)
 
-        on_request = lambda node_id, request: self._on_delta_request(node_id, types, request)  # noqa: E731
+        def on_request(node_id: str, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
+            self._on_delta_request(node_id, types, request)
+
         async for response in self._serve(request_iterator, context, on_request, respond):
             yield response
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 from control_harness import (
@@ -199,6 +200,18 @@ def test_bad_resources_are_reported_and_traffic_is_unaffected(mesh_under_test, c
         assert status["workloads"] == ["backend-v1.default", "frontend-v1.default"]
         assert mesh_under_test.control_plane.cache.wait_converged(nodes, 20)
         assert call(mesh, "frontend-v1", "backend").chain() == ['{"tag":"good"}']
+
+        # An invalid update: reported, and again the last accepted configuration keeps running.
+        write_resources(good, sme("good", f"file://{path}", config={"tag": "better"}, priority="high"))
+
+        def invalid():
+            status = _status_of(good, "ServiceMeshExtension/default/good")
+            return status if status.get("observedGeneration") == 3 and status.get("phase") == "Error" else None
+
+        status = wait_until(invalid, what="invalid update reported")
+        assert _condition(status)["reason"] == "InvalidSpec" and "spec.priority" in _condition(status)["message"]
+        assert status["workloads"] == ["backend-v1.default", "frontend-v1.default"]
+        assert call(mesh, "frontend-v1", "backend").chain() == ['{"tag":"good"}']
     assert load.failures == [], f"{len(load.failures)} of {load.sent} requests failed: {load.failures[:5]}"
 
 
@@ -256,3 +269,25 @@ def test_image_pull_secret_is_honoured(mesh_under_test, clean_config, auth_regis
     assert "spec.imagePullSecret" in message and "nowhere" in message
     wait_until(lambda: _with_chain(call(mesh_under_test.mesh, "frontend-v1", "backend"), ['{"tag":"private"}']),
                what="private extension running")
+
+
+def test_python_filter_built_with_the_sdk(mesh_under_test, clean_config, modules, registry, tmp_path):
+    """`meshext build` -> registry -> WasmPlugin: a CPython filter next to a WAT one, in phase order."""
+    from meshext.registry import push
+    from meshext.sdk.build import build_filter
+
+    built = build_filter(Path(__file__).parent / "filters" / "tagger", tmp_path / "tagger.wasm")
+    reference = f"{registry.host}/python-tagger:1"
+    digest = push(built.output, reference, plain_http=True)
+    path, _ = modules["chain"]
+    resource = clean_config / "python.yaml"
+    write_resources(
+        resource,
+        wasmplugin("python-tagger", f"oci://{reference}", phase="AUTHN", pluginConfig={"tag": "from-python"}),
+        sme("wat-tagger", f"file://{path}", config={"tag": "wat"}, phase="PostAuthZ"),
+    )
+    status = wait_until(lambda: _ready(resource, "WasmPlugin/default/python-tagger"), timeout=60,
+                        what="Python filter Ready")
+    assert status["resolvedDigest"] == digest
+    wait_until(lambda: _with_chain(call(mesh_under_test.mesh, "frontend-v1", "backend"),
+                                   ["from-python", '{"tag":"wat"}']), what="Python then WAT filter")

@@ -107,3 +107,22 @@ def test_validation_names_field_and_fix():
         assert "apiVersion" in error.message and error.fix == "use apiVersion maistra.io/v1"
     else:
         raise AssertionError("maistra.io/v2 must be refused")
+
+
+def test_mesh_file_errors_name_the_problem(tmp_path):
+    import yaml
+
+    from control_harness import two_service_mesh
+    from meshext.control.mesh import load_mesh as load
+
+    document = two_service_mesh()
+    document["workloads"][1]["inbound"] = document["workloads"][0]["outbound"]
+    path = tmp_path / "mesh.yaml"
+    path.write_text(yaml.safe_dump(document))
+    try:
+        load(path)
+    except MeshextError as error:
+        assert "default/backend-v1 inbound and default/frontend-v1 outbound both use" in error.message
+        assert error.where == str(path)
+    else:
+        raise AssertionError("a port used twice must be refused")
