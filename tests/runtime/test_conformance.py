@@ -40,7 +40,8 @@ def python_scenarios(python_modules: dict[str, Path]) -> list[Scenario]:
         # a shared queue drained by the root context, logs from on_request_headers and on_log.
         Scenario("python-policy", python_modules["policy"], '{"deny_header": "x-deny", "tag": "conformance"}',
                  "policy", PYTHON_TRAFFIC,
-                 metrics=["py_policy_requests_total", "py_policy_denied_total", "py_policy_last_body_bytes"]),
+                 metrics=["py_policy_requests_total", "py_policy_denied_total", "py_policy_last_body_bytes"],
+                 async_log_prefixes=("info: event:",)),
     ]
 
 
