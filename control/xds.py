@@ -45,8 +45,10 @@ class _SotwType:
     nonce: str = ""
     sent_version: str = ""
     sent_names: frozenset[str] | None = None
+    sent_resources: dict[str, str] | None = None  # name -> version in our last response
     client_version: str = ""
     waiting: bool = False  # the client has answered our last response
+    refused: bool = False  # ... and that answer was a NACK
 
 
 @dataclass
@@ -55,7 +57,9 @@ class _DeltaType:
     names: set[str] = field(default_factory=set)
     known: dict[str, str] = field(default_factory=dict)  # name -> version the client holds
     nonce: str = ""
-    recorded: bool = False  # the cache has heard of this type from this stream
+    pending: bool = False  # a response is not answered yet
+    refused: bool = False  # the last answer was a NACK
+    recorded_version: str = ""  # the type version the cache last heard of from this stream
 
 
 class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
@@ -134,6 +138,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
             return  # stale: answers a response that a newer one superseded
         if request.response_nonce:
             detail = request.error_detail.message if request.HasField("error_detail") else None
+            state.refused = bool(detail)
             self.cache.record_reply(node_id, request.type_url, detail)
         else:
             state.client_version = request.version_info
@@ -143,22 +148,28 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
     def _sotw_response(
         self, node_id: str, type_url: str, state: _SotwType, snapshot: Snapshot
     ) -> discovery_pb2.DiscoveryResponse | None:
+        """Called only while the client has answered our last response (state.waiting)."""
         version = snapshot.type_versions[type_url]
         names = frozenset(state.names)
-        if state.sent_version == "" and state.client_version == version and state.sent_names is None:
-            # A reconnecting proxy that already holds this version: nothing to send.
-            state.sent_version, state.sent_names = version, names
-            self.cache.record_sent(node_id, type_url, version, _versions(_select(snapshot, type_url, names)))
-            self.cache.record_reply(node_id, type_url, None)
-            return None
-        if state.sent_version == version and state.sent_names == names:
-            return None
         selected = _select(snapshot, type_url, names)
-        if type_url not in WILDCARD_TYPES and not names:
+        resource_versions = _versions(selected)
+        reconnected_in_sync = state.sent_names is None and state.client_version == version
+        nothing_asked = type_url not in WILDCARD_TYPES and not names
+        unchanged_for_client = state.sent_names == names and state.sent_resources == resource_versions
+        if reconnected_in_sync or nothing_asked or unchanged_for_client:
+            # Nothing this proxy asked for differs from what it holds: no response
+            # (Envoy expects none), but the proxy is in sync with this version.
+            if nothing_asked:
+                state.refused = False  # holding nothing, it refuses nothing
+            if not state.refused and (state.sent_version != version or state.sent_names != names):
+                state.sent_version, state.sent_names, state.sent_resources = version, names, resource_versions
+                self.cache.record_sent(node_id, type_url, version, resource_versions)
+                self.cache.record_reply(node_id, type_url, None)
             return None
         state.nonce = str(next(_nonces))
-        state.sent_version, state.sent_names, state.waiting = version, names, False
-        self.cache.record_sent(node_id, type_url, version, _versions(selected))
+        state.sent_version, state.sent_names, state.sent_resources = version, names, resource_versions
+        state.waiting = False
+        self.cache.record_sent(node_id, type_url, version, resource_versions)
         return discovery_pb2.DiscoveryResponse(
             version_info=version,
             type_url=type_url,
@@ -206,7 +217,9 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
             for name in subscribe:
                 state.known.pop(name, None)
         if request.response_nonce and request.response_nonce == state.nonce:
+            state.pending = False
             detail = request.error_detail.message if request.HasField("error_detail") else None
+            state.refused = bool(detail)
             self.cache.record_reply(node_id, request.type_url, detail)
 
     def _delta_response(
@@ -220,19 +233,19 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         removed = [name for name in state.known if name not in wanted]
         version = snapshot.type_versions[type_url]
         if not changed and not removed:
-            if not state.recorded and not state.nonce:
-                # A reconnecting proxy announced (initial_resource_versions) exactly
-                # what we hold: it is in sync without a push.
+            if not state.pending and not state.refused and state.recorded_version != version:
+                # Nothing it subscribes to changed (or, reconnecting, it announced in
+                # initial_resource_versions exactly what we hold): in sync without a push.
                 self.cache.record_sent(node_id, type_url, version, dict(state.known))
                 self.cache.record_reply(node_id, type_url, None)
-                state.recorded = True
+                state.recorded_version = version
             return None
         for resource in changed:
             state.known[resource.name] = resource.version
         for name in removed:
             del state.known[name]
         state.nonce = str(next(_nonces))
-        state.recorded = True
+        state.pending, state.recorded_version = True, version
         self.cache.record_sent(node_id, type_url, version, dict(state.known))
         return discovery_pb2.DeltaDiscoveryResponse(
             system_version_info=version,
@@ -266,6 +279,11 @@ async def start_xds_server(cache: SnapshotCache, address: str = "127.0.0.1:0") -
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
             ("grpc.max_concurrent_streams", 100000),
+            # Sidecars send HTTP/2 keepalive pings every 5 s (proxy.py); gRPC's default
+            # policy answers that with GOAWAY "too_many_pings", dropping every ADS stream.
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 4000),
+            ("grpc.http2.max_ping_strikes", 0),
         ]
     )
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AggregatedDiscoveryService(cache), server)

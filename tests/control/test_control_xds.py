@@ -10,10 +10,11 @@ import grpc
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from meshext.control.server import ControlPlane
-from meshext.control.snapshot import CLUSTER, Snapshot
+from meshext.control.snapshot import CLUSTER, ENDPOINT, Snapshot
 
 NODE = "probe.default"
 
@@ -161,3 +162,38 @@ def test_first_request_without_node_id_is_refused(plane):
     stream.send(discovery_pb2.DiscoveryRequest(type_url=CLUSTER))
     assert stream.ended.wait(5)
     assert stream.error is not None and stream.error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _endpoints(*names: str, changed: str = "") -> Snapshot:
+    """ClusterLoadAssignments; the one named ``changed`` gets an endpoint (new content)."""
+    return Snapshot.build({ENDPOINT: [
+        (n, endpoint_pb2.ClusterLoadAssignment(cluster_name=n, endpoints=[{}] if n == changed else []))
+        for n in names]})
+
+
+def test_sotw_change_outside_the_subscription_sends_nothing_but_counts_as_in_sync(plane):
+    control_plane, channel = plane
+    cache = control_plane.cache
+    cache.set_snapshot(NODE, _endpoints("a"))
+    stream = Stream(channel, delta=False)
+    stream.send(discovery_pb2.DiscoveryRequest(node=_node(), type_url=ENDPOINT, resource_names=["a"]))
+    first = stream.next()
+    stream.send(discovery_pb2.DiscoveryRequest(type_url=ENDPOINT, resource_names=["a"],
+                                               version_info=first.version_info, response_nonce=first.nonce))
+    assert cache.wait_converged([NODE], 5)
+
+    cache.set_snapshot(NODE, _endpoints("a", "b"))  # nobody asked for b
+    assert stream.nothing()
+    assert cache.wait_converged([NODE], 5)
+
+    cache.set_snapshot(NODE, _endpoints("a", "b", changed="a"))
+    second = stream.next()
+    stream.send(discovery_pb2.DiscoveryRequest(type_url=ENDPOINT, resource_names=["a"],
+                                               version_info=first.version_info, response_nonce=second.nonce,
+                                               error_detail={"code": 3, "message": "endpoint a: bad"}))
+    assert stream.nothing(0.3)
+    # Only an unrelated resource changes: the refused one is neither resent nor counted as accepted.
+    cache.set_snapshot(NODE, _endpoints("a", "b", "z", changed="a"))
+    assert stream.nothing()
+    assert not cache.converged(NODE)
+    stream.close()
