@@ -29,10 +29,19 @@ CHAIN_HEADER = "x-meshext-chain"
 PULL_USER, PULL_PASSWORD = "puller", "pull-secret-password"
 
 
+_issued_ports: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port nobody listens on, never the same one twice in a run
+    (the OS may hand a just-closed ephemeral port out again at once)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _issued_ports:
+            _issued_ports.add(port)
+            return port
 
 
 def compile_wat(source: str, target: Path) -> tuple[Path, str]:
