@@ -127,6 +127,7 @@ def _download(client: RegistryClient, image: ResolvedImage, image_reference: Ima
             image_format, layer = "wasm-oci", image.layers[0]
             with cache.module_writer() as file:
                 client.stream_blob(layer, file, bars.bar(f"{image_reference.repository}", layer.size))
+                file.flush()  # the check below reads the file by name
                 with open(file.name, "rb") as written:
                     check_wasm(written.read(4), where)
                 path, module_sha256 = cache.commit_module(file, expected_sha256, where)
@@ -201,6 +202,7 @@ def _pull_url(url: str, cache: ModuleCache, policy: str, expected_sha256: str | 
                     advance(len(chunk))
             except requests.exceptions.RequestException as error:
                 raise UnavailableError(f"transfer broke off: {error}", where=url, fix="retry; nothing was cached") from None
+            file.flush()  # the check below reads the file by name
             with open(file.name, "rb") as written:
                 check_wasm(written.read(4), url)
             path, module_sha256 = cache.commit_module(file, expected_sha256, url)

@@ -234,3 +234,13 @@ def test_module_bigger_than_an_upload_chunk(secure_registry: Registry, tmp_path:
     digest = push(module_file, reference, **secure_registry.options())
     pulled = pull(reference, cache=cache, **secure_registry.options())
     assert (pulled.manifest_digest, pulled.path.read_bytes()) == (digest, module)
+
+
+def test_tiny_module_round_trips(plain_registry: Registry, tmp_path: Path) -> None:
+    # An empty module is 8 bytes: the pull's header check must see what was written, not a buffer.
+    module = tmp_path / "tiny.wasm"
+    module.write_bytes(b"\0asm\x01\0\0\0")
+    reference = f"{plain_registry.host}/filters/tiny:1"
+    push(module, reference, plain_http=True)
+    pulled = pull(reference, cache=ModuleCache(tmp_path / "cache"), plain_http=True)
+    assert pulled.path.read_bytes() == module.read_bytes()
