@@ -29,6 +29,9 @@ from pathlib import Path
 from meshext.runtime import modules as module_cache
 from meshext.runtime.host import Host
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from registry_pull import cpu_model  # noqa: E402 - the benchmarks' shared machine description
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -110,23 +113,13 @@ def main() -> None:
         else:
             modules = default_modules(Path(workdir))
         print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or platform.machine()}, "
-              f"{_cpu_model()}, Python {platform.python_version()}, wasmtime {module_cache.wasmtime_version()}")
+              f"{cpu_model()}, Python {platform.python_version()}, wasmtime {module_cache.wasmtime_version()}")
         print("| module | size | round trips/s (1 core) | ready from disk cache (median ms) | ready, module in memory (ms) |")
         print("| --- | --- | --- | --- | --- |")
         for label, path, root_id, config in modules:
             rate = round_trips_per_second(path, root_id, config, arguments.seconds)
             disk, memory = ready_times_ms(path, root_id, config)
             print(f"| {label} | {path.stat().st_size / 1024:.0f} KiB | {rate:,.0f} | {disk:.1f} | {memory:.1f} |")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

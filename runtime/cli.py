@@ -27,8 +27,11 @@ def build_with_sdk(project: Path) -> Path:
             where=str(project),
             fix="build the module yourself and pass it: meshext test DIR --module FILE.wasm",
         ) from None
+    from rich.console import Console
+
     click.echo(f"building {project} (meshext build)", err=True)
-    return build_filter(project).output
+    with Console(stderr=True).status("building") as status:
+        return build_filter(project, progress=lambda message: status.update(message)).output
 
 
 @click.command("test", context_settings={"ignore_unknown_options": True})

@@ -21,6 +21,7 @@ from __future__ import annotations
 import http.client
 import http.server
 import re
+import socket
 import threading
 import time
 from concurrent import futures
@@ -65,9 +66,30 @@ class Scenario:
     metrics: list[str] = field(default_factory=list)
     plugin_name: str = "conformance"
     vm_id: str = "conformance_vm"
+    # Environment variables of the VM (Envoy: vm_config.environment_variables.key_values).
+    env: dict[str, str] = field(default_factory=dict)
     # Also run a real gRPC server as cluster "grpc_upstream": echo.Echo/Say answers b"echo:" + request,
     # or fails with PERMISSION_DENIED (7) when the request is b"/fail".
     grpc_upstream: bool = False
+    # Log lines written from asynchronous host events (queue notifications):
+    # Envoy runs them on a later event-loop turn, so where they fall between
+    # one stream's callbacks depends on how the client's bytes arrive.  They
+    # are compared as their own ordered sequence.
+    async_log_prefixes: tuple[str, ...] = ()
+
+
+@dataclass
+class TcpScenario:
+    """A network (TCP) filter between a client and an echo upstream (answers b"pong:" + data)."""
+
+    name: str
+    module: Path
+    config: str
+    root_id: str
+    messages: list[bytes]
+    metrics: list[str] = field(default_factory=list)
+    plugin_name: str = "conformance"
+    vm_id: str = "conformance_vm"
 
 
 @dataclass
@@ -86,8 +108,13 @@ def compare(scenario: Scenario, envoy: Observation, host: Observation) -> list[s
     if envoy.startup_logs != host.startup_logs:
         problems.append(f"{prefix}: start-up logs differ\n  envoy: {sorted(envoy.startup_logs)}\n"
                         f"  host:  {sorted(host.startup_logs)}")
-    if envoy.logs != host.logs:
-        problems.append(f"{prefix}: logs during requests differ\n  envoy: {envoy.logs}\n  host:  {host.logs}")
+    asynchronous = getattr(scenario, "async_log_prefixes", ())
+    for kind, keep in (("logs during requests", lambda line: not line.startswith(asynchronous)),
+                       ("logs of asynchronous events", lambda line: line.startswith(asynchronous))):
+        seen_envoy = [line for line in envoy.logs if keep(line)]
+        seen_host = [line for line in host.logs if keep(line)]
+        if seen_envoy != seen_host:
+            problems.append(f"{prefix}: {kind} differ\n  envoy: {seen_envoy}\n  host:  {seen_host}")
     if envoy.upstream_requests != host.upstream_requests:
         problems.append(f"{prefix}: the upstream received different requests\n"
                         f"  envoy: {envoy.upstream_requests}\n  host:  {host.upstream_requests}")
@@ -124,7 +151,7 @@ def _run_in_host(scenario: Scenario, upstream_server: _Upstream, grpc_port: int)
     if grpc_port:
         host.add_cluster("grpc_upstream", address=("127.0.0.1", grpc_port))
     vm = host.load(scenario.module, config=scenario.config, name=scenario.plugin_name,
-                   root_id=scenario.root_id, vm_id=scenario.vm_id)
+                   root_id=scenario.root_id, vm_id=scenario.vm_id, env=scenario.env)
     startup = {_log_line(record.level, record.message) for record in host.logs}
     first_request_log = len(host.logs)
     responses = []
@@ -276,7 +303,8 @@ def envoy_bootstrap(scenario: Scenario, upstream_port: int, grpc_port: int = 0) 
                 "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
                                   "value": scenario.config},
                 "vm_config": {"vm_id": scenario.vm_id, "runtime": "envoy.wasm.runtime.v8",
-                              "code": {"local": {"filename": str(Path(scenario.module).resolve())}}},
+                              "code": {"local": {"filename": str(Path(scenario.module).resolve())}},
+                              "environment_variables": {"key_values": scenario.env}},
             },
         },
     }
@@ -379,3 +407,119 @@ def _wait_for_quiet_log(envoy: EnvoyProcess, scenario: Scenario, settle: float =
             return current
         previous = current
     return previous
+
+
+# ---------------------------------------------------------------------------
+# TCP: network filter + tcp_proxy in Envoy, TcpStream in the host
+
+
+def _echo(data: bytes) -> bytes:
+    return b"pong:" + data
+
+
+class _EchoUpstream:
+    """Loopback TCP server: answers every read with _echo(data), closes when the client does."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.socket = socket.create_server(("127.0.0.1", 0))
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return self.socket.getsockname()[1]
+
+    def _serve(self) -> None:
+        try:
+            while True:
+                connection, _ = self.socket.accept()
+                threading.Thread(target=self._handle, args=(connection,), daemon=True).start()
+        except OSError:
+            return  # closed
+
+    def _handle(self, connection: socket.socket) -> None:
+        with connection:
+            while data := connection.recv(65536):
+                self.received.extend(data)
+                connection.sendall(_echo(data))
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+def tcp_bootstrap(scenario: TcpScenario, upstream_port: int) -> dict[str, Any]:
+    wasm_filter = {"name": "envoy.filters.network.wasm", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm",
+        "config": {
+            "name": scenario.plugin_name, "root_id": scenario.root_id,
+            "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": scenario.config},
+            "vm_config": {"vm_id": scenario.vm_id, "runtime": "envoy.wasm.runtime.v8",
+                          "code": {"local": {"filename": str(Path(scenario.module).resolve())}}},
+        }}}
+    tcp_proxy = {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        "stat_prefix": "conformance_tcp", "cluster": "upstream"}}
+    return {"static_resources": {
+        "listeners": [{"name": "tcp", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                       "filter_chains": [{"filters": [wasm_filter, tcp_proxy]}]}],
+        "clusters": [_static_cluster("upstream", upstream_port)],
+    }}
+
+
+def run_tcp_in_envoy(scenario: TcpScenario) -> Observation:
+    upstream = _EchoUpstream()
+    log_scenario = Scenario(scenario.name, scenario.module, scenario.config, scenario.root_id, [],
+                            plugin_name=scenario.plugin_name, vm_id=scenario.vm_id)
+    try:
+        with EnvoyProcess(tcp_bootstrap(scenario, upstream.port), component_log_level="wasm:trace") as envoy:
+            startup_lines = _wait_for_quiet_log(envoy, log_scenario)
+            received = bytearray()
+            with socket.create_connection(envoy.listener_address("tcp"), timeout=10) as client:
+                for message in scenario.messages:
+                    client.sendall(message)
+                    received.extend(_read_until_quiet(client))
+                client.shutdown(socket.SHUT_WR)  # the client is done; the echo server then closes
+                while data := client.recv(65536):
+                    received.extend(data)
+            all_lines = _wait_for_quiet_log(envoy, log_scenario)
+            stats = envoy.stats()
+            metrics = {name: stats.get("wasmcustom." + name) for name in scenario.metrics}
+            return Observation(set(startup_lines), all_lines[len(startup_lines):],
+                               [{"bytes": bytes(upstream.received)}], [{"bytes": bytes(received)}], metrics)
+    finally:
+        upstream.close()
+
+
+def _read_until_quiet(client: socket.socket) -> bytes:
+    """One answer: the first bytes, then whatever follows within 200 ms."""
+    data = bytearray(client.recv(65536))
+    client.settimeout(0.2)
+    try:
+        while more := client.recv(65536):
+            data.extend(more)
+    except TimeoutError:
+        pass
+    finally:
+        client.settimeout(10)
+    return bytes(data)
+
+
+def run_tcp_in_host(scenario: TcpScenario) -> Observation:
+    host = Host(log_level=LogLevel.TRACE)
+    vm = host.load(scenario.module, config=scenario.config, name=scenario.plugin_name,
+                   root_id=scenario.root_id, vm_id=scenario.vm_id)
+    startup = {_log_line(record.level, record.message) for record in host.logs}
+    first_log = len(host.logs)
+    connection = vm.tcp_stream()
+    for message in scenario.messages:
+        already = len(connection.to_upstream)
+        connection.send_downstream_data(message)
+        connection.send_upstream_data(_echo(bytes(connection.to_upstream[already:])))
+    # The client half-closes, the echo upstream closes: Envoy's order of events.
+    connection.send_downstream_data(b"", end_stream=True)
+    connection.send_upstream_data(b"", end_stream=True)
+    connection.close()
+    logs = [_log_line(record.level, record.message) for record in host.logs[first_log:]]
+    return Observation(startup, logs, [{"bytes": bytes(connection.to_upstream)}],
+                       [{"bytes": bytes(connection.to_downstream)}],
+                       {name: host.metric(name) for name in scenario.metrics})

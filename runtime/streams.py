@@ -317,7 +317,15 @@ class HttpStream(Context):
 
 
 class TcpStream(Context):
-    """One TCP connection through a network filter (proxy_on_new_connection ... close)."""
+    """One TCP connection through a network filter, driven by the test.
+
+    ``send_downstream_data`` / ``send_upstream_data`` deliver bytes (``to_upstream``
+    / ``to_downstream`` collect what the filter let through); ``close()`` ends the
+    connection the way Envoy reports a normal end (checked against Envoy: the
+    upstream closes, peer UNKNOWN, then Envoy closes the client side, peer LOCAL;
+    then done, log, delete).  ``upstream_closed`` / ``downstream_closed`` give
+    other orders.
+    """
 
     def __init__(self, vm: PluginVM, context_id: int, properties: dict[str, Any]) -> None:
         super().__init__(vm, context_id, vm.root)
@@ -329,8 +337,10 @@ class TcpStream(Context):
         self.to_downstream = bytearray()
         self.downstream_paused = False
         self.upstream_paused = False
-        self.closed = False
-        self.new_connection_action = self.vm._callback("proxy_on_new_connection", self, self.id)
+        self.downstream_open = True
+        self.upstream_open = True
+        self.ended = False
+        self.new_connection_action = Action.CONTINUE  # what proxy_on_new_connection answered
 
     def property(self, path: tuple[str, ...]) -> Any:
         return CONNECTION_DEFAULTS.get(".".join(path))
@@ -343,23 +353,25 @@ class TcpStream(Context):
         return None
 
     def send_downstream_data(self, data: bytes, end_stream: bool = False) -> Action:
-        self.downstream.extend(data)
-        action = Action(self.vm._callback("proxy_on_downstream_data", self, self.id, len(self.downstream),
-                                          int(end_stream)) or 0)
-        self.downstream_paused = action == Action.PAUSE
-        if not self.downstream_paused:
-            self.to_upstream.extend(self.downstream)
-            self.downstream.clear()
-        return action
+        with self.vm.host.step():
+            return self._data(self.downstream, self.to_upstream, "proxy_on_downstream_data", data, end_stream)
 
     def send_upstream_data(self, data: bytes, end_stream: bool = False) -> Action:
-        self.upstream.extend(data)
-        action = Action(self.vm._callback("proxy_on_upstream_data", self, self.id, len(self.upstream),
-                                          int(end_stream)) or 0)
-        self.upstream_paused = action == Action.PAUSE
-        if not self.upstream_paused:
-            self.to_downstream.extend(self.upstream)
-            self.upstream.clear()
+        with self.vm.host.step():
+            return self._data(self.upstream, self.to_downstream, "proxy_on_upstream_data", data, end_stream)
+
+    def _data(self, pending: bytearray, forwarded: bytearray, callback: str, data: bytes, end_stream: bool) -> Action:
+        pending.extend(data)
+        raw = self.vm._callback(callback, self, self.id, len(pending), int(end_stream))
+        action = Action.CONTINUE if raw in (None, 0) else Action.PAUSE
+        paused = action == Action.PAUSE
+        if pending is self.downstream:
+            self.downstream_paused = paused
+        else:
+            self.upstream_paused = paused
+        if not paused:
+            forwarded.extend(pending)
+            pending.clear()
         return action
 
     def _continue(self, stream_type: StreamType) -> None:
@@ -375,14 +387,29 @@ class TcpStream(Context):
     def _close(self, stream_type: StreamType) -> None:
         self.close()
 
-    def close(self, peer: abi.PeerType = abi.PeerType.REMOTE) -> None:
-        """Both sides close: connection-close callbacks, then done, log, delete (Envoy's TCP order)."""
-        if self.closed:
+    def upstream_closed(self, peer: abi.PeerType = abi.PeerType.UNKNOWN) -> None:
+        if self.upstream_open:
+            self.upstream_open = False
+            self.vm._callback("proxy_on_upstream_connection_close", self, self.id, int(peer))
+            self._end_if_closed()
+
+    def downstream_closed(self, peer: abi.PeerType = abi.PeerType.REMOTE) -> None:
+        if self.downstream_open:
+            self.downstream_open = False
+            self.vm._callback("proxy_on_downstream_connection_close", self, self.id, int(peer))
+            self._end_if_closed()
+
+    def close(self) -> None:
+        with self.vm.host.step():
+            self.upstream_closed(abi.PeerType.UNKNOWN)
+            self.downstream_closed(abi.PeerType.LOCAL)
+
+    def _end_if_closed(self) -> None:
+        """Both sides closed: done, log, delete (Envoy's TCP order, unlike HTTP's log first)."""
+        if self.ended or self.upstream_open or self.downstream_open:
             return
-        self.closed = True
+        self.ended = True
         vm = self.vm
-        vm._callback("proxy_on_downstream_connection_close", self, self.id, int(peer))
-        vm._callback("proxy_on_upstream_connection_close", self, self.id, int(peer))
         done = vm._callback("proxy_on_done", self, self.id)
         vm._callback("proxy_on_log", self, self.id)
         if done in (None, 1):

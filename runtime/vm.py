@@ -19,7 +19,7 @@ import wasmtime
 
 from meshext.errors import MeshextError
 from meshext.runtime import abi, wasi
-from meshext.runtime.abi import BufferType, LogLevel, MapType, MetricType, Pairs, Status, StreamType
+from meshext.runtime.abi import Action, BufferType, LogLevel, MapType, MetricType, Pairs, Status, StreamType
 from meshext.runtime.contexts import Context, RootContext
 from meshext.runtime.fastcall import Crossing, Export, MemoryView, define_host_function
 from meshext.runtime.modules import engine
@@ -176,6 +176,8 @@ class PluginVM:
         stream = TcpStream(self, self._alloc_context_id(), dict(properties or {}))
         self.contexts[stream.id] = stream
         self._callback("proxy_on_context_create", stream, stream.id, self.root.id)
+        raw = self._callback("proxy_on_new_connection", stream, stream.id)
+        stream.new_connection_action = Action.CONTINUE if raw in (None, 0) else Action.PAUSE
         return stream
 
     def exchange(self, method: str = "GET", path: str = "/", *, authority: str = "example.com",

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from meshext.runtime.conformance import Request, Scenario, UpstreamReply, compare, run_in_envoy, run_in_host
+from meshext.runtime.conformance import (
+    Request, Scenario, TcpScenario, UpstreamReply, compare, run_in_envoy, run_in_host, run_tcp_in_envoy, run_tcp_in_host,
+)
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
@@ -38,7 +40,8 @@ def python_scenarios(python_modules: dict[str, Path]) -> list[Scenario]:
         # a shared queue drained by the root context, logs from on_request_headers and on_log.
         Scenario("python-policy", python_modules["policy"], '{"deny_header": "x-deny", "tag": "conformance"}',
                  "policy", PYTHON_TRAFFIC,
-                 metrics=["py_policy_requests_total", "py_policy_denied_total", "py_policy_last_body_bytes"]),
+                 metrics=["py_policy_requests_total", "py_policy_denied_total", "py_policy_last_body_bytes"],
+                 async_log_prefixes=("info: event:",)),
     ]
 
 
@@ -114,3 +117,25 @@ def test_a_difference_is_reported_with_the_scenario_name(as_modules, wat_module,
     assert problems
     assert all("scenario 'as-headers'" in problem for problem in problems)
     assert any("config-from-envoy" in problem and "another-config" in problem for problem in problems)
+
+
+def test_tcp_filter_matches_envoy(wat_module):
+    """Network filter: the trace module between a client and an echo upstream (tcp_proxy in Envoy)."""
+    scenario = TcpScenario("wat-tcp-trace", wat_module("trace"), "tcp-config", "trace_root",
+                           [b"ping", b"a second, longer message"])
+    envoy = run_tcp_in_envoy(scenario)
+    problems = compare(scenario, envoy, run_tcp_in_host(scenario))
+    assert not problems, "\n".join(problems)
+    assert envoy.responses == [{"bytes": b"pong:pingpong:a second, longer message"}]
+    assert "info: on_new_connection 2" in envoy.logs
+
+
+def test_wasi_subset_matches_envoy(wat_module):
+    """stdout/stderr to the log at info/error, environment from the VM config, Envoy's errno for stubs."""
+    # One variable: Envoy keeps them in a hash map, so the order of several is unspecified.
+    scenario = Scenario("wat-wasi", wat_module("wasi"), "wasi", "wasi_root", [Request("GET", "/")],
+                        env={"GREETING": "hello from the vm config"})
+    envoy = run_in_envoy(scenario)
+    problems = compare(scenario, envoy, run_in_host(scenario))
+    assert not problems, "\n".join(problems)
+    assert {"info: env: GREETING=hello from the vm config", "error: to stderr"} <= envoy.startup_logs

@@ -286,3 +286,23 @@ def test_trailers_arriving_while_the_body_is_held_release_it(as_modules):
     assert bytes(stream.request.forwarded_body) == b"held"  # never saw end_of_stream: not rewritten
     assert stream.request.forwarded_trailers == [("x-sum", "1")] and stream.request.complete
     assert not stream.request.paused
+
+
+def test_module_without_abi_marker_is_explained():
+    import wasmtime
+
+    module = wasmtime.wat2wasm('(module (memory (export "memory") 1)'
+                               ' (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 0)))')
+    with pytest.raises(MeshextError, match="proxy_abi_version_0_2_1") as error:
+        Host().load(module)
+    assert "Proxy-Wasm SDK" in str(error.value)
+
+
+def test_abi_0_2_0_modules_do_not_get_proxy_get_log_level():
+    import wasmtime
+
+    module = wasmtime.wat2wasm('(module (import "env" "proxy_get_log_level" (func (param i32) (result i32)))'
+                               ' (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_0"))'
+                               ' (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 0)))')
+    with pytest.raises(MeshextError, match="env.proxy_get_log_level: only provided to modules declaring ABI 0.2.1"):
+        Host().load(module)
