@@ -139,9 +139,12 @@ class DirectorySource:
             objects[key] = document
         with self._lock:
             self._secrets[path] = secrets
-        for key in set(self._objects.get(path, {})) - set(objects):
+        removed = set(self._objects.get(path, {})) - set(objects)
+        for key in removed:
             self.operator.delete(key)
         self._objects[path] = objects
+        if removed:
+            self._write_statuses(path)
         for key, obj in objects.items():
             self._file_of[key] = path
             self.operator.apply(obj)
@@ -152,9 +155,13 @@ class DirectorySource:
         if path is None or path not in self._objects:
             return
         with self._lock:
-            statuses = self._statuses.setdefault(path, {})
-            statuses[key] = status
-            statuses = {k: v for k, v in statuses.items() if k in self._objects.get(path, {})}
+            self._statuses.setdefault(path, {})[key] = status
+        self._write_statuses(path)
+
+    def _write_statuses(self, path: Path) -> None:
+        """Rewrite ``path``'s status file: one entry per resource it still holds."""
+        with self._lock:
+            statuses = {k: v for k, v in self._statuses.get(path, {}).items() if k in self._objects.get(path, {})}
             self._statuses[path] = statuses
             target = path.with_name(path.name + STATUS_SUFFIX)
             partial = target.with_name(target.name + ".partial")
