@@ -1,90 +1,28 @@
 """Proxy-Wasm ABI 0.2.1 numbers and the map serialisation format.
 
-The values come from the ABI specification (Types and Serialization
-sections).  No maintained Python library publishes them, so they are written
-out here once and used by the host, the harness and the tests.
+The enums are meshext.sdk.abi's; the WASI errno values and the map
+serialisation come from the ABI specification (Types and Serialization
+sections), which no maintained Python library publishes.
 """
 
 from __future__ import annotations
 
-import enum
 import struct
 
-
-class Status(enum.IntEnum):
-    """proxy_status_t: what every proxy_* host function returns."""
-
-    OK = 0
-    NOT_FOUND = 1
-    BAD_ARGUMENT = 2
-    SERIALIZATION_FAILURE = 3
-    PARSE_FAILURE = 4
-    INVALID_MEMORY_ACCESS = 6
-    EMPTY = 7
-    CAS_MISMATCH = 8
-    INTERNAL_FAILURE = 10
-    UNIMPLEMENTED = 12
+# The ABI's enums have one definition, shared by the filter side and the host
+# side; re-exported here for the host, the harness and the tests.
+from meshext.sdk.abi import (  # noqa: F401
+    Action,
+    BufferType,
+    LogLevel,
+    MapType,
+    MetricType,
+    PeerType,
+    Status,
+    StreamType,
+)
 
 
-class Action(enum.IntEnum):
-    """proxy_action_t: what a stream callback returns."""
-
-    CONTINUE = 0
-    PAUSE = 1
-
-
-class LogLevel(enum.IntEnum):
-    TRACE = 0
-    DEBUG = 1
-    INFO = 2
-    WARN = 3
-    ERROR = 4
-    CRITICAL = 5
-
-
-class BufferType(enum.IntEnum):
-    HTTP_REQUEST_BODY = 0
-    HTTP_RESPONSE_BODY = 1
-    DOWNSTREAM_DATA = 2
-    UPSTREAM_DATA = 3
-    HTTP_CALL_RESPONSE_BODY = 4
-    GRPC_CALL_MESSAGE = 5
-    VM_CONFIGURATION = 6
-    PLUGIN_CONFIGURATION = 7
-    FOREIGN_FUNCTION_ARGUMENTS = 8
-
-
-class MapType(enum.IntEnum):
-    HTTP_REQUEST_HEADERS = 0
-    HTTP_REQUEST_TRAILERS = 1
-    HTTP_RESPONSE_HEADERS = 2
-    HTTP_RESPONSE_TRAILERS = 3
-    GRPC_CALL_INITIAL_METADATA = 4
-    GRPC_CALL_TRAILING_METADATA = 5
-    HTTP_CALL_RESPONSE_HEADERS = 6
-    HTTP_CALL_RESPONSE_TRAILERS = 7
-
-
-class StreamType(enum.IntEnum):
-    HTTP_REQUEST = 0
-    HTTP_RESPONSE = 1
-    DOWNSTREAM = 2
-    UPSTREAM = 3
-
-
-class PeerType(enum.IntEnum):
-    UNKNOWN = 0
-    LOCAL = 1
-    REMOTE = 2
-
-
-class MetricType(enum.IntEnum):
-    COUNTER = 0
-    GAUGE = 1
-    HISTOGRAM = 2
-
-
-# wasi_errno_t values the host returns (WASI preview1 numbering).
 WASI_SUCCESS = 0
 WASI_BADF = 8
 WASI_FAULT = 21
