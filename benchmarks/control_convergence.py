@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import signal
@@ -174,6 +175,24 @@ class SimulatedProxy:
                         self.acked_tag[tag] = time.monotonic()
 
 
+async def hold_long_poll(host: str, port: int, node_id: str, module_sha256: str, version: int) -> None:
+    """A module syncer: long polls (up to 60 s each) for its wanted modules to change, again and again."""
+    while True:
+        reader, writer = await asyncio.open_connection(host, port)
+        query = f"node={node_id}&dir=/modules&present={module_sha256}&version={version}&wait=60"
+        writer.write(f"GET /modules/wanted?{query} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        await writer.drain()
+        answer = await reader.read()
+        writer.close()
+        version = json.loads(answer.partition(b"\r\n\r\n")[2])["version"]
+
+
+def thread_count(pid: int) -> int:
+    """The control plane's threads: a few fixed ones plus one per open long poll."""
+    return int(next(line.split()[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                    if line.startswith("Threads:")))
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -205,10 +224,17 @@ async def simulated_clients(count: int, rounds: int, module: Path, module_sha256
                     raise SystemExit("control plane did not start; see control.log")
                 await asyncio.sleep(0.1)
         idle_rss = rss_mb(server.pid)
-        # What each sidecar's module syncer would report: the module is present.
+        # What each sidecar's module syncer does: report the module present, then
+        # hold a long poll open (one server thread each) for the whole measurement.
+        wanted_versions = []
         for index in range(count):
-            urllib.request.urlopen(f"http://{http}/modules/wanted?node=w{index}.default&dir=/modules"
-                                   f"&present={module_sha256}&wait=0", timeout=10).read()
+            with urllib.request.urlopen(f"http://{http}/modules/wanted?node=w{index}.default&dir=/modules"
+                                        f"&present={module_sha256}&wait=0", timeout=10) as response:
+                wanted_versions.append(json.load(response)["version"])
+        host, port = http.split(":")
+        polls = [asyncio.create_task(hold_long_poll(host, int(port), f"w{index}.default", module_sha256, version))
+                 for index, version in enumerate(wanted_versions)]
+        tasks.extend(polls)
         channel = grpc.aio.insecure_channel(xds, options=[("grpc.max_concurrent_streams", 100000)])
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
         proxies = [SimulatedProxy(f"w{index}.default", delta=index % 2 == 0) for index in range(count)]
@@ -230,7 +256,8 @@ async def simulated_clients(count: int, rounds: int, module: Path, module_sha256
                 await asyncio.sleep(0.01)
             times.append(max(proxy.acked_tag[tag] for proxy in proxies) - started)
             await asyncio.sleep(0.5)
-        return times, idle_rss, rss_mb(server.pid)
+        threads = thread_count(server.pid)
+        return times, idle_rss, rss_mb(server.pid), threads
     finally:
         for task in tasks:
             task.cancel()
@@ -265,11 +292,12 @@ def main() -> None:
             print(f"{arguments.envoys} real Envoys, config change -> all ACKed: {describe(times)} (target < 1 s)")
         if arguments.clients:
             (workdir / "clients").mkdir()
-            times, idle, loaded = asyncio.run(simulated_clients(arguments.clients, arguments.rounds, module,
-                                                                module_sha256, workdir / "clients"))
+            times, idle, loaded, threads = asyncio.run(simulated_clients(
+                arguments.clients, arguments.rounds, module, module_sha256, workdir / "clients"))
             print(f"{arguments.clients} simulated xDS clients, file change -> all ACKed: {describe(times)} "
                   f"(target < 5 s)")
-            print(f"control plane RSS: {idle:.0f} MB idle, {loaded:.0f} MB with {arguments.clients} clients")
+            print(f"control plane RSS: {idle:.0f} MB idle, {loaded:.0f} MB with {arguments.clients} ADS streams "
+                  f"and a long poll from each simulated syncer open ({threads} threads)")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ worker thread does all the work, so no two reconciles ever race:
    namespace), and publish one snapshot per sidecar;
 3. follow ACKs and NACKs: a configuration a proxy refused is marked rejected
    with Envoy's error text and withdrawn, so every proxy goes back to (and new
-   proxies start with) the last configuration that was accepted;
+   proxies start with) the last configuration that was accepted; an update
+   that is invalid or cannot be pulled leaves that configuration running too;
 4. write each resource's status when it changes.
 """
 

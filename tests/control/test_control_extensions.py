@@ -118,6 +118,12 @@ def test_update_config_and_image_under_load_then_delete(mesh_under_test, clean_c
     write_resources(resource, sme("live", f"file://{path}", config={"tag": "v1"}, phase="PreAuthZ"))
     wait_until(lambda: _ready(resource, key), what="first version Ready")
 
+    def listener_changes() -> dict[str, int]:
+        return {name: sum(value for stat, value in sidecar.envoy.stats("listener_manager.").items()
+                          if stat.endswith(("listener_modified", "listener_in_place_updated")))
+                for name, sidecar in mesh_under_test.sidecars.items()}
+
+    listeners_before = listener_changes()
     with Load(lambda: call(mesh, "frontend-v1", "backend"), count=3000, seconds=60) as load:
         wait_until(lambda: load.sent > 20, what="load started")
         write_resources(resource, sme("live", f"file://{path}", config={"tag": "v2"}, phase="PreAuthZ"))
@@ -130,10 +136,14 @@ def test_update_config_and_image_under_load_then_delete(mesh_under_test, clean_c
         assert status["moduleSha256"] == sha_v2
         after_image = call(mesh, "frontend-v1", "backend")
         assert after_image.chain() == [] and after_image.header_values("x-meshext-chan2") == ['{"tag":"v3"}']
+        # Config and image changes were ECDS updates only: no listener was touched.
+        assert listener_changes() == listeners_before
 
         resource.unlink()
         wait_until(lambda: call(mesh, "frontend-v1", "backend").header_values("x-meshext-chan2") == [],
                    what="filter removed")
+        # ...while removing the filter does change the listeners (so the counter above can move).
+        assert all(listener_changes()[name] > listeners_before[name] for name in listeners_before)
         sent_before = load.sent
         wait_until(lambda: load.sent > sent_before + 100, what="more load after delete")
     assert load.failures == [], f"{len(load.failures)} of {load.sent} requests failed: {load.failures[:5]}"

@@ -1,0 +1,160 @@
+"""A fake Kubernetes API server for custom resources, faithful to the parts of
+the protocol the adapter uses: list with a resourceVersion, watch from a
+resourceVersion (newline-delimited JSON events), "410 Gone" when that version
+is older than the kept history, merge-patch of the status subresource, and
+404 for secrets.  No API server can run on the build machine (see
+test_control_kubernetes.py for the real one).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+_COLLECTION = re.compile(r"^/apis/([^/]+)/([^/]+)/([^/]+)$")
+_STATUS = re.compile(r"^/apis/([^/]+)/([^/]+)/namespaces/([^/]+)/([^/]+)/([^/]+)/status$")
+
+
+class FakeKubernetes:
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self.version = 100
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}  # (plural, namespace, name)
+        self.events: list[tuple[int, str, str, dict[str, Any]]] = []  # (rv, plural, type, object)
+        self.oldest_kept = 0  # watches from before this version get 410 Gone
+        self.status_patches: list[dict[str, Any]] = []
+        handler = self._handler()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    # -- what a kubectl user would do ------------------------------------------
+    def apply(self, plural: str, obj: dict[str, Any]) -> None:
+        with self._lock:
+            metadata = obj.setdefault("metadata", {})
+            key = (plural, metadata.get("namespace", "default"), metadata["name"])
+            old = self.objects.get(key)
+            self.version += 1
+            metadata["resourceVersion"] = str(self.version)
+            spec_changed = old is None or old.get("spec") != obj.get("spec")
+            metadata["generation"] = (old["metadata"]["generation"] if old else 0) + (1 if spec_changed else 0)
+            if old and "status" in old:
+                obj["status"] = old["status"]
+            self.objects[key] = obj
+            self.events.append((self.version, plural, "MODIFIED" if old else "ADDED", copy.deepcopy(obj)))
+            self._lock.notify_all()
+
+    def delete(self, plural: str, namespace: str, name: str, *, record: bool = True) -> None:
+        """``record=False``: the deletion falls out of the history a watch could replay."""
+        with self._lock:
+            obj = self.objects.pop((plural, namespace, name))
+            self.version += 1
+            if record:
+                self.events.append((self.version, plural, "DELETED", obj))
+            self._lock.notify_all()
+
+    def compact(self) -> None:
+        """Forget the event history (etcd compaction): older watches get 410 Gone."""
+        with self._lock:
+            self.oldest_kept = self.version
+            self.events.clear()
+            self._lock.notify_all()
+
+    def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            return copy.deepcopy(self.objects.get((plural, namespace, name)))
+
+    # -- the HTTP side -----------------------------------------------------------
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _json(self, code: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802
+                url = urllib.parse.urlsplit(self.path)
+                query = {k: v[0] for k, v in urllib.parse.parse_qs(url.query).items()}
+                match = _COLLECTION.match(url.path)
+                if match is None:
+                    self._json(404, {"kind": "Status", "code": 404, "reason": "NotFound", "message": "not found"})
+                    return
+                plural = match.group(3)
+                if query.get("watch") in ("true", "True", "1"):
+                    self._watch(plural, int(query.get("resourceVersion") or 0), float(query.get("timeoutSeconds", 5)))
+                    return
+                with fake._lock:
+                    items = [copy.deepcopy(o) for (p, _, _), o in fake.objects.items() if p == plural]
+                    version = fake.version
+                self._json(200, {"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": str(version)},
+                                 "items": items})
+
+            def _watch(self, plural: str, since: int, timeout: float) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = True
+                with fake._lock:
+                    if since < fake.oldest_kept:
+                        gone = {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired",
+                                                            "message": f"too old resource version: {since}"}}
+                        self.wfile.write(json.dumps(gone).encode() + b"\n")
+                        return
+                    sent = since
+                    deadline_wait = timeout
+                    while True:
+                        for version, event_plural, kind, obj in fake.events:
+                            if version > sent and event_plural == plural:
+                                self.wfile.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
+                                self.wfile.flush()
+                        sent = max([sent] + [v for v, *_ in fake.events])
+                        if not fake._lock.wait(deadline_wait) or fake.oldest_kept > since:
+                            return  # timeoutSeconds reached, or history compacted: the client reconnects
+
+            def do_PATCH(self) -> None:  # noqa: N802
+                match = _STATUS.match(urllib.parse.urlsplit(self.path).path)
+                length = int(self.headers.get("Content-Length", 0))
+                patch = json.loads(self.rfile.read(length))
+                if match is None or self.headers.get("Content-Type") != "application/merge-patch+json":
+                    self._json(415, {"kind": "Status", "code": 415, "message": "want a merge patch of /status"})
+                    return
+                _, _, namespace, plural, name = match.groups()
+                with fake._lock:
+                    obj = fake.objects.get((plural, namespace, name))
+                    if obj is None:
+                        self._json(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
+                        return
+                    obj["status"] = patch["status"]
+                    fake.version += 1
+                    obj["metadata"]["resourceVersion"] = str(fake.version)
+                    fake.events.append((fake.version, plural, "MODIFIED", copy.deepcopy(obj)))
+                    fake.status_patches.append(copy.deepcopy(patch["status"]))
+                    fake._lock.notify_all()
+                    body = copy.deepcopy(obj)
+                self._json(200, body)
+
+        return Handler

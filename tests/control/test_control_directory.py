@@ -1,0 +1,82 @@
+"""Directory mode: resources in YAML files, status in `<file>.status.yaml` next to them (no Envoy)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from control_harness import read_status, sme, wait_until, write_resources
+
+from meshext.control.images import RegistrySettings
+from meshext.control.mesh import load_mesh
+from meshext.control.operator import Operator
+from meshext.control.server import ControlPlane
+from meshext.control.sources import DirectorySource
+from meshext.registry import ModuleCache
+
+
+@pytest.fixture
+def directory_mode(tmp_path: Path):
+    control_plane = ControlPlane().start()
+    operator = Operator(load_mesh(), control_plane,
+                        registry=RegistrySettings(cache=ModuleCache(tmp_path / "cache"))).start()
+    source = DirectorySource(tmp_path / "extensions", operator, interval=0.05).start()
+    yield tmp_path / "extensions", operator
+    source.stop()
+    operator.stop()
+    control_plane.stop()
+
+
+def _generation(path: Path, key: str) -> int | None:
+    return read_status(path).get(key, {}).get("observedGeneration")
+
+
+def test_status_files_follow_resources_and_generations(directory_mode, modules):
+    directory, _ = directory_mode
+    module, sha = modules["chain"]
+    resource = directory / "two.yaml"
+    first, second = "ServiceMeshExtension/default/first", "ServiceMeshExtension/team-a/second"
+    write_resources(resource, sme("first", f"file://{module}", config={"tag": 1}),
+                    sme("second", f"file://{module}", namespace="team-a", labels={"app": "none"}))
+    wait_until(lambda: _generation(resource, first) == 1 and _generation(resource, second) == 1,
+               what="both statuses")
+    status = read_status(resource)
+    # No sidecar is connected in this test: the default mesh's workloads are pending.
+    assert status[first]["phase"] == "Pending" and status[first]["moduleSha256"] == sha
+    assert status[second]["conditions"][0]["reason"] == "NoMatchingWorkloads"
+
+    # Same spec, other metadata: same generation.  Changed spec: the next one.
+    touched = sme("first", f"file://{module}", config={"tag": 1})
+    touched["metadata"]["labels"] = {"owner": "me"}
+    write_resources(resource, touched, sme("second", f"file://{module}", namespace="team-a",
+                                           labels={"app": "none"}))
+    wait_until(lambda: read_status(resource)[first].get("observedGeneration") == 1, what="still generation 1")
+    write_resources(resource, sme("first", f"file://{module}", config={"tag": 1}))  # "second" left the file
+    wait_until(lambda: second not in read_status(resource), what="second's status removed")
+    assert _generation(resource, first) == 1
+    write_resources(resource, sme("first", f"file://{module}", config={"tag": 2}))
+    wait_until(lambda: _generation(resource, first) == 2, what="generation 2")
+
+    resource.unlink()
+    wait_until(lambda: not resource.with_name(resource.name + ".status.yaml").exists(),
+               what="status file removed with its resource file")
+
+
+def test_unparsable_file_keeps_its_previous_resources(directory_mode, modules):
+    directory, operator = directory_mode
+    module, _ = modules["chain"]
+    resource = directory / "keep.yaml"
+    key = "ServiceMeshExtension/default/keep"
+    write_resources(resource, sme("keep", f"file://{module}", config={"tag": "k"}))
+    wait_until(lambda: _generation(resource, key) == 1, what="status")
+    resource.write_text("spec: [unclosed\n")
+    # The file is broken: what it held before keeps being served and reported.
+    time.sleep(0.5)  # ten scans
+    operator.wait_idle()
+    assert key in operator.status_report()["extensions"]
+    assert read_status(resource)[key]["observedGeneration"] == 1
+    write_resources(resource, sme("keep", f"file://{module}", config={"tag": "k2"}))
+    wait_until(lambda: _generation(resource, key) == 2, what="generation 2 after the fix")
+    assert yaml.safe_load(resource.read_text())["spec"]["config"] == {"tag": "k2"}
