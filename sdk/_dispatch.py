@@ -120,7 +120,7 @@ def foreign_function(root: RootContext, function_id: int, arguments: bytes) -> N
 # ---- callout answers ----
 
 def _deliver(call: callouts.Pending, what: str, function: Any, *args: Any) -> None:
-    host.set_effective_context(call.context.context_id)
+    """Run a callout callback; the caller has made the calling context effective."""
     try:
         function(*args)
     except BaseException as error:  # noqa: BLE001 - the fail policy decides
@@ -141,12 +141,16 @@ def http_call_response(token: int, num_headers: int, body_size: int, num_trailer
     _deliver(call, "http_call callback", call.callback, response)
 
 
-def grpc_initial_metadata(token: int, count: int) -> None:
+def _grpc_metadata(token: int, count: int, map_type: MapType, event: str) -> None:
     call = callouts.pending.get(token)
     if call is not None and call.handler is not None:
         host.set_effective_context(call.context.context_id)
-        metadata = host.get_headers(MapType.GRPC_CALL_INITIAL_METADATA) if count else []
-        _deliver(call, "grpc on_initial_metadata", call.handler.on_initial_metadata, metadata)
+        metadata = host.get_headers(map_type) if count else []
+        _deliver(call, f"grpc {event}", getattr(call.handler, event), metadata)
+
+
+def grpc_initial_metadata(token: int, count: int) -> None:
+    _grpc_metadata(token, count, MapType.GRPC_CALL_INITIAL_METADATA, "on_initial_metadata")
 
 
 def grpc_message(token: int, size: int) -> None:
@@ -164,11 +168,7 @@ def grpc_message(token: int, size: int) -> None:
 
 
 def grpc_trailing_metadata(token: int, count: int) -> None:
-    call = callouts.pending.get(token)
-    if call is not None and call.handler is not None:
-        host.set_effective_context(call.context.context_id)
-        metadata = host.get_headers(MapType.GRPC_CALL_TRAILING_METADATA) if count else []
-        _deliver(call, "grpc on_trailing_metadata", call.handler.on_trailing_metadata, metadata)
+    _grpc_metadata(token, count, MapType.GRPC_CALL_TRAILING_METADATA, "on_trailing_metadata")
 
 
 def grpc_close(token: int, status_code: int) -> None:

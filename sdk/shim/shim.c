@@ -205,20 +205,35 @@ static uint32_t root_mask(context_slot *slot) {
     return root ? root->mask : 0;
 }
 
-/* Calls `bit`'s method on a child context, creating the object on first use. */
-static uint32_t child_callback(uint32_t context_id, int bit, int stream, PyObject *arg1, PyObject *arg2, int nargs) {
-    context_slot *slot = find_slot(context_id);
+/* How a stream callback's ABI arguments become Python arguments. */
+enum { ARGS_NONE, ARGS_END, ARGS_SIZE_END, ARGS_PEER };
+
+/*
+ * Calls `bit`'s method on a child context, creating the object on first use.
+ * Python arguments are only built once the filter is known to override the
+ * callback: the common case (not overridden) allocates nothing.
+ */
+static uint32_t slot_callback(context_slot *slot, int bit, int stream, int kind, uint32_t size, uint32_t end) {
     if (!slot || !(root_mask(slot) & (1u << bit))) return 0;
     PyObject *object = child_object(slot, stream);
     if (!object) return 0;
-    PyObject *args[] = {object, arg1, arg2};
-    PyObject *result = PyObject_VectorcallMethod(name_on[bit], args, (size_t)nargs + 1, NULL);
-    Py_XDECREF(arg1);
-    Py_XDECREF(arg2);
+    PyObject *args[3] = {object, NULL, NULL};
+    size_t nargs = 1;
+    if (kind == ARGS_END) {
+        args[nargs++] = end ? Py_True : Py_False;
+    } else if (kind == ARGS_SIZE_END || kind == ARGS_PEER) {
+        if (!(args[nargs++] = PyLong_FromUnsignedLong(size))) return handle_error(object, "argument conversion");
+        if (kind == ARGS_SIZE_END) args[nargs++] = end ? Py_True : Py_False;
+    }
+    PyObject *result = PyObject_VectorcallMethod(name_on[bit], args, nargs, NULL);
+    if (kind == ARGS_SIZE_END || kind == ARGS_PEER) Py_DECREF(args[1]);
     return action_of(result, object, PyUnicode_AsUTF8(name_on[bit]));
 }
 
-#define BOOL(value) Py_NewRef((value) ? Py_True : Py_False)
+static uint32_t child_callback(uint32_t context_id, int bit, int stream, int kind, uint32_t size, uint32_t end) {
+    return slot_callback(find_slot(context_id), bit, stream, kind, size, end);
+}
+
 #define SIZE(value) PyLong_FromUnsignedLong(value)
 
 /* ---- exports: ABI, memory ---- */
@@ -302,65 +317,54 @@ EXPORT(proxy_on_foreign_function) void proxy_on_foreign_function(uint32_t root_i
 /* ---- exports: HTTP streams ---- */
 
 EXPORT(proxy_on_request_headers) uint32_t proxy_on_request_headers(uint32_t id, size_t headers, uint32_t end) {
-    return child_callback(id, 0, 0, BOOL(end), NULL, 1);
+    return child_callback(id, 0, 0, ARGS_END, 0, end);
 }
 EXPORT(proxy_on_request_body) uint32_t proxy_on_request_body(uint32_t id, size_t size, uint32_t end) {
-    return child_callback(id, 1, 0, SIZE(size), BOOL(end), 2);
+    return child_callback(id, 1, 0, ARGS_SIZE_END, size, end);
 }
 EXPORT(proxy_on_request_trailers) uint32_t proxy_on_request_trailers(uint32_t id, size_t trailers) {
-    return child_callback(id, 2, 0, NULL, NULL, 0);
+    return child_callback(id, 2, 0, ARGS_NONE, 0, 0);
 }
 EXPORT(proxy_on_response_headers) uint32_t proxy_on_response_headers(uint32_t id, size_t headers, uint32_t end) {
-    return child_callback(id, 3, 0, BOOL(end), NULL, 1);
+    return child_callback(id, 3, 0, ARGS_END, 0, end);
 }
 EXPORT(proxy_on_response_body) uint32_t proxy_on_response_body(uint32_t id, size_t size, uint32_t end) {
-    return child_callback(id, 4, 0, SIZE(size), BOOL(end), 2);
+    return child_callback(id, 4, 0, ARGS_SIZE_END, size, end);
 }
 EXPORT(proxy_on_response_trailers) uint32_t proxy_on_response_trailers(uint32_t id, size_t trailers) {
-    return child_callback(id, 5, 0, NULL, NULL, 0);
+    return child_callback(id, 5, 0, ARGS_NONE, 0, 0);
 }
 
 /* ---- exports: TCP streams ---- */
 
 EXPORT(proxy_on_new_connection) uint32_t proxy_on_new_connection(uint32_t id) {
-    return child_callback(id, 8, 1, NULL, NULL, 0);
+    return child_callback(id, 8, 1, ARGS_NONE, 0, 0);
 }
 EXPORT(proxy_on_downstream_data) uint32_t proxy_on_downstream_data(uint32_t id, size_t size, uint32_t end) {
-    return child_callback(id, 9, 1, SIZE(size), BOOL(end), 2);
+    return child_callback(id, 9, 1, ARGS_SIZE_END, size, end);
 }
 EXPORT(proxy_on_upstream_data) uint32_t proxy_on_upstream_data(uint32_t id, size_t size, uint32_t end) {
-    return child_callback(id, 10, 1, SIZE(size), BOOL(end), 2);
+    return child_callback(id, 10, 1, ARGS_SIZE_END, size, end);
 }
 EXPORT(proxy_on_downstream_connection_close) void proxy_on_downstream_connection_close(uint32_t id, uint32_t peer) {
-    child_callback(id, 11, 1, SIZE(peer), NULL, 1);
+    child_callback(id, 11, 1, ARGS_PEER, peer, 0);
 }
 EXPORT(proxy_on_upstream_connection_close) void proxy_on_upstream_connection_close(uint32_t id, uint32_t peer) {
-    child_callback(id, 12, 1, SIZE(peer), NULL, 1);
+    child_callback(id, 12, 1, ARGS_PEER, peer, 0);
 }
 
 /* ---- exports: end of a context ---- */
 
 EXPORT(proxy_on_log) void proxy_on_log(uint32_t id) {
     context_slot *slot = find_slot(id);
-    if (slot && slot->kind == KIND_CHILD) child_callback(id, 6, slot->stream, NULL, NULL, 0);
+    if (slot && slot->kind == KIND_CHILD) slot_callback(slot, 6, slot->stream, ARGS_NONE, 0, 0);
 }
 
 EXPORT(proxy_on_done) uint32_t proxy_on_done(uint32_t id) {
     context_slot *slot = find_slot(id);
-    if (!slot) return 1;
-    if (slot->kind == KIND_ROOT) {
-        /* RootContext.on_done may answer False to finish later with proxy_done(). */
-        PyObject *args[] = {slot->object};
-        PyObject *result = slot->object ? PyObject_VectorcallMethod(name_on[7], args, 1, NULL) : NULL;
-        if (!result) {
-            if (slot->object) handle_error(slot->object, "on_done");
-            return 1;
-        }
-        int done = result == Py_None || PyObject_IsTrue(result);
-        Py_DECREF(result);
-        return (uint32_t)(done != 0);
-    }
-    if (!(root_mask(slot) & CB_DONE) || !slot->object) return 1;
+    /* Roots always hear on_done (RootContext.on_done may answer False to finish
+       later with proxy_done()); children only when their class overrides it. */
+    if (!slot || !slot->object || (slot->kind == KIND_CHILD && !(root_mask(slot) & CB_DONE))) return 1;
     PyObject *args[] = {slot->object};
     PyObject *result = PyObject_VectorcallMethod(name_on[7], args, 1, NULL);
     if (!result) {
@@ -397,8 +401,7 @@ static void callout(PyObject *method, uint32_t token, uint32_t a, uint32_t b, ui
     if (!dispatch) return;
     PyObject *args[] = {NULL, SIZE(token), SIZE(a), SIZE(b), SIZE(c)};
     PyObject *result = call_dispatch(method, args, (size_t)nargs + 1);
-    for (int i = 1; i <= nargs; i++) Py_XDECREF(args[i]);
-    for (int i = nargs + 1; i < 5; i++) Py_XDECREF(args[i]);
+    for (int i = 1; i < 5; i++) Py_XDECREF(args[i]);
     if (!result) handle_error(NULL, what);
     Py_XDECREF(result);
 }
