@@ -14,7 +14,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from meshext.errors import MeshextError
+from meshext.errors import MeshextError, first_validation_problem
 
 DEFAULT_MESH_FILE = Path(__file__).with_name("default-mesh.yaml")
 
@@ -116,10 +116,9 @@ def load_mesh(path: Path | None = None) -> Mesh:
     try:
         return Mesh.model_validate(data or {})
     except ValidationError as error:
-        first = error.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        field, problem = first_validation_problem(error, "(top level)")
         raise MeshextError(
-            f"invalid mesh file: {field}: {first['msg']}",
+            f"invalid mesh file: {field}: {problem['msg']}",
             where=str(path),
             fix="see control/default-mesh.yaml for the expected shape",
         ) from None

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from meshext.control.placement import MAISTRA_PHASES, WASMPLUGIN_PHASES
-from meshext.errors import MeshextError
+from meshext.errors import MeshextError, first_validation_problem
 
 SME_GROUP = "maistra.io"
 SME_VERSIONS = ("v1", "v1alpha1")
@@ -117,8 +117,8 @@ def resource_key(obj: dict[str, Any]) -> str:
 
 
 def _field_error(error: ValidationError, key: str) -> MeshextError:
-    problem = error.errors()[0]
-    location = "spec." + ".".join(str(part) for part in problem["loc"])
+    field, problem = first_validation_problem(error, "")
+    location = f"spec.{field}"
     hint = problem["msg"]
     if problem["type"] == "extra_forbidden":
         hint = "unknown field"

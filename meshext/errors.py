@@ -8,6 +8,8 @@ logs and resource status.
 
 from __future__ import annotations
 
+from typing import Any
+
 # Exit codes of the `meshext` command (click itself uses 2 for usage errors).
 EXIT_USER_ERROR = 1
 EXIT_USAGE = 2
@@ -36,3 +38,12 @@ class UnavailableError(MeshextError):
     """A service we depend on (registry, Envoy, control plane) did not answer."""
 
     exit_code = EXIT_UNAVAILABLE
+
+
+def first_validation_problem(error: Any, default_location: str) -> tuple[str, dict[str, Any]]:
+    """The dotted field path and details of a pydantic ValidationError's first problem.
+
+    One naming of fields for every layer's messages (``spec.phase``, ``[filter] entry``...).
+    """
+    problem = error.errors()[0]
+    return ".".join(str(part) for part in problem["loc"]) or default_location, problem

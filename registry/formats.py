@@ -20,7 +20,7 @@ from typing import Literal
 import pydantic
 import yaml
 
-from meshext.errors import MeshextError
+from meshext.errors import MeshextError, first_validation_problem
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -87,8 +87,7 @@ class MaistraManifest:
         try:
             schema = _MaistraManifestSchema.model_validate(document)
         except pydantic.ValidationError as error:
-            problem = error.errors()[0]
-            field = ".".join(str(part) for part in problem["loc"]) or "manifest.yaml"
+            field, problem = first_validation_problem(error, "manifest.yaml")
             raise MeshextError(
                 f"manifest.yaml field {field!r}: {_explain(field, problem)}",
                 where=f"{where} manifest.yaml:{field}",

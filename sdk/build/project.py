@@ -21,7 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from meshext.errors import MeshextError
+from meshext.errors import MeshextError, first_validation_problem
 
 PROJECT_FILE = "meshext.toml"
 PHASES = ("PreAuthN", "PostAuthN", "PreAuthZ", "PostAuthZ", "PreStats", "PostStats")
@@ -75,10 +75,9 @@ def load_project(directory: Path) -> Project:
     try:
         settings = FilterSettings.model_validate(data.get("filter", {}))
     except ValidationError as error:
-        first = error.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "filter"
+        field, problem = first_validation_problem(error, "filter")
         raise MeshextError(
-            f"[filter] {field}: {first['msg']}",
+            f"[filter] {field}: {problem['msg']}",
             where=str(config_path),
             fix=_FIXES.get(field, "see the [filter] table documented in `meshext init --help`"),
         ) from None
