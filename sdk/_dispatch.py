@@ -21,6 +21,8 @@ from meshext.sdk.host import host
 
 # Written by `meshext build` into the module's file system.
 BUILD_CONFIG_PATH = "/app/meshext-build.json"
+# The log line that carries build facts back to `meshext build` (sdk/build/pipeline.py).
+BUILD_FACTS_PREFIX = "meshext-build-facts "
 
 entry_class: type[RootContext] = RootContext
 filter_name = "filter"
@@ -46,11 +48,18 @@ def preinit() -> None:
     entry_class = candidate
     for name in build.get("preload", []):
         __import__(name)
-    # Imported stdlib modules never read their files again: drop the bytes.
+    if entry_class.config_class is not None:
+        # Type hints are resolved now: at run time the module has no compiler
+        # to evaluate string annotations.
+        from meshext.sdk.config import prepare
+
+        prepare(entry_class.config_class)
+    # Imported modules never read their compiled code again: drop the bytes.
     for module in list(sys.modules.values()):
-        file = getattr(module, "__file__", None) or ""
-        if file.startswith("/lib/") and file.endswith(".pyc"):
-            host.forget_file(file)
+        compiled = getattr(module, "__cached__", None) or getattr(module, "__file__", None) or ""
+        if compiled.endswith(".pyc"):
+            host.forget_file(compiled)
+    _report_build_facts()
     # Everything imported so far is permanent: keep the collector away from it.
     gc.collect()
     gc.freeze()
@@ -81,14 +90,31 @@ def create_root(context_id: int) -> tuple[RootContext, int, type | None, type | 
     the shim may create itself (no Python code runs for them)."""
     root = entry_class(context_id)
     cls = type(root)
-    mask = callback_mask(cls.http_context, HttpContext) | callback_mask(cls.stream_context, StreamContext)
+    mask = _children_mask(cls)
     custom_http = cls.new_http_context is not RootContext.new_http_context
     custom_stream = cls.new_stream_context is not RootContext.new_stream_context
-    if custom_http or custom_stream:
-        mask = ALL_CALLBACKS
     fast_http = cls.http_context if not custom_http and _plain_init(cls.http_context, HttpContext) else None
     fast_stream = cls.stream_context if not custom_stream and _plain_init(cls.stream_context, StreamContext) else None
     return root, mask, fast_http, fast_stream
+
+
+def _children_mask(cls: type[RootContext]) -> int:
+    """The callbacks the root's HTTP and TCP contexts override."""
+    if cls.new_http_context is not RootContext.new_http_context or (
+        cls.new_stream_context is not RootContext.new_stream_context
+    ):
+        return ALL_CALLBACKS  # children chosen at run time: any callback may matter
+    return callback_mask(cls.http_context, HttpContext) | callback_mask(cls.stream_context, StreamContext)
+
+
+def _report_build_facts() -> None:
+    """Tell `meshext build` (through its log) what it may prune from the module."""
+    facts = {
+        "callbacks": _children_mask(entry_class),
+        "root_on_done": entry_class.on_done is not RootContext.on_done,
+        "builtin_modules": sorted(name for name in sys.builtin_module_names if name in sys.modules),
+    }
+    host.log(0, BUILD_FACTS_PREFIX + json.dumps(facts))
 
 
 def _plain_init(cls: type | None, base: type) -> bool:
@@ -194,13 +220,55 @@ def _policy(context: Any) -> FailPolicy:
     return getattr(root, "fail_policy", None) or default_fail_policy
 
 
+def format_exception(error: BaseException) -> str:
+    """A traceback like Python's, chained exceptions included.  Not the
+    `traceback` module: importing it at run time defines namedtuples, which
+    needs the compiler that modules no longer carry (sdk/build/prune.py)."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        block = ["Traceback (most recent call last):"]
+        frame = current.__traceback__
+        while frame is not None:
+            code = frame.tb_frame.f_code
+            block.append(f'  File "{code.co_filename}", line {frame.tb_lineno}, in {code.co_name}')
+            source = _source_line(code.co_filename, frame.tb_lineno)
+            if source:
+                block.append(f"    {source}")
+            frame = frame.tb_next
+        name = type(current).__qualname__
+        module = type(current).__module__
+        block.append(f"{name if module == 'builtins' else module + '.' + name}: {current}".removesuffix(": "))
+        parts.insert(0, "\n".join(block))
+        if current.__cause__ is not None:
+            parts.insert(0, "\nThe above exception was the direct cause of the following exception:\n")
+            current = current.__cause__
+        elif current.__context__ is not None and not current.__suppress_context__:
+            parts.insert(0, "\nDuring handling of the above exception, another exception occurred:\n")
+            current = current.__context__
+        else:
+            current = None
+    return "\n".join(parts)
+
+
+def _source_line(filename: str, line: int) -> str:
+    try:
+        with open(filename, encoding="utf-8") as file:
+            for number, text in enumerate(file, 1):
+                if number == line:
+                    return text.strip()
+    except OSError:
+        pass
+    return ""
+
+
 def handle_error(context: Any, callback: str, error: BaseException | None) -> int:
     """Log an exception from filter code and apply the fail policy; returns the action."""
     where = type(context).__name__ if context is not None else "filter"
     try:
-        import traceback  # only on the error path: keeps it out of every VM's memory
-
-        details = "".join(traceback.format_exception(error)).rstrip() if error is not None else "(no exception)"
+        details = format_exception(error) if error is not None else "(no exception)"
     except Exception:  # noqa: BLE001 - never let reporting hide the original error
         details = f"{type(error).__name__}: {error}"
     host.log(4, f"meshext filter {filter_name!r}: {where}.{callback} raised:\n{details}")

@@ -20,12 +20,35 @@ class ConfigError(ValueError):
     """The plugin configuration does not fit the filter's config_class."""
 
 
+# Field types of each config dataclass, resolved at build time by prepare():
+# string annotations need eval, and modules carry no compiler at run time.
+_resolved_hints: dict[type, dict[str, Any]] = {}
+
+
+def prepare(config_class: type) -> None:
+    """Resolve the field types of ``config_class`` and the dataclasses it nests."""
+    if config_class in _resolved_hints or not dataclasses.is_dataclass(config_class):
+        return
+    hints = _resolved_hints[config_class] = typing.get_type_hints(config_class)
+    pending = list(hints.values())
+    while pending:
+        hint = pending.pop()
+        if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+            prepare(hint)
+        pending.extend(typing.get_args(hint))
+
+
+def _hints(config_class: type) -> dict[str, Any]:
+    hints = _resolved_hints.get(config_class)
+    return hints if hints is not None else typing.get_type_hints(config_class)
+
+
 def validate_config(config_class: type, data: Any, path: str = "config") -> Any:
     if not dataclasses.is_dataclass(config_class):
         raise TypeError(f"config_class must be a dataclass, not {config_class!r}")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object, got {_json_type(data)}")
-    hints = typing.get_type_hints(config_class)
+    hints = _hints(config_class)
     fields = {field.name: field for field in dataclasses.fields(config_class)}
     unknown = sorted(set(data) - set(fields))
     if unknown:

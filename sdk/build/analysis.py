@@ -165,8 +165,11 @@ class _Finder(modulefinder.ModuleFinder):
         return super().find_module(name, path, parent)
 
 
-def stdlib_closure(app_dir: Path, stdlib_dir: Path, seeds: list[str], keep: set[str]) -> dict[str, Path]:
-    """Module name -> stdlib source file, for every stdlib module ``seeds`` can reach."""
+def stdlib_closure(
+    app_dir: Path, stdlib_dir: Path, seeds: list[str], keep: set[str]
+) -> tuple[dict[str, Path], set[str]]:
+    """Module name -> stdlib source file, for every stdlib module ``seeds`` can
+    reach; and the names of the linked C modules anything there imports."""
     excludes = [
         name for name in NOT_FOR_PROXIES + LEFT_OUT_UNLESS_IMPORTED if name.split(".")[0] not in keep and name not in keep
     ]
@@ -181,7 +184,9 @@ def stdlib_closure(app_dir: Path, stdlib_dir: Path, seeds: list[str], keep: set[
         file = getattr(module, "__file__", None)
         if file and Path(file).is_relative_to(stdlib_dir):
             closure[name] = Path(file)
-    return closure
+    # C modules are not files modulefinder finds here: they are where it looked.
+    referenced = set(finder.modules) | set(finder.badmodules)
+    return closure, {name for name in BUILTIN_MODULES if name in referenced}
 
 
 def check_imports(

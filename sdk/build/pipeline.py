@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib._bootstrap_external as bootstrap_external
+import importlib.util
 import json
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -16,9 +18,10 @@ from pathlib import Path
 import wasmtime
 
 from meshext.errors import MeshextError
-from meshext.sdk.build import analysis, fsimage, preinit, toolchain
+from meshext.sdk._dispatch import BUILD_FACTS_PREFIX
+from meshext.sdk.build import analysis, fsimage, preinit, prune, toolchain, wasm_binary
 from meshext.sdk.build.project import Project, load_project
-from meshext.sdk.build.shim import build_shim
+from meshext.sdk.build.shim import OPTIONAL_MODULES, build_shim, functions_by_part
 
 SDK_DIR = Path(__file__).resolve().parent.parent
 MESHEXT_DIR = Path(__file__).resolve().parent.parent.parent / "meshext"
@@ -26,6 +29,7 @@ MESHEXT_DIR = Path(__file__).resolve().parent.parent.parent / "meshext"
 SDK_HOST_ONLY = {"cli.py"}
 
 Progress = Callable[[str], None]
+CACHE_TAG = f"cpython-{toolchain.PYTHON_VERSION.replace('.', '')}"
 
 
 @dataclass
@@ -48,20 +52,46 @@ def _sdk_files() -> dict[str, bytes]:
     return files
 
 
-def _pyc(source_path: Path, module_path: str) -> bytes:
+def _stdlib_pyc(source_path: Path, module_path: str) -> bytes:
     # Compiled with docstrings and asserts stripped: less memory per VM.
     code = compile(source_path.read_bytes(), f"/{module_path}", "exec", dont_inherit=True, optimize=2)
     return bytes(bootstrap_external._code_to_timestamp_pyc(code, 0, 0))
 
 
-def collect_files(project: Project, stdlib_dir: Path) -> tuple[dict[str, bytes], int]:
-    """Everything the module's file system holds, and the number of stdlib modules."""
+def _app_pyc(source: bytes, module_path: str) -> bytes:
+    # Unchecked hash-based: the importer takes it without comparing it to the
+    # source, which stays next to it for tracebacks.  Modules carry no compiler
+    # at run time (sdk/build/prune.py), so a module the filter imports lazily
+    # must come compiled.
+    code = compile(source, f"/{module_path}", "exec", dont_inherit=True)
+    return bytes(bootstrap_external._code_to_hash_pyc(code, importlib.util.source_hash(source), checked=False))
+
+
+def _with_bytecode(files: dict[str, bytes]) -> dict[str, bytes]:
+    compiled = {}
+    for name, source in files.items():
+        if name.endswith(".py"):
+            folder, _, file = name.rpartition("/")
+            compiled[f"{folder}/__pycache__/{file.removesuffix('.py')}.{CACHE_TAG}.pyc"] = _app_pyc(source, name)
+    return files | compiled
+
+
+@dataclass
+class Contents:
+    files: dict[str, bytes]  # the module's file system
+    stdlib_modules: int
+    c_modules_imported: set[str]  # linked C modules some file imports
+
+
+def collect_files(project: Project, stdlib_dir: Path) -> Contents:
+    """Everything the module's file system holds, and what it imports."""
     sources = analysis.project_sources(project.root)
     trees = analysis.check_syntax(sources)
     analysis.check_entry(project.root, project.filter.module, project.filter.class_name, trees)
 
     files = {f"app/{source.path.relative_to(project.root).as_posix()}": source.path.read_bytes() for source in sources}
     files.update(_sdk_files())
+    files = _with_bytecode(files)
     with tempfile.TemporaryDirectory() as staging:
         app_dir = Path(staging)
         for name, data in files.items():
@@ -72,16 +102,21 @@ def collect_files(project: Project, stdlib_dir: Path) -> tuple[dict[str, bytes],
         analysis.check_imports(imports, app_dir, stdlib_dir)
         keep = {name.split(".")[0] for _, _, name, _ in imports} | {name for _, _, name, _ in imports}
         seeds = [project.filter.module, "meshext.sdk", "meshext.sdk._dispatch", *analysis.STARTUP_MODULES]
-        closure = analysis.stdlib_closure(app_dir, stdlib_dir, seeds, keep)
+        closure, c_modules = analysis.stdlib_closure(app_dir, stdlib_dir, seeds, keep)
 
     for name, path in closure.items():
         relative = path.relative_to(stdlib_dir).with_suffix(".pyc").as_posix()
         module_path = f"lib/python{toolchain.PYTHON_VERSION}/{relative}"
-        files[module_path] = _pyc(path, module_path.removesuffix("c"))
-    files["app/meshext-build.json"] = json.dumps(
-        {"name": project.filter.name, "entry": project.filter.entry, "fail_policy": project.filter.fail_policy}
-    ).encode()
-    return files, len(closure)
+        files[module_path] = _stdlib_pyc(path, module_path.removesuffix("c"))
+    # Stdlib modules the filter imports inside functions are imported at build
+    # time too: some define namedtuples at import, which needs the compiler
+    # modules do not carry at run time.
+    preload = sorted({name for _, _, name, optional in imports if not optional and name in closure})
+    files["app/meshext-build.json"] = json.dumps({
+        "name": project.filter.name, "entry": project.filter.entry, "fail_policy": project.filter.fail_policy,
+        "preload": preload,
+    }).encode()
+    return Contents(files, len(closure), c_modules)
 
 
 _TRACEBACK_FRAME = re.compile(r'File "/app/([^"]+)", line (\d+)')
@@ -103,6 +138,39 @@ def _explain_preinit_failure(project: Project, log: list[tuple[str, str]]) -> Me
     return MeshextError(f"importing the filter failed at build time:\n{text.rstrip()}", where=where, fix=fix)
 
 
+# Per-stream exports by the callback bit of sdk/contexts.py (_CALLBACK_BITS).
+STREAM_CALLBACK_EXPORTS = (
+    "proxy_on_request_headers", "proxy_on_request_body", "proxy_on_request_trailers",
+    "proxy_on_response_headers", "proxy_on_response_body", "proxy_on_response_trailers",
+    "proxy_on_log", "proxy_on_done", "proxy_on_new_connection", "proxy_on_downstream_data",
+    "proxy_on_upstream_data", "proxy_on_downstream_connection_close", "proxy_on_upstream_connection_close",
+)
+def kept_exports(module: bytes, callbacks: int, *, root_on_done: bool) -> set[str]:
+    """The exports of a snapshotted module that the filter needs.  Envoy skips
+    a callback the module does not export: one call into the VM less per
+    stream and event."""
+    exports = {export.name for export in wasm_binary.read_exports(wasm_binary.parse_sections(module))}
+    dropped = {name for bit, name in enumerate(STREAM_CALLBACK_EXPORTS) if not callbacks & (1 << bit)}
+    if root_on_done:
+        dropped.discard("proxy_on_done")
+    return exports - dropped
+
+
+def removed_c_modules(imported_by_files: set[str], imported_at_build: list[str]) -> list[str]:
+    """Optional C modules that nothing can import at run time any more."""
+    return sorted(set(OPTIONAL_MODULES) - imported_by_files - set(imported_at_build))
+
+
+def _build_facts(log: list[tuple[str, str]]) -> tuple[dict, list[tuple[str, str]]]:
+    """The facts _dispatch.preinit reported, and the build log without them."""
+    facts = [message for _, message in log if message.startswith(BUILD_FACTS_PREFIX)]
+    if len(facts) != 1:
+        raise MeshextError("pre-initialisation reported no build facts", where="sdk/_dispatch.py",
+                           fix="this is a meshext bug; report it with the filter that triggers it")
+    rest = [(level, message) for level, message in log if not message.startswith(BUILD_FACTS_PREFIX)]
+    return json.loads(facts[0].removeprefix(BUILD_FACTS_PREFIX)), rest
+
+
 def module_imports(module: bytes) -> list[str]:
     parsed = wasmtime.Module(wasmtime.Engine(), module)
     return [f"{item.module}.{item.name}" for item in parsed.imports]
@@ -118,12 +186,20 @@ def validate(path: Path) -> None:
 def build_filter(project_dir: Path, output: Path | None = None, progress: Progress | None = None) -> BuildResult:
     started = time.monotonic()
     say = progress or (lambda _message: None)
+    if sys.version_info[:2] != tuple(map(int, toolchain.PYTHON_VERSION.split("."))):
+        raise MeshextError(
+            f"meshext build runs on Python {sys.version_info[0]}.{sys.version_info[1]}, but it compiles bytecode "
+            f"for the module's CPython {toolchain.PYTHON_VERSION}",
+            where=sys.executable,
+            fix=f"install meshext into a Python {toolchain.PYTHON_VERSION} environment",
+        )
     project = load_project(project_dir)
     output = output or project.root / "build" / f"{project.filter.name}.wasm"
 
     say("checking the filter")
     python = toolchain.wasi_python()
-    files, stdlib_modules = collect_files(project, python.stdlib_dir)
+    contents = collect_files(project, python.stdlib_dir)
+    files = contents.files
 
     say("compiling the shim (once per meshext version)")
     shim_path, shim_cached = build_shim()
@@ -135,9 +211,21 @@ def build_filter(project_dir: Path, output: Path | None = None, progress: Progre
     except preinit.PreinitFailed as failure:
         raise _explain_preinit_failure(project, failure.log) from None
 
+    say("removing code the filter cannot reach")
+    facts, build_log = _build_facts(result.log)
+    module = prune.prune(
+        result.module,
+        keep_exports=kept_exports(result.module, facts["callbacks"], root_on_done=facts["root_on_done"]),
+        removed_modules={
+            name: OPTIONAL_MODULES[name]
+            for name in removed_c_modules(contents.c_modules_imported, facts["builtin_modules"])
+        },
+        functions_by_part=functions_by_part(shim_path),
+    )
+
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    temporary.write_bytes(result.module)
+    temporary.write_bytes(module)
     try:
         validate(temporary)
         temporary.replace(output)
@@ -145,11 +233,11 @@ def build_filter(project_dir: Path, output: Path | None = None, progress: Progre
         temporary.unlink(missing_ok=True)
     return BuildResult(
         output=output,
-        size=len(result.module),
-        imports=module_imports(result.module),
+        size=len(module),
+        imports=module_imports(module),
         seconds=time.monotonic() - started,
         shim_cached=shim_cached,
-        stdlib_modules=stdlib_modules,
+        stdlib_modules=contents.stdlib_modules,
         initial_memory=result.memory_bytes,
-        build_log=result.log,
+        build_log=build_log,
     )

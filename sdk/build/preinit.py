@@ -101,6 +101,6 @@ def preinitialize(shim: bytes, image: bytes) -> PreinitResult:
         values.append(global_.value(store))
     snapshot_memory = bytes(memory.read(store, 0, memory.data_len(store)))
     snapshotted = wasm_binary.snapshot(
-        shim, snapshot_memory, values, drop_exports=("_initialize", "meshext_preinit")
+        shim, snapshot_memory, values, drop_exports=("_initialize", "meshext_preinit"), keep_names=True
     )
     return PreinitResult(snapshotted, log, len(snapshot_memory))

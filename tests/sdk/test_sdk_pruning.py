@@ -1,0 +1,109 @@
+"""What `meshext build` removes after pre-initialisation, as a filter author
+notices it: the callbacks a filter does not override are not exported, and
+code the module no longer carries fails with a Python exception that names
+the fix, not with a crash.  Runs the modules in meshext's Proxy-Wasm host."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import wasmtime
+
+from meshext.sdk.build import build_filter
+from meshext.testing import Host
+
+HEADER_ONLY = '''
+from meshext.sdk import Action, HttpContext, RootContext
+
+class AddHeader(HttpContext):
+    def on_request_headers(self, end_of_stream):
+        self.request.headers.add("x-seen", "1")
+        return Action.CONTINUE
+
+class Root(RootContext):
+    http_context = AddHeader
+'''
+
+AT_RUN_TIME = '''
+import importlib
+from meshext.sdk import Action, HttpContext, RootContext
+
+def tenant_query():
+    import urllib.parse  # defines namedtuples at import: the build imports it ahead
+    return urllib.parse.urlsplit("http://mesh/a?tenant=7").query
+
+class Probe(HttpContext):
+    def on_request_headers(self, end_of_stream):
+        path = self.request.headers.get(":path")
+        outcome = "ok"
+        try:
+            if path == "/eval":
+                outcome = str(eval("6 * 7"))
+            elif path == "/lazy-import":
+                import lazy_helper  # a project module nothing imported at build time
+                outcome = lazy_helper.answer()
+            elif path == "/stdlib-lazy":
+                outcome = tenant_query()
+            elif path == "/c-module":
+                outcome = str(importlib.import_module("_pickle"))
+            elif path == "/raise":
+                raise ValueError("boom in the filter")
+        except Exception as error:  # what the filter author sees
+            outcome = f"{type(error).__name__}: {error}"
+        self.request.headers.add("x-outcome", outcome.replace("\\n", " ")[:300])
+        return Action.CONTINUE
+
+class Root(RootContext):
+    http_context = Probe
+'''
+
+
+def project(tmp_path: Path, source: str, **extra_files: str) -> Path:
+    folder = tmp_path / "filter"
+    folder.mkdir()
+    (folder / "meshext.toml").write_text('[filter]\nname = "pruned"\nentry = "filter:Root"\n')
+    (folder / "filter.py").write_text(source)
+    for name, text in extra_files.items():
+        (folder / f"{name}.py").write_text(text)
+    return folder
+
+
+def test_only_overridden_stream_callbacks_are_exported(tmp_path: Path) -> None:
+    built = build_filter(project(tmp_path, HEADER_ONLY), tmp_path / "out.wasm")
+    exports = {item.name for item in wasmtime.Module.from_file(wasmtime.Engine(), str(built.output)).exports}
+    assert "proxy_on_request_headers" in exports
+    assert "proxy_on_context_create" in exports and "proxy_on_delete" in exports
+    assert not exports & {"proxy_on_response_headers", "proxy_on_request_body", "proxy_on_log", "proxy_on_done",
+                          "proxy_on_new_connection", "meshext_preinit", "_initialize"}
+    plugin = Host().load(built.output)
+    assert plugin.exchange("GET", "/").request.header("x-seen") == "1"
+
+
+def test_removed_code_raises_python_exceptions_that_name_the_fix(tmp_path: Path) -> None:
+    folder = project(tmp_path, AT_RUN_TIME, lazy_helper="def answer():\n    return 'lazy module works'\n")
+    plugin = Host().load(build_filter(folder, tmp_path / "out.wasm").output)
+
+    def outcome(path: str) -> str:
+        return plugin.exchange("GET", path).request.header("x-outcome") or ""
+
+    assert outcome("/eval").startswith("SyntaxError: meshext modules carry no Python compiler at run time")
+    assert "fix: do that at import time" in outcome("/eval")
+    assert outcome("/lazy-import") == "lazy module works"
+    assert outcome("/stdlib-lazy") == "tenant=7"
+    assert outcome("/c-module").startswith("ImportError: meshext build left this C module out")
+    assert outcome("/raise") == "ValueError: boom in the filter"
+    # The VM survived all of it and still serves requests.
+    assert outcome("/") == "ok"
+
+
+def test_uncaught_exception_traceback_is_logged_without_a_compiler(tmp_path: Path) -> None:
+    # Formatting a traceback parses the failing line for its caret marks;
+    # without a compiler that parse fails with SyntaxError, which traceback
+    # tolerates: the author still gets file, line and source text.
+    source = HEADER_ONLY.replace('self.request.headers.add("x-seen", "1")', 'raise KeyError("missing-tenant")')
+    plugin = Host().load(build_filter(project(tmp_path, source), tmp_path / "out.wasm").output)
+    plugin.exchange("GET", "/")
+    log = "\n".join(plugin.log_messages())
+    assert "KeyError: 'missing-tenant'" in log
+    assert 'File "/app/filter.py", line 6, in on_request_headers' in log
+    assert 'raise KeyError("missing-tenant")' in log
