@@ -46,7 +46,8 @@ RENEW_BEFORE = datetime.timedelta(days=7)
 # Names the control plane's certificate always covers: single-machine clients dial loopback.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
-_CERTS_FIX = "create them with `meshext control certs --out DIR` (see `meshext control certs --help`)"
+_CERTS_FIX = ("create them with `meshext control certs --out DIR [--workload NAME --namespace NS]` "
+              "(or let `meshext control serve` create them in its --pki-dir)")
 
 
 def _now() -> datetime.datetime:
@@ -299,6 +300,13 @@ class TLSMaterial:
 
 
 # -- a directory of mesh certificates ----------------------------------------------
+def default_pki_directory() -> Path:
+    """$MESHEXT_PKI_DIR, else $XDG_DATA_HOME/meshext/pki (~/.local/share/meshext/pki)."""
+    if os.environ.get("MESHEXT_PKI_DIR"):
+        return Path(os.environ["MESHEXT_PKI_DIR"])
+    return Path(os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")) / "meshext" / "pki"
+
+
 @dataclass(frozen=True)
 class PKIDirectory:
     """What `meshext control certs --out DIR` writes (and `serve`, `proxy` and `status` read):
@@ -330,20 +338,22 @@ class PKIDirectory:
         return TLSFiles(self.ca_file, base / f"{name}.pem", base / f"{name}-key.pem")
 
     def ensure(self, *, hosts: Iterable[str] = (), workloads: Iterable[tuple[str, str]] = (),
-               trust_domain: str = DEFAULT_TRUST_DOMAIN, client_days: int = CLIENT_DAYS) -> list[Path]:
+               trust_domain: str | None = None, client_days: int = CLIENT_DAYS) -> list[Path]:
         """Create what is missing: the CA, the control plane's certificate (SANs:
         loopback names + ``hosts``), the admin certificate and one per (name,
         namespace) workload.  A certificate that is expiring, not from this CA,
-        or (control plane) missing a host is issued again.  Returns the files written."""
+        or (control plane) missing a host is issued again.  A new CA is for
+        ``trust_domain`` (default cluster.local); an existing one must match it
+        when given.  Returns the files written."""
         written: list[Path] = []
         if self.ca_file.exists() or self.ca_key_file.exists():
             ca = CertificateAuthority.load(self.ca_file, self.ca_key_file)
-            if ca.trust_domain != trust_domain:
+            if trust_domain is not None and ca.trust_domain != trust_domain:
                 raise MeshextError(f"the CA in {self.root} is for trust domain {ca.trust_domain!r}, "
                                    f"not {trust_domain!r}", where="--trust-domain",
                                    fix=f"pass --trust-domain {ca.trust_domain}, or use another directory")
         else:
-            ca = CertificateAuthority.create(trust_domain)
+            ca = CertificateAuthority.create(trust_domain or DEFAULT_TRUST_DOMAIN)
             self.root.mkdir(parents=True, exist_ok=True)
             _write_private(self.ca_key_file, _key_pem(ca.key))
             self.ca_file.write_bytes(_cert_pem(ca.cert))
