@@ -86,10 +86,6 @@ def identity_of(cert: x509.Certificate) -> str:
     return next((uri for uri in uri_sans(cert) if uri.startswith("spiffe://")), "")
 
 
-def identity_of_pem(pem: bytes) -> str:
-    return identity_of(x509.load_pem_x509_certificate(pem))
-
-
 def _write_private(path: Path, data: bytes) -> None:
     """Write a key readable by its owner only (created 0600, never briefly wider)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,9 +145,8 @@ class CertificateAuthority:
               server: bool = False, not_before: datetime.datetime | None = None) -> tuple[bytes, bytes]:
         """A leaf certificate and its key (PEM) for SPIFFE path ``identity_path``.
 
-        ``server`` certificates also carry ``hosts`` as DNS/IP SANs and both
-        TLS usages (the control plane is also a client of nobody, but a
-        server-and-client certificate lets one file serve both roles in tests)."""
+        ``server`` certificates also carry ``hosts`` as DNS/IP SANs and the
+        serverAuth usage; every certificate has clientAuth."""
         key = ec.generate_private_key(ec.SECP256R1())
         identity = spiffe_id(self.trust_domain, identity_path)
         names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity)]
