@@ -211,7 +211,9 @@ async def simulated_clients(count: int, rounds: int, module: Path, module_sha256
     log = open(workdir / "control.log", "wb")
     server = subprocess.Popen([sys.executable, "-m", "meshext", "control", "serve", "--config-dir", str(config_dir),
                                "--mesh", str(mesh_file), "--xds-address", xds, "--http-address", http,
-                               "--cache-dir", str(workdir / "cache")], stdout=log, stderr=subprocess.STDOUT)
+                               "--cache-dir", str(workdir / "cache"),
+                               # The simulated clients measure xDS fan-out, not TLS: plain text on loopback.
+                               "--insecure"], stdout=log, stderr=subprocess.STDOUT)
     tasks = []
     try:
         deadline = time.monotonic() + 30

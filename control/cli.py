@@ -1,4 +1,4 @@
-"""`meshext control serve`, `meshext proxy` and `meshext status`."""
+"""`meshext control serve`, `meshext control certs`, `meshext proxy` and `meshext status`."""
 
 from __future__ import annotations
 
@@ -9,10 +9,14 @@ import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from meshext.errors import UnavailableError
+from meshext.errors import MeshextError, UnavailableError
+
+if TYPE_CHECKING:
+    from meshext.control.pki import PKIDirectory, TLSFiles, TLSMaterial
 
 DEFAULT_XDS = "127.0.0.1:15010"
 DEFAULT_HTTP = "127.0.0.1:15014"
@@ -23,6 +27,46 @@ def _wait_for_signal() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
+
+
+def _tls_options(role: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--pki-dir, --ca-file, --cert-file, --key-file and --insecure, for ``role``'s certificate."""
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed([
+            click.option("--pki-dir", type=click.Path(file_okay=False, path_type=Path),
+                         help="Directory of mesh certificates as `meshext control certs` writes it "
+                              "(default: $MESHEXT_PKI_DIR or ~/.local/share/meshext/pki)."),
+            click.option("--ca-file", type=click.Path(dir_okay=False, path_type=Path),
+                         help="The mesh CA certificate (default: <pki-dir>/ca.pem)."),
+            click.option("--cert-file", type=click.Path(dir_okay=False, path_type=Path),
+                         help=f"{role}'s certificate (default: from <pki-dir>)."),
+            click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path),
+                         help=f"{role}'s private key (default: from <pki-dir>)."),
+            click.option("--insecure", is_flag=True,
+                         help="Plain text, no authentication: loopback addresses only, for local experiments."),
+        ]):
+            command = option(command)
+        return command
+    return decorate
+
+
+def _tls_files(pki_dir: Path | None, ca_file: Path | None, cert_file: Path | None, key_file: Path | None,
+               defaults: Callable[[PKIDirectory], TLSFiles]) -> TLSFiles:
+    from meshext.control.pki import PKIDirectory, TLSFiles, default_pki_directory
+
+    default = defaults(PKIDirectory(pki_dir or default_pki_directory()))
+    return TLSFiles(ca_file or default.ca_file, cert_file or default.cert_file, key_file or default.key_file)
+
+
+def _client_tls(insecure: bool, host: str, where: str, pki_dir: Path | None, ca_file: Path | None,
+                cert_file: Path | None, key_file: Path | None,
+                defaults: Callable[[PKIDirectory], TLSFiles]) -> TLSMaterial | None:
+    from meshext.control.proxy import require_loopback_for_plain_text
+
+    if insecure:
+        require_loopback_for_plain_text(host, where=where)
+        return None
+    return _tls_files(pki_dir, ca_file, cert_file, key_file, defaults).load()
 
 
 @click.group("control")
@@ -46,16 +90,26 @@ def control_group() -> None:
               help="CA bundle for registries with a private CA.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Verified module cache (default: the meshext user cache).")
+@_tls_options("The control plane")
 @click.option("-v", "--verbose", is_flag=True, help="Log every push, ACK and NACK.")
 def serve_command(config_dir: Path | None, kubernetes: bool, mesh_file: Path | None, xds_address: str,
                   http_address: str, plain_http_hosts: tuple[str, ...], registry_ca_file: str | None,
-                  cache_dir: Path | None, verbose: bool) -> None:
+                  cache_dir: Path | None, pki_dir: Path | None, ca_file: Path | None, cert_file: Path | None,
+                  key_file: Path | None, insecure: bool, verbose: bool) -> None:
     """Serve xDS to the sidecars and reconcile extension resources.
+
+    Sidecars connect over mutual TLS and may only fetch their own workload's
+    configuration (their certificate names it).  Without --cert-file, the
+    certificates live in --pki-dir and whatever is missing there is created:
+    the mesh CA, the control plane's certificate (for loopback and the
+    addresses given), the admin certificate for `meshext status`, and one
+    certificate per workload of the mesh file for `meshext proxy`.
 
     \b
     Examples:
       meshext control serve --config-dir ./extensions
-      meshext control serve --kubernetes --xds-address 0.0.0.0:15010   (in a pod)
+      meshext control serve --kubernetes --xds-address 0.0.0.0:15010 \\
+          --ca-file ca.pem --cert-file control-plane.pem --key-file control-plane-key.pem   (in a pod)
     """
     from meshext.control.images import RegistrySettings
     from meshext.control.mesh import load_mesh
@@ -69,8 +123,11 @@ def serve_command(config_dir: Path | None, kubernetes: bool, mesh_file: Path | N
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     mesh = load_mesh(mesh_file)
-    control_plane = ControlPlane(xds_address=parse_address(xds_address, where="--xds-address"),
-                                 http_address=parse_address(http_address, where="--http-address"))
+    xds_bind = parse_address(xds_address, where="--xds-address")
+    http_bind = parse_address(http_address, where="--http-address")
+    tls = _serving_tls(insecure, [(xds_bind[0], "--xds-address"), (http_bind[0], "--http-address")], pki_dir,
+                       ca_file, cert_file, key_file, [(w.name, w.namespace) for w in mesh.workloads])
+    control_plane = ControlPlane(xds_address=xds_bind, http_address=http_bind, tls=tls)
     try:
         control_plane.start()
     except OSError as error:
@@ -83,15 +140,97 @@ def serve_command(config_dir: Path | None, kubernetes: bool, mesh_file: Path | N
     operator = Operator(mesh, control_plane, registry=registry).start()
     source = KubernetesSource(operator) if kubernetes else DirectorySource(config_dir, operator)
     source.start()
+    security = f"mutual TLS, trust domain {tls.trust_domain}" if tls else "plain text, NO authentication"
     click.echo(f"meshext control plane: xDS {control_plane.xds_address[0]}:{control_plane.xds_port}, "
                f"HTTP {control_plane.http_address[0]}:{control_plane.http_port}, "
-               f"{len(mesh.workloads)} workloads", err=True)
+               f"{len(mesh.workloads)} workloads, {security}", err=True)
     try:
         _wait_for_signal()
     finally:
         source.stop()
         operator.stop()
         control_plane.stop()
+
+
+def _serving_tls(insecure: bool, binds: list[tuple[str, str]], pki_dir: Path | None, ca_file: Path | None,
+                 cert_file: Path | None, key_file: Path | None,
+                 workloads: list[tuple[str, str]]) -> TLSMaterial | None:
+    """The control plane's TLS material: given files, or --pki-dir completed with what is missing."""
+    from meshext.control.pki import PKIDirectory, TLSFiles, default_pki_directory
+    from meshext.control.proxy import require_loopback_for_plain_text
+
+    if insecure:
+        for host, where in binds:
+            require_loopback_for_plain_text(host, where=where)
+        return None
+    given = [name for name, value in (("--ca-file", ca_file), ("--cert-file", cert_file), ("--key-file", key_file))
+             if value is not None]
+    if given and len(given) < 3:
+        raise click.UsageError("give all of --ca-file, --cert-file and --key-file, or none (then --pki-dir is used)")
+    if given:
+        tls = TLSFiles(ca_file, cert_file, key_file).load()  # type: ignore[arg-type]
+    else:
+        directory = PKIDirectory(pki_dir or default_pki_directory())
+        hosts = [host for host, _ in binds if host not in ("0.0.0.0", "::")]
+        written = directory.ensure(hosts=hosts, workloads=workloads)
+        if written:
+            click.echo(f"certificates written to {directory.root}: "
+                       f"{', '.join(str(p.relative_to(directory.root)) for p in written)}", err=True)
+        tls = directory.control_plane().load()
+    if tls.identity != tls.control_plane_identity:
+        raise MeshextError(f"the certificate {tls.files.cert_file} is for {tls.identity}, not the control plane "
+                           f"({tls.control_plane_identity}); sidecars would refuse it", where="--cert-file",
+                           fix="use the control-plane.pem that `meshext control certs` writes")
+    return tls
+
+
+@control_group.command("certs")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Directory to write to (default: $MESHEXT_PKI_DIR or ~/.local/share/meshext/pki, "
+                   "where serve/proxy/status look).")
+@click.option("--host", "hosts", multiple=True, metavar="NAME|IP",
+              help="An address sidecars use to reach the control plane, added to its certificate "
+                   "(repeatable; loopback names are always in).")
+@click.option("--workload", "workloads", multiple=True, metavar="NAME", help="Issue a sidecar certificate (repeatable).")
+@click.option("--namespace", default="default", show_default=True, help="Namespace of the --workload names.")
+@click.option("--mesh", "mesh_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Also issue one for every workload of this mesh file.")
+@click.option("--trust-domain", help="Trust domain of a new CA (default cluster.local); must match an existing one.")
+@click.option("--days", default=90, show_default=True, help="Lifetime of sidecar and admin certificates.")
+def certs_command(out_dir: Path | None, hosts: tuple[str, ...], workloads: tuple[str, ...], namespace: str,
+                  mesh_file: Path | None, trust_domain: str | None, days: int) -> None:
+    """Create the mesh CA and the certificates of the control plane, `meshext status` (admin)
+    and sidecars.  Files that exist and are still good are kept; run it again to add workloads
+    or re-issue expiring certificates.
+
+    \b
+    Layout (keys are written 0600):
+      ca.pem, ca-key.pem                           the mesh CA (10 years)
+      control-plane.pem, control-plane-key.pem     the control plane (1 year)
+      admin.pem, admin-key.pem                     `meshext status` (--days)
+      workloads/<namespace>/<name>.pem, ...-key.pem  `meshext proxy` (--days)
+    Identities (URI SAN): spiffe://<trust-domain>/ns/<namespace>/workload/<name>,
+    .../meshext/control-plane and .../meshext/admin.
+
+    \b
+    Example:
+      meshext control certs --out ./pki --host meshext-control.meshext-system.svc \\
+          --workload backend-v1 --namespace default
+    """
+    from meshext.control.mesh import load_mesh
+    from meshext.control.pki import PKIDirectory, default_pki_directory
+
+    if days < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--days")
+    wanted = [(name, namespace) for name in workloads]
+    if mesh_file is not None:
+        wanted += [(w.name, w.namespace) for w in load_mesh(mesh_file).workloads]
+    directory = PKIDirectory(out_dir or default_pki_directory())
+    written = directory.ensure(hosts=hosts, workloads=wanted, trust_domain=trust_domain, client_days=days)
+    for path in written:
+        click.echo(str(path))
+    if not written:
+        click.echo(f"{directory.root}: every certificate asked for exists and is valid", err=True)
 
 
 @click.command("proxy")
@@ -107,20 +246,37 @@ def serve_command(config_dir: Path | None, kubernetes: bool, mesh_file: Path | N
               help="Incremental (delta) or state-of-the-world ADS.")
 @click.option("--concurrency", default=1, show_default=True, help="Envoy worker threads.")
 @click.option("--log-level", default="warning", show_default=True)
+@_tls_options("The workload")
 def proxy_command(workload: str, namespace: str, control_address: str, control_http: str, module_dir: Path | None,
-                  protocol: str, concurrency: int, log_level: str) -> None:
+                  protocol: str, concurrency: int, log_level: str, pki_dir: Path | None, ca_file: Path | None,
+                  cert_file: Path | None, key_file: Path | None, insecure: bool) -> None:
     """Run the sidecar of WORKLOAD: Envoy, configured entirely by the control plane
     over ADS, and a module syncer that fetches its Wasm modules (sha256 verified).
+
+    Both reach the control plane over mutual TLS with the workload's certificate
+    (default: <pki-dir>/workloads/NAMESPACE/WORKLOAD.pem, which `meshext control
+    serve` or `meshext control certs` create).
 
     \b
     Example:
       meshext proxy --workload backend-v1 --namespace default --control 127.0.0.1:15010
     """
-    from meshext.control.proxy import Sidecar, parse_address
+    from meshext.control.pki import workload_of
+    from meshext.control.proxy import Sidecar, parse_address, require_loopback_for_plain_text
 
-    sidecar = Sidecar(workload, namespace, parse_address(control_address, where="--control"),
-                      parse_address(control_http, where="--control-http"), protocol=protocol,  # type: ignore[arg-type]
-                      module_dir=module_dir, concurrency=concurrency, log_level=log_level)
+    xds = parse_address(control_address, where="--control")
+    http = parse_address(control_http, where="--control-http")
+    if insecure:
+        require_loopback_for_plain_text(http[0], where="--control-http")
+    tls = _client_tls(insecure, xds[0], "--control", pki_dir, ca_file, cert_file, key_file,
+                      lambda directory: directory.workload(workload, namespace))
+    if tls is not None and workload_of(tls.identity, tls.trust_domain) != (workload, namespace):
+        raise MeshextError(f"the certificate {tls.files.cert_file} is for {tls.identity}, not workload "
+                           f"{workload} in namespace {namespace}; the control plane would refuse it",
+                           where="--cert-file", fix=f"issue one with `meshext control certs --workload {workload} "
+                                                    f"--namespace {namespace}`")
+    sidecar = Sidecar(workload, namespace, xds, http, protocol=protocol,  # type: ignore[arg-type]
+                      module_dir=module_dir, concurrency=concurrency, log_level=log_level, tls=tls)
     sidecar.start()
     envoy = sidecar.envoy
     click.echo(f"sidecar for {workload}.{namespace} running (Envoy admin {envoy.admin_url}, log {envoy.log_path})",
@@ -135,14 +291,28 @@ def proxy_command(workload: str, namespace: str, control_address: str, control_h
 @click.option("--control-http", default=DEFAULT_HTTP, show_default=True,
               help="The control plane's HTTP address (`meshext control serve --http-address`).")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status document.")
-def status_command(control_http: str, as_json: bool) -> None:
-    """List extensions, their state and the workloads running them, then the proxies."""
+@_tls_options("The admin")
+def status_command(control_http: str, as_json: bool, pki_dir: Path | None, ca_file: Path | None,
+                   cert_file: Path | None, key_file: Path | None, insecure: bool) -> None:
+    """List extensions, their state and the workloads running them, then the proxies.
+
+    Reading the status takes the admin certificate (default: <pki-dir>/admin.pem)."""
     from rich.console import Console
     from rich.table import Table
 
+    from meshext.control.proxy import client_ssl_context, http_base, parse_address
+
+    address = parse_address(control_http, where="--control-http")
+    tls = _client_tls(insecure, address[0], "--control-http", pki_dir, ca_file, cert_file, key_file,
+                      lambda directory: directory.admin())
     try:
-        with urllib.request.urlopen(f"http://{control_http}/status", timeout=10) as response:
+        with urllib.request.urlopen(f"{http_base(address, tls)}/status", timeout=10,
+                                    context=client_ssl_context(tls) if tls else None) as response:
             report = json.load(response)
+    except urllib.error.HTTPError as error:
+        raise MeshextError(f"the control plane at {control_http} refused: HTTP {error.code} "
+                           f"{error.read().decode(errors='replace').strip()}", where="--cert-file",
+                           fix="use the admin certificate (admin.pem) of this mesh") from None
     except (urllib.error.URLError, OSError) as error:
         raise UnavailableError(f"no control plane answered at {control_http}: {error}", where="--control-http",
                                fix="start one with `meshext control serve`, or pass its --http-address") from None

@@ -102,6 +102,11 @@ class ModuleDemand:
         with self._changed:
             return self._reports.get(node_id)
 
+    def wants(self, node_id: str, sha256: str) -> bool:
+        """Whether ``node_id``'s extensions use module ``sha256`` (what it may download)."""
+        with self._changed:
+            return sha256 in self._wanted.get(node_id, (0, frozenset()))[1]
+
     def wait_wanted(self, node_id: str, known_version: int, timeout: float) -> tuple[int, frozenset[str]]:
         with self._changed:
             self._changed.wait_for(lambda: self._wanted.get(node_id, (0, frozenset()))[0] != known_version,

@@ -4,15 +4,22 @@ The bootstrap only says who the proxy is (node id and metadata) and where
 the control plane is; every listener, route, cluster and filter comes over
 ADS.  The module syncer puts the Wasm modules the proxy needs into a local
 directory, sha256 verified (modules.py says why modules travel that way).
+
+With ``tls`` both talk to the control plane over mutual TLS: Envoy's xDS
+cluster carries an UpstreamTlsContext (the mesh CA, the control plane's
+SPIFFE ID to expect, the workload's certificate and key), and the syncer uses
+the same certificate over HTTPS.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import logging
 import os
 import shutil
+import ssl
 import tempfile
 import threading
 import urllib.error
@@ -22,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from meshext.control.mesh import Workload
+from meshext.control.pki import TLSMaterial
 from meshext.errors import MeshextError
 from meshext.runtime.envoy import EnvoyProcess
 
@@ -40,6 +48,22 @@ def parse_address(text: str, *, where: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def require_loopback_for_plain_text(host: str, *, where: str) -> None:
+    """Plain text carries configuration (and module bytes) unauthenticated: loopback only."""
+    if host == "localhost" or (is_ip(host) and ipaddress.ip_address(host).is_loopback):
+        return
+    raise MeshextError(f"{host} is not a loopback address, and --insecure turns TLS off", where=where,
+                       fix="drop --insecure (mutual TLS is the default), or use 127.0.0.1 / ::1")
+
+
 def node_id(workload: str, namespace: str) -> str:
     return f"{workload}.{namespace}"
 
@@ -51,9 +75,10 @@ def bootstrap(
     *,
     labels: dict[str, str] | None = None,
     protocol: Literal["sotw", "delta"] = "delta",
+    tls: TLSMaterial | None = None,
 ) -> dict[str, Any]:
-    """Envoy bootstrap whose ADS stream points at the control plane."""
-    return {
+    """Envoy bootstrap whose ADS stream points at the control plane (over mutual TLS with ``tls``)."""
+    config: dict[str, Any] = {
         "node": {
             "id": node_id(workload, namespace),
             "cluster": f"{workload}.{namespace}",
@@ -91,12 +116,49 @@ def bootstrap(
                 "address": {"socket_address": {"address": control[0], "port_value": control[1]}}}}]}]},
         }]},
     }
+    if tls is not None:
+        config["static_resources"]["clusters"][0]["transport_socket"] = _xds_tls_socket(control[0], tls)
+    return config
+
+
+def _xds_tls_socket(host: str, tls: TLSMaterial) -> dict[str, Any]:
+    """Envoy verifies the control plane by CA and SPIFFE ID (whatever address it was given),
+    and presents the workload's certificate."""
+    context: dict[str, Any] = {
+        "common_tls_context": {
+            "alpn_protocols": ["h2"],  # gRPC servers expect ALPN h2 on TLS
+            "tls_certificates": [{"certificate_chain": {"filename": str(Path(tls.files.cert_file).resolve())},
+                                  "private_key": {"filename": str(Path(tls.files.key_file).resolve())}}],
+            "validation_context": {
+                "trusted_ca": {"filename": str(Path(tls.files.ca_file).resolve())},
+                "match_typed_subject_alt_names": [
+                    {"san_type": "URI", "matcher": {"exact": tls.control_plane_identity}}],
+            },
+        },
+    }
+    if not is_ip(host):
+        context["sni"] = host  # SNI carries host names only (RFC 6066)
+    return {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext", **context}}
+
+
+def client_ssl_context(tls: TLSMaterial) -> ssl.SSLContext:
+    """HTTPS to the control plane: verify it against the mesh CA (host name included), present our certificate."""
+    context = ssl.create_default_context(cadata=tls.ca_pem.decode())
+    context.load_cert_chain(tls.files.cert_file, tls.files.key_file)
+    return context
+
+
+def http_base(address: tuple[str, int], tls: TLSMaterial | None) -> str:
+    host = f"[{address[0]}]" if ":" in address[0] else address[0]
+    return f"{'https' if tls else 'http'}://{host}:{address[1]}"
 
 
 def sidecar_for(workload: Workload, control: tuple[str, int], control_http: tuple[str, int],
-                protocol: Literal["sotw", "delta"] = "delta", **envoy_options: Any) -> Sidecar:
+                protocol: Literal["sotw", "delta"] = "delta", tls: TLSMaterial | None = None,
+                **envoy_options: Any) -> Sidecar:
     return Sidecar(workload.name, workload.namespace, control, control_http, labels=dict(workload.labels),
-                   protocol=protocol, **envoy_options)
+                   protocol=protocol, tls=tls, **envoy_options)
 
 
 class ModuleSyncer:
@@ -110,9 +172,11 @@ class ModuleSyncer:
 
     POLL_SECONDS = 20  # how long one long poll may wait for a change
 
-    def __init__(self, node_id: str, control_http: tuple[str, int], directory: Path) -> None:
+    def __init__(self, node_id: str, control_http: tuple[str, int], directory: Path,
+                 tls: TLSMaterial | None = None) -> None:
         self.node_id = node_id
-        self.base = f"http://{control_http[0]}:{control_http[1]}"
+        self.base = http_base(control_http, tls)
+        self._ssl_context = client_ssl_context(tls) if tls else None
         self.directory = directory
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"module-sync-{node_id}", daemon=True)
@@ -136,8 +200,8 @@ class ModuleSyncer:
                 "node": self.node_id, "dir": str(self.directory), "version": version,
                 "present": ",".join(sorted(self.present())), "wait": self.POLL_SECONDS})
             try:
-                with urllib.request.urlopen(f"{self.base}/modules/wanted?{query}",
-                                            timeout=self.POLL_SECONDS + 10) as response:
+                with urllib.request.urlopen(f"{self.base}/modules/wanted?{query}", timeout=self.POLL_SECONDS + 10,
+                                            context=self._ssl_context) as response:
                     answer = json.load(response)
                 version = answer["version"]
                 missing = [sha for sha in answer["modules"] if sha not in self.present()]
@@ -145,12 +209,18 @@ class ModuleSyncer:
                     self._download(sha256)
                 if missing:
                     version = 0  # report the new modules at once
+            except urllib.error.HTTPError as error:
+                # A refusal (403: wrong certificate for this node) does not fix itself quickly.
+                log.error("module sync for %s: HTTP %d %s; retrying", self.node_id, error.code,
+                          error.read().decode(errors="replace").strip())
+                self._stop.wait(5)
             except (urllib.error.URLError, OSError, ValueError, KeyError) as error:
                 log.debug("module sync for %s: %s; retrying", self.node_id, error)
                 self._stop.wait(0.2)
 
     def _download(self, sha256: str) -> None:
-        with urllib.request.urlopen(f"{self.base}/modules/sha256/{sha256}", timeout=60) as response:
+        with urllib.request.urlopen(f"{self.base}/modules/sha256/{sha256}", timeout=60,
+                                    context=self._ssl_context) as response:
             data = response.read()
         if hashlib.sha256(data).hexdigest() != sha256:
             log.error("module %s: downloaded bytes do not match; not installed", sha256)
@@ -165,15 +235,15 @@ class Sidecar:
 
     def __init__(self, workload: str, namespace: str, control: tuple[str, int], control_http: tuple[str, int], *,
                  labels: dict[str, str] | None = None, protocol: Literal["sotw", "delta"] = "delta",
-                 module_dir: Path | None = None, **envoy_options: Any) -> None:
+                 module_dir: Path | None = None, tls: TLSMaterial | None = None, **envoy_options: Any) -> None:
         self._own_dir = module_dir is None
         self.module_dir = module_dir or Path(tempfile.mkdtemp(prefix="meshext-sidecar-modules-"))
-        self.syncer = ModuleSyncer(node_id(workload, namespace), control_http, self.module_dir)
+        self.syncer = ModuleSyncer(node_id(workload, namespace), control_http, self.module_dir, tls)
         # Immediate drain: connections on a replaced filter chain close after their
         # next request instead of lingering, so filter changes show quickly.
         extra_args = [*envoy_options.pop("extra_args", []), "--drain-time-s", str(SIDECAR_DRAIN_SECONDS),
                       "--drain-strategy", "immediate"]
-        self.envoy = EnvoyProcess(bootstrap(workload, namespace, control, labels=labels, protocol=protocol),
+        self.envoy = EnvoyProcess(bootstrap(workload, namespace, control, labels=labels, protocol=protocol, tls=tls),
                                   extra_args=extra_args, **envoy_options)
 
     def start(self) -> Sidecar:

@@ -62,9 +62,14 @@ class _DeltaType:
     recorded_version: str = ""  # the type version the cache last heard of from this stream
 
 
+# (claimed node id, the stream's context) -> why the stream may not have that node's configuration, or None.
+NodeAuthorizer = Callable[[str, grpc.aio.ServicerContext], "str | None"]
+
+
 class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
-    def __init__(self, cache: SnapshotCache) -> None:
+    def __init__(self, cache: SnapshotCache, authorize: NodeAuthorizer | None = None) -> None:
         self.cache = cache
+        self.authorize = authorize
 
     async def _serve(
         self,
@@ -87,6 +92,10 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                     if not node:
                         if not request.node.id:
                             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first request must carry node.id")
+                        refusal = self.authorize(request.node.id, context) if self.authorize else None
+                        if refusal is not None:
+                            log.warning("ADS stream refused: %s", refusal)
+                            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
                         node["id"] = request.node.id
                         self.cache.connect(request.node.id, _node_metadata(request.node), wake)
                     on_request(node["id"], request)
@@ -270,8 +279,18 @@ def _versions(resources: dict[str, Resource]) -> dict[str, str]:
     return {name: resource.version for name, resource in resources.items()}
 
 
-async def start_xds_server(cache: SnapshotCache, address: str = "127.0.0.1:0") -> tuple[grpc.aio.Server, int]:
-    """Start the ADS server on the running loop; returns the server and its port."""
+async def start_xds_server(
+    cache: SnapshotCache,
+    address: str = "127.0.0.1:0",
+    *,
+    credentials: grpc.ServerCredentials | None = None,
+    authorize: NodeAuthorizer | None = None,
+) -> tuple[grpc.aio.Server, int]:
+    """Start the ADS server on the running loop; returns the server and its port.
+
+    With ``credentials`` (mutual TLS) the port is secure and ``authorize`` is
+    asked, on each stream's first request, whether the client may have the
+    node id it claims."""
     server = grpc.aio.server(
         options=[
             # Modules never travel over xDS (see modules.py), but a large mesh's
@@ -286,8 +305,8 @@ async def start_xds_server(cache: SnapshotCache, address: str = "127.0.0.1:0") -
             ("grpc.http2.max_ping_strikes", 0),
         ]
     )
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AggregatedDiscoveryService(cache), server)
-    port = server.add_insecure_port(address)
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AggregatedDiscoveryService(cache, authorize), server)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind the xDS server to {address}")
     await server.start()

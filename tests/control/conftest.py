@@ -13,6 +13,7 @@ import yaml
 from meshext.control.images import RegistrySettings
 from meshext.control.mesh import Mesh, load_mesh
 from meshext.control.operator import Operator
+from meshext.control.pki import PKIDirectory
 from meshext.control.proxy import sidecar_for
 from meshext.control.server import ControlPlane
 from meshext.control.sources import DirectorySource
@@ -78,7 +79,8 @@ def images(registry: LocalRegistry, modules: dict[str, tuple[Path, str]]) -> dic
 
 
 class MeshUnderTest:
-    """Two apps with Envoy sidecars (frontend: SotW ADS, backend: delta ADS), one control plane."""
+    """Two apps with Envoy sidecars (frontend: SotW ADS, backend: delta ADS), one control plane,
+    talking mutual TLS with certificates from a mesh CA made for the test (``pki``)."""
 
     def __init__(self, root: Path, registry_hosts: set[str]) -> None:
         self.root = root
@@ -87,13 +89,16 @@ class MeshUnderTest:
         self.mesh: Mesh = load_mesh(self.mesh_file)
         self.config_dir = root / "extensions"
         self.apps = [start_app(w.name, w.app.port) for w in self.mesh.workloads]
-        self.control_plane = ControlPlane().start()
+        self.pki = PKIDirectory(root / "pki")
+        self.pki.ensure(workloads=[(w.name, w.namespace) for w in self.mesh.workloads])
+        self.control_plane = ControlPlane(tls=self.pki.control_plane().load()).start()
         settings = RegistrySettings(cache=ModuleCache(root / "cache"), plain_http_hosts=frozenset(registry_hosts))
         self.operator = Operator(self.mesh, self.control_plane, registry=settings).start()
         self.source = DirectorySource(self.config_dir, self.operator, interval=0.1).start()
         self.sidecars = {
             w.name: sidecar_for(w, self.control_plane.xds_address, self.control_plane.http_address,
-                                "sotw" if w.name.startswith("frontend") else "delta").start()
+                                "sotw" if w.name.startswith("frontend") else "delta",
+                                tls=self.pki.workload(w.name, w.namespace).load()).start()
             for w in self.mesh.workloads
         }
         assert self.control_plane.cache.wait_converged([w.node_id for w in self.mesh.workloads], 30)

@@ -228,13 +228,16 @@ def test_bad_resources_are_reported_and_traffic_is_unaffected(mesh_under_test, c
 def test_status_endpoint_lists_extensions_and_proxies(mesh_under_test, clean_config, modules):
     import urllib.request
 
+    from meshext.control.proxy import client_ssl_context
+
     path, _ = modules["chain"]
     resource = clean_config / "listed.yaml"
     write_resources(resource, sme("listed", f"file://{path}", config={"tag": "l"},
                                   namespace="meshext-system", labels={"version": "v1"}))
     wait_until(lambda: _ready(resource, "ServiceMeshExtension/meshext-system/listed"), what="Ready")
     host, port = mesh_under_test.control_plane.http_address
-    with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=5) as response:
+    admin = client_ssl_context(mesh_under_test.pki.admin().load())
+    with urllib.request.urlopen(f"https://{host}:{port}/status", timeout=5, context=admin) as response:
         report = json.load(response)
     listed = report["extensions"]["ServiceMeshExtension/meshext-system/listed"]
     # In the control-plane namespace the resource applies mesh-wide.

@@ -1,5 +1,6 @@
-"""The CLI end to end: `meshext control serve`, `meshext proxy`, `meshext status`,
-and a control-plane restart under load."""
+"""The CLI end to end: `meshext control certs`, `meshext control serve`, `meshext proxy`,
+`meshext status` (all over mutual TLS with the certificates `certs` wrote), and a
+control-plane restart under load."""
 
 from __future__ import annotations
 
@@ -32,8 +33,9 @@ def _meshext(*args: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "meshext", *args], **kwargs)
 
 
-def _status(http: str) -> dict:
-    result = subprocess.run([sys.executable, "-m", "meshext", "status", "--control-http", http, "--json"],
+def _status(http: str, pki: Path) -> dict:
+    result = subprocess.run([sys.executable, "-m", "meshext", "status", "--control-http", http, "--json",
+                             "--pki-dir", str(pki)],
                             capture_output=True, text=True, timeout=30)
     return json.loads(result.stdout) if result.returncode == 0 else {}
 
@@ -62,14 +64,20 @@ def test_control_plane_restart_under_load(tmp_path: Path, modules):
     resource = config_dir / "mesh-wide.yaml"
     write_resources(resource, sme("everywhere", f"file://{path}", config={"tag": "all"},
                                   namespace="meshext-system"))
+    pki = tmp_path / "pki"
+    certs = subprocess.run([sys.executable, "-m", "meshext", "control", "certs", "--out", str(pki),
+                            "--mesh", str(mesh_file)], capture_output=True, text=True, timeout=60)
+    assert certs.returncode == 0, certs.stderr
+    assert str(pki / "workloads" / "default" / "backend-v1-key.pem") in certs.stdout.split()
+    assert (pki / "workloads" / "default" / "backend-v1-key.pem").stat().st_mode & 0o777 == 0o600
     xds, http = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     serve_args = ["control", "serve", "--config-dir", str(config_dir), "--mesh", str(mesh_file),
-                  "--xds-address", xds, "--http-address", http]
+                  "--xds-address", xds, "--http-address", http, "--pki-dir", str(pki)]
     log = open(tmp_path / "control.log", "ab")
     control = _meshext(*serve_args, stdout=log, stderr=subprocess.STDOUT)
     proxies = [
         _meshext("proxy", "--workload", w.name, "--namespace", w.namespace, "--control", xds, "--control-http", http,
-                 "--protocol", "sotw" if w.name.startswith("frontend") else "delta",
+                 "--pki-dir", str(pki), "--protocol", "sotw" if w.name.startswith("frontend") else "delta",
                  stdout=log, stderr=subprocess.STDOUT)
         for w in mesh.workloads
     ]
@@ -78,8 +86,9 @@ def test_control_plane_restart_under_load(tmp_path: Path, modules):
             wait_until(lambda: call(mesh, source, service).chain() == ['{"tag":"all"}'], timeout=30,
                        what=f"{source} -> {service} through the filter")
         before = wait_until(lambda: (lambda s: s if s and all(p["inSync"] for p in s["proxies"].values())
-                                     and len(s["proxies"]) == 2 else None)(_status(http)), what="proxies in sync")
-        table = subprocess.run([sys.executable, "-m", "meshext", "status", "--control-http", http],
+                                     and len(s["proxies"]) == 2 else None)(_status(http, pki)), what="proxies in sync")
+        table = subprocess.run([sys.executable, "-m", "meshext", "status", "--control-http", http,
+                                "--pki-dir", str(pki)],
                                capture_output=True, text=True, timeout=30, env={**os.environ, "COLUMNS": "300"})
         assert table.returncode == 0
         assert "ServiceMeshExtension/meshext-system/everywhere" in table.stdout and "Ready" in table.stdout
@@ -93,7 +102,7 @@ def test_control_plane_restart_under_load(tmp_path: Path, modules):
             control = _meshext(*serve_args, stdout=log, stderr=subprocess.STDOUT)
 
             def converged_again():
-                status = _status(http)
+                status = _status(http, pki)
                 proxies_now = status.get("proxies", {})
                 if len(proxies_now) == 2 and all(p["connected"] and p["inSync"] for p in proxies_now.values()):
                     return status
