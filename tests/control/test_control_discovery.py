@@ -1,0 +1,271 @@
+"""The mesh discovered from Kubernetes (Services, EndpointSlices, Pods), served
+to real Envoy sidecars.
+
+The API server is the protocol-faithful fake (kube_fake.py); pods "run" on
+loopback: each has podIP 127.0.0.1, a real app (control_harness.start_app) and
+a real Envoy sidecar, told apart by the sidecar port annotations.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any, Iterator
+
+import pytest
+from control_harness import call, free_port, sme, start_app, wait_until
+
+from meshext.control.discovery import (
+    APP_PORT_ANNOTATION,
+    INBOUND_PORT_ANNOTATION,
+    INJECT_ANNOTATION,
+    OUTBOUND_PORT_ANNOTATION,
+    SERVICE_NAME_LABEL,
+    KubernetesMeshDiscovery,
+)
+from meshext.control.images import RegistrySettings
+from meshext.control.mesh import Mesh
+from meshext.control.operator import Operator
+from meshext.control.proxy import Sidecar
+from meshext.control.server import ControlPlane
+from meshext.control.sources import KubernetesSource
+from meshext.registry import ModuleCache
+
+NAMESPACE = "default"
+
+
+def service_object(name: str, *, port: Any = 8080, selector: dict | None = None, **port_fields: Any) -> dict:
+    return {"metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {"selector": selector or {"app": name},
+                     "ports": [{"name": "http", "port": port, "targetPort": 8080, "protocol": "TCP", **port_fields}]}}
+
+
+def slice_object(service: str, endpoints: dict[str, bool], *, port: int = 8080) -> dict:
+    """One EndpointSlice of ``service``: pod name -> ready."""
+    return {"metadata": {"name": f"{service}-slice", "namespace": NAMESPACE,
+                         "labels": {SERVICE_NAME_LABEL: service}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": ready},
+                           "targetRef": {"kind": "Pod", "namespace": NAMESPACE, "name": pod}}
+                          for pod, ready in endpoints.items()]}
+
+
+def pod_object(name: str, labels: dict[str, str], *, app_port: int | None, inbound: int, outbound: int,
+               ip: str | None = "127.0.0.1") -> dict:
+    annotations = {INJECT_ANNOTATION: "true", INBOUND_PORT_ANNOTATION: str(inbound),
+                   OUTBOUND_PORT_ANNOTATION: str(outbound)}
+    if app_port is not None:
+        annotations[APP_PORT_ANNOTATION] = str(app_port)
+    status = {"phase": "Running", "podIP": ip} if ip else {"phase": "Pending"}
+    return {"metadata": {"name": name, "namespace": NAMESPACE, "labels": labels, "annotations": annotations},
+            "spec": {"containers": [{"name": "app", "image": "example/app:1"}]}, "status": status}
+
+
+class DiscoveredMesh:
+    """Fake API server, control plane (operator + CRD source + mesh discovery), pods with real sidecars."""
+
+    def __init__(self, root) -> None:
+        from kubernetes import client
+        from kube_fake import FakeKubernetes
+
+        self.fake = FakeKubernetes()
+        self.control_plane = ControlPlane().start()
+        self.operator = Operator(Mesh(), self.control_plane,
+                                 registry=RegistrySettings(cache=ModuleCache(root / "cache"))).start()
+        api = client.ApiClient(client.Configuration(host=self.fake.url))
+        self.source = KubernetesSource(self.operator, api_client=api, timeout_seconds=5).start()
+        self.discovery = KubernetesMeshDiscovery(self.operator, api_client=api, timeout_seconds=5).start()
+        self.apps: dict[str, Any] = {}
+        self.sidecars: dict[str, Sidecar] = {}
+
+    def add_pod(self, name: str, labels: dict[str, str]) -> None:
+        """A running pod: app, sidecar, and the Pod object the kubelet would report."""
+        app_port = free_port()
+        self.apps[name] = start_app(name, app_port)
+        self.fake.apply("pods", pod_object(name, labels, app_port=app_port, inbound=free_port(),
+                                           outbound=free_port()))
+        self.sidecars[name] = Sidecar(name, NAMESPACE, self.control_plane.xds_address,
+                                      self.control_plane.http_address, labels=labels).start()
+
+    def remove_pod(self, name: str) -> None:
+        self.fake.delete("pods", NAMESPACE, name)
+        self.sidecars.pop(name).cleanup()
+        app = self.apps.pop(name)
+        app.shutdown()
+        app.server_close()
+
+    def settle(self, predicate=lambda mesh: True, what: str = "the discovered mesh") -> Mesh:
+        """Wait until discovery published a mesh satisfying ``predicate`` and every sidecar runs it."""
+        mesh = wait_until(lambda: self.discovery.mesh if self.discovery.mesh and predicate(self.discovery.mesh)
+                          else None, what=what)
+        assert self.operator.wait_idle(30)
+        nodes = [f"{name}.{NAMESPACE}" for name in self.sidecars]
+        assert self.control_plane.cache.wait_converged(nodes, 30), self.operator.status_report()["proxies"]
+        return mesh
+
+    def answers(self, source: str, service: str, count: int = 20) -> Counter:
+        """Which apps answer ``count`` requests from ``source`` to ``service`` (all must succeed)."""
+        seen: Counter = Counter()
+        for _ in range(count):
+            response = call(self.discovery.mesh, source, service)
+            assert response.status == 200, response.body
+            seen[response.body["app"]] += 1
+        return seen
+
+    def clusters(self, pod: str) -> dict[str, list[str]]:
+        """Outbound cluster -> endpoint addresses, as the pod's Envoy holds them."""
+        held = json.loads(self.sidecars[pod].envoy.admin_get("/clusters?format=json"))
+        return {c["name"]: [f"{h['address']['socket_address']['address']}:{h['address']['socket_address']['port_value']}"
+                            for h in c.get("host_statuses", [])]
+                for c in held["cluster_statuses"] if c["name"].startswith("outbound|")}
+
+    def close(self) -> None:
+        for sidecar in self.sidecars.values():
+            sidecar.cleanup()
+        self.discovery.stop()
+        self.source.stop()
+        self.operator.stop()
+        self.control_plane.stop()
+        for app in self.apps.values():
+            app.shutdown()
+            app.server_close()
+        self.fake.close()
+
+
+@pytest.fixture(scope="module")
+def discovered(tmp_path_factory) -> Iterator[DiscoveredMesh]:
+    running = DiscoveredMesh(tmp_path_factory.mktemp("discovered"))
+    for name in ("frontend", "backend"):
+        running.fake.apply("services", service_object(name))
+        running.add_pod(f"{name}-0", {"app": name})
+        running.fake.apply("endpointslices", slice_object(name, {f"{name}-0": True}))
+    running.settle(lambda mesh: len(mesh.workloads) == 2 and all(s.endpoints for s in mesh.services))
+    yield running
+    running.close()
+
+
+def inbound_of(mesh: Mesh, pod: str) -> str:
+    workload = mesh.workload(pod, NAMESPACE)
+    return f"{workload.inbound.address}:{workload.inbound.port}"
+
+
+@pytest.mark.envoy
+def test_traffic_flows_between_discovered_services(discovered):
+    assert discovered.answers("frontend-0", "backend", 3) == {"backend-0": 3}
+    assert discovered.answers("backend-0", "frontend.default", 3) == {"frontend-0": 3}
+    report = discovered.operator.status_report()["mesh"]
+    assert report["workloads"] == ["backend-0.default", "frontend-0.default"]
+    assert report["services"] == ["default/backend", "default/frontend"] and report["problems"] == []
+
+
+@pytest.mark.envoy
+@pytest.mark.slow
+def test_scaling_follows_ready_endpoints_only(discovered):
+    fake = discovered.fake
+    discovered.add_pod("backend-1", {"app": "backend"})
+    discovered.add_pod("backend-2", {"app": "backend"})
+    # backend-2 matches the selector but is not ready: it must get no traffic.
+    fake.apply("endpointslices", slice_object("backend", {"backend-0": True, "backend-1": True, "backend-2": False}))
+    mesh = discovered.settle(lambda m: m.services[0].endpoints == ["backend-0", "backend-1"], "backend-1 ready")
+    cluster = "outbound|8080||backend.default.svc.cluster.local"
+    assert sorted(discovered.clusters("frontend-0")[cluster]) == sorted(
+        inbound_of(mesh, pod) for pod in ("backend-0", "backend-1"))
+    seen = discovered.answers("frontend-0", "backend", 30)
+    assert set(seen) == {"backend-0", "backend-1"}, seen
+
+    fake.apply("endpointslices", slice_object("backend", {"backend-0": True, "backend-1": False, "backend-2": True}))
+    discovered.settle(lambda m: m.services[0].endpoints == ["backend-0", "backend-2"], "backend-2 ready")
+    seen = discovered.answers("frontend-0", "backend", 30)
+    assert set(seen) == {"backend-0", "backend-2"}, seen
+
+    fake.apply("endpointslices", slice_object("backend", {"backend-0": True}))
+    discovered.remove_pod("backend-1")
+    discovered.remove_pod("backend-2")
+    discovered.settle(lambda m: len(m.workloads) == 2, "scaled back down")
+    assert discovered.answers("frontend-0", "backend", 5) == {"backend-0": 5}
+
+
+@pytest.mark.envoy
+def test_a_removed_service_loses_its_cluster(discovered):
+    fake = discovered.fake
+    fake.apply("services", service_object("extra", selector={"app": "backend"}, appProtocol="http"))
+    fake.apply("endpointslices", slice_object("extra", {"backend-0": True}))
+    cluster = "outbound|8080||extra.default.svc.cluster.local"
+    discovered.settle(lambda m: any(s.name == "extra" and s.endpoints for s in m.services), "service extra")
+    assert cluster in discovered.clusters("frontend-0")
+    assert discovered.answers("frontend-0", "extra", 2) == {"backend-0": 2}
+
+    fake.delete("services", NAMESPACE, "extra")
+    fake.delete("endpointslices", NAMESPACE, "extra-slice")
+    discovered.settle(lambda m: all(s.name != "extra" for s in m.services), "service extra removed")
+    assert cluster not in discovered.clusters("frontend-0")
+    assert call(discovered.discovery.mesh, "frontend-0", "extra").status == 404  # no route any more
+    assert discovered.answers("frontend-0", "backend", 2) == {"backend-0": 2}
+
+
+@pytest.mark.envoy
+@pytest.mark.slow
+def test_an_extension_selects_a_newly_created_pod(discovered, modules):
+    fake = discovered.fake
+    path, _ = modules["chain"]
+    resource = sme("canary-tag", f"file://{path}", config={"tag": "canary"}, phase="PostAuthN",
+                   labels={"track": "canary"})
+    fake.apply("servicemeshextensions", resource)
+
+    def status() -> dict:
+        obj = fake.get("servicemeshextensions", NAMESPACE, "canary-tag") or {}
+        return obj.get("status") or {}
+
+    wait_until(lambda: status().get("conditions", [{}])[0].get("reason") == "NoMatchingWorkloads",
+               what="no workload selected yet")
+    discovered.add_pod("backend-canary", {"app": "backend", "track": "canary"})
+    fake.apply("endpointslices", slice_object("backend", {"backend-0": True, "backend-canary": True}))
+    discovered.settle(lambda m: "backend-canary" in m.services[0].endpoints, "the canary pod")
+    wait_until(lambda: status().get("workloads") == ["backend-canary.default"], what="the extension on the canary")
+    chains: dict[str, set[str]] = {}
+    for _ in range(30):
+        response = call(discovered.discovery.mesh, "frontend-0", "backend")
+        assert response.status == 200
+        chains.setdefault(response.body["app"], set()).add(tuple(response.chain()))
+    assert chains == {"backend-0": {()}, "backend-canary": {('{"tag":"canary"}',)}}, chains
+
+    fake.apply("endpointslices", slice_object("backend", {"backend-0": True}))
+    discovered.remove_pod("backend-canary")
+    discovered.settle(lambda m: len(m.workloads) == 2, "the canary pod removed")
+    wait_until(lambda: status().get("workloads") == [] and status()["phase"] == "Pending"
+               or status()["conditions"][0]["reason"] == "NoMatchingWorkloads", what="the canary gone from status")
+    assert status()["workloads"] == []
+    fake.delete("servicemeshextensions", NAMESPACE, "canary-tag")
+
+
+@pytest.mark.envoy
+def test_bad_objects_are_reported_and_the_last_good_mesh_serves(discovered):
+    fake = discovered.fake
+    good = discovered.discovery.mesh
+
+    def problems() -> list[str]:
+        return discovered.operator.status_report()["mesh"]["problems"]
+
+    fake.apply("services", service_object("backend", port=70000))
+    fake.apply("pods", pod_object("starting", {"app": "backend"}, app_port=free_port(), inbound=free_port(),
+                                  outbound=free_port(), ip=None))
+    found = wait_until(lambda: len(problems()) == 2 and problems(), what="both objects reported")
+    assert any("Service default/backend: spec.ports[0].port: 70000 is not a port number" in p for p in found), found
+    assert any("Pod default/starting: status.podIP" in p for p in found), found
+    assert discovered.discovery.mesh.services == good.services  # the last good backend service is kept
+    assert discovered.answers("frontend-0", "backend", 3) == {"backend-0": 3}
+
+    # A pod on an address another pod uses: the mesh as a whole is invalid; the last good one keeps serving.
+    taken = good.workload("backend-0", NAMESPACE).inbound.port
+    fake.apply("pods", pod_object("clash", {"app": "other"}, app_port=free_port(), inbound=taken,
+                                  outbound=free_port()))
+    found = wait_until(lambda: [p for p in problems() if "use the same address" in p], what="clash reported")
+    assert "default/clash inbound" in found[0] and "previous one keeps serving" in found[0], found
+    assert "clash.default" not in discovered.operator.status_report()["mesh"]["workloads"]
+    assert discovered.answers("frontend-0", "backend", 3) == {"backend-0": 3}
+
+    fake.delete("pods", NAMESPACE, "clash")
+    fake.delete("pods", NAMESPACE, "starting")
+    fake.apply("services", service_object("backend"))
+    wait_until(lambda: problems() == [], what="problems cleared once the objects are fixed")
+    assert discovered.answers("frontend-0", "backend", 3) == {"backend-0": 3}
