@@ -17,6 +17,7 @@ import copy
 import json
 import re
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -127,27 +128,41 @@ class FakeKubernetes:
                 self._json(200, {"kind": f"{kind}List", "apiVersion": api_version,
                                  "metadata": {"resourceVersion": str(version)}, "items": items})
 
+            def _send_event(self, event: dict[str, Any]) -> None:
+                # One HTTP/1.1 chunk per event, as the API server streams a watch:
+                # clients read chunk by chunk, never waiting for the end of the body.
+                line = json.dumps(event).encode() + b"\n"
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                self.wfile.flush()
+
             def _watch(self, plural: str, since: int, timeout: float) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Connection", "close")
+                self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
+                try:
+                    self._stream_events(plural, since, timeout)
+                    self.wfile.write(b"0\r\n\r\n")  # the end of the body: the client reconnects
+                except OSError:
+                    pass  # the client went away
                 self.close_connection = True
+
+            def _stream_events(self, plural: str, since: int, timeout: float) -> None:
                 with fake._lock:
                     if since < fake.oldest_kept:
-                        gone = {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired",
-                                                            "message": f"too old resource version: {since}"}}
-                        self.wfile.write(json.dumps(gone).encode() + b"\n")
+                        self._send_event({"type": "ERROR", "object": {
+                            "kind": "Status", "code": 410, "reason": "Expired",
+                            "message": f"too old resource version: {since}"}})
                         return
                     sent = since
-                    deadline_wait = timeout
+                    deadline = time.monotonic() + timeout
                     while True:
                         for version, event_plural, kind, obj in fake.events:
                             if version > sent and event_plural == plural:
-                                self.wfile.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
-                                self.wfile.flush()
+                                self._send_event({"type": kind, "object": obj})
                         sent = max([sent] + [v for v, *_ in fake.events])
-                        if not fake._lock.wait(deadline_wait) or fake.oldest_kept > since:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0 or not fake._lock.wait(remaining) or fake.oldest_kept > since:
                             return  # timeoutSeconds reached, or history compacted: the client reconnects
 
             def do_PATCH(self) -> None:  # noqa: N802
