@@ -275,3 +275,55 @@ def test_bad_objects_are_reported_and_the_last_good_mesh_serves(discovered):
     fake.apply("services", service_object("backend"))
     wait_until(lambda: problems() == [], what="problems cleared once the objects are fixed")
     assert discovered.answers("frontend-0", "backend", 3) == {"backend-0": 3}
+
+
+def test_serve_kubernetes_discovers_the_mesh_by_default(tmp_path):
+    """`meshext control serve --kubernetes` (no --mesh) against the fake API server, seen through `meshext status`."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from kube_fake import FakeKubernetes
+
+    fake = FakeKubernetes()
+    fake.apply("services", service_object("backend"))
+    fake.apply("pods", pod_object("backend-0", {"app": "backend"}, app_port=free_port(), inbound=free_port(),
+                                  outbound=free_port()))
+    fake.apply("endpointslices", slice_object("backend", {"backend-0": True}))
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
+        "users": [{"name": "fake", "user": {}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}]}))
+    http = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}  # only the child talks to the fake
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    server = subprocess.Popen([sys.executable, "-m", "meshext", "control", "serve", "--kubernetes",
+                               "--xds-address", f"127.0.0.1:{free_port()}", "--http-address", http,
+                               "--cache-dir", str(tmp_path / "cache")], env=env, stderr=subprocess.PIPE, text=True)
+
+    def status(*options: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "meshext", "status", "--control-http", http, *options],
+                              capture_output=True, text=True, timeout=30)
+
+    def mesh() -> dict:
+        result = status("--json")
+        return json.loads(result.stdout)["mesh"] if result.returncode == 0 else {}
+
+    try:
+        found = wait_until(lambda: mesh().get("workloads") and mesh(), timeout=30, what="the discovered mesh")
+        assert found == {"services": ["default/backend"], "workloads": ["backend-0.default"], "problems": []}
+        fake.apply("services", service_object("backend", port=0))
+        wait_until(lambda: mesh().get("problems"), what="the bad service reported")
+        table = status()
+        assert table.returncode == 0
+        assert ("mesh: Service default/backend: spec.ports[0].port: 0 is not a port number "
+                "(fix: use a number from 1 to 65535)") in table.stdout
+        assert mesh()["services"] == ["default/backend"]  # its last good version stays
+    finally:
+        server.terminate()
+        _, stderr = server.communicate(timeout=30)
+        fake.close()
+    assert "mesh discovered from Kubernetes" in stderr
