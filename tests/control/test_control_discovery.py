@@ -327,3 +327,79 @@ def test_serve_kubernetes_discovers_the_mesh_by_default(tmp_path):
         _, stderr = server.communicate(timeout=30)
         fake.close()
     assert "mesh discovered from Kubernetes" in stderr
+
+
+def _workload(name: str, ip: str, inbound: int, *, app: int = 8080, outbound: int = 15001) -> dict:
+    return {"name": name, "app": {"address": ip, "port": app}, "inbound": {"address": ip, "port": inbound},
+            "outbound": {"address": "127.0.0.1", "port": outbound}}
+
+
+def test_address_clashes_are_judged_per_network_namespace():
+    from pydantic import ValidationError
+
+    # Two pods (own IPs, own loopback): the same ports everywhere are fine.
+    Mesh(workloads=[_workload("a", "10.0.0.1", 15006), _workload("b", "10.0.0.2", 15006)])
+    # The same pod IP and port twice is not; nor two loopback listeners of one host on one port.
+    with pytest.raises(ValidationError, match="default/b inbound .* and default/a inbound"):
+        Mesh(workloads=[_workload("a", "10.0.0.1", 15006), _workload("b", "10.0.0.1", 15006, app=8081,
+                                                                         outbound=15002)])
+    with pytest.raises(ValidationError, match="default/b outbound .* and default/a outbound"):
+        Mesh(workloads=[_workload("a", "127.0.0.1", 15006, app=1), _workload("b", "127.0.0.1", 15007, app=2)])
+    # A wildcard listener takes the port on every address of its network namespace.
+    wildcard = _workload("b", "10.0.0.1", 15007, app=8081, outbound=15002)
+    wildcard["outbound"]["address"] = "0.0.0.0"
+    wildcard["outbound"]["port"] = 15006
+    with pytest.raises(ValidationError, match="use the same address"):
+        Mesh(workloads=[_workload("a", "10.0.0.1", 15006), wildcard])
+
+
+def test_discovery_maps_objects_onto_the_mesh(tmp_path):
+    """Protocols from appProtocol / port names, app ports from EndpointSlices, and a relist after 410 Gone."""
+    from kubernetes import client
+    from kube_fake import FakeKubernetes
+
+    fake = FakeKubernetes()
+    ports = [{"name": "grpc-api", "port": 9000}, {"name": "web", "port": 80, "appProtocol": "kubernetes.io/h2c"},
+             {"name": "http-metrics", "port": 9090}, {"name": "tcp-db", "port": 5432},
+             {"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "https", "port": 443}]
+    fake.apply("services", {"metadata": {"name": "api", "namespace": NAMESPACE},
+                            "spec": {"selector": {"app": "api"}, "ports": ports}})
+    fake.apply("services", {"metadata": {"name": "db", "namespace": NAMESPACE},
+                            "spec": {"ports": [{"name": "tcp", "port": 5432}]}})  # nothing HTTP: not in the mesh
+    api_pod = pod_object("api-0", {"app": "api"}, app_port=None, inbound=15006, outbound=15001)
+    api_pod["status"]["podIP"] = "10.1.0.5"
+    fake.apply("pods", api_pod)
+    unmeshed = pod_object("plain-0", {"app": "api"}, app_port=8080, inbound=15006, outbound=15001)
+    unmeshed["metadata"]["annotations"] = {}  # no sidecar: never a workload, never an endpoint
+    unmeshed["status"]["podIP"] = "10.1.0.6"
+    fake.apply("pods", unmeshed)
+    fake.apply("endpointslices", slice_object("api", {"api-0": True, "plain-0": True}, port=9443))
+    control_plane = ControlPlane().start()
+    operator = Operator(Mesh(), control_plane, registry=RegistrySettings(cache=ModuleCache(tmp_path))).start()
+    api = client.ApiClient(client.Configuration(host=fake.url))
+    discovery = KubernetesMeshDiscovery(operator, api_client=api, timeout_seconds=1,
+                                        control_plane_namespace="mesh-admin").start()
+    try:
+        mesh = wait_until(lambda: discovery.mesh, what="the first mesh")
+        assert mesh.controlPlaneNamespace == "mesh-admin"
+        [service] = mesh.services
+        assert [(p.port, p.protocol) for p in service.ports] == [(9000, "HTTP2"), (80, "HTTP2"), (9090, "HTTP")]
+        assert service.endpoints == ["api-0"]
+        [workload] = mesh.workloads
+        assert (workload.node_id, workload.labels) == ("api-0.default", {"app": "api"})
+        assert (workload.app.address, workload.app.port) == ("10.1.0.5", 9443)  # the slice's port
+        assert (workload.inbound.address, workload.inbound.port) == ("10.1.0.5", 15006)
+        assert (workload.outbound.address, workload.outbound.port) == ("127.0.0.1", 15001)
+
+        # A deletion the watch never sees (history compacted): the relist after 410 Gone finds it.
+        fake.delete("pods", NAMESPACE, "api-0", record=False)
+        fake.compact()
+        wait_until(lambda: discovery.mesh.workloads == [] and discovery.mesh.services[0].endpoints == [],
+                   what="the pod gone after a relist")
+        assert operator.wait_idle(10)
+        assert operator.status_report()["mesh"]["workloads"] == []
+    finally:
+        discovery.stop()
+        operator.stop()
+        control_plane.stop()
+        fake.close()
