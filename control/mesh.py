@@ -96,9 +96,11 @@ class Mesh(_Strict):
                 owner = f"{workload.namespace}/{workload.name} {role}"
                 users = bound.setdefault((netns, address.port), [])
                 for other_address, other in users:
-                    if address.address == other_address or _wildcard(address.address) or _wildcard(other_address):
-                        raise ValueError(f"{owner} ({address.address}:{address.port}) and {other} "
-                                         f"({other_address}:{address.port}) use the same address")
+                    if address.address == other_address:
+                        raise ValueError(f"{owner} and {other} both use {address.address}:{address.port}")
+                    if _wildcard(address.address) or _wildcard(other_address):
+                        raise ValueError(f"{owner} and {other} both use port {address.port} "
+                                         f"({address.address} includes {other_address} or the reverse)")
                 users.append((address.address, owner))
         return self
 

@@ -115,9 +115,9 @@ class DiscoveredMesh:
     def clusters(self, pod: str) -> dict[str, list[str]]:
         """Outbound cluster -> endpoint addresses, as the pod's Envoy holds them."""
         held = json.loads(self.sidecars[pod].envoy.admin_get("/clusters?format=json"))
-        return {c["name"]: [f"{h['address']['socket_address']['address']}:{h['address']['socket_address']['port_value']}"
-                            for h in c.get("host_statuses", [])]
-                for c in held["cluster_statuses"] if c["name"].startswith("outbound|")}
+        return {cluster["name"]: ["{address}:{port_value}".format(**host["address"]["socket_address"])
+                                  for host in cluster.get("host_statuses", [])]
+                for cluster in held["cluster_statuses"] if cluster["name"].startswith("outbound|")}
 
     def close(self) -> None:
         for sidecar in self.sidecars.values():
@@ -265,8 +265,9 @@ def test_bad_objects_are_reported_and_the_last_good_mesh_serves(discovered):
     taken = good.workload("backend-0", NAMESPACE).inbound.port
     fake.apply("pods", pod_object("clash", {"app": "other"}, app_port=free_port(), inbound=taken,
                                   outbound=free_port()))
-    found = wait_until(lambda: [p for p in problems() if "use the same address" in p], what="clash reported")
-    assert "default/clash inbound" in found[0] and "previous one keeps serving" in found[0], found
+    found = wait_until(lambda: [p for p in problems() if "both use" in p], what="clash reported")
+    assert f"default/clash inbound and default/backend-0 inbound both use 127.0.0.1:{taken}" in found[0], found
+    assert "previous one keeps serving" in found[0], found
     assert "clash.default" not in discovered.operator.status_report()["mesh"]["workloads"]
     assert discovered.answers("frontend-0", "backend", 3) == {"backend-0": 3}
 
@@ -340,16 +341,16 @@ def test_address_clashes_are_judged_per_network_namespace():
     # Two pods (own IPs, own loopback): the same ports everywhere are fine.
     Mesh(workloads=[_workload("a", "10.0.0.1", 15006), _workload("b", "10.0.0.2", 15006)])
     # The same pod IP and port twice is not; nor two loopback listeners of one host on one port.
-    with pytest.raises(ValidationError, match="default/b inbound .* and default/a inbound"):
+    with pytest.raises(ValidationError, match="default/b inbound and default/a inbound both use 10.0.0.1:15006"):
         Mesh(workloads=[_workload("a", "10.0.0.1", 15006), _workload("b", "10.0.0.1", 15006, app=8081,
                                                                          outbound=15002)])
-    with pytest.raises(ValidationError, match="default/b outbound .* and default/a outbound"):
+    with pytest.raises(ValidationError, match="default/b outbound and default/a outbound both use 127.0.0.1:15001"):
         Mesh(workloads=[_workload("a", "127.0.0.1", 15006, app=1), _workload("b", "127.0.0.1", 15007, app=2)])
     # A wildcard listener takes the port on every address of its network namespace.
     wildcard = _workload("b", "10.0.0.1", 15007, app=8081, outbound=15002)
     wildcard["outbound"]["address"] = "0.0.0.0"
     wildcard["outbound"]["port"] = 15006
-    with pytest.raises(ValidationError, match="use the same address"):
+    with pytest.raises(ValidationError, match=r"default/b outbound and default/a inbound both use port 15006 \("):
         Mesh(workloads=[_workload("a", "10.0.0.1", 15006), wildcard])
 
 
