@@ -202,9 +202,11 @@ class Operator:
             self._mesh_problems = [*problems, f"mesh update refused, the previous mesh keeps serving: {error}"]
             return
         self.mesh, self._builder, self._mesh_problems = mesh, builder, problems
+        gone = self._node_ids - {w.node_id for w in mesh.workloads}
         self._node_ids = {w.node_id for w in mesh.workloads}
-        for node_id in set(self._retired) - self._node_ids:
-            del self._retired[node_id]  # its filters' draining no longer matters: the workload left
+        for node_id in gone:
+            self._retired.pop(node_id, None)  # its filters' draining no longer matters: the workload left
+            self.control_plane.cache.forget(node_id)
 
     def _prepare(self, tracked: _Tracked) -> None:
         """Validate and resolve one resource (only what changed is pulled again)."""

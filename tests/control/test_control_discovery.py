@@ -241,6 +241,9 @@ def test_an_extension_selects_a_newly_created_pod(discovered, modules):
     discovered.settle(lambda m: len(m.workloads) == 2, "the canary pod removed")
     wait_until(lambda: status()["conditions"][0]["reason"] == "NoMatchingWorkloads", what="the canary gone")
     assert status()["workloads"] == []
+    assert discovered.control_plane.cache.snapshot("backend-canary.default") is None  # forgotten
+    wait_until(lambda: "backend-canary.default" not in discovered.operator.status_report()["proxies"],
+               what="the stopped sidecar forgotten")
     fake.delete("servicemeshextensions", NAMESPACE, "canary-tag")
 
 
