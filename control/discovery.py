@@ -146,12 +146,10 @@ def _pod(obj: dict[str, Any]) -> _Pod | None:
     except ValueError:
         raise _BadField("status.podIP", f"{ip!r} is not an IP address", "check the cluster's network plugin") from None
 
-    def annotated(name: str, default: int | None) -> int | None:
-        if name not in annotations:
-            return default
-        return _port(annotations[name], f"metadata.annotations[{name!r}]")
+    def annotated(name: str) -> int | None:
+        return _port(annotations[name], f"metadata.annotations[{name!r}]") if name in annotations else None
 
-    app_port = annotated(APP_PORT_ANNOTATION, None)
+    app_port = annotated(APP_PORT_ANNOTATION)
     if app_port is None:
         declared = [port for container in spec.get("containers") or [] for port in container.get("ports") or []
                     if (port.get("protocol") or "TCP") == "TCP"]
@@ -159,8 +157,8 @@ def _pod(obj: dict[str, Any]) -> _Pod | None:
             app_port = _port(declared[0].get("containerPort"), "spec.containers[].ports[0].containerPort")
     return _Pod(name=metadata["name"], namespace=metadata.get("namespace") or "default",
                 labels=dict(metadata.get("labels") or {}), ip=ip,
-                inbound_port=annotated(INBOUND_PORT_ANNOTATION, DEFAULT_INBOUND_PORT),  # type: ignore[arg-type]
-                outbound_port=annotated(OUTBOUND_PORT_ANNOTATION, DEFAULT_OUTBOUND_PORT),  # type: ignore[arg-type]
+                inbound_port=annotated(INBOUND_PORT_ANNOTATION) or DEFAULT_INBOUND_PORT,
+                outbound_port=annotated(OUTBOUND_PORT_ANNOTATION) or DEFAULT_OUTBOUND_PORT,
                 app_port=app_port)
 
 
