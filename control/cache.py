@@ -66,6 +66,15 @@ class SnapshotCache:
         for loop, event in wakers:
             loop.call_soon_threadsafe(event.set)
 
+    def forget(self, node_id: str) -> None:
+        """Drop a node that left the mesh: its snapshot, and its record once no stream is open
+        (a still connected proxy keeps what it has; nothing more is sent to it)."""
+        with self._lock:
+            self._snapshots.pop(node_id, None)
+            proxy = self._proxies.get(node_id)
+            if proxy is not None and proxy.streams <= 0:
+                del self._proxies[node_id]
+
     def snapshot(self, node_id: str) -> Snapshot | None:
         with self._lock:
             return self._snapshots.get(node_id)
@@ -91,6 +100,8 @@ class SnapshotCache:
             proxy = self._proxies[node_id]
             proxy.streams -= 1
             proxy.last_change = time.time()
+            if proxy.streams <= 0 and node_id not in self._snapshots:
+                del self._proxies[node_id]  # never configured, or forgotten: nothing to remember
             self._changed.notify_all()
 
     def record_sent(self, node_id: str, type_url: str, version: str, resources: dict[str, str]) -> None:

@@ -78,9 +78,15 @@ def control_group() -> None:
 @click.option("--config-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Directory of ServiceMeshExtension / WasmPlugin YAML files to watch; "
                    "each resource's status is written to <file>.status.yaml next to it.")
-@click.option("--kubernetes", is_flag=True, help="Watch the CRDs in Kubernetes instead (in-cluster or KUBECONFIG).")
+@click.option("--kubernetes", is_flag=True,
+              help="Watch the CRDs in Kubernetes instead (in-cluster or KUBECONFIG), and discover the mesh "
+                   "from its Services, EndpointSlices and Pods (unless --mesh is given).")
 @click.option("--mesh", "mesh_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="Mesh file (services and workloads); default: the embedded two-service mesh.")
+              help="Mesh file (services and workloads); default: discovered with --kubernetes, "
+                   "else the embedded two-service mesh.")
+@click.option("--control-plane-namespace", envvar="POD_NAMESPACE", default="meshext-system", show_default=True,
+              help="For a discovered mesh: extension resources in this namespace apply mesh-wide "
+                   "(a mesh file says it itself).  Read from $POD_NAMESPACE when set.")
 @click.option("--xds-address", default=DEFAULT_XDS, show_default=True, help="Where sidecars reach the ADS server.")
 @click.option("--http-address", default=DEFAULT_HTTP, show_default=True,
               help="Module downloads for sidecars, and /status for `meshext status`.")
@@ -92,8 +98,8 @@ def control_group() -> None:
               help="Verified module cache (default: the meshext user cache).")
 @_tls_options("The control plane")
 @click.option("-v", "--verbose", is_flag=True, help="Log every push, ACK and NACK.")
-def serve_command(config_dir: Path | None, kubernetes: bool, mesh_file: Path | None, xds_address: str,
-                  http_address: str, plain_http_hosts: tuple[str, ...], registry_ca_file: str | None,
+def serve_command(config_dir: Path | None, kubernetes: bool, mesh_file: Path | None, control_plane_namespace: str,
+                  xds_address: str, http_address: str, plain_http_hosts: tuple[str, ...], registry_ca_file: str | None,
                   cache_dir: Path | None, pki_dir: Path | None, ca_file: Path | None, cert_file: Path | None,
                   key_file: Path | None, insecure: bool, verbose: bool) -> None:
     """Serve xDS to the sidecars and reconcile extension resources.
@@ -112,7 +118,7 @@ def serve_command(config_dir: Path | None, kubernetes: bool, mesh_file: Path | N
           --ca-file ca.pem --cert-file control-plane.pem --key-file control-plane-key.pem   (in a pod)
     """
     from meshext.control.images import RegistrySettings
-    from meshext.control.mesh import load_mesh
+    from meshext.control.mesh import Mesh, load_mesh
     from meshext.control.operator import Operator
     from meshext.control.proxy import parse_address
     from meshext.control.server import ControlPlane
@@ -122,7 +128,8 @@ def serve_command(config_dir: Path | None, kubernetes: bool, mesh_file: Path | N
         raise click.UsageError("give exactly one of --config-dir DIR or --kubernetes")
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    mesh = load_mesh(mesh_file)
+    discover = kubernetes and mesh_file is None
+    mesh = Mesh(controlPlaneNamespace=control_plane_namespace) if discover else load_mesh(mesh_file)
     xds_bind = parse_address(xds_address, where="--xds-address")
     http_bind = parse_address(http_address, where="--http-address")
     tls = _serving_tls(insecure, [(xds_bind[0], "--xds-address"), (http_bind[0], "--http-address")], pki_dir,
@@ -138,15 +145,28 @@ def serve_command(config_dir: Path | None, kubernetes: bool, mesh_file: Path | N
     registry = RegistrySettings(cache=ModuleCache(cache_dir), plain_http_hosts=frozenset(plain_http_hosts),
                                 ca_file=registry_ca_file)
     operator = Operator(mesh, control_plane, registry=registry).start()
-    source = KubernetesSource(operator) if kubernetes else DirectorySource(config_dir, operator)
-    source.start()
+    discovery = None
+    if kubernetes:
+        from meshext.control.discovery import KubernetesMeshDiscovery
+        from meshext.control.sources import kubernetes_api_client
+
+        api_client = kubernetes_api_client()
+        source: KubernetesSource | DirectorySource = KubernetesSource(operator, api_client=api_client).start()
+        if discover:
+            discovery = KubernetesMeshDiscovery(operator, control_plane_namespace=control_plane_namespace,
+                                                api_client=api_client).start()
+    else:
+        source = DirectorySource(config_dir, operator).start()
     security = f"mutual TLS, trust domain {tls.trust_domain}" if tls else "plain text, NO authentication"
     click.echo(f"meshext control plane: xDS {control_plane.xds_address[0]}:{control_plane.xds_port}, "
                f"HTTP {control_plane.http_address[0]}:{control_plane.http_port}, "
-               f"{len(mesh.workloads)} workloads, {security}", err=True)
+               + ("mesh discovered from Kubernetes" if discover else f"{len(mesh.workloads)} workloads")
+               + f", {security}", err=True)
     try:
         _wait_for_signal()
     finally:
+        if discovery is not None:
+            discovery.stop()
         source.stop()
         operator.stop()
         control_plane.stop()
@@ -337,6 +357,8 @@ def status_command(control_http: str, as_json: bool, pki_dir: Path | None, ca_fi
     for node_id, proxy in sorted(report["proxies"].items()):
         errors = "; ".join(f"{t}: {s['error']}" for t, s in proxy["types"].items() if s["error"])
         if not proxy["inMesh"]:
-            errors = "not a workload of the mesh file: check --workload/--namespace"
+            errors = "not a workload of the mesh: check --workload/--namespace"
         proxies.add_row(node_id, str(proxy["connected"]), str(proxy["inSync"]), errors or "-")
     console.print(proxies)
+    for problem in report.get("mesh", {}).get("problems", []):
+        console.print(f"mesh: {problem}", style="yellow", markup=False, highlight=False, soft_wrap=True)

@@ -1,13 +1,16 @@
 """The mesh model: services and the workloads (sidecar + local app) behind them.
 
-Read from a YAML mesh file; ``default-mesh.yaml`` next to this module is the
-embedded default.  Like Kubernetes, a service selects its workloads by labels;
-a workload's endpoint is its sidecar's inbound listener, so service-to-service
+Read from a YAML mesh file (``default-mesh.yaml`` next to this module is the
+embedded default) or discovered from Kubernetes (discovery.py).  Like
+Kubernetes, a service selects its workloads by labels, unless it lists its
+ready endpoints explicitly (discovered services: their EndpointSlices); a
+workload's endpoint is its sidecar's inbound listener, so service-to-service
 traffic always goes sidecar to sidecar.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -40,6 +43,8 @@ class Service(_Strict):
     namespace: str = "default"
     selector: dict[str, str]
     ports: list[ServicePort] = Field(min_length=1)
+    # Names of the workloads (same namespace) that serve it; None: whatever the selector matches.
+    endpoints: list[str] | None = None
 
     @property
     def host(self) -> str:
@@ -58,6 +63,14 @@ class Workload(_Strict):
     def node_id(self) -> str:
         return f"{self.name}.{self.namespace}"
 
+    @property
+    def network_namespace(self) -> str:
+        """Where this workload's addresses live: its own (pod) network namespace,
+        named by its routable inbound address, or the host's when that is a
+        loopback/wildcard address (mesh files: every workload on one host)."""
+        inbound = self.inbound.address
+        return "host" if _loopback(inbound) or _wildcard(inbound) else inbound
+
 
 class Mesh(_Strict):
     controlPlaneNamespace: str = "meshext-system"
@@ -73,14 +86,22 @@ class Mesh(_Strict):
                 if key in seen:
                     raise ValueError(f"{kind} {item.namespace}/{item.name} is defined twice")
                 seen.add(key)
-        bound: dict[tuple[str, int], str] = {}
+        # Two listeners clash when they share a network namespace and a port, and
+        # their addresses are equal or one is a wildcard.
+        bound: dict[tuple[str, int], list[tuple[str, str]]] = {}  # (netns, port) -> [(address, owner)]
         for workload in self.workloads:
+            netns = workload.network_namespace
             for role in ("app", "inbound", "outbound"):
                 address: Address = getattr(workload, role)
                 owner = f"{workload.namespace}/{workload.name} {role}"
-                other = bound.setdefault((address.address, address.port), owner)
-                if other != owner:
-                    raise ValueError(f"{owner} and {other} both use {address.address}:{address.port}")
+                users = bound.setdefault((netns, address.port), [])
+                for other_address, other in users:
+                    if address.address == other_address:
+                        raise ValueError(f"{owner} and {other} both use {address.address}:{address.port}")
+                    if _wildcard(address.address) or _wildcard(other_address):
+                        raise ValueError(f"{owner} and {other} both use port {address.port} "
+                                         f"({address.address} includes {other_address} or the reverse)")
+                users.append((address.address, owner))
         return self
 
     def workload(self, name: str, namespace: str) -> Workload:
@@ -91,10 +112,13 @@ class Mesh(_Strict):
         raise MeshextError(
             f"no workload {namespace}/{name} in the mesh",
             where="--workload/--namespace",
-            fix=f"use one of the mesh file's workloads ({known})",
+            fix=f"use one of the mesh's workloads ({known})",
         )
 
     def endpoints(self, service: Service) -> list[Workload]:
+        if service.endpoints is not None:
+            named = set(service.endpoints)
+            return [w for w in self.workloads if w.namespace == service.namespace and w.name in named]
         return [
             workload for workload in self.workloads
             if workload.namespace == service.namespace
@@ -103,6 +127,17 @@ class Mesh(_Strict):
 
     def services_of(self, workload: Workload) -> list[Service]:
         return [service for service in self.services if workload in self.endpoints(service)]
+
+
+def _wildcard(address: str) -> bool:
+    return address in ("0.0.0.0", "::")
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:  # a host name: not ours to interpret
+        return False
 
 
 def load_mesh(path: Path | None = None) -> Mesh:

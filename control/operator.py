@@ -14,6 +14,10 @@ worker thread does all the work, so no two reconciles ever race:
    proxies start with) the last configuration that was accepted; an update
    that is invalid or cannot be pulled leaves that configuration running too;
 4. write each resource's status when it changes.
+
+The mesh itself may change at run time (:meth:`Operator.update_mesh`, fed by
+Kubernetes discovery): every sidecar gets a snapshot of the new mesh, and
+extension selection is evaluated again for the new set of workloads.
 """
 
 from __future__ import annotations
@@ -88,6 +92,7 @@ class Operator:
         self.secret_lookup = secret_lookup or (lambda namespace, name: None)
         self._builder = SnapshotBuilder(mesh)
         self._node_ids = {w.node_id for w in mesh.workloads}
+        self._mesh_problems: list[str] = []  # why parts of the mesh (or a whole update) were left out
         self._tracked: dict[str, _Tracked] = {}
         self._published: dict[str, dict[str, PlacedExtension]] = {}  # node id -> ECDS name -> extension
         self._retired: dict[str, dict[str, tuple[PlacedExtension, float]]] = {}  # node -> name -> (ext, until)
@@ -118,6 +123,13 @@ class Operator:
         self._idle.clear()
         self._events.put(("delete", key))
 
+    def update_mesh(self, mesh: Mesh, problems: list[str] | tuple[str, ...] = ()) -> None:
+        """Serve ``mesh`` from now on; ``problems``: what its source had to leave out, and why
+        (shown in the status report).  If the new mesh cannot be translated, the
+        current one keeps serving and the reason joins the problems."""
+        self._idle.clear()
+        self._events.put(("mesh", (mesh, list(problems))))
+
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Block until every queued event has been handled (tests, CLI)."""
         return self._idle.wait(timeout)
@@ -126,7 +138,7 @@ class Operator:
         # Runs on the xDS loop: hand over and return at once.
         if type_url == "":  # a proxy connected: it may be waiting for its first snapshot
             if node_id not in self._node_ids:
-                log.warning("proxy %s is not a workload of the mesh file: it gets no configuration", node_id)
+                log.warning("proxy %s is not a workload of the mesh: it gets no configuration", node_id)
             self._events.put(("connect", node_id))
         elif type_url in (EXTENSION_CONFIG, LISTENER):
             self._events.put(("reply", (node_id, type_url, status, nacked_names)))
@@ -177,6 +189,24 @@ class Operator:
                 self._tracked.pop(payload, None)
         elif kind == "reply":
             self._record_reply(*payload)
+        elif kind == "mesh":
+            self._replace_mesh(*payload)
+
+    def _replace_mesh(self, mesh: Mesh, problems: list[str]) -> None:
+        builder = SnapshotBuilder(mesh)
+        try:
+            for workload in mesh.workloads:  # translate everything before anything is published
+                builder.snapshot(workload, [])
+        except Exception as error:
+            log.exception("mesh update refused; the previous mesh keeps serving")
+            self._mesh_problems = [*problems, f"mesh update refused, the previous mesh keeps serving: {error}"]
+            return
+        self.mesh, self._builder, self._mesh_problems = mesh, builder, problems
+        gone = self._node_ids - {w.node_id for w in mesh.workloads}
+        self._node_ids = {w.node_id for w in mesh.workloads}
+        for node_id in gone:
+            self._retired.pop(node_id, None)  # its filters' draining no longer matters: the workload left
+            self.control_plane.cache.forget(node_id)
 
     def _prepare(self, tracked: _Tracked) -> None:
         """Validate and resolve one resource (only what changed is pulled again)."""
@@ -425,7 +455,12 @@ class Operator:
                                                    "nacked": s.nacked_version, "error": s.error_detail}
                           for url, s in proxy.types.items()},
             }
-        return {"extensions": extensions, "proxies": proxies}
+        mesh = self.mesh
+        return {"extensions": extensions, "proxies": proxies, "mesh": {
+            "services": sorted(f"{s.namespace}/{s.name}" for s in mesh.services),
+            "workloads": sorted(w.node_id for w in mesh.workloads),
+            "problems": list(self._mesh_problems),
+        }}
 
 
 def _image_of(obj: dict[str, Any]) -> str:

@@ -20,9 +20,8 @@ import hashlib
 import json
 import logging
 import threading
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -169,26 +168,98 @@ class DirectorySource:
             partial.replace(target)  # readers never see half a file
 
 
-class KubernetesSource:
-    """List + watch both CRDs with the `kubernetes` client; status via the status subresource.
+def kubernetes_api_client() -> Any:
+    """An API client for the cluster this process runs in, else KUBECONFIG's."""
+    from kubernetes import client, config
 
-    Each watch resumes from the last resourceVersion it saw; on a dropped
-    connection it reconnects, and on 410 Gone (history expired) it lists
-    again, applying what changed and deleting what disappeared.
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def watch_collection(list_call: Callable[..., Any], *args: Any, apply: Callable[[dict[str, Any]], None],
+                     delete: Callable[[dict[str, Any]], None], stop: threading.Event, timeout_seconds: int,
+                     listed: Callable[[], None] = lambda: None) -> None:
+    """List, then watch one collection until ``stop`` is set, as plain JSON objects.
+
+    ``list_call`` is a `kubernetes` client list function (typed or custom
+    objects).  Objects stay plain JSON rather than the client's models, which
+    refuse some objects the API server sends (an EndpointSlice whose
+    ``endpoints`` is null).  Each watch resumes from the last resourceVersion
+    seen; a dropped connection reconnects; 410 Gone (history expired) lists
+    again, applying what changed and deleting what disappeared.  ``listed`` is
+    called after every complete list.
     """
+    from kubernetes import watch
+    from kubernetes.client.exceptions import ApiException
+
+    known: dict[tuple[str, str], dict[str, Any]] = {}  # (namespace, name) -> object
+    resource_version = ""
+    what = getattr(list_call, "__name__", "collection") + "".join(f" {a}" for a in args)
+
+    def key_of(obj: dict[str, Any]) -> tuple[str, str]:
+        metadata = obj.get("metadata") or {}
+        return metadata.get("namespace") or "", metadata.get("name") or ""
+
+    while not stop.is_set():
+        try:
+            if not resource_version:
+                response = list_call(*args, _preload_content=False)
+                listing = json.loads(response.data)
+                seen = {key_of(item): item for item in listing.get("items") or []}
+                for key, item in seen.items():
+                    old_version = (known.get(key) or {}).get("metadata", {}).get("resourceVersion")
+                    if old_version != item["metadata"].get("resourceVersion"):
+                        apply(item)
+                for key in set(known) - set(seen):
+                    delete(known[key])
+                known = seen
+                resource_version = listing["metadata"]["resourceVersion"]
+                listed()
+            # return_type "object": events stay plain JSON, as the list's items.
+            stream = watch.Watch(return_type="object").stream(
+                list_call, *args, resource_version=resource_version, timeout_seconds=timeout_seconds,
+                allow_watch_bookmarks=True)
+            for event in stream:
+                obj = event["object"]
+                if event["type"] == "ERROR":
+                    if obj.get("code") == 410:
+                        resource_version = ""  # history expired: relist
+                    break
+                resource_version = obj["metadata"]["resourceVersion"]
+                if event["type"] == "BOOKMARK":
+                    continue
+                if event["type"] == "DELETED":
+                    known.pop(key_of(obj), None)
+                    delete(obj)
+                else:
+                    known[key_of(obj)] = obj
+                    apply(obj)
+                if stop.is_set():
+                    return
+        except ApiException as error:
+            if error.status == 410:
+                resource_version = ""
+            else:
+                log.warning("watch %s failed (%s); reconnecting", what, error.reason)
+                stop.wait(1)
+        except Exception as error:  # connection dropped: reconnect from the same version
+            log.warning("watch %s interrupted (%s); reconnecting", what, error)
+            stop.wait(1)
+
+
+class KubernetesSource:
+    """List + watch both CRDs with the `kubernetes` client; status via the status subresource."""
 
     RESOURCES = (("maistra.io", "v1", "servicemeshextensions"),
                  ("extensions.istio.io", "v1alpha1", "wasmplugins"))
 
     def __init__(self, operator: Operator, *, api_client: Any = None, timeout_seconds: int = 60) -> None:
-        from kubernetes import client, config
+        from kubernetes import client
 
-        if api_client is None:
-            try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                config.load_kube_config()
-            api_client = client.ApiClient()
+        api_client = api_client or kubernetes_api_client()
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self.operator = operator
@@ -207,61 +278,10 @@ class KubernetesSource:
     def stop(self) -> None:
         self._stop.set()
 
-    def _list(self, group: str, version: str, plural: str, known: dict[str, dict[str, Any]]) -> str:
-        listing = self.custom.list_cluster_custom_object(group, version, plural)
-        seen = {}
-        for item in listing.get("items", []):
-            key = resource_key(item)
-            seen[key] = item
-            if known.get(key, {}).get("metadata", {}).get("resourceVersion") != item["metadata"].get("resourceVersion"):
-                self.operator.apply(item)
-        for key in set(known) - set(seen):
-            self.operator.delete(key)
-        known.clear()
-        known.update(seen)
-        return listing["metadata"]["resourceVersion"]
-
     def _watch_forever(self, group: str, version: str, plural: str) -> None:
-        from kubernetes import watch
-        from kubernetes.client.exceptions import ApiException
-
-        known: dict[str, dict[str, Any]] = {}
-        resource_version = ""
-        while not self._stop.is_set():
-            try:
-                if not resource_version:
-                    resource_version = self._list(group, version, plural, known)
-                stream = watch.Watch().stream(
-                    self.custom.list_cluster_custom_object, group, version, plural,
-                    resource_version=resource_version, timeout_seconds=self.timeout_seconds,
-                    allow_watch_bookmarks=True)
-                for event in stream:
-                    obj = event["object"]
-                    if event["type"] == "ERROR":
-                        if obj.get("code") == 410:
-                            resource_version = ""  # history expired: relist
-                        break
-                    resource_version = obj["metadata"]["resourceVersion"]
-                    if event["type"] == "BOOKMARK":
-                        continue
-                    key = resource_key(obj)
-                    if event["type"] == "DELETED":
-                        known.pop(key, None)
-                        self.operator.delete(key)
-                    else:
-                        known[key] = obj
-                        self.operator.apply(obj)
-                    if self._stop.is_set():
-                        return
-            except ApiException as error:
-                if error.status == 410:
-                    resource_version = ""
-                else:
-                    log.warning("watch %s failed (%s); reconnecting", plural, error.reason)
-                    time.sleep(1)
-            except Exception as error:  # connection dropped: reconnect from the same version
-                log.warning("watch %s interrupted (%s); reconnecting", plural, error)
-                time.sleep(1)
+        watch_collection(self.custom.list_cluster_custom_object, group, version, plural,
+                         apply=self.operator.apply, delete=lambda obj: self.operator.delete(resource_key(obj)),
+                         stop=self._stop, timeout_seconds=self.timeout_seconds)
 
     def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException

@@ -1,8 +1,13 @@
-"""A fake Kubernetes API server for custom resources, faithful to the parts of
-the protocol the adapter uses: list with a resourceVersion, watch from a
-resourceVersion (newline-delimited JSON events), "410 Gone" when that version
-is older than the kept history, merge-patch of the status subresource, and
-404 for secrets.  No API server can run on the build machine (see
+"""A fake Kubernetes API server, faithful to the parts of the protocol the
+control plane uses: cluster-wide collections of custom resources
+(``/apis/GROUP/VERSION/PLURAL``), of core/v1 (``/api/v1/services``,
+``/api/v1/pods``) and of discovery.k8s.io/v1 (``/apis/discovery.k8s.io/v1/endpointslices``);
+list with a resourceVersion, watch from a resourceVersion (newline-delimited
+JSON events), "410 Gone" when that version is older than the kept history,
+merge-patch of the status subresource, and 404 for secrets.  As the real
+server does, items of a built-in type's list carry no kind/apiVersion (watch
+events do), and a deleted object's event carries the deletion's
+resourceVersion.  No API server can run on the build machine (see
 test_control_kubernetes.py for the real one).
 """
 
@@ -12,11 +17,15 @@ import copy
 import json
 import re
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-_COLLECTION = re.compile(r"^/apis/([^/]+)/([^/]+)/([^/]+)$")
+_COLLECTION = re.compile(r"^/apis?/(?:([^/]+)/)?([^/]+)/([^/]+)$")  # /api/v1/pods, /apis/g/v/plural
+# Built-in collections: plural -> (apiVersion, kind).
+BUILT_IN = {"services": ("v1", "Service"), "pods": ("v1", "Pod"),
+            "endpointslices": ("discovery.k8s.io/v1", "EndpointSlice")}
 _STATUS = re.compile(r"^/apis/([^/]+)/([^/]+)/namespaces/([^/]+)/([^/]+)/([^/]+)/status$")
 
 
@@ -47,11 +56,13 @@ class FakeKubernetes:
             metadata = obj.setdefault("metadata", {})
             key = (plural, metadata.get("namespace", "default"), metadata["name"])
             old = self.objects.get(key)
+            if plural in BUILT_IN:
+                obj["apiVersion"], obj["kind"] = BUILT_IN[plural]
             self.version += 1
             metadata["resourceVersion"] = str(self.version)
             spec_changed = old is None or old.get("spec") != obj.get("spec")
             metadata["generation"] = (old["metadata"]["generation"] if old else 0) + (1 if spec_changed else 0)
-            if old and "status" in old:
+            if old and "status" in old and "status" not in obj:  # status is written separately
                 obj["status"] = old["status"]
             self.objects[key] = obj
             self.events.append((self.version, plural, "MODIFIED" if old else "ADDED", copy.deepcopy(obj)))
@@ -62,6 +73,7 @@ class FakeKubernetes:
         with self._lock:
             obj = self.objects.pop((plural, namespace, name))
             self.version += 1
+            obj["metadata"]["resourceVersion"] = str(self.version)
             if record:
                 self.events.append((self.version, plural, "DELETED", obj))
             self._lock.notify_all()
@@ -109,30 +121,48 @@ class FakeKubernetes:
                 with fake._lock:
                     items = [copy.deepcopy(o) for (p, _, _), o in fake.objects.items() if p == plural]
                     version = fake.version
-                self._json(200, {"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": str(version)},
-                                 "items": items})
+                api_version, kind = BUILT_IN.get(plural, ("v1", ""))
+                if plural in BUILT_IN:
+                    for item in items:
+                        del item["apiVersion"], item["kind"]
+                self._json(200, {"kind": f"{kind}List", "apiVersion": api_version,
+                                 "metadata": {"resourceVersion": str(version)}, "items": items})
+
+            def _send_event(self, event: dict[str, Any]) -> None:
+                # One HTTP/1.1 chunk per event, as the API server streams a watch:
+                # clients read chunk by chunk, never waiting for the end of the body.
+                line = json.dumps(event).encode() + b"\n"
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                self.wfile.flush()
 
             def _watch(self, plural: str, since: int, timeout: float) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Connection", "close")
+                self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
+                try:
+                    self._stream_events(plural, since, timeout)
+                    self.wfile.write(b"0\r\n\r\n")  # the end of the body: the client reconnects
+                except OSError:
+                    pass  # the client went away
                 self.close_connection = True
+
+            def _stream_events(self, plural: str, since: int, timeout: float) -> None:
                 with fake._lock:
                     if since < fake.oldest_kept:
-                        gone = {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired",
-                                                            "message": f"too old resource version: {since}"}}
-                        self.wfile.write(json.dumps(gone).encode() + b"\n")
+                        self._send_event({"type": "ERROR", "object": {
+                            "kind": "Status", "code": 410, "reason": "Expired",
+                            "message": f"too old resource version: {since}"}})
                         return
                     sent = since
-                    deadline_wait = timeout
+                    deadline = time.monotonic() + timeout
                     while True:
                         for version, event_plural, kind, obj in fake.events:
                             if version > sent and event_plural == plural:
-                                self.wfile.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
-                                self.wfile.flush()
+                                self._send_event({"type": kind, "object": obj})
                         sent = max([sent] + [v for v, *_ in fake.events])
-                        if not fake._lock.wait(deadline_wait) or fake.oldest_kept > since:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0 or not fake._lock.wait(remaining) or fake.oldest_kept > since:
                             return  # timeoutSeconds reached, or history compacted: the client reconnects
 
             def do_PATCH(self) -> None:  # noqa: N802

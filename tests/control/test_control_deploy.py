@@ -80,14 +80,20 @@ def test_bad_fields_are_refused_by_the_crd_and_the_operator(field, value):
     assert f"spec.{field}" in str(error.value)
 
 
-def test_the_deployment_mounts_a_mesh_file_the_control_plane_accepts(tmp_path):
-    from meshext.control.mesh import load_mesh
+def test_the_deployment_discovers_the_mesh_with_the_rights_it_needs():
+    from meshext.control.cli import serve_command
 
-    documents = _documents("control-plane.yaml")
-    config_map = next(d for d in documents if d["kind"] == "ConfigMap")
-    deployment = next(d for d in documents if d["kind"] == "Deployment")
-    mesh_file = tmp_path / "mesh.yaml"
-    mesh_file.write_text(config_map["data"]["mesh.yaml"])
-    assert load_mesh(mesh_file).controlPlaneNamespace == "meshext-system"
-    arguments = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert arguments[arguments.index("--mesh") + 1] == "/etc/meshext/mesh.yaml"
+    deployment = next(d for d in _documents("control-plane.yaml") if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    arguments = [a.replace("$(POD_IP)", "10.0.0.7") for a in container["args"]]
+    assert arguments[:2] == ["control", "serve"]
+    context = serve_command.make_context("serve", arguments[2:])  # the CLI accepts what the pod runs
+    assert context.params["kubernetes"] and context.params["mesh_file"] is None  # discovery, no mesh file
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+
+    role = next(d for d in _documents("rbac.yaml") if d["kind"] == "ClusterRole")
+    for group, resource in (("", "services"), ("", "pods"), ("discovery.k8s.io", "endpointslices")):
+        verbs = {verb for rule in role["rules"] if group in rule["apiGroups"] and resource in rule["resources"]
+                 for verb in rule["verbs"]}
+        assert {"list", "watch"} <= verbs, (group, resource, verbs)

@@ -143,3 +143,56 @@ def test_kubernetes_source_against_a_fake_api_server(tmp_path, modules):
         operator.stop()
         control_plane.stop()
         fake.close()
+
+
+@needs_cluster
+def test_mesh_discovery_against_a_real_cluster(tmp_path):
+    """A Service and an annotated Pod become a service with a ready endpoint and a workload; deleting the pod
+    removes both (the EndpointSlice controller, not a selector, says who is ready)."""
+    from kubernetes import client, config
+
+    from meshext.control.discovery import INJECT_ANNOTATION, KubernetesMeshDiscovery
+    from meshext.control.images import RegistrySettings
+    from meshext.control.mesh import Mesh
+    from meshext.control.operator import Operator
+    from meshext.control.server import ControlPlane
+    from meshext.registry import ModuleCache
+
+    config.load_kube_config()
+    api = client.ApiClient()
+    core = client.CoreV1Api(api)
+    namespace = f"meshext-test-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": namespace}})
+    control_plane = ControlPlane().start()
+    operator = Operator(Mesh(), control_plane, registry=RegistrySettings(cache=ModuleCache(tmp_path / "cache"))).start()
+    discovery = KubernetesMeshDiscovery(operator, api_client=api, timeout_seconds=5).start()
+
+    def discovered() -> tuple[list[str], list[str]]:
+        mesh = discovery.mesh
+        if mesh is None:
+            return [], []
+        service = next((s for s in mesh.services if (s.namespace, s.name) == (namespace, "web")), None)
+        return ([w.name for w in mesh.workloads if w.namespace == namespace],
+                (service.endpoints or []) if service else [])
+
+    try:
+        core.create_namespaced_service(namespace, {
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+        core.create_namespaced_pod(namespace, {
+            "metadata": {"name": "web-0", "labels": {"app": "web"}, "annotations": {INJECT_ANNOTATION: "true"}},
+            "spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.9",
+                                     "ports": [{"containerPort": 8080}]}]}})
+        wait_until(lambda: discovered() == (["web-0"], ["web-0"]), timeout=180, what="pod ready and discovered")
+        pod_ip = core.read_namespaced_pod("web-0", namespace).status.pod_ip
+        workload = discovery.mesh.workload("web-0", namespace)
+        assert (workload.inbound.address, workload.inbound.port) == (pod_ip, 15006)
+        assert (workload.app.address, workload.app.port) == (pod_ip, 8080)
+
+        core.delete_namespaced_pod("web-0", namespace, grace_period_seconds=0)
+        wait_until(lambda: discovered() == ([], []), timeout=120, what="pod removed from the mesh")
+    finally:
+        discovery.stop()
+        operator.stop()
+        control_plane.stop()
+        core.delete_namespace(namespace)
