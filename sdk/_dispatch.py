@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 from meshext.sdk import callouts
 from meshext.sdk.abi import Action, BufferType, MapType, StreamType
-from meshext.sdk.contexts import ALL_CALLBACKS, FailPolicy, HttpContext, RootContext, StreamContext, callback_mask
+from meshext.sdk.contexts import ALL_CALLBACKS, CALLBACK_BITS, FailPolicy, HttpContext, RootContext, StreamContext, callback_mask
 from meshext.sdk.host import host
 
 # Written by `meshext build` into the module's file system.
@@ -110,7 +110,7 @@ def _children_mask(cls: type[RootContext]) -> int:
 def _report_build_facts() -> None:
     """Tell `meshext build` (through its log) what it may prune from the module."""
     facts = {
-        "callbacks": _children_mask(entry_class),
+        "callbacks": sorted(name for name, bit in CALLBACK_BITS.items() if _children_mask(entry_class) & 1 << bit),
         "root_on_done": entry_class.on_done is not RootContext.on_done,
         "builtin_modules": sorted(name for name in sys.builtin_module_names if name in sys.modules),
     }

@@ -266,7 +266,7 @@ class RootContext(_CalloutMixin):
 
 
 # Bit numbers shared with sdk/shim/shim.c (enum CB_*).
-_CALLBACK_BITS = {
+CALLBACK_BITS = {
     "on_request_headers": 0,
     "on_request_body": 1,
     "on_request_trailers": 2,
@@ -289,7 +289,7 @@ def callback_mask(cls: type | None, base: type) -> int:
     if cls is None:
         return 0
     mask = 0
-    for name, bit in _CALLBACK_BITS.items():
+    for name, bit in CALLBACK_BITS.items():
         if hasattr(base, name) and getattr(cls, name) is not getattr(base, name):
             mask |= 1 << bit
     return mask

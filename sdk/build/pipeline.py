@@ -19,7 +19,7 @@ import wasmtime
 
 from meshext.errors import MeshextError
 from meshext.sdk._dispatch import BUILD_FACTS_PREFIX
-from meshext.sdk.build import analysis, fsimage, preinit, prune, toolchain, wasm_binary
+from meshext.sdk.build import analysis, fsimage, preinit, prune, toolchain
 from meshext.sdk.build.project import Project, load_project
 from meshext.sdk.build.shim import OPTIONAL_MODULES, build_shim, functions_by_part
 
@@ -138,22 +138,26 @@ def _explain_preinit_failure(project: Project, log: list[tuple[str, str]]) -> Me
     return MeshextError(f"importing the filter failed at build time:\n{text.rstrip()}", where=where, fix=fix)
 
 
-# Per-stream exports by the callback bit of sdk/contexts.py (_CALLBACK_BITS).
-STREAM_CALLBACK_EXPORTS = (
-    "proxy_on_request_headers", "proxy_on_request_body", "proxy_on_request_trailers",
-    "proxy_on_response_headers", "proxy_on_response_body", "proxy_on_response_trailers",
-    "proxy_on_log", "proxy_on_done", "proxy_on_new_connection", "proxy_on_downstream_data",
-    "proxy_on_upstream_data", "proxy_on_downstream_connection_close", "proxy_on_upstream_connection_close",
-)
-def kept_exports(module: bytes, callbacks: int, *, root_on_done: bool) -> set[str]:
-    """The exports of a snapshotted module that the filter needs.  Envoy skips
-    a callback the module does not export: one call into the VM less per
-    stream and event."""
-    exports = {export.name for export in wasm_binary.read_exports(wasm_binary.parse_sections(module))}
-    dropped = {name for bit, name in enumerate(STREAM_CALLBACK_EXPORTS) if not callbacks & (1 << bit)}
+# The export Envoy calls for each per-stream callback of sdk/contexts.py.
+CALLBACK_EXPORTS = {
+    "on_request_headers": "proxy_on_request_headers", "on_request_body": "proxy_on_request_body",
+    "on_request_trailers": "proxy_on_request_trailers", "on_response_headers": "proxy_on_response_headers",
+    "on_response_body": "proxy_on_response_body", "on_response_trailers": "proxy_on_response_trailers",
+    "on_log": "proxy_on_log", "on_done": "proxy_on_done", "on_new_connection": "proxy_on_new_connection",
+    "on_downstream_data": "proxy_on_downstream_data", "on_upstream_data": "proxy_on_upstream_data",
+    "on_downstream_close": "proxy_on_downstream_connection_close",
+    "on_upstream_close": "proxy_on_upstream_connection_close",
+}
+
+
+def unused_callback_exports(overridden: list[str], *, root_on_done: bool) -> set[str]:
+    """Exports of callbacks no context of the filter overrides.  Envoy skips a
+    callback the module does not export: one call into the VM less per stream
+    and event."""
+    unused = {export for callback, export in CALLBACK_EXPORTS.items() if callback not in overridden}
     if root_on_done:
-        dropped.discard("proxy_on_done")
-    return exports - dropped
+        unused.discard("proxy_on_done")
+    return unused
 
 
 def removed_c_modules(imported_by_files: set[str], imported_at_build: list[str]) -> list[str]:
@@ -215,7 +219,7 @@ def build_filter(project_dir: Path, output: Path | None = None, progress: Progre
     facts, build_log = _build_facts(result.log)
     module = prune.prune(
         result.module,
-        keep_exports=kept_exports(result.module, facts["callbacks"], root_on_done=facts["root_on_done"]),
+        drop_exports=unused_callback_exports(facts["callbacks"], root_on_done=facts["root_on_done"]),
         removed_modules={
             name: OPTIONAL_MODULES[name]
             for name in removed_c_modules(contents.c_modules_imported, facts["builtin_modules"])

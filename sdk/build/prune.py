@@ -26,6 +26,7 @@ instruction encodings needed to find direct calls are decoded here.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 
 from meshext.sdk.build import wasm_binary as wb
@@ -67,10 +68,7 @@ class Module:
         self.exports = wb.read_exports(self.sections)
         self.names = _function_names(self.sections)
         self.index_of = {name: index for index, name in self.names.items()}
-        counts: dict[str, int] = {}
-        for name in self.names.values():
-            counts[name] = counts.get(name, 0) + 1
-        self.unique_names = {name for name, count in counts.items() if count == 1}
+        self.unique_names = {name for name, count in Counter(self.names.values()).items() if count == 1}
         self.bodies = _code_bodies(self.sections)
         self.table_functions = _table_functions(self.sections)
         self._types = wb.function_types(self.sections)
@@ -91,11 +89,11 @@ class Module:
 def prune(
     module: bytes,
     *,
-    keep_exports: Iterable[str],
+    drop_exports: Iterable[str],
     removed_modules: dict[str, str],
     functions_by_part: dict[str, list[str]],
 ) -> bytes:
-    """``module`` with only ``keep_exports`` exported and unreachable code trapping.
+    """``module`` without ``drop_exports`` and with unreachable code trapping.
 
     ``removed_modules`` maps the C modules nothing can import any more to
     their init functions; ``functions_by_part`` names the functions only the
@@ -103,8 +101,8 @@ def prune(
     function table does not keep those alive.
     """
     parsed = Module(module)
-    keep = set(keep_exports)
-    exports = [export for export in parsed.exports if export.name in keep]
+    dropped = set(drop_exports)
+    exports = [export for export in parsed.exports if export.name not in dropped]
     redirect = {parsed.function(name): NO_COMPILER_HANDLER for name in COMPILER_ENTRY_POINTS if name in parsed.index_of}
     redirect |= {parsed.function(init): NO_MODULE_HANDLER for init in removed_modules.values()}
     handlers = {name: parsed.function(name) for name in (NO_COMPILER_HANDLER, NO_MODULE_HANDLER)}

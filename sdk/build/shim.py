@@ -135,15 +135,11 @@ def _functions_by_part(library: Path, scratch: Path) -> dict[str, list[str]]:
     scratch.mkdir()
     _run([*toolchain.zig_ar(), "x", str(library.resolve())], "unpacking libpython", cwd=scratch)
     by_object = {member.name: wasm_binary.object_function_names(member.read_bytes()) for member in scratch.iterdir()}
-    owners: dict[str, int] = {}
-    for names in by_object.values():
-        for name in names:
-            owners[name] = owners.get(name, 0) + 1
 
     def only_in(objects: list[str]) -> list[str]:
-        names = set().union(*(by_object[name] for name in objects))
-        shared = {name for name in names if owners[name] > sum(name in by_object[obj] for obj in objects)}
-        return sorted(names - shared)
+        inside = set().union(*(by_object[name] for name in objects))
+        elsewhere = set().union(*(names for name, names in by_object.items() if name not in objects))
+        return sorted(inside - elsewhere)
 
     parts = {"compiler": only_in(list(prune.COMPILER_OBJECTS))}
     init_object = {init: obj for obj, names in by_object.items() for init in names if init.startswith("PyInit_")}
