@@ -59,6 +59,7 @@ def preinit() -> None:
         compiled = getattr(module, "__cached__", None) or getattr(module, "__file__", None) or ""
         if compiled.endswith(".pyc"):
             host.forget_file(compiled)
+    _speed_up_action_lookup()
     _report_build_facts()
     # Everything imported so far is permanent: keep the collector away from it.
     gc.collect()
@@ -105,6 +106,15 @@ def _children_mask(cls: type[RootContext]) -> int:
     ):
         return ALL_CALLBACKS  # children chosen at run time: any callback may matter
     return callback_mask(cls.http_context, HttpContext) | callback_mask(cls.stream_context, StreamContext)
+
+
+def _speed_up_action_lookup() -> None:
+    """Filters return ``Action.CONTINUE`` on every callback; EnumType's
+    ``__getattr__`` makes that lookup slow in 3.11 (see plain_class_lookup in
+    sdk/shim/hostcalls.c).  The plain lookup is equivalent while every member
+    is a class attribute, so check that first."""
+    if all(vars(Action).get(member.name) is member for member in Action):
+        host.plain_class_lookup(type(Action))
 
 
 def _report_build_facts() -> None:

@@ -17,6 +17,8 @@ try:
     import _meshext_host as host  # type: ignore[import-not-found]
 
     HostError: type[Exception] = host.HostError
+    # The C base of meshext.sdk.HeaderMap (sdk/shim/hostcalls.c).
+    NativeHeaderMap: type = host.HeaderMap
 except ImportError:
 
     class HostError(RuntimeError):  # type: ignore[no-redef]
@@ -31,6 +33,19 @@ except ImportError:
             )
 
     host = _NoHost()
+
+    class NativeHeaderMap:  # type: ignore[no-redef]
+        """Stands in for the C base of HeaderMap: constructible, every operation explains."""
+
+        __slots__ = ("map_type",)
+
+        def __init__(self, map_type: int) -> None:
+            self.map_type = int(map_type)
+
+        def _outside_vm(self, *args: Any, **kwargs: Any) -> Any:
+            return host.get_header  # raises the explanation
+
+        get = add = set = remove = __getitem__ = __setitem__ = __delitem__ = __contains__ = _outside_vm
 
 
 def describe_host_error(error: BaseException) -> str:
