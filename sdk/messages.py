@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from meshext.sdk.abi import BufferType, MapType, StreamType
-from meshext.sdk.host import NativeHeaderMap, host
+from meshext.sdk.host import NativeBody, NativeHeaderMap, host
 
 TYPE_CHECKING = False
 
@@ -76,7 +76,7 @@ class HeaderMap(NativeHeaderMap):
         host.set_headers(self.map_type, list(pairs))
 
 
-class Body:
+class Body(NativeBody):
     """A body (or TCP data) buffer: what Envoy has received so far.
 
     In ``on_request_body(size, end_of_stream)`` the buffer holds the current
@@ -84,31 +84,31 @@ class Body:
     buffered so far.
     """
 
-    __slots__ = ("buffer_type",)
+    __slots__ = ()
 
-    def __init__(self, buffer_type: BufferType) -> None:
-        self.buffer_type = int(buffer_type)
+    if TYPE_CHECKING:
+        # Implemented in C (Body in sdk/shim/hostcalls.c), like HeaderMap's methods.
+        buffer_type: int
 
-    def size(self) -> int:
-        return host.buffer_size(self.buffer_type)
+        def __init__(self, buffer_type: BufferType) -> None: ...
 
-    def read(self, start: int = 0, size: int | None = None) -> bytes:
-        if size is None:
-            size = max(host.buffer_size(self.buffer_type) - start, 0)
-        return host.get_buffer(self.buffer_type, start, size)
+        def size(self) -> int:
+            """How many bytes the buffer holds."""
+
+        def read(self, start: int = 0, size: int | None = None) -> bytes:
+            """``size`` bytes from ``start`` (default: to the end)."""
+
+        def replace(self, data: bytes | str) -> None:
+            """Replace the whole buffer (Envoy fixes ``content-length`` when it can)."""
+
+        def append(self, data: bytes | str) -> None:
+            """Add ``data`` at the end."""
+
+        def prepend(self, data: bytes | str) -> None:
+            """Add ``data`` at the start."""
 
     def text(self, encoding: str = "utf-8") -> str:
         return self.read().decode(encoding)
-
-    def replace(self, data: bytes | str) -> None:
-        """Replace the whole buffer (Envoy fixes ``content-length`` when it can)."""
-        host.set_buffer(self.buffer_type, 0, max(host.buffer_size(self.buffer_type), 1), data)
-
-    def append(self, data: bytes | str) -> None:
-        host.set_buffer(self.buffer_type, host.buffer_size(self.buffer_type), 0, data)
-
-    def prepend(self, data: bytes | str) -> None:
-        host.set_buffer(self.buffer_type, 0, 0, data)
 
 
 class Message:

@@ -124,26 +124,53 @@ static PyObject *h_done(PyObject *self, PyObject *unused) {
 
 /* ---- buffers ---- */
 
-static PyObject *h_get_buffer(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    CHECK_NARGS(3, "get_buffer");
-    long buffer = long_arg(args[0]), start = long_arg(args[1]), max_size = long_arg(args[2]);
-    if (PyErr_Occurred()) return NULL;
+/* Up to `max_size` bytes of `buffer` from `start`; b"" when absent or empty. */
+static PyObject *buffer_bytes(uint32_t buffer, size_t start, size_t max_size) {
     char *data = NULL;
     size_t size = 0;
-    proxy_status status = proxy_get_buffer_bytes((uint32_t)buffer, (size_t)start, (size_t)max_size, &data, &size);
+    proxy_status status = proxy_get_buffer_bytes(buffer, start, max_size, &data, &size);
     if (status == PROXY_NOT_FOUND || status == PROXY_EMPTY) return PyBytes_FromStringAndSize("", 0);
     if (status != PROXY_OK) return host_error("proxy_get_buffer_bytes", status);
     return take_bytes(data, size);
 }
 
+/* The buffer's length in *size (0 when absent); -1 with an exception. */
+static int buffer_length(uint32_t buffer, size_t *size) {
+    uint32_t unused = 0;
+    *size = 0;
+    proxy_status status = proxy_get_buffer_status(buffer, size, &unused);
+    if (status == PROXY_NOT_FOUND) {
+        *size = 0;
+        return 0;
+    }
+    if (status != PROXY_OK) {
+        host_error("proxy_get_buffer_status", status);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *write_buffer(uint32_t buffer, size_t start, size_t length, PyObject *data) {
+    const char *bytes;
+    Py_ssize_t size;
+    if (text_arg(data, &bytes, &size) < 0) return NULL;
+    proxy_status status = proxy_set_buffer_bytes(buffer, start, length, bytes, (size_t)size);
+    if (status != PROXY_OK) return host_error("proxy_set_buffer_bytes", status);
+    Py_RETURN_NONE;
+}
+
+static PyObject *h_get_buffer(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    CHECK_NARGS(3, "get_buffer");
+    long buffer = long_arg(args[0]), start = long_arg(args[1]), max_size = long_arg(args[2]);
+    if (PyErr_Occurred()) return NULL;
+    return buffer_bytes((uint32_t)buffer, (size_t)start, (size_t)max_size);
+}
+
 static PyObject *h_buffer_size(PyObject *self, PyObject *arg) {
     long buffer = PyLong_AsLong(arg);
     if (buffer == -1 && PyErr_Occurred()) return NULL;
-    size_t size = 0;
-    uint32_t unused = 0;
-    proxy_status status = proxy_get_buffer_status((uint32_t)buffer, &size, &unused);
-    if (status == PROXY_NOT_FOUND) return PyLong_FromLong(0);
-    if (status != PROXY_OK) return host_error("proxy_get_buffer_status", status);
+    size_t size;
+    if (buffer_length((uint32_t)buffer, &size) < 0) return NULL;
     return PyLong_FromSize_t(size);
 }
 
@@ -151,12 +178,7 @@ static PyObject *h_set_buffer(PyObject *self, PyObject *const *args, Py_ssize_t 
     CHECK_NARGS(4, "set_buffer");
     long buffer = long_arg(args[0]), start = long_arg(args[1]), length = long_arg(args[2]);
     if (PyErr_Occurred()) return NULL;
-    const char *data;
-    Py_ssize_t size;
-    if (text_arg(args[3], &data, &size) < 0) return NULL;
-    proxy_status status = proxy_set_buffer_bytes((uint32_t)buffer, (size_t)start, (size_t)length, data, (size_t)size);
-    if (status != PROXY_OK) return host_error("proxy_set_buffer_bytes", status);
-    Py_RETURN_NONE;
+    return write_buffer((uint32_t)buffer, (size_t)start, (size_t)length, args[3]);
 }
 
 /* ---- header maps ---- */
@@ -499,6 +521,110 @@ static PyTypeObject HeaderMapType = {
     .tp_members = header_map_members,
     .tp_as_mapping = &header_map_mapping,
     .tp_as_sequence = &header_map_sequence,
+};
+
+/*
+ * ---- Body: the C base of meshext.sdk.Body ----
+ *
+ * Same reason as HeaderMap: body filters call these on every chunk.
+ */
+typedef struct {
+    PyObject_HEAD
+    uint32_t buffer_type;
+} BodyObject;
+
+#define BUFFER_OF(self) (((BodyObject *)(self))->buffer_type)
+
+static PyObject *body_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"buffer_type", NULL};
+    PyObject *buffer_type;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O:Body", names, &buffer_type)) return NULL;
+    long buffer = PyLong_AsLong(buffer_type);
+    if (buffer == -1 && PyErr_Occurred()) return NULL;
+    PyObject *self = type->tp_alloc(type, 0);
+    if (self) BUFFER_OF(self) = (uint32_t)buffer;
+    return self;
+}
+
+static PyObject *body_size(PyObject *self, PyObject *unused) {
+    size_t size;
+    if (buffer_length(BUFFER_OF(self), &size) < 0) return NULL;
+    return PyLong_FromSize_t(size);
+}
+
+static PyObject *body_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    static const char *const names[] = {"start", "size"};
+    PyObject *given[2];
+    if (method_args("read", names, 2, 0, args, nargs, kwnames, given) < 0) return NULL;
+    long start = given[0] ? PyLong_AsLong(given[0]) : 0;
+    if (start == -1 && PyErr_Occurred()) return NULL;
+    long long size;
+    if (given[1] && given[1] != Py_None) {
+        size = PyLong_AsLong(given[1]);
+        if (size == -1 && PyErr_Occurred()) return NULL;
+    } else {
+        size_t length;
+        if (buffer_length(BUFFER_OF(self), &length) < 0) return NULL;
+        size = (long long)length - start;  /* the rest of the buffer */
+        if (size < 0) size = 0;
+    }
+    return buffer_bytes(BUFFER_OF(self), (size_t)start, (size_t)size);
+}
+
+/* The one `data` argument of replace/append/prepend. */
+static PyObject *data_arg(const char *method, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    static const char *const names[] = {"data"};
+    PyObject *given[1];
+    return method_args(method, names, 1, 1, args, nargs, kwnames, given) < 0 ? NULL : given[0];
+}
+
+static PyObject *body_replace(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    PyObject *data = data_arg("replace", args, nargs, kwnames);
+    size_t length;
+    if (!data || buffer_length(BUFFER_OF(self), &length) < 0) return NULL;
+    /* At least 1: Envoy reads start 0 with length 0 as a prepend, not a replace. */
+    return write_buffer(BUFFER_OF(self), 0, length > 1 ? length : 1, data);
+}
+
+static PyObject *body_append(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    PyObject *data = data_arg("append", args, nargs, kwnames);
+    size_t length;
+    if (!data || buffer_length(BUFFER_OF(self), &length) < 0) return NULL;
+    return write_buffer(BUFFER_OF(self), length, 0, data);
+}
+
+static PyObject *body_prepend(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    PyObject *data = data_arg("prepend", args, nargs, kwnames);
+    return data ? write_buffer(BUFFER_OF(self), 0, 0, data) : NULL;
+}
+
+#define BODY_KEYWORDS(name) (PyCFunction)(void (*)(void))body_##name, METH_FASTCALL | METH_KEYWORDS
+
+static PyMethodDef body_methods[] = {
+    {"size", body_size, METH_NOARGS, "size($self)\n--\n\nHow many bytes the buffer holds."},
+    {"read", BODY_KEYWORDS(read),
+     "read($self, start=0, size=None)\n--\n\n``size`` bytes from ``start`` (default: to the end)."},
+    {"replace", BODY_KEYWORDS(replace),
+     "replace($self, data)\n--\n\nReplace the whole buffer (Envoy fixes ``content-length`` when it can)."},
+    {"append", BODY_KEYWORDS(append), "append($self, data)\n--\n\nAdd ``data`` at the end."},
+    {"prepend", BODY_KEYWORDS(prepend), "prepend($self, data)\n--\n\nAdd ``data`` at the start."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef body_members[] = {
+    {"buffer_type", T_UINT, offsetof(BodyObject, buffer_type), READONLY, "The Proxy-Wasm buffer type (BufferType)."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject BodyType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "_meshext_host.Body",
+    .tp_basicsize = sizeof(BodyObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "Operations on one Proxy-Wasm buffer (base of meshext.sdk.Body).",
+    .tp_new = body_new,
+    .tp_methods = body_methods,
+    .tp_members = body_members,
 };
 
 /* ---- streams and local replies ---- */
@@ -846,7 +972,7 @@ PyObject *PyInit__meshext_host(void) {
     if (!module) return NULL;
     HostError = PyErr_NewException("_meshext_host.HostError", PyExc_RuntimeError, NULL);
     if (!HostError || PyModule_AddObjectRef(module, "HostError", HostError) < 0 ||
-        PyModule_AddType(module, &HeaderMapType) < 0) {
+        PyModule_AddType(module, &HeaderMapType) < 0 || PyModule_AddType(module, &BodyType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

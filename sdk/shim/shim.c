@@ -146,19 +146,17 @@ static uint32_t handle_error(PyObject *context, const char *callback) {
     return action;
 }
 
-static uint32_t action_of(PyObject *result, PyObject *context, const char *callback) {
-    if (!result) return handle_error(context, callback);
-    uint32_t action = 0;
-    if (result != Py_None) {
-        long value = PyLong_AsLong(result);
-        if (value == -1 && PyErr_Occurred()) {
-            Py_DECREF(result);
-            return handle_error(context, callback);
-        }
-        action = (uint32_t)value;
-    }
+/* A callback's answer (None is CONTINUE) as an action; consumes `result`; -1 with an exception set. */
+static int64_t action_value(PyObject *result) {
+    if (!result) return -1;
+    long value = result == Py_None ? 0 : PyLong_AsLong(result);
     Py_DECREF(result);
-    return action;
+    return value == -1 && PyErr_Occurred() ? -1 : (uint32_t)value;
+}
+
+static uint32_t action_of(PyObject *result, PyObject *context, const char *callback) {
+    int64_t action = action_value(result);
+    return action < 0 ? handle_error(context, callback) : (uint32_t)action;
 }
 
 static PyObject *call_dispatch(PyObject *name, PyObject **args, size_t nargs) {
@@ -227,7 +225,9 @@ static uint32_t slot_callback(context_slot *slot, int bit, int stream, int kind,
     }
     PyObject *result = PyObject_VectorcallMethod(name_on[bit], args, nargs, NULL);
     if (kind == ARGS_SIZE_END || kind == ARGS_PEER) Py_DECREF(args[1]);
-    return action_of(result, object, PyUnicode_AsUTF8(name_on[bit]));
+    int64_t action = action_value(result);
+    /* The callback's name is only needed for the error report. */
+    return action < 0 ? handle_error(object, PyUnicode_AsUTF8(name_on[bit])) : (uint32_t)action;
 }
 
 static uint32_t child_callback(uint32_t context_id, int bit, int stream, int kind, uint32_t size, uint32_t end) {

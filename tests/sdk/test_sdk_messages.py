@@ -1,6 +1,7 @@
-"""HeaderMap as filter authors use it, on both directions, through the C
-methods the module runs (sdk/shim/hostcalls.c), and Action lookups after
-the build's speed-up.  Runs the module in meshext's Proxy-Wasm host."""
+"""HeaderMap and Body as filter authors use them, on both directions,
+through the C methods the module runs (sdk/shim/hostcalls.c), and Action
+lookups after the build's speed-up.  Runs the module in meshext's
+Proxy-Wasm host."""
 
 from __future__ import annotations
 
@@ -78,6 +79,27 @@ class Probe(HttpContext):
         probe(self.response.headers, MapType.HTTP_RESPONSE_HEADERS)
         return Action.CONTINUE
 
+    def on_request_body(self, body_size, end_of_stream):
+        body = self.request.body
+        results = {
+            "size": [body.size(), body_size],
+            "read": body.read().decode(),
+            "read_from": body.read(2).decode(),
+            "read_slice": body.read(1, 3).decode(),
+            "read_keywords": body.read(start=2, size=1).decode(),
+            "read_size_only": body.read(size=2).decode(),
+            "read_past_end": body.read(50).decode(),
+            "text": body.text(),
+            "bad_data": outcome(lambda: body.append(3)),
+            "no_data": outcome(lambda: body.append()),
+        }
+        body.replace(b"new")
+        body.append("+tail")
+        body.prepend(data=b"head+")
+        results["after"] = body.text()
+        body.replace(json.dumps(results))
+        return Action.CONTINUE
+
 
 class Root(RootContext):
     http_context = Probe
@@ -136,12 +158,33 @@ def test_header_map_reads_and_writes_response_headers(plugin) -> None:
     assert stream.response.header("x-delete-me") is None and stream.response.header("x-remove-me") is None
 
 
-def test_header_map_outside_a_vm_imports_and_explains() -> None:
-    from meshext.sdk import HeaderMap, MapType
+def test_header_map_and_body_outside_a_vm_import_and_explain() -> None:
+    from meshext.sdk import Body, BufferType, HeaderMap, MapType
 
     headers = HeaderMap(MapType.HTTP_REQUEST_HEADERS)
+    body = Body(BufferType.HTTP_REQUEST_BODY)
     assert headers.map_type == int(MapType.HTTP_REQUEST_HEADERS)
+    assert body.buffer_type == int(BufferType.HTTP_REQUEST_BODY)
     with pytest.raises(RuntimeError, match="only inside a Proxy-Wasm VM"):
         headers.get(":path")
     with pytest.raises(RuntimeError, match="only inside a Proxy-Wasm VM"):
         headers[":path"]
+    with pytest.raises(RuntimeError, match="only inside a Proxy-Wasm VM"):
+        body.read()
+
+
+def test_body_reads_and_writes_the_request_body(plugin) -> None:
+    stream = plugin.exchange("POST", "/", body=b"abcdef")
+    assert json.loads(bytes(stream.request.forwarded_body)) == {
+        "size": [6, 6],
+        "read": "abcdef",
+        "read_from": "cdef",
+        "read_slice": "bcd",
+        "read_keywords": "c",
+        "read_size_only": "ab",
+        "read_past_end": "",
+        "text": "abcdef",
+        "bad_data": ["TypeError", "expected str or bytes, got int"],
+        "no_data": ["TypeError", "append() missing required argument 'data'"],
+        "after": "head+new+tail",
+    }
