@@ -128,7 +128,10 @@ def _report_build_facts() -> None:
 
 
 def _plain_init(cls: type | None, base: type) -> bool:
-    return cls is not None and cls.__init__ is base.__init__ and cls.__new__ is object.__new__
+    """The shim may make `cls` itself: no custom __init__/__new__, and `root`
+    and `context_id` are the base's slots, which the shim writes directly."""
+    return (cls is not None and cls.__init__ is base.__init__ and cls.__new__ is object.__new__
+            and cls.root is base.root and cls.context_id is base.context_id)
 
 
 def create_child(root: RootContext, context_id: int, stream: bool) -> Any:
