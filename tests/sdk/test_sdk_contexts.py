@@ -60,6 +60,25 @@ class Root(RootContext):
         return True
 '''
 
+TCP = '''
+import json
+from meshext.sdk import Action, RootContext, StreamContext
+
+
+class Probe(StreamContext):
+    def on_downstream_data(self, data_size, end_of_stream):
+        data = self.downstream_data.read()
+        facts = {"attributes": sorted(vars(self)), "root": type(self.root).__name__, "context_id": self.context_id}
+        if data == b"mark":
+            self.marker = True
+        self.downstream_data.replace(json.dumps(facts))
+        return Action.CONTINUE
+
+
+class Root(RootContext):
+    stream_context = Probe
+'''
+
 FINALIZED = '''
 from meshext.sdk import Action, HttpContext, RootContext
 
@@ -128,3 +147,16 @@ def test_a_context_class_with_del_is_finalized_after_each_stream(tmp_path: Path)
         finalized = stream.request.header("x-finalized") or ""
         assert (finalized.split(",") if finalized else []) == ids
         ids.append(stream.request.header("x-context-id") or "")
+
+
+def test_each_tcp_connection_starts_with_a_fresh_looking_object(tmp_path: Path) -> None:
+    plugin = load(tmp_path, TCP)
+    seen_ids = set()
+    for data in [b"mark", b"plain", b"mark", b"plain"]:
+        connection = plugin.tcp_stream()
+        connection.send_downstream_data(data)
+        current = json.loads(bytes(connection.to_upstream))
+        connection.close()
+        assert current["attributes"] == [] and current["root"] == "Root"
+        assert current["context_id"] not in seen_ids
+        seen_ids.add(current["context_id"])
