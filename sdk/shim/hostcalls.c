@@ -365,12 +365,30 @@ static PyObject *h_remove_header(PyObject *self, PyObject *const *args, Py_ssize
  * subclasses this type and keeps the rest of the API (items, get_all, ...)
  * in Python.
  */
+/* HeaderMap and Body objects hold the number of one Proxy-Wasm map or buffer. */
 typedef struct {
     PyObject_HEAD
-    uint32_t map_type;
-} HeaderMapObject;
+    uint32_t number; /* a MapType or a BufferType */
+} HostObject;
 
-#define MAP_OF(self) (((HeaderMapObject *)(self))->map_type)
+#define NUMBER_OF(self) (((HostObject *)(self))->number)
+
+static PyTypeObject HeaderMapType;
+
+/* HeaderMap(map_type) or Body(buffer_type). */
+static PyObject *host_object_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    static char *map_names[] = {"map_type", NULL}, *buffer_names[] = {"buffer_type", NULL};
+    int is_map = PyType_IsSubtype(type, &HeaderMapType);
+    PyObject *number;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, is_map ? "O:HeaderMap" : "O:Body",
+                                     is_map ? map_names : buffer_names, &number))
+        return NULL;
+    long value = PyLong_AsLong(number);
+    if (value == -1 && PyErr_Occurred()) return NULL;
+    PyObject *self = type->tp_alloc(type, 0);
+    if (self) NUMBER_OF(self) = (uint32_t)value;
+    return self;
+}
 
 /*
  * Positional-or-keyword arguments for METH_FASTCALL | METH_KEYWORDS methods
@@ -405,22 +423,11 @@ static int method_args(const char *method, const char *const *names, Py_ssize_t 
     return 0;
 }
 
-static PyObject *header_map_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
-    static char *names[] = {"map_type", NULL};
-    PyObject *map_type;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O:HeaderMap", names, &map_type)) return NULL;
-    long map = PyLong_AsLong(map_type);
-    if (map == -1 && PyErr_Occurred()) return NULL;
-    PyObject *self = type->tp_alloc(type, 0);
-    if (self) MAP_OF(self) = (uint32_t)map;
-    return self;
-}
-
 static PyObject *header_map_get(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
     static const char *const names[] = {"name", "default"};
     PyObject *given[2];
     if (method_args("get", names, 2, 1, args, nargs, kwnames, given) < 0) return NULL;
-    PyObject *value = header_value(MAP_OF(self), given[0]);
+    PyObject *value = header_value(NUMBER_OF(self), given[0]);
     if (value == Py_None && given[1]) {
         Py_DECREF(value);
         return Py_NewRef(given[1]);
@@ -429,7 +436,7 @@ static PyObject *header_map_get(PyObject *self, PyObject *const *args, Py_ssize_
 }
 
 static PyObject *header_map_subscript(PyObject *self, PyObject *name) {
-    PyObject *value = header_value(MAP_OF(self), name);
+    PyObject *value = header_value(NUMBER_OF(self), name);
     if (value == Py_None) {
         Py_DECREF(value);
         PyErr_SetObject(PyExc_KeyError, name);
@@ -440,7 +447,7 @@ static PyObject *header_map_subscript(PyObject *self, PyObject *name) {
 
 static int header_map_contains(PyObject *self, PyObject *name) {
     if (!PyUnicode_Check(name)) return 0;
-    PyObject *value = header_value(MAP_OF(self), name);
+    PyObject *value = header_value(NUMBER_OF(self), name);
     if (!value) return -1;
     Py_DECREF(value);
     return value != Py_None;
@@ -451,7 +458,7 @@ static PyObject *header_map_write(PyObject *self, const char *method, header_wri
     static const char *const names[] = {"name", "value"};
     PyObject *given[2];
     if (method_args(method, names, 2, 2, args, nargs, kwnames, given) < 0) return NULL;
-    return write_header(MAP_OF(self), given[0], given[1], fn, what);
+    return write_header(NUMBER_OF(self), given[0], given[1], fn, what);
 }
 
 static PyObject *header_map_add(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
@@ -468,14 +475,14 @@ static PyObject *header_map_remove(PyObject *self, PyObject *const *args, Py_ssi
     static const char *const names[] = {"name"};
     PyObject *given[1];
     if (method_args("remove", names, 1, 1, args, nargs, kwnames, given) < 0) return NULL;
-    return remove_header(MAP_OF(self), given[0]);
+    return remove_header(NUMBER_OF(self), given[0]);
 }
 
 /* headers[name] = value replaces (like set); del headers[name] removes. */
 static int header_map_assign(PyObject *self, PyObject *name, PyObject *value) {
-    PyObject *result = value ? write_header(MAP_OF(self), name, value, proxy_replace_header_map_value,
+    PyObject *result = value ? write_header(NUMBER_OF(self), name, value, proxy_replace_header_map_value,
                                             "proxy_replace_header_map_value")
-                             : remove_header(MAP_OF(self), name);
+                             : remove_header(NUMBER_OF(self), name);
     if (!result) return -1;
     Py_DECREF(result);
     return 0;
@@ -497,7 +504,7 @@ static PyMethodDef header_map_methods[] = {
 };
 
 static PyMemberDef header_map_members[] = {
-    {"map_type", T_UINT, offsetof(HeaderMapObject, map_type), READONLY, "The Proxy-Wasm map type (MapType)."},
+    {"map_type", T_UINT, offsetof(HostObject, number), READONLY, "The Proxy-Wasm map type (MapType)."},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -513,10 +520,10 @@ static PySequenceMethods header_map_sequence = {
 static PyTypeObject HeaderMapType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "_meshext_host.HeaderMap",
-    .tp_basicsize = sizeof(HeaderMapObject),
+    .tp_basicsize = sizeof(HostObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_doc = "Header operations on one Proxy-Wasm map (base of meshext.sdk.HeaderMap).",
-    .tp_new = header_map_new,
+    .tp_new = host_object_new,
     .tp_methods = header_map_methods,
     .tp_members = header_map_members,
     .tp_as_mapping = &header_map_mapping,
@@ -528,27 +535,9 @@ static PyTypeObject HeaderMapType = {
  *
  * Same reason as HeaderMap: body filters call these on every chunk.
  */
-typedef struct {
-    PyObject_HEAD
-    uint32_t buffer_type;
-} BodyObject;
-
-#define BUFFER_OF(self) (((BodyObject *)(self))->buffer_type)
-
-static PyObject *body_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
-    static char *names[] = {"buffer_type", NULL};
-    PyObject *buffer_type;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O:Body", names, &buffer_type)) return NULL;
-    long buffer = PyLong_AsLong(buffer_type);
-    if (buffer == -1 && PyErr_Occurred()) return NULL;
-    PyObject *self = type->tp_alloc(type, 0);
-    if (self) BUFFER_OF(self) = (uint32_t)buffer;
-    return self;
-}
-
 static PyObject *body_size(PyObject *self, PyObject *unused) {
     size_t size;
-    if (buffer_length(BUFFER_OF(self), &size) < 0) return NULL;
+    if (buffer_length(NUMBER_OF(self), &size) < 0) return NULL;
     return PyLong_FromSize_t(size);
 }
 
@@ -564,11 +553,11 @@ static PyObject *body_read(PyObject *self, PyObject *const *args, Py_ssize_t nar
         if (size == -1 && PyErr_Occurred()) return NULL;
     } else {
         size_t length;
-        if (buffer_length(BUFFER_OF(self), &length) < 0) return NULL;
+        if (buffer_length(NUMBER_OF(self), &length) < 0) return NULL;
         size = (long long)length - start;  /* the rest of the buffer */
         if (size < 0) size = 0;
     }
-    return buffer_bytes(BUFFER_OF(self), (size_t)start, (size_t)size);
+    return buffer_bytes(NUMBER_OF(self), (size_t)start, (size_t)size);
 }
 
 /* The one `data` argument of replace/append/prepend. */
@@ -581,21 +570,21 @@ static PyObject *data_arg(const char *method, PyObject *const *args, Py_ssize_t 
 static PyObject *body_replace(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
     PyObject *data = data_arg("replace", args, nargs, kwnames);
     size_t length;
-    if (!data || buffer_length(BUFFER_OF(self), &length) < 0) return NULL;
+    if (!data || buffer_length(NUMBER_OF(self), &length) < 0) return NULL;
     /* At least 1: Envoy reads start 0 with length 0 as a prepend, not a replace. */
-    return write_buffer(BUFFER_OF(self), 0, length > 1 ? length : 1, data);
+    return write_buffer(NUMBER_OF(self), 0, length > 1 ? length : 1, data);
 }
 
 static PyObject *body_append(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
     PyObject *data = data_arg("append", args, nargs, kwnames);
     size_t length;
-    if (!data || buffer_length(BUFFER_OF(self), &length) < 0) return NULL;
-    return write_buffer(BUFFER_OF(self), length, 0, data);
+    if (!data || buffer_length(NUMBER_OF(self), &length) < 0) return NULL;
+    return write_buffer(NUMBER_OF(self), length, 0, data);
 }
 
 static PyObject *body_prepend(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
     PyObject *data = data_arg("prepend", args, nargs, kwnames);
-    return data ? write_buffer(BUFFER_OF(self), 0, 0, data) : NULL;
+    return data ? write_buffer(NUMBER_OF(self), 0, 0, data) : NULL;
 }
 
 #define BODY_KEYWORDS(name) (PyCFunction)(void (*)(void))body_##name, METH_FASTCALL | METH_KEYWORDS
@@ -612,17 +601,17 @@ static PyMethodDef body_methods[] = {
 };
 
 static PyMemberDef body_members[] = {
-    {"buffer_type", T_UINT, offsetof(BodyObject, buffer_type), READONLY, "The Proxy-Wasm buffer type (BufferType)."},
+    {"buffer_type", T_UINT, offsetof(HostObject, number), READONLY, "The Proxy-Wasm buffer type (BufferType)."},
     {NULL, 0, 0, 0, NULL},
 };
 
 static PyTypeObject BodyType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "_meshext_host.Body",
-    .tp_basicsize = sizeof(BodyObject),
+    .tp_basicsize = sizeof(HostObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_doc = "Operations on one Proxy-Wasm buffer (base of meshext.sdk.Body).",
-    .tp_new = body_new,
+    .tp_new = host_object_new,
     .tp_methods = body_methods,
     .tp_members = body_members,
 };
