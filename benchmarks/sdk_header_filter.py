@@ -1,6 +1,7 @@
 """Python header filter vs. no filter, Envoy's native header_mutation, Lua,
-and the same filter hand-written in WebAssembly text (the floor any
-Proxy-Wasm filter pays in Envoy).
+a Proxy-Wasm module that does nothing, and the same filter hand-written in
+WebAssembly text (the floor any Proxy-Wasm filter doing this work pays in
+Envoy).
 
 One Envoy worker, a direct response, the same load generator (wrk, one
 thread, 8 connections, fixed duration) for every variant.  Variants run
@@ -58,7 +59,7 @@ def wasm_filter(module: Path) -> list[dict]:
             "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(module)}}}}}}]
 
 
-def variants(python_module: Path, wat_module: Path) -> dict[str, list[dict]]:
+def variants(python_module: Path, empty_module: Path, wat_module: Path) -> dict[str, list[dict]]:
     return {
         "no filter": [],
         "native header_mutation": [{
@@ -72,6 +73,7 @@ def variants(python_module: Path, wat_module: Path) -> dict[str, list[dict]]:
         "lua": [{"name": "envoy.filters.http.lua", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
             "default_source_code": {"inline_string": LUA}}}],
+        "Wasm doing nothing": wasm_filter(empty_module),
         "hand-written Wasm (floor)": wasm_filter(wat_module),
         "meshext python": wasm_filter(python_module),
     }
@@ -148,10 +150,12 @@ def main() -> None:
         sys.exit("wrk is not installed: apt-get install wrk")
     with tempfile.TemporaryDirectory() as scratch:
         built = build_filter(HERE / "filters" / "header", Path(scratch) / "header.wasm")
-        wat_module = Path(scratch) / "header_wat.wasm"
-        subprocess.run([toolchain.wasm_tools(), "parse", str(HERE / "filters" / "header_wat" / "filter.wat"),
-                        "-o", str(wat_module)], check=True)
-        chosen = variants(built.output, wat_module)
+        wat_modules = {}
+        for name in ("empty_wat", "header_wat"):
+            wat_modules[name] = Path(scratch) / f"{name}.wasm"
+            subprocess.run([toolchain.wasm_tools(), "parse", str(HERE / "filters" / name / "filter.wat"),
+                            "-o", str(wat_modules[name])], check=True)
+        chosen = variants(built.output, wat_modules["empty_wat"], wat_modules["header_wat"])
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in chosen}
         for _ in range(args.rounds):
             for name, filters in chosen.items():

@@ -9,6 +9,7 @@ shim).  The stdlib closure comes from the standard library's own
 
 from __future__ import annotations
 
+import _imp
 import ast
 import modulefinder
 import sys
@@ -50,6 +51,12 @@ UNLINKED_C_MODULES = {
     "readline", "_curses", "_uuid", "_hashlib", "_testcapi",
 }
 AVAILABLE_C_MODULES = frozenset(BUILTIN_MODULES) | frozenset(ALWAYS_BUILTIN)
+# Modules CPython serves from its frozen copies (os, codecs, io, importlib's
+# bootstrap...): their files are never read, so the module does not carry
+# them.  The host is the module's CPython version (pipeline.build_filter
+# checks), which freezes the same set.  `importlib` binds the frozen
+# bootstrap under these names too.
+FROZEN_MODULES = frozenset(_imp._frozen_module_names()) | {"importlib._bootstrap", "importlib._bootstrap_external"}
 
 
 @dataclass(frozen=True)
@@ -169,7 +176,8 @@ def stdlib_closure(
     app_dir: Path, stdlib_dir: Path, seeds: list[str], keep: set[str]
 ) -> tuple[dict[str, Path], set[str]]:
     """Module name -> stdlib source file, for every stdlib module ``seeds`` can
-    reach; and the names of the linked C modules anything there imports."""
+    reach (frozen ones need no file); and the names of the linked C modules
+    anything there imports."""
     excludes = [
         name for name in NOT_FOR_PROXIES + LEFT_OUT_UNLESS_IMPORTED if name.split(".")[0] not in keep and name not in keep
     ]
@@ -182,7 +190,7 @@ def stdlib_closure(
     closure = {}
     for name, module in finder.modules.items():
         file = getattr(module, "__file__", None)
-        if file and Path(file).is_relative_to(stdlib_dir):
+        if file and Path(file).is_relative_to(stdlib_dir) and name not in FROZEN_MODULES:
             closure[name] = Path(file)
     # C modules are not files modulefinder finds here: they are where it looked.
     referenced = set(finder.modules) | set(finder.badmodules)

@@ -44,6 +44,9 @@ class Probe(HttpContext):
                 outcome = lazy_helper.answer()
             elif path == "/stdlib-lazy":
                 outcome = tenant_query()
+            elif path == "/frozen-stdlib":
+                import stat  # served from CPython's frozen modules: the module ships no file for it
+                outcome = stat.filemode(0o40755)
             elif path == "/c-module":
                 outcome = str(importlib.import_module("_pickle"))
             elif path == "/raise":
@@ -90,6 +93,7 @@ def test_removed_code_raises_python_exceptions_that_name_the_fix(tmp_path: Path)
     assert "fix: do that at import time" in outcome("/eval")
     assert outcome("/lazy-import") == "lazy module works"
     assert outcome("/stdlib-lazy") == "tenant=7"
+    assert outcome("/frozen-stdlib") == "drwxr-xr-x"
     assert outcome("/c-module").startswith("ImportError: meshext build left this C module out")
     assert outcome("/raise") == "ValueError: boom in the filter"
     # The VM survived all of it and still serves requests.

@@ -2,6 +2,9 @@
 ;; any Wasm filter pays in Envoy.  Same work as filters/header: read :path,
 ;; add `x-path-length` with its length in decimal.  No allocator beyond a bump
 ;; pointer, no runtime: only Envoy's Proxy-Wasm plumbing and two host calls.
+;; It exports the same per-stream callbacks `meshext build` keeps for the
+;; Python filter (context create, request headers, delete), so Envoy enters
+;; both modules equally often.
 (module
   (import "env" "proxy_get_header_map_value"
     (func $get_header (param i32 i32 i32 i32 i32) (result i32)))
@@ -40,8 +43,5 @@
     (drop (call $add_header (i32.const 0) (i32.const 32) (i32.const 13)
                             (local.get $at) (i32.sub (local.get $end) (local.get $at))))
     (i32.const 0))
-  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) (i32.const 0))
-  (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_log") (param i32))
   (func (export "proxy_on_delete") (param i32))
 )
