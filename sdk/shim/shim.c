@@ -6,9 +6,10 @@
  * (context_create with parent 0), and per HTTP stream or TCP connection a
  * child created from its root.  The hot path stays in C: a callback the
  * filter class does not override returns CONTINUE without entering Python,
- * and a child's Python object is only created when a callback it overrides
- * first fires.  Everything else (errors, fail policy, callouts, VM start)
- * is Python in meshext/sdk/_dispatch.py.
+ * a child's Python object is only created when a callback it overrides
+ * first fires, and a finished child that nothing can tell from a new object
+ * serves the next stream (park_child).  Everything else (errors, fail
+ * policy, callouts, VM start) is Python in meshext/sdk/_dispatch.py.
  *
  * The interpreter is started and the filter imported by meshext_preinit at
  * build time; the build pipeline snapshots memory and globals afterwards,
@@ -497,6 +498,7 @@ static int intern_names(void) {
     return 0;
 }
 
+/* Fills root_offset, context_id_offset and context_size from _CalloutMixin. */
 static int find_context_layout(void) {
     PyObject *contexts = PyImport_ImportModule("meshext.sdk.contexts");
     PyObject *base = contexts ? PyObject_GetAttrString(contexts, "_CalloutMixin") : NULL;
