@@ -59,6 +59,7 @@ def preinit() -> None:
         compiled = getattr(module, "__cached__", None) or getattr(module, "__file__", None) or ""
         if compiled.endswith(".pyc"):
             host.forget_file(compiled)
+    _speed_up_action_lookup()
     _report_build_facts()
     # Everything imported so far is permanent: keep the collector away from it.
     gc.collect()
@@ -107,6 +108,15 @@ def _children_mask(cls: type[RootContext]) -> int:
     return callback_mask(cls.http_context, HttpContext) | callback_mask(cls.stream_context, StreamContext)
 
 
+def _speed_up_action_lookup() -> None:
+    """Filters return ``Action.CONTINUE`` on every callback; EnumType's
+    ``__getattr__`` makes that lookup slow in 3.11 (see plain_class_lookup in
+    sdk/shim/hostcalls.c).  The plain lookup is equivalent while every member
+    is a class attribute, so check that first."""
+    if all(vars(Action).get(member.name) is member for member in Action):
+        host.plain_class_lookup(type(Action))
+
+
 def _report_build_facts() -> None:
     """Tell `meshext build` (through its log) what it may prune from the module."""
     facts = {
@@ -118,7 +128,10 @@ def _report_build_facts() -> None:
 
 
 def _plain_init(cls: type | None, base: type) -> bool:
-    return cls is not None and cls.__init__ is base.__init__ and cls.__new__ is object.__new__
+    """The shim may make `cls` itself: no custom __init__/__new__, and `root`
+    and `context_id` are the base's slots, which the shim writes directly."""
+    return (cls is not None and cls.__init__ is base.__init__ and cls.__new__ is object.__new__
+            and cls.root is base.root and cls.context_id is base.context_id)
 
 
 def create_child(root: RootContext, context_id: int, stream: bool) -> Any:

@@ -5,10 +5,15 @@ Values are the ABI's; filter code mostly needs only :class:`Action`.
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import EnumType, IntEnum
 
 
-class Action(IntEnum):
+class _ActionType(EnumType):
+    """Action's own metaclass, so that _dispatch.preinit can make ``Action.CONTINUE``
+    a plain class-attribute lookup without touching other enums."""
+
+
+class Action(IntEnum, metaclass=_ActionType):
     """What a stream callback tells Envoy to do next.
 
     ``PAUSE`` stops iteration: for headers Envoy waits (resume with

@@ -43,6 +43,10 @@ class FailPolicy(str, Enum):
 class _CalloutMixin:
     """HTTP and gRPC calls whose answers come back to this context."""
 
+    # Slots, so that the shim can fill `root` and `context_id` of a new
+    # per-stream context without two setattr calls (sdk/shim/shim.c,
+    # new_child); `__dict__` keeps any other attribute working as usual.
+    __slots__ = ("root", "context_id", "__dict__", "__weakref__")
     context_id: int
 
     def http_call(

@@ -17,6 +17,9 @@ try:
     import _meshext_host as host  # type: ignore[import-not-found]
 
     HostError: type[Exception] = host.HostError
+    # The C bases of meshext.sdk.HeaderMap and Body (sdk/shim/hostcalls.c).
+    NativeHeaderMap: type = host.HeaderMap
+    NativeBody: type = host.Body
 except ImportError:
 
     class HostError(RuntimeError):  # type: ignore[no-redef]
@@ -31,6 +34,31 @@ except ImportError:
             )
 
     host = _NoHost()
+
+    class _OutsideVM:
+        """Stands in for the C bases of HeaderMap and Body: constructible, every operation explains."""
+
+        __slots__ = ()
+
+        def _explain(self, *args: Any, **kwargs: Any) -> Any:
+            return host.get_header  # raises the explanation
+
+    class NativeHeaderMap(_OutsideVM):  # type: ignore[no-redef]
+        __slots__ = ("map_type",)
+
+        def __init__(self, map_type: int) -> None:
+            self.map_type = int(map_type)
+
+        get = add = set = remove = _OutsideVM._explain
+        __getitem__ = __setitem__ = __delitem__ = __contains__ = _OutsideVM._explain
+
+    class NativeBody(_OutsideVM):  # type: ignore[no-redef]
+        __slots__ = ("buffer_type",)
+
+        def __init__(self, buffer_type: int) -> None:
+            self.buffer_type = int(buffer_type)
+
+        size = read = replace = append = prepend = _OutsideVM._explain
 
 
 def describe_host_error(error: BaseException) -> str:

@@ -11,36 +11,50 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from meshext.sdk.abi import BufferType, MapType, StreamType
-from meshext.sdk.host import host
+from meshext.sdk.host import NativeBody, NativeHeaderMap, host
+
+TYPE_CHECKING = False
 
 Pairs = Iterable[tuple[str, str]]
 
 
-class HeaderMap:
+class HeaderMap(NativeHeaderMap):
     """Headers or trailers: ``get``, ``add``, ``set``, ``remove``, ``items``.
 
     Names are case-insensitive (Envoy stores them lower-case); pseudo-headers
-    such as ``:path`` and ``:status`` are included.
+    such as ``:path`` and ``:status`` are included.  ``headers[name]`` raises
+    KeyError when absent, ``headers[name] = value`` is ``set``, ``del
+    headers[name]`` is ``remove``.
     """
 
-    __slots__ = ("map_type",)
+    __slots__ = ()
 
-    def __init__(self, map_type: MapType) -> None:
-        self.map_type = int(map_type)
+    if TYPE_CHECKING:
+        # Implemented in C (HeaderMap in sdk/shim/hostcalls.c): these run on
+        # every request, and one C call is much cheaper than a Python method.
+        map_type: int
 
-    def get(self, name: str, default: str | None = None) -> str | None:
-        """The value of ``name`` (several values come joined by ``,``), or ``default``."""
-        value = host.get_header(self.map_type, name)
-        return default if value is None else value
+        def __init__(self, map_type: MapType) -> None: ...
 
-    def __getitem__(self, name: str) -> str:
-        value = host.get_header(self.map_type, name)
-        if value is None:
-            raise KeyError(name)
-        return value
+        def get(self, name: str, default: str | None = None) -> str | None:
+            """The value of ``name`` (several values come joined by ``,``), or ``default``."""
 
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and host.get_header(self.map_type, name) is not None
+        def __getitem__(self, name: str) -> str: ...
+
+        def __contains__(self, name: object) -> bool: ...
+
+        def add(self, name: str, value: str) -> None:
+            """Append a header line (keeps existing values of ``name``)."""
+
+        def set(self, name: str, value: str) -> None:
+            """Replace all values of ``name`` with ``value`` (adds it if absent)."""
+
+        def __setitem__(self, name: str, value: str) -> None: ...
+
+        def remove(self, name: str) -> None:
+            """Remove every value of ``name``; absent names are fine."""
+
+        def __delitem__(self, name: str) -> None: ...
 
     def items(self) -> list[tuple[str, str]]:
         """All (name, value) pairs in order, repeated names included."""
@@ -57,28 +71,12 @@ class HeaderMap:
     def __len__(self) -> int:
         return len(self.items())
 
-    def add(self, name: str, value: str) -> None:
-        """Append a header line (keeps existing values of ``name``)."""
-        host.add_header(self.map_type, name, value)
-
-    def set(self, name: str, value: str) -> None:
-        """Replace all values of ``name`` with ``value`` (adds it if absent)."""
-        host.replace_header(self.map_type, name, value)
-
-    __setitem__ = set
-
-    def remove(self, name: str) -> None:
-        """Remove every value of ``name``; absent names are fine."""
-        host.remove_header(self.map_type, name)
-
-    __delitem__ = remove
-
     def replace_all(self, pairs: Pairs) -> None:
         """Replace the whole map with ``pairs``."""
         host.set_headers(self.map_type, list(pairs))
 
 
-class Body:
+class Body(NativeBody):
     """A body (or TCP data) buffer: what Envoy has received so far.
 
     In ``on_request_body(size, end_of_stream)`` the buffer holds the current
@@ -86,31 +84,31 @@ class Body:
     buffered so far.
     """
 
-    __slots__ = ("buffer_type",)
+    __slots__ = ()
 
-    def __init__(self, buffer_type: BufferType) -> None:
-        self.buffer_type = int(buffer_type)
+    if TYPE_CHECKING:
+        # Implemented in C (Body in sdk/shim/hostcalls.c), like HeaderMap's methods.
+        buffer_type: int
 
-    def size(self) -> int:
-        return host.buffer_size(self.buffer_type)
+        def __init__(self, buffer_type: BufferType) -> None: ...
 
-    def read(self, start: int = 0, size: int | None = None) -> bytes:
-        if size is None:
-            size = max(host.buffer_size(self.buffer_type) - start, 0)
-        return host.get_buffer(self.buffer_type, start, size)
+        def size(self) -> int:
+            """How many bytes the buffer holds."""
+
+        def read(self, start: int = 0, size: int | None = None) -> bytes:
+            """``size`` bytes from ``start`` (default: to the end)."""
+
+        def replace(self, data: bytes | str) -> None:
+            """Replace the whole buffer (Envoy fixes ``content-length`` when it can)."""
+
+        def append(self, data: bytes | str) -> None:
+            """Add ``data`` at the end."""
+
+        def prepend(self, data: bytes | str) -> None:
+            """Add ``data`` at the start."""
 
     def text(self, encoding: str = "utf-8") -> str:
         return self.read().decode(encoding)
-
-    def replace(self, data: bytes | str) -> None:
-        """Replace the whole buffer (Envoy fixes ``content-length`` when it can)."""
-        host.set_buffer(self.buffer_type, 0, max(host.buffer_size(self.buffer_type), 1), data)
-
-    def append(self, data: bytes | str) -> None:
-        host.set_buffer(self.buffer_type, host.buffer_size(self.buffer_type), 0, data)
-
-    def prepend(self, data: bytes | str) -> None:
-        host.set_buffer(self.buffer_type, 0, 0, data)
 
 
 class Message:

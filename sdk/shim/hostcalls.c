@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "structmember.h"
+
 #include "proxy_wasm.h"
 
 static PyObject *HostError;
@@ -122,26 +124,53 @@ static PyObject *h_done(PyObject *self, PyObject *unused) {
 
 /* ---- buffers ---- */
 
-static PyObject *h_get_buffer(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    CHECK_NARGS(3, "get_buffer");
-    long buffer = long_arg(args[0]), start = long_arg(args[1]), max_size = long_arg(args[2]);
-    if (PyErr_Occurred()) return NULL;
+/* Up to `max_size` bytes of `buffer` from `start`; b"" when absent or empty. */
+static PyObject *buffer_bytes(uint32_t buffer, size_t start, size_t max_size) {
     char *data = NULL;
     size_t size = 0;
-    proxy_status status = proxy_get_buffer_bytes((uint32_t)buffer, (size_t)start, (size_t)max_size, &data, &size);
+    proxy_status status = proxy_get_buffer_bytes(buffer, start, max_size, &data, &size);
     if (status == PROXY_NOT_FOUND || status == PROXY_EMPTY) return PyBytes_FromStringAndSize("", 0);
     if (status != PROXY_OK) return host_error("proxy_get_buffer_bytes", status);
     return take_bytes(data, size);
 }
 
+/* The buffer's length in *size (0 when absent); -1 with an exception. */
+static int buffer_length(uint32_t buffer, size_t *size) {
+    uint32_t unused = 0;
+    *size = 0;
+    proxy_status status = proxy_get_buffer_status(buffer, size, &unused);
+    if (status == PROXY_NOT_FOUND) {
+        *size = 0;
+        return 0;
+    }
+    if (status != PROXY_OK) {
+        host_error("proxy_get_buffer_status", status);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *write_buffer(uint32_t buffer, size_t start, size_t length, PyObject *data) {
+    const char *bytes;
+    Py_ssize_t size;
+    if (text_arg(data, &bytes, &size) < 0) return NULL;
+    proxy_status status = proxy_set_buffer_bytes(buffer, start, length, bytes, (size_t)size);
+    if (status != PROXY_OK) return host_error("proxy_set_buffer_bytes", status);
+    Py_RETURN_NONE;
+}
+
+static PyObject *h_get_buffer(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    CHECK_NARGS(3, "get_buffer");
+    long buffer = long_arg(args[0]), start = long_arg(args[1]), max_size = long_arg(args[2]);
+    if (PyErr_Occurred()) return NULL;
+    return buffer_bytes((uint32_t)buffer, (size_t)start, (size_t)max_size);
+}
+
 static PyObject *h_buffer_size(PyObject *self, PyObject *arg) {
     long buffer = PyLong_AsLong(arg);
     if (buffer == -1 && PyErr_Occurred()) return NULL;
-    size_t size = 0;
-    uint32_t unused = 0;
-    proxy_status status = proxy_get_buffer_status((uint32_t)buffer, &size, &unused);
-    if (status == PROXY_NOT_FOUND) return PyLong_FromLong(0);
-    if (status != PROXY_OK) return host_error("proxy_get_buffer_status", status);
+    size_t size;
+    if (buffer_length((uint32_t)buffer, &size) < 0) return NULL;
     return PyLong_FromSize_t(size);
 }
 
@@ -149,12 +178,7 @@ static PyObject *h_set_buffer(PyObject *self, PyObject *const *args, Py_ssize_t 
     CHECK_NARGS(4, "set_buffer");
     long buffer = long_arg(args[0]), start = long_arg(args[1]), length = long_arg(args[2]);
     if (PyErr_Occurred()) return NULL;
-    const char *data;
-    Py_ssize_t size;
-    if (text_arg(args[3], &data, &size) < 0) return NULL;
-    proxy_status status = proxy_set_buffer_bytes((uint32_t)buffer, (size_t)start, (size_t)length, data, (size_t)size);
-    if (status != PROXY_OK) return host_error("proxy_set_buffer_bytes", status);
-    Py_RETURN_NONE;
+    return write_buffer((uint32_t)buffer, (size_t)start, (size_t)length, args[3]);
 }
 
 /* ---- header maps ---- */
@@ -241,19 +265,24 @@ static PyObject *parse_pairs(const char *data, size_t size) {
     return list;
 }
 
+/* The value of `name` in `map`: a new str, None (new reference) when absent, NULL on error. */
+static PyObject *header_value(uint32_t map, PyObject *name) {
+    const char *key;
+    Py_ssize_t key_size;
+    if (text_arg(name, &key, &key_size) < 0) return NULL;
+    char *value = NULL;
+    size_t value_size = 0;
+    proxy_status status = proxy_get_header_map_value(map, key, (size_t)key_size, &value, &value_size);
+    if (status == PROXY_NOT_FOUND) Py_RETURN_NONE;
+    if (status != PROXY_OK) return host_error("proxy_get_header_map_value", status);
+    return take_text(value, value_size);
+}
+
 static PyObject *h_get_header(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     CHECK_NARGS(2, "get_header");
     long map = long_arg(args[0]);
     if (map == -1 && PyErr_Occurred()) return NULL;
-    const char *key;
-    Py_ssize_t key_size;
-    if (text_arg(args[1], &key, &key_size) < 0) return NULL;
-    char *value = NULL;
-    size_t value_size = 0;
-    proxy_status status = proxy_get_header_map_value((uint32_t)map, key, (size_t)key_size, &value, &value_size);
-    if (status == PROXY_NOT_FOUND) Py_RETURN_NONE;
-    if (status != PROXY_OK) return host_error("proxy_get_header_map_value", status);
-    return take_text(value, value_size);
+    return header_value((uint32_t)map, args[1]);
 }
 
 static PyObject *h_get_headers(PyObject *self, PyObject *arg) {
@@ -284,40 +313,308 @@ static PyObject *h_set_headers(PyObject *self, PyObject *const *args, Py_ssize_t
 
 typedef proxy_status (*header_write_fn)(uint32_t, const char *, size_t, const char *, size_t);
 
-static PyObject *write_header(PyObject *const *args, Py_ssize_t nargs, header_write_fn fn, const char *name) {
+static PyObject *write_header(uint32_t map, PyObject *name, PyObject *value, header_write_fn fn, const char *what) {
+    const char *key, *text;
+    Py_ssize_t key_size, text_size;
+    if (text_arg(name, &key, &key_size) < 0 || text_arg(value, &text, &text_size) < 0) return NULL;
+    proxy_status status = fn(map, key, (size_t)key_size, text, (size_t)text_size);
+    if (status != PROXY_OK) return host_error(what, status);
+    Py_RETURN_NONE;
+}
+
+static PyObject *remove_header(uint32_t map, PyObject *name) {
+    const char *key;
+    Py_ssize_t key_size;
+    if (text_arg(name, &key, &key_size) < 0) return NULL;
+    proxy_status status = proxy_remove_header_map_value(map, key, (size_t)key_size);
+    if (status != PROXY_OK && status != PROXY_NOT_FOUND) return host_error("proxy_remove_header_map_value", status);
+    Py_RETURN_NONE;
+}
+
+static PyObject *write_header_call(PyObject *const *args, Py_ssize_t nargs, header_write_fn fn, const char *what) {
     if (nargs != 3) {
-        PyErr_Format(PyExc_TypeError, "%s() takes 3 arguments (%zd given)", name, nargs);
+        PyErr_Format(PyExc_TypeError, "%s() takes 3 arguments (%zd given)", what, nargs);
         return NULL;
     }
     long map = long_arg(args[0]);
     if (map == -1 && PyErr_Occurred()) return NULL;
-    const char *key, *value;
-    Py_ssize_t key_size, value_size;
-    if (text_arg(args[1], &key, &key_size) < 0 || text_arg(args[2], &value, &value_size) < 0) return NULL;
-    proxy_status status = fn((uint32_t)map, key, (size_t)key_size, value, (size_t)value_size);
-    if (status != PROXY_OK) return host_error(name, status);
-    Py_RETURN_NONE;
+    return write_header((uint32_t)map, args[1], args[2], fn, what);
 }
 
 static PyObject *h_add_header(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    return write_header(args, nargs, proxy_add_header_map_value, "proxy_add_header_map_value");
+    return write_header_call(args, nargs, proxy_add_header_map_value, "proxy_add_header_map_value");
 }
 
 static PyObject *h_replace_header(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    return write_header(args, nargs, proxy_replace_header_map_value, "proxy_replace_header_map_value");
+    return write_header_call(args, nargs, proxy_replace_header_map_value, "proxy_replace_header_map_value");
 }
 
 static PyObject *h_remove_header(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     CHECK_NARGS(2, "remove_header");
     long map = long_arg(args[0]);
     if (map == -1 && PyErr_Occurred()) return NULL;
-    const char *key;
-    Py_ssize_t key_size;
-    if (text_arg(args[1], &key, &key_size) < 0) return NULL;
-    proxy_status status = proxy_remove_header_map_value((uint32_t)map, key, (size_t)key_size);
-    if (status != PROXY_OK && status != PROXY_NOT_FOUND) return host_error("proxy_remove_header_map_value", status);
-    Py_RETURN_NONE;
+    return remove_header((uint32_t)map, args[1]);
 }
+
+/*
+ * ---- HeaderMap: the C base of meshext.sdk.HeaderMap ----
+ *
+ * A filter's `headers.get(":path")` or `headers.add(...)` is one call into
+ * C here, instead of a Python method frame plus a module lookup plus the
+ * host call: per request that is most of the SDK's own cost.  messages.py
+ * subclasses this type and keeps the rest of the API (items, get_all, ...)
+ * in Python.
+ */
+/* HeaderMap and Body objects hold the number of one Proxy-Wasm map or buffer. */
+typedef struct {
+    PyObject_HEAD
+    uint32_t number; /* a MapType or a BufferType */
+} HostObject;
+
+#define NUMBER_OF(self) (((HostObject *)(self))->number)
+
+static PyTypeObject HeaderMapType;
+
+/* HeaderMap(map_type) or Body(buffer_type). */
+static PyObject *host_object_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    static char *map_names[] = {"map_type", NULL}, *buffer_names[] = {"buffer_type", NULL};
+    int is_map = PyType_IsSubtype(type, &HeaderMapType);
+    PyObject *number;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, is_map ? "O:HeaderMap" : "O:Body",
+                                     is_map ? map_names : buffer_names, &number))
+        return NULL;
+    long value = PyLong_AsLong(number);
+    if (value == -1 && PyErr_Occurred()) return NULL;
+    PyObject *self = type->tp_alloc(type, 0);
+    if (self) NUMBER_OF(self) = (uint32_t)value;
+    return self;
+}
+
+/*
+ * Positional-or-keyword arguments for METH_FASTCALL | METH_KEYWORDS methods
+ * (`headers.get(name, default="")` must keep working).  Fills out[0..count)
+ * (NULL where not given) and checks the first `required` are there.
+ */
+static int method_args(const char *method, const char *const *names, Py_ssize_t count, Py_ssize_t required,
+                       PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject **out) {
+    if (nargs > count) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most %zd arguments (%zd given)", method, count, nargs);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) out[i] = i < nargs ? args[i] : NULL;
+    Py_ssize_t keywords = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t k = 0; k < keywords; k++) {
+        PyObject *keyword = PyTuple_GET_ITEM(kwnames, k);
+        Py_ssize_t i = 0;
+        while (i < count && PyUnicode_CompareWithASCIIString(keyword, names[i]) != 0) i++;
+        if (i == count || out[i]) {
+            PyErr_Format(PyExc_TypeError, "%s() got %s argument '%U'", method,
+                         i == count ? "an unexpected keyword" : "multiple values for", keyword);
+            return -1;
+        }
+        out[i] = args[nargs + k];
+    }
+    for (Py_ssize_t i = 0; i < required; i++) {
+        if (!out[i]) {
+            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", method, names[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *header_map_get(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    static const char *const names[] = {"name", "default"};
+    PyObject *given[2];
+    if (method_args("get", names, 2, 1, args, nargs, kwnames, given) < 0) return NULL;
+    PyObject *value = header_value(NUMBER_OF(self), given[0]);
+    if (value == Py_None && given[1]) {
+        Py_DECREF(value);
+        return Py_NewRef(given[1]);
+    }
+    return value;
+}
+
+static PyObject *header_map_subscript(PyObject *self, PyObject *name) {
+    PyObject *value = header_value(NUMBER_OF(self), name);
+    if (value == Py_None) {
+        Py_DECREF(value);
+        PyErr_SetObject(PyExc_KeyError, name);
+        return NULL;
+    }
+    return value;
+}
+
+static int header_map_contains(PyObject *self, PyObject *name) {
+    if (!PyUnicode_Check(name)) return 0;
+    PyObject *value = header_value(NUMBER_OF(self), name);
+    if (!value) return -1;
+    Py_DECREF(value);
+    return value != Py_None;
+}
+
+static PyObject *header_map_write(PyObject *self, const char *method, header_write_fn fn, const char *what,
+                                  PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    static const char *const names[] = {"name", "value"};
+    PyObject *given[2];
+    if (method_args(method, names, 2, 2, args, nargs, kwnames, given) < 0) return NULL;
+    return write_header(NUMBER_OF(self), given[0], given[1], fn, what);
+}
+
+static PyObject *header_map_add(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    return header_map_write(self, "add", proxy_add_header_map_value, "proxy_add_header_map_value", args, nargs,
+                            kwnames);
+}
+
+static PyObject *header_map_set(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    return header_map_write(self, "set", proxy_replace_header_map_value, "proxy_replace_header_map_value", args,
+                            nargs, kwnames);
+}
+
+static PyObject *header_map_remove(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    static const char *const names[] = {"name"};
+    PyObject *given[1];
+    if (method_args("remove", names, 1, 1, args, nargs, kwnames, given) < 0) return NULL;
+    return remove_header(NUMBER_OF(self), given[0]);
+}
+
+/* headers[name] = value replaces (like set); del headers[name] removes. */
+static int header_map_assign(PyObject *self, PyObject *name, PyObject *value) {
+    PyObject *result = value ? write_header(NUMBER_OF(self), name, value, proxy_replace_header_map_value,
+                                            "proxy_replace_header_map_value")
+                             : remove_header(NUMBER_OF(self), name);
+    if (!result) return -1;
+    Py_DECREF(result);
+    return 0;
+}
+
+#define KEYWORDS(name) (PyCFunction)(void (*)(void))header_map_##name, METH_FASTCALL | METH_KEYWORDS
+
+static PyMethodDef header_map_methods[] = {
+    {"get", KEYWORDS(get),
+     "get($self, name, default=None)\n--\n\n"
+     "The value of ``name`` (several values come joined by ``,``), or ``default``."},
+    {"add", KEYWORDS(add),
+     "add($self, name, value)\n--\n\nAppend a header line (keeps existing values of ``name``)."},
+    {"set", KEYWORDS(set),
+     "set($self, name, value)\n--\n\nReplace all values of ``name`` with ``value`` (adds it if absent)."},
+    {"remove", KEYWORDS(remove),
+     "remove($self, name)\n--\n\nRemove every value of ``name``; absent names are fine."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef header_map_members[] = {
+    {"map_type", T_UINT, offsetof(HostObject, number), READONLY, "The Proxy-Wasm map type (MapType)."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyMappingMethods header_map_mapping = {
+    .mp_subscript = header_map_subscript,
+    .mp_ass_subscript = header_map_assign,
+};
+
+static PySequenceMethods header_map_sequence = {
+    .sq_contains = header_map_contains,
+};
+
+static PyTypeObject HeaderMapType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "_meshext_host.HeaderMap",
+    .tp_basicsize = sizeof(HostObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "Header operations on one Proxy-Wasm map (base of meshext.sdk.HeaderMap).",
+    .tp_new = host_object_new,
+    .tp_methods = header_map_methods,
+    .tp_members = header_map_members,
+    .tp_as_mapping = &header_map_mapping,
+    .tp_as_sequence = &header_map_sequence,
+};
+
+/*
+ * ---- Body: the C base of meshext.sdk.Body ----
+ *
+ * Same reason as HeaderMap: body filters call these on every chunk.
+ */
+static PyObject *body_size(PyObject *self, PyObject *unused) {
+    size_t size;
+    if (buffer_length(NUMBER_OF(self), &size) < 0) return NULL;
+    return PyLong_FromSize_t(size);
+}
+
+static PyObject *body_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    static const char *const names[] = {"start", "size"};
+    PyObject *given[2];
+    if (method_args("read", names, 2, 0, args, nargs, kwnames, given) < 0) return NULL;
+    long start = given[0] ? PyLong_AsLong(given[0]) : 0;
+    if (start == -1 && PyErr_Occurred()) return NULL;
+    long long size;
+    if (given[1] && given[1] != Py_None) {
+        size = PyLong_AsLong(given[1]);
+        if (size == -1 && PyErr_Occurred()) return NULL;
+    } else {
+        size_t length;
+        if (buffer_length(NUMBER_OF(self), &length) < 0) return NULL;
+        size = (long long)length - start;  /* the rest of the buffer */
+        if (size < 0) size = 0;
+    }
+    return buffer_bytes(NUMBER_OF(self), (size_t)start, (size_t)size);
+}
+
+/* The one `data` argument of replace/append/prepend. */
+static PyObject *data_arg(const char *method, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    static const char *const names[] = {"data"};
+    PyObject *given[1];
+    return method_args(method, names, 1, 1, args, nargs, kwnames, given) < 0 ? NULL : given[0];
+}
+
+static PyObject *body_replace(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    PyObject *data = data_arg("replace", args, nargs, kwnames);
+    size_t length;
+    if (!data || buffer_length(NUMBER_OF(self), &length) < 0) return NULL;
+    /* At least 1: Envoy reads start 0 with length 0 as a prepend, not a replace. */
+    return write_buffer(NUMBER_OF(self), 0, length > 1 ? length : 1, data);
+}
+
+static PyObject *body_append(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    PyObject *data = data_arg("append", args, nargs, kwnames);
+    size_t length;
+    if (!data || buffer_length(NUMBER_OF(self), &length) < 0) return NULL;
+    return write_buffer(NUMBER_OF(self), length, 0, data);
+}
+
+static PyObject *body_prepend(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    PyObject *data = data_arg("prepend", args, nargs, kwnames);
+    return data ? write_buffer(NUMBER_OF(self), 0, 0, data) : NULL;
+}
+
+#define BODY_KEYWORDS(name) (PyCFunction)(void (*)(void))body_##name, METH_FASTCALL | METH_KEYWORDS
+
+static PyMethodDef body_methods[] = {
+    {"size", body_size, METH_NOARGS, "size($self)\n--\n\nHow many bytes the buffer holds."},
+    {"read", BODY_KEYWORDS(read),
+     "read($self, start=0, size=None)\n--\n\n``size`` bytes from ``start`` (default: to the end)."},
+    {"replace", BODY_KEYWORDS(replace),
+     "replace($self, data)\n--\n\nReplace the whole buffer (Envoy fixes ``content-length`` when it can)."},
+    {"append", BODY_KEYWORDS(append), "append($self, data)\n--\n\nAdd ``data`` at the end."},
+    {"prepend", BODY_KEYWORDS(prepend), "prepend($self, data)\n--\n\nAdd ``data`` at the start."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef body_members[] = {
+    {"buffer_type", T_UINT, offsetof(HostObject, number), READONLY, "The Proxy-Wasm buffer type (BufferType)."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject BodyType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "_meshext_host.Body",
+    .tp_basicsize = sizeof(HostObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "Operations on one Proxy-Wasm buffer (base of meshext.sdk.Body).",
+    .tp_new = host_object_new,
+    .tp_methods = body_methods,
+    .tp_members = body_members,
+};
 
 /* ---- streams and local replies ---- */
 
@@ -615,6 +912,22 @@ static PyObject *h_call_foreign_function(PyObject *self, PyObject *const *args, 
     return take_bytes(results, results_size);
 }
 
+/*
+ * Build time only: give a metaclass type's own attribute lookup.  For enums
+ * in 3.11, EnumType.__getattr__ routes every `Action.CONTINUE` through a
+ * bound method-wrapper of type.__getattribute__ (about as costly as the rest
+ * of a small callback); when every member sits in the class dict the plain
+ * lookup answers the same.  _dispatch.preinit checks that before calling.
+ */
+static PyObject *h_plain_class_lookup(PyObject *self, PyObject *arg) {
+    if (!PyType_Check(arg) || !PyType_IsSubtype((PyTypeObject *)arg, &PyType_Type)) {
+        PyErr_SetString(PyExc_TypeError, "plain_class_lookup() takes a metaclass");
+        return NULL;
+    }
+    ((PyTypeObject *)arg)->tp_getattro = PyType_Type.tp_getattro;
+    Py_RETURN_NONE;
+}
+
 /* Build time only (see meshext_memfs_forget). */
 static PyObject *h_forget_file(PyObject *self, PyObject *arg) {
     const char *path;
@@ -635,7 +948,7 @@ static PyMethodDef host_methods[] = {
     FAST(define_metric), FAST(increment_metric), FAST(record_metric), ONE(get_metric), ONE(get_shared_data),
     FAST(set_shared_data), ONE(register_shared_queue), FAST(resolve_shared_queue), FAST(enqueue_shared_queue),
     ONE(dequeue_shared_queue), FAST(http_call), FAST(grpc_call), FAST(grpc_stream), FAST(grpc_send),
-    ONE(grpc_cancel), ONE(grpc_close), FAST(call_foreign_function), ONE(forget_file),
+    ONE(grpc_cancel), ONE(grpc_close), FAST(call_foreign_function), ONE(forget_file), ONE(plain_class_lookup),
     {NULL, NULL, 0, NULL},
 };
 
@@ -647,7 +960,8 @@ PyObject *PyInit__meshext_host(void) {
     PyObject *module = PyModule_Create(&host_module);
     if (!module) return NULL;
     HostError = PyErr_NewException("_meshext_host.HostError", PyExc_RuntimeError, NULL);
-    if (!HostError || PyModule_AddObjectRef(module, "HostError", HostError) < 0) {
+    if (!HostError || PyModule_AddObjectRef(module, "HostError", HostError) < 0 ||
+        PyModule_AddType(module, &HeaderMapType) < 0 || PyModule_AddType(module, &BodyType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

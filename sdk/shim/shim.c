@@ -6,9 +6,10 @@
  * (context_create with parent 0), and per HTTP stream or TCP connection a
  * child created from its root.  The hot path stays in C: a callback the
  * filter class does not override returns CONTINUE without entering Python,
- * and a child's Python object is only created when a callback it overrides
- * first fires.  Everything else (errors, fail policy, callouts, VM start)
- * is Python in meshext/sdk/_dispatch.py.
+ * a child's Python object is only created when a callback it overrides
+ * first fires, and a finished child that nothing can tell from a new object
+ * serves the next stream (park_child).  Everything else (errors, fail
+ * policy, callouts, VM start) is Python in meshext/sdk/_dispatch.py.
  *
  * The interpreter is started and the filter imported by meshext_preinit at
  * build time; the build pipeline snapshots memory and globals afterwards,
@@ -18,6 +19,8 @@
 #include <Python.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "structmember.h"
 
 #include "proxy_wasm.h"
 
@@ -52,14 +55,23 @@ typedef struct {
     /* roots: child classes that can be made without running Python code
        (no custom __init__ or new_*_context), else NULL */
     PyObject *fast_http, *fast_stream;
+    /* roots: a finished child of each kind kept for the next stream (park_child) */
+    PyObject *spare_http, *spare_stream;
 } context_slot;
 
 static context_slot *slots;
 static uint32_t slot_capacity, slot_count;
 
+/* Where child contexts keep `root` and `context_id`: slots of
+   meshext.sdk.contexts._CalloutMixin, whose instance size is context_size. */
+static Py_ssize_t root_offset, context_id_offset, context_size;
+
+/* Declared in CPython's internal headers (3.11): no attribute set on `object`. */
+extern int _PyObject_IsInstanceDictEmpty(PyObject *object);
+
 static PyObject *dispatch;          /* meshext.sdk._dispatch */
 static PyObject *pending_callouts;  /* meshext.sdk.callouts.pending (token -> call) */
-static PyObject *str_root, *str_context_id, *empty_tuple;
+static PyObject *empty_tuple;
 static PyObject *name_on[16];       /* interned callback method names, indexed by bit number */
 static PyObject *str_create_root, *str_create_child, *str_handle_error, *str_vm_start, *str_configure,
     *str_on_tick, *str_on_queue_ready, *str_http_call_response, *str_grpc_initial_metadata, *str_grpc_message,
@@ -146,19 +158,17 @@ static uint32_t handle_error(PyObject *context, const char *callback) {
     return action;
 }
 
-static uint32_t action_of(PyObject *result, PyObject *context, const char *callback) {
-    if (!result) return handle_error(context, callback);
-    uint32_t action = 0;
-    if (result != Py_None) {
-        long value = PyLong_AsLong(result);
-        if (value == -1 && PyErr_Occurred()) {
-            Py_DECREF(result);
-            return handle_error(context, callback);
-        }
-        action = (uint32_t)value;
-    }
+/* A callback's answer (None is CONTINUE) as an action; consumes `result`; -1 with an exception set. */
+static int64_t action_value(PyObject *result) {
+    if (!result) return -1;
+    long value = result == Py_None ? 0 : PyLong_AsLong(result);
     Py_DECREF(result);
-    return action;
+    return value == -1 && PyErr_Occurred() ? -1 : (uint32_t)value;
+}
+
+static uint32_t action_of(PyObject *result, PyObject *context, const char *callback) {
+    int64_t action = action_value(result);
+    return action < 0 ? handle_error(context, callback) : (uint32_t)action;
 }
 
 static PyObject *call_dispatch(PyObject *name, PyObject **args, size_t nargs) {
@@ -166,27 +176,55 @@ static PyObject *call_dispatch(PyObject *name, PyObject **args, size_t nargs) {
     return PyObject_VectorcallMethod(name, args, nargs | 0, NULL);
 }
 
-/* The per-request object without a Python call: tp_new plus two attributes. */
-static PyObject *fast_child(PyObject *cls, PyObject *root, uint32_t context_id) {
-    PyObject *object = ((PyTypeObject *)cls)->tp_new((PyTypeObject *)cls, empty_tuple, NULL);
-    if (!object) return NULL;
+/* Writes a child's `root` or `context_id` slot; steals `value`. */
+static void set_slot(PyObject *object, Py_ssize_t offset, PyObject *value) {
+    PyObject **field = (PyObject **)((char *)object + offset);
+    Py_XSETREF(*field, value);
+}
+
+/* The per-request object without a Python call: the root's spare (see
+   park_child) or tp_new, then its two slots written directly. */
+static PyObject *fast_child(context_slot *root, int stream, uint32_t context_id) {
+    PyObject **spare = stream ? &root->spare_stream : &root->spare_http;
+    PyTypeObject *cls = (PyTypeObject *)(stream ? root->fast_stream : root->fast_http);
     PyObject *id = PyLong_FromUnsignedLong(context_id);
-    if (!id || PyObject_SetAttr(object, str_root, root) < 0 || PyObject_SetAttr(object, str_context_id, id) < 0) {
-        Py_XDECREF(id);
-        Py_DECREF(object);
+    if (!id) return NULL;
+    PyObject *object = *spare ? *spare : cls->tp_new(cls, empty_tuple, NULL);
+    *spare = NULL;
+    if (!object) {
+        Py_DECREF(id);
         return NULL;
     }
-    Py_DECREF(id);
+    set_slot(object, root_offset, Py_NewRef(root->object));
+    set_slot(object, context_id_offset, id);
     return object;
+}
+
+/*
+ * A finished child becomes its root's spare for the next stream when nothing
+ * could tell it from a new object: only the shim holds it, its class is
+ * still the one the shim makes, with no __del__ and no slots of its own, and
+ * it has no weak references and no attributes.  Returns 1 if it was kept.
+ */
+static int park_child(uint32_t root_id, int stream, PyObject *object) {
+    context_slot *root = find_slot(root_id);
+    if (!root) return 0;
+    PyObject **spare = stream ? &root->spare_stream : &root->spare_http;
+    PyTypeObject *type = Py_TYPE(object);
+    if (*spare || (PyObject *)type != (stream ? root->fast_stream : root->fast_http) || Py_REFCNT(object) != 1 ||
+        type->tp_finalize || type->tp_del || type->tp_basicsize != context_size ||
+        *PyObject_GET_WEAKREFS_LISTPTR(object) || !_PyObject_IsInstanceDictEmpty(object))
+        return 0;
+    *spare = object;
+    return 1;
 }
 
 static PyObject *child_object(context_slot *slot, int stream) {
     if (slot->object) return slot->object;
     context_slot *root = find_slot(slot->root_id);
     if (!root || !root->object) return NULL;
-    PyObject *fast = stream ? root->fast_stream : root->fast_http;
-    if (fast) {
-        slot->object = fast_child(fast, root->object, slot->id);
+    if (stream ? root->fast_stream : root->fast_http) {
+        slot->object = fast_child(root, stream, slot->id);
         slot->stream = (uint8_t)stream;
         if (!slot->object) handle_error(root->object, stream ? "new_stream_context" : "new_http_context");
         return slot->object;
@@ -227,7 +265,9 @@ static uint32_t slot_callback(context_slot *slot, int bit, int stream, int kind,
     }
     PyObject *result = PyObject_VectorcallMethod(name_on[bit], args, nargs, NULL);
     if (kind == ARGS_SIZE_END || kind == ARGS_PEER) Py_DECREF(args[1]);
-    return action_of(result, object, PyUnicode_AsUTF8(name_on[bit]));
+    int64_t action = action_value(result);
+    /* The callback's name is only needed for the error report. */
+    return action < 0 ? handle_error(object, PyUnicode_AsUTF8(name_on[bit])) : (uint32_t)action;
 }
 
 static uint32_t child_callback(uint32_t context_id, int bit, int stream, int kind, uint32_t size, uint32_t end) {
@@ -380,8 +420,12 @@ EXPORT(proxy_on_delete) void proxy_on_delete(uint32_t id) {
     context_slot *slot = find_slot(id);
     if (!slot) return;
     PyObject *object = slot->object;
+    uint32_t root_id = slot->root_id;
+    int child = slot->kind == KIND_CHILD, stream = slot->stream;
     Py_XDECREF(slot->fast_http);
     Py_XDECREF(slot->fast_stream);
+    Py_XDECREF(slot->spare_http);
+    Py_XDECREF(slot->spare_stream);
     remove_slot(slot);
     if (object && PyDict_GET_SIZE(pending_callouts) > 0) {
         /* Forget pending callouts of this context (their responses would find no one). */
@@ -392,6 +436,7 @@ EXPORT(proxy_on_delete) void proxy_on_delete(uint32_t id) {
         if (!result) PyErr_Clear();
         Py_XDECREF(result);
     }
+    if (object && child && park_child(root_id, stream, object)) return;
     Py_XDECREF(object);
 }
 
@@ -453,6 +498,28 @@ static int intern_names(void) {
     return 0;
 }
 
+/* Fills root_offset, context_id_offset and context_size from _CalloutMixin. */
+static int find_context_layout(void) {
+    PyObject *contexts = PyImport_ImportModule("meshext.sdk.contexts");
+    PyObject *base = contexts ? PyObject_GetAttrString(contexts, "_CalloutMixin") : NULL;
+    PyObject *root = base ? PyObject_GetAttrString(base, "root") : NULL;
+    PyObject *context_id = base ? PyObject_GetAttrString(base, "context_id") : NULL;
+    int found = root && context_id && Py_IS_TYPE(root, &PyMemberDescr_Type) &&
+                Py_IS_TYPE(context_id, &PyMemberDescr_Type);
+    if (found) {
+        root_offset = ((PyMemberDescrObject *)root)->d_member->offset;
+        context_id_offset = ((PyMemberDescrObject *)context_id)->d_member->offset;
+        context_size = ((PyTypeObject *)base)->tp_basicsize;
+    } else if (!PyErr_Occurred()) {
+        PyErr_SetString(PyExc_TypeError, "meshext.sdk.contexts._CalloutMixin must keep root and context_id in slots");
+    }
+    Py_XDECREF(contexts);
+    Py_XDECREF(base);
+    Py_XDECREF(root);
+    Py_XDECREF(context_id);
+    return found ? 0 : -1;
+}
+
 /*
  * `meshext build` prunes code that cannot run after pre-initialisation
  * (sdk/build/prune.py) and points the ways into it here: each returns 0
@@ -511,9 +578,7 @@ EXPORT(meshext_preinit) int32_t meshext_preinit(uint8_t *image, uint32_t image_s
     Py_DECREF(callouts);
     if (!pending_callouts || !PyDict_Check(pending_callouts)) goto failed;
     empty_tuple = PyTuple_New(0);
-    str_root = PyUnicode_InternFromString("root");
-    str_context_id = PyUnicode_InternFromString("context_id");
-    if (!empty_tuple || !str_root || !str_context_id) goto failed;
+    if (!empty_tuple || find_context_layout() < 0) goto failed;
     PyObject *result = PyObject_CallMethod(dispatch, "preinit", NULL);
     if (!result) goto failed;
     Py_DECREF(result);
