@@ -37,7 +37,7 @@ class HeaderMap(NativeHeaderMap):
         def __init__(self, map_type: MapType) -> None: ...
 
         def get(self, name: str, default: str | None = None) -> str | None:
-            """The value of ``name`` (several values come joined by ``,``), or ``default``."""
+            """The first value of ``name`` (``get_all`` has every one), or ``default``."""
 
         def __getitem__(self, name: str) -> str: ...
 

@@ -2,7 +2,7 @@
 
 Envoy's V8 compiles every function of a module with TurboFan before the
 first request (proxy-wasm-cpp-host turns the baseline compiler off), at about
-1.8 CPU-µs per byte of code on these machines, and keeps the machine code in
+3 CPU-µs per byte of code on these machines, and keeps the machine code in
 every Envoy.  After pre-initialisation much of CPython can no longer run:
 
 - interpreter start-up, reachable only from the build-time exports the

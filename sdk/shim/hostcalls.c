@@ -493,7 +493,7 @@ static int header_map_assign(PyObject *self, PyObject *name, PyObject *value) {
 static PyMethodDef header_map_methods[] = {
     {"get", KEYWORDS(get),
      "get($self, name, default=None)\n--\n\n"
-     "The value of ``name`` (several values come joined by ``,``), or ``default``."},
+     "The first value of ``name`` (``get_all`` has every one), or ``default``."},
     {"add", KEYWORDS(add),
      "add($self, name, value)\n--\n\nAppend a header line (keeps existing values of ``name``)."},
     {"set", KEYWORDS(set),
