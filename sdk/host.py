@@ -25,40 +25,43 @@ except ImportError:
     class HostError(RuntimeError):  # type: ignore[no-redef]
         """A host function answered with a status other than OK."""
 
+    def _outside_vm(what: str) -> RuntimeError:
+        return RuntimeError(
+            f"meshext.sdk: {what} exists only inside a Proxy-Wasm VM. "
+            "Build the filter with `meshext build` and run it in Envoy, or test it "
+            "with `meshext test` / the meshext.testing harness."
+        )
+
     class _NoHost:
         def __getattr__(self, name: str) -> Any:
-            raise RuntimeError(
-                f"meshext.sdk: host function {name!r} exists only inside a Proxy-Wasm VM. "
-                "Build the filter with `meshext build` and run it in Envoy, or test it "
-                "with `meshext test` / the meshext.testing harness."
-            )
+            raise _outside_vm(f"host function {name!r}")
 
     host = _NoHost()
 
-    class _OutsideVM:
-        """Stands in for the C bases of HeaderMap and Body: constructible, every operation explains."""
+    def _explaining(name: str) -> Any:
+        def operation(self: object, *args: Any, **kwargs: Any) -> Any:
+            raise _outside_vm(f"{type(self).__name__}.{name}")
 
-        __slots__ = ()
+        return operation
 
-        def _explain(self, *args: Any, **kwargs: Any) -> Any:
-            return host.get_header  # raises the explanation
-
-    class NativeHeaderMap(_OutsideVM):  # type: ignore[no-redef]
+    # Stand-ins for the C bases of HeaderMap and Body: constructible, every
+    # operation explains where it works.
+    class NativeHeaderMap:  # type: ignore[no-redef]
         __slots__ = ("map_type",)
 
         def __init__(self, map_type: int) -> None:
             self.map_type = int(map_type)
 
-        get = add = set = remove = _OutsideVM._explain
-        __getitem__ = __setitem__ = __delitem__ = __contains__ = _OutsideVM._explain
-
-    class NativeBody(_OutsideVM):  # type: ignore[no-redef]
+    class NativeBody:  # type: ignore[no-redef]
         __slots__ = ("buffer_type",)
 
         def __init__(self, buffer_type: int) -> None:
             self.buffer_type = int(buffer_type)
 
-        size = read = replace = append = prepend = _OutsideVM._explain
+    for _name in ("get", "add", "set", "remove", "__getitem__", "__setitem__", "__delitem__", "__contains__"):
+        setattr(NativeHeaderMap, _name, _explaining(_name))
+    for _name in ("size", "read", "replace", "append", "prepend"):
+        setattr(NativeBody, _name, _explaining(_name))
 
 
 def describe_host_error(error: BaseException) -> str:
