@@ -166,21 +166,6 @@ static PyObject *h_get_buffer(PyObject *self, PyObject *const *args, Py_ssize_t 
     return buffer_bytes((uint32_t)buffer, (size_t)start, (size_t)max_size);
 }
 
-static PyObject *h_buffer_size(PyObject *self, PyObject *arg) {
-    long buffer = PyLong_AsLong(arg);
-    if (buffer == -1 && PyErr_Occurred()) return NULL;
-    size_t size;
-    if (buffer_length((uint32_t)buffer, &size) < 0) return NULL;
-    return PyLong_FromSize_t(size);
-}
-
-static PyObject *h_set_buffer(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    CHECK_NARGS(4, "set_buffer");
-    long buffer = long_arg(args[0]), start = long_arg(args[1]), length = long_arg(args[2]);
-    if (PyErr_Occurred()) return NULL;
-    return write_buffer((uint32_t)buffer, (size_t)start, (size_t)length, args[3]);
-}
-
 /* ---- header maps ---- */
 
 /* Serialised pairs: u32 count, count x (u32 key_len, u32 value_len), then "key\0value\0"... */
@@ -278,13 +263,6 @@ static PyObject *header_value(uint32_t map, PyObject *name) {
     return take_text(value, value_size);
 }
 
-static PyObject *h_get_header(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    CHECK_NARGS(2, "get_header");
-    long map = long_arg(args[0]);
-    if (map == -1 && PyErr_Occurred()) return NULL;
-    return header_value((uint32_t)map, args[1]);
-}
-
 static PyObject *h_get_headers(PyObject *self, PyObject *arg) {
     long map = PyLong_AsLong(arg);
     if (map == -1 && PyErr_Occurred()) return NULL;
@@ -329,31 +307,6 @@ static PyObject *remove_header(uint32_t map, PyObject *name) {
     proxy_status status = proxy_remove_header_map_value(map, key, (size_t)key_size);
     if (status != PROXY_OK && status != PROXY_NOT_FOUND) return host_error("proxy_remove_header_map_value", status);
     Py_RETURN_NONE;
-}
-
-static PyObject *write_header_call(PyObject *const *args, Py_ssize_t nargs, header_write_fn fn, const char *what) {
-    if (nargs != 3) {
-        PyErr_Format(PyExc_TypeError, "%s() takes 3 arguments (%zd given)", what, nargs);
-        return NULL;
-    }
-    long map = long_arg(args[0]);
-    if (map == -1 && PyErr_Occurred()) return NULL;
-    return write_header((uint32_t)map, args[1], args[2], fn, what);
-}
-
-static PyObject *h_add_header(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    return write_header_call(args, nargs, proxy_add_header_map_value, "proxy_add_header_map_value");
-}
-
-static PyObject *h_replace_header(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    return write_header_call(args, nargs, proxy_replace_header_map_value, "proxy_replace_header_map_value");
-}
-
-static PyObject *h_remove_header(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    CHECK_NARGS(2, "remove_header");
-    long map = long_arg(args[0]);
-    if (map == -1 && PyErr_Occurred()) return NULL;
-    return remove_header((uint32_t)map, args[1]);
 }
 
 /*
@@ -942,8 +895,7 @@ static PyObject *h_forget_file(PyObject *self, PyObject *arg) {
 
 static PyMethodDef host_methods[] = {
     FAST(log), NONE(get_log_level), NONE(current_time_ns), ONE(set_tick_period), ONE(set_effective_context),
-    NONE(done), FAST(get_buffer), ONE(buffer_size), FAST(set_buffer), FAST(get_header), ONE(get_headers),
-    FAST(set_headers), FAST(add_header), FAST(replace_header), FAST(remove_header), ONE(continue_stream),
+    NONE(done), FAST(get_buffer), ONE(get_headers), FAST(set_headers), ONE(continue_stream),
     ONE(close_stream), NONE(get_status), FAST(send_local_response), ONE(get_property), FAST(set_property),
     FAST(define_metric), FAST(increment_metric), FAST(record_metric), ONE(get_metric), ONE(get_shared_data),
     FAST(set_shared_data), ONE(register_shared_queue), FAST(resolve_shared_queue), FAST(enqueue_shared_queue),
