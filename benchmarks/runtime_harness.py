@@ -49,9 +49,9 @@ def default_modules(workdir: Path) -> list[tuple[str, Path, str, str]]:
                        cwd=ROOT / "tests/assemblyscript", check=True, capture_output=True)
         modules.append(("AssemblyScript header filter", headers, "as_headers", "bench"))
     try:
-        from meshext.sdk.build import build_filter
+        from meshext.sdk.builder import build_filter
     except ImportError:
-        print("# meshext.sdk.build not importable: Python filter not measured", file=sys.stderr)
+        print("# meshext.sdk.builder not importable: Python filter not measured", file=sys.stderr)
         return modules
     project = workdir / "scaffold"
     subprocess.run([sys.executable, "-m", "meshext", "init", "scaffold", "-d", str(project)], check=True,

@@ -33,8 +33,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from meshext.runtime.envoy import EnvoyProcess
-from meshext.sdk.build import build_filter, toolchain
+from meshext.envoy import EnvoyProcess
+from meshext.sdk.builder import build_filter, toolchain
 
 HERE = Path(__file__).resolve().parent
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"

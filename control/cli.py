@@ -8,8 +8,9 @@ import signal
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -270,8 +271,9 @@ def certs_command(out_dir: Path | None, hosts: tuple[str, ...], workloads: tuple
 def proxy_command(workload: str, namespace: str, control_address: str, control_http: str, module_dir: Path | None,
                   protocol: str, concurrency: int, log_level: str, pki_dir: Path | None, ca_file: Path | None,
                   cert_file: Path | None, key_file: Path | None, insecure: bool) -> None:
-    """Run the sidecar of WORKLOAD: Envoy, configured entirely by the control plane
-    over ADS, and a module syncer that fetches its Wasm modules (sha256 verified).
+    """Run the sidecar of WORKLOAD: Envoy configured by the control plane over ADS.
+
+    Beside Envoy runs a module syncer that fetches its Wasm modules (sha256 verified).
 
     Both reach the control plane over mutual TLS with the workload's certificate
     (default: <pki-dir>/workloads/NAMESPACE/WORKLOAD.pem, which `meshext control

@@ -22,6 +22,11 @@ from meshext.errors import MeshextError, first_validation_problem
 DEFAULT_MESH_FILE = Path(__file__).with_name("default-mesh.yaml")
 
 
+
+def node_id(workload: str, namespace: str) -> str:
+    """The node id a sidecar announces to the control plane: ``WORKLOAD.NAMESPACE``."""
+    return f"{workload}.{namespace}"
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -61,7 +66,8 @@ class Workload(_Strict):
 
     @property
     def node_id(self) -> str:
-        return f"{self.name}.{self.namespace}"
+        """The Envoy node id this workload's sidecar announces (see :func:`node_id`)."""
+        return node_id(self.name, self.namespace)
 
     @property
     def network_namespace(self) -> str:

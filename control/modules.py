@@ -27,8 +27,8 @@ import hashlib
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from meshext.errors import MeshextError
 

@@ -28,8 +28,9 @@ import queue
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from meshext.control.cache import TypeStatus
 from meshext.control.envoy_config import SnapshotBuilder

@@ -24,9 +24,9 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -51,7 +51,7 @@ _CERTS_FIX = ("create them with `meshext control certs --out DIR [--workload NAM
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def spiffe_id(trust_domain: str, path: str) -> str:

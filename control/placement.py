@@ -16,8 +16,6 @@ PHASES = (
     "PreAuthN", "[authn]", "PostAuthN", "PreAuthZ", "[authz]", "PostAuthZ",
     "PreStats", "[stats]", "PostStats", "Unspecified",
 )
-MAISTRA_PHASES = ("PreAuthN", "PostAuthN", "PreAuthZ", "PostAuthZ", "PreStats", "PostStats")
-WASMPLUGIN_PHASES = {"AUTHN": "PreAuthN", "AUTHZ": "PreAuthZ", "STATS": "PreStats", "UNSPECIFIED_PHASE": "Unspecified"}
 
 
 @dataclass(frozen=True)

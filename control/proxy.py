@@ -28,10 +28,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Literal
 
-from meshext.control.mesh import Workload
+from meshext.control.mesh import Workload, node_id
 from meshext.control.pki import TLSMaterial
+from meshext.envoy import EnvoyProcess
 from meshext.errors import MeshextError
-from meshext.runtime.envoy import EnvoyProcess
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,6 @@ def require_loopback_for_plain_text(host: str, *, where: str) -> None:
     raise MeshextError(f"{host} is not a loopback address, and --insecure turns TLS off", where=where,
                        fix="drop --insecure (mutual TLS is the default), or use 127.0.0.1 / ::1")
 
-
-def node_id(workload: str, namespace: str) -> str:
-    return f"{workload}.{namespace}"
 
 
 def bootstrap(

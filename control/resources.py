@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from meshext.control.placement import MAISTRA_PHASES, WASMPLUGIN_PHASES
 from meshext.errors import MeshextError, first_validation_problem
+from meshext.phases import WASMPLUGIN_PHASES, MaistraPhase
 
 SME_GROUP = "maistra.io"
 SME_VERSIONS = ("v1", "v1alpha1")
@@ -37,7 +37,7 @@ class ServiceMeshExtensionSpec(_Spec):
     image: str = Field(min_length=1)
     # v1: structured (handed to the filter as JSON); v1alpha1: a string.
     config: dict[str, Any] | str | None = None
-    phase: Literal[MAISTRA_PHASES] | None = None  # type: ignore[valid-type]
+    phase: MaistraPhase | None = None
     priority: StrictInt | None = None
     workloadSelector: WorkloadSelector | None = None
 

@@ -32,15 +32,16 @@ import re
 import ssl
 import threading
 import urllib.parse
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 
 from meshext.control.cache import SnapshotCache
+from meshext.control.mesh import node_id as node_id_of
 from meshext.control.modules import ModuleDemand, ModuleStore
 from meshext.control.pki import ADMIN_PATH, TLSMaterial, spiffe_id, workload_of
-from meshext.control.proxy import node_id as node_id_of
 from meshext.control.xds import start_xds_server
 
 log = logging.getLogger(__name__)

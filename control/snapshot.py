@@ -9,9 +9,9 @@ reconnecting proxies that already hold it are not sent anything new.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 from google.protobuf import any_pb2
 from google.protobuf.message import Message

@@ -9,11 +9,11 @@ The control plane and the CLI use this surface::
 
 from meshext.registry.cache import ModuleCache
 from meshext.registry.credentials import Credentials
-from meshext.registry.formats import FORMATS, MAISTRA_PHASES, MaistraManifest
+from meshext.registry.formats import FORMATS, MaistraManifest
 from meshext.registry.pull import ImageInfo, PulledModule, inspect, pull
 from meshext.registry.push import push
 
 __all__ = [
-    "FORMATS", "MAISTRA_PHASES", "Credentials", "ImageInfo", "MaistraManifest", "ModuleCache", "PulledModule",
+    "FORMATS", "Credentials", "ImageInfo", "MaistraManifest", "ModuleCache", "PulledModule",
     "inspect", "pull", "push",
 ]

@@ -25,14 +25,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from meshext.errors import MeshextError
+from meshext.paths import cache_root
 
 HASH_CHUNK = 1 << 20
-
-
-def default_cache_root() -> Path:
-    """$MESHEXT_CACHE_DIR, else ~/.cache/meshext."""
-    configured = os.environ.get("MESHEXT_CACHE_DIR")
-    return Path(configured) if configured else Path.home() / ".cache" / "meshext"
 
 
 def sha256_file(path: Path) -> str:
@@ -55,7 +50,7 @@ class ModuleCache:
     """Content-addressed, verified store of Wasm modules."""
 
     def __init__(self, root: Path | None = None) -> None:
-        self.root = Path(root if root is not None else default_cache_root()).absolute() / "modules"
+        self.root = Path(root if root is not None else cache_root()).absolute() / "modules"
 
     def module_path(self, module_sha256: str) -> Path:
         return self.root / "sha256" / f"{module_sha256}.wasm"

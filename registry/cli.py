@@ -16,8 +16,9 @@ from typing import Any
 import click
 
 from meshext.errors import MeshextError
+from meshext.phases import MAISTRA_PHASES
 from meshext.registry.credentials import Credentials
-from meshext.registry.formats import FORMATS, MAISTRA_PHASES, MaistraManifest
+from meshext.registry.formats import FORMATS, MaistraManifest
 from meshext.registry.reference import ImageReference
 
 

@@ -44,7 +44,7 @@ class Descriptor:
     platform: dict[str, Any] | None = None
 
     @classmethod
-    def from_json(cls, entry: Any, where: str) -> "Descriptor":
+    def from_json(cls, entry: Any, where: str) -> Descriptor:
         try:
             return cls(entry["mediaType"], entry["digest"], int(entry["size"]),
                        entry.get("annotations") or {}, entry.get("platform"))

@@ -36,7 +36,7 @@ class Credentials:
         return f"Credentials({kind}, secret=***)"
 
     @classmethod
-    def from_docker_config(cls, config: str | Path | dict[str, Any], registry: str) -> "Credentials | None":
+    def from_docker_config(cls, config: str | Path | dict[str, Any], registry: str) -> Credentials | None:
         """The entry for ``registry`` (host[:port]) in a Docker config.json, or None.
 
         ``config`` is a path to the file or its parsed content."""
@@ -61,7 +61,7 @@ class Credentials:
         return None
 
     @classmethod
-    def from_dockerconfigjson(cls, payload: str | bytes, registry: str) -> "Credentials | None":
+    def from_dockerconfigjson(cls, payload: str | bytes, registry: str) -> Credentials | None:
         """From a ``kubernetes.io/dockerconfigjson`` secret's ``.dockerconfigjson``
         value, as stored in ``data`` (base64) or ``stringData`` (plain JSON)."""
         text = payload.decode() if isinstance(payload, bytes) else payload
@@ -79,14 +79,14 @@ class Credentials:
         return cls.from_docker_config(config, registry)
 
     @classmethod
-    def from_default_docker_config(cls, registry: str) -> "Credentials | None":
+    def from_default_docker_config(cls, registry: str) -> Credentials | None:
         """What ``docker login`` stored: $DOCKER_CONFIG/config.json or ~/.docker/config.json."""
         directory = os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker"
         path = Path(directory) / "config.json"
         return cls.from_docker_config(path, registry) if path.is_file() else None
 
     @classmethod
-    def _from_auth_entry(cls, entry: dict[str, Any], where: str) -> "Credentials | None":
+    def _from_auth_entry(cls, entry: dict[str, Any], where: str) -> Credentials | None:
         if entry.get("registrytoken"):
             return cls(token=entry["registrytoken"])
         if entry.get("username") and entry.get("password") is not None:

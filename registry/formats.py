@@ -21,6 +21,7 @@ import pydantic
 import yaml
 
 from meshext.errors import MeshextError, first_validation_problem
+from meshext.phases import MAISTRA_PHASES, MaistraPhase
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -45,7 +46,6 @@ TAR_LAYER_TYPES = (
 FORMATS = ("wasm-oci", "docker", "maistra")
 DOCKER_MODULE_FILE = "plugin.wasm"
 MAISTRA_MANIFEST_FILE = "manifest.yaml"
-MAISTRA_PHASES = ("PreAuthN", "PostAuthN", "PreAuthZ", "PostAuthZ", "PreStats", "PostStats")
 
 
 class _MaistraManifestSchema(pydantic.BaseModel):
@@ -57,7 +57,7 @@ class _MaistraManifestSchema(pydantic.BaseModel):
     name: str = pydantic.Field(min_length=1)
     description: str = ""
     version: str = ""
-    phase: Literal["PreAuthN", "PostAuthN", "PreAuthZ", "PostAuthZ", "PreStats", "PostStats"]
+    phase: MaistraPhase
     priority: int = 0
     module: str = pydantic.Field(min_length=1, pattern=r"^[^/\\]+\.wasm$")
 
@@ -74,7 +74,7 @@ class MaistraManifest:
     module: str
 
     @classmethod
-    def parse(cls, text: str | bytes, where: str) -> "MaistraManifest":
+    def parse(cls, text: str | bytes, where: str) -> MaistraManifest:
         """Validate manifest.yaml; ``where`` names the image for the error message."""
         try:
             document = yaml.safe_load(text)

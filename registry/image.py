@@ -10,9 +10,17 @@ from typing import Any
 
 from meshext.errors import MeshextError
 from meshext.registry.client import Descriptor, RegistryClient
-from meshext.registry.formats import (DOCKER_MODULE_FILE, IMAGE_MANIFEST_TYPES, MAISTRA_MANIFEST_FILE,
-                                      MANIFEST_LIST_TYPES, TAR_LAYER_TYPES, WASM_CONFIG, WASM_LAYER,
-                                      MaistraManifest, read_root_files)
+from meshext.registry.formats import (
+    DOCKER_MODULE_FILE,
+    IMAGE_MANIFEST_TYPES,
+    MAISTRA_MANIFEST_FILE,
+    MANIFEST_LIST_TYPES,
+    TAR_LAYER_TYPES,
+    WASM_CONFIG,
+    WASM_LAYER,
+    MaistraManifest,
+    read_root_files,
+)
 from meshext.registry.progress import TransferProgress
 
 WASM_MAGIC = b"\0asm"

@@ -37,7 +37,7 @@ class LocalRegistry:
         """host:port, as written in image references."""
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> "LocalRegistry":
+    def start(self) -> LocalRegistry:
         binary = shutil.which(REGISTRY_BINARY) or shutil.which("docker-registry")
         if binary is None:
             raise MeshextError("docker-registry is not installed", where=REGISTRY_BINARY,
@@ -69,7 +69,7 @@ class LocalRegistry:
                 self._process.wait()
             self._process = None
 
-    def __enter__(self) -> "LocalRegistry":
+    def __enter__(self) -> LocalRegistry:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:

@@ -12,7 +12,13 @@ import requests
 
 from meshext.errors import MeshextError, UnavailableError
 from meshext.registry.cache import ModuleCache, check_expected_sha256
-from meshext.registry.client import CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS, STREAM_CHUNK, Descriptor, RegistryClient
+from meshext.registry.client import (
+    CONNECT_TIMEOUT_SECONDS,
+    READ_TIMEOUT_SECONDS,
+    STREAM_CHUNK,
+    Descriptor,
+    RegistryClient,
+)
 from meshext.registry.credentials import Credentials
 from meshext.registry.formats import MaistraManifest
 from meshext.registry.image import ResolvedImage, check_wasm, module_from_tar_layers, resolve

@@ -13,9 +13,18 @@ import oras.schemas
 from meshext.errors import MeshextError
 from meshext.registry.client import RegistryClient
 from meshext.registry.credentials import Credentials
-from meshext.registry.formats import (DOCKER_MODULE_FILE, FORMATS, MAISTRA_MANIFEST_FILE, OCI_IMAGE_CONFIG,
-                                      OCI_LAYER_TAR_GZIP, OCI_MANIFEST, WASM_CONFIG, WASM_LAYER, MaistraManifest,
-                                      build_root_layer)
+from meshext.registry.formats import (
+    DOCKER_MODULE_FILE,
+    FORMATS,
+    MAISTRA_MANIFEST_FILE,
+    OCI_IMAGE_CONFIG,
+    OCI_LAYER_TAR_GZIP,
+    OCI_MANIFEST,
+    WASM_CONFIG,
+    WASM_LAYER,
+    MaistraManifest,
+    build_root_layer,
+)
 from meshext.registry.image import check_wasm
 from meshext.registry.progress import transfer_progress
 from meshext.registry.reference import ImageReference

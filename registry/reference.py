@@ -28,7 +28,7 @@ class ImageReference:
     digest: str | None  # "sha256:<hex>" when pinned
 
     @classmethod
-    def parse(cls, text: str) -> "ImageReference":
+    def parse(cls, text: str) -> ImageReference:
         original = text
         if text.startswith("oci://"):
             text = text[len("oci://") :]

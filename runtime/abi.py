@@ -22,7 +22,6 @@ from meshext.sdk.abi import (  # noqa: F401
     StreamType,
 )
 
-
 WASI_SUCCESS = 0
 WASI_BADF = 8
 WASI_FAULT = 21

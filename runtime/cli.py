@@ -14,20 +14,10 @@ from meshext.runtime.pytest_plugin import MODULE_ENV
 
 
 def build_with_sdk(project: Path) -> Path:
-    """Build the project's filter with the SDK pipeline (`meshext build`) and return the module.
-
-    SDK HOOK: meshext.sdk owns the build; this is the single place `meshext test`
-    calls into it.
-    """
-    try:
-        from meshext.sdk.build import build_filter
-    except ImportError:
-        raise MeshextError(
-            "this installation has no `meshext build` pipeline to build the filter with",
-            where=str(project),
-            fix="build the module yourself and pass it: meshext test DIR --module FILE.wasm",
-        ) from None
+    """Build the project's filter with the SDK pipeline (`meshext build`) and return the module."""
     from rich.console import Console
+
+    from meshext.sdk.builder import build_filter
 
     click.echo(f"building {project} (meshext build)", err=True)
     with Console(stderr=True).status("building") as status:

@@ -43,7 +43,12 @@ from meshext.errors import MeshextError
 from meshext.runtime.abi import LogLevel, MetricType
 from meshext.runtime.modules import compile_module
 from meshext.runtime.records import (
-    Cluster, GrpcHandler, HttpHandler, LogRecord, Metric, SharedQueue,
+    Cluster,
+    GrpcHandler,
+    HttpHandler,
+    LogRecord,
+    Metric,
+    SharedQueue,
 )
 from meshext.runtime.vm import PluginVM
 

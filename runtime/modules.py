@@ -10,6 +10,7 @@ from pathlib import Path
 import wasmtime
 
 from meshext.errors import MeshextError
+from meshext.paths import cache_root
 
 _ENGINE: wasmtime.Engine | None = None
 _MODULES: dict[str, wasmtime.Module] = {}
@@ -24,10 +25,8 @@ def engine() -> wasmtime.Engine:
 
 
 def module_cache_dir() -> Path:
-    base = os.environ.get("MESHEXT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "meshext"
-    )
-    return Path(base) / "wasmtime"
+    """Where compiled native code of modules is kept (``wasmtime/`` under the meshext cache)."""
+    return cache_root() / "wasmtime"
 
 
 def compile_module(code: bytes, *, where: str = "module") -> wasmtime.Module:

@@ -17,12 +17,17 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from meshext.errors import MeshextError
-from meshext.runtime.host import Host, PluginVM
+
+if TYPE_CHECKING:
+    # pytest loads this plugin in every run of an environment that has meshext
+    # installed; the test host (and wasmtime behind it) loads only when a test
+    # asks for one of the fixtures.
+    from meshext.runtime.host import Host, PluginVM
 
 MODULE_ENV = "MESHEXT_TEST_MODULE"
 
@@ -35,11 +40,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.fixture
 def proxy_host() -> Host:
+    """A fresh test host (one simulated Envoy) for this test."""
+    from meshext.runtime.host import Host
+
     return Host()
 
 
 @pytest.fixture
 def filter_module_path(request: pytest.FixtureRequest) -> Path:
+    """The module under test: ``--meshext-module`` or ``$MESHEXT_TEST_MODULE``."""
     value = request.config.getoption("--meshext-module") or os.environ.get(MODULE_ENV)
     if not value:
         raise MeshextError("no module under test", where="filter_module fixture",
@@ -53,6 +62,7 @@ def filter_module_path(request: pytest.FixtureRequest) -> Path:
 
 @pytest.fixture
 def filter_module(proxy_host: Host, filter_module_path: Path) -> Callable[..., PluginVM]:
+    """``filter_module(config=..., **options)`` loads the module under test into ``proxy_host``."""
     def load(config: Any = b"", **options: Any) -> PluginVM:
         return proxy_host.load(filter_module_path, config=config, **options)
 
@@ -64,7 +74,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
     """A failing test shows what the module logged (an SDK filter's Python traceback lands there)."""
     report = yield
     host = getattr(item, "funcargs", {}).get("proxy_host")
-    if report.failed and isinstance(host, Host) and host.logs:
+    if report.failed and host is not None and host.logs:
         lines = [f"{record.level.name.lower():8} ctx {record.context_id}: {record.message}" for record in host.logs[-50:]]
         report.sections.append(("meshext module log (last 50 lines)", "\n".join(lines)))
     return report

@@ -25,8 +25,20 @@ from meshext.runtime.fastcall import Crossing, Export, MemoryView, define_host_f
 from meshext.runtime.modules import engine
 from meshext.runtime.properties import encode_property, split_path
 from meshext.runtime.records import (
-    Cluster, GrpcCallout, GrpcHandler, HeaderMap, HttpCallout, HttpResponse, LocalResponse, LogRecord, Metric,
-    SharedQueue, WasmTrap, MemoryFault, ModuleExit, as_pairs,
+    Cluster,
+    GrpcCallout,
+    GrpcHandler,
+    HeaderMap,
+    HttpCallout,
+    HttpResponse,
+    LocalResponse,
+    LogRecord,
+    MemoryFault,
+    Metric,
+    ModuleExit,
+    SharedQueue,
+    WasmTrap,
+    as_pairs,
 )
 from meshext.runtime.streams import HttpStream, TcpStream
 from meshext.runtime.upstreams import grpc_cluster_name, real_grpc_call, real_http_call

@@ -16,7 +16,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from meshext.runtime.envoy import EnvoyProcess
+from meshext.envoy import EnvoyProcess
 
 
 class Echo(BaseHTTPRequestHandler):

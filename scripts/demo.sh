@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-exec "${PYTHON:-python3}" scripts/demo.py
+exec "${MESHEXT_VENV:-.venv}/bin/python" scripts/demo.py

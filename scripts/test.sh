@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite, after installing what it needs.  `.ci/run` runs exactly this.
+# The whole test suite, after installing what it needs: the linter, the type
+# checker, then pytest.  `.ci/run` runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh --test
-PYTHON=${PYTHON:-python3}
-exec "$PYTHON" -m pytest -q -rs "$@"
+VENV=${MESHEXT_VENV:-.venv}
+bash scripts/check.sh
+exec "$VENV/bin/python" -m pytest -q -rs "$@"

@@ -10,18 +10,27 @@ from __future__ import annotations
 import gc
 import json
 import sys
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
 from meshext.sdk import callouts
 from meshext.sdk.abi import Action, BufferType, MapType, StreamType
-from meshext.sdk.contexts import ALL_CALLBACKS, CALLBACK_BITS, FailPolicy, HttpContext, RootContext, StreamContext, callback_mask
+from meshext.sdk.contexts import (
+    ALL_CALLBACKS,
+    CALLBACK_BITS,
+    FailPolicy,
+    HttpContext,
+    RootContext,
+    StreamContext,
+    callback_mask,
+)
 from meshext.sdk.host import host
 
 # Written by `meshext build` into the module's file system.
 BUILD_CONFIG_PATH = "/app/meshext-build.json"
-# The log line that carries build facts back to `meshext build` (sdk/build/pipeline.py).
+# The log line that carries build facts back to `meshext build` (sdk/builder/pipeline.py).
 BUILD_FACTS_PREFIX = "meshext-build-facts "
 
 entry_class: type[RootContext] = RootContext
@@ -236,7 +245,7 @@ def _policy(context: Any) -> FailPolicy:
 def format_exception(error: BaseException) -> str:
     """A traceback like Python's, chained exceptions included.  Not the
     `traceback` module: importing it at run time defines namedtuples, which
-    needs the compiler that modules no longer carry (sdk/build/prune.py)."""
+    needs the compiler that modules no longer carry (sdk/builder/prune.py)."""
     parts: list[str] = []
     seen: set[int] = set()
     current: BaseException | None = error

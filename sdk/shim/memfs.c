@@ -10,7 +10,7 @@
  * to these definitions instead of emitting imports; zig's libc implements
  * close() directly on the import, so close() is defined here too.
  *
- * Image layout (little endian, written by meshext.sdk.build.fsimage):
+ * Image layout (little endian, written by meshext.sdk.builder.fsimage):
  *   "MXFS" u32 version u32 count
  *   count x { u32 path_offset, u32 path_length, u32 data_offset,
  *             u32 data_length, u32 kind }          sorted by path

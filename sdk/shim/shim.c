@@ -522,7 +522,7 @@ static int find_context_layout(void) {
 
 /*
  * `meshext build` prunes code that cannot run after pre-initialisation
- * (sdk/build/prune.py) and points the ways into it here: each returns 0
+ * (sdk/builder/prune.py) and points the ways into it here: each returns 0
  * (NULL) with a Python exception set, which every caller already handles.
  * SyntaxError because stdlib code that parses optionally (traceback's caret
  * positions) catches exactly that; ImportError so `try: import _c_module`

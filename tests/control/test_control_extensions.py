@@ -287,7 +287,7 @@ def test_image_pull_secret_is_honoured(mesh_under_test, clean_config, auth_regis
 def test_python_filter_built_with_the_sdk(mesh_under_test, clean_config, modules, registry, tmp_path):
     """`meshext build` -> registry -> WasmPlugin: a CPython filter next to a WAT one, in phase order."""
     from meshext.registry import push
-    from meshext.sdk.build import build_filter
+    from meshext.sdk.builder import build_filter
 
     built = build_filter(Path(__file__).parent / "filters" / "tagger", tmp_path / "tagger.wasm")
     reference = f"{registry.host}/python-tagger:1"

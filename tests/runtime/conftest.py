@@ -91,9 +91,9 @@ PYTHON_FILTERS = HERE / "python_filters"
 def python_modules(request: pytest.FixtureRequest) -> dict[str, Path]:
     """Filters in python_filters/ built with the SDK pipeline (`meshext build`), cached by content."""
     try:
-        from meshext.sdk.build import build_filter
+        from meshext.sdk.builder import build_filter
     except ImportError as error:
-        pytest.fail(f"meshext.sdk.build is not importable ({error}); the SDK build pipeline is needed "
+        pytest.fail(f"meshext.sdk.builder is not importable ({error}); the SDK build pipeline is needed "
                     "to build the Python conformance filters")
     cache = build_cache(request, "meshext-python-filters")
     built = {}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from meshext.runtime.conformance import (
+from conformance import (
     Request, Scenario, TcpScenario, UpstreamReply, compare, run_in_envoy, run_in_host, run_tcp_in_envoy, run_tcp_in_host,
 )
 

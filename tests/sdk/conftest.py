@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sdk_helpers import EchoServer
 
-from meshext.sdk.build import BuildResult, build_filter
+from meshext.sdk.builder import BuildResult, build_filter
 
 FILTERS = Path(__file__).parent / "filters"
 

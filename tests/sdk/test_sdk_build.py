@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from meshext.sdk.build import toolchain
+from meshext.sdk.builder import toolchain
 
 
 def meshext(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -12,8 +12,8 @@ import pytest
 import requests
 from sdk_helpers import EchoServer, TcpEchoServer, cluster, http_listener, tcp_listener
 
-from meshext.runtime.envoy import EnvoyProcess
-from meshext.sdk.build import toolchain
+from meshext.envoy import EnvoyProcess
+from meshext.sdk.builder import toolchain
 
 pytestmark = pytest.mark.envoy
 

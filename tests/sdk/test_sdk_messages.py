@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from meshext.sdk.build import build_filter
+from meshext.sdk.builder import build_filter
 from meshext.testing import Host
 
 PROBES = '''

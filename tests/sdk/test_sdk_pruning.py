@@ -9,7 +9,7 @@ from pathlib import Path
 
 import wasmtime
 
-from meshext.sdk.build import build_filter
+from meshext.sdk.builder import build_filter
 from meshext.testing import Host
 
 HEADER_ONLY = '''
@@ -116,7 +116,7 @@ def test_uncaught_exception_traceback_is_logged_without_a_compiler(tmp_path: Pat
 def test_every_sdk_callback_has_its_export() -> None:
     # The build drops the export of each callback a filter does not override:
     # a callback missing from the table would keep an export, one extra would drop one.
-    from meshext.sdk.build.pipeline import CALLBACK_EXPORTS
+    from meshext.sdk.builder.pipeline import CALLBACK_EXPORTS
     from meshext.sdk.contexts import CALLBACK_BITS
 
     assert set(CALLBACK_EXPORTS) == set(CALLBACK_BITS)

@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from meshext.sdk.build import wasm_binary as wb
+from meshext.sdk.builder import wasm_binary as wb
 
 # CPython's ways into the parser and compiler (Parser/peg_api.c, Python/compile.c,
 # symtable.c, future.c, ast_opt.c, ast.c, Python-ast.c's converters, the
@@ -97,7 +97,7 @@ def prune(
 
     ``removed_modules`` maps the C modules nothing can import any more to
     their init functions; ``functions_by_part`` names the functions only the
-    compiler or one C module defines (sdk/build/shim.py): being in the
+    compiler or one C module defines (sdk/builder/shim.py): being in the
     function table does not keep those alive.
     """
     parsed = Module(module)

@@ -15,6 +15,6 @@ Stages, one module each:
 - ``pipeline``   puts the stages together.
 """
 
-from meshext.sdk.build.pipeline import BuildResult, build_filter
+from meshext.sdk.builder.pipeline import BuildResult, build_filter
 
 __all__ = ["BuildResult", "build_filter"]

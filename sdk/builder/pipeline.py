@@ -17,14 +17,16 @@ from pathlib import Path
 
 import wasmtime
 
+import meshext
+import meshext.sdk
 from meshext.errors import MeshextError
 from meshext.sdk._dispatch import BUILD_FACTS_PREFIX
-from meshext.sdk.build import analysis, fsimage, preinit, prune, toolchain
-from meshext.sdk.build.project import Project, load_project
-from meshext.sdk.build.shim import OPTIONAL_MODULES, build_shim, functions_by_part
+from meshext.sdk.builder import analysis, fsimage, preinit, prune, toolchain
+from meshext.sdk.builder.project import Project, load_project
+from meshext.sdk.builder.shim import OPTIONAL_MODULES, build_shim, functions_by_part
 
-SDK_DIR = Path(__file__).resolve().parent.parent
-MESHEXT_DIR = Path(__file__).resolve().parent.parent.parent / "meshext"
+SDK_DIR = Path(meshext.sdk.__file__).parent
+MESHEXT_DIR = Path(meshext.__file__).parent
 # Host-only parts of the SDK package that never go into a module.
 SDK_HOST_ONLY = {"cli.py"}
 
@@ -61,7 +63,7 @@ def _stdlib_pyc(source_path: Path, module_path: str) -> bytes:
 def _app_pyc(source: bytes, module_path: str) -> bytes:
     # Unchecked hash-based: the importer takes it without comparing it to the
     # source, which stays next to it for tracebacks.  Modules carry no compiler
-    # at run time (sdk/build/prune.py), so a module the filter imports lazily
+    # at run time (sdk/builder/prune.py), so a module the filter imports lazily
     # must come compiled.
     code = compile(source, f"/{module_path}", "exec", dont_inherit=True)
     return bytes(bootstrap_external._code_to_hash_pyc(code, importlib.util.source_hash(source), checked=False))

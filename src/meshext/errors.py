@@ -1,9 +1,13 @@
-"""The error every layer raises for bad user input.
+"""The errors every layer raises: bad user input, and meshext's own bugs.
 
-A user-facing error names *what* was wrong (the file, field or reference), and
-*how to fix it*.  The CLI prints it without a Python traceback and exits with
-the error's ``exit_code``; libraries and the control plane put the same text in
-logs and resource status.
+A user-facing error (:class:`MeshextError`) names *what* was wrong (the file,
+field or reference), and *how to fix it*.  The CLI prints it without a Python
+traceback and exits with the error's ``exit_code``; libraries and the control
+plane put the same text in logs and resource status.
+
+A broken invariant inside meshext is not the user's to fix: it is raised as
+:class:`InternalError`, which the CLI shows with its traceback and a request
+to report it, never with a "fix".
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 EXIT_USER_ERROR = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3  # a registry, proxy or control plane could not be reached
+EXIT_INTERNAL = 70  # EX_SOFTWARE: a meshext bug
 
 
 class MeshextError(Exception):
@@ -38,6 +43,15 @@ class UnavailableError(MeshextError):
     """A service we depend on (registry, Envoy, control plane) did not answer."""
 
     exit_code = EXIT_UNAVAILABLE
+
+
+class InternalError(Exception):
+    """A meshext bug: an invariant of meshext's own code does not hold (not the user's input)."""
+
+    exit_code = EXIT_INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"internal error (a meshext bug, please report it): {message}")
 
 
 def first_validation_problem(error: Any, default_location: str) -> tuple[str, dict[str, Any]]:

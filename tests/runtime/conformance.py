@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from meshext.runtime.abi import LogLevel, Pairs
-from meshext.runtime.envoy import EnvoyProcess
+from meshext.envoy import EnvoyProcess
 from meshext.runtime.host import Host
 
 # Headers Envoy's connection manager adds after the filter chain ran.

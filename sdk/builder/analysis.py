@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshext.errors import MeshextError
-from meshext.sdk.build.shim import ALWAYS_BUILTIN, BUILTIN_MODULES
+from meshext.sdk.builder.shim import ALWAYS_BUILTIN, BUILTIN_MODULES
 
 # Loaded by the interpreter itself or by `codecs.lookup` without an import statement.
 STARTUP_MODULES = (

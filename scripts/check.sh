@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The linter and the type checker over the product's code (scripts/test.sh
+# runs this before pytest).  Configuration: [tool.ruff] and [tool.mypy] in
+# pyproject.toml.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${MESHEXT_VENV:-.venv}
+echo "==> ruff check"
+"$VENV/bin/ruff" check sdk runtime registry control src
+echo "==> mypy"
+# -p checks the installed import tree (src/meshext and the rooms it links),
+# so every file is checked under its real module name.
+"$VENV/bin/mypy" -p meshext

@@ -1,0 +1,116 @@
+"""The `meshext` command.
+
+Each subsystem owns its commands (``meshext.<part>.cli``); this group only
+loads them lazily, so `meshext --help` stays fast and a broken optional part
+cannot break unrelated commands.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+
+import click
+
+from meshext import __version__
+from meshext.errors import InternalError, MeshextError
+
+
+class LazyCommand:
+    """Where a subcommand lives, and the one-line help `meshext --help` shows without importing it."""
+
+    def __init__(self, target: str, short_help: str) -> None:
+        self.module_name, self.attribute = target.split(":")
+        self.short_help = short_help
+
+    def load(self) -> click.Command:
+        """Import the subcommand's module (on first use only) and return the command."""
+        command: click.Command = getattr(importlib.import_module(self.module_name), self.attribute)
+        return command
+
+
+# The order is the order in `--help`.  A test checks each short help against
+# the command's own docstring, so the two cannot drift apart.
+COMMANDS: dict[str, LazyCommand] = {
+    "init": LazyCommand("meshext.sdk.cli:init_command",
+                       "Scaffold a filter project NAME: meshext.toml, filter.py and a test."),
+    "build": LazyCommand("meshext.sdk.cli:build_command",
+                        "Compile the filter project in DIRECTORY into a Proxy-Wasm module."),
+    "test": LazyCommand("meshext.runtime.cli:test_command",
+                       "Build the filter in DIRECTORY and run its tests in the Proxy-Wasm test host."),
+    "push": LazyCommand("meshext.registry.cli:push_command",
+                       "Publish FILE.wasm to the registry as REF and print the manifest digest."),
+    "pull": LazyCommand("meshext.registry.cli:pull_command",
+                       "Fetch the module REF names (verified, through the cache) into a file."),
+    "inspect": LazyCommand("meshext.registry.cli:inspect_command",
+                          "Show an image's format, digests, module size and manifest fields."),
+    "toolchain": LazyCommand("meshext.sdk.cli:toolchain_command",
+                            "Download CPython for wasm32-wasi into the cache and compile the shim."),
+    "control": LazyCommand("meshext.control.cli:control_group",
+                          "Run the meshext control plane (xDS server + extension operator)."),
+    "proxy": LazyCommand("meshext.control.cli:proxy_command",
+                        "Run the sidecar of WORKLOAD: Envoy configured by the control plane over ADS."),
+    "status": LazyCommand("meshext.control.cli:status_command",
+                         "List extensions, their state and the workloads running them, then the proxies."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use.
+
+    ``meshext --help`` lists the commands from :data:`COMMANDS` alone, so it
+    imports no subcommand module (none of pytest, wasmtime, grpc, kubernetes).
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        entry = COMMANDS.get(name)
+        return entry.load() if entry is not None else None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        # A bare click.Command shortens the text exactly as click does for a loaded command.
+        rows = [(name, click.Command(name, help=entry.short_help).get_short_help_str(limit))
+                for name, entry in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="meshext")
+def cli() -> None:
+    """Python-first WebAssembly extensions for Envoy service meshes.
+
+    \b
+    Typical flow:
+      meshext init my-filter          scaffold a filter project
+      meshext build my-filter -o f.wasm
+                                      compile it to a Proxy-Wasm module
+    """
+
+
+def main() -> None:
+    """Console entry point: user errors print cleanly with a meaningful exit code."""
+    try:
+        code = cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except MeshextError as error:
+        click.secho(f"error: {error}", fg="red", err=True)
+        sys.exit(error.exit_code)
+    except InternalError as error:
+        traceback.print_exc()
+        click.secho(f"error: {error}", fg="red", err=True)
+        sys.exit(error.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""The `meshext` command loads nothing it does not use.
+
+`meshext --help` lists every command from the table in meshext.cli without
+importing any subcommand module, and having meshext installed does not make
+an unrelated pytest run import the test host (its plugin loads wasmtime only
+when a test asks for a fixture).
+"""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+
+import pytest
+
+from meshext.cli import COMMANDS, cli
+
+HEAVY = ("wasmtime", "grpc", "kubernetes", "pytest", "meshext.runtime.host", "meshext.sdk.builder", "oras")
+
+
+def loaded_after(code: str) -> set[str]:
+    """The top-level and meshext modules a fresh interpreter has loaded after running CODE."""
+    probe = f"{code}\nimport sys\nprint('\\n'.join(sys.modules))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return set(result.stdout.split())
+
+
+def test_help_lists_every_command_without_importing_them() -> None:
+    result = subprocess.run([sys.executable, "-m", "meshext", "--help"], capture_output=True, text=True, check=True)
+    for name in COMMANDS:
+        assert f"  {name} " in result.stdout
+    modules = loaded_after("from meshext.cli import cli\ntry:\n    cli.main(['--help'], standalone_mode=False)\n"
+                           "except SystemExit:\n    pass")
+    assert not [name for name in modules if name.startswith(HEAVY)], "meshext --help imported heavy modules"
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_short_help_is_the_commands_own_first_line(name: str) -> None:
+    command = cli.get_command(None, name)  # type: ignore[arg-type]
+    assert command is not None and command.help is not None
+    assert COMMANDS[name].short_help == inspect.cleandoc(command.help).splitlines()[0]
+
+
+def test_importing_pytest_does_not_load_the_test_host() -> None:
+    # The plugin is registered as a pytest11 entry point, so pytest loads it in
+    # every run of this environment; it must stay light.
+    modules = loaded_after("import pytest\nfrom _pytest.config import get_config\nconfig = get_config()\n"
+                           "config.pluginmanager.load_setuptools_entrypoints('pytest11')")
+    assert "meshext.runtime.pytest_plugin" in modules
+    assert "wasmtime" not in modules
+    assert "meshext.runtime.host" not in modules
