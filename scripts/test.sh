@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh --test
 VENV=${MESHEXT_VENV:-.venv}
 bash scripts/check.sh
+bash scripts/api-reference.sh
 exec "$VENV/bin/python" -m pytest -q -rs "$@"
