@@ -13,7 +13,7 @@ Objects, outermost first:
   the filter did (forwarded headers and bodies, pauses, local replies).
 
 Envoy-specific behaviour copied on purpose (checked against Envoy 1.40 by
-tests/runtime/test_conformance.py): context ids (root 1, streams from 2),
+tests/runtime/test_runtime_conformance.py): context ids (root 1, streams from 2),
 context create -> vm start -> configure, stream end as log -> done -> delete,
 body buffering while paused, HTTP callouts owned by the root context,
 ``continue_stream`` and ``send_local_response`` taking effect after the
