@@ -26,8 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from meshext.runtime import modules as module_cache
-from meshext.runtime.host import Host
+from meshext.runtime import _modules as module_cache
+from meshext.runtime._host import Host
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from registry_pull import cpu_model  # noqa: E402 - the benchmarks' shared machine description

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     # pytest loads this plugin in every run of an environment that has meshext
     # installed; the test host (and wasmtime behind it) loads only when a test
     # asks for one of the fixtures.
-    from meshext.runtime.host import Host, PluginVM
+    from meshext.runtime._host import Host, PluginVM
 
 MODULE_ENV = "MESHEXT_TEST_MODULE"
 
@@ -41,7 +41,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture
 def proxy_host() -> Host:
     """A fresh test host (one simulated Envoy) for this test."""
-    from meshext.runtime.host import Host
+    from meshext.runtime._host import Host
 
     return Host()
 

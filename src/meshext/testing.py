@@ -32,9 +32,9 @@ error logs (an SDK-built filter logs its Python traceback there).
 
 from __future__ import annotations
 
-from meshext.runtime.abi import Action, BufferType, LogLevel, MapType, MetricType, Status, StreamType
-from meshext.runtime.host import Host
-from meshext.runtime.records import (
+from meshext.runtime._abi import Action, BufferType, LogLevel, MapType, MetricType, Status, StreamType
+from meshext.runtime._host import Host
+from meshext.runtime._records import (
     Cluster,
     GrpcCallout,
     GrpcResponse,
@@ -45,8 +45,8 @@ from meshext.runtime.records import (
     LogRecord,
     WasmTrap,
 )
-from meshext.runtime.streams import HttpStream, TcpStream
-from meshext.runtime.vm import PluginVM
+from meshext.runtime._streams import HttpStream, TcpStream
+from meshext.runtime._vm import PluginVM
 
 __all__ = [
     "Action", "BufferType", "Cluster", "GrpcCallout", "GrpcResponse", "HeaderMap", "Host", "HttpCallout",

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshext.runtime.abi import LogLevel, Pairs
+from meshext.runtime._abi import LogLevel, Pairs
 from meshext.envoy import EnvoyProcess
-from meshext.runtime.host import Host
+from meshext.runtime._host import Host
 
 # Headers Envoy's connection manager adds after the filter chain ran.
 ENVOY_ONLY_RESPONSE_HEADERS = {"date", "server", "connection"}

@@ -14,7 +14,7 @@ real stdio, which Envoy does not, so the subset is written out here.
 
 from __future__ import annotations
 
-from meshext.runtime import abi
+from meshext.runtime import _abi as abi
 
 # name -> (parameter types, returns a result?, errno Envoy answers when the call is a stub)
 # "i" = i32, "I" = i64.  Functions with real behaviour are implemented by the VM

@@ -11,14 +11,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from meshext.errors import MeshextError
-from meshext.runtime import abi
-from meshext.runtime.abi import Action, BufferType, MapType, Pairs, StreamType
-from meshext.runtime.contexts import Context
-from meshext.runtime.properties import CONNECTION_DEFAULTS, request_attributes
-from meshext.runtime.records import HeaderMap, LocalResponse, as_pairs
+from meshext.runtime import _abi as abi
+from meshext.runtime._abi import Action, BufferType, MapType, Pairs, StreamType
+from meshext.runtime._contexts import Context
+from meshext.runtime._properties import CONNECTION_DEFAULTS, request_attributes
+from meshext.runtime._records import HeaderMap, LocalResponse, as_pairs
 
 if TYPE_CHECKING:
-    from meshext.runtime.vm import PluginVM
+    from meshext.runtime._vm import PluginVM
 
 
 class Direction:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import http.client
 
-from meshext.runtime.records import GrpcCallout, GrpcResponse, HeaderMap, HttpCallout, HttpResponse
+from meshext.runtime._records import GrpcCallout, GrpcResponse, HeaderMap, HttpCallout, HttpResponse
 
 
 def real_http_call(address: tuple[str, int], call: HttpCallout) -> HttpResponse | None:

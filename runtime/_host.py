@@ -40,9 +40,9 @@ from pathlib import Path
 from typing import Any
 
 from meshext.errors import MeshextError
-from meshext.runtime.abi import LogLevel, MetricType
-from meshext.runtime.modules import compile_module
-from meshext.runtime.records import (
+from meshext.runtime._abi import LogLevel, MetricType
+from meshext.runtime._modules import compile_module
+from meshext.runtime._records import (
     Cluster,
     GrpcHandler,
     HttpHandler,
@@ -50,7 +50,7 @@ from meshext.runtime.records import (
     Metric,
     SharedQueue,
 )
-from meshext.runtime.vm import PluginVM
+from meshext.runtime._vm import PluginVM
 
 
 class Host:

@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, Any
 import wasmtime
 
 from meshext.errors import MeshextError
-from meshext.runtime import abi, wasi
-from meshext.runtime.abi import Action, BufferType, LogLevel, MapType, MetricType, Pairs, Status, StreamType
-from meshext.runtime.contexts import Context, RootContext
-from meshext.runtime.fastcall import Crossing, Export, MemoryView, define_host_function
-from meshext.runtime.modules import engine
-from meshext.runtime.properties import encode_property, split_path
-from meshext.runtime.records import (
+from meshext.runtime import _abi as abi
+from meshext.runtime._abi import Action, BufferType, LogLevel, MapType, MetricType, Pairs, Status, StreamType
+from meshext.runtime._contexts import Context, RootContext
+from meshext.runtime._fastcall import Crossing, Export, MemoryView, define_host_function
+from meshext.runtime._hostcalls import wasi
+from meshext.runtime._modules import engine
+from meshext.runtime._properties import encode_property, split_path
+from meshext.runtime._records import (
     Cluster,
     GrpcCallout,
     GrpcHandler,
@@ -40,11 +41,11 @@ from meshext.runtime.records import (
     WasmTrap,
     as_pairs,
 )
-from meshext.runtime.streams import HttpStream, TcpStream
-from meshext.runtime.upstreams import grpc_cluster_name, real_grpc_call, real_http_call
+from meshext.runtime._streams import HttpStream, TcpStream
+from meshext.runtime._upstreams import grpc_cluster_name, real_grpc_call, real_http_call
 
 if TYPE_CHECKING:
-    from meshext.runtime.host import Host
+    from meshext.runtime._host import Host
 
 MASK32 = 0xFFFFFFFF
 ABI_VERSIONS = ("proxy_abi_version_0_2_1", "proxy_abi_version_0_2_0")

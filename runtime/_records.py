@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from meshext.errors import MeshextError
-from meshext.runtime.abi import LogLevel, MetricType, Pairs
+from meshext.runtime._abi import LogLevel, MetricType, Pairs
 
 if TYPE_CHECKING:
-    from meshext.runtime.vm import PluginVM
+    from meshext.runtime._vm import PluginVM
 
 
 class WasmTrap(MeshextError):

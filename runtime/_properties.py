@@ -19,7 +19,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from meshext.runtime.abi import serialize_pairs
+from meshext.runtime._abi import serialize_pairs
 
 PropertyValue = str | bytes | int | bool | dict | list | None
 

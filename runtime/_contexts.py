@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from meshext.runtime.records import HeaderMap
+from meshext.runtime._records import HeaderMap
 
 if TYPE_CHECKING:
-    from meshext.runtime.vm import PluginVM
+    from meshext.runtime._vm import PluginVM
 
 
 class Context:

@@ -1,0 +1,1 @@
+"""The host functions Envoy links (so far only the WASI subset, in ``wasi``)."""
