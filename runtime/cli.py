@@ -35,7 +35,8 @@ def test_command(directory: Path, module: Path | None, pytest_args: tuple[str, .
     \b
     The tests (DIRECTORY/tests, or DIRECTORY itself) use the pytest fixtures
     `filter_module` (load the built module with a config), `proxy_host` and
-    `filter_module_path`, or `meshext.testing` directly; the built module is handed to them through $MESHEXT_TEST_MODULE.
+    `filter_module_path`, or `meshext.testing` directly; the built module is
+    handed to them through $MESHEXT_TEST_MODULE.
     Extra arguments go to pytest:
       meshext test my-filter -k headers -x
       meshext test my-filter --module build/filter.wasm

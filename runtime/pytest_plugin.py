@@ -27,12 +27,14 @@ if TYPE_CHECKING:
     # pytest loads this plugin in every run of an environment that has meshext
     # installed; the test host (and wasmtime behind it) loads only when a test
     # asks for one of the fixtures.
-    from meshext.runtime.host import Host, PluginVM
+    from meshext.runtime._host import Host
+    from meshext.runtime._plugin import PluginVM
 
 MODULE_ENV = "MESHEXT_TEST_MODULE"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    """The ``--meshext-module FILE.wasm`` option."""
     group = parser.getgroup("meshext", "meshext Proxy-Wasm filter testing")
     group.addoption("--meshext-module", default=None, metavar="FILE.wasm",
                     help=f"Proxy-Wasm module the filter_module fixture loads (default: ${MODULE_ENV})")
@@ -41,7 +43,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture
 def proxy_host() -> Host:
     """A fresh test host (one simulated Envoy) for this test."""
-    from meshext.runtime.host import Host
+    from meshext.runtime._host import Host
 
     return Host()
 
@@ -75,6 +77,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
     report = yield
     host = getattr(item, "funcargs", {}).get("proxy_host")
     if report.failed and host is not None and host.logs:
-        lines = [f"{record.level.name.lower():8} ctx {record.context_id}: {record.message}" for record in host.logs[-50:]]
+        lines = [f"{record.level.name.lower():8} ctx {record.context_id}: {record.message}"
+                 for record in host.logs[-50:]]
         report.sections.append(("meshext module log (last 50 lines)", "\n".join(lines)))
     return report

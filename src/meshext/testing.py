@@ -21,35 +21,53 @@ Step by step, for pauses and bodies::
         stream.send_request_body(b"part 2", end_stream=True)
         assert stream.request.forwarded_body == b"part 1part 2!"
 
-Other controls: ``host.advance(ms)`` moves the clock and fires ticks;
-``host.add_cluster(name, handler)`` answers callouts (or ``address=`` for a
-real upstream); ``plugin.http_calls`` / ``plugin.grpc_calls`` list callouts
-(``respond()`` answers pending ones); load a module twice with one ``vm_id``
-for two VMs sharing data and queues; ``host.metric(name)`` reads metrics.
-A crash raises ``WasmTrap`` with the Wasm backtrace and the module's last
-error logs (an SDK-built filter logs its Python traceback there).
+Reading headers: ``stream.request`` and ``stream.response`` are what the
+filter let through.  ``.header(name)`` gives one header (its first value if
+repeated, None if absent); ``.forwarded_headers`` is the exact list of
+pairs, in order and with repeats, for assertions on order or on every value
+of a repeated header.  A callout's headers: ``call.header(name)``.
+
+What the names are:
+
+- ``Host``: one Envoy - ``load()`` a module, ``add_cluster(name, handler)``
+  to answer callouts (or ``address=`` for a real upstream), ``advance(ms)``
+  to move the clock (ticks, callout timeouts), ``metric(name)``,
+  ``log_lines()``, ``shared_data``;
+- ``PluginVM``: a loaded plugin - ``exchange()``, ``http_stream()``,
+  ``tcp_stream()``, ``log_messages()``, ``http_calls`` / ``grpc_calls``;
+  load a module twice with one ``vm_id`` for two VMs sharing data and
+  queues;
+- ``HttpStream`` (``request`` and ``response``, each a ``Direction``;
+  ``local_response``) and ``TcpStream``: traffic driven step by step;
+- ``HttpCallout`` / ``GrpcCallout``: callouts the module made
+  (``respond()``, ``reply()``, ``close()`` answer pending ones);
+  ``HttpResponse`` / ``GrpcReply``: what a cluster handler answers;
+  ``Cluster``: a declared upstream;
+- ``LocalResponse``, ``LogRecord``: what the module sent and logged;
+- ``WasmTrap``: a crash, with the Wasm backtrace and the module's last error
+  logs (an SDK-built filter logs its Python traceback there);
+- ``Action`` (what callbacks answer), ``LogLevel`` (log levels, for
+  ``log_messages(min_level)``), ``PeerType`` (who closed a TCP side).
 """
 
 from __future__ import annotations
 
-from meshext.runtime.abi import Action, BufferType, LogLevel, MapType, MetricType, Status, StreamType
-from meshext.runtime.host import Host
-from meshext.runtime.records import (
+from meshext.runtime._host import Host
+from meshext.runtime._plugin import PluginVM
+from meshext.runtime._records import (
     Cluster,
     GrpcCallout,
-    GrpcResponse,
-    HeaderMap,
+    GrpcReply,
     HttpCallout,
     HttpResponse,
     LocalResponse,
     LogRecord,
     WasmTrap,
 )
-from meshext.runtime.streams import HttpStream, TcpStream
-from meshext.runtime.vm import PluginVM
+from meshext.runtime._streams import Direction, HttpStream, TcpStream
+from meshext.sdk.abi import Action, LogLevel, PeerType
 
 __all__ = [
-    "Action", "BufferType", "Cluster", "GrpcCallout", "GrpcResponse", "HeaderMap", "Host", "HttpCallout",
-    "HttpResponse", "HttpStream", "LocalResponse", "LogLevel", "LogRecord", "MapType", "MetricType",
-    "PluginVM", "Status", "StreamType", "TcpStream", "WasmTrap",
+    "Action", "Cluster", "Direction", "GrpcCallout", "GrpcReply", "Host", "HttpCallout", "HttpResponse",
+    "HttpStream", "LocalResponse", "LogLevel", "LogRecord", "PeerType", "PluginVM", "TcpStream", "WasmTrap",
 ]

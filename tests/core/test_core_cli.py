@@ -16,7 +16,7 @@ import pytest
 
 from meshext.cli import COMMANDS, cli
 
-HEAVY = ("wasmtime", "grpc", "kubernetes", "pytest", "meshext.runtime.host", "meshext.sdk.builder", "oras")
+HEAVY = ("wasmtime", "grpc", "kubernetes", "pytest", "meshext.runtime._host", "meshext.sdk.builder", "oras")
 
 
 def loaded_after(code: str) -> set[str]:
@@ -49,4 +49,4 @@ def test_importing_pytest_does_not_load_the_test_host() -> None:
                            "config.pluginmanager.load_setuptools_entrypoints('pytest11')")
     assert "meshext.runtime.pytest_plugin" in modules
     assert "wasmtime" not in modules
-    assert "meshext.runtime.host" not in modules
+    assert "meshext.runtime._host" not in modules

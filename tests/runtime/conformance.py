@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshext.runtime.abi import LogLevel, Pairs
 from meshext.envoy import EnvoyProcess
-from meshext.runtime.host import Host
+from meshext.testing import Host, LogLevel
+
+Pairs = list[tuple[str, str]]
 
 # Headers Envoy's connection manager adds after the filter chain ran.
 ENVOY_ONLY_RESPONSE_HEADERS = {"date", "server", "connection"}
@@ -118,10 +119,10 @@ def compare(scenario: Scenario, envoy: Observation, host: Observation) -> list[s
     if envoy.upstream_requests != host.upstream_requests:
         problems.append(f"{prefix}: the upstream received different requests\n"
                         f"  envoy: {envoy.upstream_requests}\n  host:  {host.upstream_requests}")
-    for index, (seen_envoy, seen_host) in enumerate(zip(envoy.responses, host.responses)):
-        if seen_envoy != seen_host:
+    for index, (envoy_response, host_response) in enumerate(zip(envoy.responses, host.responses, strict=False)):
+        if envoy_response != host_response:
             problems.append(f"{prefix}, request {index}: the client received different responses\n"
-                            f"  envoy: {seen_envoy}\n  host:  {seen_host}")
+                            f"  envoy: {envoy_response}\n  host:  {host_response}")
     if envoy.metrics != host.metrics:
         problems.append(f"{prefix}: metrics differ\n  envoy: {envoy.metrics}\n  host:  {host.metrics}")
     return problems
@@ -243,7 +244,7 @@ class _UpstreamHandler(http.server.BaseHTTPRequestHandler):
                 body.extend(self.rfile.read(size))
                 self.rfile.readline()
         else:
-            body = self.rfile.read(int(self.headers.get("content-length") or 0))
+            body = bytearray(self.rfile.read(int(self.headers.get("content-length") or 0)))
         self.server.received.append({"method": self.command, "path": self.path,
                                      "headers": [(k, v) for k, v in self.headers.items()], "body": bytes(body),
                                      "trailers": trailers})
@@ -312,7 +313,8 @@ def envoy_bootstrap(scenario: Scenario, upstream_port: int, grpc_port: int = 0) 
         "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
         "suppress_envoy_headers": True}}
     connection_manager = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+                 ".HttpConnectionManager",
         "stat_prefix": "conformance",
         "generate_request_id": False,
         "http_protocol_options": {"enable_trailers": True},

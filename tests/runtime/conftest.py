@@ -14,6 +14,7 @@ import hashlib
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def build_cache(request: pytest.FixtureRequest, name: str) -> Path:
 
 
 @pytest.fixture(scope="session")
-def wat_module(module_dir: Path):
+def wat_module(module_dir: Path) -> Callable[[str], Path]:
     def build(name: str) -> Path:
         output = module_dir / f"{name}.wasm"
         if not output.exists():
@@ -80,7 +81,8 @@ def as_modules(request: pytest.FixtureRequest) -> dict[str, Path]:
         pytest.fail(f"AssemblyScript SDK not installed: run `npm install` in {AS_DIR} (scripts/install.sh --test)")
     cache = build_cache(request, "meshext-assemblyscript")
     with ThreadPoolExecutor(max_workers=4) as pool:
-        built = dict(zip(AS_FILTERS, pool.map(lambda name: _compile_assemblyscript(name, cache), AS_FILTERS)))
+        built = dict(zip(AS_FILTERS, pool.map(lambda name: _compile_assemblyscript(name, cache), AS_FILTERS),
+                         strict=True))
     return built
 
 

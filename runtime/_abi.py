@@ -1,26 +1,18 @@
-"""Proxy-Wasm ABI 0.2.1 numbers and the map serialisation format.
+"""Host-side facts of the Proxy-Wasm ABI 0.2.1 that meshext.sdk.abi does not carry.
 
-The enums are meshext.sdk.abi's; the WASI errno values and the map
-serialisation come from the ABI specification (Types and Serialization
-sections), which no maintained Python library publishes.
+The ABI's enums (Status, MapType, ...) have one definition, in
+meshext.sdk.abi, shared by the filter side and the host side.  Here: the
+WASI errno values Envoy answers and the map serialisation, both from the ABI
+specification (Types and Serialization sections), which no maintained Python
+library publishes.
 """
 
 from __future__ import annotations
 
 import struct
 
-# The ABI's enums have one definition, shared by the filter side and the host
-# side; re-exported here for the host, the harness and the tests.
-from meshext.sdk.abi import (  # noqa: F401
-    Action,
-    BufferType,
-    LogLevel,
-    MapType,
-    MetricType,
-    PeerType,
-    Status,
-    StreamType,
-)
+MASK32 = 0xFFFFFFFF  # Wasm passes i32 arguments as Python ints that may be negative
+MASK64 = 0xFFFFFFFFFFFFFFFF
 
 WASI_SUCCESS = 0
 WASI_BADF = 8

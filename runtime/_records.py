@@ -1,25 +1,36 @@
-"""What a module did and what answers it gets: plain data the harness hands to tests.
+"""What a module did and the answers it gets: plain data the test host hands to tests.
 
-Header maps (with Envoy's rules), log records, local replies, callouts and
-their answers, metrics, shared queues, upstream clusters, and ``WasmTrap``.
+Errors (``WasmTrap``), the host's header maps with Envoy's rules, log
+records, local replies, callouts and the answers tests give them, metrics,
+registered shared queues and upstream clusters.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from meshext.errors import MeshextError
-from meshext.runtime.abi import LogLevel, MetricType, Pairs
+from meshext.runtime._abi import Pairs
+from meshext.sdk.abi import LogLevel, MetricType
 
 if TYPE_CHECKING:
-    from meshext.runtime.vm import PluginVM
+    from meshext.runtime._callouts import Callouts
+    from meshext.runtime._vm import Vm
+
+# Headers as a test gives them: a mapping, or (name, value) pairs when order or repeats matter.
+Headers = Mapping[str, str] | Iterable[tuple[str, str]]
 
 
 class WasmTrap(MeshextError):
-    """The module trapped (crashed) inside a callback; carries the Wasm backtrace."""
+    """The module trapped (crashed) inside a callback; carries the Wasm backtrace.
+
+    ``callback`` is the export that was running, ``frames`` the Wasm
+    backtrace (innermost first) and ``module_logs`` the module's last
+    warnings and errors, where SDK-built filters log their Python traceback.
+    """
 
     def __init__(self, message: str, *, callback: str, frames: list[str], module_logs: list[str]) -> None:
         self.callback = callback
@@ -52,37 +63,30 @@ class ModuleExit(Exception):
 # Header maps
 
 
-class HeaderMap:
-    """An ordered multi-map with Envoy's rules: names lower-cased, pseudo-headers first."""
+class EnvoyHeaderMap:
+    """The host's header map of a stream or callout: an ordered multi-map with Envoy's rules.
+
+    Names are lower-cased, pseudo-headers (``:path``) stay in front, and a
+    lookup gives the first value of a repeated header.
+    """
 
     __slots__ = ("pairs",)
 
     def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
-        self.pairs: list[tuple[str, str]] = []
+        self.pairs: Pairs = []
         for key, value in pairs:
             self.add(key, value)
 
     def get(self, key: str) -> str | None:
+        """The first value of ``key`` (any case), or None."""
         key = key.lower()
         for name, value in self.pairs:
             if name == key:
                 return value
         return None
 
-    def __getitem__(self, key: str) -> str:
-        value = self.get(key)
-        if value is None:
-            raise KeyError(key)
-        return value
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self.get(key) is not None
-
-    def get_all(self, key: str) -> list[str]:
-        key = key.lower()
-        return [value for name, value in self.pairs if name == key]
-
     def add(self, key: str, value: str) -> None:
+        """Append a value (Envoy's addCopy); pseudo-headers go after the other pseudo-headers."""
         key = key.lower()
         if key.startswith(":"):
             position = 0
@@ -93,20 +97,24 @@ class HeaderMap:
             self.pairs.append((key, value))
 
     def replace(self, key: str, value: str) -> None:
+        """Set ``key`` to one value."""
         # Envoy's setCopy removes every entry, then appends: the header moves to the end.
         self.remove(key)
         self.add(key, value)
 
     def remove(self, key: str) -> None:
+        """Drop every value of ``key``."""
         key = key.lower()
         self.pairs = [pair for pair in self.pairs if pair[0] != key]
 
     def set_all(self, pairs: Pairs) -> None:
+        """Replace the whole map (proxy_set_header_map_pairs)."""
         self.pairs = []
         for key, value in pairs:
             self.add(key, value)
 
     def as_dict(self) -> dict[str, str]:
+        """One entry per name, repeated values joined with commas (Envoy's ``request.headers`` attribute)."""
         merged: dict[str, str] = {}
         for key, value in self.pairs:
             merged[key] = f"{merged[key]},{value}" if key in merged else value
@@ -115,14 +123,15 @@ class HeaderMap:
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self.pairs)
 
     def __repr__(self) -> str:
-        return f"HeaderMap({self.pairs!r})"
+        return f"EnvoyHeaderMap({self.pairs!r})"
 
 
-def as_pairs(headers: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> Pairs:
+def as_pairs(headers: Headers | None) -> Pairs:
+    """Headers a test gave (mapping or pairs) as a list of string pairs."""
     if headers is None:
         return []
     if isinstance(headers, Mapping):
@@ -136,6 +145,8 @@ def as_pairs(headers: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> P
 
 @dataclass
 class LogRecord:
+    """One line the module logged (proxy_log, or stdout/stderr), with the plugin and context it came from."""
+
     level: LogLevel
     message: str
     plugin_name: str
@@ -160,28 +171,28 @@ class LocalResponse:
 
 @dataclass
 class HttpResponse:
-    """The answer to an HTTP callout (from a test handler or a real upstream)."""
+    """The answer a test (or a real upstream) gives an HTTP callout."""
 
     status: int = 200
-    headers: Pairs | Mapping[str, str] = field(default_factory=list)
+    headers: Headers = field(default_factory=list)
     body: bytes = b""
-    trailers: Pairs | Mapping[str, str] = field(default_factory=list)
+    trailers: Headers = field(default_factory=list)
 
 
 @dataclass
-class GrpcResponse:
-    """The answer to a gRPC call: messages then a status, like a real gRPC server."""
+class GrpcReply:
+    """The answer a test (or a real gRPC server) gives a gRPC callout: messages, then a status."""
 
     status: int = 0
     messages: list[bytes] = field(default_factory=list)
-    initial_metadata: Pairs | Mapping[str, str] = field(default_factory=list)
-    trailing_metadata: Pairs | Mapping[str, str] = field(default_factory=list)
+    initial_metadata: Headers = field(default_factory=list)
+    trailing_metadata: Headers = field(default_factory=list)
     status_message: str = ""
 
 
 @dataclass
 class HttpCallout:
-    """One ``proxy_http_call`` the module made."""
+    """One ``proxy_http_call`` the module made (``plugin.http_calls``)."""
 
     token: int
     cluster: str
@@ -189,30 +200,28 @@ class HttpCallout:
     body: bytes
     trailers: Pairs
     timeout_ms: int
-    vm: PluginVM
+    _callouts: Callouts = field(repr=False, compare=False)
     started_ns: int = 0
     deadline_ns: int = 0
     response: HttpResponse | None = None
     failed: bool = False
 
     def header(self, name: str) -> str | None:
-        return HeaderMap(self.headers).get(name)
+        """The first value of a header the module sent (any case), or None."""
+        return EnvoyHeaderMap(self.headers).get(name)
 
-    def respond(self, status: int = 200, headers: Pairs | Mapping[str, str] = (), body: bytes = b"",
-                trailers: Pairs | Mapping[str, str] = ()) -> None:
+    def respond(self, status: int = 200, headers: Headers = (), body: bytes = b"", trailers: Headers = ()) -> None:
         """Answer a pending callout (when the handler returned None)."""
-        self.vm._deliver_http_response(self, HttpResponse(status, as_pairs(headers), body, as_pairs(trailers)))
-        self.vm.host.dispatch()
+        self._callouts.answer_http(self, HttpResponse(status, as_pairs(headers), body, as_pairs(trailers)))
 
     def fail(self) -> None:
         """Make the callout fail (Envoy: reset, timeout, or no healthy upstream)."""
-        self.vm._deliver_http_response(self, None)
-        self.vm.host.dispatch()
+        self._callouts.answer_http(self, None)
 
 
 @dataclass
 class GrpcCallout:
-    """One ``proxy_grpc_call`` or ``proxy_grpc_stream`` the module opened."""
+    """One ``proxy_grpc_call`` or ``proxy_grpc_stream`` the module opened (``plugin.grpc_calls``)."""
 
     token: int
     cluster: str
@@ -222,27 +231,25 @@ class GrpcCallout:
     messages: list[bytes]
     timeout_ms: int
     is_stream: bool
-    vm: PluginVM
+    _callouts: Callouts = field(repr=False, compare=False)
     closed_by_module: bool = False
     cancelled: bool = False
     finished: bool = False
 
     def reply(self, message: bytes) -> None:
         """Answer with a message: a unary call then succeeds (Envoy: receive, no close)."""
-        if self.is_stream:
-            self.vm._grpc_message(self, message)
-        else:
-            self.vm._grpc_unary_success(self, message)
-        self.vm.host.dispatch()
+        self._callouts.answer_grpc(self, message)
 
-    def close(self, status: int = 0, status_message: str = "", trailing_metadata: Pairs | Mapping[str, str] = ()) -> None:
+    def close(self, status: int = 0, status_message: str = "", trailing_metadata: Headers = ()) -> None:
         """End a stream, or fail a unary call with a gRPC status (Envoy: proxy_on_grpc_close)."""
-        self.vm._grpc_finish(self, status, status_message, as_pairs(trailing_metadata))
-        self.vm.host.dispatch()
+        self._callouts.end_grpc(self, status, status_message, as_pairs(trailing_metadata))
 
 
 @dataclass
 class Metric:
+    """A metric the modules defined (``host.metrics``, by id): counters and gauges keep ``value``,
+    histograms their ``samples``."""
+
     metric_id: int
     name: str
     type: MetricType
@@ -251,16 +258,18 @@ class Metric:
 
 
 @dataclass
-class SharedQueue:
+class RegisteredQueue:
+    """A shared queue a module registered (``host.queues``, by token); ``owner`` is notified of new items."""
+
     token: int
     vm_id: str
     name: str
-    owner: PluginVM
-    items: deque = field(default_factory=deque)
+    owner: Vm
+    items: deque[bytes] = field(default_factory=deque)
 
 
 HttpHandler = Callable[[HttpCallout], HttpResponse | None]
-GrpcHandler = Callable[[GrpcCallout], GrpcResponse | None]
+GrpcHandler = Callable[[GrpcCallout], GrpcReply | None]
 
 
 @dataclass

@@ -48,7 +48,7 @@ class Crossing:
 
 
 def define_host_function(linker: wasmtime.Linker, module: str, name: str, params: str, has_result: bool,
-                         function: Callable[..., Any], crossing: Crossing, keep_alive: list) -> None:
+                         function: Callable[..., Any], crossing: Crossing, keep_alive: list[Any]) -> None:
     """Link ``module.name`` to a Python function taking ints ("i" = i32, "I" = i64 per ``params``)."""
     count = len(params)
     all_i32 = "I" not in params
@@ -83,8 +83,8 @@ def define_host_function(linker: wasmtime.Linker, module: str, name: str, params
         raise wasmtime.WasmtimeError._from_ptr(error)
 
 
-class Export:
-    """A callable for one exported function: ints in, one int (or None) out."""
+class ExportedFunction:
+    """A callable for one function the module exports: ints in, one int (or None) out."""
 
     def __init__(self, store: wasmtime.Store, func: wasmtime.Func, crossing: Crossing) -> None:
         functype = func.type(store)
@@ -122,7 +122,9 @@ class MemoryView:
         self._memory = ctypes.byref(memory._memory)
 
     def base(self) -> int:
+        """The address of the memory's first byte in this process (it moves when the memory grows)."""
         return _memory_data(self._context, self._memory) or 0
 
     def size(self) -> int:
+        """The memory's current size in bytes."""
         return _memory_size(self._context, self._memory)

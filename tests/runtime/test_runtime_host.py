@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from meshext.errors import MeshextError
-from meshext.testing import Action, GrpcResponse, Host, HttpResponse, LogLevel, WasmTrap
+from meshext.testing import Action, GrpcReply, Host, HttpResponse, LogLevel, WasmTrap
 
 
 def test_module_importing_what_envoy_lacks_is_refused_naming_each_import(wat_module):
@@ -67,7 +67,7 @@ def test_shared_data_is_separate_per_vm_id(wat_module):
 
 def test_stale_cas_write_fails_and_grpc_answer_from_handler_continues_request(wat_module):
     host = Host()
-    host.add_cluster("grpc_upstream", grpc=lambda call: GrpcResponse(0, [b"pong:" + call.messages[0]]))
+    host.add_cluster("grpc_upstream", grpc=lambda call: GrpcReply(0, [b"pong:" + call.messages[0]]))
     plugin = host.load(wat_module("stateful"))
     host.advance(100)
     stream = plugin.exchange("GET", "/")
@@ -92,7 +92,7 @@ def test_pending_grpc_call_keeps_request_paused_until_the_test_answers(wat_modul
 
 def test_failed_grpc_call_arrives_as_close_with_its_status(wat_module):
     host = Host()
-    host.add_cluster("grpc_upstream", grpc=lambda call: GrpcResponse(status=14, status_message="unavailable"))
+    host.add_cluster("grpc_upstream", grpc=lambda call: GrpcReply(status=14, status_message="unavailable"))
     plugin = host.load(wat_module("stateful"))
     stream = plugin.exchange("GET", "/")
     assert plugin.log_messages()[-1] == "grpc close 14"
@@ -267,13 +267,13 @@ def test_tcp_connection_callbacks_and_close_order(wat_module):
 
 def test_grpc_stream_messages_go_to_the_handler_and_answers_come_back(wat_module):
     host = Host()
-    host.add_cluster("grpc_upstream", grpc=lambda call: GrpcResponse(0, [b"echo:" + call.messages[-1]]))
+    host.add_cluster("grpc_upstream", grpc=lambda call: GrpcReply(0, [b"echo:" + call.messages[-1]]))
     plugin = host.load(wat_module("grpc_stream"))
     stream = plugin.exchange("GET", "/chat")
     call = plugin.grpc_calls[0]
     assert (call.is_stream, call.service, call.method, call.messages) == (True, "chat.Chat", "Talk", [b"hello", b"bye"])
     assert call.token % 4 == 2  # Envoy's numbering for gRPC streams
-    assert stream.request_headers.get_all("x-chat") == ["echo:hello", "echo:bye"]
+    assert [value for name, value in stream.request.forwarded_headers if name == "x-chat"] == ["echo:hello", "echo:bye"]
     assert plugin.log_messages() == ["stream closed"] and stream.request.complete
 
 

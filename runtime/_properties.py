@@ -19,7 +19,8 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from meshext.runtime.abi import serialize_pairs
+from meshext.runtime._abi import serialize_pairs
+from meshext.runtime._records import EnvoyHeaderMap
 
 PropertyValue = str | bytes | int | bool | dict | list | None
 
@@ -36,6 +37,7 @@ CONNECTION_DEFAULTS: dict[str, PropertyValue] = {
 
 
 def encode_property(value: Any) -> bytes:
+    """A property value as Envoy hands it to the module (raises TypeError for what Envoy cannot encode)."""
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
@@ -58,11 +60,11 @@ def split_path(raw: bytes) -> tuple[str, ...]:
     return tuple(part.decode("utf-8", "surrogateescape") for part in raw.rstrip(b"\0").split(b"\0"))
 
 
-def _header(headers: Any, name: str) -> str | None:
+def _header(headers: EnvoyHeaderMap | None, name: str) -> str | None:
     return headers.get(name) if headers is not None else None
 
 
-def request_attributes(headers: Any) -> dict[str, Callable[[], PropertyValue]]:
+def request_attributes(headers: EnvoyHeaderMap | None) -> dict[str, Callable[[], PropertyValue]]:
     """The request.* attributes derived from the request header map, as Envoy does."""
 
     def path_without_query() -> str | None:

@@ -19,7 +19,7 @@ PASSING = '''
     def test_steps(filter_module, proxy_host):
         stream = filter_module(config={"json": True}).http_stream()
         assert stream.send_request_headers({":path": "/"}, end_stream=True) == Action.CONTINUE
-        assert stream.request_headers["x-wat-trace"] == "yes"
+        assert stream.request.header("x-wat-trace") == "yes"
         assert proxy_host.log_lines()[-1] == "on_request_headers 2 1 1"
 '''
 

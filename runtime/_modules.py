@@ -60,5 +60,11 @@ def compile_module(code: bytes, *, where: str = "module") -> wasmtime.Module:
     return module
 
 
+def forget_compiled_modules() -> None:
+    """Drop this process's compiled modules (the disk cache stays): the next load deserialises from disk."""
+    _MODULES.clear()
+
+
 def wasmtime_version() -> str:
+    """The installed wasmtime-py version (part of the disk cache key)."""
     return version("wasmtime")

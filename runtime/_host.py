@@ -13,7 +13,7 @@ Objects, outermost first:
   the filter did (forwarded headers and bodies, pauses, local replies).
 
 Envoy-specific behaviour copied on purpose (checked against Envoy 1.40 by
-tests/runtime/test_conformance.py): context ids (root 1, streams from 2),
+tests/runtime/test_runtime_conformance.py): context ids (root 1, streams from 2),
 context create -> vm start -> configure, stream end as log -> done -> delete,
 body buffering while paused, HTTP callouts owned by the root context,
 ``continue_stream`` and ``send_local_response`` taking effect after the
@@ -22,39 +22,52 @@ later event-loop turn, local replies from the request path running through
 the filter's response callbacks (but not those from the response path),
 header maps readable only until their callback continues, header names
 lower-cased, first value returned for repeated headers.
-
-The pieces: ``records`` (data handed to tests), ``modules`` (engine and
-compiled-module cache), ``vm`` (one instance and its host functions),
-``contexts`` and ``streams`` (what the module's callbacks act on),
-``upstreams`` (real callout targets).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from meshext.errors import MeshextError
-from meshext.runtime.abi import LogLevel, MetricType
-from meshext.runtime.modules import compile_module
-from meshext.runtime.records import (
+from meshext.runtime._abi import MASK32
+from meshext.runtime._modules import compile_module
+from meshext.runtime._plugin import PluginVM
+from meshext.runtime._records import (
     Cluster,
     GrpcHandler,
     HttpHandler,
     LogRecord,
     Metric,
-    SharedQueue,
+    RegisteredQueue,
 )
-from meshext.runtime.vm import PluginVM
+from meshext.runtime._vm import Vm
+from meshext.sdk.abi import LogLevel, MetricType
 
 
 class Host:
-    """What one Envoy process shares between its Wasm VMs, plus the test's controls."""
+    """One simulated Envoy: what it shares between its Wasm VMs, plus the test's controls.
+
+    Tests load modules (``load``), declare upstreams (``add_cluster``), move
+    the clock (``advance``) and read what the modules left behind:
+    ``logs`` / ``log_lines()``, ``metric(name)`` / ``metric_values()``,
+    ``shared_data`` (keyed by ``(vm_id, key)``, values ``(bytes, cas)``),
+    ``queues``.  ``foreign_functions`` maps names to Python functions
+    (bytes in, bytes out) for ``proxy_call_foreign_function``.
+
+    Events: actions a callback asks for (continue, local reply, close,
+    ``proxy_done``) run when it returns (``defer``); callout answers and
+    queue notifications arrive on a later turn of the event loop (``post``),
+    after the whole step the test is driving (``step()``).  With
+    ``auto_dispatch = False`` nothing runs until the test calls
+    ``dispatch()``.
+    """
 
     def __init__(self, *, log_level: LogLevel = LogLevel.TRACE, start_time_ns: int | None = None) -> None:
         self.log_level = log_level
@@ -62,28 +75,28 @@ class Host:
         self.monotonic_ns = 1_000_000_000
         self.logs: list[LogRecord] = []
         self.metrics: dict[int, Metric] = {}
-        self._metric_ids: dict[str, int] = {}
         self.shared_data: dict[tuple[str, str], tuple[bytes, int]] = {}
-        self._next_cas = 1
-        self.queues: dict[int, SharedQueue] = {}
-        self._queue_tokens: dict[tuple[str, str], int] = {}
+        self.queues: dict[int, RegisteredQueue] = {}
         self.clusters: dict[str, Cluster] = {}
         self.foreign_functions: dict[str, Callable[[bytes], bytes]] = {}
-        self.vms: list[PluginVM] = []
         self.auto_dispatch = True
-        self._deferred: deque[Callable[[], None]] = deque()
-        self._posted: deque[Callable[[], None]] = deque()
+        self._vms: list[Vm] = []
+        self._metric_ids: dict[str, int] = {}
+        self._next_cas = 1
+        self._queue_tokens: dict[tuple[str, str], int] = {}
+        self._next_queue_token = 1
+        self._deferred: deque[Callable[[], object]] = deque()
+        self._posted: deque[Callable[[], object]] = deque()
         self._operations = 0
         self._dispatching = False
-        self._next_token = 1
 
     # -- loading -------------------------------------------------------------
 
     def load(
         self,
-        module: str | os.PathLike | bytes,
+        module: str | os.PathLike[str] | bytes | bytearray,
         *,
-        config: str | bytes | dict | list = b"",
+        config: str | bytes | dict[str, Any] | list[Any] = b"",
         vm_config: str | bytes = b"",
         name: str = "",
         root_id: str = "",
@@ -94,9 +107,11 @@ class Host:
         """Instantiate a module and start its plugin the way Envoy does.
 
         ``config`` is the plugin configuration (Envoy's ``configuration``
-        field), ``vm_config`` the VM configuration; ``name``, ``root_id`` and
-        ``vm_id`` are the plugin's Envoy names (VMs with the same ``vm_id``
-        share data and queues).
+        field; a dict or list is sent as JSON), ``vm_config`` the VM
+        configuration; ``name``, ``root_id`` and ``vm_id`` are the plugin's
+        Envoy names (VMs with the same ``vm_id`` share data and queues);
+        ``env`` the VM's environment variables, ``properties`` attributes
+        every context of the plugin sees.
         """
         if isinstance(module, (str, os.PathLike)):
             path = Path(module)
@@ -108,22 +123,27 @@ class Host:
             code, where = bytes(module), "module"
         if isinstance(config, (dict, list)):
             config = json.dumps(config)
-        vm = PluginVM(
+        vm = Vm(
             self, compile_module(code, where=where), where=where,
             config=config.encode() if isinstance(config, str) else bytes(config),
             vm_config=vm_config.encode() if isinstance(vm_config, str) else bytes(vm_config),
             name=name, root_id=root_id, vm_id=vm_id, env=dict(env or {}), properties=dict(properties or {}),
         )
-        self.vms.append(vm)
+        self._vms.append(vm)
         vm.start()
-        return vm
+        return PluginVM(self, vm)
 
     # -- upstreams -----------------------------------------------------------
 
-    def add_cluster(self, name: str, handler: HttpHandler | GrpcHandler | None = None, *,
+    def add_cluster(self, name: str, handler: HttpHandler | None = None, *,
                     grpc: GrpcHandler | None = None, address: tuple[str, int] | None = None) -> Cluster:
-        """Declare an upstream cluster: callouts to an undeclared cluster fail as in Envoy."""
-        cluster = Cluster(name, http_handler=handler, grpc_handler=grpc, address=address)  # type: ignore[arg-type]
+        """Declare an upstream cluster: callouts to an undeclared cluster fail as in Envoy.
+
+        ``handler`` answers HTTP callouts and ``grpc`` gRPC ones (returning
+        None leaves the call pending for the test to answer); ``address``
+        sends them to a real upstream on loopback instead.
+        """
+        cluster = Cluster(name, http_handler=handler, grpc_handler=grpc, address=address)
         self.clusters[name] = cluster
         return cluster
 
@@ -148,8 +168,8 @@ class Host:
 
     def _next_timer(self, limit: int) -> tuple[int, Callable[[], None]] | None:
         best: tuple[int, Callable[[], None]] | None = None
-        for vm in self.vms:
-            for when, fire in vm._timers():
+        for vm in self._vms:
+            for when, fire in vm.timers():
                 if when <= limit and (best is None or when < best[0]):
                     best = (when, fire)
         return best
@@ -160,11 +180,11 @@ class Host:
     # event loop (callout answers, queue notifications) - after the whole step the test
     # is driving (e.g. a stream's teardown) has finished.
 
-    def defer(self, action: Callable[[], None]) -> None:
+    def defer(self, action: Callable[[], object]) -> None:
         """Run ``action`` right after the running callback returns."""
         self._deferred.append(action)
 
-    def post(self, event: Callable[[], None]) -> None:
+    def post(self, event: Callable[[], object]) -> None:
         """Deliver ``event`` on a later turn of the event loop."""
         self._posted.append(event)
 
@@ -183,16 +203,63 @@ class Host:
         finally:
             self._dispatching = False
 
-    def step(self) -> _Step:
-        """Context manager around one driving step (a send_* call, a stream's end)."""
-        return _Step(self)
+    @contextlib.contextmanager
+    def step(self) -> Iterator[None]:
+        """Group one driving step (a send_* call, a stream's end): posted events wait until it is over."""
+        self._operations += 1
+        try:
+            yield
+        finally:
+            self._operations -= 1
+        if self._operations == 0 and self.auto_dispatch:
+            self.dispatch()
+
+    @contextlib.contextmanager
+    def hold_dispatch(self) -> Iterator[None]:
+        """Hold deferred actions during the block, then run them (a stream applies a callback's answer first)."""
+        held, self._dispatching = self._dispatching, True
+        try:
+            yield
+        finally:
+            self._dispatching = held
+        if self.auto_dispatch:
+            self.dispatch()
 
     # -- shared state --------------------------------------------------------
 
-    def next_token(self) -> int:
-        token = self._next_token
-        self._next_token += 1
+    def set_shared_data(self, vm_id: str, key: str, value: bytes, cas: int) -> bool:
+        """Store ``value`` under a new CAS; False (nothing stored) if ``cas`` is set and stale."""
+        entry = self.shared_data.get((vm_id, key))
+        if cas and entry is not None and entry[1] != cas:
+            return False
+        self.shared_data[(vm_id, key)] = (value, self._next_cas)
+        self._next_cas = self._next_cas + 1 if self._next_cas < MASK32 else 1
+        return True
+
+    def register_queue(self, vm_id: str, name: str, owner: Vm) -> int:
+        """The token of queue ``name`` of ``vm_id``, created if new; ``owner`` is notified of its items."""
+        token = self._queue_tokens.get((vm_id, name))
+        if token is None:
+            token = self._next_queue_token
+            self._next_queue_token += 1
+            self._queue_tokens[(vm_id, name)] = token
+            self.queues[token] = RegisteredQueue(token, vm_id, name, owner)
+        else:
+            self.queues[token].owner = owner
         return token
+
+    def resolve_queue(self, vm_id: str, name: str) -> int | None:
+        """The token of a registered queue, or None."""
+        return self._queue_tokens.get((vm_id, name))
+
+    def define_metric(self, name: str, metric_type: MetricType) -> int:
+        """The id of metric ``name``, created if new (every VM defining the name gets the same metric)."""
+        metric_id = self._metric_ids.get(name)
+        if metric_id is None:
+            metric_id = len(self.metrics) + 1
+            self._metric_ids[name] = metric_id
+            self.metrics[metric_id] = Metric(metric_id, name, metric_type)
+        return metric_id
 
     def metric(self, name: str) -> int | None:
         """Current value of a metric the modules defined (None if never defined)."""
@@ -200,20 +267,9 @@ class Host:
         return None if metric_id is None else self.metrics[metric_id].value
 
     def metric_values(self) -> dict[str, int]:
+        """Every counter and gauge by name."""
         return {m.name: m.value for m in self.metrics.values() if m.type != MetricType.HISTOGRAM}
 
     def log_lines(self, min_level: LogLevel = LogLevel.TRACE) -> list[str]:
+        """The messages every plugin logged at ``min_level`` or above, oldest first."""
         return [record.message for record in self.logs if record.level >= min_level]
-
-
-class _Step:
-    def __init__(self, host: Host) -> None:
-        self.host = host
-
-    def __enter__(self) -> None:
-        self.host._operations += 1
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.host._operations -= 1
-        if self.host._operations == 0 and self.host.auto_dispatch and exc_info[0] is None:
-            self.host.dispatch()

@@ -1,6 +1,6 @@
 """Differential conformance: each scenario runs in Envoy 1.40 (V8) and in meshext.runtime.
 
-What is compared (see meshext.runtime.conformance): the requests the upstream
+What is compared (see conformance.py here): the requests the upstream
 received (callouts included), the responses the client received (local
 replies included), the module's log lines (start-up as a set, then in order)
 and the module's metrics.  Any difference fails the test and names the
@@ -12,9 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conformance import (
-    Request, Scenario, TcpScenario, UpstreamReply, compare, run_in_envoy, run_in_host, run_tcp_in_envoy, run_tcp_in_host,
+    Request,
+    Scenario,
+    TcpScenario,
+    UpstreamReply,
+    compare,
+    run_in_envoy,
+    run_in_host,
+    run_tcp_in_envoy,
+    run_tcp_in_host,
 )
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]

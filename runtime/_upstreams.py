@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import http.client
 
-from meshext.runtime.records import GrpcCallout, GrpcResponse, HeaderMap, HttpCallout, HttpResponse
+from meshext.runtime._records import EnvoyHeaderMap, GrpcCallout, GrpcReply, HttpCallout, HttpResponse
 
 
 def real_http_call(address: tuple[str, int], call: HttpCallout) -> HttpResponse | None:
-    headers = HeaderMap(call.headers)
+    """Send the callout to ``address`` over HTTP/1.1; None when the upstream cannot be reached (a failed call)."""
+    headers = EnvoyHeaderMap(call.headers)
     connection = http.client.HTTPConnection(address[0], address[1], timeout=(call.timeout_ms or 30000) / 1000)
     try:
         connection.putrequest(headers.get(":method") or "GET", headers.get(":path") or "/",
@@ -33,7 +34,8 @@ def real_http_call(address: tuple[str, int], call: HttpCallout) -> HttpResponse 
         connection.close()
 
 
-def real_grpc_call(address: tuple[str, int], call: GrpcCallout) -> GrpcResponse:
+def real_grpc_call(address: tuple[str, int], call: GrpcCallout) -> GrpcReply:
+    """Make the unary gRPC call at ``address`` (raw bytes in and out); errors come back as their status."""
     import grpc
 
     with grpc.insecure_channel(f"{address[0]}:{address[1]}") as channel:
@@ -43,10 +45,10 @@ def real_grpc_call(address: tuple[str, int], call: GrpcCallout) -> GrpcResponse:
             answer, state = method.with_call(call.messages[0] if call.messages else b"",
                                              timeout=(call.timeout_ms or 30000) / 1000,
                                              metadata=[(k, v) for k, v in call.initial_metadata])
-            return GrpcResponse(0, [answer], list(state.initial_metadata() or []),
+            return GrpcReply(0, [answer], list(state.initial_metadata() or []),
                                 list(state.trailing_metadata() or []))
         except grpc.RpcError as error:
-            return GrpcResponse(error.code().value[0], [], [], list(error.trailing_metadata() or []),
+            return GrpcReply(error.code().value[0], [], [], list(error.trailing_metadata() or []),
                                 error.details() or "")
 
 
