@@ -10,7 +10,7 @@ import pytest
 from envoy.service.ratelimit.v3 import rls_pb2
 
 from meshext.errors import MeshextError
-from meshext.testing import Action, GrpcResponse
+from meshext.testing import Action, GrpcReply
 
 CONFIG = {
     "cluster": "ratelimit",
@@ -49,7 +49,7 @@ class RateLimitService:
             reply.request_headers_to_add.add(key="x-ratelimit-checked", raw_value=b"yes")
         else:
             reply.raw_body = b"slow down\n"
-        return GrpcResponse(0, [reply.SerializeToString()])
+        return GrpcReply(0, [reply.SerializeToString()])
 
 
 def descriptors(request):
@@ -123,10 +123,10 @@ def test_the_request_and_its_body_wait_for_the_reply(filter_module, proxy_host):
 
 
 @pytest.mark.parametrize(("reply", "problem"), [
-    (GrpcResponse(UNAVAILABLE, status_message="no healthy upstream"), "gRPC status UNAVAILABLE: no healthy upstream"),
-    (GrpcResponse(0, [b"\x08"]), "unreadable reply: the message ends inside a varint"),
-    (GrpcResponse(0, [b"\x00\x01"]), "unreadable reply: field number 0 at byte 1: not a protobuf message"),
-    (GrpcResponse(0, [Response().SerializeToString()]), "reply with overall_code 0 (UNKNOWN)"),
+    (GrpcReply(UNAVAILABLE, status_message="no healthy upstream"), "gRPC status UNAVAILABLE: no healthy upstream"),
+    (GrpcReply(0, [b"\x08"]), "unreadable reply: the message ends inside a varint"),
+    (GrpcReply(0, [b"\x00\x01"]), "unreadable reply: field number 0 at byte 1: not a protobuf message"),
+    (GrpcReply(0, [Response().SerializeToString()]), "reply with overall_code 0 (UNKNOWN)"),
 ], ids=["grpc-error", "truncated", "garbage", "unknown-code"])
 def test_without_a_usable_reply_the_request_goes_on_with_a_warning(filter_module, proxy_host, reply, problem):
     proxy_host.add_cluster("ratelimit", grpc=lambda call: reply)
@@ -138,7 +138,7 @@ def test_without_a_usable_reply_the_request_goes_on_with_a_warning(filter_module
 
 
 def test_with_failure_mode_deny_a_failed_call_means_500(filter_module, proxy_host):
-    proxy_host.add_cluster("ratelimit", grpc=lambda call: GrpcResponse(UNAVAILABLE))
+    proxy_host.add_cluster("ratelimit", grpc=lambda call: GrpcReply(UNAVAILABLE))
     with filter_module(config={**CONFIG, "failure_mode_deny": True}) as plugin:
         stream = plugin.exchange("GET", "/orders", headers=ALICE)
         assert stream.local_response is not None and stream.local_response.status == 500
