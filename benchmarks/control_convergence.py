@@ -42,16 +42,13 @@ from envoy.extensions.filters.http.wasm.v3 import wasm_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import wrappers_pb2
 
-from meshext.control.images import RegistrySettings
 from meshext.control.mesh import Mesh
-from meshext.control.operator import Operator
 from meshext.control.proxy import sidecar_for
-from meshext.control.server import ControlPlane
 from meshext.control.snapshot import EXTENSION_CONFIG, TYPE_URLS
-from meshext.registry import ModuleCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "control"))
-from control_harness import free_port, header_module  # noqa: E402  (test module compiler, reused)
+# The test module compiler and the control-plane wiring, reused.
+from control_harness import free_port, header_module, start_control_plane  # noqa: E402
 
 
 def mesh_document(workloads: int, bind_ports: bool) -> dict:
@@ -80,9 +77,8 @@ def extension(tag: str, module: Path, generation: int = 1) -> dict:
 
 def real_envoys(count: int, rounds: int, module: Path, workdir: Path) -> list[float]:
     mesh = Mesh.model_validate(mesh_document(count, bind_ports=True))
-    control_plane = ControlPlane().start()
-    operator = Operator(mesh, control_plane,
-                        registry=RegistrySettings(cache=ModuleCache(workdir / "cache"))).start()
+    running = start_control_plane(mesh, workdir / "cache")
+    control_plane, operator = running.server, running.operator
     sidecars = []
     try:
         for index, workload in enumerate(mesh.workloads):
@@ -115,8 +111,7 @@ def real_envoys(count: int, rounds: int, module: Path, workdir: Path) -> list[fl
     finally:
         for sidecar in sidecars:
             sidecar.cleanup()
-        operator.stop()
-        control_plane.stop()
+        running.stop()
 
 
 class SimulatedProxy:

@@ -124,8 +124,10 @@ def serve_command(config_dir: Path | None, kubernetes: bool, mesh_file: Path | N
     from meshext.control.proxy import parse_address
     from meshext.control.server import ControlPlane
     from meshext.control.sources import DirectorySource, KubernetesSource
+    from meshext.control.state import ControlPlaneState
+    from meshext.registry import ModuleCache
 
-    if bool(config_dir) == kubernetes:
+    if (config_dir is not None) == kubernetes:
         raise click.UsageError("give exactly one of --config-dir DIR or --kubernetes")
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -135,29 +137,35 @@ def serve_command(config_dir: Path | None, kubernetes: bool, mesh_file: Path | N
     http_bind = parse_address(http_address, where="--http-address")
     tls = _serving_tls(insecure, [(xds_bind[0], "--xds-address"), (http_bind[0], "--http-address")], pki_dir,
                        ca_file, cert_file, key_file, [(w.name, w.namespace) for w in mesh.workloads])
-    control_plane = ControlPlane(xds_address=xds_bind, http_address=http_bind, tls=tls)
-    try:
-        control_plane.start()
-    except OSError as error:
-        raise UnavailableError(f"cannot bind: {error}", where="--xds-address/--http-address",
-                               fix="choose free ports") from None
-    from meshext.registry import ModuleCache
-
     registry = RegistrySettings(cache=ModuleCache(cache_dir), plain_http_hosts=frozenset(plain_http_hosts),
                                 ca_file=registry_ca_file)
-    operator = Operator(mesh, control_plane, registry=registry).start()
-    discovery = None
-    if kubernetes:
-        from meshext.control.discovery import KubernetesMeshDiscovery
+    api_client = None
+    source: KubernetesSource | DirectorySource
+    if config_dir is None:
         from meshext.control.sources import kubernetes_api_client
 
         api_client = kubernetes_api_client()
-        source: KubernetesSource | DirectorySource = KubernetesSource(operator, api_client=api_client).start()
-        if discover:
-            discovery = KubernetesMeshDiscovery(operator, control_plane_namespace=control_plane_namespace,
-                                                api_client=api_client).start()
+        source = KubernetesSource(api_client=api_client)
     else:
-        source = DirectorySource(config_dir, operator).start()
+        source = DirectorySource(config_dir)
+    # Wired before anything starts: the servers report to the operator, the operator to the source.
+    state = ControlPlaneState()
+    operator = Operator(mesh, state, resources=source, registry=registry)
+    control_plane = ControlPlane(state, operator, xds_address=xds_bind, http_address=http_bind, tls=tls)
+    try:
+        control_plane.start()
+    except OSError as error:
+        state.close()
+        raise UnavailableError(f"cannot bind: {error}", where="--xds-address/--http-address",
+                               fix="choose free ports") from None
+    operator.start()
+    source.start(operator)
+    discovery = None
+    if discover:
+        from meshext.control.discovery import KubernetesMeshDiscovery
+
+        discovery = KubernetesMeshDiscovery(operator, control_plane_namespace=control_plane_namespace,
+                                            api_client=api_client).start()
     security = f"mutual TLS, trust domain {tls.trust_domain}" if tls else "plain text, NO authentication"
     click.echo(f"meshext control plane: xDS {control_plane.xds_address[0]}:{control_plane.xds_port}, "
                f"HTTP {control_plane.http_address[0]}:{control_plane.http_port}, "
@@ -171,6 +179,7 @@ def serve_command(config_dir: Path | None, kubernetes: bool, mesh_file: Path | N
         source.stop()
         operator.stop()
         control_plane.stop()
+        state.close()
 
 
 def _serving_tls(insecure: bool, binds: list[tuple[str, str]], pki_dir: Path | None, ca_file: Path | None,

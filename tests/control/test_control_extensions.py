@@ -191,7 +191,7 @@ def test_bad_resources_are_reported_and_traffic_is_unaffected(mesh_under_test, c
 
         # The refused extension is withdrawn: every proxy is back in sync on good config.
         nodes = [w.node_id for w in mesh.workloads]
-        assert mesh_under_test.control_plane.cache.wait_converged(nodes, 20)
+        assert mesh_under_test.running.state.cache.wait_converged(nodes, 20)
         for source, service in (("frontend-v1", "backend"), ("backend-v1", "frontend")):
             wait_until(lambda: _with_chain(call(mesh, source, service), ['{"tag":"good"}']), what="good chain only")
         assert _ready(good, "ServiceMeshExtension/default/good")
@@ -208,7 +208,7 @@ def test_bad_resources_are_reported_and_traffic_is_unaffected(mesh_under_test, c
         assert _condition(status)["reason"] == "RejectedByProxy"
         assert "the last accepted configuration keeps running" in _condition(status)["message"]
         assert status["workloads"] == ["backend-v1.default", "frontend-v1.default"]
-        assert mesh_under_test.control_plane.cache.wait_converged(nodes, 20)
+        assert mesh_under_test.running.state.cache.wait_converged(nodes, 20)
         assert call(mesh, "frontend-v1", "backend").chain() == ['{"tag":"good"}']
 
         # An invalid update: reported, and again the last accepted configuration keeps running.

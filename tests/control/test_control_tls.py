@@ -81,7 +81,7 @@ def test_sidecars_get_their_configuration_over_mutual_tls(mesh_under_test):
         values = dict(line.split(": ") for line in stats.strip().splitlines())
         assert int(values["cluster.meshext-xds.ssl.handshake"]) >= 1, stats
         assert values["control_plane.connected_state"] == "1", stats
-    proxies = mesh_under_test.control_plane.cache.proxies()
+    proxies = mesh_under_test.running.state.cache.proxies()
     assert proxies[BACKEND].streams == 1 and proxies[FRONTEND].streams == 1
     assert call(mesh_under_test.mesh, "frontend-v1", "backend").body["app"] == "backend-v1"
     assert call(mesh_under_test.mesh, "backend-v1", "frontend").body["app"] == "frontend-v1"
@@ -156,7 +156,7 @@ def test_module_downloads_only_with_the_workloads_own_certificate(mesh_under_tes
     path, sha = modules["chain"]
     write_resources(clean_config / "backend-only.yaml",
                     sme("backend-only", f"file://{path}", config={"tag": "b"}, labels={"app": "backend"}))
-    wait_until(lambda: plane.demand.wants(BACKEND, sha), what="the backend needs the module")
+    wait_until(lambda: plane.state.demand.wants(BACKEND, sha), what="the backend needs the module")
     base = f"https://127.0.0.1:{plane.http_port}"
     pki = mesh_under_test.pki
     backend = client_ssl_context(pki.workload("backend-v1", "default").load())
