@@ -91,10 +91,11 @@ def control_group() -> None:
 @click.option("--xds-address", default=DEFAULT_XDS, show_default=True, help="Where sidecars reach the ADS server.")
 @click.option("--http-address", default=DEFAULT_HTTP, show_default=True,
               help="Module downloads for sidecars, and /status for `meshext status`.")
-@click.option("--insecure-registry", "plain_http_hosts", multiple=True, metavar="HOST:PORT",
-              help="A registry to reach over plain HTTP (repeatable; loopback test registries).")
+@click.option("--plain-http", "plain_http_hosts", multiple=True, metavar="HOST:PORT",
+              help="Talk HTTP instead of HTTPS to the registry HOST:PORT (repeatable). Allowed only to a "
+                   "registry on this machine (127.0.0.1, ::1, localhost).")
 @click.option("--registry-ca-file", type=click.Path(dir_okay=False, exists=True),
-              help="CA bundle for registries with a private CA.")
+              help="PEM file of the CA that signed the registries' TLS certificates.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Verified module cache (default: the meshext user cache).")
 @_tls_options("The control plane")
@@ -126,9 +127,12 @@ def serve_command(config_dir: Path | None, kubernetes: bool, mesh_file: Path | N
     from meshext.control.sources import DirectorySource, KubernetesSource
     from meshext.control.state import ControlPlaneState
     from meshext.registry import ModuleCache
+    from meshext.registry.reference import require_plain_http_allowed
 
     if (config_dir is not None) == kubernetes:
         raise click.UsageError("give exactly one of --config-dir DIR or --kubernetes")
+    for host in plain_http_hosts:  # refused now rather than at each pull
+        require_plain_http_allowed(host, where="--plain-http")
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     discover = kubernetes and mesh_file is None
@@ -215,7 +219,7 @@ def _serving_tls(insecure: bool, binds: list[tuple[str, str]], pki_dir: Path | N
 
 
 @control_group.command("certs")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Directory to write to (default: $MESHEXT_PKI_DIR or ~/.local/share/meshext/pki, "
                    "where serve/proxy/status look).")
 @click.option("--host", "hosts", multiple=True, metavar="NAME|IP",
@@ -244,7 +248,7 @@ def certs_command(out_dir: Path | None, hosts: tuple[str, ...], workloads: tuple
 
     \b
     Example:
-      meshext control certs --out ./pki --host meshext-control.meshext-system.svc \\
+      meshext control certs -o ./pki --host meshext-control.meshext-system.svc \\
           --workload backend-v1 --namespace default
     """
     from meshext.control.mesh import load_mesh

@@ -46,7 +46,7 @@ RENEW_BEFORE = datetime.timedelta(days=7)
 # Names the control plane's certificate always covers: single-machine clients dial loopback.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
-_CERTS_FIX = ("create them with `meshext control certs --out DIR [--workload NAME --namespace NS]` "
+_CERTS_FIX = ("create them with `meshext control certs -o DIR [--workload NAME --namespace NS]` "
               "(or let `meshext control serve` create them in its --pki-dir)")
 
 
@@ -250,7 +250,7 @@ class TLSFiles:
             raise MeshextError(f"the certificate {self.cert_file} is not signed by the CA in {self.ca_file}",
                                where=self.cert_option,
                                fix="use a certificate issued by this mesh's CA (`meshext control certs "
-                                   "--out DIR` with the same DIR), or the CA that issued it")
+                                   "-o DIR` with the same DIR), or the CA that issued it")
         now = _now()
         if cert.not_valid_after_utc <= now:
             raise MeshextError(f"the certificate {self.cert_file} expired on "
@@ -304,7 +304,7 @@ def default_pki_directory() -> Path:
 
 @dataclass(frozen=True)
 class PKIDirectory:
-    """What `meshext control certs --out DIR` writes (and `serve`, `proxy` and `status` read):
+    """What `meshext control certs -o DIR` writes (and `serve`, `proxy` and `status` read):
 
     ca.pem, ca-key.pem                        the mesh CA
     control-plane.pem, control-plane-key.pem  the control plane (server)

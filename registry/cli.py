@@ -1,4 +1,10 @@
-"""`meshext push`, `meshext pull` and `meshext inspect`."""
+"""`meshext push`, `meshext pull` and `meshext inspect`.
+
+The registry options are spelled as the oras CLI spells them (``--username``,
+``--password-stdin``, ``--registry-config``, ``--plain-http``), except the
+registry's CA: ``--registry-ca-file``, as in `meshext control serve`, because
+across meshext's commands ``--ca-file`` is the mesh CA.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ from meshext.registry.reference import ImageReference
 
 
 def registry_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Login and transport options shared by the three commands (spelled as the oras CLI spells them)."""
+    """Login and transport options shared by the three commands (see the module docstring for their spelling)."""
     options = [
         click.option("-u", "--username", help="Registry user name; read the password with --password-stdin."),
         click.option("--password-stdin", is_flag=True,
@@ -30,7 +36,7 @@ def registry_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--registry-config", type=click.Path(dir_okay=False),
                      help="Docker config.json holding credentials "
                           "[default: $DOCKER_CONFIG/config.json or ~/.docker/config.json]."),
-        click.option("--ca-file", type=click.Path(exists=True, dir_okay=False),
+        click.option("--registry-ca-file", "ca_file", type=click.Path(exists=True, dir_okay=False),
                      help="PEM file of the CA that signed the registry's TLS certificate."),
         click.option("--plain-http", is_flag=True,
                      help="Talk HTTP instead of HTTPS. Allowed only to a registry on this machine "

@@ -68,7 +68,7 @@ class RegistryClient(oras.provider.Registry):
             require_plain_http_allowed(reference.registry, where)
         if ca_file is not None and not os.path.isfile(ca_file):
             raise MeshextError(f"CA file {ca_file} not found", where=where,
-                               fix="pass --ca-file the PEM file of the CA that signed the registry certificate")
+                               fix="pass --registry-ca-file the PEM file of the CA that signed the registry certificate")
         super().__init__(hostname=reference.registry, insecure=plain_http, tls_verify=ca_file or True,
                          auth_backend="token")
         # Credentials are resolved by meshext (explicit, then Docker config); stop
@@ -109,7 +109,7 @@ class RegistryClient(oras.provider.Registry):
         except requests.exceptions.SSLError as error:
             raise MeshextError(
                 f"TLS handshake with {registry} failed: {_reason(error)}", where=self.where,
-                fix="pass --ca-file with the CA that signed the registry certificate; "
+                fix="pass --registry-ca-file with the CA that signed the registry certificate; "
                     "for a registry on this machine that speaks plain HTTP, pass --plain-http",
             ) from None
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as error:

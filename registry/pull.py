@@ -194,7 +194,7 @@ def _pull_url(url: str, cache: ModuleCache, policy: str, expected_sha256: str | 
                                 timeout=(CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS))
     except requests.exceptions.SSLError as error:
         raise MeshextError(f"TLS handshake with {host} failed: {error}", where=url,
-                           fix="pass the CA that signed the server certificate (--ca-file)") from None
+                           fix="pass the CA that signed the server certificate (--registry-ca-file)") from None
     except requests.exceptions.RequestException as error:
         raise UnavailableError(f"{host} did not answer: {error}", where=url, fix="check the URL and that the server runs") from None
     with response, transfer_progress(progress) as bars:

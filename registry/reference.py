@@ -106,5 +106,6 @@ def require_plain_http_allowed(registry: str, where: str) -> None:
         raise MeshextError(
             f"plain HTTP to {registry} refused: credentials and modules would cross the network unencrypted",
             where=where,
-            fix="drop --plain-http and use TLS (--ca-file for a private CA); plain HTTP is allowed only to 127.0.0.1, ::1 or localhost",
+            fix="drop --plain-http and use TLS (--registry-ca-file for a private CA); plain HTTP is allowed only "
+                "to 127.0.0.1, ::1 or localhost",
         )

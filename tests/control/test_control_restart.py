@@ -65,7 +65,7 @@ def test_control_plane_restart_under_load(tmp_path: Path, modules):
     write_resources(resource, sme("everywhere", f"file://{path}", config={"tag": "all"},
                                   namespace="meshext-system"))
     pki = tmp_path / "pki"
-    certs = subprocess.run([sys.executable, "-m", "meshext", "control", "certs", "--out", str(pki),
+    certs = subprocess.run([sys.executable, "-m", "meshext", "control", "certs", "-o", str(pki),
                             "--mesh", str(mesh_file)], capture_output=True, text=True, timeout=60)
     assert certs.returncode == 0, certs.stderr
     assert str(pki / "workloads" / "default" / "backend-v1-key.pem") in certs.stdout.split()

@@ -216,7 +216,7 @@ def _meshext(*args: str) -> subprocess.CompletedProcess:
 
 def test_cli_refuses_bad_certificates_and_plain_text_off_loopback(tmp_path):
     pki = tmp_path / "pki"
-    assert _meshext("control", "certs", "--out", str(pki), "--workload", "backend-v1").returncode == 0
+    assert _meshext("control", "certs", "-o", str(pki), "--workload", "backend-v1").returncode == 0
     ca = CertificateAuthority.load(pki / "ca.pem", pki / "ca-key.pem")
     cert, key = ca.issue(workload_path("backend-v1", "default"), days=1,
                          not_before=datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=2))

@@ -45,7 +45,7 @@ class Registry:
         return {"plain_http": self.plain_http, "ca_file": self.ca_file, "credentials": self.credentials}
 
     def cli_options(self) -> list[str]:
-        options = ["--plain-http"] if self.plain_http else ["--ca-file", self.ca_file]
+        options = ["--plain-http"] if self.plain_http else ["--registry-ca-file", self.ca_file]
         if self.credentials:
             options += ["--username", self.credentials.username, "--password-stdin"]
         return options

@@ -82,7 +82,7 @@ def test_wrong_and_missing_credentials(secure_registry: Registry, wasm_file: Pat
 
 def test_tls_without_the_ca_is_refused_with_a_hint(secure_registry: Registry, cache: ModuleCache) -> None:
     error = expect_error(cache, f"{secure_registry.host}/bad/private:1", credentials=secure_registry.credentials)
-    assert "TLS handshake" in error.message and "--ca-file" in error.fix
+    assert "TLS handshake" in error.message and "--registry-ca-file" in error.fix
 
 
 def test_registry_down(cache: ModuleCache, wasm_file: Path) -> None:

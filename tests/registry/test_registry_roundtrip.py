@@ -192,7 +192,7 @@ def test_cli_push_pull_inspect_with_login_and_tls(secure_registry: Registry, was
 
     # Credentials from a Docker config.json instead of the command line.
     config = docker_config_for(secure_registry, tmp_path / "config.json")
-    inspected = run_cli("inspect", reference, "--json", "--ca-file", secure_registry.ca_file,
+    inspected = run_cli("inspect", reference, "--json", "--registry-ca-file", secure_registry.ca_file,
                         "--registry-config", str(config))
     assert inspected.returncode == 0, inspected.stderr
     info = json.loads(inspected.stdout)
@@ -200,7 +200,8 @@ def test_cli_push_pull_inspect_with_login_and_tls(secure_registry: Registry, was
     assert info["maistra"] == {"name": "filter", "description": "", "version": "2.0", "phase": "PreStats",
                                "priority": 7, "module": "filter.wasm"}
 
-    human = run_cli("inspect", reference, "--ca-file", secure_registry.ca_file, "--registry-config", str(config))
+    human = run_cli("inspect", reference, "--registry-ca-file", secure_registry.ca_file,
+                    "--registry-config", str(config))
     assert "maistra" in human.stdout and "PreStats" in human.stdout and digest in human.stdout
 
 
