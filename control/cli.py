@@ -225,7 +225,8 @@ def _serving_tls(insecure: bool, binds: list[tuple[str, str]], pki_dir: Path | N
 @click.option("--host", "hosts", multiple=True, metavar="NAME|IP",
               help="An address sidecars use to reach the control plane, added to its certificate "
                    "(repeatable; loopback names are always in).")
-@click.option("--workload", "workloads", multiple=True, metavar="NAME", help="Issue a sidecar certificate (repeatable).")
+@click.option("--workload", "workloads", multiple=True, metavar="NAME",
+              help="Issue a sidecar certificate (repeatable).")
 @click.option("--namespace", default="default", show_default=True, help="Namespace of the --workload names.")
 @click.option("--mesh", "mesh_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Also issue one for every workload of this mesh file.")
@@ -360,7 +361,7 @@ def status_command(control_http: str, as_json: bool, pki_dir: Path | None, ca_fi
         table.add_column(column, overflow="fold")
     for key, extension in sorted(report["extensions"].items()):
         status = extension["status"]
-        ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+        ready: dict[str, Any] = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
         table.add_row(key, status.get("phase", "?"), str(status.get("effectivePhase", "")),
                       str(status.get("effectivePriority", "")), str(extension.get("image", "")),
                       ", ".join(status.get("workloads", [])) or "-",

@@ -484,8 +484,8 @@ class Operator:
             now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             for condition in status["conditions"]:
                 old = previous.get(condition["type"])
-                same = old is not None and old["status"] == condition["status"]
-                condition["lastTransitionTime"] = old["lastTransitionTime"] if same else now
+                kept = old is not None and old["status"] == condition["status"]
+                condition["lastTransitionTime"] = old["lastTransitionTime"] if old is not None and kept else now
             tracked.status = status
             if self._resources is None:
                 continue
@@ -518,8 +518,8 @@ class Operator:
 
 
 def _image_of(obj: dict[str, Any]) -> str:
-    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
-    return str(spec.get("image") or spec.get("url") or "")
+    spec = obj.get("spec")
+    return str(spec.get("image") or spec.get("url") or "") if isinstance(spec, dict) else ""
 
 
 def _without_times(status: dict[str, Any]) -> dict[str, Any]:

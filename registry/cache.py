@@ -78,7 +78,8 @@ class ModuleCache:
         finally:
             temporary.unlink(missing_ok=True)
 
-    def commit_module(self, file: IO[bytes], expected_sha256: str | None = None, where: str = "module") -> tuple[Path, str]:
+    def commit_module(self, file: IO[bytes], expected_sha256: str | None = None,
+                      where: str = "module") -> tuple[Path, str]:
         """Verify a file from :meth:`module_writer` and move it into place.
         Returns (path, sha256)."""
         file.flush()
@@ -108,7 +109,8 @@ class ModuleCache:
         Call only after the module itself is committed."""
         self._write_json(self.root / "manifests" / f"{_hex(manifest_digest)}.json", fields)
         for reference in references:
-            self._write_json(self._reference_path(reference), {"reference": reference, "manifest_digest": manifest_digest})
+            self._write_json(self._reference_path(reference),
+                             {"reference": reference, "manifest_digest": manifest_digest})
 
     def _reference_path(self, reference: str) -> Path:
         return self.root / "references" / f"{hashlib.sha256(reference.encode()).hexdigest()}.json"

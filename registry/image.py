@@ -55,7 +55,8 @@ def resolve(client: RegistryClient, target: str, where: str) -> ResolvedImage:
     if media_type not in IMAGE_MANIFEST_TYPES:
         raise MeshextError(
             f"unknown manifest media type {media_type!r}", where=where,
-            fix=f"meshext reads {', '.join(IMAGE_MANIFEST_TYPES + MANIFEST_LIST_TYPES)}; push the module with `meshext push`",
+            fix=f"meshext reads {', '.join(IMAGE_MANIFEST_TYPES + MANIFEST_LIST_TYPES)}; "
+                "push the module with `meshext push`",
         )
     manifest = _load(raw, where)
     if not isinstance(manifest.get("config"), dict) or not isinstance(manifest.get("layers"), list):

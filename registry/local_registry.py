@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from meshext.errors import MeshextError
+from meshext.errors import InternalError, MeshextError
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 START_TIMEOUT_SECONDS = 10
@@ -49,10 +49,9 @@ class LocalRegistry:
             self.port = _free_loopback_port()
             config = self.workdir / "config.yml"
             config.write_text(yaml.safe_dump(self._config()))
-            log = open(self.workdir / "registry.log", "ab")
-            self._process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log,
-                                             stdin=subprocess.DEVNULL)
-            log.close()
+            with open(self.workdir / "registry.log", "ab") as log:  # the child keeps its own descriptor
+                self._process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log,
+                                                 stdin=subprocess.DEVNULL)
             if self._wait_ready():
                 return self
             self.stop()
@@ -91,9 +90,12 @@ class LocalRegistry:
         return config
 
     def _wait_ready(self) -> bool:
+        process = self._process
+        if process is None:
+            raise InternalError("waiting for a registry that was never started")
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
+            if process.poll() is not None:
                 return False
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
