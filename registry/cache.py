@@ -31,6 +31,7 @@ HASH_CHUNK = 1 << 20
 
 
 def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         while chunk := file.read(HASH_CHUNK):
@@ -53,6 +54,7 @@ class ModuleCache:
         self.root = Path(root if root is not None else cache_root()).absolute() / "modules"
 
     def module_path(self, module_sha256: str) -> Path:
+        """Where the module with this sha256 is (or would be) kept."""
         return self.root / "sha256" / f"{module_sha256}.wasm"
 
     def verified_module(self, module_sha256: str) -> Path | None:
@@ -99,9 +101,11 @@ class ModuleCache:
             return self.commit_module(file, where=where)
 
     def manifest_record(self, manifest_digest: str) -> dict[str, Any] | None:
+        """What ``manifest_digest`` resolved to when it was pulled (format, module sha256, Maistra fields), or None."""
         return self._read_json(self.root / "manifests" / f"{_hex(manifest_digest)}.json")
 
     def reference_record(self, reference: str) -> dict[str, Any] | None:
+        """The manifest digest a tag or URL resolved to last time, or None."""
         return self._read_json(self._reference_path(reference))
 
     def record(self, manifest_digest: str, references: list[str], fields: dict[str, Any]) -> None:

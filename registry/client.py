@@ -45,6 +45,7 @@ class Descriptor:
 
     @classmethod
     def from_json(cls, entry: Any, where: str) -> Descriptor:
+        """A descriptor from its JSON form in a manifest; a MeshextError naming ``where`` if it is malformed."""
         try:
             return cls(entry["mediaType"], entry["digest"], int(entry["size"]),
                        entry.get("annotations") or {}, entry.get("platform"))
@@ -53,6 +54,7 @@ class Descriptor:
                                fix="the image was pushed by a broken tool; push it again") from None
 
     def to_json(self) -> dict[str, Any]:
+        """The descriptor's JSON form, for a manifest."""
         entry: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
         if self.annotations:
             entry["annotations"] = self.annotations
@@ -91,6 +93,7 @@ class RegistryClient(oras.provider.Registry):
 
     def do_request(self, url: str, method: str = "GET", data: dict | bytes | None = None, headers: dict | None = None,
                    json: dict | None = None, stream: bool = False) -> requests.Response:
+        """One request with meshext's auth, timeouts and errors (replaces oras-py's retrying version)."""
         headers = {**(headers or {}), **self._authorization}
         response = self._send(method, url, data, headers, json, stream)
         if response.status_code == 401 and self._answer_challenge(response):
@@ -231,6 +234,7 @@ class RegistryClient(oras.provider.Registry):
 
     def push_blob(self, content: bytes, media_type: str, advance: Advance,
                   annotations: dict[str, str] | None = None) -> Descriptor:
+        """Upload ``content`` as a blob (in chunks when large, moving ``advance``); returns its descriptor."""
         descriptor = Descriptor(media_type, "sha256:" + hashlib.sha256(content).hexdigest(), len(content),
                                 annotations or {})
         # oras-py uploads from a path; stage the blob in a temporary file.  Big

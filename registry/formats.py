@@ -96,6 +96,7 @@ class MaistraManifest:
         return cls(**schema.model_dump(exclude={"schemaVersion"}))
 
     def to_yaml(self) -> str:
+        """The manifest.yaml text (schemaVersion 1 first)."""
         return yaml.safe_dump({"schemaVersion": 1, **asdict(self)}, sort_keys=False)
 
 

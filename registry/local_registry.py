@@ -38,6 +38,7 @@ class LocalRegistry:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> LocalRegistry:
+        """Run docker-registry on a free loopback port; retries twice if the port was taken meanwhile."""
         binary = shutil.which(REGISTRY_BINARY) or shutil.which("docker-registry")
         if binary is None:
             raise MeshextError("docker-registry is not installed", where=REGISTRY_BINARY,
@@ -59,6 +60,7 @@ class LocalRegistry:
                            where=REGISTRY_BINARY, fix="read the log")
 
     def stop(self) -> None:
+        """Stop the registry process (killed if it does not end within 5 s)."""
         if self._process is not None:
             self._process.terminate()
             try:

@@ -29,6 +29,8 @@ class ImageReference:
 
     @classmethod
     def parse(cls, text: str) -> ImageReference:
+        """Parse ``[oci://]host[:port]/repository[:tag][@sha256:...]``; anything else, a reference
+        without a registry host included, is a MeshextError."""
         original = text
         if text.startswith("oci://"):
             text = text[len("oci://") :]
