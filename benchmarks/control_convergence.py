@@ -203,7 +203,7 @@ async def simulated_clients(count: int, rounds: int, module: Path, module_sha256
     resource = config_dir / "bench.yaml"
     resource.write_text(yaml.safe_dump(extension("warm-up", module)))
     xds, http = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    log = open(workdir / "control.log", "wb")
+    log = open(workdir / "control.log", "wb")  # noqa: SIM115 - the server writes to it until the finally
     server = subprocess.Popen([sys.executable, "-m", "meshext", "control", "serve", "--config-dir", str(config_dir),
                                "--mesh", str(mesh_file), "--xds-address", xds, "--http-address", http,
                                "--cache-dir", str(workdir / "cache"),
@@ -218,7 +218,7 @@ async def simulated_clients(count: int, rounds: int, module: Path, module_sha256
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise SystemExit("control plane did not start; see control.log")
+                    raise SystemExit("control plane did not start; see control.log") from None
                 await asyncio.sleep(0.1)
         idle_rss = rss_mb(server.pid)
         # What each sidecar's module syncer does: report the module present, then

@@ -62,8 +62,8 @@ class DiscoveredMesh:
     """Fake API server, control plane (operator + CRD source + mesh discovery), pods with real sidecars."""
 
     def __init__(self, root) -> None:
-        from kubernetes import client
         from kube_fake import FakeKubernetes
+        from kubernetes import client
 
         self.fake = FakeKubernetes()
         api = client.ApiClient(client.Configuration(host=self.fake.url))
@@ -353,8 +353,8 @@ def test_address_clashes_are_judged_per_network_namespace():
 
 def test_discovery_maps_objects_onto_the_mesh(tmp_path):
     """Protocols from appProtocol / port names, app ports from EndpointSlices, and a relist after 410 Gone."""
-    from kubernetes import client
     from kube_fake import FakeKubernetes
+    from kubernetes import client
 
     fake = FakeKubernetes()
     ports = [{"name": "grpc-api", "port": 9000}, {"name": "web", "port": 80, "appProtocol": "kubernetes.io/h2c"},

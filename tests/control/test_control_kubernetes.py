@@ -78,8 +78,8 @@ def test_kubernetes_source_reconciles_and_writes_status(tmp_path, modules):
 
 def test_kubernetes_source_against_a_fake_api_server(tmp_path, modules):
     """Runs everywhere: watch from a resourceVersion, reconnect, relist after 410 Gone, status patches."""
-    from kubernetes import client
     from kube_fake import FakeKubernetes
+    from kubernetes import client
 
     from meshext.control.mesh import load_mesh
     from meshext.control.sources import KubernetesSource

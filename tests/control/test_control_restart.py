@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -73,7 +72,7 @@ def test_control_plane_restart_under_load(tmp_path: Path, modules):
     xds, http = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     serve_args = ["control", "serve", "--config-dir", str(config_dir), "--mesh", str(mesh_file),
                   "--xds-address", xds, "--http-address", http, "--pki-dir", str(pki)]
-    log = open(tmp_path / "control.log", "ab")
+    log = open(tmp_path / "control.log", "ab")  # noqa: SIM115 - the processes write to it until the finally
     control = _meshext(*serve_args, stdout=log, stderr=subprocess.STDOUT)
     proxies = [
         _meshext("proxy", "--workload", w.name, "--namespace", w.namespace, "--control", xds, "--control-http", http,
@@ -83,8 +82,8 @@ def test_control_plane_restart_under_load(tmp_path: Path, modules):
     ]
     try:
         for source, service in (("frontend-v1", "backend"), ("backend-v1", "frontend")):
-            wait_until(lambda: call(mesh, source, service).chain() == ['{"tag":"all"}'], timeout=30,
-                       what=f"{source} -> {service} through the filter")
+            wait_until(lambda source=source, service=service: call(mesh, source, service).chain() == [
+                '{"tag":"all"}'], timeout=30, what=f"{source} -> {service} through the filter")
         before = wait_until(lambda: (lambda s: s if s and all(p["inSync"] for p in s["proxies"].values())
                                      and len(s["proxies"]) == 2 else None)(_status(http, pki)), what="proxies in sync")
         table = subprocess.run([sys.executable, "-m", "meshext", "status", "--control-http", http,

@@ -188,7 +188,7 @@ def test_bad_certificate_files_are_named_with_the_fix(tmp_path):
     other = _other_ca(tmp_path / "other").workload("backend-v1", "default")
     ca = CertificateAuthority.load(pki.ca_file, pki.ca_key_file)
     expired_cert, expired_key = ca.issue(workload_path("backend-v1", "default"), days=1,
-                                         not_before=datetime.datetime.now(datetime.timezone.utc)
+                                         not_before=datetime.datetime.now(datetime.UTC)
                                          - datetime.timedelta(days=3))
     (tmp_path / "expired.pem").write_bytes(expired_cert)
     (tmp_path / "expired-key.pem").write_bytes(expired_key)
@@ -219,7 +219,7 @@ def test_cli_refuses_bad_certificates_and_plain_text_off_loopback(tmp_path):
     assert _meshext("control", "certs", "-o", str(pki), "--workload", "backend-v1").returncode == 0
     ca = CertificateAuthority.load(pki / "ca.pem", pki / "ca-key.pem")
     cert, key = ca.issue(workload_path("backend-v1", "default"), days=1,
-                         not_before=datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=2))
+                         not_before=datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=2))
     (tmp_path / "old.pem").write_bytes(cert)
     (tmp_path / "old-key.pem").write_bytes(key)
     control = f"127.0.0.1:{free_port()}"

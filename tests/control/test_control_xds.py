@@ -14,8 +14,8 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from meshext.control.server import ControlPlane
-from meshext.control.state import ControlPlaneState
 from meshext.control.snapshot import CLUSTER, ENDPOINT, Snapshot
+from meshext.control.state import ControlPlaneState
 
 NODE = "probe.default"
 
