@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -23,11 +24,23 @@ DEFAULT_XDS = "127.0.0.1:15010"
 DEFAULT_HTTP = "127.0.0.1:15014"
 
 
-def _wait_for_signal() -> None:
-    stop = threading.Event()
+def _exit_on_signal() -> None:
+    """From now on SIGINT or SIGTERM unwinds the main thread through its ``finally`` blocks
+    and exits 0, even in the middle of start-up (a sidecar waits up to 30 s for Envoy), so
+    what was started, a sidecar's Envoy included, is always stopped.  Further signals are
+    ignored, so they cannot cut that clean-up short."""
+    def unwind(*_: object) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        raise SystemExit(0)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+        signal.signal(sig, unwind)
+
+
+def _run_until_signal() -> None:
+    """Block until :func:`_exit_on_signal`'s handler ends the process."""
+    threading.Event().wait()
 
 
 def _tls_options(role: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -156,34 +169,28 @@ def serve_command(config_dir: Path | None, kubernetes: bool, mesh_file: Path | N
     state = ControlPlaneState()
     operator = Operator(mesh, state, resources=source, registry=registry)
     control_plane = ControlPlane(state, operator, xds_address=xds_bind, http_address=http_bind, tls=tls)
-    try:
-        control_plane.start()
-    except OSError as error:
-        state.close()
-        raise UnavailableError(f"cannot bind: {error}", where="--xds-address/--http-address",
-                               fix="choose free ports") from None
-    operator.start()
-    source.start(operator)
-    discovery = None
-    if discover:
-        from meshext.control.discovery import KubernetesMeshDiscovery
+    _exit_on_signal()
+    with contextlib.ExitStack() as started:  # stops, in reverse order, what did start
+        started.callback(state.close)
+        try:
+            control_plane.start()
+        except OSError as error:
+            raise UnavailableError(f"cannot bind: {error}", where="--xds-address/--http-address",
+                                   fix="choose free ports") from None
+        started.callback(control_plane.stop)
+        started.callback(operator.start().stop)
+        started.callback(source.start(operator).stop)
+        if discover:
+            from meshext.control.discovery import KubernetesMeshDiscovery
 
-        discovery = KubernetesMeshDiscovery(operator, control_plane_namespace=control_plane_namespace,
-                                            api_client=api_client).start()
-    security = f"mutual TLS, trust domain {tls.trust_domain}" if tls else "plain text, NO authentication"
-    click.echo(f"meshext control plane: xDS {control_plane.xds_address[0]}:{control_plane.xds_port}, "
-               f"HTTP {control_plane.http_address[0]}:{control_plane.http_port}, "
-               + ("mesh discovered from Kubernetes" if discover else f"{len(mesh.workloads)} workloads")
-               + f", {security}", err=True)
-    try:
-        _wait_for_signal()
-    finally:
-        if discovery is not None:
-            discovery.stop()
-        source.stop()
-        operator.stop()
-        control_plane.stop()
-        state.close()
+            started.callback(KubernetesMeshDiscovery(operator, control_plane_namespace=control_plane_namespace,
+                                                     api_client=api_client).start().stop)
+        security = f"mutual TLS, trust domain {tls.trust_domain}" if tls else "plain text, NO authentication"
+        click.echo(f"meshext control plane: xDS {control_plane.xds_address[0]}:{control_plane.xds_port}, "
+                   f"HTTP {control_plane.http_address[0]}:{control_plane.http_port}, "
+                   + ("mesh discovered from Kubernetes" if discover else f"{len(mesh.workloads)} workloads")
+                   + f", {security}", err=True)
+        _run_until_signal()
 
 
 def _serving_tls(insecure: bool, binds: list[tuple[str, str]], pki_dir: Path | None, ca_file: Path | None,
@@ -313,12 +320,13 @@ def proxy_command(workload: str, namespace: str, control_address: str, control_h
                                                     f"--namespace {namespace}`")
     sidecar = Sidecar(workload, namespace, xds, http, protocol=protocol,  # type: ignore[arg-type]
                       module_dir=module_dir, concurrency=concurrency, log_level=log_level, tls=tls)
-    sidecar.start()
-    envoy = sidecar.envoy
-    click.echo(f"sidecar for {workload}.{namespace} running (Envoy admin {envoy.admin_url}, log {envoy.log_path})",
-               err=True)
+    _exit_on_signal()
     try:
-        _wait_for_signal()
+        sidecar.start()
+        envoy = sidecar.envoy
+        click.echo(f"sidecar for {workload}.{namespace} running (Envoy admin {envoy.admin_url}, "
+                   f"log {envoy.log_path})", err=True)
+        _run_until_signal()
     finally:
         sidecar.cleanup()
 

@@ -127,3 +127,34 @@ def test_control_plane_restart_under_load(tmp_path: Path, modules):
         for app in apps:
             app.shutdown()
             app.server_close()
+
+
+def _envoys_of(node_id: str) -> list[int]:
+    """Pids of running Envoys whose bootstrap names ``node_id`` (exited ones not yet reaped excluded)."""
+    pids = []
+    for process in Path("/proc").glob("[0-9]*"):
+        try:
+            arguments = (process / "cmdline").read_bytes().split(b"\0")
+            if not arguments[0].endswith(b"envoy") or "State:\tZ" in (process / "status").read_text():
+                continue
+            bootstrap = json.loads(Path(arguments[arguments.index(b"-c") + 1].decode()).read_text())
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or not an Envoy started with -c
+        if bootstrap.get("node", {}).get("id") == node_id:
+            pids.append(int(process.name))
+    return pids
+
+
+def test_a_signal_during_sidecar_start_up_leaves_no_envoy_behind(tmp_path: Path) -> None:
+    # No control plane answers, so Envoy never becomes ready and the sidecar is still starting up.
+    workload = f"signal-probe-{os.getpid()}"
+    proxy = _meshext("proxy", "--workload", workload, "--control", f"127.0.0.1:{free_port()}",
+                     "--control-http", f"127.0.0.1:{free_port()}", "--insecure", "--module-dir", str(tmp_path),
+                     stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: _envoys_of(f"{workload}.default"), what="the sidecar's Envoy started")
+        proxy.send_signal(signal.SIGTERM)
+        assert proxy.wait(timeout=15) == 0
+        assert _envoys_of(f"{workload}.default") == []
+    finally:
+        _stop(proxy)
