@@ -22,10 +22,10 @@ from meshext.errors import MeshextError, first_validation_problem
 DEFAULT_MESH_FILE = Path(__file__).with_name("default-mesh.yaml")
 
 
-
 def node_id(workload: str, namespace: str) -> str:
     """The node id a sidecar announces to the control plane: ``WORKLOAD.NAMESPACE``."""
     return f"{workload}.{namespace}"
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -82,7 +82,6 @@ log = logging.getLogger(__name__)
 RETIRED_FILTER_SECONDS = 2 * SIDECAR_DRAIN_SECONDS + 2
 
 
-
 class ResourceStore(Protocol):
     """Where the resources live, as the operator needs it: a source (sources.py)."""
 

@@ -66,7 +66,6 @@ def require_loopback_for_plain_text(host: str, *, where: str) -> None:
                        fix="drop --insecure (mutual TLS is the default), or use 127.0.0.1 / ::1")
 
 
-
 def bootstrap(
     workload: str,
     namespace: str,
