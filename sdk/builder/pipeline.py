@@ -21,7 +21,8 @@ import meshext
 import meshext.sdk
 from meshext.errors import MeshextError
 from meshext.sdk._dispatch import BUILD_FACTS_PREFIX
-from meshext.sdk.builder import analysis, fsimage, metadata, preinit, prune, toolchain
+from meshext.sdk.builder import analysis, fsimage, preinit, prune, toolchain
+from meshext.sdk.builder.metadata import ProjectMetadata, add_project_metadata
 from meshext.sdk.builder.project import Project, load_project
 from meshext.sdk.builder.shim import OPTIONAL_MODULES, build_shim, functions_by_part
 
@@ -229,7 +230,7 @@ def build_filter(project_dir: Path, output: Path | None = None, progress: Progre
         functions_by_part=functions_by_part(shim_path),
     )
     # After pruning, which drops custom sections: `meshext push --format maistra` reads it.
-    module = metadata.add_project_metadata(module, metadata.ProjectMetadata.of(project.filter))
+    module = add_project_metadata(module, ProjectMetadata.of(project.filter))
 
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
