@@ -42,16 +42,13 @@ from envoy.extensions.filters.http.wasm.v3 import wasm_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import wrappers_pb2
 
-from meshext.control.images import RegistrySettings
 from meshext.control.mesh import Mesh
-from meshext.control.operator import Operator
 from meshext.control.proxy import sidecar_for
-from meshext.control.server import ControlPlane
 from meshext.control.snapshot import EXTENSION_CONFIG, TYPE_URLS
-from meshext.registry import ModuleCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "control"))
-from control_harness import free_port, header_module  # noqa: E402  (test module compiler, reused)
+# The test module compiler and the control-plane wiring, reused.
+from control_harness import free_port, header_module, start_control_plane  # noqa: E402
 
 
 def mesh_document(workloads: int, bind_ports: bool) -> dict:
@@ -80,9 +77,8 @@ def extension(tag: str, module: Path, generation: int = 1) -> dict:
 
 def real_envoys(count: int, rounds: int, module: Path, workdir: Path) -> list[float]:
     mesh = Mesh.model_validate(mesh_document(count, bind_ports=True))
-    control_plane = ControlPlane().start()
-    operator = Operator(mesh, control_plane,
-                        registry=RegistrySettings(cache=ModuleCache(workdir / "cache"))).start()
+    running = start_control_plane(mesh, workdir / "cache")
+    control_plane, operator = running.server, running.operator
     sidecars = []
     try:
         for index, workload in enumerate(mesh.workloads):
@@ -115,8 +111,7 @@ def real_envoys(count: int, rounds: int, module: Path, workdir: Path) -> list[fl
     finally:
         for sidecar in sidecars:
             sidecar.cleanup()
-        operator.stop()
-        control_plane.stop()
+        running.stop()
 
 
 class SimulatedProxy:
@@ -208,7 +203,7 @@ async def simulated_clients(count: int, rounds: int, module: Path, module_sha256
     resource = config_dir / "bench.yaml"
     resource.write_text(yaml.safe_dump(extension("warm-up", module)))
     xds, http = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    log = open(workdir / "control.log", "wb")
+    log = open(workdir / "control.log", "wb")  # noqa: SIM115 - the server writes to it until the finally
     server = subprocess.Popen([sys.executable, "-m", "meshext", "control", "serve", "--config-dir", str(config_dir),
                                "--mesh", str(mesh_file), "--xds-address", xds, "--http-address", http,
                                "--cache-dir", str(workdir / "cache"),
@@ -223,7 +218,7 @@ async def simulated_clients(count: int, rounds: int, module: Path, module_sha256
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise SystemExit("control plane did not start; see control.log")
+                    raise SystemExit("control plane did not start; see control.log") from None
                 await asyncio.sleep(0.1)
         idle_rss = rss_mb(server.pid)
         # What each sidecar's module syncer does: report the module present, then

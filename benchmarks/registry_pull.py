@@ -33,7 +33,9 @@ def wasm_module(size: int) -> bytes:
     header = b"\0asm\x01\0\0\0"
     payload_size = size - len(header) - 1 - 5 - 1 - len(name)
     section_size = 1 + len(name) + payload_size
-    leb = bytes([(section_size >> shift) & 0x7F | (0x80 if index < 4 else 0) for index, shift in enumerate(range(0, 35, 7))])
+    # Always 5 bytes (padded LEB128), so the module is exactly ``size`` bytes.
+    leb = bytes([(section_size >> shift) & 0x7F | (0x80 if index < 4 else 0)
+                 for index, shift in enumerate(range(0, 35, 7))])
     return header + b"\0" + leb + bytes([len(name)]) + name + os.urandom(payload_size)
 
 
@@ -70,7 +72,8 @@ def main() -> None:
     parser.add_argument("--format", default="wasm-oci", choices=["wasm-oci", "docker"])
     arguments = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="meshext-bench-") as workdir, LocalRegistry(Path(workdir) / "registry") as server:
+    with (tempfile.TemporaryDirectory(prefix="meshext-bench-") as workdir,
+          LocalRegistry(Path(workdir) / "registry") as server):
         module_file = Path(workdir) / "module.wasm"
         module_file.write_bytes(wasm_module(int(arguments.size_mb * 1024 * 1024)))
         reference = f"{server.host}/bench/module:1"
@@ -93,7 +96,8 @@ def main() -> None:
     print(f"meshext registry pull benchmark - {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, {platform.system()} "
           f"{platform.release()}, Python {sys.version.split()[0]}")
-    print(f"module: {arguments.size_mb:g} MB, format {arguments.format}, registry: docker-registry on 127.0.0.1 (plain HTTP)")
+    print(f"module: {arguments.size_mb:g} MB, format {arguments.format}, "
+          "registry: docker-registry on 127.0.0.1 (plain HTTP)")
     print(summary("cold", cold) + "   target < 1000 ms")
     print(summary("cached", cached) + "   target < 50 ms")
     print(summary("cli cold", cli) + "   (`meshext pull`, process start-up included)")

@@ -2,8 +2,10 @@
 
 The cache is the meeting point of two worlds: the operator (plain threads)
 publishes snapshots, and the ADS streams (one asyncio loop) read them and
-report ACKs and NACKs.  Everything shared is guarded by one lock; streams are
-woken with ``loop.call_soon_threadsafe``.
+record ACKs and NACKs.  It is passive state, as go-control-plane's snapshot
+cache is: the xDS server tells the operator about replies through its
+callbacks (xds.py), never the cache.  Everything shared is guarded by one
+lock; streams are woken with ``loop.call_soon_threadsafe``.
 """
 
 from __future__ import annotations
@@ -11,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from meshext.control.snapshot import EXTENSION_CONFIG, Snapshot
@@ -33,6 +34,8 @@ class TypeStatus:
 
 @dataclass
 class ProxyStatus:
+    """One proxy as the control plane knows it: its node metadata, open streams and per-type status."""
+
     node_id: str
     metadata: dict[str, Any] = field(default_factory=dict)
     streams: int = 0
@@ -40,25 +43,32 @@ class ProxyStatus:
     types: dict[str, TypeStatus] = field(default_factory=dict)
 
     def type(self, type_url: str) -> TypeStatus:
+        """The status of ``type_url`` (created empty on first use)."""
         return self.types.setdefault(type_url, TypeStatus())
 
 
-# Called (on the xDS loop thread) as listener(node_id, type_url, status, nacked_names);
-# type_url "" announces a newly connected stream.
-AckListener = Callable[[str, str, TypeStatus, list[str]], None]
+@dataclass(frozen=True)
+class Reply:
+    """What one ACK or NACK changed: the type's status after it, and for a NACK
+    the resources that changed in the refused push (the suspects)."""
+
+    status: TypeStatus
+    nacked_names: tuple[str, ...] = ()
 
 
 class SnapshotCache:
+    """The snapshot each proxy should have, and what each proxy did with what it was sent."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._snapshots: dict[str, Snapshot] = {}
         self._proxies: dict[str, ProxyStatus] = {}
         self._wakers: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
-        self._listeners: list[AckListener] = []
 
     # -- publishing (operator side) -----------------------------------------
     def set_snapshot(self, node_id: str, snapshot: Snapshot) -> None:
+        """Publish ``snapshot`` for ``node_id`` and wake its streams (a snapshot of the same version is a no-op)."""
         with self._lock:
             if (current := self._snapshots.get(node_id)) is not None and current.version == snapshot.version:
                 return
@@ -77,14 +87,13 @@ class SnapshotCache:
                 del self._proxies[node_id]
 
     def snapshot(self, node_id: str) -> Snapshot | None:
+        """The snapshot published for ``node_id``, if any."""
         with self._lock:
             return self._snapshots.get(node_id)
 
-    def add_listener(self, listener: AckListener) -> None:
-        self._listeners.append(listener)
-
     # -- streams (xDS side) --------------------------------------------------
     def connect(self, node_id: str, metadata: dict[str, Any], event: asyncio.Event) -> None:
+        """A stream of ``node_id`` opened; ``event`` is set whenever its snapshot changes."""
         loop = asyncio.get_running_loop()
         with self._lock:
             self._wakers.setdefault(node_id, set()).add((loop, event))
@@ -92,10 +101,9 @@ class SnapshotCache:
             proxy.metadata = metadata
             proxy.streams += 1
             proxy.last_change = time.time()
-        for listener in self._listeners:
-            listener(node_id, "", TypeStatus(), [])
 
     def disconnect(self, node_id: str, event: asyncio.Event) -> None:
+        """The stream that :meth:`connect` registered ``event`` for closed."""
         with self._changed:
             self._wakers.get(node_id, set()).discard((asyncio.get_running_loop(), event))
             proxy = self._proxies[node_id]
@@ -106,37 +114,37 @@ class SnapshotCache:
             self._changed.notify_all()
 
     def record_sent(self, node_id: str, type_url: str, version: str, resources: dict[str, str]) -> None:
+        """``version`` of ``type_url`` (resource name -> version) went to ``node_id``."""
         with self._lock:
             status = self._proxies[node_id].type(type_url)
             status.sent_version = version
             status.sent_resources = dict(resources)
 
-    def record_reply(self, node_id: str, type_url: str, error_detail: str | None) -> None:
+    def record_reply(self, node_id: str, type_url: str, error_detail: str | None) -> Reply:
         """An ACK (no error) or NACK (Envoy's error text) of the last response sent."""
         with self._changed:
             proxy = self._proxies[node_id]
             status = proxy.type(type_url)
-            nacked_names: list[str] = []
+            nacked_names: tuple[str, ...] = ()
             if error_detail:
                 status.nacked_version = status.sent_version
                 status.error_detail = error_detail
                 # Resources that changed in the refused push are the suspects.
-                nacked_names = [
+                nacked_names = tuple(
                     name for name, version in status.sent_resources.items()
                     if status.acked_resources.get(name) != version
-                ]
+                )
             else:
                 status.acked_version = status.sent_version
                 status.acked_resources = dict(status.sent_resources)
                 status.nacked_version = status.error_detail = ""
             proxy.last_change = time.time()
             self._changed.notify_all()
-            snapshot_copy = TypeStatus(**vars(status))
-        for listener in self._listeners:
-            listener(node_id, type_url, snapshot_copy, nacked_names)
+            return Reply(_copy_type_status(status), nacked_names)
 
     # -- observation (status, tests, benchmarks) -----------------------------
     def proxies(self) -> dict[str, ProxyStatus]:
+        """A copy of every known proxy's record, by node id."""
         with self._lock:
             return {node: _copy_proxy(proxy) for node, proxy in self._proxies.items()}
 
@@ -160,6 +168,7 @@ class SnapshotCache:
         return True
 
     def converged(self, node_id: str) -> bool:
+        """Whether ``node_id`` is connected and has ACKed every type of its current snapshot."""
         with self._lock:
             return self._converged_locked(node_id)
 
@@ -175,12 +184,15 @@ class SnapshotCache:
             return True
 
 
+def _copy_type_status(status: TypeStatus) -> TypeStatus:
+    return replace(status, sent_resources=dict(status.sent_resources), acked_resources=dict(status.acked_resources))
+
+
 def _copy_proxy(proxy: ProxyStatus) -> ProxyStatus:
     return ProxyStatus(
         node_id=proxy.node_id,
         metadata=dict(proxy.metadata),
         streams=proxy.streams,
         last_change=proxy.last_change,
-        types={url: TypeStatus(**{k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(s).items()})
-               for url, s in proxy.types.items()},
+        types={url: _copy_type_status(status) for url, status in proxy.types.items()},
     )

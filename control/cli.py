@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -23,11 +24,23 @@ DEFAULT_XDS = "127.0.0.1:15010"
 DEFAULT_HTTP = "127.0.0.1:15014"
 
 
-def _wait_for_signal() -> None:
-    stop = threading.Event()
+def _exit_on_signal() -> None:
+    """From now on SIGINT or SIGTERM unwinds the main thread through its ``finally`` blocks
+    and exits 0, even in the middle of start-up (a sidecar waits up to 30 s for Envoy), so
+    what was started, a sidecar's Envoy included, is always stopped.  Further signals are
+    ignored, so they cannot cut that clean-up short."""
+    def unwind(*_: object) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        raise SystemExit(0)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+        signal.signal(sig, unwind)
+
+
+def _run_until_signal() -> None:
+    """Block until :func:`_exit_on_signal`'s handler ends the process."""
+    threading.Event().wait()
 
 
 def _tls_options(role: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -91,10 +104,11 @@ def control_group() -> None:
 @click.option("--xds-address", default=DEFAULT_XDS, show_default=True, help="Where sidecars reach the ADS server.")
 @click.option("--http-address", default=DEFAULT_HTTP, show_default=True,
               help="Module downloads for sidecars, and /status for `meshext status`.")
-@click.option("--insecure-registry", "plain_http_hosts", multiple=True, metavar="HOST:PORT",
-              help="A registry to reach over plain HTTP (repeatable; loopback test registries).")
+@click.option("--plain-http", "plain_http_hosts", multiple=True, metavar="HOST:PORT",
+              help="Talk HTTP instead of HTTPS to the registry HOST:PORT (repeatable). Allowed only to a "
+                   "registry on this machine (127.0.0.1, ::1, localhost).")
 @click.option("--registry-ca-file", type=click.Path(dir_okay=False, exists=True),
-              help="CA bundle for registries with a private CA.")
+              help="PEM file of the CA that signed the registries' TLS certificates.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Verified module cache (default: the meshext user cache).")
 @_tls_options("The control plane")
@@ -124,9 +138,14 @@ def serve_command(config_dir: Path | None, kubernetes: bool, mesh_file: Path | N
     from meshext.control.proxy import parse_address
     from meshext.control.server import ControlPlane
     from meshext.control.sources import DirectorySource, KubernetesSource
+    from meshext.control.state import ControlPlaneState
+    from meshext.registry import ModuleCache
+    from meshext.registry.reference import require_plain_http_allowed
 
-    if bool(config_dir) == kubernetes:
+    if (config_dir is not None) == kubernetes:
         raise click.UsageError("give exactly one of --config-dir DIR or --kubernetes")
+    for host in plain_http_hosts:  # refused now rather than at each pull
+        require_plain_http_allowed(host, where="--plain-http")
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     discover = kubernetes and mesh_file is None
@@ -135,42 +154,43 @@ def serve_command(config_dir: Path | None, kubernetes: bool, mesh_file: Path | N
     http_bind = parse_address(http_address, where="--http-address")
     tls = _serving_tls(insecure, [(xds_bind[0], "--xds-address"), (http_bind[0], "--http-address")], pki_dir,
                        ca_file, cert_file, key_file, [(w.name, w.namespace) for w in mesh.workloads])
-    control_plane = ControlPlane(xds_address=xds_bind, http_address=http_bind, tls=tls)
-    try:
-        control_plane.start()
-    except OSError as error:
-        raise UnavailableError(f"cannot bind: {error}", where="--xds-address/--http-address",
-                               fix="choose free ports") from None
-    from meshext.registry import ModuleCache
-
     registry = RegistrySettings(cache=ModuleCache(cache_dir), plain_http_hosts=frozenset(plain_http_hosts),
                                 ca_file=registry_ca_file)
-    operator = Operator(mesh, control_plane, registry=registry).start()
-    discovery = None
-    if kubernetes:
-        from meshext.control.discovery import KubernetesMeshDiscovery
+    api_client = None
+    source: KubernetesSource | DirectorySource
+    if config_dir is None:
         from meshext.control.sources import kubernetes_api_client
 
         api_client = kubernetes_api_client()
-        source: KubernetesSource | DirectorySource = KubernetesSource(operator, api_client=api_client).start()
-        if discover:
-            discovery = KubernetesMeshDiscovery(operator, control_plane_namespace=control_plane_namespace,
-                                                api_client=api_client).start()
+        source = KubernetesSource(api_client=api_client)
     else:
-        source = DirectorySource(config_dir, operator).start()
-    security = f"mutual TLS, trust domain {tls.trust_domain}" if tls else "plain text, NO authentication"
-    click.echo(f"meshext control plane: xDS {control_plane.xds_address[0]}:{control_plane.xds_port}, "
-               f"HTTP {control_plane.http_address[0]}:{control_plane.http_port}, "
-               + ("mesh discovered from Kubernetes" if discover else f"{len(mesh.workloads)} workloads")
-               + f", {security}", err=True)
-    try:
-        _wait_for_signal()
-    finally:
-        if discovery is not None:
-            discovery.stop()
-        source.stop()
-        operator.stop()
-        control_plane.stop()
+        source = DirectorySource(config_dir)
+    # Wired before anything starts: the servers report to the operator, the operator to the source.
+    state = ControlPlaneState()
+    operator = Operator(mesh, state, resources=source, registry=registry)
+    control_plane = ControlPlane(state, operator, xds_address=xds_bind, http_address=http_bind, tls=tls)
+    _exit_on_signal()
+    with contextlib.ExitStack() as started:  # stops, in reverse order, what did start
+        started.callback(state.close)
+        try:
+            control_plane.start()
+        except OSError as error:
+            raise UnavailableError(f"cannot bind: {error}", where="--xds-address/--http-address",
+                                   fix="choose free ports") from None
+        started.callback(control_plane.stop)
+        started.callback(operator.start().stop)
+        started.callback(source.start(operator).stop)
+        if discover:
+            from meshext.control.discovery import KubernetesMeshDiscovery
+
+            started.callback(KubernetesMeshDiscovery(operator, control_plane_namespace=control_plane_namespace,
+                                                     api_client=api_client).start().stop)
+        security = f"mutual TLS, trust domain {tls.trust_domain}" if tls else "plain text, NO authentication"
+        click.echo(f"meshext control plane: xDS {control_plane.xds_address[0]}:{control_plane.xds_port}, "
+                   f"HTTP {control_plane.http_address[0]}:{control_plane.http_port}, "
+                   + ("mesh discovered from Kubernetes" if discover else f"{len(mesh.workloads)} workloads")
+                   + f", {security}", err=True)
+        _run_until_signal()
 
 
 def _serving_tls(insecure: bool, binds: list[tuple[str, str]], pki_dir: Path | None, ca_file: Path | None,
@@ -206,13 +226,14 @@ def _serving_tls(insecure: bool, binds: list[tuple[str, str]], pki_dir: Path | N
 
 
 @control_group.command("certs")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Directory to write to (default: $MESHEXT_PKI_DIR or ~/.local/share/meshext/pki, "
                    "where serve/proxy/status look).")
 @click.option("--host", "hosts", multiple=True, metavar="NAME|IP",
               help="An address sidecars use to reach the control plane, added to its certificate "
                    "(repeatable; loopback names are always in).")
-@click.option("--workload", "workloads", multiple=True, metavar="NAME", help="Issue a sidecar certificate (repeatable).")
+@click.option("--workload", "workloads", multiple=True, metavar="NAME",
+              help="Issue a sidecar certificate (repeatable).")
 @click.option("--namespace", default="default", show_default=True, help="Namespace of the --workload names.")
 @click.option("--mesh", "mesh_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Also issue one for every workload of this mesh file.")
@@ -235,7 +256,7 @@ def certs_command(out_dir: Path | None, hosts: tuple[str, ...], workloads: tuple
 
     \b
     Example:
-      meshext control certs --out ./pki --host meshext-control.meshext-system.svc \\
+      meshext control certs -o ./pki --host meshext-control.meshext-system.svc \\
           --workload backend-v1 --namespace default
     """
     from meshext.control.mesh import load_mesh
@@ -299,12 +320,13 @@ def proxy_command(workload: str, namespace: str, control_address: str, control_h
                                                     f"--namespace {namespace}`")
     sidecar = Sidecar(workload, namespace, xds, http, protocol=protocol,  # type: ignore[arg-type]
                       module_dir=module_dir, concurrency=concurrency, log_level=log_level, tls=tls)
-    sidecar.start()
-    envoy = sidecar.envoy
-    click.echo(f"sidecar for {workload}.{namespace} running (Envoy admin {envoy.admin_url}, log {envoy.log_path})",
-               err=True)
+    _exit_on_signal()
     try:
-        _wait_for_signal()
+        sidecar.start()
+        envoy = sidecar.envoy
+        click.echo(f"sidecar for {workload}.{namespace} running (Envoy admin {envoy.admin_url}, "
+                   f"log {envoy.log_path})", err=True)
+        _run_until_signal()
     finally:
         sidecar.cleanup()
 
@@ -347,7 +369,7 @@ def status_command(control_http: str, as_json: bool, pki_dir: Path | None, ca_fi
         table.add_column(column, overflow="fold")
     for key, extension in sorted(report["extensions"].items()):
         status = extension["status"]
-        ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+        ready: dict[str, Any] = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
         table.add_row(key, status.get("phase", "?"), str(status.get("effectivePhase", "")),
                       str(status.get("effectivePriority", "")), str(extension.get("image", "")),
                       ", ".join(status.get("workloads", [])) or "-",

@@ -217,11 +217,13 @@ class KubernetesMeshDiscovery:
         self._threads.append(threading.Thread(target=self._publish_forever, daemon=True, name="mesh-discovery"))
 
     def start(self) -> KubernetesMeshDiscovery:
+        """Start the three watches and the publisher (one thread each)."""
         for thread in self._threads:
             thread.start()
         return self
 
     def stop(self) -> None:
+        """Stop watching and publishing."""
         self._stop.set()
         self._changed.set()
 

@@ -20,12 +20,16 @@ from meshext.registry import Credentials, ModuleCache, pull
 
 @dataclass(frozen=True)
 class MaistraDefaults:
+    """Phase and priority from a Maistra image's manifest.yaml (what a resource that names none gets)."""
+
     phase: str | None
     priority: int | None
 
 
 @dataclass(frozen=True)
 class ResolvedModule:
+    """An extension's module, verified and in the cache, and where it came from."""
+
     path: Path
     module_sha256: str
     digest: str  # the manifest digest (registry) or the module's own sha256 (file, https)
@@ -43,11 +47,14 @@ class ImageResolveError(MeshextError):
 
 @dataclass
 class RegistrySettings:
+    """How the control plane reaches registries: its module cache, plain-HTTP registries, a private CA."""
+
     cache: ModuleCache = field(default_factory=ModuleCache)
     plain_http_hosts: frozenset[str] = frozenset()  # host:port of registries without TLS (loopback tests)
     ca_file: str | None = None
 
     def registry_host(self, image: str) -> str | None:
+        """The ``host[:port]`` of an image reference; None for ``file://`` and ``https://`` URLs."""
         if image.startswith(("file://", "https://", "http://")):
             return None
         return image.removeprefix("oci://").split("/", 1)[0]
@@ -86,6 +93,7 @@ def _located(error: MeshextError, where: str) -> MeshextError:
 
 def credentials_from_secret(payload: dict[str, Any], image: str, settings: RegistrySettings,
                             where: str) -> Credentials | None:
+    """The credentials for ``image``'s registry in a pull secret's ``.dockerconfigjson`` payload."""
     host = settings.registry_host(image)
     if host is None:
         return None

@@ -22,21 +22,25 @@ from meshext.errors import MeshextError, first_validation_problem
 DEFAULT_MESH_FILE = Path(__file__).with_name("default-mesh.yaml")
 
 
-
 def node_id(workload: str, namespace: str) -> str:
     """The node id a sidecar announces to the control plane: ``WORKLOAD.NAMESPACE``."""
     return f"{workload}.{namespace}"
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Address(_Strict):
+    """An address and port one listener or app binds."""
+
     address: str = "127.0.0.1"
     port: int = Field(ge=1, le=65535)
 
 
 class ServicePort(_Strict):
+    """One port of a service, and the protocol its app speaks there."""
+
     name: str = "http"
     port: int = Field(ge=1, le=65535)
     # How the app behind the port speaks; sidecars talk HTTP/2 to each other.
@@ -44,6 +48,8 @@ class ServicePort(_Strict):
 
 
 class Service(_Strict):
+    """A service: the workloads it selects (or names as ``endpoints``) and its ports."""
+
     name: str
     namespace: str = "default"
     selector: dict[str, str]
@@ -53,10 +59,13 @@ class Service(_Strict):
 
     @property
     def host(self) -> str:
+        """The service's cluster-local DNS name (``NAME.NAMESPACE.svc.cluster.local``)."""
         return f"{self.name}.{self.namespace}.svc.cluster.local"
 
 
 class Workload(_Strict):
+    """One workload (a pod, or a process in a mesh file) with its sidecar's listeners."""
+
     name: str
     namespace: str = "default"
     labels: dict[str, str] = Field(default_factory=dict)
@@ -79,6 +88,8 @@ class Workload(_Strict):
 
 
 class Mesh(_Strict):
+    """Services and workloads, as the mesh file or Kubernetes discovery describes them."""
+
     controlPlaneNamespace: str = "meshext-system"
     services: list[Service] = Field(default_factory=list)
     workloads: list[Workload] = Field(default_factory=list)
@@ -111,6 +122,7 @@ class Mesh(_Strict):
         return self
 
     def workload(self, name: str, namespace: str) -> Workload:
+        """The workload ``namespace/name``; a MeshextError naming the mesh's workloads if there is none."""
         for workload in self.workloads:
             if workload.name == name and workload.namespace == namespace:
                 return workload
@@ -122,6 +134,7 @@ class Mesh(_Strict):
         )
 
     def endpoints(self, service: Service) -> list[Workload]:
+        """The workloads serving ``service``: those it names, else those its selector matches."""
         if service.endpoints is not None:
             named = set(service.endpoints)
             return [w for w in self.workloads if w.namespace == service.namespace and w.name in named]
@@ -132,6 +145,7 @@ class Mesh(_Strict):
         ]
 
     def services_of(self, workload: Workload) -> list[Service]:
+        """The services ``workload`` is an endpoint of."""
         return [service for service in self.services if workload in self.endpoints(service)]
 
 

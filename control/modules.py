@@ -27,7 +27,6 @@ import hashlib
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 from meshext.errors import MeshextError
@@ -45,21 +44,25 @@ class ModuleStore:
         self._paths: dict[str, Path] = {}
 
     def add(self, path: Path, sha256: str) -> None:
+        """Copy the module at ``path``, whose sha256 the caller verified, into the store."""
         target = self.root / f"{sha256}.wasm"
         if not target.exists():
             partial = target.with_suffix(".partial")
             shutil.copyfile(path, partial)
             if hashlib.sha256(partial.read_bytes()).hexdigest() != sha256:
                 partial.unlink()
-                raise MeshextError(f"{path} changed while it was being copied", fix="retry; do not rewrite modules in place")
+                raise MeshextError(f"{path} changed while it was being copied",
+                                   fix="retry; do not rewrite modules in place")
             partial.replace(target)
         with self._lock:
             self._paths[sha256] = target
 
     def close(self) -> None:
+        """Delete the store's directory."""
         shutil.rmtree(self.root, ignore_errors=True)
 
     def read(self, sha256: str) -> bytes | None:
+        """The module's bytes, checked again; None if unknown or no longer matching its sha256."""
         with self._lock:
             path = self._paths.get(sha256)
         if path is None:
@@ -73,29 +76,29 @@ class ModuleDemand:
     """Which modules each proxy needs, and which its syncer reported present.
 
     The syncer long-polls :meth:`wait_wanted`; its poll also carries its
-    report (directory and present modules), handed to ``on_report``.
+    report (directory and present modules), recorded with :meth:`report`.
     """
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._wanted: dict[str, tuple[int, frozenset[str]]] = {}
         self._reports: dict[str, tuple[str, frozenset[str]]] = {}
-        self.on_report: Callable[[str], None] = lambda node_id: None
 
     def set_wanted(self, node_id: str, modules: set[str]) -> None:
+        """The modules ``node_id``'s syncer must hold; a change wakes its long poll."""
         with self._changed:
             version, current = self._wanted.get(node_id, (0, frozenset()))
             if frozenset(modules) != current or node_id not in self._wanted:
                 self._wanted[node_id] = (version + 1, frozenset(modules))
                 self._changed.notify_all()
 
-    def report(self, node_id: str, module_dir: str, present: set[str]) -> None:
+    def report(self, node_id: str, module_dir: str, present: set[str]) -> bool:
+        """Record what ``node_id``'s syncer holds; True if that differs from its last report."""
         report = (module_dir, frozenset(present))
         with self._changed:
             changed = self._reports.get(node_id) != report
             self._reports[node_id] = report
-        if changed:
-            self.on_report(node_id)
+        return changed
 
     def reported(self, node_id: str) -> tuple[str, frozenset[str]] | None:
         """(module directory, modules present) as the node's syncer last said."""
@@ -108,6 +111,8 @@ class ModuleDemand:
             return sha256 in self._wanted.get(node_id, (0, frozenset()))[1]
 
     def wait_wanted(self, node_id: str, known_version: int, timeout: float) -> tuple[int, frozenset[str]]:
+        """(version, modules) wanted for ``node_id``, once the version differs from ``known_version``
+        or ``timeout`` seconds passed."""
         with self._changed:
             self._changed.wait_for(lambda: self._wanted.get(node_id, (0, frozenset()))[0] != known_version,
                                    timeout=timeout)

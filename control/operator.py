@@ -1,8 +1,22 @@
 """The extension operator: resources in, per-proxy snapshots and statuses out.
 
 Where resources come from (a directory, Kubernetes) is the sources' business
-(sources.py); they call :meth:`Operator.apply` / :meth:`Operator.delete`.  One
-worker thread does all the work, so no two reconciles ever race:
+(sources.py); they call :meth:`Operator.apply` / :meth:`Operator.delete`, and
+the operator writes statuses and reads pull secrets through the
+:class:`ResourceStore` it was built with.  It publishes into the
+:class:`~meshext.control.state.ControlPlaneState` it was built with, and is
+itself the :class:`~meshext.control.server.ControlPlaneCallbacks` of the
+servers that serve that state.  Wiring, in that order::
+
+    state = ControlPlaneState()
+    source = DirectorySource(directory)                 # or KubernetesSource(...)
+    operator = Operator(mesh, state, resources=source, registry=settings)
+    control_plane = ControlPlane(state, operator, tls=...).start()
+    operator.start()
+    source.start(operator)
+
+Every input becomes a typed event (events.py) on one queue, and one worker
+thread does all the work, so no two reconciles ever race:
 
 1. validate each changed resource and resolve its image (digest pinned,
    sha256 verified) into the control plane's module store;
@@ -28,12 +42,23 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from meshext.control.cache import TypeStatus
 from meshext.control.envoy_config import SnapshotBuilder
+from meshext.control.events import (
+    MeshReplaced,
+    ModulesReported,
+    OperatorEvent,
+    ProxyConnected,
+    ProxyReplied,
+    ResourceApplied,
+    ResourceDeleted,
+    Resync,
+    RetirementDue,
+    Stop,
+)
 from meshext.control.images import (
     ImageResolveError,
     RegistrySettings,
@@ -45,9 +70,9 @@ from meshext.control.mesh import Mesh, Workload
 from meshext.control.placement import PlacedExtension
 from meshext.control.proxy import SIDECAR_DRAIN_SECONDS
 from meshext.control.resources import ExtensionRequest, parse_resource, resource_key
-from meshext.control.server import ControlPlane
 from meshext.control.snapshot import EXTENSION_CONFIG, LISTENER
-from meshext.errors import MeshextError
+from meshext.control.state import ControlPlaneState
+from meshext.errors import InternalError, MeshextError
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +81,15 @@ log = logging.getLogger(__name__)
 # answers 500 on a filter chain whose ECDS config was withdrawn.
 RETIRED_FILTER_SECONDS = 2 * SIDECAR_DRAIN_SECONDS + 2
 
-# (resource object, status) -> None; the source decides where status goes.
-StatusWriter = Callable[[dict[str, Any], dict[str, Any]], None]
-# (namespace, secret name) -> the secret's .dockerconfigjson payload, or None.
-SecretLookup = Callable[[str, str], dict[str, Any] | None]
+
+class ResourceStore(Protocol):
+    """Where the resources live, as the operator needs it: a source (sources.py)."""
+
+    def write_status(self, obj: dict[str, Any], status: dict[str, Any]) -> None:
+        """Record ``status`` as the status of the resource ``obj``."""
+
+    def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The ``.dockerconfigjson`` payload of Secret ``namespace/name``, or None if there is none."""
 
 
 @dataclass
@@ -77,94 +107,109 @@ class _Tracked:
 
 
 class Operator:
+    """Turns extension resources into per-proxy snapshots and resource statuses.
+
+    ``state``: where snapshots, modules and module demand are published;
+    ``resources``: where statuses go and pull secrets come from (None: statuses
+    are only in :meth:`status_report`, and no secret exists); ``registry``:
+    how images are pulled.  Nothing happens before :meth:`start`."""
+
     def __init__(
         self,
         mesh: Mesh,
-        control_plane: ControlPlane,
+        state: ControlPlaneState,
         *,
-        status_writer: StatusWriter | None = None,
-        secret_lookup: SecretLookup | None = None,
+        resources: ResourceStore | None = None,
         registry: RegistrySettings | None = None,
     ) -> None:
         self.mesh = mesh
         self.registry = registry or RegistrySettings()
-        self.control_plane = control_plane
-        self.status_writer = status_writer or (lambda obj, status: None)
-        self.secret_lookup = secret_lookup or (lambda namespace, name: None)
+        self._state = state
+        self._resources = resources
         self._builder = SnapshotBuilder(mesh)
         self._node_ids = {w.node_id for w in mesh.workloads}
         self._mesh_problems: list[str] = []  # why parts of the mesh (or a whole update) were left out
         self._tracked: dict[str, _Tracked] = {}
         self._published: dict[str, dict[str, PlacedExtension]] = {}  # node id -> ECDS name -> extension
         self._retired: dict[str, dict[str, tuple[PlacedExtension, float]]] = {}  # node -> name -> (ext, until)
-        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._events: queue.Queue[OperatorEvent] = queue.Queue()
         self._lock = threading.Lock()  # guards _tracked/_published for status readers
         self._idle = threading.Event()
         self._rejections_changed = False
         self._worker = threading.Thread(target=self._run, name="operator", daemon=True)
-        control_plane.cache.add_listener(self._on_reply)
-        control_plane.demand.on_report = lambda node_id: self._events.put(("modules", node_id))
-        control_plane.status_provider = self.status_report
 
     # -- inputs ----------------------------------------------------------------
     def start(self) -> Operator:
-        self._events.put(("resync", None))
+        """Start the worker thread; it reconciles once, then on every event."""
+        self._events.put(Resync())
         self._worker.start()
         return self
 
     def stop(self) -> None:
-        self._events.put(("stop", None))
+        """Stop the worker thread after the events queued before this call."""
+        self._events.put(Stop())
         self._worker.join(timeout=30)
 
     def apply(self, obj: dict[str, Any]) -> None:
+        """Track the ServiceMeshExtension or WasmPlugin ``obj`` (new or changed)."""
         self._idle.clear()
-        self._events.put(("apply", copy.deepcopy(obj)))
+        self._events.put(ResourceApplied(copy.deepcopy(obj)))
 
     def delete(self, key: str) -> None:
+        """Forget the resource ``key`` (``Kind/namespace/name``); its filters leave the proxies."""
         self._idle.clear()
-        self._events.put(("delete", key))
+        self._events.put(ResourceDeleted(key))
 
     def update_mesh(self, mesh: Mesh, problems: list[str] | tuple[str, ...] = ()) -> None:
         """Serve ``mesh`` from now on; ``problems``: what its source had to leave out, and why
         (shown in the status report).  If the new mesh cannot be translated, the
         current one keeps serving and the reason joins the problems."""
         self._idle.clear()
-        self._events.put(("mesh", (mesh, list(problems))))
+        self._events.put(MeshReplaced(mesh, tuple(problems)))
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Block until every queued event has been handled (tests, CLI)."""
         return self._idle.wait(timeout)
 
-    def _on_reply(self, node_id: str, type_url: str, status: TypeStatus, nacked_names: list[str]) -> None:
-        # Runs on the xDS loop: hand over and return at once.
-        if type_url == "":  # a proxy connected: it may be waiting for its first snapshot
-            if node_id not in self._node_ids:
-                log.warning("proxy %s is not a workload of the mesh: it gets no configuration", node_id)
-            self._events.put(("connect", node_id))
-        elif type_url in (EXTENSION_CONFIG, LISTENER):
-            self._events.put(("reply", (node_id, type_url, status, nacked_names)))
+    # -- what the control plane's servers report (ControlPlaneCallbacks) ------------
+    # These run on the xDS loop and the HTTP threads: hand over and return at once.
+    def on_proxy_connected(self, node_id: str) -> None:
+        """A proxy connected: it may be waiting for its first snapshot."""
+        if node_id not in self._node_ids:
+            log.warning("proxy %s is not a workload of the mesh: it gets no configuration", node_id)
+        self._events.put(ProxyConnected(node_id))
+
+    def on_proxy_reply(self, node_id: str, type_url: str, status: TypeStatus, nacked_names: tuple[str, ...]) -> None:
+        """An ACK or NACK; only listeners and extension configs matter to the operator."""
+        if type_url in (EXTENSION_CONFIG, LISTENER):
+            self._events.put(ProxyReplied(node_id, type_url, status, nacked_names))
+
+    def on_modules_reported(self, node_id: str) -> None:
+        """A sidecar's module syncer holds other modules now: its snapshot may take them."""
+        self._events.put(ModulesReported(node_id))
 
     # -- the worker ------------------------------------------------------------
     def _run(self) -> None:
         while True:
+            events: list[OperatorEvent]
             try:
                 events = [self._events.get(timeout=self._next_expiry())]
             except queue.Empty:
-                events = [("expire", None)]
+                events = [RetirementDue()]
             while True:  # coalesce a burst of events into one reconcile
                 try:
                     events.append(self._events.get_nowait())
                 except queue.Empty:
                     break
-            for kind, payload in events:
-                if kind == "stop":
+            for event in events:
+                if isinstance(event, Stop):
                     return
                 try:
-                    self._handle(kind, payload)
+                    self._handle(event)
                 except Exception:  # one bad event must not stop the operator
-                    log.exception("operator event %s failed", kind)
+                    log.exception("operator event %s failed", type(event).__name__)
             try:
-                if any(kind != "reply" for kind, _ in events) or self._rejections_changed:
+                if any(not isinstance(event, ProxyReplied) for event in events) or self._rejections_changed:
                     self._rejections_changed = False
                     self._reconcile()
                 else:  # ACKs change only who runs what
@@ -178,20 +223,24 @@ class Operator:
         until = [t for retired in self._retired.values() for _, t in retired.values()]
         return max(0.0, min(until) - time.monotonic()) + 0.05 if until else None
 
-    def _handle(self, kind: str, payload: Any) -> None:
-        if kind == "apply":
-            key = resource_key(payload)
-            with self._lock:
-                tracked = self._tracked.setdefault(key, _Tracked(obj=payload))
-                tracked.obj = payload
-            self._prepare(tracked)
-        elif kind == "delete":
-            with self._lock:
-                self._tracked.pop(payload, None)
-        elif kind == "reply":
-            self._record_reply(*payload)
-        elif kind == "mesh":
-            self._replace_mesh(*payload)
+    def _handle(self, event: OperatorEvent) -> None:
+        """What one event changes; every event but a reply is followed by a reconcile."""
+        match event:
+            case ResourceApplied(obj=obj):
+                key = resource_key(obj)
+                with self._lock:
+                    tracked = self._tracked.setdefault(key, _Tracked(obj=obj))
+                    tracked.obj = obj
+                self._prepare(tracked)
+            case ResourceDeleted(key=key):
+                with self._lock:
+                    self._tracked.pop(key, None)
+            case ProxyReplied(node_id=node_id, type_url=type_url, status=status, nacked_names=nacked_names):
+                self._record_reply(node_id, type_url, status, nacked_names)
+            case MeshReplaced(mesh=mesh, problems=problems):
+                self._replace_mesh(mesh, list(problems))
+            case Resync() | ProxyConnected() | ModulesReported() | RetirementDue():
+                pass  # nothing to record: the reconcile that follows does the work
 
     def _replace_mesh(self, mesh: Mesh, problems: list[str]) -> None:
         builder = SnapshotBuilder(mesh)
@@ -207,7 +256,7 @@ class Operator:
         self._node_ids = {w.node_id for w in mesh.workloads}
         for node_id in gone:
             self._retired.pop(node_id, None)  # its filters' draining no longer matters: the workload left
-            self.control_plane.cache.forget(node_id)
+            self._state.cache.forget(node_id)
 
     def _prepare(self, tracked: _Tracked) -> None:
         """Validate and resolve one resource (only what changed is pulled again)."""
@@ -231,7 +280,7 @@ class Operator:
                                          expected_sha256=request.expected_sha256, settings=self.registry,
                                          credentials=credentials, where=key,
                                          image_field="spec.url" if request.kind == "WasmPlugin" else "spec.image")
-                self.control_plane.modules.add(resolved.path, resolved.module_sha256)
+                self._state.modules.add(resolved.path, resolved.module_sha256)
             except ImageResolveError as error:
                 tracked.placed, tracked.error, tracked.error_reason = None, str(error), error.reason
                 return
@@ -241,7 +290,8 @@ class Operator:
             tracked.resolved, tracked.resolved_for = resolved, wanted
         # Only a spec that resolved replaces the one whose selector keeps the accepted config running.
         tracked.request = request
-        assert tracked.resolved is not None
+        if tracked.resolved is None:
+            raise InternalError(f"{key}: a valid spec kept no resolved image")
         maistra = tracked.resolved.maistra
         phase = request.phase or (maistra.phase if maistra and maistra.phase else "Unspecified")
         priority = request.priority
@@ -259,7 +309,7 @@ class Operator:
     def _credentials(self, request: ExtensionRequest) -> Any:
         if not request.pull_secret:
             return None
-        payload = self.secret_lookup(request.namespace, request.pull_secret)
+        payload = self._resources.secret(request.namespace, request.pull_secret) if self._resources else None
         if payload is None:
             raise MeshextError(
                 f"imagePullSecret {request.pull_secret!r} not found in namespace {request.namespace}",
@@ -292,8 +342,8 @@ class Operator:
     def _reconcile(self) -> None:
         with self._lock:
             tracked_items = list(self._tracked.values())
-        proxies = self.control_plane.cache.proxies()
-        demand = self.control_plane.demand
+        proxies = self._state.cache.proxies()
+        demand = self._state.demand
         published: dict[str, dict[str, PlacedExtension]] = {}
         for workload in self.mesh.workloads:
             node_id = workload.node_id
@@ -319,7 +369,7 @@ class Operator:
                 # Its syncer has not reported yet (e.g. right after a control-plane restart):
                 # publishing now would strip the proxy's filters until it does.
                 continue
-            self.control_plane.cache.set_snapshot(node_id, self._builder.snapshot(
+            self._state.cache.set_snapshot(node_id, self._builder.snapshot(
                 workload, list(chosen.values()), module_dir, draining=draining))
         with self._lock:
             self._published = published
@@ -339,7 +389,7 @@ class Operator:
                 del retired[name]
         return [extension for extension, _ in retired.values()]
 
-    def _record_reply(self, node_id: str, type_url: str, status: TypeStatus, nacked_names: list[str]) -> None:
+    def _record_reply(self, node_id: str, type_url: str, status: TypeStatus, nacked_names: tuple[str, ...]) -> None:
         published = self._published.get(node_id, {})
         if type_url != EXTENSION_CONFIG:
             return  # listener replies only matter for the "running on" view
@@ -369,7 +419,7 @@ class Operator:
         filter_name = extension.filter_name
         for node_id, chosen in self._published.items():
             proxy = proxies.get(node_id)
-            snapshot = self.control_plane.cache.snapshot(node_id)
+            snapshot = self._state.cache.snapshot(node_id)
             if chosen.get(filter_name) != extension or proxy is None or proxy.streams <= 0 or snapshot is None:
                 continue
             ecds = proxy.types.get(EXTENSION_CONFIG)
@@ -422,7 +472,7 @@ class Operator:
         return status
 
     def _write_statuses(self) -> None:
-        proxies = self.control_plane.cache.proxies()
+        proxies = self._state.cache.proxies()
         with self._lock:
             tracked_items = list(self._tracked.values())
         for tracked in tracked_items:
@@ -433,25 +483,27 @@ class Operator:
             now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             for condition in status["conditions"]:
                 old = previous.get(condition["type"])
-                same = old is not None and old["status"] == condition["status"]
-                condition["lastTransitionTime"] = old["lastTransitionTime"] if same else now
+                kept = old is not None and old["status"] == condition["status"]
+                condition["lastTransitionTime"] = old["lastTransitionTime"] if old is not None and kept else now
             tracked.status = status
+            if self._resources is None:
+                continue
             try:
-                self.status_writer(tracked.obj, status)
+                self._resources.write_status(tracked.obj, status)
             except Exception:
                 log.exception("cannot write the status of %s", resource_key(tracked.obj))
 
     def status_report(self) -> dict[str, Any]:
-        """Extensions and proxies, for GET /status and `meshext status`."""
+        """Extensions, proxies and the mesh, for GET /status and `meshext status`."""
         with self._lock:
             extensions = {key: {"status": copy.deepcopy(t.status), "image": _image_of(t.obj)}
                           for key, t in self._tracked.items()}
         proxies = {}
-        for node_id, proxy in self.control_plane.cache.proxies().items():
+        for node_id, proxy in self._state.cache.proxies().items():
             proxies[node_id] = {
                 "connected": proxy.streams > 0,
                 "inMesh": node_id in self._node_ids,
-                "inSync": self.control_plane.cache.converged(node_id),
+                "inSync": self._state.cache.converged(node_id),
                 "types": {url.rsplit(".", 1)[-1]: {"acked": s.acked_version, "sent": s.sent_version,
                                                    "nacked": s.nacked_version, "error": s.error_detail}
                           for url, s in proxy.types.items()},
@@ -465,8 +517,8 @@ class Operator:
 
 
 def _image_of(obj: dict[str, Any]) -> str:
-    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
-    return str(spec.get("image") or spec.get("url") or "")
+    spec = obj.get("spec")
+    return str(spec.get("image") or spec.get("url") or "") if isinstance(spec, dict) else ""
 
 
 def _without_times(status: dict[str, Any]) -> dict[str, Any]:

@@ -46,7 +46,7 @@ RENEW_BEFORE = datetime.timedelta(days=7)
 # Names the control plane's certificate always covers: single-machine clients dial loopback.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
-_CERTS_FIX = ("create them with `meshext control certs --out DIR [--workload NAME --namespace NS]` "
+_CERTS_FIX = ("create them with `meshext control certs -o DIR [--workload NAME --namespace NS]` "
               "(or let `meshext control serve` create them in its --pki-dir)")
 
 
@@ -55,10 +55,12 @@ def _now() -> datetime.datetime:
 
 
 def spiffe_id(trust_domain: str, path: str) -> str:
+    """The SPIFFE ID ``spiffe://<trust_domain><path>``."""
     return f"spiffe://{trust_domain}{path}"
 
 
 def workload_path(name: str, namespace: str) -> str:
+    """The SPIFFE path of a sidecar's identity: ``/ns/<namespace>/workload/<name>``."""
     return f"/ns/{namespace}/workload/{name}"
 
 
@@ -74,6 +76,7 @@ def workload_of(identity: str, trust_domain: str) -> tuple[str, str] | None:
 
 
 def uri_sans(cert: x509.Certificate) -> list[str]:
+    """The certificate's URI subject alternative names."""
     try:
         extension = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
@@ -106,11 +109,14 @@ def _cert_pem(cert: x509.Certificate) -> bytes:
 
 @dataclass
 class CertificateAuthority:
+    """The mesh CA: its certificate and private key."""
+
     cert: x509.Certificate
     key: ec.EllipticCurvePrivateKey
 
     @classmethod
     def create(cls, trust_domain: str = DEFAULT_TRUST_DOMAIN, days: int = CA_DAYS) -> CertificateAuthority:
+        """A new self-signed CA for ``trust_domain`` (a P-256 key), valid for ``days``."""
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshext"),
                           x509.NameAttribute(NameOID.COMMON_NAME, f"meshext mesh CA ({trust_domain})")])
@@ -132,6 +138,7 @@ class CertificateAuthority:
 
     @classmethod
     def load(cls, cert_file: Path, key_file: Path) -> CertificateAuthority:
+        """The CA in these PEM files, checked that the key belongs to the certificate."""
         cert = _load_certs(cert_file, "CA certificate")[0]
         key = _parse_key(_read(key_file, "CA key"), key_file, "CA key")
         _check_key_matches(cert, key, cert_file, key_file)
@@ -139,6 +146,7 @@ class CertificateAuthority:
 
     @property
     def trust_domain(self) -> str:
+        """The trust domain the CA certificate names (its URI SAN)."""
         return trust_domain_of(self.cert)
 
     def issue(self, identity_path: str, *, hosts: Iterable[str] = (), days: int = CLIENT_DAYS,
@@ -177,6 +185,7 @@ class CertificateAuthority:
 
 
 def trust_domain_of(ca_cert: x509.Certificate) -> str:
+    """The trust domain a CA certificate names in its ``spiffe://<trust-domain>`` URI SAN."""
     for uri in uri_sans(ca_cert):
         if uri.startswith("spiffe://") and "/" not in uri[len("spiffe://"):].rstrip("/"):
             return uri[len("spiffe://"):].rstrip("/")
@@ -250,7 +259,7 @@ class TLSFiles:
             raise MeshextError(f"the certificate {self.cert_file} is not signed by the CA in {self.ca_file}",
                                where=self.cert_option,
                                fix="use a certificate issued by this mesh's CA (`meshext control certs "
-                                   "--out DIR` with the same DIR), or the CA that issued it")
+                                   "-o DIR` with the same DIR), or the CA that issued it")
         now = _now()
         if cert.not_valid_after_utc <= now:
             raise MeshextError(f"the certificate {self.cert_file} expired on "
@@ -291,6 +300,7 @@ class TLSMaterial:
 
     @property
     def control_plane_identity(self) -> str:
+        """The control plane's SPIFFE ID in this party's trust domain."""
         return spiffe_id(self.trust_domain, CONTROL_PLANE_PATH)
 
 
@@ -304,7 +314,7 @@ def default_pki_directory() -> Path:
 
 @dataclass(frozen=True)
 class PKIDirectory:
-    """What `meshext control certs --out DIR` writes (and `serve`, `proxy` and `status` read):
+    """What `meshext control certs -o DIR` writes (and `serve`, `proxy` and `status` read):
 
     ca.pem, ca-key.pem                        the mesh CA
     control-plane.pem, control-plane-key.pem  the control plane (server)
@@ -316,19 +326,24 @@ class PKIDirectory:
 
     @property
     def ca_file(self) -> Path:
+        """The mesh CA certificate."""
         return self.root / "ca.pem"
 
     @property
     def ca_key_file(self) -> Path:
+        """The mesh CA's private key."""
         return self.root / "ca-key.pem"
 
     def control_plane(self) -> TLSFiles:
+        """The control plane's files."""
         return TLSFiles(self.ca_file, self.root / "control-plane.pem", self.root / "control-plane-key.pem")
 
     def admin(self) -> TLSFiles:
+        """The files of the admin identity (`meshext status`)."""
         return TLSFiles(self.ca_file, self.root / "admin.pem", self.root / "admin-key.pem")
 
     def workload(self, name: str, namespace: str) -> TLSFiles:
+        """The files of the sidecar of workload ``namespace/name``."""
         base = self.root / "workloads" / namespace
         return TLSFiles(self.ca_file, base / f"{name}.pem", base / f"{name}-key.pem")
 

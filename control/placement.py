@@ -37,8 +37,10 @@ class PlacedExtension:
     vm_host_environment: tuple[str, ...] = ()
 
     def sort_key(self) -> tuple[int, int, str]:
+        """Chain order: phase, then higher priority first, then the resource key."""
         return (PHASES.index(self.phase), -self.priority, self.key)
 
 
 def order(extensions: list[PlacedExtension]) -> list[PlacedExtension]:
+    """``extensions`` in filter-chain order (see :meth:`PlacedExtension.sort_key`)."""
     return sorted(extensions, key=PlacedExtension.sort_key)

@@ -42,6 +42,7 @@ XDS_CLUSTER = "meshext-xds"
 
 
 def parse_address(text: str, *, where: str) -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 hosts in brackets or not) as (host, port); ``where`` names the option in errors."""
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit():
         raise MeshextError(f"{text!r} is not HOST:PORT", where=where, fix="e.g. 127.0.0.1:15010")
@@ -49,6 +50,7 @@ def parse_address(text: str, *, where: str) -> tuple[str, int]:
 
 
 def is_ip(host: str) -> bool:
+    """Whether ``host`` is an IP address (not a name)."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -62,7 +64,6 @@ def require_loopback_for_plain_text(host: str, *, where: str) -> None:
         return
     raise MeshextError(f"{host} is not a loopback address, and --insecure turns TLS off", where=where,
                        fix="drop --insecure (mutual TLS is the default), or use 127.0.0.1 / ::1")
-
 
 
 def bootstrap(
@@ -150,6 +151,7 @@ def client_ssl_context(tls: TLSMaterial) -> ssl.SSLContext:
 
 
 def http_base(address: tuple[str, int], tls: TLSMaterial | None) -> str:
+    """The base URL of the control plane's HTTP server: https with ``tls``, else http."""
     host = f"[{address[0]}]" if ":" in address[0] else address[0]
     return f"{'https' if tls else 'http'}://{host}:{address[1]}"
 
@@ -157,6 +159,7 @@ def http_base(address: tuple[str, int], tls: TLSMaterial | None) -> str:
 def sidecar_for(workload: Workload, control: tuple[str, int], control_http: tuple[str, int],
                 protocol: Literal["sotw", "delta"] = "delta", tls: TLSMaterial | None = None,
                 **envoy_options: Any) -> Sidecar:
+    """The sidecar of ``workload`` of a mesh model (its labels become node metadata)."""
     return Sidecar(workload.name, workload.namespace, control, control_http, labels=dict(workload.labels),
                    protocol=protocol, tls=tls, **envoy_options)
 
@@ -182,15 +185,18 @@ class ModuleSyncer:
         self._thread = threading.Thread(target=self._run, name=f"module-sync-{node_id}", daemon=True)
 
     def start(self) -> ModuleSyncer:
+        """Start syncing in a background thread."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        """Stop syncing."""
         # A long poll in flight is not interrupted: the (daemon) thread ends when it returns.
         self._stop.set()
 
     def present(self) -> set[str]:
+        """The sha256 of each module in the directory."""
         return {path.stem for path in self.directory.glob("*.wasm")}
 
     def _run(self) -> None:
@@ -247,15 +253,18 @@ class Sidecar:
                                   extra_args=extra_args, **envoy_options)
 
     def start(self) -> Sidecar:
+        """Start the module syncer, then Envoy."""
         self.syncer.start()
         self.envoy.start()
         return self
 
     def stop(self) -> None:
+        """Stop Envoy and the module syncer."""
         self.envoy.stop()
         self.syncer.stop()
 
     def cleanup(self) -> None:
+        """Stop, and delete Envoy's work directory and a module directory the sidecar made itself."""
         self.stop()
         self.envoy.cleanup()
         if self._own_dir and not os.environ.get("MESHEXT_KEEP_ENVOY_LOGS"):

@@ -30,10 +30,14 @@ class _Spec(BaseModel):
 
 
 class WorkloadSelector(_Spec):
+    """ServiceMeshExtension ``spec.workloadSelector``."""
+
     labels: dict[str, str] = Field(default_factory=dict)
 
 
 class ServiceMeshExtensionSpec(_Spec):
+    """ServiceMeshExtension ``spec`` (maistra.io v1 and v1alpha1)."""
+
     image: str = Field(min_length=1)
     # v1: structured (handed to the filter as JSON); v1alpha1: a string.
     config: dict[str, Any] | str | None = None
@@ -43,29 +47,41 @@ class ServiceMeshExtensionSpec(_Spec):
 
 
 class LabelSelector(_Spec):
+    """WasmPlugin ``spec.selector``."""
+
     matchLabels: dict[str, str] = Field(default_factory=dict)
 
 
 class PortSelector(_Spec):
+    """One port of a WasmPlugin ``spec.match[].ports``."""
+
     number: int = Field(ge=1, le=65535)
 
 
 class TrafficSelector(_Spec):
+    """One entry of WasmPlugin ``spec.match``: traffic direction and ports."""
+
     mode: Literal["UNDEFINED", "CLIENT", "SERVER", "CLIENT_AND_SERVER"] = "UNDEFINED"
     ports: list[PortSelector] = Field(default_factory=list)
 
 
 class EnvVar(_Spec):
+    """One WasmPlugin ``spec.vmConfig.env`` entry: inline value or from the host."""
+
     name: str = Field(min_length=1)
     valueFrom: Literal["INLINE", "HOST"] = "INLINE"
     value: str = ""
 
 
 class VmConfig(_Spec):
+    """WasmPlugin ``spec.vmConfig``."""
+
     env: list[EnvVar] = Field(default_factory=list)
 
 
 class WasmPluginSpec(_Spec):
+    """WasmPlugin ``spec`` (extensions.istio.io v1alpha1)."""
+
     url: str = Field(min_length=1)
     sha256: str | None = Field(default=None, pattern=r"^(sha256:)?[0-9a-fA-F]{64}$")
     imagePullPolicy: Literal["UNSPECIFIED_POLICY", "IfNotPresent", "Always"] = "UNSPECIFIED_POLICY"
@@ -108,10 +124,12 @@ class ExtensionRequest:
 
     @property
     def filter_name(self) -> str:
+        """The name of the extension's ECDS resource and HTTP filter."""
         return f"meshext.{self.kind.lower()}.{self.namespace}.{self.name}"
 
 
 def resource_key(obj: dict[str, Any]) -> str:
+    """``Kind/namespace/name`` of a resource object (namespace ``default`` when unset)."""
     metadata = obj.get("metadata") or {}
     return f"{obj.get('kind')}/{metadata.get('namespace') or 'default'}/{metadata.get('name')}"
 

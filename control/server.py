@@ -18,6 +18,10 @@ certificate's SPIFFE ID decides what a client may have:
   sidecar cannot read another team's filter;
 * ``/status`` only with the admin identity.
 
+The servers read and write the :class:`~meshext.control.state.ControlPlaneState`
+they are given, and report to :class:`ControlPlaneCallbacks` (the operator):
+both are constructor arguments, so nothing is wired after the servers start.
+
 The HTTP server asks for a client certificate without requiring one at the
 handshake, so that Kubernetes probes can reach ``/healthz`` (the only path
 served without one).
@@ -32,17 +36,15 @@ import re
 import ssl
 import threading
 import urllib.parse
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol, cast
 
 import grpc
 
-from meshext.control.cache import SnapshotCache
 from meshext.control.mesh import node_id as node_id_of
-from meshext.control.modules import ModuleDemand, ModuleStore
 from meshext.control.pki import ADMIN_PATH, TLSMaterial, spiffe_id, workload_of
-from meshext.control.xds import start_xds_server
+from meshext.control.state import ControlPlaneState
+from meshext.control.xds import XdsCallbacks, start_xds_server
 
 log = logging.getLogger(__name__)
 _MODULE_PATH = re.compile(r"^/modules/sha256/([0-9a-f]{64})$")
@@ -76,6 +78,18 @@ class _HTTPServer(ThreadingHTTPServer):
             self.shutdown_request(tls)
 
 
+class ControlPlaneCallbacks(XdsCallbacks, Protocol):
+    """What the control plane's servers tell the operator and ask of it
+    (go-control-plane's server ``Callbacks``).  Calls come from the xDS loop and
+    the HTTP threads: hand work over and return at once."""
+
+    def on_modules_reported(self, node_id: str) -> None:
+        """``node_id``'s module syncer reported a different set of modules present."""
+
+    def status_report(self) -> dict[str, Any]:
+        """The document ``GET /status`` answers (extensions, proxies, mesh)."""
+
+
 class ClientIdentities:
     """What a client certificate's SPIFFE ID allows (see the module docstring)."""
 
@@ -96,6 +110,7 @@ class ClientIdentities:
                 f"--namespace NS`)")
 
     def grpc_refusal(self, node_id: str, context: grpc.aio.ServicerContext) -> str | None:
+        """:meth:`node_refusal` for an ADS stream, from the identity gRPC verified."""
         # gRPC has already checked the chain against the mesh CA and the SPIFFE ID's syntax.
         identity = b"".join(context.auth_context().get("peer_spiffe_id", [])).decode()
         return self.node_refusal(node_id, identity)
@@ -111,14 +126,17 @@ def _server_ssl_context(tls: TLSMaterial) -> ssl.SSLContext:
 
 
 class ControlPlane:
-    """Runs the xDS server on its own asyncio loop thread and the HTTP server."""
+    """Runs the xDS server on its own asyncio loop thread and the HTTP server.
 
-    def __init__(self, *, xds_address: tuple[str, int] = ("127.0.0.1", 0),
-                 http_address: tuple[str, int] = ("127.0.0.1", 0), tls: TLSMaterial | None = None) -> None:
-        self.cache = SnapshotCache()
-        self.modules = ModuleStore()
-        self.demand = ModuleDemand()
-        self.status_provider: Callable[[], dict[str, Any]] = lambda: {}
+    ``state`` is what they serve; ``callbacks`` (the operator) hears of streams,
+    replies and syncer reports and answers ``/status``; without callbacks the
+    servers only serve ``state`` (protocol tests)."""
+
+    def __init__(self, state: ControlPlaneState, callbacks: ControlPlaneCallbacks | None = None, *,
+                 xds_address: tuple[str, int] = ("127.0.0.1", 0), http_address: tuple[str, int] = ("127.0.0.1", 0),
+                 tls: TLSMaterial | None = None) -> None:
+        self.state = state
+        self.callbacks = callbacks
         self._xds_bind = xds_address
         self._http_bind = http_address
         self.tls = tls
@@ -132,13 +150,16 @@ class ControlPlane:
 
     @property
     def xds_address(self) -> tuple[str, int]:
+        """(host, port) the ADS server listens on (the port is known once started)."""
         return (self._xds_bind[0], self.xds_port)
 
     @property
     def http_address(self) -> tuple[str, int]:
+        """(host, port) the HTTP server listens on (the port is known once started)."""
         return (self._http_bind[0], self.http_port)
 
     def start(self) -> ControlPlane:
+        """Bind and start both servers; raises OSError if an address is taken."""
         self._loop_thread.start()
         host, port = self._xds_bind
         credentials, authorize = None, None
@@ -147,7 +168,8 @@ class ControlPlane:
                                                       root_certificates=self.tls.ca_pem, require_client_auth=True)
             authorize = self.identities.grpc_refusal
         self._grpc_server, self.xds_port = asyncio.run_coroutine_threadsafe(
-            start_xds_server(self.cache, f"{host}:{port}", credentials=credentials, authorize=authorize),
+            start_xds_server(self.state.cache, f"{host}:{port}", callbacks=self.callbacks, credentials=credentials,
+                             authorize=authorize),
             self._loop).result(timeout=30)
         self._http_server = _HTTPServer(self._http_bind, self._handler_class())
         if self.tls:
@@ -160,6 +182,7 @@ class ControlPlane:
         return self
 
     def stop(self) -> None:
+        """Stop both servers (the state stays: its owner closes it)."""
         if self._http_server:
             self._http_server.shutdown()
             self._http_server.server_close()
@@ -167,7 +190,6 @@ class ControlPlane:
             asyncio.run_coroutine_threadsafe(self._grpc_server.stop(grace=None), self._loop).result(timeout=30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._loop_thread.join(timeout=10)
-        self.modules.close()
 
     def __enter__(self) -> ControlPlane:
         return self.start()
@@ -176,8 +198,7 @@ class ControlPlane:
         self.stop()
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        control_plane = self
-        identities = self.identities
+        state, callbacks, identities = self.state, self.callbacks, self.identities
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
@@ -189,7 +210,7 @@ class ControlPlane:
                 if match:
                     if not self._may_download(identity, match.group(1)):
                         return
-                    data = control_plane.modules.read(match.group(1))
+                    data = state.modules.read(match.group(1))
                     if data is None:
                         self._reply(404, b"unknown module\n", "text/plain")
                     else:
@@ -202,7 +223,8 @@ class ControlPlane:
                                      f"not {identity or 'none'}: use `meshext status` with the admin.pem that "
                                      f"`meshext control certs` writes")
                         return
-                    body = json.dumps(control_plane.status_provider(), indent=2, sort_keys=True).encode()
+                    report = callbacks.status_report() if callbacks is not None else {}
+                    body = json.dumps(report, indent=2, sort_keys=True).encode()
                     self._reply(200, body, "application/json")
                 else:
                     self._reply(404, b"not found\n", "text/plain")
@@ -212,8 +234,9 @@ class ControlPlane:
                 if not isinstance(self.connection, ssl.SSLSocket):
                     return ""
                 peer = self.connection.getpeercert() or {}
-                return next((value for kind, value in peer.get("subjectAltName", ())
-                             if kind == "URI" and value.startswith("spiffe://")), "")
+                # ssl documents subjectAltName as ((kind, value), ...); typeshed's type is looser.
+                names = cast("tuple[tuple[str, str], ...]", peer.get("subjectAltName", ()))
+                return next((value for kind, value in names if kind == "URI" and value.startswith("spiffe://")), "")
 
             def _refuse(self, reason: str) -> None:
                 log.warning("HTTP %s from %s refused: %s", self.path.split("?")[0], self.client_address[0], reason)
@@ -233,7 +256,7 @@ class ControlPlane:
                     self._refuse(f"module downloads need a sidecar's client certificate, not "
                                  f"{identity or 'none'}")
                     return False
-                if not control_plane.demand.wants(node_id_of(*workload), sha256):
+                if not state.demand.wants(node_id_of(*workload), sha256):
                     self._refuse(f"module {sha256} is not used by any extension of node id "
                                  f"{node_id_of(*workload)!r} ({identity})")
                     return False
@@ -252,10 +275,11 @@ class ControlPlane:
                 if not module_dir.startswith("/") or ".." in module_dir.split("/"):
                     self._reply(400, b"dir= must be an absolute path\n", "text/plain")
                     return
-                control_plane.demand.report(node_id, module_dir, present)
+                if state.demand.report(node_id, module_dir, present) and callbacks is not None:
+                    callbacks.on_modules_reported(node_id)
                 known = int(query.get("version", ["0"])[0] or 0)
                 wait = min(float(query.get("wait", ["20"])[0]), 60.0)
-                version, wanted = control_plane.demand.wait_wanted(node_id, known, wait)
+                version, wanted = state.demand.wait_wanted(node_id, known, wait)
                 body = json.dumps({"version": version, "modules": sorted(wanted)}).encode()
                 self._reply(200, body, "application/json")
 

@@ -38,6 +38,7 @@ class Resource:
 
     @classmethod
     def of(cls, name: str, message: Message) -> Resource:
+        """``message`` packed as resource ``name``, versioned by the hash of its deterministic encoding."""
         packed = any_pb2.Any()
         packed.Pack(message)
         digest = hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()[:16]
@@ -80,4 +81,5 @@ class Snapshot:
         }))
 
     def of_type(self, type_url: str) -> Mapping[str, Resource]:
+        """The resources of ``type_url`` by name (empty if none)."""
         return self.resources.get(type_url, MappingProxyType({}))

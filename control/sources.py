@@ -1,7 +1,10 @@
 """Where extension resources come from: a watched directory, or Kubernetes.
 
 Both feed the same :class:`~meshext.control.operator.Operator`; neither knows
-anything about Envoy.
+anything about Envoy.  A source is built first, because the operator is built
+with it (it is the operator's ``ResourceStore``: statuses go to it, pull
+secrets come from it), and is then started with the :class:`ResourceSink`
+it feeds (the operator).
 
 Directory mode: every ``*.yaml`` / ``*.yml`` / ``*.json`` file (multi-document
 YAML allowed) holds ServiceMeshExtension, WasmPlugin or
@@ -22,15 +25,27 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
-from meshext.control.operator import Operator
 from meshext.control.resources import KINDS, resource_key
+from meshext.errors import InternalError
 
 log = logging.getLogger(__name__)
 STATUS_SUFFIX = ".status.yaml"
+# The resource name of each kind in the Kubernetes API (…/<plural>/<name>).
+PLURALS = {"ServiceMeshExtension": "servicemeshextensions", "WasmPlugin": "wasmplugins"}
+
+
+class ResourceSink(Protocol):
+    """What a source feeds: the operator."""
+
+    def apply(self, obj: dict[str, Any]) -> None:
+        """A resource was created or changed (``obj``: the whole object)."""
+
+    def delete(self, key: str) -> None:
+        """The resource ``key`` (``Kind/namespace/name``) is gone."""
 
 
 def _dockerconfig(secret: dict[str, Any]) -> dict[str, Any] | None:
@@ -44,10 +59,12 @@ def _dockerconfig(secret: dict[str, Any]) -> dict[str, Any] | None:
 
 
 class DirectorySource:
-    def __init__(self, directory: Path, operator: Operator, *, interval: float = 0.2) -> None:
+    """Resources from the files of a directory, polled every ``interval`` seconds (see the module docstring)."""
+
+    def __init__(self, directory: Path, *, interval: float = 0.2) -> None:
         self.directory = directory
-        self.operator = operator
         self.interval = interval
+        self._sink: ResourceSink | None = None
         self._stamps: dict[Path, tuple[int, int]] = {}
         self._objects: dict[Path, dict[str, dict[str, Any]]] = {}  # file -> key -> object
         self._generations: dict[str, tuple[str, int]] = {}  # key -> (spec hash, generation)
@@ -57,16 +74,17 @@ class DirectorySource:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="directory-source", daemon=True)
-        operator.status_writer = self.write_status
-        operator.secret_lookup = self.secret
 
-    def start(self) -> DirectorySource:
+    def start(self, sink: ResourceSink) -> DirectorySource:
+        """Apply what the directory holds to ``sink``, then keep polling it."""
+        self._sink = sink
         self.directory.mkdir(parents=True, exist_ok=True)
         self.scan()
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        """Stop polling."""
         self._stop.set()
         self._thread.join(timeout=10)
 
@@ -78,6 +96,7 @@ class DirectorySource:
                 log.exception("scanning %s failed", self.directory)
 
     def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The ``.dockerconfigjson`` payload of a Secret some file holds, or None."""
         with self._lock:
             for secrets in self._secrets.values():
                 if (namespace, name) in secrets:
@@ -86,6 +105,7 @@ class DirectorySource:
 
     def scan(self) -> None:
         """Apply what changed since the last scan, delete what disappeared."""
+        sink = self._started_sink()
         present = {
             path for pattern in ("*.yaml", "*.yml", "*.json") for path in self.directory.glob(pattern)
             if not path.name.endswith(STATUS_SUFFIX)
@@ -104,10 +124,16 @@ class DirectorySource:
             with self._lock:
                 self._secrets.pop(path, None)
             for key in self._objects.pop(path):
-                self.operator.delete(key)
+                sink.delete(key)
             path.with_name(path.name + STATUS_SUFFIX).unlink(missing_ok=True)
 
+    def _started_sink(self) -> ResourceSink:
+        if self._sink is None:
+            raise InternalError("DirectorySource used before start(sink)")
+        return self._sink
+
     def _load(self, path: Path) -> None:
+        sink = self._started_sink()
         try:
             documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
         except (OSError, yaml.YAMLError) as error:
@@ -122,8 +148,8 @@ class DirectorySource:
             if document.get("kind") == "Secret":
                 payload = _dockerconfig(document)
                 metadata = document.get("metadata") or {}
-                if payload is not None:
-                    secrets[(metadata.get("namespace") or "default", metadata.get("name"))] = payload
+                if payload is not None and metadata.get("name"):
+                    secrets[(metadata.get("namespace") or "default", str(metadata["name"]))] = payload
                 continue
             if document.get("kind") not in KINDS:
                 continue
@@ -141,15 +167,16 @@ class DirectorySource:
             self._secrets[path] = secrets
         removed = set(self._objects.get(path, {})) - set(objects)
         for key in removed:
-            self.operator.delete(key)
+            sink.delete(key)
         self._objects[path] = objects
         if removed:
             self._write_statuses(path)
         for key, obj in objects.items():
             self._file_of[key] = path
-            self.operator.apply(obj)
+            sink.apply(obj)
 
     def write_status(self, obj: dict[str, Any], status: dict[str, Any]) -> None:
+        """Write ``status`` into the status file next to the file that holds ``obj``."""
         key = resource_key(obj)
         path = self._file_of.get(key)
         if path is None or path not in self._objects:
@@ -254,37 +281,36 @@ def watch_collection(list_call: Callable[..., Any], *args: Any, apply: Callable[
 class KubernetesSource:
     """List + watch both CRDs with the `kubernetes` client; status via the status subresource."""
 
-    RESOURCES = (("maistra.io", "v1", "servicemeshextensions"),
-                 ("extensions.istio.io", "v1alpha1", "wasmplugins"))
+    # (group, version, plural) of each CRD watched: its first (storage) version.
+    RESOURCES = tuple((KINDS[kind][0], KINDS[kind][1][0], plural) for kind, plural in PLURALS.items())
 
-    def __init__(self, operator: Operator, *, api_client: Any = None, timeout_seconds: int = 60) -> None:
+    def __init__(self, *, api_client: Any = None, timeout_seconds: int = 60) -> None:
         from kubernetes import client
 
         api_client = api_client or kubernetes_api_client()
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
-        self.operator = operator
         self.timeout_seconds = timeout_seconds
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._watch_forever, args=resource, daemon=True,
-                                          name=f"watch-{resource[2]}") for resource in self.RESOURCES]
-        operator.status_writer = self.write_status
-        operator.secret_lookup = self.secret
 
-    def start(self) -> KubernetesSource:
-        for thread in self._threads:
-            thread.start()
+    def start(self, sink: ResourceSink) -> KubernetesSource:
+        """Watch both CRDs (one thread each), feeding ``sink``."""
+        for group, version, plural in self.RESOURCES:
+            threading.Thread(target=self._watch_forever, args=(sink, group, version, plural), daemon=True,
+                             name=f"watch-{plural}").start()
         return self
 
     def stop(self) -> None:
+        """Stop watching (each watch ends at its next event or timeout)."""
         self._stop.set()
 
-    def _watch_forever(self, group: str, version: str, plural: str) -> None:
+    def _watch_forever(self, sink: ResourceSink, group: str, version: str, plural: str) -> None:
         watch_collection(self.custom.list_cluster_custom_object, group, version, plural,
-                         apply=self.operator.apply, delete=lambda obj: self.operator.delete(resource_key(obj)),
+                         apply=sink.apply, delete=lambda obj: sink.delete(resource_key(obj)),
                          stop=self._stop, timeout_seconds=self.timeout_seconds)
 
     def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The ``.dockerconfigjson`` payload of Secret ``namespace/name`` (read from the API), or None."""
         from kubernetes.client.exceptions import ApiException
 
         try:
@@ -296,8 +322,11 @@ class KubernetesSource:
         return _dockerconfig({"data": secret.data or {}})
 
     def write_status(self, obj: dict[str, Any], status: dict[str, Any]) -> None:
+        """Merge-patch ``status`` into the resource's status subresource."""
         group, _, version = obj["apiVersion"].partition("/")
-        plural = {"ServiceMeshExtension": "servicemeshextensions", "WasmPlugin": "wasmplugins"}[obj["kind"]]
+        plural = PLURALS.get(obj["kind"])
+        if plural is None:  # the operator tracks only parsed resources, of the two kinds
+            raise InternalError(f"status for a resource of kind {obj['kind']!r}")
         metadata = obj["metadata"]
         self.custom.patch_namespaced_custom_object_status(
             group, version, metadata.get("namespace") or "default", plural, metadata["name"], {"status": status})

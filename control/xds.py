@@ -12,6 +12,9 @@ Envoy docs):
   serving the last configuration it accepted, and re-pushing the same refused
   configuration would only loop.
 
+Streams opening and replies are also reported to :class:`XdsCallbacks`
+(go-control-plane's server ``Callbacks``), given when the server is built.
+
 The stream handlers run on one asyncio loop (``grpc.aio``), so thousands of
 idle streams cost no threads.
 """
@@ -23,13 +26,13 @@ import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import json_format
 
-from meshext.control.cache import SnapshotCache
+from meshext.control.cache import SnapshotCache, TypeStatus
 from meshext.control.snapshot import TYPE_URLS, WILDCARD_TYPES, Resource, Snapshot
 
 log = logging.getLogger(__name__)
@@ -67,10 +70,32 @@ class _DeltaType:
 NodeAuthorizer = Callable[[str, grpc.aio.ServicerContext], "str | None"]
 
 
+class XdsCallbacks(Protocol):
+    """What the ADS server tells whoever publishes the snapshots.
+
+    Both are called on the xDS loop: hand the work over and return at once."""
+
+    def on_proxy_connected(self, node_id: str) -> None:
+        """A stream of ``node_id`` opened (it may be waiting for its first snapshot)."""
+
+    def on_proxy_reply(self, node_id: str, type_url: str, status: TypeStatus, nacked_names: tuple[str, ...]) -> None:
+        """``node_id`` ACKed (``status.error_detail`` empty) or NACKed what it was sent of ``type_url``;
+        ``nacked_names``: the resources that changed in a refused push."""
+
+
 class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
-    def __init__(self, cache: SnapshotCache, authorize: NodeAuthorizer | None = None) -> None:
+    """The ADS servicer: both variants over one :class:`SnapshotCache`."""
+
+    def __init__(self, cache: SnapshotCache, callbacks: XdsCallbacks | None = None,
+                 authorize: NodeAuthorizer | None = None) -> None:
         self.cache = cache
+        self.callbacks = callbacks
         self.authorize = authorize
+
+    def _record_reply(self, node_id: str, type_url: str, error_detail: str | None) -> None:
+        reply = self.cache.record_reply(node_id, type_url, error_detail)
+        if self.callbacks is not None:
+            self.callbacks.on_proxy_reply(node_id, type_url, reply.status, reply.nacked_names)
 
     async def _serve(
         self,
@@ -99,6 +124,8 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
                         node["id"] = request.node.id
                         self.cache.connect(request.node.id, _node_metadata(request.node), wake)
+                        if self.callbacks is not None:
+                            self.callbacks.on_proxy_connected(request.node.id)
                     on_request(node["id"], request)
                     wake.set()
             finally:
@@ -128,6 +155,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+        """State-of-the-world ADS: every response holds all resources of its type the proxy asked for."""
         types: dict[str, _SotwType] = {}
 
         def respond(node_id: str, type_url: str, snapshot: Snapshot) -> discovery_pb2.DiscoveryResponse | None:
@@ -142,14 +170,15 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         async for response in self._serve(request_iterator, context, on_request, respond):
             yield response
 
-    def _on_sotw_request(self, node_id: str, types: dict[str, _SotwType], request: discovery_pb2.DiscoveryRequest) -> None:
+    def _on_sotw_request(self, node_id: str, types: dict[str, _SotwType],
+                         request: discovery_pb2.DiscoveryRequest) -> None:
         state = types.setdefault(request.type_url, _SotwType())
         if request.response_nonce and request.response_nonce != state.nonce:
             return  # stale: answers a response that a newer one superseded
         if request.response_nonce:
             detail = request.error_detail.message if request.HasField("error_detail") else None
             state.refused = bool(detail)
-            self.cache.record_reply(node_id, request.type_url, detail)
+            self._record_reply(node_id, request.type_url, detail)
         else:
             state.client_version = request.version_info
         state.names = set(request.resource_names)
@@ -174,7 +203,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
             if not state.refused and (state.sent_version != version or state.sent_names != names):
                 state.sent_version, state.sent_names, state.sent_resources = version, names, resource_versions
                 self.cache.record_sent(node_id, type_url, version, resource_versions)
-                self.cache.record_reply(node_id, type_url, None)
+                self._record_reply(node_id, type_url, None)
             return None
         state.nonce = str(next(_nonces))
         state.sent_version, state.sent_names, state.sent_resources = version, names, resource_versions
@@ -191,6 +220,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
     async def DeltaAggregatedResources(
         self, request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
+        """Incremental ADS: responses carry only what changed and what was removed."""
         types: dict[str, _DeltaType] = {}
 
         def respond(node_id: str, type_url: str, snapshot: Snapshot) -> discovery_pb2.DeltaDiscoveryResponse | None:
@@ -230,7 +260,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
             state.pending = False
             detail = request.error_detail.message if request.HasField("error_detail") else None
             state.refused = bool(detail)
-            self.cache.record_reply(node_id, request.type_url, detail)
+            self._record_reply(node_id, request.type_url, detail)
 
     def _delta_response(
         self, node_id: str, type_url: str, state: _DeltaType, snapshot: Snapshot
@@ -247,7 +277,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                 # Nothing it subscribes to changed (or, reconnecting, it announced in
                 # initial_resource_versions exactly what we hold): in sync without a push.
                 self.cache.record_sent(node_id, type_url, version, dict(state.known))
-                self.cache.record_reply(node_id, type_url, None)
+                self._record_reply(node_id, type_url, None)
                 state.recorded_version = version
             return None
         for resource in changed:
@@ -284,14 +314,16 @@ async def start_xds_server(
     cache: SnapshotCache,
     address: str = "127.0.0.1:0",
     *,
+    callbacks: XdsCallbacks | None = None,
     credentials: grpc.ServerCredentials | None = None,
     authorize: NodeAuthorizer | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Start the ADS server on the running loop; returns the server and its port.
 
-    With ``credentials`` (mutual TLS) the port is secure and ``authorize`` is
-    asked, on each stream's first request, whether the client may have the
-    node id it claims."""
+    ``callbacks`` hear of every stream opened and every reply.  With
+    ``credentials`` (mutual TLS) the port is secure and ``authorize`` is asked,
+    on each stream's first request, whether the client may have the node id
+    it claims."""
     server = grpc.aio.server(
         options=[
             # Modules never travel over xDS (see modules.py), but a large mesh's
@@ -306,7 +338,8 @@ async def start_xds_server(
             ("grpc.http2.max_ping_strikes", 0),
         ]
     )
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AggregatedDiscoveryService(cache, authorize), server)
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
+        AggregatedDiscoveryService(cache, callbacks, authorize), server)
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind the xDS server to {address}")

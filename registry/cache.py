@@ -31,6 +31,7 @@ HASH_CHUNK = 1 << 20
 
 
 def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         while chunk := file.read(HASH_CHUNK):
@@ -53,6 +54,7 @@ class ModuleCache:
         self.root = Path(root if root is not None else cache_root()).absolute() / "modules"
 
     def module_path(self, module_sha256: str) -> Path:
+        """Where the module with this sha256 is (or would be) kept."""
         return self.root / "sha256" / f"{module_sha256}.wasm"
 
     def verified_module(self, module_sha256: str) -> Path | None:
@@ -78,7 +80,8 @@ class ModuleCache:
         finally:
             temporary.unlink(missing_ok=True)
 
-    def commit_module(self, file: IO[bytes], expected_sha256: str | None = None, where: str = "module") -> tuple[Path, str]:
+    def commit_module(self, file: IO[bytes], expected_sha256: str | None = None,
+                      where: str = "module") -> tuple[Path, str]:
         """Verify a file from :meth:`module_writer` and move it into place.
         Returns (path, sha256)."""
         file.flush()
@@ -98,9 +101,11 @@ class ModuleCache:
             return self.commit_module(file, where=where)
 
     def manifest_record(self, manifest_digest: str) -> dict[str, Any] | None:
+        """What ``manifest_digest`` resolved to when it was pulled (format, module sha256, Maistra fields), or None."""
         return self._read_json(self.root / "manifests" / f"{_hex(manifest_digest)}.json")
 
     def reference_record(self, reference: str) -> dict[str, Any] | None:
+        """The manifest digest a tag or URL resolved to last time, or None."""
         return self._read_json(self._reference_path(reference))
 
     def record(self, manifest_digest: str, references: list[str], fields: dict[str, Any]) -> None:
@@ -108,7 +113,8 @@ class ModuleCache:
         Call only after the module itself is committed."""
         self._write_json(self.root / "manifests" / f"{_hex(manifest_digest)}.json", fields)
         for reference in references:
-            self._write_json(self._reference_path(reference), {"reference": reference, "manifest_digest": manifest_digest})
+            self._write_json(self._reference_path(reference),
+                             {"reference": reference, "manifest_digest": manifest_digest})
 
     def _reference_path(self, reference: str) -> Path:
         return self.root / "references" / f"{hashlib.sha256(reference.encode()).hexdigest()}.json"

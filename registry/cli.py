@@ -1,4 +1,10 @@
-"""`meshext push`, `meshext pull` and `meshext inspect`."""
+"""`meshext push`, `meshext pull` and `meshext inspect`.
+
+The registry options are spelled as the oras CLI spells them (``--username``,
+``--password-stdin``, ``--registry-config``, ``--plain-http``), except the
+registry's CA: ``--registry-ca-file``, as in `meshext control serve`, because
+across meshext's commands ``--ca-file`` is the mesh CA.
+"""
 
 from __future__ import annotations
 
@@ -15,42 +21,47 @@ from typing import Any
 
 import click
 
-from meshext.errors import MeshextError
-from meshext.phases import MAISTRA_PHASES
+from meshext.phases import DEFAULT_PHASE, DEFAULT_PRIORITY, MAISTRA_PHASES
 from meshext.registry.credentials import Credentials
 from meshext.registry.formats import FORMATS, MaistraManifest
 from meshext.registry.reference import ImageReference
 
 
 def registry_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Login and transport options shared by the three commands (spelled as the oras CLI spells them)."""
+    """Login and transport options shared by the three commands (see the module docstring for their spelling)."""
     options = [
         click.option("-u", "--username", help="Registry user name; read the password with --password-stdin."),
-        click.option("--password-stdin", is_flag=True, help="Read the password (or a registry token) from standard input."),
+        click.option("--password-stdin", is_flag=True,
+                     help="Read the password (or a registry token) from standard input."),
         click.option("--registry-config", type=click.Path(dir_okay=False),
-                     help="Docker config.json holding credentials [default: $DOCKER_CONFIG/config.json or ~/.docker/config.json]."),
-        click.option("--ca-file", type=click.Path(exists=True, dir_okay=False),
+                     help="Docker config.json holding credentials "
+                          "[default: $DOCKER_CONFIG/config.json or ~/.docker/config.json]."),
+        click.option("--registry-ca-file", "ca_file", type=click.Path(exists=True, dir_okay=False),
                      help="PEM file of the CA that signed the registry's TLS certificate."),
         click.option("--plain-http", is_flag=True,
-                     help="Talk HTTP instead of HTTPS. Allowed only to a registry on this machine (127.0.0.1, ::1, localhost)."),
+                     help="Talk HTTP instead of HTTPS. Allowed only to a registry on this machine "
+                          "(127.0.0.1, ::1, localhost)."),
     ]
     for option in reversed(options):
         command = option(command)
 
     @functools.wraps(command)
-    def wrapper(*args: Any, username: str | None, password_stdin: bool, registry_config: str | None, **kwargs: Any) -> Any:
+    def wrapper(*args: Any, username: str | None, password_stdin: bool, registry_config: str | None,
+                **kwargs: Any) -> Any:
         kwargs["credentials"] = _credentials(kwargs["reference"], username, password_stdin, registry_config)
         return command(*args, **kwargs)
 
     return wrapper
 
 
-def _credentials(reference: str, username: str | None, password_stdin: bool, registry_config: str | None) -> Credentials | None:
+def _credentials(reference: str, username: str | None, password_stdin: bool,
+                 registry_config: str | None) -> Credentials | None:
     if password_stdin and not username:
         raise click.UsageError("--password-stdin needs --username")
     if username:
         if not password_stdin:
-            raise click.UsageError("give the password on standard input with --password-stdin (never on the command line)")
+            raise click.UsageError(
+                "give the password on standard input with --password-stdin (never on the command line)")
         password = sys.stdin.readline().rstrip("\r\n")
         return Credentials(username=username, password=password)
     if registry_config and not reference.startswith(("file://", "https://", "http://")):
@@ -65,53 +76,79 @@ def _credentials(reference: str, username: str | None, password_stdin: bool, reg
               help="wasm-oci: Istio's Wasm OCI artifact. docker: an image with /plugin.wasm. "
                    "maistra: an image with manifest.yaml + the module (OpenShift Service Mesh 2.x).")
 @click.option("--manifest", "manifest_file", type=click.Path(exists=True, dir_okay=False),
-              help="maistra: a manifest.yaml to use instead of the flags below.")
-@click.option("--name", help="maistra: extension name [default: the file name without .wasm].")
-@click.option("--description", default="", help="maistra: one-line description.")
-@click.option("--version", "module_version", help="maistra: extension version [default: the tag of REF].")
-@click.option("--phase", type=click.Choice(MAISTRA_PHASES), help="maistra: where in the filter chain it runs.")
-@click.option("--priority", type=int, default=0, show_default=True, help="maistra: higher runs first within a phase.")
+              help="maistra: a manifest.yaml to use instead of the options below.")
+@click.option("--name", help="maistra: extension name [default: the project's, else the file name without .wasm].")
+@click.option("--description", help="maistra: one-line description [default: the project's, else empty].")
+@click.option("--version", "module_version", help="maistra: extension version [default: the project's, "
+                                                   "else the tag of REF].")
+@click.option("--phase", type=click.Choice(MAISTRA_PHASES),
+              help=f"maistra: where in the filter chain it runs [default: the project's, else {DEFAULT_PHASE}].")
+@click.option("--priority", type=int,
+              help=f"maistra: higher runs first within a phase [default: the project's, else {DEFAULT_PRIORITY}].")
 @registry_options
 def push_command(module: str, reference: str, image_format: str, manifest_file: str | None, name: str | None,
-                 description: str, module_version: str | None, phase: str | None, priority: int, **transport: Any) -> None:
+                 description: str | None, module_version: str | None, phase: str | None, priority: int | None,
+                 **transport: Any) -> None:
     """Publish FILE.wasm to the registry as REF and print the manifest digest.
 
+    \b
+    With --format maistra, manifest.yaml's fields come from the options, else
+    from the meshext.toml of the project `meshext build` made FILE.wasm from,
+    else from the defaults shown.
     \b
     Examples:
       meshext push filter.wasm registry.example.com/filters/hello:1.0
       meshext push filter.wasm 127.0.0.1:5000/filters/hello:1.0 --plain-http
-      meshext push filter.wasm quay.io/me/hello:1.0 --format maistra --phase PostAuthZ --priority 10
+      meshext push filter.wasm quay.io/me/hello:1.0 --format maistra --priority 10
       echo "$TOKEN" | meshext push f.wasm quay.io/me/f:1 -u me --password-stdin
     """
     from meshext.registry.push import push
 
+    fields = {"--name": name, "--description": description, "--version": module_version, "--phase": phase,
+              "--priority": priority}
+    given = [option for option, value in fields.items() if value is not None]
     maistra = None
     if image_format == "maistra":
-        maistra = _maistra_manifest(Path(module), reference, manifest_file, name, description, module_version, phase, priority)
-    elif manifest_file or phase:
-        raise click.UsageError("--manifest and --phase apply to --format maistra only")
+        if manifest_file and given:
+            raise click.UsageError(f"--manifest gives every manifest.yaml field; drop {', '.join(given)}")
+        maistra = _maistra_manifest(Path(module), reference, manifest_file, name, description, module_version,
+                                    phase, priority)
+    elif manifest_file or given:
+        raise click.UsageError(f"{', '.join(given or ['--manifest'])} apply to --format maistra only")
     digest = push(module, reference, format=image_format, maistra_manifest=maistra, progress=True, **transport)
     click.echo(digest)
 
 
-def _maistra_manifest(module: Path, reference: str, manifest_file: str | None, name: str | None, description: str,
-                      version: str | None, phase: str | None, priority: int) -> MaistraManifest:
+def _maistra_manifest(module: Path, reference: str, manifest_file: str | None, name: str | None,
+                      description: str | None, version: str | None, phase: str | None,
+                      priority: int | None) -> MaistraManifest:
+    """manifest.yaml: the file given, else each field from its option, else the module's project, else a default."""
     if manifest_file:
         # The module is stored under the name manifest.yaml gives it, whatever the local file is called.
         return MaistraManifest.parse(Path(manifest_file).read_bytes(), manifest_file)
-    if phase is None:
-        raise MeshextError("--format maistra needs --phase", where="--phase",
-                           fix=f"choose where the filter runs: one of {', '.join(MAISTRA_PHASES)}")
-    return MaistraManifest(name=name or module.stem, description=description,
-                           version=version or ImageReference.parse(reference).tag or "latest",
-                           phase=phase, priority=priority, module=f"{name or module.stem}.wasm")
+    from meshext.sdk.builder.metadata import read_project_metadata
+
+    try:
+        project = read_project_metadata(module.read_bytes(), str(module))
+    except OSError:
+        project = None  # push itself reports the unreadable file
+    name = name or (project.name if project else module.stem)
+    return MaistraManifest(
+        name=name,
+        description=description if description is not None else (project.description if project else ""),
+        version=version or (project.version if project else None) or ImageReference.parse(reference).tag or "latest",
+        phase=phase or (project.phase if project else DEFAULT_PHASE),
+        priority=priority if priority is not None else (project.priority if project else DEFAULT_PRIORITY),
+        module=f"{name}.wasm",
+    )
 
 
 @click.command("pull")
 @click.argument("reference", metavar="REF")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Where to write the module.")
 @click.option("--policy", type=click.Choice(["IfNotPresent", "Always"]), default="IfNotPresent", show_default=True,
-              help="IfNotPresent: reuse the cached module when REF was pulled before. Always: ask the registry again.")
+              help="IfNotPresent: reuse the cached module when REF was pulled before. "
+                   "Always: ask the registry again.")
 @click.option("--sha256", "expected_sha256", help="Refuse the module unless its sha256 is this (hex).")
 @registry_options
 def pull_command(reference: str, output: str, policy: str, expected_sha256: str | None, **transport: Any) -> None:

@@ -45,6 +45,7 @@ class Descriptor:
 
     @classmethod
     def from_json(cls, entry: Any, where: str) -> Descriptor:
+        """A descriptor from its JSON form in a manifest; a MeshextError naming ``where`` if it is malformed."""
         try:
             return cls(entry["mediaType"], entry["digest"], int(entry["size"]),
                        entry.get("annotations") or {}, entry.get("platform"))
@@ -53,6 +54,7 @@ class Descriptor:
                                fix="the image was pushed by a broken tool; push it again") from None
 
     def to_json(self) -> dict[str, Any]:
+        """The descriptor's JSON form, for a manifest."""
         entry: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
         if self.annotations:
             entry["annotations"] = self.annotations
@@ -68,7 +70,8 @@ class RegistryClient(oras.provider.Registry):
             require_plain_http_allowed(reference.registry, where)
         if ca_file is not None and not os.path.isfile(ca_file):
             raise MeshextError(f"CA file {ca_file} not found", where=where,
-                               fix="pass --ca-file the PEM file of the CA that signed the registry certificate")
+                               fix="pass --registry-ca-file the PEM file of the CA that signed the registry "
+                                   "certificate")
         super().__init__(hostname=reference.registry, insecure=plain_http, tls_verify=ca_file or True,
                          auth_backend="token")
         # Credentials are resolved by meshext (explicit, then Docker config); stop
@@ -76,7 +79,8 @@ class RegistryClient(oras.provider.Registry):
         self.auth._auth_config = {"auths": {}}
         self.reference = reference
         self.where = where
-        self.credentials = credentials if credentials is not None else Credentials.from_default_docker_config(reference.registry)
+        self.credentials = (credentials if credentials is not None
+                            else Credentials.from_default_docker_config(reference.registry))
         if self.credentials is not None and self.credentials.username:
             self.auth.set_basic_auth(self.credentials.username, self.credentials.password)
         self._authorization: dict[str, str] = (
@@ -89,6 +93,7 @@ class RegistryClient(oras.provider.Registry):
 
     def do_request(self, url: str, method: str = "GET", data: dict | bytes | None = None, headers: dict | None = None,
                    json: dict | None = None, stream: bool = False) -> requests.Response:
+        """One request with meshext's auth, timeouts and errors (replaces oras-py's retrying version)."""
         headers = {**(headers or {}), **self._authorization}
         response = self._send(method, url, data, headers, json, stream)
         if response.status_code == 401 and self._answer_challenge(response):
@@ -105,11 +110,12 @@ class RegistryClient(oras.provider.Registry):
         registry = self.reference.registry
         try:
             return self.session.request(method, url, data=data, json=json_body, headers=headers, stream=stream,
-                                        verify=self._tls_verify, timeout=(CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS))
+                                        verify=self._tls_verify,
+                                        timeout=(CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS))
         except requests.exceptions.SSLError as error:
             raise MeshextError(
                 f"TLS handshake with {registry} failed: {_reason(error)}", where=self.where,
-                fix="pass --ca-file with the CA that signed the registry certificate; "
+                fix="pass --registry-ca-file with the CA that signed the registry certificate; "
                     "for a registry on this machine that speaks plain HTTP, pass --plain-http",
             ) from None
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as error:
@@ -136,7 +142,8 @@ class RegistryClient(oras.provider.Registry):
                 token = (self.auth.request_token(parsed) if self.credentials is not None and self.credentials.username
                          else self.auth.request_anonymous_token(parsed))
             except requests.exceptions.RequestException as error:
-                raise UnavailableError(f"token service {parsed.realm} did not answer: {_reason(error)}", where=self.where,
+                raise UnavailableError(f"token service {parsed.realm} did not answer: {_reason(error)}",
+                                       where=self.where,
                                        fix="check that the registry's token service is reachable from here") from None
             if not token:
                 return False
@@ -150,7 +157,8 @@ class RegistryClient(oras.provider.Registry):
         if self.credentials is None:
             raise MeshextError(
                 f"registry {registry} requires credentials ({detail})", where=self.where,
-                fix="pass --username with --password-stdin, run `docker login`, or name a config with --registry-config",
+                fix="pass --username with --password-stdin, run `docker login`, or name a config with "
+                    "--registry-config",
             )
         raise MeshextError(
             f"registry {registry} refused the credentials ({detail})", where=self.where,
@@ -167,7 +175,8 @@ class RegistryClient(oras.provider.Registry):
         if response.status_code == 404:
             what = f"digest {target}" if target.startswith("sha256:") else f"tag {target!r}"
             raise MeshextError(
-                f"{what} not found in {self.reference.registry}/{self.reference.repository} ({_registry_error_text(response)})",
+                f"{what} not found in {self.reference.registry}/{self.reference.repository} "
+                f"({_registry_error_text(response)})",
                 where=self.where,
                 fix="check the repository and tag spelling, or push the module first with `meshext push`",
             )
@@ -225,6 +234,7 @@ class RegistryClient(oras.provider.Registry):
 
     def push_blob(self, content: bytes, media_type: str, advance: Advance,
                   annotations: dict[str, str] | None = None) -> Descriptor:
+        """Upload ``content`` as a blob (in chunks when large, moving ``advance``); returns its descriptor."""
         descriptor = Descriptor(media_type, "sha256:" + hashlib.sha256(content).hexdigest(), len(content),
                                 annotations or {})
         # oras-py uploads from a path; stage the blob in a temporary file.  Big
@@ -262,7 +272,7 @@ def _registry_error_text(response: requests.Response) -> str:
     return text or f"HTTP {response.status_code}"
 
 
-def _reason(error: Exception) -> str:
+def _reason(error: BaseException) -> str:
     """The innermost reason of a requests/urllib3 error, without the long wrapper text."""
     while error.__context__ is not None and error.__context__ is not error:
         error = error.__context__

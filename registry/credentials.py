@@ -41,20 +41,23 @@ class Credentials:
 
         ``config`` is a path to the file or its parsed content."""
         where = "docker config"
-        if not isinstance(config, dict):
+        if isinstance(config, dict):
+            document = config
+        else:
             where = str(config)
             try:
-                config = json.loads(Path(config).read_text())
+                document = json.loads(Path(config).read_text())
             except FileNotFoundError:
                 raise MeshextError("registry config file not found", where=where,
                                    fix="pass the path of an existing Docker config.json") from None
             except (OSError, ValueError) as error:
                 raise MeshextError(f"cannot read registry config: {error}", where=where,
                                    fix="the file must be a Docker config.json ({\"auths\": {...}})") from None
-        auths = config.get("auths")
+        auths = document.get("auths") if isinstance(document, dict) else None
         if not isinstance(auths, dict):
             raise MeshextError("no \"auths\" object", where=where,
-                               fix="a Docker config.json looks like {\"auths\": {\"HOST:PORT\": {\"auth\": \"base64(user:pass)\"}}}")
+                               fix='a Docker config.json looks like {"auths": {"HOST:PORT": '
+                                   '{"auth": "base64(user:pass)"}}}')
         for key, entry in auths.items():
             if _registry_host(key) == registry and isinstance(entry, dict):
                 return cls._from_auth_entry(entry, f"{where}: auths.{key}")
@@ -70,7 +73,8 @@ class Credentials:
                 text = base64.b64decode(text, validate=True).decode()
             except (binascii.Error, UnicodeDecodeError):
                 raise MeshextError("secret payload is neither JSON nor base64 JSON", where=".dockerconfigjson",
-                                   fix="use a secret of type kubernetes.io/dockerconfigjson (kubectl create secret docker-registry)") from None
+                                   fix="use a secret of type kubernetes.io/dockerconfigjson "
+                                       "(kubectl create secret docker-registry)") from None
         try:
             config = json.loads(text)
         except ValueError as error:

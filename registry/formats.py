@@ -20,7 +20,7 @@ from typing import Literal
 import pydantic
 import yaml
 
-from meshext.errors import MeshextError, first_validation_problem
+from meshext.errors import InternalError, MeshextError, first_validation_problem
 from meshext.phases import MAISTRA_PHASES, MaistraPhase
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -96,6 +96,7 @@ class MaistraManifest:
         return cls(**schema.model_dump(exclude={"schemaVersion"}))
 
     def to_yaml(self) -> str:
+        """The manifest.yaml text (schemaVersion 1 first)."""
         return yaml.safe_dump({"schemaVersion": 1, **asdict(self)}, sort_keys=False)
 
 
@@ -128,7 +129,10 @@ def read_root_files(layers: list[tuple[str, bytes]], where: str) -> dict[str, by
                     if name.startswith(".wh."):  # OCI whiteout: the file was deleted
                         files.pop(name[len(".wh."):], None)
                     elif member.isfile():
-                        files[name] = archive.extractfile(member).read()
+                        content = archive.extractfile(member)
+                        if content is None:  # tarfile returns None only for members that are not files
+                            raise InternalError(f"tar member {name} is a file but has no content")
+                        files[name] = content.read()
         except (tarfile.TarError, EOFError, OSError) as error:
             raise MeshextError(f"a {media_type} layer is not a readable tar archive ({error})", where=where,
                                fix="rebuild and push the image") from None

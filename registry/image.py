@@ -41,6 +41,7 @@ class ResolvedImage:
 
     @property
     def is_wasm_artifact(self) -> bool:
+        """Whether this is Istio's Wasm OCI artifact rather than a container image."""
         return self.config.media_type == WASM_CONFIG or any(layer.media_type == WASM_LAYER for layer in self.layers)
 
 
@@ -55,7 +56,8 @@ def resolve(client: RegistryClient, target: str, where: str) -> ResolvedImage:
     if media_type not in IMAGE_MANIFEST_TYPES:
         raise MeshextError(
             f"unknown manifest media type {media_type!r}", where=where,
-            fix=f"meshext reads {', '.join(IMAGE_MANIFEST_TYPES + MANIFEST_LIST_TYPES)}; push the module with `meshext push`",
+            fix=f"meshext reads {', '.join(IMAGE_MANIFEST_TYPES + MANIFEST_LIST_TYPES)}; "
+                "push the module with `meshext push`",
         )
     manifest = _load(raw, where)
     if not isinstance(manifest.get("config"), dict) or not isinstance(manifest.get("layers"), list):
@@ -99,6 +101,7 @@ def module_from_tar_layers(client: RegistryClient, image: ResolvedImage, bars: T
 
 
 def check_wasm(content: bytes, where: str) -> bytes:
+    """``content``, if it starts with the Wasm magic; else a MeshextError naming ``where``."""
     if not content.startswith(WASM_MAGIC):
         raise MeshextError("content is not a WebAssembly module (no \\0asm header)", where=where,
                            fix="push a .wasm file built with `meshext build` (or another Proxy-Wasm SDK)")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from meshext.errors import MeshextError
+from meshext.errors import InternalError, MeshextError
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 START_TIMEOUT_SECONDS = 10
@@ -38,6 +38,7 @@ class LocalRegistry:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> LocalRegistry:
+        """Run docker-registry on a free loopback port; retries twice if the port was taken meanwhile."""
         binary = shutil.which(REGISTRY_BINARY) or shutil.which("docker-registry")
         if binary is None:
             raise MeshextError("docker-registry is not installed", where=REGISTRY_BINARY,
@@ -49,10 +50,9 @@ class LocalRegistry:
             self.port = _free_loopback_port()
             config = self.workdir / "config.yml"
             config.write_text(yaml.safe_dump(self._config()))
-            log = open(self.workdir / "registry.log", "ab")
-            self._process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log,
-                                             stdin=subprocess.DEVNULL)
-            log.close()
+            with open(self.workdir / "registry.log", "ab") as log:  # the child keeps its own descriptor
+                self._process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log,
+                                                 stdin=subprocess.DEVNULL)
             if self._wait_ready():
                 return self
             self.stop()
@@ -60,6 +60,7 @@ class LocalRegistry:
                            where=REGISTRY_BINARY, fix="read the log")
 
     def stop(self) -> None:
+        """Stop the registry process (killed if it does not end within 5 s)."""
         if self._process is not None:
             self._process.terminate()
             try:
@@ -91,9 +92,12 @@ class LocalRegistry:
         return config
 
     def _wait_ready(self) -> bool:
+        process = self._process
+        if process is None:
+            raise InternalError("waiting for a registry that was never started")
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
+            if process.poll() is not None:
                 return False
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()

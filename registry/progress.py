@@ -21,14 +21,17 @@ class TransferProgress:
         self._progress = progress
 
     def bar(self, description: str, total: int) -> Advance:
-        if self._progress is None or total < SHOW_BAR_FROM_BYTES:
+        """A callback that moves a new bar by the bytes it is given (a no-op for small transfers)."""
+        progress = self._progress
+        if progress is None or total < SHOW_BAR_FROM_BYTES:
             return lambda _count: None
-        task = self._progress.add_task(description, total=total)
-        return lambda count: self._progress.advance(task, count)
+        task = progress.add_task(description, total=total)
+        return lambda count: progress.advance(task, count)
 
 
 @contextlib.contextmanager
 def transfer_progress(enabled: bool) -> Iterator[TransferProgress]:
+    """Bars on stderr while the block runs, if ``enabled`` and stderr is a terminal."""
     console = Console(stderr=True)
     if not enabled or not console.is_terminal:  # bars only for a person watching a terminal
         yield TransferProgress(None)

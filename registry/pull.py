@@ -88,12 +88,15 @@ def pull(reference: str, *, policy: str = "IfNotPresent", cache: ModuleCache | N
     where = reference
     tag_key = str(image_reference) if image_reference.digest is None else None
     if policy == "IfNotPresent":
-        known_digest = image_reference.digest or (cache.reference_record(tag_key) or {}).get("manifest_digest")
+        known_digest = image_reference.digest
+        if tag_key is not None:
+            known_digest = (cache.reference_record(tag_key) or {}).get("manifest_digest")
         cached = known_digest and _from_cache(cache, known_digest, image_reference, sha256)
         if cached:
             return cached
 
-    client = RegistryClient(image_reference, credentials=credentials, plain_http=plain_http, ca_file=ca_file, where=where)
+    client = RegistryClient(image_reference, credentials=credentials, plain_http=plain_http, ca_file=ca_file,
+                            where=where)
     image = resolve(client, image_reference.pull_target, where)
     module = _from_cache(cache, image.digest, image_reference, sha256)  # Always, but the tag has not moved
     if module is None:
@@ -171,7 +174,8 @@ def _pull_file(url: str, cache: ModuleCache, expected_sha256: str | None) -> Pul
         content = path.read_bytes()
     except OSError as error:
         raise MeshextError(f"cannot read {path}: {error.strerror}", where=url,
-                           fix="file:// URLs name an absolute path on this machine, e.g. file:///opt/filters/f.wasm") from None
+                           fix="file:// URLs name an absolute path on this machine, "
+                               "e.g. file:///opt/filters/f.wasm") from None
     check_wasm(content, url)
     check_expected_sha256(_sha256(content), expected_sha256, url)
     module_path, module_sha256 = cache.store_module(content, url)
@@ -185,7 +189,8 @@ def _pull_url(url: str, cache: ModuleCache, policy: str, expected_sha256: str | 
     if url.startswith("http://"):
         require_plain_http_allowed(host, url)
     if policy == "IfNotPresent":
-        known_digest = f"sha256:{expected_sha256}" if expected_sha256 else (cache.reference_record(url) or {}).get("manifest_digest")
+        known_digest = (f"sha256:{expected_sha256}" if expected_sha256
+                        else (cache.reference_record(url) or {}).get("manifest_digest"))
         cached = known_digest and _from_cache(cache, known_digest, None, expected_sha256)
         if cached:
             return cached
@@ -194,9 +199,10 @@ def _pull_url(url: str, cache: ModuleCache, policy: str, expected_sha256: str | 
                                 timeout=(CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS))
     except requests.exceptions.SSLError as error:
         raise MeshextError(f"TLS handshake with {host} failed: {error}", where=url,
-                           fix="pass the CA that signed the server certificate (--ca-file)") from None
+                           fix="pass the CA that signed the server certificate (--registry-ca-file)") from None
     except requests.exceptions.RequestException as error:
-        raise UnavailableError(f"{host} did not answer: {error}", where=url, fix="check the URL and that the server runs") from None
+        raise UnavailableError(f"{host} did not answer: {error}", where=url,
+                               fix="check the URL and that the server runs") from None
     with response, transfer_progress(progress) as bars:
         if response.status_code != 200:
             raise MeshextError(f"server answered HTTP {response.status_code}", where=url, fix="check the URL")
@@ -207,7 +213,8 @@ def _pull_url(url: str, cache: ModuleCache, policy: str, expected_sha256: str | 
                     file.write(chunk)
                     advance(len(chunk))
             except requests.exceptions.RequestException as error:
-                raise UnavailableError(f"transfer broke off: {error}", where=url, fix="retry; nothing was cached") from None
+                raise UnavailableError(f"transfer broke off: {error}", where=url,
+                                       fix="retry; nothing was cached") from None
             file.flush()  # the check below reads the file by name
             with open(file.name, "rb") as written:
                 check_wasm(written.read(4), url)
@@ -223,7 +230,8 @@ def _normalize_policy(policy: str, reference: str) -> str:
         return policy
     if policy in UNSPECIFIED_POLICIES:
         pinned = "@sha256:" in reference
-        return "Always" if not pinned and (reference.endswith(":latest") or ":" not in reference.rsplit("/", 1)[-1]) else "IfNotPresent"
+        untagged = ":" not in reference.rsplit("/", 1)[-1]
+        return "Always" if not pinned and (reference.endswith(":latest") or untagged) else "IfNotPresent"
     raise MeshextError(f"unknown pull policy {policy!r}", where="imagePullPolicy",
                        fix=f"use one of {', '.join(POLICIES)}")
 

@@ -29,6 +29,8 @@ class ImageReference:
 
     @classmethod
     def parse(cls, text: str) -> ImageReference:
+        """Parse ``[oci://]host[:port]/repository[:tag][@sha256:...]``; anything else, a reference
+        without a registry host included, is a MeshextError."""
         original = text
         if text.startswith("oci://"):
             text = text[len("oci://") :]
@@ -106,5 +108,6 @@ def require_plain_http_allowed(registry: str, where: str) -> None:
         raise MeshextError(
             f"plain HTTP to {registry} refused: credentials and modules would cross the network unencrypted",
             where=where,
-            fix="drop --plain-http and use TLS (--ca-file for a private CA); plain HTTP is allowed only to 127.0.0.1, ::1 or localhost",
+            fix="drop --plain-http and use TLS (--registry-ca-file for a private CA); plain HTTP is allowed only "
+                "to 127.0.0.1, ::1 or localhost",
         )

@@ -12,6 +12,8 @@ Stages, one module each:
 - ``preinit``    runs the interpreter start and the filter import in
                  wasmtime and snapshots the result into the module;
 - ``wasm_binary`` reads and rewrites module sections for that snapshot;
+- ``metadata``   records meshext.toml's name, version, description, phase
+                 and priority in the module (read by `meshext push`);
 - ``pipeline``   puts the stages together.
 """
 

@@ -22,6 +22,7 @@ import meshext.sdk
 from meshext.errors import MeshextError
 from meshext.sdk._dispatch import BUILD_FACTS_PREFIX
 from meshext.sdk.builder import analysis, fsimage, preinit, prune, toolchain
+from meshext.sdk.builder.metadata import ProjectMetadata, add_project_metadata
 from meshext.sdk.builder.project import Project, load_project
 from meshext.sdk.builder.shim import OPTIONAL_MODULES, build_shim, functions_by_part
 
@@ -228,6 +229,8 @@ def build_filter(project_dir: Path, output: Path | None = None, progress: Progre
         },
         functions_by_part=functions_by_part(shim_path),
     )
+    # After pruning, which drops custom sections: `meshext push --format maistra` reads it.
+    module = add_project_metadata(module, ProjectMetadata.of(project.filter))
 
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")

@@ -4,24 +4,26 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
+from control_harness import (
+    PULL_PASSWORD,
+    PULL_USER,
+    header_module,
+    start_app,
+    start_control_plane,
+    two_service_mesh,
+)
 
-from meshext.control.images import RegistrySettings
 from meshext.control.mesh import Mesh, load_mesh
-from meshext.control.operator import Operator
 from meshext.control.pki import PKIDirectory
 from meshext.control.proxy import sidecar_for
-from meshext.control.server import ControlPlane
 from meshext.control.sources import DirectorySource
-
-from meshext.registry import Credentials, MaistraManifest, ModuleCache, push
+from meshext.registry import Credentials, MaistraManifest, push
 from meshext.registry.local_registry import LocalRegistry
-
-from control_harness import PULL_PASSWORD, PULL_USER, header_module, start_app, two_service_mesh
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -91,26 +93,25 @@ class MeshUnderTest:
         self.apps = [start_app(w.name, w.app.port) for w in self.mesh.workloads]
         self.pki = PKIDirectory(root / "pki")
         self.pki.ensure(workloads=[(w.name, w.namespace) for w in self.mesh.workloads])
-        self.control_plane = ControlPlane(tls=self.pki.control_plane().load()).start()
-        settings = RegistrySettings(cache=ModuleCache(root / "cache"), plain_http_hosts=frozenset(registry_hosts))
-        self.operator = Operator(self.mesh, self.control_plane, registry=settings).start()
-        self.source = DirectorySource(self.config_dir, self.operator, interval=0.1).start()
+        self.source = DirectorySource(self.config_dir, interval=0.1)
+        self.running = start_control_plane(self.mesh, root / "cache", source=self.source,
+                                           tls=self.pki.control_plane().load(),
+                                           plain_http_hosts=frozenset(registry_hosts))
+        self.control_plane, self.operator = self.running.server, self.running.operator
         self.sidecars = {
             w.name: sidecar_for(w, self.control_plane.xds_address, self.control_plane.http_address,
                                 "sotw" if w.name.startswith("frontend") else "delta",
                                 tls=self.pki.workload(w.name, w.namespace).load()).start()
             for w in self.mesh.workloads
         }
-        assert self.control_plane.cache.wait_converged([w.node_id for w in self.mesh.workloads], 30)
+        assert self.running.state.cache.wait_converged([w.node_id for w in self.mesh.workloads], 30)
 
     def close(self) -> None:
         for sidecar in self.sidecars.values():
             if os.environ.get("MESHEXT_SHOW_ENVOY_LOGS"):
                 print(f"--- {sidecar.envoy.workdir}\n{sidecar.envoy.log_tail(60)}")
             sidecar.cleanup()
-        self.source.stop()
-        self.operator.stop()
-        self.control_plane.stop()
+        self.running.stop()
         for app in self.apps:
             app.shutdown()
             app.server_close()
@@ -133,4 +134,4 @@ def clean_config(mesh_under_test: MeshUnderTest) -> Iterator[Path]:
     mesh_under_test.source.scan()
     mesh_under_test.operator.wait_idle()
     nodes = [w.node_id for w in mesh_under_test.mesh.workloads]
-    assert mesh_under_test.control_plane.cache.wait_converged(nodes, 30)
+    assert mesh_under_test.running.state.cache.wait_converged(nodes, 30)

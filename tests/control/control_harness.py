@@ -14,14 +14,22 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
+from meshext.control.images import RegistrySettings
 from meshext.control.mesh import Mesh
+from meshext.control.operator import Operator
+from meshext.control.pki import TLSMaterial
+from meshext.control.server import ControlPlane
+from meshext.control.sources import DirectorySource, KubernetesSource
+from meshext.control.state import ControlPlaneState
+from meshext.registry import ModuleCache
 
 WAT_DIR = Path(__file__).parent / "wasm"
 CHAIN_HEADER = "x-meshext-chain"
@@ -60,6 +68,37 @@ def header_module(directory: Path, header: str = CHAIN_HEADER) -> tuple[Path, st
     # before flushing what it wrote, so modules under its 8 KiB buffer fail to pull.
     padded = source.rstrip().removesuffix(")") + f'  (@custom "meshext-test-padding" "{"0" * 65536}")\n)\n'
     return compile_wat(padded, directory / f"{header}.wasm")
+
+
+@dataclass
+class RunningControlPlane:
+    """A control plane wired as `meshext control serve` wires it: state, operator, servers, source."""
+
+    state: ControlPlaneState
+    operator: Operator
+    server: ControlPlane
+    source: DirectorySource | KubernetesSource | None
+
+    def stop(self) -> None:
+        if self.source is not None:
+            self.source.stop()
+        self.operator.stop()
+        self.server.stop()
+        self.state.close()
+
+
+def start_control_plane(mesh: Mesh, cache_dir: Path, *, source: DirectorySource | KubernetesSource | None = None,
+                        tls: TLSMaterial | None = None,
+                        plain_http_hosts: frozenset[str] = frozenset()) -> RunningControlPlane:
+    """Build everything first, then start it: servers, operator, and the source feeding the operator."""
+    state = ControlPlaneState()
+    registry = RegistrySettings(cache=ModuleCache(cache_dir), plain_http_hosts=plain_http_hosts)
+    operator = Operator(mesh, state, resources=source, registry=registry)
+    server = ControlPlane(state, operator, tls=tls).start()
+    operator.start()
+    if source is not None:
+        source.start(operator)
+    return RunningControlPlane(state, operator, server, source)
 
 
 class _EchoHandler(BaseHTTPRequestHandler):

@@ -7,26 +7,18 @@ from pathlib import Path
 
 import pytest
 import yaml
-from control_harness import read_status, sme, wait_until, write_resources
+from control_harness import read_status, sme, start_control_plane, wait_until, write_resources
 
-from meshext.control.images import RegistrySettings
 from meshext.control.mesh import load_mesh
-from meshext.control.operator import Operator
-from meshext.control.server import ControlPlane
 from meshext.control.sources import DirectorySource
-from meshext.registry import ModuleCache
 
 
 @pytest.fixture
 def directory_mode(tmp_path: Path):
-    control_plane = ControlPlane().start()
-    operator = Operator(load_mesh(), control_plane,
-                        registry=RegistrySettings(cache=ModuleCache(tmp_path / "cache"))).start()
-    source = DirectorySource(tmp_path / "extensions", operator, interval=0.05).start()
-    yield tmp_path / "extensions", operator
-    source.stop()
-    operator.stop()
-    control_plane.stop()
+    running = start_control_plane(load_mesh(), tmp_path / "cache",
+                                  source=DirectorySource(tmp_path / "extensions", interval=0.05))
+    yield tmp_path / "extensions", running.operator
+    running.stop()
 
 
 def _generation(path: Path, key: str) -> int | None:

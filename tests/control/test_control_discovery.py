@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from control_harness import Load, call, free_port, sme, start_app, wait_until
+from control_harness import Load, call, free_port, sme, start_app, start_control_plane, wait_until
 
 from meshext.control.discovery import (
     APP_PORT_ANNOTATION,
@@ -23,13 +24,9 @@ from meshext.control.discovery import (
     SERVICE_NAME_LABEL,
     KubernetesMeshDiscovery,
 )
-from meshext.control.images import RegistrySettings
 from meshext.control.mesh import Mesh
-from meshext.control.operator import Operator
 from meshext.control.proxy import Sidecar
-from meshext.control.server import ControlPlane
 from meshext.control.sources import KubernetesSource
-from meshext.registry import ModuleCache
 
 NAMESPACE = "default"
 
@@ -65,15 +62,14 @@ class DiscoveredMesh:
     """Fake API server, control plane (operator + CRD source + mesh discovery), pods with real sidecars."""
 
     def __init__(self, root) -> None:
-        from kubernetes import client
         from kube_fake import FakeKubernetes
+        from kubernetes import client
 
         self.fake = FakeKubernetes()
-        self.control_plane = ControlPlane().start()
-        self.operator = Operator(Mesh(), self.control_plane,
-                                 registry=RegistrySettings(cache=ModuleCache(root / "cache"))).start()
         api = client.ApiClient(client.Configuration(host=self.fake.url))
-        self.source = KubernetesSource(self.operator, api_client=api, timeout_seconds=5).start()
+        self.running = start_control_plane(Mesh(), root / "cache",
+                                           source=KubernetesSource(api_client=api, timeout_seconds=5))
+        self.control_plane, self.operator = self.running.server, self.running.operator
         self.discovery = KubernetesMeshDiscovery(self.operator, api_client=api, timeout_seconds=5).start()
         self.apps: dict[str, Any] = {}
         self.sidecars: dict[str, Sidecar] = {}
@@ -100,7 +96,7 @@ class DiscoveredMesh:
                           else None, what=what)
         assert self.operator.wait_idle(30)
         nodes = [f"{name}.{NAMESPACE}" for name in self.sidecars]
-        assert self.control_plane.cache.wait_converged(nodes, 30), self.operator.status_report()["proxies"]
+        assert self.running.state.cache.wait_converged(nodes, 30), self.operator.status_report()["proxies"]
         return mesh
 
     def answers(self, source: str, service: str, count: int = 20) -> Counter:
@@ -123,9 +119,7 @@ class DiscoveredMesh:
         for sidecar in self.sidecars.values():
             sidecar.cleanup()
         self.discovery.stop()
-        self.source.stop()
-        self.operator.stop()
-        self.control_plane.stop()
+        self.running.stop()
         for app in self.apps.values():
             app.shutdown()
             app.server_close()
@@ -241,7 +235,7 @@ def test_an_extension_selects_a_newly_created_pod(discovered, modules):
     discovered.settle(lambda m: len(m.workloads) == 2, "the canary pod removed")
     wait_until(lambda: status()["conditions"][0]["reason"] == "NoMatchingWorkloads", what="the canary gone")
     assert status()["workloads"] == []
-    assert discovered.control_plane.cache.snapshot("backend-canary.default") is None  # forgotten
+    assert discovered.running.state.cache.snapshot("backend-canary.default") is None  # forgotten
     wait_until(lambda: "backend-canary.default" not in discovered.operator.status_report()["proxies"],
                what="the stopped sidecar forgotten")
     fake.delete("servicemeshextensions", NAMESPACE, "canary-tag")
@@ -359,8 +353,8 @@ def test_address_clashes_are_judged_per_network_namespace():
 
 def test_discovery_maps_objects_onto_the_mesh(tmp_path):
     """Protocols from appProtocol / port names, app ports from EndpointSlices, and a relist after 410 Gone."""
-    from kubernetes import client
     from kube_fake import FakeKubernetes
+    from kubernetes import client
 
     fake = FakeKubernetes()
     ports = [{"name": "grpc-api", "port": 9000}, {"name": "web", "port": 80, "appProtocol": "kubernetes.io/h2c"},
@@ -378,10 +372,9 @@ def test_discovery_maps_objects_onto_the_mesh(tmp_path):
     unmeshed["status"]["podIP"] = "10.1.0.6"
     fake.apply("pods", unmeshed)
     fake.apply("endpointslices", slice_object("api", {"api-0": True, "plain-0": True}, port=9443))
-    control_plane = ControlPlane().start()
-    operator = Operator(Mesh(), control_plane, registry=RegistrySettings(cache=ModuleCache(tmp_path))).start()
+    running = start_control_plane(Mesh(), tmp_path)
     api = client.ApiClient(client.Configuration(host=fake.url))
-    discovery = KubernetesMeshDiscovery(operator, api_client=api, timeout_seconds=1,
+    discovery = KubernetesMeshDiscovery(running.operator, api_client=api, timeout_seconds=1,
                                         control_plane_namespace="mesh-admin").start()
     try:
         mesh = wait_until(lambda: discovery.mesh, what="the first mesh")
@@ -400,10 +393,9 @@ def test_discovery_maps_objects_onto_the_mesh(tmp_path):
         fake.compact()
         wait_until(lambda: discovery.mesh.workloads == [] and discovery.mesh.services[0].endpoints == [],
                    what="the pod gone after a relist")
-        assert operator.wait_idle(10)
-        assert operator.status_report()["mesh"]["workloads"] == []
+        assert running.operator.wait_idle(10)
+        assert running.operator.status_report()["mesh"]["workloads"] == []
     finally:
         discovery.stop()
-        operator.stop()
-        control_plane.stop()
+        running.stop()
         fake.close()

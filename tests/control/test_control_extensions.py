@@ -96,14 +96,15 @@ def test_phases_and_priorities_run_in_documented_order(mesh_under_test, clean_co
                                                           "from-manifest")]
     keys += ["WasmPlugin/default/authn", "WasmPlugin/default/unspecified"]
     for key in keys:
-        wait_until(lambda: _ready(resource, key), what=f"{key} Ready")
+        wait_until(lambda key=key: _ready(resource, key), what=f"{key} Ready")
     manifest_status = _status_of(resource, "ServiceMeshExtension/default/from-manifest")
     assert (manifest_status["effectivePhase"], manifest_status["effectivePriority"]) == ("PreAuthN", 100)
 
     expected = ['{"tag":"manifest"}', '{"tag":"AUTHN/5"}', '{"tag":"PostAuthZ/9"}', '{"tag":"PostAuthZ/1"}',
                 '{"tag":"PreStats/50"}', '{"tag":"UNSPECIFIED"}']
     for source, service in (("frontend-v1", "backend"), ("backend-v1", "frontend")):
-        response = wait_until(lambda: _with_chain(call(mesh_under_test.mesh, source, service), expected),
+        response = wait_until(lambda source=source, service=service: _with_chain(
+                                  call(mesh_under_test.mesh, source, service), expected),
                               what=f"{source} -> {service} chain")
         assert response.chain() == expected  # decode path: filter order
         assert response.response_chain() == expected[::-1]  # encode path runs the chain backwards
@@ -191,9 +192,11 @@ def test_bad_resources_are_reported_and_traffic_is_unaffected(mesh_under_test, c
 
         # The refused extension is withdrawn: every proxy is back in sync on good config.
         nodes = [w.node_id for w in mesh.workloads]
-        assert mesh_under_test.control_plane.cache.wait_converged(nodes, 20)
+        assert mesh_under_test.running.state.cache.wait_converged(nodes, 20)
         for source, service in (("frontend-v1", "backend"), ("backend-v1", "frontend")):
-            wait_until(lambda: _with_chain(call(mesh, source, service), ['{"tag":"good"}']), what="good chain only")
+            wait_until(lambda source=source, service=service: _with_chain(call(mesh, source, service),
+                                                                          ['{"tag":"good"}']),
+                       what="good chain only")
         assert _ready(good, "ServiceMeshExtension/default/good")
 
         # An update that Envoy refuses: the previous generation keeps running, and the status says both.
@@ -208,7 +211,7 @@ def test_bad_resources_are_reported_and_traffic_is_unaffected(mesh_under_test, c
         assert _condition(status)["reason"] == "RejectedByProxy"
         assert "the last accepted configuration keeps running" in _condition(status)["message"]
         assert status["workloads"] == ["backend-v1.default", "frontend-v1.default"]
-        assert mesh_under_test.control_plane.cache.wait_converged(nodes, 20)
+        assert mesh_under_test.running.state.cache.wait_converged(nodes, 20)
         assert call(mesh, "frontend-v1", "backend").chain() == ['{"tag":"good"}']
 
         # An invalid update: reported, and again the last accepted configuration keeps running.

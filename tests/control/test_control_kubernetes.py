@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from control_harness import wait_until
+from control_harness import start_control_plane, wait_until
 
 needs_cluster = pytest.mark.skipif(
     not os.environ.get("KUBECONFIG"),
@@ -30,12 +30,8 @@ def test_kubernetes_source_reconciles_and_writes_status(tmp_path, modules):
     from kubernetes import client, config
     from kubernetes.client.exceptions import ApiException
 
-    from meshext.control.images import RegistrySettings
     from meshext.control.mesh import load_mesh
-    from meshext.control.operator import Operator
-    from meshext.control.server import ControlPlane
     from meshext.control.sources import KubernetesSource
-    from meshext.registry import ModuleCache
 
     config.load_kube_config()
     api = client.ApiClient()
@@ -52,10 +48,8 @@ def test_kubernetes_source_reconciles_and_writes_status(tmp_path, modules):
     core.create_namespace({"metadata": {"name": namespace}})
     custom = client.CustomObjectsApi(api)
     path, sha = modules["chain"]
-    control_plane = ControlPlane().start()
-    operator = Operator(load_mesh(), control_plane,
-                        registry=RegistrySettings(cache=ModuleCache(tmp_path / "cache"))).start()
-    source = KubernetesSource(operator, api_client=api, timeout_seconds=5).start()
+    running = start_control_plane(load_mesh(), tmp_path / "cache",
+                                  source=KubernetesSource(api_client=api, timeout_seconds=5))
     body = {"apiVersion": "maistra.io/v1", "kind": "ServiceMeshExtension",
             "metadata": {"name": "tagger", "namespace": namespace},
             "spec": {"image": f"file://{path}", "config": {"tag": "k8s"}, "phase": "PostAuthN"}}
@@ -78,23 +72,17 @@ def test_kubernetes_source_reconciles_and_writes_status(tmp_path, modules):
                                               {"spec": {"config": {"tag": "k8s-2"}}})
         wait_until(lambda: status(2), timeout=30, what="generation 2 observed")
     finally:
-        source.stop()
-        operator.stop()
-        control_plane.stop()
+        running.stop()
         core.delete_namespace(namespace)
 
 
 def test_kubernetes_source_against_a_fake_api_server(tmp_path, modules):
     """Runs everywhere: watch from a resourceVersion, reconnect, relist after 410 Gone, status patches."""
-    from kubernetes import client
     from kube_fake import FakeKubernetes
+    from kubernetes import client
 
-    from meshext.control.images import RegistrySettings
     from meshext.control.mesh import load_mesh
-    from meshext.control.operator import Operator
-    from meshext.control.server import ControlPlane
     from meshext.control.sources import KubernetesSource
-    from meshext.registry import ModuleCache
 
     fake = FakeKubernetes()
     path, sha = modules["chain"]
@@ -110,11 +98,10 @@ def test_kubernetes_source_against_a_fake_api_server(tmp_path, modules):
         return ((obj or {}).get("status") or {}).get("observedGeneration")
 
     fake.apply(plural, extension("first", "a"))
-    control_plane = ControlPlane().start()
-    operator = Operator(load_mesh(), control_plane,
-                        registry=RegistrySettings(cache=ModuleCache(tmp_path / "cache"))).start()
     api = client.ApiClient(client.Configuration(host=fake.url))
-    source = KubernetesSource(operator, api_client=api, timeout_seconds=1).start()
+    running = start_control_plane(load_mesh(), tmp_path / "cache",
+                                  source=KubernetesSource(api_client=api, timeout_seconds=1))
+    operator = running.operator
     try:
         wait_until(lambda: observed("first") == 1, what="status of the listed resource")
         status = fake.get(plural, "default", "first")["status"]
@@ -139,9 +126,7 @@ def test_kubernetes_source_against_a_fake_api_server(tmp_path, modules):
         time.sleep(1)
         assert len(fake.status_patches) == patches, "status writes keep triggering status writes"
     finally:
-        source.stop()
-        operator.stop()
-        control_plane.stop()
+        running.stop()
         fake.close()
 
 
@@ -152,20 +137,15 @@ def test_mesh_discovery_against_a_real_cluster(tmp_path):
     from kubernetes import client, config
 
     from meshext.control.discovery import INJECT_ANNOTATION, KubernetesMeshDiscovery
-    from meshext.control.images import RegistrySettings
     from meshext.control.mesh import Mesh
-    from meshext.control.operator import Operator
-    from meshext.control.server import ControlPlane
-    from meshext.registry import ModuleCache
 
     config.load_kube_config()
     api = client.ApiClient()
     core = client.CoreV1Api(api)
     namespace = f"meshext-test-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"metadata": {"name": namespace}})
-    control_plane = ControlPlane().start()
-    operator = Operator(Mesh(), control_plane, registry=RegistrySettings(cache=ModuleCache(tmp_path / "cache"))).start()
-    discovery = KubernetesMeshDiscovery(operator, api_client=api, timeout_seconds=5).start()
+    running = start_control_plane(Mesh(), tmp_path / "cache")
+    discovery = KubernetesMeshDiscovery(running.operator, api_client=api, timeout_seconds=5).start()
 
     def discovered() -> tuple[list[str], list[str]]:
         mesh = discovery.mesh
@@ -193,6 +173,5 @@ def test_mesh_discovery_against_a_real_cluster(tmp_path):
         wait_until(lambda: discovered() == ([], []), timeout=120, what="pod removed from the mesh")
     finally:
         discovery.stop()
-        operator.stop()
-        control_plane.stop()
+        running.stop()
         core.delete_namespace(namespace)

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -65,7 +64,7 @@ def test_control_plane_restart_under_load(tmp_path: Path, modules):
     write_resources(resource, sme("everywhere", f"file://{path}", config={"tag": "all"},
                                   namespace="meshext-system"))
     pki = tmp_path / "pki"
-    certs = subprocess.run([sys.executable, "-m", "meshext", "control", "certs", "--out", str(pki),
+    certs = subprocess.run([sys.executable, "-m", "meshext", "control", "certs", "-o", str(pki),
                             "--mesh", str(mesh_file)], capture_output=True, text=True, timeout=60)
     assert certs.returncode == 0, certs.stderr
     assert str(pki / "workloads" / "default" / "backend-v1-key.pem") in certs.stdout.split()
@@ -73,7 +72,7 @@ def test_control_plane_restart_under_load(tmp_path: Path, modules):
     xds, http = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     serve_args = ["control", "serve", "--config-dir", str(config_dir), "--mesh", str(mesh_file),
                   "--xds-address", xds, "--http-address", http, "--pki-dir", str(pki)]
-    log = open(tmp_path / "control.log", "ab")
+    log = open(tmp_path / "control.log", "ab")  # noqa: SIM115 - the processes write to it until the finally
     control = _meshext(*serve_args, stdout=log, stderr=subprocess.STDOUT)
     proxies = [
         _meshext("proxy", "--workload", w.name, "--namespace", w.namespace, "--control", xds, "--control-http", http,
@@ -83,8 +82,8 @@ def test_control_plane_restart_under_load(tmp_path: Path, modules):
     ]
     try:
         for source, service in (("frontend-v1", "backend"), ("backend-v1", "frontend")):
-            wait_until(lambda: call(mesh, source, service).chain() == ['{"tag":"all"}'], timeout=30,
-                       what=f"{source} -> {service} through the filter")
+            wait_until(lambda source=source, service=service: call(mesh, source, service).chain() == [
+                '{"tag":"all"}'], timeout=30, what=f"{source} -> {service} through the filter")
         before = wait_until(lambda: (lambda s: s if s and all(p["inSync"] for p in s["proxies"].values())
                                      and len(s["proxies"]) == 2 else None)(_status(http, pki)), what="proxies in sync")
         table = subprocess.run([sys.executable, "-m", "meshext", "status", "--control-http", http,
@@ -128,3 +127,34 @@ def test_control_plane_restart_under_load(tmp_path: Path, modules):
         for app in apps:
             app.shutdown()
             app.server_close()
+
+
+def _envoys_of(node_id: str) -> list[int]:
+    """Pids of running Envoys whose bootstrap names ``node_id`` (exited ones not yet reaped excluded)."""
+    pids = []
+    for process in Path("/proc").glob("[0-9]*"):
+        try:
+            arguments = (process / "cmdline").read_bytes().split(b"\0")
+            if not arguments[0].endswith(b"envoy") or "State:\tZ" in (process / "status").read_text():
+                continue
+            bootstrap = json.loads(Path(arguments[arguments.index(b"-c") + 1].decode()).read_text())
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or not an Envoy started with -c
+        if bootstrap.get("node", {}).get("id") == node_id:
+            pids.append(int(process.name))
+    return pids
+
+
+def test_a_signal_during_sidecar_start_up_leaves_no_envoy_behind(tmp_path: Path) -> None:
+    # No control plane answers, so Envoy never becomes ready and the sidecar is still starting up.
+    workload = f"signal-probe-{os.getpid()}"
+    proxy = _meshext("proxy", "--workload", workload, "--control", f"127.0.0.1:{free_port()}",
+                     "--control-http", f"127.0.0.1:{free_port()}", "--insecure", "--module-dir", str(tmp_path),
+                     stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: _envoys_of(f"{workload}.default"), what="the sidecar's Envoy started")
+        proxy.send_signal(signal.SIGTERM)
+        assert proxy.wait(timeout=15) == 0
+        assert _envoys_of(f"{workload}.default") == []
+    finally:
+        _stop(proxy)

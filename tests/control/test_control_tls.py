@@ -81,7 +81,7 @@ def test_sidecars_get_their_configuration_over_mutual_tls(mesh_under_test):
         values = dict(line.split(": ") for line in stats.strip().splitlines())
         assert int(values["cluster.meshext-xds.ssl.handshake"]) >= 1, stats
         assert values["control_plane.connected_state"] == "1", stats
-    proxies = mesh_under_test.control_plane.cache.proxies()
+    proxies = mesh_under_test.running.state.cache.proxies()
     assert proxies[BACKEND].streams == 1 and proxies[FRONTEND].streams == 1
     assert call(mesh_under_test.mesh, "frontend-v1", "backend").body["app"] == "backend-v1"
     assert call(mesh_under_test.mesh, "backend-v1", "frontend").body["app"] == "frontend-v1"
@@ -156,7 +156,7 @@ def test_module_downloads_only_with_the_workloads_own_certificate(mesh_under_tes
     path, sha = modules["chain"]
     write_resources(clean_config / "backend-only.yaml",
                     sme("backend-only", f"file://{path}", config={"tag": "b"}, labels={"app": "backend"}))
-    wait_until(lambda: plane.demand.wants(BACKEND, sha), what="the backend needs the module")
+    wait_until(lambda: plane.state.demand.wants(BACKEND, sha), what="the backend needs the module")
     base = f"https://127.0.0.1:{plane.http_port}"
     pki = mesh_under_test.pki
     backend = client_ssl_context(pki.workload("backend-v1", "default").load())
@@ -188,7 +188,7 @@ def test_bad_certificate_files_are_named_with_the_fix(tmp_path):
     other = _other_ca(tmp_path / "other").workload("backend-v1", "default")
     ca = CertificateAuthority.load(pki.ca_file, pki.ca_key_file)
     expired_cert, expired_key = ca.issue(workload_path("backend-v1", "default"), days=1,
-                                         not_before=datetime.datetime.now(datetime.timezone.utc)
+                                         not_before=datetime.datetime.now(datetime.UTC)
                                          - datetime.timedelta(days=3))
     (tmp_path / "expired.pem").write_bytes(expired_cert)
     (tmp_path / "expired-key.pem").write_bytes(expired_key)
@@ -216,10 +216,10 @@ def _meshext(*args: str) -> subprocess.CompletedProcess:
 
 def test_cli_refuses_bad_certificates_and_plain_text_off_loopback(tmp_path):
     pki = tmp_path / "pki"
-    assert _meshext("control", "certs", "--out", str(pki), "--workload", "backend-v1").returncode == 0
+    assert _meshext("control", "certs", "-o", str(pki), "--workload", "backend-v1").returncode == 0
     ca = CertificateAuthority.load(pki / "ca.pem", pki / "ca-key.pem")
     cert, key = ca.issue(workload_path("backend-v1", "default"), days=1,
-                         not_before=datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=2))
+                         not_before=datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=2))
     (tmp_path / "old.pem").write_bytes(cert)
     (tmp_path / "old-key.pem").write_bytes(key)
     control = f"127.0.0.1:{free_port()}"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from envoy.config.listener.v3 import listener_pb2
 from envoy.config.core.v3 import extension_pb2
+from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.http.wasm.v3 import wasm_pb2
-from envoy.extensions.wasm.v3 import wasm_pb2 as plugin_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.wasm.v3 import wasm_pb2 as plugin_pb2
 
 from meshext.control.envoy_config import SnapshotBuilder
 from meshext.control.mesh import load_mesh
@@ -38,7 +38,8 @@ def test_filter_chain_follows_phase_then_priority():
     mesh = load_mesh()
     workload = mesh.workloads[0]
     extensions = [
-        _placed("stats", "PostStats", 0), _placed("authz-low", "PostAuthZ", 1), _placed("unspecified", "Unspecified", 9),
+        _placed("stats", "PostStats", 0), _placed("authz-low", "PostAuthZ", 1),
+        _placed("unspecified", "Unspecified", 9),
         _placed("authn", "PreAuthN", 0), _placed("authz-high", "PostAuthZ", 7), _placed("client", "PreAuthN", 5,
                                                                                         inbound=False, outbound=True),
     ]
@@ -111,8 +112,8 @@ def test_validation_names_field_and_fix():
 
 def test_mesh_file_errors_name_the_problem(tmp_path):
     import yaml
-
     from control_harness import two_service_mesh
+
     from meshext.control.mesh import load_mesh as load
 
     document = two_service_mesh()

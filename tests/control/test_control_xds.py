@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -15,6 +15,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from meshext.control.server import ControlPlane
 from meshext.control.snapshot import CLUSTER, ENDPOINT, Snapshot
+from meshext.control.state import ControlPlaneState
 
 NODE = "probe.default"
 
@@ -70,11 +71,13 @@ class Stream:
 
 @pytest.fixture
 def plane():
-    control_plane = ControlPlane().start()
+    state = ControlPlaneState()
+    control_plane = ControlPlane(state).start()  # no operator: the tests publish snapshots themselves
     channel = grpc.insecure_channel(f"127.0.0.1:{control_plane.xds_port}")
     yield control_plane, channel
     channel.close()
     control_plane.stop()
+    state.close()
 
 
 def _node() -> base_pb2.Node:
@@ -83,7 +86,7 @@ def _node() -> base_pb2.Node:
 
 def test_sotw_ack_nack_and_no_resend_after_nack(plane):
     control_plane, channel = plane
-    cache = control_plane.cache
+    cache = control_plane.state.cache
     cache.set_snapshot(NODE, _clusters("a"))
     stream = Stream(channel, delta=False)
     stream.send(discovery_pb2.DiscoveryRequest(node=_node(), type_url=CLUSTER))
@@ -129,7 +132,7 @@ def _names(resources) -> list[str]:
 
 def test_delta_sends_changes_and_removals_only(plane):
     control_plane, channel = plane
-    cache = control_plane.cache
+    cache = control_plane.state.cache
     cache.set_snapshot(NODE, _clusters("a", "b"))
     stream = Stream(channel, delta=True)
     stream.send(discovery_pb2.DeltaDiscoveryRequest(node=_node(), type_url=CLUSTER))
@@ -173,7 +176,7 @@ def _endpoints(*names: str, changed: str = "") -> Snapshot:
 
 def test_sotw_change_outside_the_subscription_sends_nothing_but_counts_as_in_sync(plane):
     control_plane, channel = plane
-    cache = control_plane.cache
+    cache = control_plane.state.cache
     cache.set_snapshot(NODE, _endpoints("a"))
     stream = Stream(channel, delta=False)
     stream.send(discovery_pb2.DiscoveryRequest(node=_node(), type_url=ENDPOINT, resource_names=["a"]))

@@ -34,7 +34,7 @@ class Registry:
     plain_http: bool
     ca_file: str | None
     credentials: Credentials | None
-    token_server: "TokenServer | None" = None
+    token_server: TokenServer | None = None
 
     @property
     def host(self) -> str:
@@ -45,7 +45,7 @@ class Registry:
         return {"plain_http": self.plain_http, "ca_file": self.ca_file, "credentials": self.credentials}
 
     def cli_options(self) -> list[str]:
-        options = ["--plain-http"] if self.plain_http else ["--ca-file", self.ca_file]
+        options = ["--plain-http"] if self.plain_http else ["--registry-ca-file", self.ca_file]
         if self.credentials:
             options += ["--username", self.credentials.username, "--password-stdin"]
         return options
@@ -55,7 +55,7 @@ class Registry:
         hex_digest = digest.removeprefix("sha256:")
         return self.server.storage / "docker/registry/v2/blobs/sha256" / hex_digest[:2] / hex_digest / "data"
 
-    def craft(self) -> "ImageCrafter":
+    def craft(self) -> ImageCrafter:
         session = requests.Session()
         session.trust_env = False  # else $REQUESTS_CA_BUNDLE overrides session.verify
         session.verify = self.ca_file or True
@@ -97,7 +97,8 @@ class ImageCrafter:
         """A Docker v2 schema 2 image (what `docker build` pushes): one gzip tar layer per dict."""
         layer_descriptors = [self.blob(repository, tar_gz(files), "application/vnd.docker.image.rootfs.diff.tar.gzip")
                              for files in layers]
-        config = self.blob(repository, json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}}).encode(),
+        config_json = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}}
+        config = self.blob(repository, json.dumps(config_json).encode(),
                            "application/vnd.docker.container.image.v1+json")
         return self.manifest(repository, tag, {
             "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
@@ -221,7 +222,8 @@ class TokenServer:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
-                expected = "Basic " + base64.b64encode(f"{token_server.username}:{token_server.password}".encode()).decode()
+                login = f"{token_server.username}:{token_server.password}"
+                expected = "Basic " + base64.b64encode(login.encode()).decode()
                 if self.headers.get("Authorization") != expected or query.get("service") != [TokenServer.SERVICE]:
                     self.send_response(401)
                     self.end_headers()

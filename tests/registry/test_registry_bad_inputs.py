@@ -16,7 +16,8 @@ from meshext.errors import EXIT_UNAVAILABLE, MeshextError, UnavailableError
 from meshext.registry import Credentials, MaistraManifest, ModuleCache, inspect, pull, push
 
 
-def expect_error(cache: ModuleCache, reference: str, error_type: type[MeshextError] = MeshextError, **options) -> MeshextError:
+def expect_error(cache: ModuleCache, reference: str, error_type: type[MeshextError] = MeshextError,
+                 **options) -> MeshextError:
     """Pull must fail with ``error_type`` and leave the cache empty."""
     with pytest.raises(error_type) as caught:
         pull(reference, cache=cache, **options)
@@ -82,7 +83,7 @@ def test_wrong_and_missing_credentials(secure_registry: Registry, wasm_file: Pat
 
 def test_tls_without_the_ca_is_refused_with_a_hint(secure_registry: Registry, cache: ModuleCache) -> None:
     error = expect_error(cache, f"{secure_registry.host}/bad/private:1", credentials=secure_registry.credentials)
-    assert "TLS handshake" in error.message and "--ca-file" in error.fix
+    assert "TLS handshake" in error.message and "--registry-ca-file" in error.fix
 
 
 def test_registry_down(cache: ModuleCache, wasm_file: Path) -> None:
@@ -115,7 +116,8 @@ def test_bad_maistra_manifest(plain_registry: Registry, wasm_module: bytes, cach
     assert fix_hint in error.fix
 
 
-def test_maistra_manifest_naming_an_absent_module(plain_registry: Registry, wasm_module: bytes, cache: ModuleCache) -> None:
+def test_maistra_manifest_naming_an_absent_module(plain_registry: Registry, wasm_module: bytes,
+                                                  cache: ModuleCache) -> None:
     manifest = {"schemaVersion": 1, "name": "f", "phase": "PostAuthZ", "module": "other.wasm"}
     plain_registry.craft().docker_image("bad/maistra-absent", "1",
                                         [{"manifest.yaml": yaml.safe_dump(manifest).encode(), "f.wasm": wasm_module}])
@@ -153,7 +155,8 @@ def test_plain_http_only_to_loopback(cache: ModuleCache, wasm_file: Path) -> Non
     assert "plain HTTP" in error.message
 
 
-@pytest.mark.parametrize("reference", ["just-a-name:1", "filters/f:1", "127.0.0.1:5000/f@sha256:1234", "127.0.0.1:5000/UPPER/x:1"])
+@pytest.mark.parametrize("reference", ["just-a-name:1", "filters/f:1", "127.0.0.1:5000/f@sha256:1234",
+                                       "127.0.0.1:5000/UPPER/x:1"])
 def test_malformed_references(cache: ModuleCache, reference: str) -> None:
     expect_error(cache, reference, plain_http=True)
 

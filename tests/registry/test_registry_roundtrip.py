@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from registry_helpers import Registry, docker_config_for, make_module
 
 from meshext.errors import MeshextError
 from meshext.registry import Credentials, MaistraManifest, ModuleCache, inspect, pull, push
-
-from registry_helpers import Registry, docker_config_for, make_module
 
 MAISTRA = MaistraManifest(name="header-filter", description="adds a header", version="1.2.0", phase="PostAuthZ",
                           priority=10, module="header-filter.wasm")
@@ -67,7 +66,8 @@ def test_reads_images_built_by_docker(any_registry: Registry, wasm_module: bytes
     craft.docker_image("filters/docker-built", "v1", [{"plugin.wasm": wasm_module, "README": b"hello"}])
     manifest_yaml = yaml.safe_dump({"schemaVersion": 1, "name": "rl", "description": "rate limit", "version": "0.3",
                                     "phase": "PreAuthZ", "priority": 5, "module": "ratelimit.wasm"}).encode()
-    craft.docker_image("filters/maistra-built", "v1", [{"manifest.yaml": manifest_yaml}, {"ratelimit.wasm": wasm_module}])
+    craft.docker_image("filters/maistra-built", "v1",
+                       [{"manifest.yaml": manifest_yaml}, {"ratelimit.wasm": wasm_module}])
 
     docker = pull(f"{any_registry.host}/filters/docker-built:v1", cache=cache, **any_registry.options())
     maistra = pull(f"{any_registry.host}/filters/maistra-built:v1", cache=cache, **any_registry.options())
@@ -85,8 +85,9 @@ def test_manifest_list_resolves_to_the_wasm_entry_and_pins_the_list(plain_regist
     other_digest = craft.docker_image("filters/multi", "other", [{"README": b"not a filter"}])
     image_size = len(craft.session.get(f"{craft.base_url}/v2/filters/multi/manifests/{image_digest}",
                                        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).content)
+    docker_manifest = {"Accept": "application/vnd.docker.distribution.manifest.v2+json"}
     other_size = len(craft.session.get(f"{craft.base_url}/v2/filters/multi/manifests/{other_digest}",
-                                       headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"}).content)
+                                       headers=docker_manifest).content)
     index_digest = craft.manifest("filters/multi", "1.0", {
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
         "manifests": [
@@ -192,7 +193,7 @@ def test_cli_push_pull_inspect_with_login_and_tls(secure_registry: Registry, was
 
     # Credentials from a Docker config.json instead of the command line.
     config = docker_config_for(secure_registry, tmp_path / "config.json")
-    inspected = run_cli("inspect", reference, "--json", "--ca-file", secure_registry.ca_file,
+    inspected = run_cli("inspect", reference, "--json", "--registry-ca-file", secure_registry.ca_file,
                         "--registry-config", str(config))
     assert inspected.returncode == 0, inspected.stderr
     info = json.loads(inspected.stdout)
@@ -200,7 +201,8 @@ def test_cli_push_pull_inspect_with_login_and_tls(secure_registry: Registry, was
     assert info["maistra"] == {"name": "filter", "description": "", "version": "2.0", "phase": "PreStats",
                                "priority": 7, "module": "filter.wasm"}
 
-    human = run_cli("inspect", reference, "--ca-file", secure_registry.ca_file, "--registry-config", str(config))
+    human = run_cli("inspect", reference, "--registry-ca-file", secure_registry.ca_file,
+                    "--registry-config", str(config))
     assert "maistra" in human.stdout and "PreStats" in human.stdout and digest in human.stdout
 
 
