@@ -354,6 +354,16 @@ class TcpStream(HostContext):
         self._downstream_open = True
         self._upstream_open = True
 
+    @property
+    def downstream_open(self) -> bool:
+        """Whether the client side of the connection is still open (False once either side closed it)."""
+        return self._downstream_open
+
+    @property
+    def upstream_open(self) -> bool:
+        """Whether the upstream side of the connection is still open."""
+        return self._upstream_open
+
     def _module_property(self, path: tuple[str, ...]) -> Any:
         return CONNECTION_DEFAULTS.get(".".join(path))
 
