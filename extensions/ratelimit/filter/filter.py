@@ -17,7 +17,7 @@ import time
 
 import buckets
 import rls_messages
-from ratelimit_config import UNIT_NUMBERS, Config, Entry, Limit, Rule, check
+from ratelimit_config import DESTINATION_LABEL, UNIT_NUMBERS, Config, Entry, Limit, Rule, check
 
 from meshext.sdk import Action, CalloutError, Counter, GrpcResponse, HttpContext, RootContext, log, properties
 from meshext.sdk.config import ConfigError
@@ -114,9 +114,8 @@ def _attribute(name: str, context: RateLimit) -> str | None:
         return principal if name == "source.principal" else principal.rstrip("/").rsplit("/", 1)[-1]
     if name == "destination.workload":
         return properties.get_str(("node", "metadata", "WORKLOAD_NAME"))
-    if name == "destination.app":
-        return properties.get_str(("node", "metadata", "LABELS", "app"))
-    return None  # unreachable: check() allows only ATTRIBUTES
+    # check() allows nothing else: a label of this proxy's workload.
+    return properties.get_str(("node", "metadata", "LABELS", name.removeprefix(DESTINATION_LABEL)))
 
 
 def _limit_key(limit: Limit, override: int) -> str:

@@ -32,9 +32,10 @@ UNIT_NUMBERS = {"second": 1, "minute": 2, "hour": 3, "day": 4}
 ALGORITHMS = ("fixed_window", "token_bucket")
 MODES = ("local", "global")
 FAILURE_MODES = ("allow", "deny")
-# What an entry's "attribute" may name, and where the filter reads it.
+# What an entry's "attribute" may name (the filter reads them), besides DESTINATION_LABEL + a label name.
 ATTRIBUTES = ("path", "method", "authority", "source.address", "source.principal", "source.workload",
-              "destination.workload", "destination.app")
+              "destination.workload")
+DESTINATION_LABEL = "destination.labels."  # a label of this proxy's workload (node metadata LABELS)
 DEFAULT_TIMEOUT_MS = 20  # as Envoy's ratelimit filter
 # Optional fields are written ``None | X``: the SDK's validator reports the error of
 # a union's last member, and for a value that is given, X's error is the useful one.
@@ -165,8 +166,9 @@ def _check_rule(mode: str, rule: Rule, where: str) -> None:
         if len(sources) != 1:
             raise ConfigError(f"{at}: give exactly one of 'header', 'attribute' and 'value' (got "
                               f"{', '.join(sources) or 'none'}); fix: say where the entry's value comes from")
-        if entry.attribute:
-            _one_of(f"{at}.attribute", entry.attribute, ATTRIBUTES)
+        if entry.attribute and not (entry.attribute.startswith(DESTINATION_LABEL)
+                                    and len(entry.attribute) > len(DESTINATION_LABEL)):
+            _one_of(f"{at}.attribute", entry.attribute, ATTRIBUTES + (DESTINATION_LABEL + "<label>",))
         if entry.value and entry.default is not None:
             raise ConfigError(f"{at}.default: a fixed value needs no default; fix: remove 'default'")
     match = rule.match
