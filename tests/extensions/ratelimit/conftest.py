@@ -45,23 +45,26 @@ def wasm_filter(module: Path, config: dict[str, Any]) -> dict[str, Any]:
                           "code": {"local": {"filename": str(module)}}}}}}
 
 
-def grpc_cluster(name: str, port: int) -> dict[str, Any]:
-    """An HTTP/2 cluster to a gRPC server on loopback."""
-    return {"name": name, "type": "STATIC", "connect_timeout": "1s",
-            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}}}},
+def cluster(name: str, port: int, *, http2: bool = True) -> dict[str, Any]:
+    """A cluster to a server on loopback (HTTP/2 for gRPC)."""
+    options = {"typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}}}}} if http2 else {}
+    return {"name": name, "type": "STATIC", "connect_timeout": "1s", **options,
             "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
                 "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
 
 
-def bootstrap(filters: list[dict[str, Any]], clusters: list[dict[str, Any]] = (),  # type: ignore[assignment]
-              route_extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One listener "main" answering 200 itself after ``filters``; connections spread evenly over the workers."""
-    route: dict[str, Any] = {"match": {"prefix": "/"},
-                             "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}
-    route.update(route_extra or {})
-    return {"static_resources": {"clusters": list(clusters), "listeners": [{
+def bootstrap(filters: list[dict[str, Any]], clusters: list[dict[str, Any]] | None = None,
+              route_action: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One listener "main" with ``filters``, answering 200 itself (or routing with ``route_action``);
+    connections spread evenly over the workers."""
+    route: dict[str, Any] = {"match": {"prefix": "/"}}
+    if route_action is None:
+        route["direct_response"] = {"status": 200, "body": {"inline_string": "ok"}}
+    else:
+        route["route"] = route_action
+    return {"static_resources": {"clusters": clusters or [], "listeners": [{
         "name": "main",
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
         "connection_balance_config": {"exact_balance": {}},
