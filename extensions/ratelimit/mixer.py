@@ -8,7 +8,9 @@ names the services, and the ``rule`` that connects instance and handler.
 Output: one ServiceMeshExtension per bound service (the filter placed on that
 service's sidecars, inbound, as Mixer checked requests to the destination)
 with a local-mode configuration, checked against the filter's own schema,
-and the list of what could not be carried over.
+and the list of what could not be carried over.  On those sidecars the
+destination is the bound service, so a dimension naming the destination's
+``app`` label or service name becomes that fixed value.
 
 Mapping: each quota becomes a rule named after its instance; dimensions
 become descriptor entries (``request.headers["x"]`` a header,
@@ -46,6 +48,7 @@ ATTRIBUTES = {
     "destination.workload.name": ("attribute", "destination.workload"),
     "destination.service.name": ("attribute", "destination.labels.app"),
 }
+DESTINATION_APP = "destination.labels.app"
 HEADER = re.compile(r'request\.headers\[\s*"([^"]+)"\s*\]')
 DESTINATION_LABEL = re.compile(r'destination\.labels\[\s*"([^"]+)"\s*\]')
 LITERAL = re.compile(r'"([^"]*)"')
@@ -95,9 +98,7 @@ def convert(text: str, *, image: str, where: str = "input") -> Conversion:
     for handler in handlers:
         adapter = _adapter(handler)
         params = handler["spec"].get("params", {})
-        algorithm = "token_bucket"
         if adapter == "redisquota":
-            algorithm = "token_bucket" if params.get("rateLimitAlgorithm") == "ROLLING_WINDOW" else "fixed_window"
             notes.append(f"handler {handler['metadata']['name']}: redisquota shared its counts in Redis "
                          f"({params.get('redisServerUrl', '?')}); converted to local mode (per proxy); for one "
                          "limit across proxies use global mode with `meshext ratelimit serve`")
@@ -112,6 +113,9 @@ def convert(text: str, *, image: str, where: str = "input") -> Conversion:
                              "converted anyway")
             if charged and instance_name not in charged:
                 notes.append(f"quota {quota['name']}: no QuotaSpec charges it; converted anyway")
+            # memquota's window rolled; redisquota's is per quota, FIXED_WINDOW by default.
+            algorithm = "token_bucket" if adapter == "memquota" or quota.get("rateLimitAlgorithm") == "ROLLING_WINDOW" \
+                else "fixed_window"
             if quota.get("bucketDuration"):
                 notes.append(f"quota {quota['name']}: bucketDuration {quota['bucketDuration']} not carried over: "
                              "a token bucket refills continuously")
@@ -183,7 +187,7 @@ def _entry(key: str, expression: str, notes: list[str], where: str) -> dict[str,
     if header := HEADER.fullmatch(first):
         entry["header"] = header[1].lower()
     elif label := DESTINATION_LABEL.fullmatch(first):
-        entry["attribute"] = f"destination.labels.{label[1]}"
+        entry["attribute"] = f"destination.labels.{label[1]}"  # the bound service's app label: see _for_service
     elif first in ATTRIBUTES:
         source, value = ATTRIBUTES[first]
         entry[source] = value
@@ -226,6 +230,18 @@ def _validate(config: dict[str, Any]) -> None:
                            where="convert", fix="see the notes; fix the input or edit the result") from None
 
 
+def _for_service(config: dict[str, Any], service: str) -> dict[str, Any]:
+    """``config`` on the sidecars of ``service``: there the destination is that service, a fixed value."""
+    if not service:
+        return config
+    rules = []
+    for rule in config["rules"]:
+        descriptor = [{"key": entry["key"], "value": service} if entry.get("attribute") == DESTINATION_APP else entry
+                      for entry in rule["descriptor"]]
+        rules.append({**rule, "descriptor": descriptor})
+    return {**config, "rules": rules}
+
+
 def _extensions(bindings: list[dict[str, Any]], config: dict[str, Any], image: str,
                 notes: list[str]) -> list[dict[str, Any]]:
     services = [service for binding in bindings for service in binding["spec"].get("services", [])]
@@ -234,7 +250,8 @@ def _extensions(bindings: list[dict[str, Any]], config: dict[str, Any], image: s
         services = [{"name": "", "namespace": "default"}]
     extensions = []
     for service in services:
-        spec: dict[str, Any] = {"image": image, "phase": "PreAuthZ", "priority": 100, "config": config}
+        spec: dict[str, Any] = {"image": image, "phase": "PreAuthZ", "priority": 100,
+                                "config": _for_service(config, service.get("name", ""))}
         if service.get("name"):
             # meshext selects workloads by labels; Bookinfo's services select app=<name>.
             spec["workloadSelector"] = {"labels": {"app": service["name"]}}
