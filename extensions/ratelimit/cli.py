@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
 from pathlib import Path
+from typing import TextIO
 
 import click
 
@@ -44,17 +46,15 @@ def serve_command(configs: tuple[Path, ...], address: str, redis_address: str, r
     with RateLimitServer(config, settings, address) as server:
         click.echo(f"rate limit service on {server.host}:{server.port} (domains: "
                    f"{', '.join(sorted(config.domains)) or 'none'}; redis {redis_address})", err=True)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C stops the service like SIGTERM
             stop.wait()
-        except KeyboardInterrupt:
-            pass
 
 
 @ratelimit_group.command("convert")
 @click.argument("file", type=click.File("r"))
 @click.option("--image", default="oci://registry.example/meshext/ratelimit:0.1.0", show_default=True,
               help="the ratelimit filter image the ServiceMeshExtensions name")
-def convert_command(file: click.utils.LazyFile, image: str) -> None:
+def convert_command(file: TextIO, image: str) -> None:
     """Convert Mixer quota resources (memquota/redisquota) in FILE to ratelimit ServiceMeshExtensions."""
     from meshext.extensions.ratelimit.mixer import convert
 

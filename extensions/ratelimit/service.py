@@ -129,7 +129,7 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
             except self._redis_errors as error:
                 logger.warning("redis error: %s", error)
                 context.abort(grpc.StatusCode.UNKNOWN, f"redis error: {error}")
-            for item, after in zip(limited, counts):
+            for item, after in zip(limited, counts, strict=True):
                 limit = item.policy.requests_per_unit
                 item.status.limit_remaining = max(0, limit - after)
                 item.status.duration_until_reset.seconds = item.unit_seconds - now % item.unit_seconds

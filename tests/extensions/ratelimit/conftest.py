@@ -23,6 +23,7 @@ REPOSITORY = Path(__file__).resolve().parents[3]
 # The control-plane tests' helpers (free ports, apps, resources, a mesh under test) serve these tests too.
 sys.path.insert(0, str(REPOSITORY / "tests" / "control"))
 from control_harness import free_port  # noqa: E402
+
 FILTER_PROJECT = REPOSITORY / "extensions" / "ratelimit" / "filter"
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER = {"name": "envoy.filters.http.router",
