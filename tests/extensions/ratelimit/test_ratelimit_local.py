@@ -1,0 +1,73 @@
+"""Local mode in a real Envoy with two workers: one limit shared by both worker VMs, never over-admitted."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from conftest import bootstrap, wasm_filter
+
+from meshext.envoy import EnvoyProcess
+
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
+
+CLIENTS = 8
+
+
+def hammer(address: tuple[str, int], requests: int, headers: dict[str, str] | None = None) -> list[int]:
+    """``requests`` GETs from CLIENTS parallel keep-alive connections; the statuses, bounded to 60 s."""
+    statuses: list[int] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + 60
+
+    def client(share: int) -> None:
+        connection = http.client.HTTPConnection(*address, timeout=10)
+        try:
+            for _ in range(share):
+                if time.monotonic() > deadline:
+                    return
+                connection.request("GET", "/limited", headers=headers or {})
+                response = connection.getresponse()
+                response.read()
+                with lock:
+                    statuses.append(response.status)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        list(pool.map(client, [requests // CLIENTS] * CLIENTS))
+    return statuses
+
+
+def wait_for_a_quiet_hour() -> None:
+    """Stay clear of an hour boundary, where a fixed window starts over."""
+    into_hour = time.time() % 3600
+    if into_hour > 3600 - 90:
+        time.sleep(3600 - into_hour + 1)
+
+
+@pytest.mark.parametrize("algorithm", ["fixed_window", "token_bucket"])
+def test_two_workers_admit_the_limit_within_2_percent(ratelimit_module: Path, algorithm: str) -> None:
+    limit = 300
+    config = {"domain": f"accuracy-{algorithm}", "rules": [{
+        "name": "all", "descriptor": [{"key": "route", "value": "limited"}], "algorithm": algorithm,
+        "limit": {"requests_per_unit": limit, "unit": "hour"}}]}
+    wait_for_a_quiet_hour()
+    with EnvoyProcess(bootstrap([wasm_filter(ratelimit_module, config)]), concurrency=2) as envoy:
+        address = envoy.listener_address("main")
+        statuses = hammer(address, 2 * limit)
+        assert len(statuses) == 2 * limit
+        admitted = statuses.count(200)
+        assert set(statuses) == {200, 429}
+        # Both workers served (exact_balance spreads the connections), so both VMs counted in one bucket.
+        workers = envoy.stats("listener.127.0.0.1_")
+        served = [value for name, value in workers.items()
+                  if name.endswith("downstream_cx_total") and "worker_" in name]
+        assert len([value for value in served if value > 0]) == 2, workers
+        assert abs(admitted - limit) <= limit * 0.02, f"{admitted} admitted, limit {limit}"
+        # Never over: the filter's own count says the same as the clients.
+        assert envoy.stats("wasmcustom.ratelimit.all.")["wasmcustom.ratelimit.all.allowed"] == admitted
