@@ -167,7 +167,8 @@ def serve_command(config_dir: Path | None, kubernetes: bool, mesh_file: Path | N
         source = DirectorySource(config_dir)
     # Wired before anything starts: the servers report to the operator, the operator to the source.
     state = ControlPlaneState()
-    operator = Operator(mesh, state, resources=source, registry=registry)
+    operator = Operator(mesh, state, resources=source, registry=registry,
+                        trust_domain=tls.trust_domain if tls else None)
     control_plane = ControlPlane(state, operator, xds_address=xds_bind, http_address=http_bind, tls=tls)
     _exit_on_signal()
     with contextlib.ExitStack() as started:  # stops, in reverse order, what did start

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from meshext.control.mesh import Workload, node_id
 from meshext.control.pki import TLSMaterial
+from meshext.control.workload_tls import bootstrap_secrets
 from meshext.envoy import EnvoyProcess
 from meshext.errors import MeshextError
 
@@ -119,6 +120,7 @@ def bootstrap(
     }
     if tls is not None:
         config["static_resources"]["clusters"][0]["transport_socket"] = _xds_tls_socket(control[0], tls)
+        config["static_resources"]["secrets"] = bootstrap_secrets(tls)  # for mTLS with peers
     return config
 
 

@@ -11,6 +11,7 @@ import hashlib
 import http.client
 import json
 import socket
+import socketserver
 import subprocess
 import threading
 import time
@@ -93,7 +94,8 @@ def start_control_plane(mesh: Mesh, cache_dir: Path, *, source: DirectorySource 
     """Build everything first, then start it: servers, operator, and the source feeding the operator."""
     state = ControlPlaneState()
     registry = RegistrySettings(cache=ModuleCache(cache_dir), plain_http_hosts=plain_http_hosts)
-    operator = Operator(mesh, state, resources=source, registry=registry)
+    operator = Operator(mesh, state, resources=source, registry=registry,
+                        trust_domain=tls.trust_domain if tls else None)
     server = ControlPlane(state, operator, tls=tls).start()
     operator.start()
     if source is not None:
@@ -123,6 +125,23 @@ class _EchoHandler(BaseHTTPRequestHandler):
 
 def start_app(name: str, port: int) -> ThreadingHTTPServer:
     server = ThreadingHTTPServer(("127.0.0.1", port), _EchoHandler)
+    server.daemon_threads = True
+    server.app_name = name  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+class _TcpEchoHandler(socketserver.StreamRequestHandler):
+    """The TCP app: answers each line with ``<app name>:<line>``."""
+
+    def handle(self) -> None:
+        for line in self.rfile:
+            self.wfile.write(f"{self.server.app_name}:".encode() + line)  # type: ignore[attr-defined]
+
+
+def start_tcp_app(name: str, port: int) -> socketserver.ThreadingTCPServer:
+    """A line-echoing TCP app on loopback (stop it with shutdown() and server_close())."""
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", port), _TcpEchoHandler)
     server.daemon_threads = True
     server.app_name = name  # type: ignore[attr-defined]
     threading.Thread(target=server.serve_forever, daemon=True).start()
