@@ -276,6 +276,39 @@ def certs_command(out_dir: Path | None, hosts: tuple[str, ...], workloads: tuple
         click.echo(f"{directory.root}: every certificate asked for exists and is valid", err=True)
 
 
+@control_group.command("prometheus-config")
+@click.option("--mesh", "mesh_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The mesh file (default: the embedded one).")
+@click.option("--scrape-interval", default="15s", show_default=True, help="Prometheus duration, e.g. 5s.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, path_type=Path),
+              help="Write here instead of standard output.")
+def prometheus_config_command(mesh_file: Path | None, scrape_interval: str, output: Path | None) -> None:
+    """Print a Prometheus configuration scraping every sidecar's /stats/prometheus.
+
+    One target per workload with an `admin` address in the mesh file (its
+    sidecar's Envoy admin; `meshext proxy --admin-address`), labelled
+    namespace and workload.  Workloads without one are named on stderr.
+
+    \b
+    Example:
+      meshext control prometheus-config --mesh mesh.yaml -o prometheus.yml
+      prometheus --config.file prometheus.yml
+    """
+    import yaml
+
+    from meshext.control.mesh import load_mesh
+    from meshext.control.prometheus import scrape_config
+
+    config, left_out = scrape_config(load_mesh(mesh_file), scrape_interval=scrape_interval)
+    if left_out:
+        click.echo(f"left out (no admin address in the mesh file): {', '.join(left_out)}", err=True)
+    text = yaml.safe_dump(config, sort_keys=False)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text)
+
+
 @click.command("proxy")
 @click.option("--workload", required=True, help="Workload name, as in the mesh file.")
 @click.option("--namespace", default="default", show_default=True)
@@ -289,10 +322,13 @@ def certs_command(out_dir: Path | None, hosts: tuple[str, ...], workloads: tuple
               help="Incremental (delta) or state-of-the-world ADS.")
 @click.option("--concurrency", default=1, show_default=True, help="Envoy worker threads.")
 @click.option("--log-level", default="warning", show_default=True)
+@click.option("--admin-address", metavar="HOST:PORT",
+              help="Envoy's admin listener, the workload's `admin` in the mesh file, where Prometheus scrapes "
+                   "/stats/prometheus (default: a free loopback port).")
 @_tls_options("The workload")
 def proxy_command(workload: str, namespace: str, control_address: str, control_http: str, module_dir: Path | None,
-                  protocol: str, concurrency: int, log_level: str, pki_dir: Path | None, ca_file: Path | None,
-                  cert_file: Path | None, key_file: Path | None, insecure: bool) -> None:
+                  protocol: str, concurrency: int, log_level: str, admin_address: str | None, pki_dir: Path | None,
+                  ca_file: Path | None, cert_file: Path | None, key_file: Path | None, insecure: bool) -> None:
     """Run the sidecar of WORKLOAD: Envoy configured by the control plane over ADS.
 
     Beside Envoy runs a module syncer that fetches its Wasm modules (sha256 verified).
@@ -319,8 +355,9 @@ def proxy_command(workload: str, namespace: str, control_address: str, control_h
                            f"{workload} in namespace {namespace}; the control plane would refuse it",
                            where="--cert-file", fix=f"issue one with `meshext control certs --workload {workload} "
                                                     f"--namespace {namespace}`")
+    admin = parse_address(admin_address, where="--admin-address") if admin_address else None
     sidecar = Sidecar(workload, namespace, xds, http, protocol=protocol,  # type: ignore[arg-type]
-                      module_dir=module_dir, concurrency=concurrency, log_level=log_level, tls=tls)
+                      module_dir=module_dir, concurrency=concurrency, log_level=log_level, tls=tls, admin=admin)
     _exit_on_signal()
     try:
         sidecar.start()

@@ -87,6 +87,9 @@ class Workload(_Strict):
     inbound: Address  # the sidecar's inbound listener: this workload's endpoint
     outbound: Address  # the sidecar's outbound listener the local app sends through
     tcpOutbound: list[TcpOutbound] = Field(default_factory=list)
+    # Where the sidecar's Envoy admin listens (Prometheus scrapes /stats/prometheus there);
+    # None: a free loopback port, which no scrape configuration can name.
+    admin: Address | None = None
 
     @property
     def node_id(self) -> str:
@@ -136,6 +139,7 @@ class Mesh(_Strict):
             netns = workload.network_namespace
             roles = [(role, getattr(workload, role)) for role in ("app", "inbound", "outbound")]
             roles += [(f"tcpOutbound[{index}]", tcp.listen) for index, tcp in enumerate(workload.tcpOutbound)]
+            roles += [("admin", workload.admin)] if workload.admin is not None else []
             for role, address in roles:
                 owner = f"{workload.namespace}/{workload.name} {role}"
                 users = bound.setdefault((netns, address.port), [])

@@ -18,15 +18,13 @@ from typing import Any
 
 import pytest
 import yaml
-from control_harness import call, free_port, start_app, start_control_plane, start_tcp_app
+from control_harness import SidecarMesh, call, sidecar_mesh
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from google.protobuf.message import Message
 
 from meshext.control.envoy_config import SnapshotBuilder
 from meshext.control.mesh import Mesh, load_mesh
-from meshext.control.pki import PKIDirectory
-from meshext.control.proxy import Sidecar, sidecar_for
 from meshext.control.snapshot import CLUSTER, LISTENER, Snapshot
 from meshext.errors import MeshextError
 
@@ -35,72 +33,11 @@ pytestmark = [pytest.mark.envoy]
 TD = "spiffe://cluster.local/ns/default/workload"
 FRONTEND_ID, BACKEND_ID, DB_ID = f"{TD}/frontend-v1", f"{TD}/backend-v1", f"{TD}/db-v1"
 XFCC = "x-forwarded-client-cert"
-WITH_SIDECARS = ("frontend-v1", "backend-v1", "db-v1")
-
-
-def mtls_mesh(mode: str) -> dict[str, Any]:
-    """frontend, backend (HTTP), db (TCP, reached from frontend's tcpOutbound listener) and rogue
-    (HTTP, no sidecar: the tests put an impostor at its endpoint), on free loopback ports."""
-    def workload(app: str, **extra: Any) -> dict[str, Any]:
-        return {"name": f"{app}-v1", "labels": {"app": app}, "app": {"port": free_port()},
-                "inbound": {"port": free_port()}, "outbound": {"port": free_port()}, **extra}
-
-    def service(app: str, port: int, protocol: str) -> dict[str, Any]:
-        return {"name": app, "selector": {"app": app}, "ports": [{"port": port, "protocol": protocol}]}
-
-    return {
-        "mtls": {"mode": mode},
-        "services": [service("frontend", 8080, "HTTP"), service("backend", 8080, "HTTP"),
-                     service("db", 5432, "TCP"), service("rogue", 8080, "HTTP")],
-        "workloads": [workload("frontend", tcpOutbound=[{"service": "db", "port": 5432,
-                                                         "listen": {"port": free_port()}}]),
-                      workload("backend"), workload("db"), workload("rogue")],
-    }
-
-
-class MTLSMesh:
-    """The mesh above with a control plane and sidecars over mutual TLS (certificates from ``pki``)."""
-
-    def __init__(self, root: Path, mode: str) -> None:
-        (root / "mesh.yaml").write_text(yaml.safe_dump(mtls_mesh(mode)))
-        self.mesh: Mesh = load_mesh(root / "mesh.yaml")
-        self.pki = PKIDirectory(root / "pki")
-        self.pki.ensure(workloads=[(w.name, w.namespace) for w in self.mesh.workloads])
-        self.running = start_control_plane(self.mesh, root / "cache", tls=self.pki.control_plane().load())
-        self.apps: list[Any] = [start_app("frontend-v1", self.workload("frontend-v1").app.port),
-                                start_app("backend-v1", self.workload("backend-v1").app.port),
-                                start_tcp_app("db-v1", self.workload("db-v1").app.port)]
-        server = self.running.server
-        self.sidecars: dict[str, Sidecar] = {
-            name: sidecar_for(self.workload(name), server.xds_address, server.http_address,
-                              tls=self.pki.workload(name, "default").load()).start()
-            for name in WITH_SIDECARS}
-        assert self.running.state.cache.wait_converged([f"{name}.default" for name in WITH_SIDECARS], 30)
-
-    def workload(self, name: str) -> Any:
-        return self.mesh.workload(name, "default")
-
-    def stat(self, sidecar: str, name: str) -> int:
-        """One counter of a sidecar's Envoy (0 when it does not exist yet)."""
-        text = self.sidecars[sidecar].envoy.admin_get(f"/stats?filter=^{name.replace('|', '[|]')}$")
-        return int(text.split(": ")[1]) if text.strip() else 0
-
-    def inbound_handshakes(self, sidecar: str) -> int:
-        inbound = self.workload(sidecar).inbound
-        return self.stat(sidecar, f"listener.{inbound.address}_{inbound.port}.ssl.handshake")
-
-    def close(self) -> None:
-        for sidecar in self.sidecars.values():
-            sidecar.cleanup()
-        self.running.stop()
-        for app in self.apps:
-            app.shutdown()
-            app.server_close()
 
 
 @pytest.fixture(scope="module", params=["PERMISSIVE", "STRICT"])
-def mtls(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MTLSMesh]:
-    running = MTLSMesh(tmp_path_factory.mktemp(f"mtls-{request.param.lower()}"), request.param)
+def mtls(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SidecarMesh]:
+    running = SidecarMesh(tmp_path_factory.mktemp(f"mtls-{request.param.lower()}"), request.param)
     yield running
     running.close()
 
@@ -231,13 +168,13 @@ def _mesh(tmp_path: Path, data: dict[str, Any]) -> Mesh:
 ])
 def test_a_bad_mtls_setting_is_refused_naming_the_field(tmp_path, mtls_setting, field):
     with pytest.raises(MeshextError) as refused:
-        _mesh(tmp_path, {**mtls_mesh("STRICT"), "mtls": mtls_setting})
+        _mesh(tmp_path, {**sidecar_mesh("STRICT"), "mtls": mtls_setting})
     assert f"invalid mesh file: {field}: " in refused.value.message, refused.value.message
     assert refused.value.where == str(tmp_path / "mesh.yaml") and refused.value.fix
 
 
 def test_a_tcp_outbound_entry_must_name_a_tcp_service_port(tmp_path):
-    data = mtls_mesh("PERMISSIVE")
+    data = sidecar_mesh("PERMISSIVE")
     data["workloads"][0]["tcpOutbound"][0]["service"] = "backend"  # an HTTP service
     with pytest.raises(MeshextError) as refused:
         _mesh(tmp_path, data)
@@ -245,7 +182,7 @@ def test_a_tcp_outbound_entry_must_name_a_tcp_service_port(tmp_path):
 
 
 def test_the_default_is_permissive_and_plain_text_without_a_trust_domain(tmp_path):
-    data = mtls_mesh("PERMISSIVE")
+    data = sidecar_mesh("PERMISSIVE")
     del data["mtls"]
     mesh = _mesh(tmp_path, data)
     assert mesh.mtls.mode == "PERMISSIVE"
