@@ -167,7 +167,8 @@ def serve_command(config_dir: Path | None, kubernetes: bool, mesh_file: Path | N
         source = DirectorySource(config_dir)
     # Wired before anything starts: the servers report to the operator, the operator to the source.
     state = ControlPlaneState()
-    operator = Operator(mesh, state, resources=source, registry=registry)
+    operator = Operator(mesh, state, resources=source, registry=registry,
+                        trust_domain=tls.trust_domain if tls else None)
     control_plane = ControlPlane(state, operator, xds_address=xds_bind, http_address=http_bind, tls=tls)
     _exit_on_signal()
     with contextlib.ExitStack() as started:  # stops, in reverse order, what did start
@@ -275,6 +276,39 @@ def certs_command(out_dir: Path | None, hosts: tuple[str, ...], workloads: tuple
         click.echo(f"{directory.root}: every certificate asked for exists and is valid", err=True)
 
 
+@control_group.command("prometheus-config")
+@click.option("--mesh", "mesh_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The mesh file (default: the embedded one).")
+@click.option("--scrape-interval", default="15s", show_default=True, help="Prometheus duration, e.g. 5s.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, path_type=Path),
+              help="Write here instead of standard output.")
+def prometheus_config_command(mesh_file: Path | None, scrape_interval: str, output: Path | None) -> None:
+    """Print a Prometheus configuration scraping every sidecar's /stats/prometheus.
+
+    One target per workload with an `admin` address in the mesh file (its
+    sidecar's Envoy admin; `meshext proxy --admin-address`), labelled
+    namespace and workload.  Workloads without one are named on stderr.
+
+    \b
+    Example:
+      meshext control prometheus-config --mesh mesh.yaml -o prometheus.yml
+      prometheus --config.file prometheus.yml
+    """
+    import yaml
+
+    from meshext.control.mesh import load_mesh
+    from meshext.control.prometheus import scrape_config
+
+    config, left_out = scrape_config(load_mesh(mesh_file), scrape_interval=scrape_interval)
+    if left_out:
+        click.echo(f"left out (no admin address in the mesh file): {', '.join(left_out)}", err=True)
+    text = yaml.safe_dump(config, sort_keys=False)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text)
+
+
 @click.command("proxy")
 @click.option("--workload", required=True, help="Workload name, as in the mesh file.")
 @click.option("--namespace", default="default", show_default=True)
@@ -288,10 +322,13 @@ def certs_command(out_dir: Path | None, hosts: tuple[str, ...], workloads: tuple
               help="Incremental (delta) or state-of-the-world ADS.")
 @click.option("--concurrency", default=1, show_default=True, help="Envoy worker threads.")
 @click.option("--log-level", default="warning", show_default=True)
+@click.option("--admin-address", metavar="HOST:PORT",
+              help="Envoy's admin listener, the workload's `admin` in the mesh file, where Prometheus scrapes "
+                   "/stats/prometheus (default: a free loopback port).")
 @_tls_options("The workload")
 def proxy_command(workload: str, namespace: str, control_address: str, control_http: str, module_dir: Path | None,
-                  protocol: str, concurrency: int, log_level: str, pki_dir: Path | None, ca_file: Path | None,
-                  cert_file: Path | None, key_file: Path | None, insecure: bool) -> None:
+                  protocol: str, concurrency: int, log_level: str, admin_address: str | None, pki_dir: Path | None,
+                  ca_file: Path | None, cert_file: Path | None, key_file: Path | None, insecure: bool) -> None:
     """Run the sidecar of WORKLOAD: Envoy configured by the control plane over ADS.
 
     Beside Envoy runs a module syncer that fetches its Wasm modules (sha256 verified).
@@ -318,8 +355,9 @@ def proxy_command(workload: str, namespace: str, control_address: str, control_h
                            f"{workload} in namespace {namespace}; the control plane would refuse it",
                            where="--cert-file", fix=f"issue one with `meshext control certs --workload {workload} "
                                                     f"--namespace {namespace}`")
+    admin = parse_address(admin_address, where="--admin-address") if admin_address else None
     sidecar = Sidecar(workload, namespace, xds, http, protocol=protocol,  # type: ignore[arg-type]
-                      module_dir=module_dir, concurrency=concurrency, log_level=log_level, tls=tls)
+                      module_dir=module_dir, concurrency=concurrency, log_level=log_level, tls=tls, admin=admin)
     _exit_on_signal()
     try:
         sidecar.start()
@@ -386,3 +424,73 @@ def status_command(control_http: str, as_json: bool, pki_dir: Path | None, ca_fi
     console.print(proxies)
     for problem in report.get("mesh", {}).get("problems", []):
         console.print(f"mesh: {problem}", style="yellow", markup=False, highlight=False, soft_wrap=True)
+
+
+@click.command("graph")
+@click.option("--prometheus", "prometheus_url", metavar="URL",
+              help="Ask this Prometheus (Kiali's queries); without it the sidecars are scraped directly.")
+@click.option("--mesh", "mesh_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Mesh file naming the sidecars' admin addresses (without --prometheus; default: the embedded one).")
+@click.option("--window", default="1m", show_default=True, help="Rate window of the Prometheus queries.")
+@click.option("--namespace", help="Only traffic into this namespace (default: all).")
+@click.option("--interval", default=2.0, show_default=True,
+              help="Seconds between the two scrapes rates come from (without --prometheus).")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the graph as a self-contained HTML page.")
+@click.option("--svg", "svg_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the graph as an SVG image.")
+@click.option("--watch", type=float, metavar="SECONDS", help="Redraw (and rewrite the files) every SECONDS.")
+def graph_command(prometheus_url: str | None, mesh_file: Path | None, window: str, namespace: str | None,
+                  interval: float, html_file: Path | None, svg_file: Path | None, watch: float | None) -> None:
+    """Draw the live service graph from Istio's metrics: rates, errors, p95 and mTLS per edge.
+
+    \b
+    Examples:
+      meshext graph --prometheus http://127.0.0.1:9090 --html graph.html
+      meshext graph --mesh mesh.yaml --watch 5
+    """
+    import time
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from meshext.control.graph import Graph, Scrape, graph_from_prometheus, graph_from_scrapes, scrape_sidecars
+    from meshext.control.graph_render import page, svg, table
+    from meshext.control.mesh import load_mesh
+
+    mesh = None if prometheus_url else load_mesh(mesh_file)
+    previous: tuple[Scrape, float] | None = None
+
+    def current() -> Graph:
+        nonlocal previous
+        if prometheus_url:
+            return graph_from_prometheus(prometheus_url, window, namespace)
+        assert mesh is not None
+        if previous is None:
+            previous = (scrape_sidecars(mesh), time.monotonic())
+            time.sleep(interval)
+        second = (scrape_sidecars(mesh), time.monotonic())
+        graph = graph_from_scrapes(previous[0], second[0], second[1] - previous[1],
+                                   origin=f"{len(mesh.workloads)} sidecars' /stats/prometheus")
+        previous = second
+        return graph
+
+    def draw(graph: Graph) -> None:
+        if html_file is not None:
+            html_file.write_text(page(graph, refresh_seconds=watch))
+        if svg_file is not None:
+            svg_file.write_text(svg(graph))
+
+    console = Console()
+    if watch is None:
+        graph = current()
+        draw(graph)
+        console.print(table(graph))
+        return
+    _exit_on_signal()
+    with Live(table(graph := current()), console=console, auto_refresh=False) as live:
+        while True:
+            draw(graph)
+            live.update(table(graph), refresh=True)
+            time.sleep(max(0.0, watch - (0 if prometheus_url else interval)))
+            graph = current()

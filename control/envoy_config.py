@@ -3,10 +3,15 @@
 Per sidecar:
 
 * listener ``inbound`` (the workload's endpoint) -> route ``inbound`` ->
-  cluster ``inbound|<app port>`` (the local app, HTTP/1.1 or HTTP/2);
-* listener ``outbound`` -> route ``outbound`` (a virtual host per service)
-  -> EDS cluster ``outbound|<port>||<service host>`` whose endpoints are the
-  peers' inbound listeners, spoken to over HTTP/2;
+  cluster ``inbound|<app port>`` (the local app, HTTP/1.1 or HTTP/2; a TCP
+  app gets the bytes through ``tcp_proxy``);
+* listener ``outbound`` -> route ``outbound`` (a virtual host per HTTP
+  service) -> EDS cluster ``outbound|<port>||<service host>`` whose endpoints
+  are the peers' inbound listeners, spoken to over HTTP/2; one listener
+  ``tcp-outbound|<port>||<service host>`` per ``tcpOutbound`` entry -> the same
+  kind of cluster;
+* when the mesh runs with certificates (a trust domain), peers talk mutual
+  TLS with their SPIFFE certificates (workload_tls.py);
 * each Wasm extension is one ECDS resource (TypedExtensionConfig holding an
   ``envoy.extensions.filters.http.wasm.v3.Wasm``); the HTTP connection
   managers only *reference* it through ``config_discovery``, so changing an
@@ -29,20 +34,30 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401 - registers the type for Any
 from envoy.extensions.filters.http.wasm.v3 import wasm_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2  # noqa: F401
 from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
     http_connection_manager_pb2,
 )
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from meshext.control.mesh import Mesh, Service, Workload
+from meshext.control.mesh import Mesh, Service, TcpOutbound, Workload
 from meshext.control.placement import PlacedExtension, order
 from meshext.control.snapshot import CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, Resource, Snapshot
+from meshext.control.workload_tls import (
+    client_certificate_forwarding,
+    inbound_filter_chains,
+    upstream_socket,
+    workload_identity,
+)
 
 WASM_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 PROTOCOL_OPTIONS_TYPE = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 ADS = {"ads": {}, "resource_api_version": "V3"}
 
@@ -113,6 +128,47 @@ def _listener(direction: str, address: str, port: int, extensions: list[PlacedEx
     })
 
 
+def _tcp_proxy(stat_prefix: str, cluster: str) -> dict[str, Any]:
+    return {"name": "envoy.filters.network.tcp_proxy",
+            "typed_config": {"@type": TCP_PROXY_TYPE, "stat_prefix": stat_prefix, "cluster": cluster}}
+
+
+def _inbound_listener(workload: Workload, extensions: list[PlacedExtension], mesh: Mesh,
+                      trust_domain: str | None) -> listener_pb2.Listener:
+    """The workload's endpoint: mutual TLS from peers (and plain text under PERMISSIVE) -> its app."""
+    if _app_protocol(mesh, workload) == "TCP":
+        filters = [_tcp_proxy("inbound", _inbound_cluster_name(workload))]  # HTTP extensions cannot run here
+    else:
+        manager = _http_connection_manager("inbound", extensions)
+        manager["typed_config"].update(client_certificate_forwarding(trust_domain))
+        filters = [manager]
+    listener_filters, chains = inbound_filter_chains(filters, trust_domain, mesh.mtls.mode,
+                                                     http=_app_protocol(mesh, workload) != "TCP")
+    return _parse(listener_pb2.Listener, {
+        "name": "inbound", "address": _socket(workload.inbound.address, workload.inbound.port),
+        "listener_filters": listener_filters, "filter_chains": chains,
+    })
+
+
+def _tcp_outbound_listener(service: Service, tcp: TcpOutbound) -> Resource:
+    """The app's local entry to one TCP service port: bytes passed to the service's sidecars."""
+    name = f"tcp-{_outbound_cluster_name(service, tcp.port)}"
+    return Resource.of(name, _parse(listener_pb2.Listener, {
+        "name": name, "address": _socket(tcp.listen.address, tcp.listen.port),
+        "filter_chains": [{"filters": [_tcp_proxy(name, _outbound_cluster_name(service, tcp.port))]}],
+    }))
+
+
+def _app_protocol(mesh: Mesh, workload: Workload) -> str:
+    """How the workload's app speaks: its (first) service's first port's protocol, HTTP if it serves none."""
+    own_services = mesh.services_of(workload)
+    return own_services[0].ports[0].protocol if own_services else "HTTP"
+
+
+def _inbound_cluster_name(workload: Workload) -> str:
+    return f"inbound|{workload.app.port}"
+
+
 def _outbound_cluster_name(service: Service, port: int) -> str:
     return f"outbound|{port}||{service.host}"
 
@@ -131,8 +187,11 @@ class SnapshotBuilder:
     and each extension config once for all sidecars.
     """
 
-    def __init__(self, mesh: Mesh) -> None:
+    def __init__(self, mesh: Mesh, trust_domain: str | None = None) -> None:
+        """``trust_domain``: the mesh CA's, when sidecars hold workload certificates
+        (then they talk mutual TLS to each other); None: plain text."""
         self.mesh = mesh
+        self.trust_domain = trust_domain
         self._base: dict[str, dict[str, list[Resource]]] = {}
         self._listeners: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[Resource]] = {}
         self._extension_configs: dict[tuple[PlacedExtension, str], Resource] = {}
@@ -149,10 +208,11 @@ class SnapshotBuilder:
         listener_key = (workload.node_id, tuple(e.filter_name for e in inbound), tuple(e.filter_name for e in outbound))
         if listener_key not in self._listeners:
             self._listeners[listener_key] = [
-                Resource.of("inbound", _listener("inbound", workload.inbound.address, workload.inbound.port, inbound)),
+                Resource.of("inbound", _inbound_listener(workload, inbound, self.mesh, self.trust_domain)),
                 Resource.of("outbound", _listener("outbound", workload.outbound.address, workload.outbound.port,
                                                   outbound)),
-            ]
+            ] + [_tcp_outbound_listener(service, tcp) for tcp in workload.tcpOutbound
+                 if (service := self.mesh.tcp_target(workload, tcp)) is not None]
         if workload.node_id not in self._base:
             self._base[workload.node_id] = self._service_resources(workload)
         extension_configs = [self._extension_config(e, module_dir) for e in ordered if e in inbound or e in outbound]
@@ -174,28 +234,32 @@ class SnapshotBuilder:
 
     def _service_resources(self, workload: Workload) -> dict[str, list[Resource]]:
         mesh = self.mesh
-        own_services = mesh.services_of(workload)
-        app_http2 = bool(own_services and own_services[0].ports[0].protocol == "HTTP2")
-        inbound_cluster = f"inbound|{workload.app.port}"
-        clusters = [
-            Resource.of(inbound_cluster, _parse(cluster_pb2.Cluster, {
-                "name": inbound_cluster, "type": "STATIC", "connect_timeout": "1s",
-                "typed_extension_protocol_options": _protocol_options(app_http2),
-                "load_assignment": {"cluster_name": inbound_cluster, "endpoints": [{"lb_endpoints": [
-                    {"endpoint": {"address": _socket(workload.app.address, workload.app.port)}}]}]},
-            })),
-        ]
+        app_protocol = _app_protocol(mesh, workload)
+        inbound_cluster = _inbound_cluster_name(workload)
+        inbound_cluster_config: dict[str, Any] = {
+            "name": inbound_cluster, "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": inbound_cluster, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": _socket(workload.app.address, workload.app.port)}}]}]},
+        }
+        if app_protocol != "TCP":
+            inbound_cluster_config["typed_extension_protocol_options"] = _protocol_options(app_protocol == "HTTP2")
+        clusters = [Resource.of(inbound_cluster, _parse(cluster_pb2.Cluster, inbound_cluster_config))]
         endpoints = []
         virtual_hosts = []
         for service in mesh.services:
             for port in service.ports:
                 name = _outbound_cluster_name(service, port.port)
-                clusters.append(Resource.of(name, _parse(cluster_pb2.Cluster, {
-                    "name": name, "type": "EDS", "connect_timeout": "1s",
-                    "eds_cluster_config": {"eds_config": ADS},
-                    # Sidecar to sidecar is always HTTP/2 (prior knowledge).
-                    "typed_extension_protocol_options": _protocol_options(True),
-                })))
+                http = port.protocol != "TCP"
+                cluster: dict[str, Any] = {"name": name, "type": "EDS", "connect_timeout": "1s",
+                                           "eds_cluster_config": {"eds_config": ADS}}
+                if http:  # sidecar to sidecar is always HTTP/2 (prior knowledge)
+                    cluster["typed_extension_protocol_options"] = _protocol_options(True)
+                if self.trust_domain is not None:
+                    trust_domain = self.trust_domain
+                    cluster["transport_socket"] = upstream_socket(
+                        [workload_identity(trust_domain, peer.name, peer.namespace)
+                         for peer in mesh.endpoints(service)], http=http)
+                clusters.append(Resource.of(name, _parse(cluster_pb2.Cluster, cluster)))
                 endpoints.append(Resource.of(name, _parse(endpoint_pb2.ClusterLoadAssignment, {
                     "cluster_name": name,
                     "endpoints": [{"lb_endpoints": [
@@ -203,6 +267,8 @@ class SnapshotBuilder:
                         for peer in mesh.endpoints(service)
                     ]}],
                 })))
+                if not http:
+                    continue  # reached through the workloads' tcpOutbound listeners
                 short = [service.name, f"{service.name}.{service.namespace}",
                          f"{service.name}.{service.namespace}.svc", service.host]
                 virtual_hosts.append({

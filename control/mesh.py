@@ -43,8 +43,9 @@ class ServicePort(_Strict):
 
     name: str = "http"
     port: int = Field(ge=1, le=65535)
-    # How the app behind the port speaks; sidecars talk HTTP/2 to each other.
-    protocol: Literal["HTTP", "HTTP2"] = "HTTP"
+    # How the app behind the port speaks; sidecars talk HTTP/2 to each other on HTTP
+    # ports, and pass TCP ports' bytes through (mutual TLS between sidecars either way).
+    protocol: Literal["HTTP", "HTTP2", "TCP"] = "HTTP"
 
 
 class Service(_Strict):
@@ -63,6 +64,19 @@ class Service(_Strict):
         return f"{self.name}.{self.namespace}.svc.cluster.local"
 
 
+class TcpOutbound(_Strict):
+    """Where a workload's sidecar accepts the app's connections to one TCP service port.
+
+    HTTP picks its destination by the Host header on the one outbound
+    listener; a TCP connection carries no name, so each TCP destination gets
+    its own listener (Istio tells them apart by the original destination
+    address, which needs iptables)."""
+
+    service: str  # a service name in the workload's namespace, or NAME.NAMESPACE
+    port: int = Field(ge=1, le=65535)  # the service's TCP port
+    listen: Address
+
+
 class Workload(_Strict):
     """One workload (a pod, or a process in a mesh file) with its sidecar's listeners."""
 
@@ -72,6 +86,10 @@ class Workload(_Strict):
     app: Address  # the local application the inbound listener forwards to
     inbound: Address  # the sidecar's inbound listener: this workload's endpoint
     outbound: Address  # the sidecar's outbound listener the local app sends through
+    tcpOutbound: list[TcpOutbound] = Field(default_factory=list)
+    # Where the sidecar's Envoy admin listens (Prometheus scrapes /stats/prometheus there);
+    # None: a free loopback port, which no scrape configuration can name.
+    admin: Address | None = None
 
     @property
     def node_id(self) -> str:
@@ -87,10 +105,21 @@ class Workload(_Strict):
         return "host" if _loopback(inbound) or _wildcard(inbound) else inbound
 
 
+class MutualTLS(_Strict):
+    """How sidecars accept inbound connections when the mesh runs with certificates.
+
+    Sidecars always call each other over mutual TLS; ``PERMISSIVE`` inbound
+    listeners also accept plain text (clients without a sidecar), ``STRICT``
+    ones refuse it (as Istio's PeerAuthentication modes)."""
+
+    mode: Literal["PERMISSIVE", "STRICT"] = "PERMISSIVE"
+
+
 class Mesh(_Strict):
     """Services and workloads, as the mesh file or Kubernetes discovery describes them."""
 
     controlPlaneNamespace: str = "meshext-system"
+    mtls: MutualTLS = Field(default_factory=MutualTLS)
     services: list[Service] = Field(default_factory=list)
     workloads: list[Workload] = Field(default_factory=list)
 
@@ -108,8 +137,10 @@ class Mesh(_Strict):
         bound: dict[tuple[str, int], list[tuple[str, str]]] = {}  # (netns, port) -> [(address, owner)]
         for workload in self.workloads:
             netns = workload.network_namespace
-            for role in ("app", "inbound", "outbound"):
-                address: Address = getattr(workload, role)
+            roles = [(role, getattr(workload, role)) for role in ("app", "inbound", "outbound")]
+            roles += [(f"tcpOutbound[{index}]", tcp.listen) for index, tcp in enumerate(workload.tcpOutbound)]
+            roles += [("admin", workload.admin)] if workload.admin is not None else []
+            for role, address in roles:
                 owner = f"{workload.namespace}/{workload.name} {role}"
                 users = bound.setdefault((netns, address.port), [])
                 for other_address, other in users:
@@ -120,6 +151,24 @@ class Mesh(_Strict):
                                          f"({address.address} includes {other_address} or the reverse)")
                 users.append((address.address, owner))
         return self
+
+    @model_validator(mode="after")
+    def _tcp_outbound_targets(self) -> Mesh:
+        for workload in self.workloads:
+            for index, tcp in enumerate(workload.tcpOutbound):
+                if self.tcp_target(workload, tcp) is None:
+                    raise ValueError(f"workload {workload.namespace}/{workload.name} tcpOutbound[{index}]: "
+                                     f"no service {tcp.service} with TCP port {tcp.port}")
+        return self
+
+    def tcp_target(self, workload: Workload, tcp: TcpOutbound) -> Service | None:
+        """The service a workload's ``tcpOutbound`` entry names, if it has that TCP port."""
+        name, _, namespace = tcp.service.partition(".")
+        for service in self.services:
+            if service.name == name and service.namespace == (namespace or workload.namespace) and any(
+                    port.port == tcp.port and port.protocol == "TCP" for port in service.ports):
+                return service
+        return None
 
     def workload(self, name: str, namespace: str) -> Workload:
         """The workload ``namespace/name``; a MeshextError naming the mesh's workloads if there is none."""

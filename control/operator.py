@@ -112,7 +112,9 @@ class Operator:
     ``state``: where snapshots, modules and module demand are published;
     ``resources``: where statuses go and pull secrets come from (None: statuses
     are only in :meth:`status_report`, and no secret exists); ``registry``:
-    how images are pulled.  Nothing happens before :meth:`start`."""
+    how images are pulled; ``trust_domain``: the mesh CA's when the sidecars
+    hold workload certificates (they then talk mutual TLS to each other).
+    Nothing happens before :meth:`start`."""
 
     def __init__(
         self,
@@ -121,12 +123,14 @@ class Operator:
         *,
         resources: ResourceStore | None = None,
         registry: RegistrySettings | None = None,
+        trust_domain: str | None = None,
     ) -> None:
         self.mesh = mesh
         self.registry = registry or RegistrySettings()
         self._state = state
         self._resources = resources
-        self._builder = SnapshotBuilder(mesh)
+        self._trust_domain = trust_domain  # sidecars hold workload certificates: mTLS between them
+        self._builder = SnapshotBuilder(mesh, trust_domain)
         self._node_ids = {w.node_id for w in mesh.workloads}
         self._mesh_problems: list[str] = []  # why parts of the mesh (or a whole update) were left out
         self._tracked: dict[str, _Tracked] = {}
@@ -243,7 +247,7 @@ class Operator:
                 pass  # nothing to record: the reconcile that follows does the work
 
     def _replace_mesh(self, mesh: Mesh, problems: list[str]) -> None:
-        builder = SnapshotBuilder(mesh)
+        builder = SnapshotBuilder(mesh, self._trust_domain)
         try:
             for workload in mesh.workloads:  # translate everything before anything is published
                 builder.snapshot(workload, [])

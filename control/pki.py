@@ -153,7 +153,7 @@ class CertificateAuthority:
               server: bool = False, not_before: datetime.datetime | None = None) -> tuple[bytes, bytes]:
         """A leaf certificate and its key (PEM) for SPIFFE path ``identity_path``.
 
-        ``server`` certificates also carry ``hosts`` as DNS/IP SANs and the
+        ``hosts`` become DNS/IP SANs; ``server`` certificates also have the
         serverAuth usage; every certificate has clientAuth."""
         key = ec.generate_private_key(ec.SECP256R1())
         identity = spiffe_id(self.trust_domain, identity_path)
@@ -369,22 +369,25 @@ class PKIDirectory:
             self.ca_file.write_bytes(_cert_pem(ca.cert))
             written += [self.ca_file, self.ca_key_file]
         server_hosts = [*LOOPBACK_HOSTS, *hosts]
-        wanted = [(self.control_plane(), CONTROL_PLANE_PATH, server_hosts, SERVER_DAYS),
-                  (self.admin(), ADMIN_PATH, [], client_days)]
-        wanted += [(self.workload(name, namespace), workload_path(name, namespace), [], client_days)
+        # (files, SPIFFE path, DNS/IP SANs, days, serverAuth): a sidecar is also the server of
+        # mTLS from its peers, so its certificate carries serverAuth too (as Istio's do).
+        wanted = [(self.control_plane(), CONTROL_PLANE_PATH, server_hosts, SERVER_DAYS, True),
+                  (self.admin(), ADMIN_PATH, [], client_days, False)]
+        wanted += [(self.workload(name, namespace), workload_path(name, namespace), [], client_days, True)
                    for name, namespace in workloads]
-        for files, path, names, days in wanted:
-            if _usable(files, ca, names):
+        for files, path, names, days, server in wanted:
+            if _usable(files, ca, names, server):
                 continue
-            cert_pem, key_pem = ca.issue(path, hosts=names, days=days, server=bool(names))
+            cert_pem, key_pem = ca.issue(path, hosts=names, days=days, server=server)
             _write_private(files.key_file, key_pem)
             files.cert_file.write_bytes(cert_pem)
             written += [files.cert_file, files.key_file]
         return written
 
 
-def _usable(files: TLSFiles, ca: CertificateAuthority, hosts: list[str]) -> bool:
-    """An existing certificate from this CA, valid for a while yet, covering ``hosts``."""
+def _usable(files: TLSFiles, ca: CertificateAuthority, hosts: list[str], server: bool) -> bool:
+    """An existing certificate from this CA, valid for a while yet, covering ``hosts``
+    (and allowed to authenticate a server when ``server``)."""
     if not (files.cert_file.exists() and files.key_file.exists()):
         return False
     try:
@@ -393,11 +396,21 @@ def _usable(files: TLSFiles, ca: CertificateAuthority, hosts: list[str]) -> bool
         return False
     if not _issued_by(cert, ca.cert) or cert.not_valid_after_utc - _now() < RENEW_BEFORE:
         return False
+    if server and not _has_server_auth(cert):
+        return False  # e.g. a sidecar certificate issued before sidecars served mTLS
     if not hosts:
         return True
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     covered = {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} | set(san.get_values_for_type(x509.DNSName))
     return all(str(_normalised(host)) in covered for host in hosts)
+
+
+def _has_server_auth(cert: x509.Certificate) -> bool:
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return True  # no EKU extension: any usage
+    return ExtendedKeyUsageOID.SERVER_AUTH in usages
 
 
 def _normalised(host: str) -> str:

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from meshext.control.mesh import Workload, node_id
 from meshext.control.pki import TLSMaterial
+from meshext.control.workload_tls import bootstrap_secrets
 from meshext.envoy import EnvoyProcess
 from meshext.errors import MeshextError
 
@@ -74,8 +75,10 @@ def bootstrap(
     labels: dict[str, str] | None = None,
     protocol: Literal["sotw", "delta"] = "delta",
     tls: TLSMaterial | None = None,
+    admin: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Envoy bootstrap whose ADS stream points at the control plane (over mutual TLS with ``tls``)."""
+    """Envoy bootstrap whose ADS stream points at the control plane (over mutual TLS with ``tls``);
+    the admin listener on ``admin`` (default: a free loopback port)."""
     config: dict[str, Any] = {
         # V8 compiles Wasm modules with scratch memory that tcmalloc would keep
         # after each filter (re)load; hand freed memory back to the OS.
@@ -119,6 +122,9 @@ def bootstrap(
     }
     if tls is not None:
         config["static_resources"]["clusters"][0]["transport_socket"] = _xds_tls_socket(control[0], tls)
+        config["static_resources"]["secrets"] = bootstrap_secrets(tls)  # for mTLS with peers
+    if admin is not None:
+        config["admin"] = {"address": {"socket_address": {"address": admin[0], "port_value": admin[1]}}}
     return config
 
 
@@ -160,8 +166,9 @@ def sidecar_for(workload: Workload, control: tuple[str, int], control_http: tupl
                 protocol: Literal["sotw", "delta"] = "delta", tls: TLSMaterial | None = None,
                 **envoy_options: Any) -> Sidecar:
     """The sidecar of ``workload`` of a mesh model (its labels become node metadata)."""
+    admin = (workload.admin.address, workload.admin.port) if workload.admin is not None else None
     return Sidecar(workload.name, workload.namespace, control, control_http, labels=dict(workload.labels),
-                   protocol=protocol, tls=tls, **envoy_options)
+                   protocol=protocol, tls=tls, admin=admin, **envoy_options)
 
 
 class ModuleSyncer:
@@ -241,7 +248,8 @@ class Sidecar:
 
     def __init__(self, workload: str, namespace: str, control: tuple[str, int], control_http: tuple[str, int], *,
                  labels: dict[str, str] | None = None, protocol: Literal["sotw", "delta"] = "delta",
-                 module_dir: Path | None = None, tls: TLSMaterial | None = None, **envoy_options: Any) -> None:
+                 module_dir: Path | None = None, tls: TLSMaterial | None = None,
+                 admin: tuple[str, int] | None = None, **envoy_options: Any) -> None:
         self._own_dir = module_dir is None
         self.module_dir = module_dir or Path(tempfile.mkdtemp(prefix="meshext-sidecar-modules-"))
         self.syncer = ModuleSyncer(node_id(workload, namespace), control_http, self.module_dir, tls)
@@ -249,7 +257,8 @@ class Sidecar:
         # next request instead of lingering, so filter changes show quickly.
         extra_args = [*envoy_options.pop("extra_args", []), "--drain-time-s", str(SIDECAR_DRAIN_SECONDS),
                       "--drain-strategy", "immediate"]
-        self.envoy = EnvoyProcess(bootstrap(workload, namespace, control, labels=labels, protocol=protocol, tls=tls),
+        self.envoy = EnvoyProcess(bootstrap(workload, namespace, control, labels=labels, protocol=protocol, tls=tls,
+                                            admin=admin),
                                   extra_args=extra_args, **envoy_options)
 
     def start(self) -> Sidecar:

@@ -25,8 +25,9 @@ apt_packages=()
 # `python3 -m venv` needs Debian's python3-venv (ensurepip) for the system Python.
 "$PYTHON" -c "import ensurepip, venv" 2>/dev/null || apt_packages+=(python3-venv)
 if $want_test; then
-    # A real OCI registry, Redis, load generators and TLS tooling for the tests.
-    apt_packages+=(docker-registry redis-server wrk apache2-utils openssl curl)
+    # A real OCI registry, Redis, load generators, TLS tooling, Prometheus and a headless
+    # browser (`meshext graph`'s HTML) for the tests.
+    apt_packages+=(docker-registry redis-server wrk apache2-utils openssl curl prometheus chromium)
     # Node.js for the AssemblyScript SDK; Debian's only where none is installed.
     command -v npm >/dev/null || apt_packages+=(nodejs npm)
 fi
@@ -39,10 +40,13 @@ if ((${#missing[@]})); then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# The Debian package enables a registry on :5000; the tests start their own on loopback.
-if $want_test && command -v systemctl >/dev/null && systemctl is-active --quiet docker-registry 2>/dev/null; then
-    $SUDO systemctl stop docker-registry || true
-fi
+# The Debian packages enable a registry on :5000 and Prometheus on :9090; the tests start
+# their own on loopback.
+for service in docker-registry prometheus; do
+    if $want_test && command -v systemctl >/dev/null && systemctl is-active --quiet "$service" 2>/dev/null; then
+        $SUDO systemctl stop "$service" || true
+    fi
+done
 
 if [[ ! -x "$VENV/bin/python" ]]; then
     echo "==> $PYTHON -m venv $VENV"

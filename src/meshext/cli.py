@@ -53,6 +53,8 @@ COMMANDS: dict[str, LazyCommand] = {
                         "Run the sidecar of WORKLOAD: Envoy configured by the control plane over ADS."),
     "status": LazyCommand("meshext.control.cli:status_command",
                          "List extensions, their state and the workloads running them, then the proxies."),
+    "graph": LazyCommand("meshext.control.cli:graph_command",
+                        "Draw the live service graph from Istio's metrics: rates, errors, p95 and mTLS per edge."),
     "ratelimit": LazyCommand("meshext.extensions.ratelimit.cli:ratelimit_group",
                             "Rate limiting: the RLS v3 service on Redis and the Mixer quota converter."),
 }

@@ -10,10 +10,14 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import shutil
 import socket
+import socketserver
 import subprocess
 import threading
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,9 +27,10 @@ from typing import Any
 import yaml
 
 from meshext.control.images import RegistrySettings
-from meshext.control.mesh import Mesh
+from meshext.control.mesh import Mesh, load_mesh
 from meshext.control.operator import Operator
-from meshext.control.pki import TLSMaterial
+from meshext.control.pki import PKIDirectory, TLSMaterial
+from meshext.control.proxy import Sidecar, sidecar_for
 from meshext.control.server import ControlPlane
 from meshext.control.sources import DirectorySource, KubernetesSource
 from meshext.control.state import ControlPlaneState
@@ -38,6 +43,7 @@ PULL_USER, PULL_PASSWORD = "puller", "pull-secret-password"
 
 
 _issued_ports: set[int] = set()
+SIDECAR_MESH_WORKLOADS = ("frontend-v1", "backend-v1", "db-v1")  # the sidecar mesh's workloads with a sidecar
 
 
 def free_port() -> int:
@@ -93,7 +99,8 @@ def start_control_plane(mesh: Mesh, cache_dir: Path, *, source: DirectorySource 
     """Build everything first, then start it: servers, operator, and the source feeding the operator."""
     state = ControlPlaneState()
     registry = RegistrySettings(cache=ModuleCache(cache_dir), plain_http_hosts=plain_http_hosts)
-    operator = Operator(mesh, state, resources=source, registry=registry)
+    operator = Operator(mesh, state, resources=source, registry=registry,
+                        trust_domain=tls.trust_domain if tls else None)
     server = ControlPlane(state, operator, tls=tls).start()
     operator.start()
     if source is not None:
@@ -129,6 +136,23 @@ def start_app(name: str, port: int) -> ThreadingHTTPServer:
     return server
 
 
+class _TcpEchoHandler(socketserver.StreamRequestHandler):
+    """The TCP app: answers each line with ``<app name>:<line>``."""
+
+    def handle(self) -> None:
+        for line in self.rfile:
+            self.wfile.write(f"{self.server.app_name}:".encode() + line)  # type: ignore[attr-defined]
+
+
+def start_tcp_app(name: str, port: int) -> socketserver.ThreadingTCPServer:
+    """A line-echoing TCP app on loopback (stop it with shutdown() and server_close())."""
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", port), _TcpEchoHandler)
+    server.daemon_threads = True
+    server.app_name = name  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 def two_service_mesh() -> dict[str, Any]:
     """frontend and backend, one workload each, on free loopback ports."""
     workloads = []
@@ -143,6 +167,110 @@ def two_service_mesh() -> dict[str, Any]:
                      for app in ("frontend", "backend")],
         "workloads": workloads,
     }
+
+
+def sidecar_mesh(mode: str = "PERMISSIVE") -> dict[str, Any]:
+    """frontend, backend (HTTP), db (TCP, reached from frontend's tcpOutbound listener) and rogue
+    (HTTP, no sidecar: the tests put an impostor at its endpoint), on free loopback ports."""
+    def workload(app: str, **extra: Any) -> dict[str, Any]:
+        return {"name": f"{app}-v1", "labels": {"app": app, "version": "v1"}, "app": {"port": free_port()},
+                "inbound": {"port": free_port()}, "outbound": {"port": free_port()}, **extra}
+
+    def service(app: str, port: int, protocol: str) -> dict[str, Any]:
+        return {"name": app, "selector": {"app": app}, "ports": [{"port": port, "protocol": protocol}]}
+
+    return {
+        "mtls": {"mode": mode},
+        "services": [service("frontend", 8080, "HTTP"), service("backend", 8080, "HTTP"),
+                     service("db", 5432, "TCP"), service("rogue", 8080, "HTTP")],
+        "workloads": [workload("frontend", admin={"port": free_port()},
+                               tcpOutbound=[{"service": "db", "port": 5432, "listen": {"port": free_port()}}]),
+                      workload("backend", admin={"port": free_port()}), workload("db", admin={"port": free_port()}),
+                      workload("rogue")],
+    }
+
+
+class SidecarMesh:
+    """The mesh above with a control plane and sidecars over mutual TLS (certificates from ``pki``);
+    frontend, backend and db have a sidecar and an app (db's a line-echoing TCP app)."""
+
+    def __init__(self, root: Path, mode: str = "PERMISSIVE") -> None:
+        self.mesh_file = root / "mesh.yaml"
+        self.mesh_file.write_text(yaml.safe_dump(sidecar_mesh(mode)))
+        self.mesh: Mesh = load_mesh(self.mesh_file)
+        self.pki = PKIDirectory(root / "pki")
+        self.pki.ensure(workloads=[(w.name, w.namespace) for w in self.mesh.workloads])
+        self.running = start_control_plane(self.mesh, root / "cache", tls=self.pki.control_plane().load())
+        self.apps: list[Any] = [start_app("frontend-v1", self.workload("frontend-v1").app.port),
+                                start_app("backend-v1", self.workload("backend-v1").app.port),
+                                start_tcp_app("db-v1", self.workload("db-v1").app.port)]
+        server = self.running.server
+        self.sidecars: dict[str, Sidecar] = {
+            name: sidecar_for(self.workload(name), server.xds_address, server.http_address,
+                              tls=self.pki.workload(name, "default").load()).start()
+            for name in SIDECAR_MESH_WORKLOADS}
+        assert self.running.state.cache.wait_converged([f"{name}.default" for name in SIDECAR_MESH_WORKLOADS], 30)
+
+    def workload(self, name: str) -> Any:
+        return self.mesh.workload(name, "default")
+
+    def stat(self, sidecar: str, name: str) -> int:
+        """One counter of a sidecar's Envoy (0 when it does not exist yet)."""
+        text = self.sidecars[sidecar].envoy.admin_get(f"/stats?filter=^{name.replace('|', '[|]')}$")
+        return int(text.split(": ")[1]) if text.strip() else 0
+
+    def inbound_handshakes(self, sidecar: str) -> int:
+        inbound = self.workload(sidecar).inbound
+        return self.stat(sidecar, f"listener.{inbound.address}_{inbound.port}.ssl.handshake")
+
+    def close(self) -> None:
+        for sidecar in self.sidecars.values():
+            sidecar.cleanup()
+        self.running.stop()
+        for app in self.apps:
+            app.shutdown()
+            app.server_close()
+
+
+class PrometheusServer:
+    """Debian's `prometheus` on a free loopback port, temporary storage, stopped on exit."""
+
+    def __init__(self, config_file: Path, workdir: Path) -> None:
+        self.config_file, self.workdir = config_file, workdir
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> PrometheusServer:
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise AssertionError("prometheus not found: bash scripts/install.sh --test (Debian's prometheus)")
+        log = (self.workdir / "prometheus.log").open("wb")
+        self.process = subprocess.Popen(
+            [binary, f"--config.file={self.config_file}", f"--storage.tsdb.path={self.workdir / 'data'}",
+             f"--web.listen-address={self.url.removeprefix('http://')}", "--storage.tsdb.retention.time=1h"],
+            stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        wait_until(lambda: self._get("/-/ready").startswith("Prometheus"), 30, "Prometheus ready")
+        return self
+
+    def _get(self, path: str) -> str:
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            return response.read().decode()
+
+    def api(self, path: str, **query: str) -> Any:
+        """The ``data`` of one HTTP API call, e.g. ``api("query", query="up")``."""
+        answer = json.loads(self._get(f"/api/v1/{path}?{urllib.parse.urlencode(query)}"))
+        assert answer["status"] == "success", answer
+        return answer["data"]
+
+    def __exit__(self, *exc_info: object) -> None:
+        assert self.process is not None
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 @dataclass
