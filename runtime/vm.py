@@ -22,7 +22,7 @@ from meshext.runtime import abi, wasi
 from meshext.runtime.abi import Action, BufferType, LogLevel, MapType, MetricType, Pairs, Status, StreamType
 from meshext.runtime.contexts import Context, RootContext
 from meshext.runtime.fastcall import Crossing, Export, MemoryView, define_host_function
-from meshext.runtime.modules import engine
+from meshext.runtime.modules import engine, instantiate
 from meshext.runtime.properties import encode_property, split_path
 from meshext.runtime.records import (
     Cluster,
@@ -87,7 +87,7 @@ class PluginVM:
         linker = wasmtime.Linker(engine())
         self._link(linker)
         try:
-            self.instance = linker.instantiate(self.store, module)
+            self.instance = instantiate(linker, self.store, module)
         except wasmtime.Trap as trap:
             raise self._trap_error(trap, "instantiation (start function)") from None
         except wasmtime.WasmtimeError as error:
