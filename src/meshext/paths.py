@@ -21,8 +21,10 @@ each addition the least recently used files go first.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from meshext.errors import MeshextError
@@ -68,6 +70,14 @@ def cache_limit_bytes() -> int:
                            fix=f"set a whole number of megabytes, e.g. {CACHE_LIMIT_ENV}=2048, or unset it "
                                f"for the default {DEFAULT_CACHE_LIMIT_MB}")
     return megabytes * 1_000_000
+
+
+def content_key(parts: Iterable[bytes]) -> str:
+    """The hex SHA-256 of ``parts``, each length-prefixed so that no two lists of parts share a key."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "little") + part)
+    return digest.hexdigest()
 
 
 def describe_cache() -> str:
