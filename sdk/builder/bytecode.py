@@ -86,11 +86,11 @@ def compile_files(files: list[PythonFile], shim: bytes) -> Compiled:
     cached: dict[str, bytes] = {}
     missing: list[PythonFile] = []
     for file in files:
-        path = _CACHE.lookup(f"{file.key}.pyc")
-        if path is None:
+        pyc = _CACHE.read(f"{file.key}.pyc")
+        if pyc is None:
             missing.append(file)
         else:
-            cached[file.pyc_path] = path.read_bytes()
+            cached[file.pyc_path] = pyc
     if missing:
         compiled = _compile_in_vm(files, missing, cached, shim)
         for file in missing:

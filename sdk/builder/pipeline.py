@@ -159,9 +159,9 @@ def _stdlib_closure(
         else:
             parts.append(files[name])
     cache_name = f"closure-{content_key(parts)}.json"
-    cached = _STAGES.lookup(cache_name)
+    cached = _STAGES.read(cache_name)
     if cached is not None:
-        found = json.loads(cached.read_text())
+        found = json.loads(cached)
         return {name: stdlib_dir / path for name, path in found["closure"].items()}, set(found["c_modules"])
     closure, c_modules = analysis.stdlib_closure(app_dir, stdlib_dir, seeds, keep)
     _STAGES.store(cache_name, json.dumps({

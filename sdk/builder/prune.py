@@ -121,9 +121,8 @@ def prune(
         if section.id in _READ_SECTIONS or (section.id == wb.CUSTOM and wb.Reader(section.payload).name() == "name"):
             parts += [bytes([section.id]), section.payload]
     name = f"pruned-{content_key(parts)}.bin"
-    cached = _CACHE.lookup(name)
-    if cached is not None:
-        packed = cached.read_bytes()
+    packed = _CACHE.read(name)
+    if packed is not None:
         code_size = int.from_bytes(packed[:8], "little")
         code, exports = wb.Section(wb.CODE, packed[8:8 + code_size]), wb.Section(wb.EXPORT, packed[8 + code_size:])
     else:

@@ -113,7 +113,17 @@ class EvictableCache:
             os.utime(path)
         except FileNotFoundError:
             return None
+        except PermissionError:
+            pass  # a cache this user may read but not write: no recency, still a hit
         return path
+
+    def read(self, name: str) -> bytes | None:
+        """The bytes of the cached file ``name`` (marked as just used), or None."""
+        path = self.lookup(name)
+        try:
+            return None if path is None else path.read_bytes()
+        except FileNotFoundError:
+            return None  # evicted by another process since the lookup
 
     def store(self, name: str, data: bytes) -> Path:
         """Cache ``data`` as ``name``, then evict what exceeds the limit (never the new file)."""
