@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -66,6 +67,9 @@ def test_command(directory: Path, module: Path | None, pytest_args: tuple[str, .
 
     os.environ[MODULE_ENV] = str(wasm)
     os.chdir(directory)
+    # What the build left on the heap stays there until exit; freezing it keeps
+    # pytest's garbage collections (it runs several at the end) from scanning it.
+    gc.freeze()
     sys.exit(int(pytest.main([*_QUIET_PLUGIN_REWRITE, *arguments])))
 
 

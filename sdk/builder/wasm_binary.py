@@ -134,10 +134,10 @@ def parse_sections(module: bytes) -> list[Section]:
 
 
 def encode_sections(sections: list[Section]) -> bytes:
-    out = bytearray(MAGIC)
+    parts = [MAGIC]
     for section in sections:
-        out += bytes([section.id]) + uleb(len(section.payload)) + section.payload
-    return bytes(out)
+        parts += (bytes([section.id]), uleb(len(section.payload)), section.payload)
+    return b"".join(parts)  # one copy of payloads of megabytes
 
 
 def keep_custom_sections(module: bytes, names: set[str]) -> bytes:
