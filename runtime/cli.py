@@ -25,7 +25,7 @@ def build_with_sdk(project: Path) -> Path:
         result = build_filter(project, progress=lambda message: status.update(message))
     if result.rebuilt:
         click.echo(f"built {result.output} in {result.seconds:.1f} s "
-                   f"({result.bytecode_compiled} Python files compiled, the rest from the cache)", err=True)
+                   f"({result.bytecode_compiled} .pyc compiled, the rest from the cache)", err=True)
     else:
         click.echo(f"{result.output} is up to date: nothing it is built from changed, not rebuilt", err=True)
     click.echo(f"cache: {describe_cache()}", err=True)

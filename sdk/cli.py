@@ -87,7 +87,7 @@ def build_command(directory: Path, output: Path | None) -> None:
     click.echo(f"              {len(wasi)} WASI: {', '.join(n.split('.', 1)[1] for n in wasi)}")
     shim = "cached" if result.shim_cached else "compiled"
     click.echo(f"  build time  {time.monotonic() - started:.1f} s (shim {shim}, "
-               f"{result.bytecode_compiled} Python files compiled)")
+               f"{result.bytecode_compiled} .pyc compiled)")
     click.echo(f"  cache       {describe_cache()}")
 
 
