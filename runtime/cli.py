@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import gc
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,11 +17,19 @@ def build_with_sdk(project: Path) -> Path:
     """Build the project's filter with the SDK pipeline (`meshext build`) and return the module."""
     from rich.console import Console
 
+    from meshext.paths import describe_cache
     from meshext.sdk.builder import build_filter
 
     click.echo(f"building {project} (meshext build)", err=True)
     with Console(stderr=True).status("building") as status:
-        return build_filter(project, progress=lambda message: status.update(message)).output
+        result = build_filter(project, progress=lambda message: status.update(message))
+    if result.rebuilt:
+        click.echo(f"built {result.output} in {result.seconds:.1f} s "
+                   f"({result.bytecode_compiled} .pyc compiled, the rest from the cache)", err=True)
+    else:
+        click.echo(f"{result.output} is up to date: nothing it is built from changed, not rebuilt", err=True)
+    click.echo(f"cache: {describe_cache()}", err=True)
+    return result.output
 
 
 @click.command("test", context_settings={"ignore_unknown_options": True})
@@ -37,6 +45,8 @@ def test_command(directory: Path, module: Path | None, pytest_args: tuple[str, .
     `filter_module` (load the built module with a config), `proxy_host` and
     `filter_module_path`, or `meshext.testing` directly; the built module is
     handed to them through $MESHEXT_TEST_MODULE.
+    An unchanged project is not rebuilt, and the native code of the module
+    is cached (see `meshext build --help` for the cache).
     Extra arguments go to pytest:
       meshext test my-filter -k headers -x
       meshext test my-filter --module build/filter.wasm
@@ -45,9 +55,24 @@ def test_command(directory: Path, module: Path | None, pytest_args: tuple[str, .
     if not directory.is_dir():
         raise MeshextError(f"no such directory: {directory}", where="meshext test",
                            fix="give the filter project directory (the one `meshext init` created)")
-    wasm = module if module is not None else build_with_sdk(directory)
+    wasm = (module if module is not None else build_with_sdk(directory)).resolve()
     tests = (directory / "tests" if (directory / "tests").is_dir() else directory).resolve()
-    environment = dict(os.environ, **{MODULE_ENV: str(wasm.resolve())})
-    command = [sys.executable, "-m", "pytest", str(tests), *pytest_args]
-    click.echo(f"testing {wasm} with {' '.join(command[1:])}", err=True)
-    sys.exit(subprocess.call(command, env=environment, cwd=directory))
+    arguments = [str(tests), *pytest_args]
+    click.echo(f"testing {wasm} with pytest {' '.join(arguments)}", err=True)
+    # pytest runs in this process: it already holds wasmtime, the SDK and the
+    # engine, which a second Python would import again.  That meshext was
+    # imported before pytest could mark its plugin for assertion rewriting
+    # is expected here (the plugin has no assertions to rewrite).
+    import pytest
+
+    os.environ[MODULE_ENV] = str(wasm)
+    os.chdir(directory)
+    # What the build left on the heap stays there until exit; freezing it keeps
+    # pytest's garbage collections (it runs several at the end) from scanning it.
+    gc.freeze()
+    sys.exit(int(pytest.main([*_QUIET_PLUGIN_REWRITE, *arguments])))
+
+
+_QUIET_PLUGIN_REWRITE = [
+    "-W", "ignore:Module already imported so cannot be rewritten; meshext:pytest.PytestAssertRewriteWarning",
+]

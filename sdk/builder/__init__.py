@@ -17,6 +17,21 @@ Stages, one module each:
 - ``pipeline``   puts the stages together.
 """
 
-from meshext.sdk.builder.pipeline import BuildResult, build_filter
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from meshext.sdk.builder.pipeline import BuildResult, build_filter
 
 __all__ = ["BuildResult", "build_filter"]
+
+
+def __getattr__(name: str) -> object:
+    # The pipeline loads on first use: the test host reads modules with
+    # wasm_binary and should not import every build stage for that.
+    if name in __all__:
+        from meshext.sdk.builder import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,7 +9,6 @@ shim).  The stdlib closure comes from the standard library's own
 
 from __future__ import annotations
 
-import _imp
 import ast
 import modulefinder
 import sys
@@ -51,12 +50,24 @@ UNLINKED_C_MODULES = {
     "readline", "_curses", "_uuid", "_hashlib", "_testcapi",
 }
 AVAILABLE_C_MODULES = frozenset(BUILTIN_MODULES) | frozenset(ALWAYS_BUILTIN)
-# Modules CPython serves from its frozen copies (os, codecs, io, importlib's
-# bootstrap...): their files are never read, so the module does not carry
-# them.  The host is the module's CPython version (pipeline.build_filter
-# checks), which freezes the same set.  `importlib` binds the frozen
-# bootstrap under these names too.
-FROZEN_MODULES = frozenset(_imp._frozen_module_names()) | {"importlib._bootstrap", "importlib._bootstrap_external"}
+# Modules the module's CPython 3.11 serves from its frozen copies (os,
+# codecs, io, importlib's bootstrap...; its `_imp._frozen_module_names()`,
+# which tests/sdk/test_sdk_loop.py compares with this table): their files are
+# never read, so the module does not carry them.  A table, not the host's
+# list: meshext may run on another Python than the module's.  `importlib`
+# binds the frozen bootstrap under its own two names too.
+FROZEN_MODULES = frozenset({
+    "__hello__", "__hello_alias__", "__hello_only__", "__phello__", "__phello__.__init__", "__phello__.ham",
+    "__phello__.ham.__init__", "__phello__.ham.eggs", "__phello__.spam", "__phello_alias__",
+    "__phello_alias__.spam", "_collections_abc", "_frozen_importlib", "_frozen_importlib_external",
+    "_sitebuiltins", "abc", "codecs", "genericpath", "importlib.machinery", "importlib.util", "io", "ntpath",
+    "os", "os.path", "posixpath", "runpy", "site", "stat", "zipimport",
+})
+FROZEN_ALIASES = frozenset({"importlib._bootstrap", "importlib._bootstrap_external"})
+
+
+# Folders of a project that are never part of its module: tests, build output, caches.
+NOT_SHIPPED_FOLDERS = ("tests", "test", "build", "__pycache__")
 
 
 @dataclass(frozen=True)
@@ -71,7 +82,7 @@ def project_sources(root: Path) -> list[SourceFile]:
     for path in sorted(root.rglob("*.py")):
         relative = path.relative_to(root)
         parts = relative.parts
-        if any(part.startswith(".") or part in ("tests", "test", "build", "__pycache__") for part in parts[:-1]):
+        if any(part.startswith(".") or part in NOT_SHIPPED_FOLDERS for part in parts[:-1]):
             continue
         if parts[-1].startswith("test_") or parts[-1] == "conftest.py":
             continue
@@ -190,7 +201,7 @@ def stdlib_closure(
     closure = {}
     for name, module in finder.modules.items():
         file = getattr(module, "__file__", None)
-        if file and Path(file).is_relative_to(stdlib_dir) and name not in FROZEN_MODULES:
+        if file and Path(file).is_relative_to(stdlib_dir) and name not in FROZEN_MODULES | FROZEN_ALIASES:
             closure[name] = Path(file)
     # C modules are not files modulefinder finds here: they are where it looked.
     referenced = set(finder.modules) | set(finder.badmodules)

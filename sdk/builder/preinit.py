@@ -13,10 +13,12 @@ build's output); any other host call raises, because there is no proxy yet.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import wasmtime
 
+from meshext.runtime import _modules as modules
 from meshext.sdk.builder import wasm_binary
 
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error", "critical")
@@ -42,15 +44,44 @@ def _read(caller: wasmtime.Caller, pointer: int, size: int) -> bytes:
 
 
 def preinitialize(shim: bytes, image: bytes) -> PreinitResult:
-    engine = wasmtime.Engine()
-    store = wasmtime.Store(engine)
-    wasi = wasmtime.WasiConfig()
-    store.set_wasi(wasi)
-    linker = wasmtime.Linker(engine)
+    """Run ``meshext_preinit`` over ``image`` and snapshot the result into the shim."""
+    store, exports, log = _run(shim, image)
+    globals_count = len(wasm_binary.defined_global_types(wasm_binary.parse_sections(shim)))
+    values = []
+    for offset in range(globals_count):
+        global_ = exports[f"{wasm_binary.GLOBAL_EXPORT_PREFIX}{offset}"]
+        assert isinstance(global_, wasmtime.Global)
+        values.append(global_.value(store))
+    memory = exports["memory"]
+    assert isinstance(memory, wasmtime.Memory)
+    snapshot_memory = bytes(memory.read(store, 0, memory.data_len(store)))
+    snapshotted = wasm_binary.snapshot(
+        shim, snapshot_memory, values, drop_exports=("_initialize", "meshext_preinit"), keep_names=True
+    )
+    return PreinitResult(snapshotted, log, len(snapshot_memory))
+
+
+def run_at_build_time(shim: bytes, image: bytes) -> list[tuple[str, str]]:
+    """Run ``meshext_preinit`` over ``image`` for what it logs (no snapshot): the
+    build's way of running Python in the module's own CPython."""
+    return _run(shim, image)[2]
+
+
+def compiled_shim(shim: bytes) -> wasmtime.Module:
+    """The shim as pre-initialisation runs it (every global exported), compiled.
+
+    The same every build: its native code comes from the compiled-module cache.
+    """
+    return modules.compile_module(wasm_binary.export_globals(shim), where="the meshext shim")
+
+
+def _run(shim: bytes, image: bytes) -> tuple[wasmtime.Store, Mapping[str, object], list[tuple[str, str]]]:
+    store = wasmtime.Store(modules.engine())
+    store.set_wasi(wasmtime.WasiConfig())
+    linker = wasmtime.Linker(modules.engine())
     linker.define_wasi()
 
-    instrumented = wasm_binary.export_globals(shim)
-    module = wasmtime.Module(engine, instrumented)
+    module = compiled_shim(shim)
     log: list[tuple[str, str]] = []
 
     def proxy_log(caller: wasmtime.Caller, level: int, pointer: int, size: int) -> int:
@@ -68,16 +99,16 @@ def preinitialize(shim: bytes, image: bytes) -> PreinitResult:
         return call
 
     for item in module.imports:
-        if item.module != "env":
+        if item.module != "env" or item.name is None:
             continue
         function_type = item.type
         assert isinstance(function_type, wasmtime.FuncType)
         if item.name == "proxy_log":
             linker.define_func("env", item.name, function_type, proxy_log, access_caller=True)
         else:
-            linker.define_func("env", item.name, function_type, unavailable(item.name or ""))
+            linker.define_func("env", item.name, function_type, unavailable(item.name))
 
-    instance = linker.instantiate(store, module)
+    instance = modules.instantiate(linker, store, module)
     exports = instance.exports(store)
     memory = exports["memory"]
     assert isinstance(memory, wasmtime.Memory)
@@ -92,15 +123,4 @@ def preinitialize(shim: bytes, image: bytes) -> PreinitResult:
         raise PreinitFailed(log) from None
     if status != 0:
         raise PreinitFailed(log)
-
-    globals_count = len(wasm_binary.defined_global_types(wasm_binary.parse_sections(shim)))
-    values = []
-    for offset in range(globals_count):
-        global_ = exports[f"{wasm_binary.GLOBAL_EXPORT_PREFIX}{offset}"]
-        assert isinstance(global_, wasmtime.Global)
-        values.append(global_.value(store))
-    snapshot_memory = bytes(memory.read(store, 0, memory.data_len(store)))
-    snapshotted = wasm_binary.snapshot(
-        shim, snapshot_memory, values, drop_exports=("_initialize", "meshext_preinit"), keep_names=True
-    )
-    return PreinitResult(snapshotted, log, len(snapshot_memory))
+    return store, exports, log

@@ -26,9 +26,12 @@ instruction encodings needed to find direct calls are decoded here.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 
+from meshext.paths import EvictableCache, content_key
 from meshext.sdk.builder import wasm_binary as wb
 
 # CPython's ways into the parser and compiler (Parser/peg_api.c, Python/compile.c,
@@ -51,6 +54,10 @@ NO_COMPILER_HANDLER = "meshext_no_compiler"
 NO_MODULE_HANDLER = "meshext_no_module"
 
 _UNREACHABLE_BODY = b"\x00\x00\x0b"  # no locals; unreachable; end
+# What pruning reads besides the name section; with the code that does it, the cache key.
+_READ_SECTIONS = {wb.TYPE, wb.IMPORT, wb.FUNCTION, wb.EXPORT, wb.ELEMENT, wb.CODE}
+_ALGORITHM = Path(__file__).read_bytes() + Path(wb.__file__).read_bytes()
+_CACHE = EvictableCache("stages")
 _BLOCK_OPCODES = {0x02, 0x03, 0x04}
 _ONE_ULEB = {0x0C, 0x0D, 0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0xD2}
 _MEMARG = set(range(0x28, 0x3F))
@@ -99,9 +106,37 @@ def prune(
     their init functions; ``functions_by_part`` names the functions only the
     compiler or one C module defines (sdk/builder/shim.py): being in the
     function table does not keep those alive.
+
+    The result's code and exports depend only on the sections read here,
+    never on memory or globals, so every build of a filter with the same
+    shim and the same callbacks and C modules gets them from the cache
+    (``stages/`` in the meshext cache): decoding every function body takes
+    most of a second.
     """
-    parsed = Module(module)
-    dropped = set(drop_exports)
+    sections = wb.parse_sections(module)
+    dropped = sorted(set(drop_exports))
+    choices = [dropped, sorted(removed_modules.items()), functions_by_part]
+    parts = [_ALGORITHM, json.dumps(choices, sort_keys=True).encode()]
+    for section in sections:
+        if section.id in _READ_SECTIONS or (section.id == wb.CUSTOM and wb.Reader(section.payload).name() == "name"):
+            parts += [bytes([section.id]), section.payload]
+    name = f"pruned-{content_key(parts)}.bin"
+    packed = _CACHE.read(name)
+    if packed is not None:
+        code_size = int.from_bytes(packed[:8], "little")
+        code, exports = wb.Section(wb.CODE, packed[8:8 + code_size]), wb.Section(wb.EXPORT, packed[8 + code_size:])
+    else:
+        code, exports = _pruned_code_and_exports(Module(module), set(dropped), removed_modules, functions_by_part)
+        _CACHE.store(name, len(code.payload).to_bytes(8, "little") + code.payload + exports.payload)
+    kept = [section for section in sections if section.id != wb.CUSTOM]
+    wb.replace_section(kept, code)
+    wb.replace_section(kept, exports)
+    return wb.encode_sections(kept)
+
+
+def _pruned_code_and_exports(
+    parsed: Module, dropped: set[str], removed_modules: dict[str, str], functions_by_part: dict[str, list[str]]
+) -> tuple[wb.Section, wb.Section]:
     exports = [export for export in parsed.exports if export.name not in dropped]
     redirect = {parsed.function(name): NO_COMPILER_HANDLER for name in COMPILER_ENTRY_POINTS if name in parsed.index_of}
     redirect |= {parsed.function(init): NO_MODULE_HANDLER for init in removed_modules.values()}
@@ -130,10 +165,7 @@ def prune(
     payload = bytearray(wb.uleb(len(bodies)))
     for body in bodies:
         payload += wb.uleb(len(body)) + body
-    sections = [section for section in parsed.sections if section.id != wb.CUSTOM]
-    wb.replace_section(sections, wb.Section(wb.CODE, bytes(payload)))
-    wb.replace_section(sections, wb.export_section(exports))
-    return wb.encode_sections(sections)
+    return wb.Section(wb.CODE, bytes(payload)), wb.export_section(exports)
 
 
 def _raising_body(handler: int, results: bytes) -> bytes:

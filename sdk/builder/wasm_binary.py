@@ -60,6 +60,15 @@ class Reader:
             if not byte & 0x80:
                 return result
 
+    def sleb(self) -> int:
+        result = shift = 0
+        while True:
+            byte = self.byte()
+            result |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return result - (1 << shift) if byte & 0x40 else result
+
     def name(self) -> str:
         length = self.uleb()
         value = self.data[self.position:self.position + length].decode()
@@ -104,6 +113,13 @@ class Export:
     index: int
 
 
+@dataclass
+class Import:
+    module: str
+    name: str
+    kind: int
+
+
 def parse_sections(module: bytes) -> list[Section]:
     if module[:8] != MAGIC:
         raise ValueError("not a WebAssembly 1.0 module")
@@ -118,10 +134,10 @@ def parse_sections(module: bytes) -> list[Section]:
 
 
 def encode_sections(sections: list[Section]) -> bytes:
-    out = bytearray(MAGIC)
+    parts = [MAGIC]
     for section in sections:
-        out += bytes([section.id]) + uleb(len(section.payload)) + section.payload
-    return bytes(out)
+        parts += (bytes([section.id]), uleb(len(section.payload)), section.payload)
+    return b"".join(parts)  # one copy of payloads of megabytes
 
 
 def keep_custom_sections(module: bytes, names: set[str]) -> bytes:
@@ -139,18 +155,23 @@ def find_section(sections: list[Section], section_id: int) -> Section | None:
 
 def imported_counts(sections: list[Section]) -> tuple[int, int]:
     """(imported functions, imported globals): defined ones are numbered after them."""
+    counts = imports_by_kind(sections)
+    return counts[EXTERNAL_FUNC], counts[EXTERNAL_GLOBAL]
+
+
+def read_imports(sections: list[Section]) -> list[Import]:
+    """The module's imports, in order."""
     section = find_section(sections, IMPORT)
     if section is None:
-        return 0, 0
+        return []
     reader = Reader(section.payload)
-    functions = globals_ = 0
+    imports = []
     for _ in range(reader.uleb()):
-        reader.name()
-        reader.name()
+        module = reader.name()
+        name = reader.name()
         kind = reader.byte()
         if kind == EXTERNAL_FUNC:
             reader.uleb()
-            functions += 1
         elif kind == EXTERNAL_TABLE:
             reader.byte()
             reader.skip_limits()
@@ -159,8 +180,18 @@ def imported_counts(sections: list[Section]) -> tuple[int, int]:
         elif kind == EXTERNAL_GLOBAL:
             reader.byte()
             reader.byte()
-            globals_ += 1
-    return functions, globals_
+        else:
+            raise ValueError(f"unknown import kind {kind}")
+        imports.append(Import(module, name, kind))
+    return imports
+
+
+def imports_by_kind(sections: list[Section]) -> dict[int, int]:
+    """How many functions, tables, memories and globals (``EXTERNAL_*``) the module imports."""
+    counts = dict.fromkeys((EXTERNAL_FUNC, EXTERNAL_TABLE, EXTERNAL_MEMORY, EXTERNAL_GLOBAL), 0)
+    for item in read_imports(sections):
+        counts[item.kind] += 1
+    return counts
 
 
 def defined_global_types(sections: list[Section]) -> list[tuple[int, bool]]:
@@ -285,6 +316,50 @@ def replace_section(sections: list[Section], new: Section) -> None:
     sections.append(new)
 
 
+def memory_limits(sections: list[Section]) -> tuple[int, int | None]:
+    """(minimum, maximum or None) pages of the one memory the module defines."""
+    section = find_section(sections, MEMORY)
+    if section is None:
+        raise ValueError("the module defines no memory")
+    reader = Reader(section.payload)
+    if reader.uleb() != 1:
+        raise ValueError("expected exactly one memory")
+    flags = reader.byte()
+    if flags & ~1:
+        raise ValueError("shared and 64-bit memories are not supported")
+    minimum = reader.uleb()
+    return minimum, reader.uleb() if flags & 1 else None
+
+
+def memory_section(minimum: int, maximum: int | None) -> Section:
+    """A memory section defining one 32-bit memory with these limits (pages)."""
+    limits = uleb(minimum) if maximum is None else uleb(minimum) + uleb(maximum)
+    return Section(MEMORY, uleb(1) + bytes([0 if maximum is None else 1]) + limits)
+
+
+def active_data_segments(sections: list[Section]) -> list[tuple[int, bytes]] | None:
+    """(offset, bytes) of each data segment, in order, when every one is active
+    in memory 0 at a constant offset (what a linker writes); else None."""
+    section = find_section(sections, DATA)
+    if section is None:
+        return []
+    reader = Reader(section.payload)
+    segments = []
+    for _ in range(reader.uleb()):
+        flags = reader.uleb()
+        if flags == 2 and reader.uleb() != 0:
+            return None
+        if flags not in (0, 2) or reader.byte() != 0x41:  # passive, or an offset other than i32.const
+            return None
+        offset = reader.sleb() & 0xFFFFFFFF
+        if reader.byte() != END:
+            return None
+        size = reader.uleb()
+        segments.append((offset, section.payload[reader.position:reader.position + size]))
+        reader.position += size
+    return segments
+
+
 GLOBAL_EXPORT_PREFIX = "__meshext_global_"
 
 
@@ -343,22 +418,13 @@ def snapshot(
     sections = parse_sections(module)
     page_count = len(memory) // 65536
 
-    memory_section = find_section(sections, MEMORY)
-    if memory_section is None:
-        raise ValueError("the module defines no memory")
-    reader = Reader(memory_section.payload)
-    if reader.uleb() != 1:
-        raise ValueError("expected exactly one memory")
-    flags = reader.byte()
-    reader.uleb()
-    limits = bytes([flags]) + uleb(page_count) + (uleb(reader.uleb()) if flags & 1 else b"")
-    replace_section(sections, Section(MEMORY, uleb(1) + limits))
+    replace_section(sections, memory_section(page_count, memory_limits(sections)[1]))
 
     types = defined_global_types(sections)
     if len(types) != len(global_values):
         raise ValueError(f"{len(types)} globals but {len(global_values)} snapshot values")
     payload = bytearray(uleb(len(types)))
-    for (value_type, mutable), value in zip(types, global_values):
+    for (value_type, mutable), value in zip(types, global_values, strict=True):
         payload += bytes([value_type, int(mutable)]) + _const(value_type, value)
     replace_section(sections, Section(GLOBAL, bytes(payload)))
 
@@ -370,7 +436,9 @@ def snapshot(
     if find_section(sections, DATACOUNT) is not None:
         replace_section(sections, Section(DATACOUNT, uleb(len(segments))))
 
-    exports = [e for e in read_exports(sections) if e.name not in drop_exports and not e.name.startswith(GLOBAL_EXPORT_PREFIX)]
+    exports = [
+        e for e in read_exports(sections) if e.name not in drop_exports and not e.name.startswith(GLOBAL_EXPORT_PREFIX)
+    ]
     replace_section(sections, export_section(exports))
 
     sections = [s for s in sections if s.id != START]
