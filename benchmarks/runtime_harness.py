@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from meshext.runtime import _modules as module_cache
+from meshext import compiled_modules as module_cache
 from meshext.testing import Host
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from meshext.runtime._modules import wasmtime_version
+from meshext.compiled_modules import wasmtime_version
 from meshext.sdk.builder import build_filter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

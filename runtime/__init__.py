@@ -10,8 +10,9 @@ every ``_``-module is internal to the test host:
 - ``_vm``: ``Vm``, the host side of one plugin VM - contexts, the active
   context, calls into the module;
 - ``_instance``: the Wasm instance - ABI marker, linking, memory, exports;
-  ``_fastcall`` (wasmtime's unchecked C API) and ``_modules`` (engine and
-  compiled-module cache) under it;
+  ``_fastcall`` (wasmtime's unchecked C API) under it, and
+  ``meshext.compiled_modules`` (the engine and compiled-module cache the
+  builder shares) beside it;
 - ``_hostcalls``: every host function Envoy links, one module per area,
   registered with ``@hostcall``, including Envoy's WASI subset;
 - ``_callouts``: the HTTP and gRPC callout state machines, ``_upstreams``
@@ -21,8 +22,8 @@ every ``_``-module is internal to the test host:
 - ``_records``: data handed to tests; ``_abi``: ABI facts the SDK's enums
   do not carry.
 
-Imports: this room may use ``meshext.errors``, ``meshext.paths`` and
-``meshext.sdk.abi``; ``cli`` alone also uses ``meshext.sdk.builder`` (to
+Imports: this room may use ``meshext.errors``, ``meshext.paths``,
+``meshext.compiled_modules`` and ``meshext.sdk.abi``; ``cli`` alone also uses ``meshext.sdk.builder`` (to
 build the filter ``meshext test`` runs).  Nothing here imports
 ``meshext.control``.
 """

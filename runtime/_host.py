@@ -35,9 +35,9 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from meshext.compiled_modules import compile_module
 from meshext.errors import MeshextError
 from meshext.runtime._abi import MASK32
-from meshext.runtime._modules import compile_module
 from meshext.runtime._plugin import PluginVM
 from meshext.runtime._records import (
     Cluster,

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import wasmtime
 
+from meshext.compiled_modules import engine, instantiate
 from meshext.errors import MeshextError
 from meshext.runtime._abi import MASK32, MASK64
 from meshext.runtime._fastcall import Crossing, ExportedFunction, MemoryView, define_host_function
 from meshext.runtime._hostcalls import resolve
-from meshext.runtime._modules import engine
 from meshext.runtime._records import MemoryFault, ModuleExit, WasmTrap
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ class WasmInstance:
         linker = wasmtime.Linker(engine())
         self._link(linker, module, vm)
         try:
-            instance = linker.instantiate(self._store, module)
+            instance = instantiate(linker, self._store, module)
         except wasmtime.Trap as trap:
             raise self._trap_error(trap, "instantiation (start function)") from None
         except wasmtime.WasmtimeError as error:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from meshext import wasm_binary as wb
 from meshext.errors import MeshextError, first_validation_problem
 from meshext.phases import MaistraPhase
-from meshext.sdk.builder import wasm_binary as wb
 from meshext.sdk.builder.project import FilterSettings
 
 SECTION_NAME = "meshext.project"

@@ -28,11 +28,12 @@ import wasmtime
 
 import meshext
 import meshext.sdk
+from meshext import compiled_modules as modules
+from meshext import wasm_binary
 from meshext.errors import InternalError, MeshextError
 from meshext.paths import EvictableCache, content_key
-from meshext.runtime import _modules as modules
 from meshext.sdk._dispatch import BUILD_CONFIG_PATH, BUILD_FACTS_PREFIX
-from meshext.sdk.builder import analysis, bytecode, fsimage, preinit, prune, toolchain, wasm_binary
+from meshext.sdk.builder import analysis, bytecode, fsimage, preinit, prune, toolchain
 from meshext.sdk.builder import shim as shim_module
 from meshext.sdk.builder.metadata import ProjectMetadata, add_project_metadata
 from meshext.sdk.builder.project import Project, load_project

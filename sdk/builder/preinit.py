@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import wasmtime
 
-from meshext.runtime import _modules as modules
-from meshext.sdk.builder import wasm_binary
+from meshext import compiled_modules as modules
+from meshext import wasm_binary
 
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error", "critical")
 

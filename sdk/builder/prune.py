@@ -31,8 +31,8 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from meshext import wasm_binary as wb
 from meshext.paths import EvictableCache, content_key
-from meshext.sdk.builder import wasm_binary as wb
 
 # CPython's ways into the parser and compiler (Parser/peg_api.c, Python/compile.c,
 # symtable.c, future.c, ast_opt.c, ast.c, Python-ast.c's converters, the

@@ -14,9 +14,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from meshext import wasm_binary
 from meshext.errors import MeshextError
 from meshext.paths import cache_root
-from meshext.sdk.builder import prune, toolchain, wasm_binary
+from meshext.sdk.builder import prune, toolchain
 
 SHIM_SOURCES = Path(__file__).resolve().parent.parent / "shim"
 PARTS_FILE = "functions-by-part.json"

@@ -8,7 +8,10 @@ The import tree (``src/meshext``), one namespace with the rooms linked in:
 - ``meshext.control``   (control/)   xDS server, extension operator, the sidecar
 - ``meshext.testing``                the public test API over the test host
 - ``meshext.cli``, ``errors``, ``envoy``, ``paths``, ``phases``: the command, the error
-  types, the Envoy process launcher, the cache root and the phase table every room shares.
+  types, the Envoy process launcher, the cache root and the phase table every room shares;
+  ``wasm_binary`` (reading and writing the Wasm binary format) and ``compiled_modules``
+  (the wasmtime engine and compiled-module cache), shared by the builder, the test host
+  and the registry.
 
 What may import what: these core modules import no room; ``sdk`` imports nothing
 outside itself (its in-VM part runs inside the Wasm module, which ships this

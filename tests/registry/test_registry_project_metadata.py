@@ -13,7 +13,7 @@ from registry_helpers import Registry, make_module
 
 from meshext.phases import DEFAULT_PHASE, DEFAULT_PRIORITY
 from meshext.sdk.builder.metadata import SECTION_NAME
-from meshext.sdk.builder.wasm_binary import uleb
+from meshext.wasm_binary import uleb
 
 PROJECT = {"name": "metadata-probe", "version": "3.1.4", "description": "counts requests", "phase": "PreAuthZ",
            "priority": 42}

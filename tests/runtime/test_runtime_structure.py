@@ -1,6 +1,6 @@
 """The test host room keeps its rules: what it imports, what its public names are.
 
-- runtime/ imports only meshext.errors, meshext.paths and meshext.sdk.abi
+- runtime/ imports only meshext.errors, meshext.paths, meshext.compiled_modules and meshext.sdk.abi
   from the rest of meshext (cli.py also meshext.sdk.builder, for `meshext
   test`), and never meshext.control;
 - every name meshext.testing exports from the test host has a docstring;
@@ -19,7 +19,7 @@ import meshext.testing
 
 RUNTIME = Path(meshext.runtime.__file__).resolve().parent
 SDK = Path(meshext.sdk.__file__).resolve().parent
-ALLOWED = ("meshext.runtime", "meshext.errors", "meshext.paths", "meshext.sdk.abi")
+ALLOWED = ("meshext.runtime", "meshext.errors", "meshext.paths", "meshext.compiled_modules", "meshext.sdk.abi")
 ONLY_IN_CLI = ("meshext.sdk.builder",)
 
 

@@ -18,8 +18,9 @@ import wasmtime
 
 from meshext import paths
 from meshext.errors import MeshextError
-from meshext.runtime import _modules as modules
-from meshext.sdk.builder import analysis, build_filter, bytecode, pipeline, toolchain, wasm_binary
+from meshext import compiled_modules as modules
+from meshext import wasm_binary
+from meshext.sdk.builder import analysis, build_filter, bytecode, pipeline, toolchain
 from meshext.sdk.builder.project import load_project
 from meshext.sdk.builder.shim import build_shim
 from meshext.testing import Host

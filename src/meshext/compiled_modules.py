@@ -29,9 +29,9 @@ from typing import TypeVar, cast
 
 import wasmtime
 
+from meshext import wasm_binary as wb
 from meshext.errors import MeshextError
 from meshext.paths import EvictableCache
-from meshext.sdk.builder import wasm_binary as wb
 
 PAGE_SIZE = 65536
 # Custom sections that change what wasmtime compiles: function names appear in traps.
