@@ -83,7 +83,21 @@ def vm_start(root: RootContext, vm_config: bytes) -> int:
     if not _vm_started:
         _vm_started = True
         _reseed()
-    return int(bool(root.on_vm_start(vm_config)))
+    started = _accepted(root.on_vm_start(vm_config))
+    if not started:
+        # Envoy itself only says "Failed to start base Wasm".
+        where = f"meshext filter {filter_name!r}: {type(root).__name__}.on_vm_start"
+        host.log(LogLevel.ERROR, f"{where} answered False: Envoy refuses the VM")
+    return started
+
+
+def _accepted(answer: object) -> int:
+    """A root's answer to the VM or plugin configuration as the ABI's bool.
+
+    Only False refuses: a method without a return statement (None) accepts,
+    as None continues a stream, and so does an Action a filter returns out
+    of habit."""
+    return 0 if answer is False else 1
 
 
 def _reseed() -> None:
@@ -96,7 +110,7 @@ def _reseed() -> None:
 
 def configure(root: RootContext, config: bytes) -> int:
     """proxy_on_configure: 1 accepts the plugin configuration, 0 makes Envoy refuse it."""
-    return int(bool(root.on_configure(config)))
+    return _accepted(root.on_configure(config))
 
 
 def create_root(context_id: int) -> tuple[RootContext, int, type | None, type | None]:
@@ -313,6 +327,12 @@ def handle_error(context: Any, callback: str, error: BaseException | None) -> in
     host.log(LogLevel.ERROR, f"meshext filter {filter_name!r}: {where}.{callback} raised:\n{details}")
     if isinstance(context, RootContext) or context is None:
         return 0  # for on_configure / on_vm_start: 0 makes Envoy refuse the configuration
+    # The stream's state is whatever the failing code left: the shim calls
+    # none of its code again (not even for the fail-closed reply below, which
+    # Envoy runs through this filter's response callbacks), and answers to its
+    # pending callouts are dropped.
+    host.stop_calls(context.context_id)
+    delete_context(context.context_id)
     if _policy(context) is FailPolicy.OPEN:
         return Action.CONTINUE
     if isinstance(context, HttpContext):

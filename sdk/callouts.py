@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from meshext.sdk.errors import CalloutError, HostError
 from meshext.sdk.host import host
+from meshext.sdk.messages import header_pairs
 
 # Plain classes, not dataclasses, and typing only for checkers: importing
 # dataclasses and typing would add megabytes to every VM of every filter.
@@ -150,7 +151,7 @@ def http_call(context: Any, cluster: str, headers: Headers, body: bytes | str, t
               callback: Callable[[HttpCallResponse], Any]) -> int:
     """Start an HTTP call for ``context`` (see :meth:`HttpContext.http_call`)."""
     try:
-        token = host.http_call(cluster, list(headers), body, list(trailers), timeout_ms)
+        token = host.http_call(cluster, header_pairs(headers), body, header_pairs(trailers), timeout_ms)
     except HostError as error:
         raise _refused("http_call", cluster, error) from None
     pending[token] = Pending(context, callback=callback)
@@ -161,7 +162,7 @@ def grpc_call(context: Any, cluster: str, service: str, method: str, message: by
               timeout_ms: int, callback: Callable[[GrpcResponse], Any]) -> int:
     """Start a unary gRPC call for ``context`` (see :meth:`HttpContext.grpc_call`)."""
     try:
-        token = host.grpc_call(cluster, service, method, list(metadata), message, timeout_ms)
+        token = host.grpc_call(cluster, service, method, header_pairs(metadata), message, timeout_ms)
     except HostError as error:
         raise _refused("grpc_call", cluster, error) from None
     pending[token] = Pending(context, callback=callback)
@@ -172,7 +173,7 @@ def grpc_stream(context: Any, cluster: str, service: str, method: str, metadata:
                 handler: GrpcStreamHandler) -> GrpcStream:
     """Open a streaming gRPC call for ``context`` (see :meth:`HttpContext.grpc_stream`)."""
     try:
-        token = host.grpc_stream(cluster, service, method, list(metadata))
+        token = host.grpc_stream(cluster, service, method, header_pairs(metadata))
     except HostError as error:
         raise _refused("grpc_stream", cluster, error) from None
     pending[token] = Pending(context, handler=handler)

@@ -56,7 +56,7 @@ def validate_config(config_class: type, data: Any, path: str = "config") -> Any:
 
     ``path`` names ``data`` in messages.  Raises
     :class:`~meshext.sdk.ConfigError` naming the first field that does not
-    fit.
+    fit, or the problem a ``__post_init__`` raised as ValueError.
     """
     _check_dataclass(config_class)
     if not isinstance(data, dict):
@@ -74,7 +74,13 @@ def validate_config(config_class: type, data: Any, path: str = "config") -> Any:
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError("required field is missing", where=f"{path}.{name}",
                               fix=f"add {name!r} to the plugin configuration")
-    return config_class(**values)
+    try:
+        return config_class(**values)
+    except ConfigError:
+        raise
+    except ValueError as error:
+        # The dataclass's own checks (__post_init__): the author's words name the problem.
+        raise ConfigError(str(error) or type(error).__name__, where=path) from error
 
 
 def _convert(expected: Any, value: Any, path: str) -> Any:

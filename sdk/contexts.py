@@ -9,7 +9,9 @@ explicit :class:`~meshext.sdk.abi.Action`; returning ``None`` means
 rest cost nothing.
 
 An exception that escapes a callback is logged with its Python traceback and
-handled by the fail policy (:class:`FailPolicy`).
+handled by the fail policy (:class:`FailPolicy`); after that the SDK calls
+none of that stream's code again, since its state is whatever the failing
+callback left.
 
 :data:`STREAM_CALLBACKS` is the one definition of the per-stream callbacks:
 the C shim's callback constants and exports are generated from it
@@ -27,7 +29,7 @@ from meshext.sdk.abi import Action, BufferType, StreamType
 from meshext.sdk.errors import ConfigError, SdkError
 from meshext.sdk.host import host
 from meshext.sdk.log import log
-from meshext.sdk.messages import REQUEST, RESPONSE, Body, Message
+from meshext.sdk.messages import REQUEST, RESPONSE, Body, Message, header_pairs
 
 # typing only for checkers: importing it would grow every VM (see callouts.py).
 TYPE_CHECKING = False
@@ -71,7 +73,7 @@ class _CalloutMixin:
     ) -> int:
         """Send an HTTP request to the Envoy cluster ``cluster``; returns the call's token.
 
-        ``headers`` (``(name, value)`` pairs) must
+        ``headers`` (a dict or a sequence of ``(name, value)`` pairs) must
         include ``:method``, ``:path`` and ``:authority``.  Later
         ``callback(response)`` runs with this context effective again; a
         failed call (connection failure, reset, timeout after
@@ -95,8 +97,8 @@ class _CalloutMixin:
     ) -> int:
         """Call the unary gRPC method ``service/method`` on ``cluster``; returns the call's token.
 
-        ``message`` is the serialized request, ``metadata`` a sequence of
-        ``(name, value)`` pairs.  ``callback(response)`` gets a
+        ``message`` is the serialized request, ``metadata`` a dict or a
+        sequence of ``(name, value)`` pairs.  ``callback(response)`` gets a
         :class:`~meshext.sdk.GrpcResponse` (the reply, or the error status)
         with this context effective again.  Raises
         :class:`~meshext.sdk.CalloutError` when Envoy refuses to start the call.
@@ -191,7 +193,7 @@ class HttpContext(_CalloutMixin):
     ) -> Action:
         """Answer the request from the filter instead of the upstream; returns ``Action.PAUSE``.
 
-        ``status`` is the HTTP status, ``headers`` a sequence of
+        ``status`` is the HTTP status, ``headers`` a dict or a sequence of
         ``(name, value)`` pairs.  ``details`` shows in Envoy's access log as
         the response code details (letters, digits and ``_`` only);
         ``grpc_status`` (-1: none) sets ``grpc-status`` for gRPC clients.
@@ -200,7 +202,7 @@ class HttpContext(_CalloutMixin):
         Raises :class:`~meshext.sdk.HostError` when Envoy refuses (for
         example once the response has started).
         """
-        host.send_local_response(status, details, body, list(headers), grpc_status)
+        host.send_local_response(status, details, body, header_pairs(headers), grpc_status)
         return Action.PAUSE
 
 
@@ -291,22 +293,22 @@ class RootContext(_CalloutMixin):
         self.vm_config_bytes = b""
         """The VM configuration as Envoy sent it."""
 
-    def on_vm_start(self, vm_config: bytes) -> bool:
+    def on_vm_start(self, vm_config: bytes) -> bool | None:
         """The VM started, with its VM configuration ``vm_config`` (also kept in ``vm_config_bytes``).
 
-        Answer False to make Envoy refuse the VM.
+        Answer False to make Envoy refuse the VM; True or None starts it.
         """
         self.vm_config_bytes = vm_config
         return True
 
-    def on_configure(self, config: bytes) -> bool:
+    def on_configure(self, config: bytes) -> bool | None:
         """The plugin configuration arrived (``config``, as bytes); answer False to make Envoy refuse it.
 
         The default parses it as JSON into ``self.config`` (an empty one is
         None, or the ``config_class`` defaults), validated against
         ``config_class`` when set.  A refused configuration is logged as
         ``plugin configuration refused: ...`` naming the field, and Envoy
-        keeps the previous one.  An override that
+        keeps the previous one.  True or None accepts.  An override that
         calls ``super().on_configure(config)`` keeps all of this.
         """
         self.config_bytes = config

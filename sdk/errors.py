@@ -83,6 +83,8 @@ class CasMismatch(SdkError):
 class ConfigError(SdkError, ValueError):
     """The plugin configuration is refused: not JSON, or it does not fit the root's ``config_class``.
 
-    ``where`` is the field's path (``config.limits[0].burst``).  The root
-    context logs it and Envoy keeps the previous configuration.
+    ``where`` is the field's path (``config.limits[0].burst``).  Raised by
+    validation, and by a config dataclass's ``__post_init__`` raising
+    ValueError; the root context logs it and Envoy keeps the previous
+    configuration.
     """

@@ -14,10 +14,20 @@ from meshext.sdk.host import NativeBody, NativeHeaderMap, host
 # typing only for checkers: importing it would grow every VM (see callouts.py).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Iterable, Iterator, Mapping
 
     # What the SDK takes wherever it takes headers, trailers or gRPC metadata.
-    Headers = Iterable[tuple[str, str]]
+    Headers = Mapping[str, str] | Iterable[tuple[str, str]]
+
+
+def header_pairs(headers: Headers) -> list[tuple[str, str]]:
+    """``headers`` as a list of ``(name, value)`` pairs, for the host functions.
+
+    Takes anything with an ``items()`` method (a dict or other Mapping, a
+    :class:`HeaderMap`) or any iterable of pairs.
+    """
+    items = getattr(headers, "items", None)
+    return list(items() if callable(items) else headers)
 
 
 class HeaderMap(NativeHeaderMap):
@@ -86,8 +96,8 @@ class HeaderMap(NativeHeaderMap):
         return len(self.items())
 
     def replace_all(self, headers: Headers) -> None:
-        """Replace the whole map with ``headers`` (``(name, value)`` pairs)."""
-        host.set_headers(self.map_type, list(headers))
+        """Replace the whole map with ``headers`` (a dict or a sequence of ``(name, value)`` pairs)."""
+        host.set_headers(self.map_type, header_pairs(headers))
 
 
 class Body(NativeBody):

@@ -20,6 +20,7 @@
 
 #include "memfs.h"
 #include "proxy_wasm.h"
+#include "shim.h"
 
 static PyObject *HostError; /* meshext.sdk.errors.HostError */
 
@@ -885,6 +886,14 @@ static PyObject *h_plain_class_lookup(PyObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* After filter code raised (meshext.sdk._dispatch.handle_error): see meshext_stop_calls. */
+static PyObject *h_stop_calls(PyObject *self, PyObject *arg) {
+    long context_id = PyLong_AsLong(arg);
+    if (context_id == -1 && PyErr_Occurred()) return NULL;
+    meshext_stop_calls((uint32_t)context_id);
+    Py_RETURN_NONE;
+}
+
 /* Build time only (see meshext_memfs_forget). */
 static PyObject *h_forget_file(PyObject *self, PyObject *arg) {
     const char *path;
@@ -904,7 +913,8 @@ static PyMethodDef host_methods[] = {
     FAST(define_metric), FAST(increment_metric), FAST(record_metric), ONE(get_metric), ONE(get_shared_data),
     FAST(set_shared_data), ONE(register_shared_queue), FAST(resolve_shared_queue), FAST(enqueue_shared_queue),
     ONE(dequeue_shared_queue), FAST(http_call), FAST(grpc_call), FAST(grpc_stream), FAST(grpc_send),
-    ONE(grpc_cancel), ONE(grpc_close), FAST(call_foreign_function), ONE(forget_file), ONE(plain_class_lookup),
+    ONE(grpc_cancel), ONE(grpc_close), FAST(call_foreign_function), ONE(stop_calls), ONE(forget_file),
+    ONE(plain_class_lookup),
     {NULL, NULL, 0, NULL},
 };
 

@@ -29,6 +29,7 @@
 
 #include "memfs.h"
 #include "proxy_wasm.h"
+#include "shim.h"
 
 #define EXPORT(name) __attribute__((export_name(#name)))
 
@@ -43,6 +44,7 @@ typedef struct {
     uint32_t mask;     /* overridden callbacks, one bit per CB_* (roots: of their children's classes) */
     uint8_t kind;
     uint8_t stream;    /* children: CHILD_TCP once known to be a TCP stream */
+    uint8_t failed;    /* children: filter code raised; none of it is called again (meshext_stop_calls) */
     PyObject *object;  /* NULL until created */
     /* roots: child classes that can be made without running Python code
        (no custom __init__ or new_*_context), else NULL */
@@ -228,7 +230,11 @@ static PyObject *child_object(context_slot *slot, int stream) {
         slot->object = id ? call_dispatch(str_create_child, args, 4) : NULL;
         Py_XDECREF(id);
     }
-    if (!slot->object) handle_error(root->object, stream ? "new_stream_context" : "new_http_context");
+    if (!slot->object) {
+        /* Set first: handle_error may make Envoy call this context again. */
+        slot->failed = 1;
+        handle_error(root->object, stream ? "new_stream_context" : "new_http_context");
+    }
     return slot->object;
 }
 
@@ -243,10 +249,12 @@ enum { ARGS_NONE, ARGS_END, ARGS_SIZE_END, ARGS_PEER };
 /*
  * Calls `bit`'s method on a child context, creating the object on first use.
  * Python arguments are only built once the filter is known to override the
- * callback: the common case (not overridden) allocates nothing.
+ * callback: the common case (not overridden) allocates nothing.  A context
+ * whose code raised before gets CONTINUE without a call (see
+ * _dispatch.handle_error).
  */
 static uint32_t slot_callback(context_slot *slot, int bit, int stream, int kind, uint32_t size, uint32_t end) {
-    if (!slot || !(root_mask(slot) & (1u << bit))) return 0;
+    if (!slot || slot->failed || !(root_mask(slot) & (1u << bit))) return 0;
     PyObject *object = child_object(slot, stream);
     if (!object) return 0;
     PyObject *args[3] = {object, NULL, NULL};
@@ -266,6 +274,11 @@ static uint32_t slot_callback(context_slot *slot, int bit, int stream, int kind,
 
 static uint32_t child_callback(uint32_t context_id, int bit, int stream, int kind, uint32_t size, uint32_t end) {
     return slot_callback(find_slot(context_id), bit, stream, kind, size, end);
+}
+
+void meshext_stop_calls(uint32_t context_id) {
+    context_slot *slot = find_slot(context_id);
+    if (slot && slot->kind == KIND_CHILD) slot->failed = 1;
 }
 
 /* ---- exports: ABI, memory ---- */
@@ -366,7 +379,7 @@ EXPORT(proxy_on_done) uint32_t proxy_on_done(uint32_t id) {
     /* Roots always hear on_done (RootContext.on_done may answer False to finish
        later with proxy_done()); children only when their class overrides it. */
     if (!slot || !slot->object ||
-        (slot->kind == KIND_CHILD && !(root_mask(slot) & (1u << CB_ON_DONE))))
+        (slot->kind == KIND_CHILD && (slot->failed || !(root_mask(slot) & (1u << CB_ON_DONE)))))
         return 1;
     PyObject *args[] = {slot->object};
     PyObject *result = PyObject_VectorcallMethod(method_names[CB_ON_DONE], args, 1, NULL);
