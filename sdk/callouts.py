@@ -140,8 +140,7 @@ pending: dict[int, Pending] = {}
 
 def _refused(what: str, cluster: str, error: HostError) -> CalloutError:
     return CalloutError(
-        f"{what} was refused ({error.message})",
-        where=f"cluster {cluster!r}",
+        f"{what} to cluster {cluster!r} was refused ({error.message})",
         fix="the cluster must exist in Envoy's configuration, and HTTP calls need :method, :path and :authority "
         "headers",
     )

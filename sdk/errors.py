@@ -65,7 +65,8 @@ class OutsideVmError(SdkError, RuntimeError):
 class CalloutError(SdkError, RuntimeError):
     """Envoy refused to start an HTTP or gRPC call (unknown cluster, missing pseudo-headers...).
 
-    ``where`` names the cluster; the call was not made and no callback will run.
+    The message names the call and the cluster; the call was not made and no
+    callback will run.
     """
 
 
