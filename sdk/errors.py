@@ -5,7 +5,9 @@ As in httpx, every error the SDK raises on purpose derives from one root, so
 had (``CalloutError`` is still a ``RuntimeError``, ``ConfigError`` a
 ``ValueError``).  Like :class:`meshext.errors.MeshextError` an error names
 *what* it is about (``where``) and, when the filter author can do something,
-*how to fix it* (``fix``); ``str(error)`` shows both.  This module cannot use
+*how to fix it* (``fix``); ``str(error)`` shows both, on one line
+(``where: message; fix: fix``) since it ends up in Envoy's log, one record per
+line.  This module cannot use
 ``meshext.errors``: it runs inside the Wasm VM, where the SDK imports nothing
 but ``meshext.sdk`` and ``meshext/__init__`` (``meshext.errors`` imports
 ``typing``, megabytes in every VM).
@@ -32,11 +34,8 @@ class SdkError(Exception):
         self.fix = fix
 
     def __str__(self) -> str:
-        # The layout of meshext.errors.MeshextError, so host and VM errors read alike.
         text = f"{self.where}: {self.message}" if self.where else self.message
-        if self.fix:
-            text += f"\n  fix: {self.fix}"
-        return text
+        return f"{text}; fix: {self.fix}" if self.fix else text
 
 
 class HostError(SdkError, RuntimeError):

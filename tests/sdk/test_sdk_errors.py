@@ -165,7 +165,7 @@ def test_every_sdk_exception_derives_from_sdk_error_and_names_where_and_fix() ->
         assert issubclass(error_class, SdkError)
     assert issubclass(ConfigError, ValueError) and issubclass(CalloutError, RuntimeError)
     error = ConfigError("unknown field 'brust'", where="config.limits", fix="use one of burst")
-    assert str(error) == "config.limits: unknown field 'brust'\n  fix: use one of burst"
+    assert str(error) == "config.limits: unknown field 'brust'; fix: use one of burst"
     assert (error.where, error.fix) == ("config.limits", "use one of burst")
     assert str(HostError("proxy_http_call", 2)) == "proxy_http_call answered BAD_ARGUMENT"
     assert str(CasMismatch("hits")) == "shared data key 'hits': changed by another VM since it was read"
@@ -199,8 +199,8 @@ def test_a_vm_refused_by_on_vm_start_says_so_in_the_log(no_return: Path) -> None
     ("config", "refusal"),
     [
         ('{"limits": {"burst": 0}}', "plugin configuration refused: config.limits: burst must be at least 1, got 0"),
-        ('{"limits": {"brust": 2}}', "plugin configuration refused: config.limits: unknown field 'brust'\n"
-                                     "  fix: use one of burst"),
+        ('{"limits": {"brust": 2}}',
+         "plugin configuration refused: config.limits: unknown field 'brust'; fix: use one of burst"),
         ('{"name": 7}', "plugin configuration refused: config.name: expected a string, got an integer 7"),
         ("{not json", "plugin configuration refused: config: not JSON"),
     ],
