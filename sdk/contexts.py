@@ -324,7 +324,8 @@ class RootContext(_CalloutMixin):
             try:
                 data = json.loads(config)
             except ValueError as error:
-                raise ConfigError(f"not JSON ({error})", where="config", fix="give the plugin a JSON object") from None
+                raise ConfigError(f"plugin configuration is not JSON ({error})",
+                                  fix="give the plugin a JSON object") from None
         elif self.config_class is None:
             return None
         else:
