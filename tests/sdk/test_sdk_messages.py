@@ -6,7 +6,6 @@ Proxy-Wasm host."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -15,7 +14,8 @@ from meshext.testing import Host
 
 PROBES = '''
 import json
-from meshext.sdk import Action, HeaderMap, HttpContext, MapType, RootContext
+from meshext.sdk import Action, HeaderMap, HttpContext, RootContext
+from meshext.sdk.abi import MapType
 
 
 class Shouting(HeaderMap):
@@ -159,7 +159,8 @@ def test_header_map_reads_and_writes_response_headers(plugin) -> None:
 
 
 def test_header_map_and_body_outside_a_vm_import_and_explain() -> None:
-    from meshext.sdk import Body, BufferType, HeaderMap, MapType
+    from meshext.sdk import Body, HeaderMap
+    from meshext.sdk.abi import BufferType, MapType
 
     headers = HeaderMap(MapType.HTTP_REQUEST_HEADERS)
     body = Body(BufferType.HTTP_REQUEST_BODY)
@@ -188,3 +189,71 @@ def test_body_reads_and_writes_the_request_body(plugin) -> None:
         "no_data": ["TypeError", "append() missing required argument 'data'"],
         "after": "head+new+tail",
     }
+
+
+# Every SDK call that takes headers, given them as a dict, a tuple of pairs,
+# a generator or a HeaderMap.
+HEADER_ARGUMENTS = '''
+from meshext.sdk import Action, GrpcStreamHandler, HttpContext, RootContext
+
+
+class Calls(HttpContext):
+    def on_request_headers(self, end_of_stream):
+        path = self.request.headers.get(":path")
+        if path == "/local-dict":
+            return self.send_local_response(403, "no", {"x-reason": "dict"})
+        if path == "/local-pairs":
+            return self.send_local_response(403, "no", (("x-reason", "pairs"),))
+        if path == "/local-generator":
+            return self.send_local_response(403, "no", ((name, "generator") for name in ["x-reason"]))
+        if path == "/calls":
+            self.http_call("auth", {":method": "GET", ":path": "/check", ":authority": "auth"},
+                           trailers={"x-trailer": "dict"}, callback=self.ignore)
+            self.http_call("auth", self.request.headers, callback=self.ignore)
+            self.grpc_call("grpc", "mesh.Auth", "Check", b"", metadata={"x-meta": "unary"}, callback=self.ignore)
+            self.grpc_stream("grpc", "mesh.Auth", "Watch", GrpcStreamHandler(), metadata={"x-meta": "stream"})
+        if path == "/replace":
+            self.request.headers.replace_all({":method": "GET", ":path": "/replaced", ":authority": "a", "x-only": "1"})
+        return Action.CONTINUE
+
+    def ignore(self, response):
+        pass
+
+
+class Root(RootContext):
+    http_context = Calls
+'''
+
+
+@pytest.fixture(scope="module")
+def header_arguments(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("headers") / "filter"
+    folder.mkdir()
+    (folder / "meshext.toml").write_text('[filter]\nname = "headers"\nentry = "filter:Root"\n')
+    (folder / "filter.py").write_text(HEADER_ARGUMENTS)
+    host = Host()
+    host.add_cluster("auth", lambda call: None)
+    host.add_cluster("grpc", grpc=lambda call: None)
+    return host.load(build_filter(folder, folder.parent / "headers.wasm").output)
+
+
+@pytest.mark.parametrize("kind", ["dict", "pairs", "generator"])
+def test_local_responses_take_headers_as_a_dict_or_pairs(header_arguments, kind: str) -> None:
+    stream = header_arguments.exchange("GET", f"/local-{kind}")
+    assert stream.local_response is not None and stream.local_response.status == 403
+    assert ("x-reason", kind) in stream.local_response.headers
+
+
+def test_callouts_take_headers_and_metadata_as_a_dict_or_a_header_map(header_arguments) -> None:
+    header_arguments.exchange("GET", "/calls", headers={"x-user": "alice"})
+    by_dict, by_header_map = header_arguments.http_calls[-2:]
+    assert (by_dict.header(":path"), by_dict.trailers) == ("/check", [("x-trailer", "dict")])
+    assert by_header_map.header(":path") == "/calls" and by_header_map.header("x-user") == "alice"
+    unary, stream = header_arguments.grpc_calls[-2:]
+    assert ("x-meta", "unary") in unary.initial_metadata and ("x-meta", "stream") in stream.initial_metadata
+
+
+def test_replace_all_takes_a_dict(header_arguments) -> None:
+    stream = header_arguments.exchange("GET", "/replace", headers={"x-dropped": "1"})
+    assert stream.request.header(":path") == "/replaced" and stream.request.header("x-only") == "1"
+    assert stream.request.header("x-dropped") is None
