@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from meshext.sdk.builder import build_filter, wasm_binary
+from meshext import wasm_binary
+from meshext.sdk.builder import build_filter
 from meshext.sdk.builder.shim import build_shim
 from meshext.sdk.contexts import STREAM_CALLBACKS
 from meshext.testing import Host

@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-from meshext import paths
-from meshext.errors import MeshextError
 from meshext import compiled_modules as modules
-from meshext import wasm_binary
+from meshext import paths, wasm_binary
+from meshext.errors import MeshextError
 from meshext.sdk.builder import analysis, build_filter, bytecode, pipeline, toolchain
 from meshext.sdk.builder.project import load_project
 from meshext.sdk.builder.shim import build_shim
