@@ -17,21 +17,45 @@ A filter is a :class:`RootContext` subclass whose ``http_context`` (or
 `meshext build` compiles it, with CPython, into a Proxy-Wasm module that
 stock Envoy runs.  This package is what runs inside that module; importing
 it elsewhere works (for editors and type checkers) but host calls fail.
+
+What lives here, and what it may import:
+
+- The in-VM SDK, every ``sdk/*.py`` but ``cli.py``: the public API below
+  (``contexts``, ``messages``, ``callouts``, ``log``, ``metrics``,
+  ``properties``, ``shared``, ``errors``, ``config``, ``abi``) and the
+  shim's Python half (``_dispatch``, ``host``).  `meshext build` copies these
+  files and ``meshext/__init__.py`` into every module, and nothing else of
+  meshext: they import only each other, ``meshext/__init__`` and the
+  stdlib, and of the stdlib as little as they can, since every module they
+  import is memory in every VM (``typing`` and ``dataclasses`` only for type
+  checkers or on first use; see ``callouts.py``).
+- The C shim (``sdk/shim/``): embeds CPython, exports the Proxy-Wasm
+  callbacks, and provides the host functions as ``_meshext_host``.
+- Host side, never inside a module: ``sdk/builder/`` (`meshext build`) and
+  ``sdk/cli.py``.  They may import ``meshext.errors``, ``meshext.paths``,
+  ``meshext.phases``, wasmtime and the in-VM SDK.
+
+Besides :class:`Action`, the ABI enums exported here are the two the API
+hands to filters (:class:`LogLevel` from ``log.level()``, :class:`PeerType`
+in ``on_*_close``); the others (map, buffer, stream, metric types, host
+statuses) are in :mod:`meshext.sdk.abi` for the rare filter that builds a
+``HeaderMap`` or ``Body`` itself.  Every exception the SDK raises derives
+from :class:`SdkError`.
 """
 
 from meshext.sdk import properties
-from meshext.sdk.abi import Action, BufferType, LogLevel, MapType, MetricType, PeerType, Status, StreamType
-from meshext.sdk.callouts import CalloutError, GrpcResponse, GrpcStream, GrpcStreamHandler, HttpCallResponse
+from meshext.sdk.abi import Action, LogLevel, PeerType
+from meshext.sdk.callouts import GrpcResponse, GrpcStream, GrpcStreamHandler, HttpCallResponse
 from meshext.sdk.contexts import FailPolicy, HttpContext, RootContext, StreamContext
-from meshext.sdk.host import HostError
+from meshext.sdk.errors import CalloutError, CasMismatch, ConfigError, HostError, SdkError
 from meshext.sdk.log import log
 from meshext.sdk.messages import Body, HeaderMap, Message
 from meshext.sdk.metrics import Counter, Gauge, Histogram
-from meshext.sdk.shared import CasMismatch, SharedData, SharedQueue
+from meshext.sdk.shared import SharedData, SharedQueue
 
 __all__ = [
-    "Action", "Body", "BufferType", "CalloutError", "CasMismatch", "Counter", "FailPolicy", "Gauge",
+    "Action", "Body", "CalloutError", "CasMismatch", "ConfigError", "Counter", "FailPolicy", "Gauge",
     "GrpcResponse", "GrpcStream", "GrpcStreamHandler", "HeaderMap", "Histogram", "HostError", "HttpCallResponse",
-    "HttpContext", "LogLevel", "MapType", "Message", "MetricType", "PeerType", "RootContext", "SharedData",
-    "SharedQueue", "Status", "StreamContext", "StreamType", "log", "properties",
+    "HttpContext", "LogLevel", "Message", "PeerType", "RootContext", "SdkError", "SharedData", "SharedQueue",
+    "StreamContext", "log", "properties",
 ]

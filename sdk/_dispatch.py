@@ -11,22 +11,23 @@ import gc
 import json
 import sys
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
-
 from meshext.sdk import callouts
-from meshext.sdk.abi import Action, BufferType, MapType, StreamType
+from meshext.sdk.abi import Action, BufferType, LogLevel, MapType, StreamType
 from meshext.sdk.contexts import (
     ALL_CALLBACKS,
-    CALLBACK_BITS,
+    STREAM_CALLBACKS,
     FailPolicy,
     HttpContext,
     RootContext,
     StreamContext,
     callback_mask,
 )
+from meshext.sdk.errors import SdkError
 from meshext.sdk.host import host
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # Written by `meshext build` into the module's file system.
 BUILD_CONFIG_PATH = "/app/meshext-build.json"
@@ -50,9 +51,10 @@ def preinit() -> None:
     module = __import__(module_name, fromlist=["_"])
     candidate = getattr(module, class_name, None)
     if not (isinstance(candidate, type) and issubclass(candidate, RootContext)):
-        raise TypeError(
-            f"meshext: entry point {build['entry']!r}: {class_name!r} in {module.__file__} is not a "
-            "RootContext subclass; fix: point `entry` in meshext.toml at your RootContext class"
+        raise SdkError(
+            f"{class_name!r} in {module.__file__} is not a RootContext subclass",
+            where=f"entry point {build['entry']!r}",
+            fix="point `entry` in meshext.toml at your RootContext class",
         )
     entry_class = candidate
     for name in build.get("preload", []):
@@ -76,6 +78,7 @@ def preinit() -> None:
 
 
 def vm_start(root: RootContext, vm_config: bytes) -> int:
+    """proxy_on_vm_start: 1 starts the VM, 0 makes Envoy refuse it."""
     global _vm_started
     if not _vm_started:
         _vm_started = True
@@ -92,6 +95,7 @@ def _reseed() -> None:
 
 
 def configure(root: RootContext, config: bytes) -> int:
+    """proxy_on_configure: 1 accepts the plugin configuration, 0 makes Envoy refuse it."""
     return int(bool(root.on_configure(config)))
 
 
@@ -129,14 +133,16 @@ def _speed_up_action_lookup() -> None:
 def _report_build_facts() -> None:
     """Tell `meshext build` (through its log) what it may prune from the module."""
     facts = {
-        "callbacks": sorted(name for name, bit in CALLBACK_BITS.items() if _children_mask(entry_class) & 1 << bit),
+        "callbacks": sorted(
+            callback.method for bit, callback in enumerate(STREAM_CALLBACKS) if _children_mask(entry_class) & 1 << bit
+        ),
         "root_on_done": entry_class.on_done is not RootContext.on_done,
         "builtin_modules": sorted(name for name in sys.builtin_module_names if name in sys.modules),
     }
-    host.log(0, BUILD_FACTS_PREFIX + json.dumps(facts))
+    host.log(LogLevel.TRACE, BUILD_FACTS_PREFIX + json.dumps(facts))
 
 
-def _plain_init(cls: type | None, base: type) -> bool:
+def _plain_init(cls: Any, base: Any) -> bool:
     """The shim may make `cls` itself: no custom __init__/__new__, and `root`
     and `context_id` are the base's slots, which the shim writes directly."""
     return (cls is not None and cls.__init__ is base.__init__ and cls.__new__ is object.__new__
@@ -144,24 +150,30 @@ def _plain_init(cls: type | None, base: type) -> bool:
 
 
 def create_child(root: RootContext, context_id: int, stream: bool) -> Any:
+    """The context object for a new stream, when the shim cannot make it itself (see create_root)."""
     return root.new_stream_context(context_id) if stream else root.new_http_context(context_id)
 
 
 def delete_context(context_id: int) -> None:
-    stale = [token for token, call in callouts.pending.items() if getattr(call.context, "context_id", None) == context_id]
+    """Forget the pending callouts of a context: their answers would find no one."""
+    stale = [token for token, call in callouts.pending.items()
+             if getattr(call.context, "context_id", None) == context_id]
     for token in stale:
         del callouts.pending[token]
 
 
 def tick(root: RootContext) -> None:
+    """proxy_on_tick."""
     root.on_tick()
 
 
 def queue_ready(root: RootContext, queue_id: int) -> None:
+    """proxy_on_queue_ready."""
     root.on_queue_ready(queue_id)
 
 
 def foreign_function(root: RootContext, function_id: int, arguments: bytes) -> None:
+    """proxy_on_foreign_function."""
     root.on_foreign_function(function_id, arguments)
 
 
@@ -176,6 +188,7 @@ def _deliver(call: callouts.Pending, what: str, function: Any, *args: Any) -> No
 
 
 def http_call_response(token: int, num_headers: int, body_size: int, num_trailers: int) -> None:
+    """proxy_on_http_call_response: the answer goes to the callback of the call ``token``."""
     call = callouts.pending.pop(token, None)
     if call is None:
         return
@@ -198,10 +211,12 @@ def _grpc_metadata(token: int, count: int, map_type: MapType, event: str) -> Non
 
 
 def grpc_initial_metadata(token: int, count: int) -> None:
+    """proxy_on_grpc_receive_initial_metadata, for a stream's handler."""
     _grpc_metadata(token, count, MapType.GRPC_CALL_INITIAL_METADATA, "on_initial_metadata")
 
 
 def grpc_message(token: int, size: int) -> None:
+    """proxy_on_grpc_receive: a stream's next message, or a unary call's answer."""
     call = callouts.pending.get(token)
     if call is None:
         return
@@ -216,10 +231,12 @@ def grpc_message(token: int, size: int) -> None:
 
 
 def grpc_trailing_metadata(token: int, count: int) -> None:
+    """proxy_on_grpc_receive_trailing_metadata, for a stream's handler."""
     _grpc_metadata(token, count, MapType.GRPC_CALL_TRAILING_METADATA, "on_trailing_metadata")
 
 
 def grpc_close(token: int, status_code: int) -> None:
+    """proxy_on_grpc_close: a stream ended, or a unary call failed."""
     call = callouts.pending.pop(token, None)
     if call is None:
         return
@@ -293,7 +310,7 @@ def handle_error(context: Any, callback: str, error: BaseException | None) -> in
         details = format_exception(error) if error is not None else "(no exception)"
     except Exception:  # noqa: BLE001 - never let reporting hide the original error
         details = f"{type(error).__name__}: {error}"
-    host.log(4, f"meshext filter {filter_name!r}: {where}.{callback} raised:\n{details}")
+    host.log(LogLevel.ERROR, f"meshext filter {filter_name!r}: {where}.{callback} raised:\n{details}")
     if isinstance(context, RootContext) or context is None:
         return 0  # for on_configure / on_vm_start: 0 makes Envoy refuse the configuration
     if _policy(context) is FailPolicy.OPEN:

@@ -1,6 +1,8 @@
 """Proxy-Wasm ABI 0.2.1 constants, as Python enums.
 
-Values are the ABI's; filter code mostly needs only :class:`Action`.
+Values are the ABI's.  Filter code mostly needs only :class:`Action`;
+``meshext.sdk`` also exports :class:`LogLevel` and :class:`PeerType`, which
+the API hands to filters.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class Action(IntEnum, metaclass=_ActionType):
 
 
 class LogLevel(IntEnum):
+    """Envoy's log levels (what ``log.level()`` answers)."""
+
     TRACE = 0
     DEBUG = 1
     INFO = 2
@@ -35,6 +39,8 @@ class LogLevel(IntEnum):
 
 
 class Status(IntEnum):
+    """What a host function answers (``HostError.status``)."""
+
     OK = 0
     NOT_FOUND = 1
     BAD_ARGUMENT = 2
@@ -48,6 +54,8 @@ class Status(IntEnum):
 
 
 class BufferType(IntEnum):
+    """The buffers a filter can read and write (``Body(BufferType.X)``)."""
+
     HTTP_REQUEST_BODY = 0
     HTTP_RESPONSE_BODY = 1
     DOWNSTREAM_DATA = 2
@@ -60,6 +68,8 @@ class BufferType(IntEnum):
 
 
 class MapType(IntEnum):
+    """The header maps a filter can read and write (``HeaderMap(MapType.X)``)."""
+
     HTTP_REQUEST_HEADERS = 0
     HTTP_REQUEST_TRAILERS = 1
     HTTP_RESPONSE_HEADERS = 2
@@ -71,12 +81,16 @@ class MapType(IntEnum):
 
 
 class PeerType(IntEnum):
+    """Which end closed a TCP connection (``peer`` of ``on_downstream_close`` / ``on_upstream_close``)."""
+
     UNKNOWN = 0
     LOCAL = 1
     REMOTE = 2
 
 
 class StreamType(IntEnum):
+    """A direction of a stream, for resuming or closing it."""
+
     HTTP_REQUEST = 0
     HTTP_RESPONSE = 1
     DOWNSTREAM = 2
@@ -84,6 +98,8 @@ class StreamType(IntEnum):
 
 
 class MetricType(IntEnum):
+    """The kinds of Envoy metric (:class:`~meshext.sdk.Counter`, ``Gauge``, ``Histogram``)."""
+
     COUNTER = 0
     GAUGE = 1
     HISTOGRAM = 2

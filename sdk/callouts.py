@@ -8,28 +8,30 @@ context that made the call, with that context made effective again (so
 
 from __future__ import annotations
 
-from meshext.sdk.host import HostError, describe_host_error, host
+from meshext.sdk.errors import CalloutError, HostError
+from meshext.sdk.host import host
 
 # Plain classes, not dataclasses, and typing only for checkers: importing
 # dataclasses and typing would add megabytes to every VM of every filter.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable
     from typing import Any
 
-    Pairs = Iterable[tuple[str, str]]
-
-
-class CalloutError(RuntimeError):
-    """Envoy refused to start a call (unknown cluster, missing pseudo-headers...)."""
+    from meshext.sdk.messages import Headers
 
 
 class HttpCallResponse:
-    """The answer to :meth:`HttpContext.http_call` (also for failed calls)."""
+    """The answer to :meth:`HttpContext.http_call` (also for failed calls).
+
+    ``token`` is the call's token, ``headers`` and ``trailers`` lists of
+    ``(name, value)`` pairs (``:status`` included), ``body`` the bytes.
+    """
 
     __slots__ = ("token", "headers", "body", "trailers")
 
-    def __init__(self, token: int, headers: list[tuple[str, str]], body: bytes, trailers: list[tuple[str, str]]) -> None:
+    def __init__(self, token: int, headers: list[tuple[str, str]], body: bytes,
+                 trailers: list[tuple[str, str]]) -> None:
         self.token = token
         self.headers = headers
         self.body = body
@@ -42,10 +44,12 @@ class HttpCallResponse:
 
     @property
     def status(self) -> int | None:
+        """The HTTP status, or None when the call failed."""
         value = self.header(":status")
         return int(value) if value and value.isdigit() else None
 
     def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (any case), or None when absent."""
         name = name.lower()
         for key, value in self.headers:
             if key == name:
@@ -54,7 +58,12 @@ class HttpCallResponse:
 
 
 class GrpcResponse:
-    """The answer to a unary gRPC call: ``status_code`` 0 is OK."""
+    """The answer to a unary gRPC call (:meth:`HttpContext.grpc_call`).
+
+    ``status_code`` is the gRPC status (0 is OK), ``message`` the serialized
+    reply (b"" on errors), ``status_message`` the error text, ``token`` the
+    call's token.
+    """
 
     __slots__ = ("token", "status_code", "message", "status_message")
 
@@ -66,30 +75,42 @@ class GrpcResponse:
 
     @property
     def ok(self) -> bool:
+        """True when the call succeeded (``status_code`` 0)."""
         return self.status_code == 0
 
 
 class GrpcStreamHandler:
-    """Override what you need; each method runs with the calling context effective."""
+    """The events of a streaming gRPC call (:meth:`HttpContext.grpc_stream`).
+
+    Override what you need; each method runs with the calling context
+    effective.  An exception in one is handled by the fail policy like one
+    in a callback.
+    """
 
     def on_initial_metadata(self, metadata: list[tuple[str, str]]) -> None:
-        pass
+        """The server's initial metadata, as ``(name, value)`` pairs."""
 
     def on_message(self, message: bytes) -> None:
-        pass
+        """One serialized message from the server."""
 
     def on_trailing_metadata(self, metadata: list[tuple[str, str]]) -> None:
-        pass
+        """The server's trailing metadata, as ``(name, value)`` pairs."""
 
     def on_close(self, status_code: int, status_message: str) -> None:
-        pass
+        """The stream ended with gRPC status ``status_code`` (0 is OK) and ``status_message``."""
 
 
 class GrpcStream:
+    """An open streaming gRPC call; ``token`` identifies it."""
+
     def __init__(self, token: int) -> None:
         self.token = token
 
     def send(self, message: bytes, end_stream: bool = False) -> None:
+        """Send one serialized message; ``end_stream`` half-closes after it.
+
+        Raises :class:`~meshext.sdk.HostError` when the stream is gone.
+        """
         host.grpc_send(self.token, message, end_stream)
 
     def close(self) -> None:
@@ -97,6 +118,7 @@ class GrpcStream:
         host.grpc_close(self.token)
 
     def cancel(self) -> None:
+        """Abandon the call; the handler hears nothing more."""
         host.grpc_cancel(self.token)
 
 
@@ -115,15 +137,18 @@ class Pending:
 pending: dict[int, Pending] = {}
 
 
-def _refused(what: str, cluster: str, error: BaseException) -> CalloutError:
+def _refused(what: str, cluster: str, error: HostError) -> CalloutError:
     return CalloutError(
-        f"{what} to cluster {cluster!r} was refused ({describe_host_error(error)}); fix: the cluster must exist "
-        "in Envoy's configuration, and HTTP calls need :method, :path and :authority headers"
+        f"{what} was refused ({error.message})",
+        where=f"cluster {cluster!r}",
+        fix="the cluster must exist in Envoy's configuration, and HTTP calls need :method, :path and :authority "
+        "headers",
     )
 
 
-def http_call(context: Any, cluster: str, headers: Pairs, body: bytes | str, trailers: Pairs, timeout_ms: int,
+def http_call(context: Any, cluster: str, headers: Headers, body: bytes | str, trailers: Headers, timeout_ms: int,
               callback: Callable[[HttpCallResponse], Any]) -> int:
+    """Start an HTTP call for ``context`` (see :meth:`HttpContext.http_call`)."""
     try:
         token = host.http_call(cluster, list(headers), body, list(trailers), timeout_ms)
     except HostError as error:
@@ -132,8 +157,9 @@ def http_call(context: Any, cluster: str, headers: Pairs, body: bytes | str, tra
     return token
 
 
-def grpc_call(context: Any, cluster: str, service: str, method: str, message: bytes, metadata: Pairs,
+def grpc_call(context: Any, cluster: str, service: str, method: str, message: bytes, metadata: Headers,
               timeout_ms: int, callback: Callable[[GrpcResponse], Any]) -> int:
+    """Start a unary gRPC call for ``context`` (see :meth:`HttpContext.grpc_call`)."""
     try:
         token = host.grpc_call(cluster, service, method, list(metadata), message, timeout_ms)
     except HostError as error:
@@ -142,8 +168,9 @@ def grpc_call(context: Any, cluster: str, service: str, method: str, message: by
     return token
 
 
-def grpc_stream(context: Any, cluster: str, service: str, method: str, metadata: Pairs,
+def grpc_stream(context: Any, cluster: str, service: str, method: str, metadata: Headers,
                 handler: GrpcStreamHandler) -> GrpcStream:
+    """Open a streaming gRPC call for ``context`` (see :meth:`HttpContext.grpc_stream`)."""
     try:
         token = host.grpc_stream(cluster, service, method, list(metadata))
     except HostError as error:

@@ -15,10 +15,7 @@ import types
 import typing
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """The plugin configuration does not fit the filter's config_class."""
-
+from meshext.sdk.errors import ConfigError, SdkError
 
 # Field types of each config dataclass, resolved at build time by prepare():
 # string annotations need eval, and modules carry no compiler at run time.
@@ -26,8 +23,13 @@ _resolved_hints: dict[type, dict[str, Any]] = {}
 
 
 def prepare(config_class: type) -> None:
-    """Resolve the field types of ``config_class`` and the dataclasses it nests."""
-    if config_class in _resolved_hints or not dataclasses.is_dataclass(config_class):
+    """Resolve the field types of ``config_class`` and the dataclasses it nests (at build time).
+
+    Raises :class:`~meshext.sdk.SdkError` when ``config_class`` is not a
+    dataclass, so that the build names the mistake.
+    """
+    _check_dataclass(config_class)
+    if config_class in _resolved_hints:
         return
     hints = _resolved_hints[config_class] = typing.get_type_hints(config_class)
     pending = list(hints.values())
@@ -43,24 +45,35 @@ def _hints(config_class: type) -> dict[str, Any]:
     return hints if hints is not None else typing.get_type_hints(config_class)
 
 
+def _check_dataclass(config_class: Any) -> None:
+    if not (isinstance(config_class, type) and dataclasses.is_dataclass(config_class)):
+        raise SdkError(f"must be a dataclass, not {config_class!r}", where="config_class",
+                       fix="decorate the class with @dataclasses.dataclass")
+
+
 def validate_config(config_class: type, data: Any, path: str = "config") -> Any:
-    if not dataclasses.is_dataclass(config_class):
-        raise TypeError(f"config_class must be a dataclass, not {config_class!r}")
+    """``data`` (parsed JSON) converted into a ``config_class`` instance, field by field.
+
+    ``path`` names ``data`` in messages.  Raises
+    :class:`~meshext.sdk.ConfigError` naming the first field that does not
+    fit.
+    """
+    _check_dataclass(config_class)
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object, got {_json_type(data)}")
+        raise ConfigError(f"expected a JSON object, got {_json_type(data)}", where=path)
     hints = _hints(config_class)
     fields = {field.name: field for field in dataclasses.fields(config_class)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"{path}: unknown field {unknown[0]!r}; fix: use one of {', '.join(sorted(fields)) or '(none)'}"
-        )
+        raise ConfigError(f"unknown field {unknown[0]!r}", where=path,
+                          fix=f"use one of {', '.join(sorted(fields)) or '(none)'}")
     values = {}
     for name, field in fields.items():
         if name in data:
             values[name] = _convert(hints[name], data[name], f"{path}.{name}")
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{path}.{name}: required field is missing; fix: add {name!r} to the plugin configuration")
+            raise ConfigError("required field is missing", where=f"{path}.{name}",
+                              fix=f"add {name!r} to the plugin configuration")
     return config_class(**values)
 
 
@@ -74,34 +87,37 @@ def _convert(expected: Any, value: Any, path: str) -> Any:
             try:
                 return _convert(option, value, path)
             except ConfigError as error:
-                errors.append(str(error))
-        raise ConfigError(errors[-1])
+                errors.append(error)
+        raise errors[-1]  # the last option's complaint (for `X | None`: X's)
     if expected is type(None):
         if value is None:
             return None
-        raise ConfigError(f"{path}: expected null, got {_json_type(value)}")
+        raise ConfigError(f"expected null, got {_json_type(value)}", where=path)
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{path}: expected a list, got {_json_type(value)}")
+            raise ConfigError(f"expected a list, got {_json_type(value)}", where=path)
         (item_type,) = typing.get_args(expected) or (Any,)
         return [_convert(item_type, item, f"{path}[{index}]") for index, item in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected an object, got {_json_type(value)}")
+            raise ConfigError(f"expected an object, got {_json_type(value)}", where=path)
         _, value_type = typing.get_args(expected) or (str, Any)
         return {key: _convert(value_type, item, f"{path}.{key}") for key, item in value.items()}
-    if dataclasses.is_dataclass(expected):
+    if isinstance(expected, type) and dataclasses.is_dataclass(expected):
         return validate_config(expected, value, path)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected in (str, int, float, bool, dict, list):
         if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
             return value
-        raise ConfigError(f"{path}: expected {_TYPE_NAMES[expected]}, got {_json_type(value)} {value!r}")
-    raise TypeError(f"{path}: unsupported type {expected!r} in config_class")
+        raise ConfigError(f"expected {_TYPE_NAMES[expected]}, got {_json_type(value)} {value!r}", where=path)
+    raise SdkError(f"unsupported field type {expected!r} in config_class", where=path,
+                   fix="use str, int, float, bool, list, dict, Any, a nested dataclass, or a union of those")
 
 
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "an object", list: "a list"}
+_TYPE_NAMES = {
+    str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "an object", list: "a list",
+}
 
 
 def _json_type(value: Any) -> str:

@@ -11,25 +11,20 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-from meshext.sdk.abi import Status
-
 try:
     import _meshext_host as host  # type: ignore[import-not-found]
 
-    HostError: type[Exception] = host.HostError
     # The C bases of meshext.sdk.HeaderMap and Body (sdk/shim/hostcalls.c).
     NativeHeaderMap: type = host.HeaderMap
     NativeBody: type = host.Body
 except ImportError:
+    from meshext.sdk.errors import OutsideVmError
 
-    class HostError(RuntimeError):  # type: ignore[no-redef]
-        """A host function answered with a status other than OK."""
-
-    def _outside_vm(what: str) -> RuntimeError:
-        return RuntimeError(
-            f"meshext.sdk: {what} exists only inside a Proxy-Wasm VM. "
-            "Build the filter with `meshext build` and run it in Envoy, or test it "
-            "with `meshext test` / the meshext.testing harness."
+    def _outside_vm(what: str) -> OutsideVmError:
+        return OutsideVmError(
+            f"meshext.sdk: {what} exists only inside a Proxy-Wasm VM",
+            fix="build the filter with `meshext build` and run it in Envoy, or test it with `meshext test` / "
+            "the meshext.testing harness",
         )
 
     class _NoHost:
@@ -63,14 +58,3 @@ except ImportError:
     for _name in ("size", "read", "replace", "append", "prepend"):
         setattr(NativeBody, _name, _explaining(_name))
 
-
-def describe_host_error(error: BaseException) -> str:
-    """'proxy_http_call answered BAD_ARGUMENT' from a HostError."""
-    if len(error.args) == 2:
-        function, status = error.args
-        try:
-            status_name = Status(status).name
-        except ValueError:
-            status_name = str(status)
-        return f"{function} answered {status_name}"
-    return str(error)

@@ -8,14 +8,16 @@ shared by all contexts.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-
 from meshext.sdk.abi import BufferType, MapType, StreamType
 from meshext.sdk.host import NativeBody, NativeHeaderMap, host
 
+# typing only for checkers: importing it would grow every VM (see callouts.py).
 TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
 
-Pairs = Iterable[tuple[str, str]]
+    # What the SDK takes wherever it takes headers, trailers or gRPC metadata.
+    Headers = Iterable[tuple[str, str]]
 
 
 class HeaderMap(NativeHeaderMap):
@@ -32,29 +34,39 @@ class HeaderMap(NativeHeaderMap):
     if TYPE_CHECKING:
         # Implemented in C (HeaderMap in sdk/shim/hostcalls.c): these run on
         # every request, and one C call is much cheaper than a Python method.
+        # The docstrings repeat the C ones for editors and type checkers.
         map_type: int
 
-        def __init__(self, map_type: MapType) -> None: ...
+        def __init__(self, map_type: MapType) -> None:
+            """The headers or trailers of Proxy-Wasm map ``map_type`` (the contexts give them ready-made)."""
 
         def get(self, name: str, default: str | None = None) -> str | None:
-            """The first value of ``name`` (``get_all`` has every one), or ``default``."""
+            """The first value of ``name`` (``get_all`` has every one), or ``default`` (None) when absent."""
 
-        def __getitem__(self, name: str) -> str: ...
+        def __getitem__(self, name: str) -> str:
+            """The first value of ``name``; raises KeyError when absent."""
 
-        def __contains__(self, name: object) -> bool: ...
+        def __contains__(self, name: object) -> bool:
+            """Whether ``name`` (a str) is present."""
 
         def add(self, name: str, value: str) -> None:
-            """Append a header line (keeps existing values of ``name``)."""
+            """Append a header line (keeps existing values of ``name``).
+
+            Raises :class:`~meshext.sdk.HostError` when Envoy refuses (the map
+            cannot change any more, e.g. the headers went downstream).
+            """
 
         def set(self, name: str, value: str) -> None:
-            """Replace all values of ``name`` with ``value`` (adds it if absent)."""
+            """Replace all values of ``name`` with ``value`` (adds it if absent); raises HostError like :meth:`add`."""
 
-        def __setitem__(self, name: str, value: str) -> None: ...
+        def __setitem__(self, name: str, value: str) -> None:
+            """``headers[name] = value`` is :meth:`set`."""
 
         def remove(self, name: str) -> None:
             """Remove every value of ``name``; absent names are fine."""
 
-        def __delitem__(self, name: str) -> None: ...
+        def __delitem__(self, name: str) -> None:
+            """``del headers[name]`` is :meth:`remove` (no KeyError when absent)."""
 
     def items(self) -> list[tuple[str, str]]:
         """All (name, value) pairs in order, repeated names included."""
@@ -66,14 +78,16 @@ class HeaderMap(NativeHeaderMap):
         return [value for key, value in self.items() if key == name]
 
     def __iter__(self) -> Iterator[str]:
+        """The header names in order, a repeated name once per line."""
         return iter([name for name, _ in self.items()])
 
     def __len__(self) -> int:
+        """The number of header lines."""
         return len(self.items())
 
-    def replace_all(self, pairs: Pairs) -> None:
-        """Replace the whole map with ``pairs``."""
-        host.set_headers(self.map_type, list(pairs))
+    def replace_all(self, headers: Headers) -> None:
+        """Replace the whole map with ``headers`` (``(name, value)`` pairs)."""
+        host.set_headers(self.map_type, list(headers))
 
 
 class Body(NativeBody):
@@ -90,29 +104,39 @@ class Body(NativeBody):
         # Implemented in C (Body in sdk/shim/hostcalls.c), like HeaderMap's methods.
         buffer_type: int
 
-        def __init__(self, buffer_type: BufferType) -> None: ...
+        def __init__(self, buffer_type: BufferType) -> None:
+            """The Proxy-Wasm buffer ``buffer_type`` (the contexts give them ready-made)."""
 
         def size(self) -> int:
-            """How many bytes the buffer holds."""
+            """How many bytes the buffer holds (0 when there is none)."""
 
         def read(self, start: int = 0, size: int | None = None) -> bytes:
-            """``size`` bytes from ``start`` (default: to the end)."""
+            """``size`` bytes from ``start`` (None: to the end); b"" past the end or without a buffer."""
 
         def replace(self, data: bytes | str) -> None:
-            """Replace the whole buffer (Envoy fixes ``content-length`` when it can)."""
+            """Replace the whole buffer (Envoy fixes ``content-length`` when it can).
+
+            ``data`` is bytes or str (sent as UTF-8).  Raises
+            :class:`~meshext.sdk.HostError` when Envoy refuses.
+            """
 
         def append(self, data: bytes | str) -> None:
-            """Add ``data`` at the end."""
+            """Add ``data`` at the end; raises HostError like :meth:`replace`."""
 
         def prepend(self, data: bytes | str) -> None:
-            """Add ``data`` at the start."""
+            """Add ``data`` at the start; raises HostError like :meth:`replace`."""
 
     def text(self, encoding: str = "utf-8") -> str:
+        """The whole buffer decoded as ``encoding``; raises UnicodeDecodeError for other bytes."""
         return self.read().decode(encoding)
 
 
 class Message:
-    """One direction of an HTTP stream: its headers, body, trailers."""
+    """One direction of an HTTP stream: ``headers``, ``body`` and ``trailers``.
+
+    ``HttpContext.request`` and ``HttpContext.response`` are the two
+    instances; each acts on the stream Envoy is calling now.
+    """
 
     __slots__ = ("headers", "body", "trailers", "stream_type")
 
@@ -123,11 +147,14 @@ class Message:
         self.stream_type = int(stream_type)
 
     def resume(self) -> None:
-        """Continue a direction paused by ``Action.PAUSE`` (e.g. after a callout)."""
+        """Continue this direction after a callback answered ``Action.PAUSE`` (e.g. from a callout's callback).
+
+        Raises :class:`~meshext.sdk.HostError` when Envoy refuses (the stream is gone).
+        """
         host.continue_stream(self.stream_type)
 
     def reset(self) -> None:
-        """Abort the stream in this direction."""
+        """Abort the stream in this direction; raises HostError like :meth:`resume`."""
         host.close_stream(self.stream_type)
 
 
@@ -135,5 +162,6 @@ REQUEST = Message(
     MapType.HTTP_REQUEST_HEADERS, BufferType.HTTP_REQUEST_BODY, MapType.HTTP_REQUEST_TRAILERS, StreamType.HTTP_REQUEST
 )
 RESPONSE = Message(
-    MapType.HTTP_RESPONSE_HEADERS, BufferType.HTTP_RESPONSE_BODY, MapType.HTTP_RESPONSE_TRAILERS, StreamType.HTTP_RESPONSE
+    MapType.HTTP_RESPONSE_HEADERS, BufferType.HTTP_RESPONSE_BODY, MapType.HTTP_RESPONSE_TRAILERS,
+    StreamType.HTTP_RESPONSE,
 )

@@ -12,6 +12,8 @@ from meshext.sdk.host import host
 
 
 class _Metric:
+    """A metric named ``name``, defined in Envoy on first use."""
+
     kind: MetricType
 
     def __init__(self, name: str) -> None:
@@ -20,6 +22,7 @@ class _Metric:
 
     @property
     def metric_id(self) -> int:
+        """Envoy's id for the metric (defining it on first use)."""
         # Defined lazily: module-level metrics are created at build time,
         # when there is no Envoy to define them in.
         if self._id is None:
@@ -27,28 +30,39 @@ class _Metric:
         return self._id
 
     def value(self) -> int:
+        """The metric's current value in this Envoy (all VMs together)."""
         return host.get_metric(self.metric_id)
 
 
 class Counter(_Metric):
+    """A count that only goes up (Prometheus counter)."""
+
     kind = MetricType.COUNTER
 
     def increment(self, delta: int = 1) -> None:
+        """Add ``delta`` (at least 0) to the counter."""
         host.increment_metric(self.metric_id, delta)
 
 
 class Gauge(_Metric):
+    """A value that goes up and down (Prometheus gauge)."""
+
     kind = MetricType.GAUGE
 
     def set(self, value: int) -> None:
+        """Set the gauge to ``value``."""
         host.record_metric(self.metric_id, value)
 
     def add(self, delta: int) -> None:
+        """Add ``delta`` (negative to subtract) to the gauge."""
         host.increment_metric(self.metric_id, delta)
 
 
 class Histogram(_Metric):
+    """A distribution of recorded values (Prometheus histogram)."""
+
     kind = MetricType.HISTOGRAM
 
     def record(self, value: int) -> None:
+        """Record one observation ``value`` (an int of at least 0)."""
         host.record_metric(self.metric_id, value)

@@ -19,7 +19,7 @@ import wasmtime
 
 import meshext
 import meshext.sdk
-from meshext.errors import MeshextError
+from meshext.errors import InternalError, MeshextError
 from meshext.sdk._dispatch import BUILD_FACTS_PREFIX
 from meshext.sdk.builder import analysis, fsimage, preinit, prune, toolchain
 from meshext.sdk.builder.metadata import ProjectMetadata, add_project_metadata
@@ -141,28 +141,6 @@ def _explain_preinit_failure(project: Project, log: list[tuple[str, str]]) -> Me
     return MeshextError(f"importing the filter failed at build time:\n{text.rstrip()}", where=where, fix=fix)
 
 
-# The export Envoy calls for each per-stream callback of sdk/contexts.py.
-CALLBACK_EXPORTS = {
-    "on_request_headers": "proxy_on_request_headers", "on_request_body": "proxy_on_request_body",
-    "on_request_trailers": "proxy_on_request_trailers", "on_response_headers": "proxy_on_response_headers",
-    "on_response_body": "proxy_on_response_body", "on_response_trailers": "proxy_on_response_trailers",
-    "on_log": "proxy_on_log", "on_done": "proxy_on_done", "on_new_connection": "proxy_on_new_connection",
-    "on_downstream_data": "proxy_on_downstream_data", "on_upstream_data": "proxy_on_upstream_data",
-    "on_downstream_close": "proxy_on_downstream_connection_close",
-    "on_upstream_close": "proxy_on_upstream_connection_close",
-}
-
-
-def unused_callback_exports(overridden: list[str], *, root_on_done: bool) -> set[str]:
-    """Exports of callbacks no context of the filter overrides.  Envoy skips a
-    callback the module does not export: one call into the VM less per stream
-    and event."""
-    unused = {export for callback, export in CALLBACK_EXPORTS.items() if callback not in overridden}
-    if root_on_done:
-        unused.discard("proxy_on_done")
-    return unused
-
-
 def removed_c_modules(imported_by_files: set[str], imported_at_build: list[str]) -> list[str]:
     """Optional C modules that nothing can import at run time any more."""
     return sorted(set(OPTIONAL_MODULES) - imported_by_files - set(imported_at_build))
@@ -172,8 +150,7 @@ def _build_facts(log: list[tuple[str, str]]) -> tuple[dict, list[tuple[str, str]
     """The facts _dispatch.preinit reported, and the build log without them."""
     facts = [message for _, message in log if message.startswith(BUILD_FACTS_PREFIX)]
     if len(facts) != 1:
-        raise MeshextError("pre-initialisation reported no build facts", where="sdk/_dispatch.py",
-                           fix="this is a meshext bug; report it with the filter that triggers it")
+        raise InternalError(f"pre-initialisation (sdk/_dispatch.py) reported {len(facts)} build fact lines, not 1")
     rest = [(level, message) for level, message in log if not message.startswith(BUILD_FACTS_PREFIX)]
     return json.loads(facts[0].removeprefix(BUILD_FACTS_PREFIX)), rest
 
@@ -186,8 +163,7 @@ def module_imports(module: bytes) -> list[str]:
 def validate(path: Path) -> None:
     result = subprocess.run([toolchain.wasm_tools(), "validate", str(path)], capture_output=True, text=True)
     if result.returncode != 0:
-        raise MeshextError(f"the built module does not validate: {result.stderr.strip()}", where=str(path),
-                           fix="this is a meshext bug; report it with the filter that triggers it")
+        raise InternalError(f"the built module {path} does not validate: {result.stderr.strip()}")
 
 
 def build_filter(project_dir: Path, output: Path | None = None, progress: Progress | None = None) -> BuildResult:
@@ -222,7 +198,7 @@ def build_filter(project_dir: Path, output: Path | None = None, progress: Progre
     facts, build_log = _build_facts(result.log)
     module = prune.prune(
         result.module,
-        drop_exports=unused_callback_exports(facts["callbacks"], root_on_done=facts["root_on_done"]),
+        drop_exports=prune.unused_callback_exports(facts["callbacks"], root_on_done=facts["root_on_done"]),
         removed_modules={
             name: OPTIONAL_MODULES[name]
             for name in removed_c_modules(contents.c_modules_imported, facts["builtin_modules"])

@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from meshext.sdk.builder import wasm_binary as wb
+from meshext.sdk.contexts import STREAM_CALLBACKS
 
 # CPython's ways into the parser and compiler (Parser/peg_api.c, Python/compile.c,
 # symtable.c, future.c, ast_opt.c, ast.c, Python-ast.c's converters, the
@@ -57,6 +58,20 @@ _MEMARG = set(range(0x28, 0x3F))
 _SATURATING_AND_BULK = {  # 0xFC sub-opcode -> number of uleb immediates
     0: 0, 1: 0, 2: 0, 3: 0, 4: 0, 5: 0, 6: 0, 7: 0, 8: 2, 9: 1, 10: 2, 11: 1, 12: 2, 13: 1, 14: 2, 15: 1, 16: 1, 17: 1,
 }
+
+
+def unused_callback_exports(overridden: Iterable[str], *, root_on_done: bool) -> set[str]:
+    """Exports of the stream callbacks (STREAM_CALLBACKS) that no context of the filter overrides.
+
+    ``overridden`` names the methods its contexts override; ``root_on_done``
+    keeps ``proxy_on_done``, which roots share.  Envoy skips a callback the
+    module does not export: one call into the VM less per stream and event.
+    """
+    keep = set(overridden)
+    unused = {callback.export for callback in STREAM_CALLBACKS if callback.method not in keep}
+    if root_on_done:
+        unused.discard("proxy_on_done")
+    return unused
 
 
 class Module:

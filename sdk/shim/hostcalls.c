@@ -1,12 +1,15 @@
 /*
  * `_meshext_host`: the Proxy-Wasm host functions as a built-in Python module.
  *
- * Thin by design: each function converts Python arguments, calls one
- * `proxy_*` import and converts the answer back.  The Pythonic API lives in
- * the meshext/sdk modules.  Strings cross as UTF-8; header values that are not
- * valid UTF-8 come back with surrogate escapes so they round-trip.
- * A status other than OK raises HostError(function, status); "not found"
- * answers of getters are None instead.
+ * Two parts.  Module functions (log, get_headers, http_call, ...) each
+ * convert Python arguments, call one `proxy_*` import and convert the answer
+ * back; the SDK's Python modules (sdk/*.py) build the filter API on them.
+ * The types HeaderMap and Body are the C bases of meshext.sdk.HeaderMap and
+ * Body: their methods run on every request, so they are whole API methods in
+ * C, not wrappers.  Strings cross as UTF-8; header values that are not valid
+ * UTF-8 come back with surrogate escapes so they round-trip.  A status other
+ * than OK raises meshext.sdk.HostError(function, status); "not found" answers
+ * of getters are None instead.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -15,9 +18,10 @@
 
 #include "structmember.h"
 
+#include "memfs.h"
 #include "proxy_wasm.h"
 
-static PyObject *HostError;
+static PyObject *HostError; /* meshext.sdk.errors.HostError */
 
 static PyObject *host_error(const char *function, proxy_status status) {
     PyObject *args = Py_BuildValue("(sI)", function, status);
@@ -909,11 +913,17 @@ static struct PyModuleDef host_module = {
 };
 
 PyObject *PyInit__meshext_host(void) {
+    /* The exception is the SDK's Python class (one base for all SDK errors);
+       meshext.sdk.errors imports nothing that needs this module. */
+    if (!HostError) {
+        PyObject *errors = PyImport_ImportModule("meshext.sdk.errors");
+        HostError = errors ? PyObject_GetAttrString(errors, "HostError") : NULL;
+        Py_XDECREF(errors);
+        if (!HostError) return NULL;
+    }
     PyObject *module = PyModule_Create(&host_module);
     if (!module) return NULL;
-    HostError = PyErr_NewException("_meshext_host.HostError", PyExc_RuntimeError, NULL);
-    if (!HostError || PyModule_AddObjectRef(module, "HostError", HostError) < 0 ||
-        PyModule_AddType(module, &HeaderMapType) < 0 || PyModule_AddType(module, &BodyType) < 0) {
+    if (PyModule_AddType(module, &HeaderMapType) < 0 || PyModule_AddType(module, &BodyType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -24,6 +24,7 @@
 #include <string.h>
 #include <wasi/api.h>
 
+#include "memfs.h"
 #include "proxy_wasm.h"
 
 #define MXFS_KIND_FILE 0

@@ -25,7 +25,11 @@ enum {
     PROXY_UNIMPLEMENTED = 12,
 };
 
-enum { PROXY_BUFFER_VM_CONFIGURATION = 6, PROXY_BUFFER_PLUGIN_CONFIGURATION = 7 };
+enum {
+    PROXY_BUFFER_VM_CONFIGURATION = 6,
+    PROXY_BUFFER_PLUGIN_CONFIGURATION = 7,
+    PROXY_BUFFER_FOREIGN_FUNCTION_ARGUMENTS = 8,
+};
 
 typedef uint32_t proxy_status;
 
@@ -111,9 +115,5 @@ proxy_status proxy_set_property(const char *path, size_t path_size, const char *
 PROXY_IMPORT(proxy_call_foreign_function)
 proxy_status proxy_call_foreign_function(const char *name, size_t name_size, const char *args, size_t args_size,
                                          char **results, size_t *results_size);
-
-/* memfs.c */
-void meshext_memfs_mount(uint8_t *data, uint32_t size);
-int meshext_memfs_forget(const char *path, uint32_t length);
 
 #endif

@@ -9,7 +9,12 @@
  * a child's Python object is only created when a callback it overrides
  * first fires, and a finished child that nothing can tell from a new object
  * serves the next stream (park_child).  Everything else (errors, fail
- * policy, callouts, VM start) is Python in meshext/sdk/_dispatch.py.
+ * policy, callouts, VM start) is Python in sdk/_dispatch.py.
+ *
+ * The per-stream callbacks come from one table, meshext.sdk.contexts.
+ * STREAM_CALLBACKS: `meshext build` generates stream_callbacks.h from it
+ * (sdk/builder/shim.py) with their bit numbers (CB_*), method names and
+ * exports.
  *
  * The interpreter is started and the filter imported by meshext_preinit at
  * build time; the build pipeline snapshots memory and globals afterwards,
@@ -22,35 +27,22 @@
 
 #include "structmember.h"
 
+#include "memfs.h"
 #include "proxy_wasm.h"
 
 #define EXPORT(name) __attribute__((export_name(#name)))
 
-/* Callback bits; meshext/sdk/_dispatch.py computes the mask with the same numbering. */
-enum {
-    CB_REQUEST_HEADERS = 1 << 0,
-    CB_REQUEST_BODY = 1 << 1,
-    CB_REQUEST_TRAILERS = 1 << 2,
-    CB_RESPONSE_HEADERS = 1 << 3,
-    CB_RESPONSE_BODY = 1 << 4,
-    CB_RESPONSE_TRAILERS = 1 << 5,
-    CB_LOG = 1 << 6,
-    CB_DONE = 1 << 7,
-    CB_NEW_CONNECTION = 1 << 8,
-    CB_DOWNSTREAM_DATA = 1 << 9,
-    CB_UPSTREAM_DATA = 1 << 10,
-    CB_DOWNSTREAM_CLOSE = 1 << 11,
-    CB_UPSTREAM_CLOSE = 1 << 12,
-};
-
 enum { KIND_ROOT = 1, KIND_CHILD = 2 };
+
+/* The kind of a child context (the `stream` argument of child_callback). */
+enum { CHILD_HTTP = 0, CHILD_TCP = 1 };
 
 typedef struct {
     uint32_t id;       /* 0 marks a free slot */
     uint32_t root_id;  /* for children */
-    uint32_t mask;     /* overridden callbacks (roots: of their children's classes) */
+    uint32_t mask;     /* overridden callbacks, one bit per CB_* (roots: of their children's classes) */
     uint8_t kind;
-    uint8_t stream;    /* children: 1 once known to be a TCP stream */
+    uint8_t stream;    /* children: CHILD_TCP once known to be a TCP stream */
     PyObject *object;  /* NULL until created */
     /* roots: child classes that can be made without running Python code
        (no custom __init__ or new_*_context), else NULL */
@@ -72,7 +64,8 @@ extern int _PyObject_IsInstanceDictEmpty(PyObject *object);
 static PyObject *dispatch;          /* meshext.sdk._dispatch */
 static PyObject *pending_callouts;  /* meshext.sdk.callouts.pending (token -> call) */
 static PyObject *empty_tuple;
-static PyObject *name_on[16];       /* interned callback method names, indexed by bit number */
+/* Interned callback method names, indexed by CB_* bit (the mask has 32 bits). */
+static PyObject *method_names[32];
 static PyObject *str_create_root, *str_create_child, *str_handle_error, *str_vm_start, *str_configure,
     *str_on_tick, *str_on_queue_ready, *str_http_call_response, *str_grpc_initial_metadata, *str_grpc_message,
     *str_grpc_trailing_metadata, *str_grpc_close, *str_delete_context, *str_foreign_function;
@@ -173,8 +166,11 @@ static uint32_t action_of(PyObject *result, PyObject *context, const char *callb
 
 static PyObject *call_dispatch(PyObject *name, PyObject **args, size_t nargs) {
     args[0] = dispatch;
-    return PyObject_VectorcallMethod(name, args, nargs | 0, NULL);
+    return PyObject_VectorcallMethod(name, args, nargs, NULL);
 }
+
+/* A new Python int; NULL with an exception set if that fails. */
+static PyObject *new_int(uint32_t value) { return PyLong_FromUnsignedLong(value); }
 
 /* Writes a child's `root` or `context_id` slot; steals `value`. */
 static void set_slot(PyObject *object, Py_ssize_t offset, PyObject *value) {
@@ -187,7 +183,7 @@ static void set_slot(PyObject *object, Py_ssize_t offset, PyObject *value) {
 static PyObject *fast_child(context_slot *root, int stream, uint32_t context_id) {
     PyObject **spare = stream ? &root->spare_stream : &root->spare_http;
     PyTypeObject *cls = (PyTypeObject *)(stream ? root->fast_stream : root->fast_http);
-    PyObject *id = PyLong_FromUnsignedLong(context_id);
+    PyObject *id = new_int(context_id);
     if (!id) return NULL;
     PyObject *object = *spare ? *spare : cls->tp_new(cls, empty_tuple, NULL);
     *spare = NULL;
@@ -223,17 +219,15 @@ static PyObject *child_object(context_slot *slot, int stream) {
     if (slot->object) return slot->object;
     context_slot *root = find_slot(slot->root_id);
     if (!root || !root->object) return NULL;
+    slot->stream = (uint8_t)stream;
     if (stream ? root->fast_stream : root->fast_http) {
         slot->object = fast_child(root, stream, slot->id);
-        slot->stream = (uint8_t)stream;
-        if (!slot->object) handle_error(root->object, stream ? "new_stream_context" : "new_http_context");
-        return slot->object;
+    } else {
+        PyObject *id = new_int(slot->id);
+        PyObject *args[] = {NULL, root->object, id, stream ? Py_True : Py_False};
+        slot->object = id ? call_dispatch(str_create_child, args, 4) : NULL;
+        Py_XDECREF(id);
     }
-    PyObject *id = PyLong_FromUnsignedLong(slot->id);
-    PyObject *args[] = {NULL, root->object, id, stream ? Py_True : Py_False};
-    slot->object = id ? call_dispatch(str_create_child, args, 4) : NULL;
-    slot->stream = (uint8_t)stream;
-    Py_XDECREF(id);
     if (!slot->object) handle_error(root->object, stream ? "new_stream_context" : "new_http_context");
     return slot->object;
 }
@@ -260,21 +254,19 @@ static uint32_t slot_callback(context_slot *slot, int bit, int stream, int kind,
     if (kind == ARGS_END) {
         args[nargs++] = end ? Py_True : Py_False;
     } else if (kind == ARGS_SIZE_END || kind == ARGS_PEER) {
-        if (!(args[nargs++] = PyLong_FromUnsignedLong(size))) return handle_error(object, "argument conversion");
+        if (!(args[nargs++] = new_int(size))) return handle_error(object, "argument conversion");
         if (kind == ARGS_SIZE_END) args[nargs++] = end ? Py_True : Py_False;
     }
-    PyObject *result = PyObject_VectorcallMethod(name_on[bit], args, nargs, NULL);
+    PyObject *result = PyObject_VectorcallMethod(method_names[bit], args, nargs, NULL);
     if (kind == ARGS_SIZE_END || kind == ARGS_PEER) Py_DECREF(args[1]);
     int64_t action = action_value(result);
     /* The callback's name is only needed for the error report. */
-    return action < 0 ? handle_error(object, PyUnicode_AsUTF8(name_on[bit])) : (uint32_t)action;
+    return action < 0 ? handle_error(object, PyUnicode_AsUTF8(method_names[bit])) : (uint32_t)action;
 }
 
 static uint32_t child_callback(uint32_t context_id, int bit, int stream, int kind, uint32_t size, uint32_t end) {
     return slot_callback(find_slot(context_id), bit, stream, kind, size, end);
 }
-
-#define SIZE(value) PyLong_FromUnsignedLong(value)
 
 /* ---- exports: ABI, memory ---- */
 
@@ -293,7 +285,7 @@ EXPORT(proxy_on_context_create) void proxy_on_context_create(uint32_t context_id
         return;
     }
     slot->kind = KIND_ROOT;
-    PyObject *id = PyLong_FromUnsignedLong(context_id);
+    PyObject *id = new_int(context_id);
     PyObject *args[] = {NULL, id};
     PyObject *pair = id ? call_dispatch(str_create_root, args, 2) : NULL;
     Py_XDECREF(id);
@@ -347,66 +339,37 @@ EXPORT(proxy_on_configure) uint32_t proxy_on_configure(uint32_t root_id, size_t 
 EXPORT(proxy_on_tick) void proxy_on_tick(uint32_t root_id) { root_call(root_id, str_on_tick, NULL, NULL, 0, "on_tick"); }
 
 EXPORT(proxy_on_queue_ready) void proxy_on_queue_ready(uint32_t root_id, uint32_t queue_id) {
-    root_call(root_id, str_on_queue_ready, SIZE(queue_id), NULL, 1, "on_queue_ready");
+    root_call(root_id, str_on_queue_ready, new_int(queue_id), NULL, 1, "on_queue_ready");
 }
 
 EXPORT(proxy_on_foreign_function) void proxy_on_foreign_function(uint32_t root_id, uint32_t function_id, size_t size) {
-    root_call(root_id, str_foreign_function, SIZE(function_id), read_buffer(8, size), 2, "on_foreign_function");
+    root_call(root_id, str_foreign_function, new_int(function_id),
+              read_buffer(PROXY_BUFFER_FOREIGN_FUNCTION_ARGUMENTS, size), 2, "on_foreign_function");
 }
 
-/* ---- exports: HTTP streams ---- */
+/* ---- exports: HTTP and TCP stream callbacks (generated), CB_* bits and method names ---- */
 
-EXPORT(proxy_on_request_headers) uint32_t proxy_on_request_headers(uint32_t id, size_t headers, uint32_t end) {
-    return child_callback(id, 0, 0, ARGS_END, 0, end);
-}
-EXPORT(proxy_on_request_body) uint32_t proxy_on_request_body(uint32_t id, size_t size, uint32_t end) {
-    return child_callback(id, 1, 0, ARGS_SIZE_END, size, end);
-}
-EXPORT(proxy_on_request_trailers) uint32_t proxy_on_request_trailers(uint32_t id, size_t trailers) {
-    return child_callback(id, 2, 0, ARGS_NONE, 0, 0);
-}
-EXPORT(proxy_on_response_headers) uint32_t proxy_on_response_headers(uint32_t id, size_t headers, uint32_t end) {
-    return child_callback(id, 3, 0, ARGS_END, 0, end);
-}
-EXPORT(proxy_on_response_body) uint32_t proxy_on_response_body(uint32_t id, size_t size, uint32_t end) {
-    return child_callback(id, 4, 0, ARGS_SIZE_END, size, end);
-}
-EXPORT(proxy_on_response_trailers) uint32_t proxy_on_response_trailers(uint32_t id, size_t trailers) {
-    return child_callback(id, 5, 0, ARGS_NONE, 0, 0);
-}
-
-/* ---- exports: TCP streams ---- */
-
-EXPORT(proxy_on_new_connection) uint32_t proxy_on_new_connection(uint32_t id) {
-    return child_callback(id, 8, 1, ARGS_NONE, 0, 0);
-}
-EXPORT(proxy_on_downstream_data) uint32_t proxy_on_downstream_data(uint32_t id, size_t size, uint32_t end) {
-    return child_callback(id, 9, 1, ARGS_SIZE_END, size, end);
-}
-EXPORT(proxy_on_upstream_data) uint32_t proxy_on_upstream_data(uint32_t id, size_t size, uint32_t end) {
-    return child_callback(id, 10, 1, ARGS_SIZE_END, size, end);
-}
-EXPORT(proxy_on_downstream_connection_close) void proxy_on_downstream_connection_close(uint32_t id, uint32_t peer) {
-    child_callback(id, 11, 1, ARGS_PEER, peer, 0);
-}
-EXPORT(proxy_on_upstream_connection_close) void proxy_on_upstream_connection_close(uint32_t id, uint32_t peer) {
-    child_callback(id, 12, 1, ARGS_PEER, peer, 0);
-}
+#include "stream_callbacks.h"
 
 /* ---- exports: end of a context ---- */
 
+/* Written here, not generated: they serve both kinds of child (known from
+   the slot), and roots hear on_done too. */
+
 EXPORT(proxy_on_log) void proxy_on_log(uint32_t id) {
     context_slot *slot = find_slot(id);
-    if (slot && slot->kind == KIND_CHILD) slot_callback(slot, 6, slot->stream, ARGS_NONE, 0, 0);
+    if (slot && slot->kind == KIND_CHILD) slot_callback(slot, CB_ON_LOG, slot->stream, ARGS_NONE, 0, 0);
 }
 
 EXPORT(proxy_on_done) uint32_t proxy_on_done(uint32_t id) {
     context_slot *slot = find_slot(id);
     /* Roots always hear on_done (RootContext.on_done may answer False to finish
        later with proxy_done()); children only when their class overrides it. */
-    if (!slot || !slot->object || (slot->kind == KIND_CHILD && !(root_mask(slot) & CB_DONE))) return 1;
+    if (!slot || !slot->object ||
+        (slot->kind == KIND_CHILD && !(root_mask(slot) & (1u << CB_ON_DONE))))
+        return 1;
     PyObject *args[] = {slot->object};
-    PyObject *result = PyObject_VectorcallMethod(name_on[7], args, 1, NULL);
+    PyObject *result = PyObject_VectorcallMethod(method_names[CB_ON_DONE], args, 1, NULL);
     if (!result) {
         handle_error(slot->object, "on_done");
         return 1;
@@ -429,7 +392,7 @@ EXPORT(proxy_on_delete) void proxy_on_delete(uint32_t id) {
     remove_slot(slot);
     if (object && PyDict_GET_SIZE(pending_callouts) > 0) {
         /* Forget pending callouts of this context (their responses would find no one). */
-        PyObject *context_id = PyLong_FromUnsignedLong(id);
+        PyObject *context_id = new_int(id);
         PyObject *args[] = {NULL, context_id};
         PyObject *result = context_id ? call_dispatch(str_delete_context, args, 2) : NULL;
         Py_XDECREF(context_id);
@@ -444,7 +407,7 @@ EXPORT(proxy_on_delete) void proxy_on_delete(uint32_t id) {
 
 static void callout(PyObject *method, uint32_t token, uint32_t a, uint32_t b, uint32_t c, int nargs, const char *what) {
     if (!dispatch) return;
-    PyObject *args[] = {NULL, SIZE(token), SIZE(a), SIZE(b), SIZE(c)};
+    PyObject *args[] = {NULL, new_int(token), new_int(a), new_int(b), new_int(c)};
     PyObject *result = call_dispatch(method, args, (size_t)nargs + 1);
     for (int i = 1; i < 5; i++) Py_XDECREF(args[i]);
     if (!result) handle_error(NULL, what);
@@ -475,13 +438,8 @@ EXPORT(proxy_on_grpc_close) void proxy_on_grpc_close(uint32_t root_id, uint32_t 
 extern PyObject *PyInit__meshext_host(void);
 
 static int intern_names(void) {
-    static const char *callbacks[] = {
-        "on_request_headers", "on_request_body", "on_request_trailers", "on_response_headers",
-        "on_response_body", "on_response_trailers", "on_log", "on_done", "on_new_connection",
-        "on_downstream_data", "on_upstream_data", "on_downstream_close", "on_upstream_close",
-    };
-    for (size_t i = 0; i < sizeof callbacks / sizeof *callbacks; i++) {
-        if (!(name_on[i] = PyUnicode_InternFromString(callbacks[i]))) return -1;
+    for (int bit = 0; bit < CALLBACK_COUNT; bit++) {
+        if (!(method_names[bit] = PyUnicode_InternFromString(callback_methods[bit]))) return -1;
     }
     struct { PyObject **slot; const char *text; } names[] = {
         {&str_create_root, "create_root"}, {&str_create_child, "create_child"},

@@ -6,7 +6,6 @@ Proxy-Wasm host."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -15,7 +14,8 @@ from meshext.testing import Host
 
 PROBES = '''
 import json
-from meshext.sdk import Action, HeaderMap, HttpContext, MapType, RootContext
+from meshext.sdk import Action, HeaderMap, HttpContext, RootContext
+from meshext.sdk.abi import MapType
 
 
 class Shouting(HeaderMap):
@@ -159,7 +159,8 @@ def test_header_map_reads_and_writes_response_headers(plugin) -> None:
 
 
 def test_header_map_and_body_outside_a_vm_import_and_explain() -> None:
-    from meshext.sdk import Body, BufferType, HeaderMap, MapType
+    from meshext.sdk import Body, HeaderMap
+    from meshext.sdk.abi import BufferType, MapType
 
     headers = HeaderMap(MapType.HTTP_REQUEST_HEADERS)
     body = Body(BufferType.HTTP_REQUEST_BODY)
@@ -188,3 +189,4 @@ def test_body_reads_and_writes_the_request_body(plugin) -> None:
         "no_data": ["TypeError", "append() missing required argument 'data'"],
         "after": "head+new+tail",
     }
+

@@ -112,11 +112,3 @@ def test_uncaught_exception_traceback_is_logged_without_a_compiler(tmp_path: Pat
     assert 'File "/app/filter.py", line 6, in on_request_headers' in log
     assert 'raise KeyError("missing-tenant")' in log
 
-
-def test_every_sdk_callback_has_its_export() -> None:
-    # The build drops the export of each callback a filter does not override:
-    # a callback missing from the table would keep an export, one extra would drop one.
-    from meshext.sdk.builder.pipeline import CALLBACK_EXPORTS
-    from meshext.sdk.contexts import CALLBACK_BITS
-
-    assert set(CALLBACK_EXPORTS) == set(CALLBACK_BITS)

@@ -1,0 +1,124 @@
+"""The per-stream callbacks have one definition, meshext.sdk.contexts.STREAM_CALLBACKS:
+the C shim's exports are generated from it, and each export Envoy calls
+reaches its Python method with its arguments.  Runs modules in meshext's
+Proxy-Wasm host."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from meshext.sdk.builder import build_filter, wasm_binary
+from meshext.sdk.builder.shim import build_shim
+from meshext.sdk.contexts import STREAM_CALLBACKS
+from meshext.testing import Host
+
+# Every callback overridden, none returning anything: None means continue.
+EVERY_CALLBACK = '''
+from meshext.sdk import HttpContext, RootContext, StreamContext, log
+
+
+class EveryHttp(HttpContext):
+    def on_request_headers(self, end_of_stream):
+        log.info(f"on_request_headers {end_of_stream}")
+
+    def on_request_body(self, body_size, end_of_stream):
+        log.info(f"on_request_body {body_size} {end_of_stream}")
+
+    def on_request_trailers(self):
+        log.info("on_request_trailers")
+
+    def on_response_headers(self, end_of_stream):
+        log.info(f"on_response_headers {end_of_stream}")
+
+    def on_response_body(self, body_size, end_of_stream):
+        log.info(f"on_response_body {body_size} {end_of_stream}")
+
+    def on_response_trailers(self):
+        log.info("on_response_trailers")
+
+    def on_log(self):
+        log.info("http on_log")
+
+    def on_done(self):
+        log.info("http on_done")
+
+
+class EveryTcp(StreamContext):
+    def on_new_connection(self):
+        log.info("on_new_connection")
+
+    def on_downstream_data(self, data_size, end_of_stream):
+        log.info(f"on_downstream_data {data_size} {end_of_stream}")
+
+    def on_upstream_data(self, data_size, end_of_stream):
+        log.info(f"on_upstream_data {data_size} {end_of_stream}")
+
+    def on_downstream_close(self, peer):
+        log.info(f"on_downstream_close {int(peer)}")
+
+    def on_upstream_close(self, peer):
+        log.info(f"on_upstream_close {int(peer)}")
+
+    def on_log(self):
+        log.info("tcp on_log")
+
+    def on_done(self):
+        log.info("tcp on_done")
+
+
+class Root(RootContext):
+    http_context = EveryHttp
+    stream_context = EveryTcp
+'''
+
+# Exports of the shim that are not per-stream callbacks (never pruned by callback).
+OTHER_CALLBACK_EXPORTS = {
+    "proxy_on_memory_allocate", "proxy_on_context_create", "proxy_on_vm_start", "proxy_on_configure",
+    "proxy_on_tick", "proxy_on_queue_ready", "proxy_on_foreign_function", "proxy_on_delete",
+    "proxy_on_http_call_response", "proxy_on_grpc_receive_initial_metadata", "proxy_on_grpc_receive",
+    "proxy_on_grpc_receive_trailing_metadata", "proxy_on_grpc_close",
+}
+
+
+def test_the_shim_exports_exactly_the_tables_stream_callbacks() -> None:
+    shim_path, _ = build_shim()
+    exports = {export.name for export in wasm_binary.read_exports(wasm_binary.parse_sections(shim_path.read_bytes()))}
+    callback_exports = {name for name in exports if name.startswith("proxy_on_")}
+    assert callback_exports - OTHER_CALLBACK_EXPORTS == {callback.export for callback in STREAM_CALLBACKS}
+
+
+def load(tmp_path: Path):
+    folder = tmp_path / "filter"
+    folder.mkdir()
+    (folder / "meshext.toml").write_text('[filter]\nname = "every"\nentry = "filter:Root"\n')
+    (folder / "filter.py").write_text(EVERY_CALLBACK)
+    return Host().load(build_filter(folder, tmp_path / "every.wasm").output)
+
+
+def test_each_callback_reaches_its_method_with_its_arguments(tmp_path: Path) -> None:
+    plugin = load(tmp_path)
+
+    stream = plugin.http_stream()
+    stream.send_request_headers({":method": "POST", ":path": "/", ":authority": "example.com"})
+    stream.send_request_body(b"abc")
+    stream.send_request_trailers({"x-request-trailer": "1"})
+    stream.send_response_headers({":status": "200"})
+    stream.send_response_body(b"hello")
+    stream.send_response_trailers({"x-response-trailer": "1"})
+    assert plugin.log_messages() == [
+        "on_request_headers False", "on_request_body 3 False", "on_request_trailers",
+        "on_response_headers False", "on_response_body 5 False", "on_response_trailers",
+        "http on_log", "http on_done",
+    ]
+    assert bytes(stream.request.forwarded_body) == b"abc" and bytes(stream.response.forwarded_body) == b"hello"
+
+    before = len(plugin.log_messages())
+    connection = plugin.tcp_stream()
+    connection.send_downstream_data(b"ab")
+    connection.send_upstream_data(b"xyz", end_stream=True)
+    connection.close()  # upstream closes (peer UNKNOWN, 0), then Envoy closes the client (LOCAL, 1)
+    assert plugin.log_messages()[before:] == [
+        "on_new_connection", "on_downstream_data 2 False", "on_upstream_data 3 True",
+        "on_upstream_close 0", "on_downstream_close 1", "tcp on_done", "tcp on_log",
+    ]
+    assert bytes(connection.to_upstream) == b"ab" and bytes(connection.to_downstream) == b"xyz"
