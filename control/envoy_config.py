@@ -27,6 +27,7 @@ from envoy.config.core.v3 import extension_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.grpc_stats.v3 import config_pb2 as grpc_stats_pb2  # noqa: F401 - for Any
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401 - registers the type for Any
 from envoy.extensions.filters.http.wasm.v3 import wasm_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
@@ -39,10 +40,12 @@ from google.protobuf.message import Message
 from meshext.control.mesh import Mesh, Service, Workload
 from meshext.control.placement import PlacedExtension, order
 from meshext.control.snapshot import CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, Resource, Snapshot
+from meshext.control.telemetry import TELEMETRY_KEY, services_metadata, workload_metadata
 
 WASM_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+GRPC_STATS_TYPE = "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"
 PROTOCOL_OPTIONS_TYPE = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 ADS = {"ads": {}, "resource_api_version": "V3"}
 
@@ -86,8 +89,17 @@ def wasm_filter_config(extension: PlacedExtension, module_path: str) -> wasm_pb2
     }})
 
 
-def _http_connection_manager(direction: str, extensions: list[PlacedExtension]) -> dict[str, Any]:
-    http_filters = [
+def _grpc_message_counts() -> dict[str, Any]:
+    """Envoy's grpc_stats filter, counting gRPC messages into filter state for the telemetry extension
+    (as Istio's sidecars do); it does nothing for other requests."""
+    return {"name": "envoy.filters.http.grpc_stats", "typed_config": {
+        "@type": GRPC_STATS_TYPE, "emit_filter_state": True, "stats_for_all_methods": False}}
+
+
+def _http_connection_manager(direction: str, extensions: list[PlacedExtension],
+                             count_grpc_messages: bool = False) -> dict[str, Any]:
+    http_filters = [_grpc_message_counts()] if count_grpc_messages else []
+    http_filters += [
         {"name": extension.filter_name, "config_discovery": {
             "config_source": ADS, "type_urls": [WASM_FILTER_TYPE]}}
         for extension in extensions
@@ -105,16 +117,23 @@ def _http_connection_manager(direction: str, extensions: list[PlacedExtension]) 
     }
 
 
-def _listener(direction: str, address: str, port: int, extensions: list[PlacedExtension]) -> listener_pb2.Listener:
+def _listener(direction: str, address: str, port: int, extensions: list[PlacedExtension],
+              count_grpc_messages: bool = False) -> listener_pb2.Listener:
     return _parse(listener_pb2.Listener, {
         "name": direction,
         "address": _socket(address, port),
-        "filter_chains": [{"filters": [_http_connection_manager(direction, extensions)]}],
+        # Filters read it as xds.listener_direction (telemetry: which reporter it is).
+        "traffic_direction": direction.upper(),
+        "filter_chains": [{"filters": [_http_connection_manager(direction, extensions, count_grpc_messages)]}],
     })
 
 
 def _outbound_cluster_name(service: Service, port: int) -> str:
     return f"outbound|{port}||{service.host}"
+
+
+def _has_telemetry(extensions: list[PlacedExtension]) -> bool:
+    return any(extension.key == TELEMETRY_KEY for extension in extensions)
 
 
 def _applies(extension: PlacedExtension, direction: str, port: int) -> bool:
@@ -149,9 +168,10 @@ class SnapshotBuilder:
         listener_key = (workload.node_id, tuple(e.filter_name for e in inbound), tuple(e.filter_name for e in outbound))
         if listener_key not in self._listeners:
             self._listeners[listener_key] = [
-                Resource.of("inbound", _listener("inbound", workload.inbound.address, workload.inbound.port, inbound)),
+                Resource.of("inbound", _listener("inbound", workload.inbound.address, workload.inbound.port, inbound,
+                                                 _has_telemetry(inbound))),
                 Resource.of("outbound", _listener("outbound", workload.outbound.address, workload.outbound.port,
-                                                  outbound)),
+                                                  outbound, _has_telemetry(outbound))),
             ]
         if workload.node_id not in self._base:
             self._base[workload.node_id] = self._service_resources(workload)
@@ -180,6 +200,7 @@ class SnapshotBuilder:
         clusters = [
             Resource.of(inbound_cluster, _parse(cluster_pb2.Cluster, {
                 "name": inbound_cluster, "type": "STATIC", "connect_timeout": "1s",
+                "metadata": services_metadata(own_services[:1]),
                 "typed_extension_protocol_options": _protocol_options(app_http2),
                 "load_assignment": {"cluster_name": inbound_cluster, "endpoints": [{"lb_endpoints": [
                     {"endpoint": {"address": _socket(workload.app.address, workload.app.port)}}]}]},
@@ -193,13 +214,15 @@ class SnapshotBuilder:
                 clusters.append(Resource.of(name, _parse(cluster_pb2.Cluster, {
                     "name": name, "type": "EDS", "connect_timeout": "1s",
                     "eds_cluster_config": {"eds_config": ADS},
+                    "metadata": services_metadata([service]),
                     # Sidecar to sidecar is always HTTP/2 (prior knowledge).
                     "typed_extension_protocol_options": _protocol_options(True),
                 })))
                 endpoints.append(Resource.of(name, _parse(endpoint_pb2.ClusterLoadAssignment, {
                     "cluster_name": name,
                     "endpoints": [{"lb_endpoints": [
-                        {"endpoint": {"address": _socket(peer.inbound.address, peer.inbound.port)}}
+                        {"endpoint": {"address": _socket(peer.inbound.address, peer.inbound.port)},
+                         "metadata": workload_metadata(peer)}
                         for peer in mesh.endpoints(service)
                     ]}],
                 })))

@@ -87,10 +87,17 @@ class Workload(_Strict):
         return "host" if _loopback(inbound) or _wildcard(inbound) else inbound
 
 
+class Telemetry(_Strict):
+    """The mesh's telemetry extension (Istio's standard metrics in every sidecar)."""
+
+    enabled: bool = True
+
+
 class Mesh(_Strict):
     """Services and workloads, as the mesh file or Kubernetes discovery describes them."""
 
     controlPlaneNamespace: str = "meshext-system"
+    telemetry: Telemetry = Field(default_factory=Telemetry)
     services: list[Service] = Field(default_factory=list)
     workloads: list[Workload] = Field(default_factory=list)
 

@@ -53,6 +53,8 @@ COMMANDS: dict[str, LazyCommand] = {
                         "Run the sidecar of WORKLOAD: Envoy configured by the control plane over ADS."),
     "status": LazyCommand("meshext.control.cli:status_command",
                          "List extensions, their state and the workloads running them, then the proxies."),
+    "telemetry": LazyCommand("meshext.extensions.telemetry.cli:telemetry_group",
+                            "Istio-style telemetry: the Envoy settings it needs."),
 }
 
 
