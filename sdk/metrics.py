@@ -38,6 +38,10 @@ from meshext.sdk.abi import MetricType
 from meshext.sdk.errors import SdkError
 from meshext.sdk.host import host
 
+TYPE_CHECKING = False  # typing is not imported inside the VM (memory in every VM)
+if TYPE_CHECKING:
+    from typing import Self
+
 TAG_VALUE_SEPARATOR = "=.="  # between a label name and its value
 TAG_END = ";.;"  # after each label value
 
@@ -107,7 +111,7 @@ class _Metric:
         self.documentation = documentation  # Envoy's ABI has no help text; kept for readers
         self.labelnames = tuple(labelnames)
         self._id: int | None = None
-        self._children: dict[tuple[str, ...], _Metric] = {}
+        self._children: dict[tuple[str, ...], Self] = {}
         if self.labelnames:
             if not _valid_name(name, ":"):
                 raise SdkError(f"metric name {name!r} is not a Prometheus metric name",
@@ -120,7 +124,7 @@ class _Metric:
                 raise SdkError(f"{name}: a label name is listed twice in {self.labelnames}",
                                fix="list each label name once")
 
-    def labels(self, *values: str, **by_name: str) -> _Metric:
+    def labels(self, *values: str, **by_name: str) -> Self:
         """The child for one combination of label values, by position or by name (all of them, as str).
 
         Children are cached: the same values give the same child, and only the

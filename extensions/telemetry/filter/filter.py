@@ -48,6 +48,10 @@ from struct_codec import decode_metadata, decode_node_metadata, decode_struct, e
 
 from meshext.sdk import Action, Counter, Histogram, HttpContext, RootContext, StreamContext, properties
 
+TYPE_CHECKING = False  # typing is not imported inside the VM
+if TYPE_CHECKING:
+    from typing import Any
+
 REQUESTS = Counter(REQUESTS_TOTAL, "Requests, at stream end", labelnames=HTTP_LABELS)
 DURATION = Histogram(REQUEST_DURATION, "Request duration (ms)", labelnames=HTTP_LABELS)
 REQUEST_SIZE = Histogram(REQUEST_BYTES, "Request size (headers and body, bytes)", labelnames=HTTP_LABELS)
@@ -64,15 +68,15 @@ UNKNOWN = "unknown"
 GRPC_STATS_STATE = ("filter_state", "envoy.filters.http.grpc_stats")
 
 # Peer identity: (workload, namespace, canonical service, canonical revision, app, version, cluster).
-UNKNOWN_PEER = (UNKNOWN, UNKNOWN, UNKNOWN, "latest", UNKNOWN, UNKNOWN, UNKNOWN)
+UNKNOWN_PEER: tuple[str, ...] = (UNKNOWN, UNKNOWN, UNKNOWN, "latest", UNKNOWN, UNKNOWN, UNKNOWN)
 _CACHE_LIMIT = 1000  # distinct peer headers / clusters / flag sets kept decoded per VM
 
 
-def _text(value) -> str:
+def _text(value: "Any") -> str:
     return value if isinstance(value, str) else ""
 
 
-def identity(metadata: dict) -> tuple:
+def identity(metadata: dict[str, "Any"]) -> tuple[str, ...]:
     """The identity tuple of node metadata (as-is: empty stays empty)."""
     labels = metadata.get("LABELS")
     labels = labels if isinstance(labels, dict) else {}
@@ -81,22 +85,22 @@ def identity(metadata: dict) -> tuple:
             _text(labels.get("app")), _text(labels.get("version")), _text(metadata.get("CLUSTER_ID")))
 
 
-def peer_identity(fields) -> tuple:
+def peer_identity(fields: "tuple[str, ...] | list[str]") -> tuple[str, ...]:
     """A peer's identity with Istio's rule for missing values: ``unknown``, the revision ``latest``."""
     return tuple(value or UNKNOWN_PEER[index] for index, value in enumerate(fields))
 
 
-def _bounded_put(cache: dict, key, value):
+def _bounded_put(cache: dict["Any", "Any"], key: "Any", value: "Any") -> "Any":
     if len(cache) >= _CACHE_LIMIT:
         cache.clear()  # attacker-chosen headers must not grow the VM without bound
     cache[key] = value
     return value
 
 
-_peer_headers: dict = {}
+_peer_headers: dict[str, tuple[str, ...]] = {}
 
 
-def peer_from_header(value: str) -> tuple:
+def peer_from_header(value: str) -> tuple[str, ...]:
     """The peer identity in an ``x-envoy-peer-metadata`` value (UNKNOWN_PEER if it cannot be read)."""
     peer = _peer_headers.get(value)
     if peer is None:
@@ -108,14 +112,14 @@ def peer_from_header(value: str) -> tuple:
     return peer
 
 
-def peer_from_workload_metadata(value: str) -> tuple:
+def peer_from_workload_metadata(value: str) -> tuple[str, ...]:
     """The peer identity in an endpoint's ``istio.workload`` (``wl;ns;canon-name;canon-rev;cluster``)."""
     parts = (value.split(";") + ["", "", "", "", ""])[:5]
     workload, namespace, canonical, revision, cluster = parts
     return peer_identity((workload, namespace, canonical, revision, "", "", cluster))
 
 
-_flag_strings: dict = {}
+_flag_strings: dict[int, str] = {}
 
 
 def response_flags(bits: int) -> str:
@@ -127,10 +131,10 @@ def response_flags(bits: int) -> str:
     return text
 
 
-_services: dict = {}
+_services: dict[str, tuple[str, str, str]] = {}
 
 
-def cluster_service(cluster_name: str) -> tuple:
+def cluster_service(cluster_name: str) -> tuple[str, str, str]:
     """(host, name, namespace) of the current cluster's ``istio.services[0]``, ``("", "", "")`` if none."""
     service = _services.get(cluster_name)
     if service is None:
@@ -207,8 +211,10 @@ class Stream(HttpContext):
             reporter = "destination"
         else:
             source = local
-            destination = self.peer
-            if destination is None:
+            exchanged_peer = self.peer
+            if exchanged_peer is not None:
+                destination = exchanged_peer
+            else:
                 workload = properties.get_str(("xds", "upstream_host_metadata", "filter_metadata", "istio",
                                                "workload"))
                 destination = peer_from_workload_metadata(workload) if workload else UNKNOWN_PEER
@@ -244,7 +250,7 @@ class Stream(HttpContext):
                 RESPONSE_MESSAGE_COUNT.labels(*peer_labels).inc(counts[1])
 
 
-def grpc_message_counts(state) -> tuple:
+def grpc_message_counts(state: bytes | None) -> tuple[int, int]:
     """(request, response) message counts from the grpc_stats filter's state (``b"<req>,<resp>"``), (0, 0) if none."""
     request, _, response = (state or b"").partition(b",")
     return (int(request) if request.isdigit() else 0, int(response) if response.isdigit() else 0)

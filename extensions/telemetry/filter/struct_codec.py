@@ -11,6 +11,11 @@ the varint/length primitives below would change.
 
 import struct
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
+
 _DOUBLE = struct.Struct("<d")
 
 
@@ -31,12 +36,13 @@ def _field(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
-def _fields(data: bytes):
+def _fields(data: bytes) -> "Iterator[tuple[int, int, Any]]":
     """(field number, wire type, value) for each field: value is int (varint, fixed) or bytes (length-delimited)."""
     position, end = 0, len(data)
     while position < end:
         key, position = _read_varint(data, position)
         number, wire_type = key >> 3, key & 7
+        value: int | bytes
         if wire_type == 0:
             value, position = _read_varint(data, position)
         elif wire_type == 2:
@@ -56,7 +62,7 @@ def _fields(data: bytes):
         yield number, wire_type, value
 
 
-def _read_varint(data: bytes, position: int) -> tuple:
+def _read_varint(data: bytes, position: int) -> tuple[int, int]:
     result = shift = 0
     while True:
         if position >= len(data):
@@ -71,7 +77,7 @@ def _read_varint(data: bytes, position: int) -> tuple:
             raise ValueError("varint too long")
 
 
-def encode_value(value) -> bytes:
+def encode_value(value: "Any") -> bytes:
     """A google.protobuf.Value holding ``value`` (None, bool, int/float, str, dict, list/tuple)."""
     if value is None:
         return _varint(1 << 3) + b"\x00"
@@ -88,13 +94,13 @@ def encode_value(value) -> bytes:
     raise TypeError(f"cannot put {type(value).__name__} into a protobuf Struct")
 
 
-def encode_struct(fields: dict) -> bytes:
+def encode_struct(fields: dict[str, "Any"]) -> bytes:
     """A google.protobuf.Struct with ``fields`` (str keys), keys sorted."""
     return b"".join(_field(1, _field(1, key.encode()) + _field(2, encode_value(fields[key])))
                     for key in sorted(fields))
 
 
-def decode_value(data: bytes):
+def decode_value(data: bytes) -> "Any":
     """The Python value of a serialised google.protobuf.Value."""
     result = None
     for number, _, value in _fields(data):
@@ -113,7 +119,7 @@ def decode_value(data: bytes):
     return result
 
 
-def _map_entries(data: bytes, map_field: int):
+def _map_entries(data: bytes, map_field: int) -> "Iterator[tuple[str, bytes]]":
     """(key, value bytes) of a map<string, message> field of a serialised message."""
     for number, wire_type, entry in _fields(data):
         if number != map_field or wire_type != 2:
@@ -127,17 +133,17 @@ def _map_entries(data: bytes, map_field: int):
         yield key, value
 
 
-def decode_struct(data: bytes) -> dict:
+def decode_struct(data: bytes) -> dict[str, "Any"]:
     """The dict of a serialised google.protobuf.Struct."""
     return {key: decode_value(value) for key, value in _map_entries(data, 1)}
 
 
-def decode_metadata(data: bytes) -> dict:
+def decode_metadata(data: bytes) -> dict[str, "Any"]:
     """``filter_metadata`` of a serialised envoy.config.core.v3.Metadata: {filter name: dict}."""
     return {key: decode_struct(value) for key, value in _map_entries(data, 1)}
 
 
-def decode_node_metadata(data: bytes) -> dict:
+def decode_node_metadata(data: bytes) -> dict[str, "Any"]:
     """``metadata`` (field 3, a Struct) of a serialised envoy.config.core.v3.Node."""
     for number, wire_type, value in _fields(data):
         if number == 3 and wire_type == 2:
