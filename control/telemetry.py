@@ -25,6 +25,7 @@ from meshext.extensions.telemetry.filter.istio_metrics import (
 from meshext.extensions.telemetry.filter.istio_metrics import (
     DEFAULT_CLUSTER_ID,
 )
+
 TELEMETRY_KEY = "Telemetry/meshext-system/istio-stats"
 TELEMETRY_FILTER = "meshext.telemetry"
 
