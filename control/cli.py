@@ -165,10 +165,16 @@ def serve_command(config_dir: Path | None, kubernetes: bool, mesh_file: Path | N
         source = KubernetesSource(api_client=api_client)
     else:
         source = DirectorySource(config_dir)
+    telemetry_module = None
+    if mesh.telemetry.enabled:
+        from meshext.extensions.telemetry.module import telemetry_module as build_telemetry
+
+        click.echo("telemetry extension: building from extensions/telemetry/filter (cached)", err=True)
+        telemetry_module = build_telemetry()
     # Wired before anything starts: the servers report to the operator, the operator to the source.
     state = ControlPlaneState()
     operator = Operator(mesh, state, resources=source, registry=registry,
-                        trust_domain=tls.trust_domain if tls else None)
+                        trust_domain=tls.trust_domain if tls else None, telemetry_module=telemetry_module)
     control_plane = ControlPlane(state, operator, xds_address=xds_bind, http_address=http_bind, tls=tls)
     _exit_on_signal()
     with contextlib.ExitStack() as started:  # stops, in reverse order, what did start

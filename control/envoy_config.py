@@ -32,6 +32,7 @@ from envoy.config.core.v3 import extension_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.grpc_stats.v3 import config_pb2 as grpc_stats_pb2  # noqa: F401 - for Any
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401 - registers the type for Any
 from envoy.extensions.filters.http.wasm.v3 import wasm_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2  # noqa: F401
@@ -47,6 +48,7 @@ from google.protobuf.message import Message
 from meshext.control.mesh import Mesh, Service, TcpOutbound, Workload
 from meshext.control.placement import PlacedExtension, order
 from meshext.control.snapshot import CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, Resource, Snapshot
+from meshext.control.telemetry import TELEMETRY_KEY, services_metadata, workload_metadata
 from meshext.control.workload_tls import (
     client_certificate_forwarding,
     inbound_filter_chains,
@@ -58,6 +60,7 @@ WASM_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wa
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+GRPC_STATS_TYPE = "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"
 PROTOCOL_OPTIONS_TYPE = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 ADS = {"ads": {}, "resource_api_version": "V3"}
 
@@ -101,8 +104,17 @@ def wasm_filter_config(extension: PlacedExtension, module_path: str) -> wasm_pb2
     }})
 
 
-def _http_connection_manager(direction: str, extensions: list[PlacedExtension]) -> dict[str, Any]:
-    http_filters = [
+def _grpc_message_counts() -> dict[str, Any]:
+    """Envoy's grpc_stats filter, counting gRPC messages into filter state for the telemetry extension
+    (as Istio's sidecars do); it does nothing for other requests."""
+    return {"name": "envoy.filters.http.grpc_stats", "typed_config": {
+        "@type": GRPC_STATS_TYPE, "emit_filter_state": True, "stats_for_all_methods": False}}
+
+
+def _http_connection_manager(direction: str, extensions: list[PlacedExtension],
+                             count_grpc_messages: bool = False) -> dict[str, Any]:
+    http_filters = [_grpc_message_counts()] if count_grpc_messages else []
+    http_filters += [
         {"name": extension.filter_name, "config_discovery": {
             "config_source": ADS, "type_urls": [WASM_FILTER_TYPE]}}
         for extension in extensions
@@ -120,11 +132,14 @@ def _http_connection_manager(direction: str, extensions: list[PlacedExtension]) 
     }
 
 
-def _listener(direction: str, address: str, port: int, extensions: list[PlacedExtension]) -> listener_pb2.Listener:
+def _listener(direction: str, address: str, port: int, extensions: list[PlacedExtension],
+              count_grpc_messages: bool = False) -> listener_pb2.Listener:
     return _parse(listener_pb2.Listener, {
         "name": direction,
         "address": _socket(address, port),
-        "filter_chains": [{"filters": [_http_connection_manager(direction, extensions)]}],
+        # Filters read it as xds.listener_direction (telemetry: which reporter it is).
+        "traffic_direction": direction.upper(),
+        "filter_chains": [{"filters": [_http_connection_manager(direction, extensions, count_grpc_messages)]}],
     })
 
 
@@ -139,13 +154,15 @@ def _inbound_listener(workload: Workload, extensions: list[PlacedExtension], mes
     if _app_protocol(mesh, workload) == "TCP":
         filters = [_tcp_proxy("inbound", _inbound_cluster_name(workload))]  # HTTP extensions cannot run here
     else:
-        manager = _http_connection_manager("inbound", extensions)
+        manager = _http_connection_manager("inbound", extensions, _has_telemetry(extensions))
         manager["typed_config"].update(client_certificate_forwarding(trust_domain))
         filters = [manager]
     listener_filters, chains = inbound_filter_chains(filters, trust_domain, mesh.mtls.mode,
                                                      http=_app_protocol(mesh, workload) != "TCP")
     return _parse(listener_pb2.Listener, {
         "name": "inbound", "address": _socket(workload.inbound.address, workload.inbound.port),
+        # Filters read it as xds.listener_direction (telemetry: which reporter it is).
+        "traffic_direction": "INBOUND",
         "listener_filters": listener_filters, "filter_chains": chains,
     })
 
@@ -171,6 +188,10 @@ def _inbound_cluster_name(workload: Workload) -> str:
 
 def _outbound_cluster_name(service: Service, port: int) -> str:
     return f"outbound|{port}||{service.host}"
+
+
+def _has_telemetry(extensions: list[PlacedExtension]) -> bool:
+    return any(extension.key == TELEMETRY_KEY for extension in extensions)
 
 
 def _applies(extension: PlacedExtension, direction: str, port: int) -> bool:
@@ -210,7 +231,7 @@ class SnapshotBuilder:
             self._listeners[listener_key] = [
                 Resource.of("inbound", _inbound_listener(workload, inbound, self.mesh, self.trust_domain)),
                 Resource.of("outbound", _listener("outbound", workload.outbound.address, workload.outbound.port,
-                                                  outbound)),
+                                                  outbound, _has_telemetry(outbound))),
             ] + [_tcp_outbound_listener(service, tcp) for tcp in workload.tcpOutbound
                  if (service := self.mesh.tcp_target(workload, tcp)) is not None]
         if workload.node_id not in self._base:
@@ -238,6 +259,7 @@ class SnapshotBuilder:
         inbound_cluster = _inbound_cluster_name(workload)
         inbound_cluster_config: dict[str, Any] = {
             "name": inbound_cluster, "type": "STATIC", "connect_timeout": "1s",
+            "metadata": services_metadata(mesh.services_of(workload)[:1]),
             "load_assignment": {"cluster_name": inbound_cluster, "endpoints": [{"lb_endpoints": [
                 {"endpoint": {"address": _socket(workload.app.address, workload.app.port)}}]}]},
         }
@@ -251,7 +273,8 @@ class SnapshotBuilder:
                 name = _outbound_cluster_name(service, port.port)
                 http = port.protocol != "TCP"
                 cluster: dict[str, Any] = {"name": name, "type": "EDS", "connect_timeout": "1s",
-                                           "eds_cluster_config": {"eds_config": ADS}}
+                                           "eds_cluster_config": {"eds_config": ADS},
+                                           "metadata": services_metadata([service])}
                 if http:  # sidecar to sidecar is always HTTP/2 (prior knowledge)
                     cluster["typed_extension_protocol_options"] = _protocol_options(True)
                 if self.trust_domain is not None:
@@ -263,7 +286,8 @@ class SnapshotBuilder:
                 endpoints.append(Resource.of(name, _parse(endpoint_pb2.ClusterLoadAssignment, {
                     "cluster_name": name,
                     "endpoints": [{"lb_endpoints": [
-                        {"endpoint": {"address": _socket(peer.inbound.address, peer.inbound.port)}}
+                        {"endpoint": {"address": _socket(peer.inbound.address, peer.inbound.port)},
+                         "metadata": workload_metadata(peer)}
                         for peer in mesh.endpoints(service)
                     ]}],
                 })))

@@ -115,11 +115,18 @@ class MutualTLS(_Strict):
     mode: Literal["PERMISSIVE", "STRICT"] = "PERMISSIVE"
 
 
+class Telemetry(_Strict):
+    """The mesh's telemetry extension (Istio's standard metrics in every sidecar)."""
+
+    enabled: bool = True
+
+
 class Mesh(_Strict):
     """Services and workloads, as the mesh file or Kubernetes discovery describes them."""
 
     controlPlaneNamespace: str = "meshext-system"
     mtls: MutualTLS = Field(default_factory=MutualTLS)
+    telemetry: Telemetry = Field(default_factory=Telemetry)
     services: list[Service] = Field(default_factory=list)
     workloads: list[Workload] = Field(default_factory=list)
 

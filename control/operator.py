@@ -43,6 +43,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from meshext.control.cache import TypeStatus
@@ -72,6 +73,7 @@ from meshext.control.proxy import SIDECAR_DRAIN_SECONDS
 from meshext.control.resources import ExtensionRequest, parse_resource, resource_key
 from meshext.control.snapshot import EXTENSION_CONFIG, LISTENER
 from meshext.control.state import ControlPlaneState
+from meshext.control.telemetry import telemetry_extension
 from meshext.errors import InternalError, MeshextError
 
 log = logging.getLogger(__name__)
@@ -124,6 +126,7 @@ class Operator:
         resources: ResourceStore | None = None,
         registry: RegistrySettings | None = None,
         trust_domain: str | None = None,
+        telemetry_module: tuple[Path, str] | None = None,
     ) -> None:
         self.mesh = mesh
         self.registry = registry or RegistrySettings()
@@ -131,6 +134,11 @@ class Operator:
         self._resources = resources
         self._trust_domain = trust_domain  # sidecars hold workload certificates: mTLS between them
         self._builder = SnapshotBuilder(mesh, trust_domain)
+        # The mesh's own telemetry extension, in every sidecar while the mesh enables it.
+        self._telemetry: PlacedExtension | None = None
+        if telemetry_module is not None:
+            state.modules.add(*telemetry_module)
+            self._telemetry = telemetry_extension(telemetry_module[1])
         self._node_ids = {w.node_id for w in mesh.workloads}
         self._mesh_problems: list[str] = []  # why parts of the mesh (or a whole update) were left out
         self._tracked: dict[str, _Tracked] = {}
@@ -364,6 +372,11 @@ class Operator:
                 usable = next((c for c in candidates if c.module_sha256 in present), None)
                 if usable is not None:
                     chosen[usable.filter_name] = usable
+            telemetry = self._telemetry if self.mesh.telemetry.enabled else None
+            if telemetry is not None:
+                wanted.add(telemetry.module_sha256)
+                if telemetry.module_sha256 in present:
+                    chosen[telemetry.filter_name] = telemetry
             draining = self._draining(node_id, chosen)
             wanted.update(e.module_sha256 for e in draining)
             demand.set_wanted(node_id, wanted)

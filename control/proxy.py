@@ -30,9 +30,11 @@ from typing import Any, Literal
 
 from meshext.control.mesh import Workload, node_id
 from meshext.control.pki import TLSMaterial
+from meshext.control.telemetry import node_metadata
 from meshext.control.workload_tls import bootstrap_secrets
 from meshext.envoy import EnvoyProcess
 from meshext.errors import MeshextError
+from meshext.extensions.telemetry.stats_config import stats_config
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +78,14 @@ def bootstrap(
     protocol: Literal["sotw", "delta"] = "delta",
     tls: TLSMaterial | None = None,
     admin: tuple[str, int] | None = None,
+    stats_labels: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Envoy bootstrap whose ADS stream points at the control plane (over mutual TLS with ``tls``);
-    the admin listener on ``admin`` (default: a free loopback port)."""
+    the admin listener on ``admin`` (default: a free loopback port).
+
+    The node metadata carries the workload's identity as Istio's telemetry reads it, and
+    ``stats_config`` turns the labels of Istio's metrics and of ``stats_labels`` (label names
+    of other extensions' meshext.sdk metrics) into Prometheus labels."""
     config: dict[str, Any] = {
         # V8 compiles Wasm modules with scratch memory that tcmalloc would keep
         # after each filter (re)load; hand freed memory back to the OS.
@@ -86,10 +93,11 @@ def bootstrap(
         "node": {
             "id": node_id(workload, namespace),
             "cluster": f"{workload}.{namespace}",
-            "metadata": {"WORKLOAD_NAME": workload, "NAMESPACE": namespace, "LABELS": labels or {},
+            "metadata": {**node_metadata(workload, namespace, labels),
                          # Extensions reach this proxy through its module syncer.
                          "MESHEXT_MODULE_SYNC": True},
         },
+        "stats_config": stats_config(stats_labels),
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "DELTA_GRPC" if protocol == "delta" else "GRPC",
@@ -249,7 +257,8 @@ class Sidecar:
     def __init__(self, workload: str, namespace: str, control: tuple[str, int], control_http: tuple[str, int], *,
                  labels: dict[str, str] | None = None, protocol: Literal["sotw", "delta"] = "delta",
                  module_dir: Path | None = None, tls: TLSMaterial | None = None,
-                 admin: tuple[str, int] | None = None, **envoy_options: Any) -> None:
+                 admin: tuple[str, int] | None = None, stats_labels: tuple[str, ...] = (),
+                 **envoy_options: Any) -> None:
         self._own_dir = module_dir is None
         self.module_dir = module_dir or Path(tempfile.mkdtemp(prefix="meshext-sidecar-modules-"))
         self.syncer = ModuleSyncer(node_id(workload, namespace), control_http, self.module_dir, tls)
@@ -258,7 +267,7 @@ class Sidecar:
         extra_args = [*envoy_options.pop("extra_args", []), "--drain-time-s", str(SIDECAR_DRAIN_SECONDS),
                       "--drain-strategy", "immediate"]
         self.envoy = EnvoyProcess(bootstrap(workload, namespace, control, labels=labels, protocol=protocol, tls=tls,
-                                            admin=admin),
+                                            admin=admin, stats_labels=stats_labels),
                                   extra_args=extra_args, **envoy_options)
 
     def start(self) -> Sidecar:

@@ -57,6 +57,8 @@ COMMANDS: dict[str, LazyCommand] = {
                         "Draw the live service graph from Istio's metrics: rates, errors, p95 and mTLS per edge."),
     "ratelimit": LazyCommand("meshext.extensions.ratelimit.cli:ratelimit_group",
                             "Rate limiting: the RLS v3 service on Redis and the Mixer quota converter."),
+    "telemetry": LazyCommand("meshext.extensions.telemetry.cli:telemetry_group",
+                            "Istio-style telemetry: the Envoy settings it needs."),
 }
 
 

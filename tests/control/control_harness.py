@@ -95,12 +95,16 @@ class RunningControlPlane:
 
 def start_control_plane(mesh: Mesh, cache_dir: Path, *, source: DirectorySource | KubernetesSource | None = None,
                         tls: TLSMaterial | None = None,
-                        plain_http_hosts: frozenset[str] = frozenset()) -> RunningControlPlane:
-    """Build everything first, then start it: servers, operator, and the source feeding the operator."""
+                        plain_http_hosts: frozenset[str] = frozenset(),
+                        telemetry_module: tuple[Path, str] | None = None) -> RunningControlPlane:
+    """Build everything first, then start it: servers, operator, and the source feeding the operator.
+
+    ``telemetry_module``: the built telemetry extension to place in every sidecar (as `meshext
+    control serve` does); None leaves it out."""
     state = ControlPlaneState()
     registry = RegistrySettings(cache=ModuleCache(cache_dir), plain_http_hosts=plain_http_hosts)
     operator = Operator(mesh, state, resources=source, registry=registry,
-                        trust_domain=tls.trust_domain if tls else None)
+                        trust_domain=tls.trust_domain if tls else None, telemetry_module=telemetry_module)
     server = ControlPlane(state, operator, tls=tls).start()
     operator.start()
     if source is not None:

@@ -1,0 +1,70 @@
+"""What the mesh's telemetry needs from the control plane: identities as metadata, and its placement.
+
+Istio's stats rules read who a sidecar is from its node metadata
+(``NAMESPACE``, ``WORKLOAD_NAME``, ``CLUSTER_ID``, ``LABELS`` with the
+canonical service name and revision), which service a cluster is from the
+cluster's ``istio.services`` metadata, and who an endpoint is from its
+``istio.workload`` metadata (the fallback when the peer sends no metadata
+exchange headers).  The functions here compute those once, for the
+bootstrap (proxy.py) and the xDS resources (envoy_config.py) alike, and
+place the telemetry extension (extensions/telemetry) in every sidecar.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshext.control.mesh import Service, Workload
+from meshext.control.placement import PlacedExtension
+from meshext.extensions.telemetry.filter.istio_metrics import (
+    CANONICAL_NAME_LABEL as CANONICAL_NAME,
+)
+from meshext.extensions.telemetry.filter.istio_metrics import (
+    CANONICAL_REVISION_LABEL as CANONICAL_REVISION,
+)
+from meshext.extensions.telemetry.filter.istio_metrics import (
+    DEFAULT_CLUSTER_ID,
+)
+
+TELEMETRY_KEY = "Telemetry/meshext-system/istio-stats"
+TELEMETRY_FILTER = "meshext.telemetry"
+
+
+def canonical_labels(workload: str, labels: dict[str, str]) -> dict[str, str]:
+    """``labels`` plus the canonical name and revision, defaulted as Istio's injector does
+    (``app.kubernetes.io/name`` | ``app`` | the workload; ``app.kubernetes.io/version`` | ``version`` | ``latest``)."""
+    completed = dict(labels)
+    completed.setdefault(CANONICAL_NAME, labels.get("app.kubernetes.io/name") or labels.get("app") or workload)
+    completed.setdefault(CANONICAL_REVISION,
+                         labels.get("app.kubernetes.io/version") or labels.get("version") or "latest")
+    return completed
+
+
+def node_metadata(workload: str, namespace: str, labels: dict[str, str] | None,
+                  cluster_id: str = DEFAULT_CLUSTER_ID) -> dict[str, Any]:
+    """The Istio node metadata keys for a sidecar's bootstrap."""
+    return {"NAME": workload, "WORKLOAD_NAME": workload, "NAMESPACE": namespace, "CLUSTER_ID": cluster_id,
+            "LABELS": canonical_labels(workload, labels or {})}
+
+
+def services_metadata(services: list[Service]) -> dict[str, Any]:
+    """Cluster metadata ``istio.services`` naming the services a cluster leads to."""
+    return {"filter_metadata": {"istio": {"services": [
+        {"host": service.host, "name": service.name, "namespace": service.namespace} for service in services]}}}
+
+
+def workload_metadata(workload: Workload, cluster_id: str = DEFAULT_CLUSTER_ID) -> dict[str, Any]:
+    """Endpoint metadata ``istio.workload``: ``name;namespace;canonical name;canonical revision;cluster``."""
+    labels = canonical_labels(workload.name, workload.labels)
+    value = ";".join((workload.name, workload.namespace, labels[CANONICAL_NAME], labels[CANONICAL_REVISION],
+                      cluster_id))
+    return {"filter_metadata": {"istio": {"workload": value}}}
+
+
+def telemetry_extension(module_sha256: str) -> PlacedExtension:
+    """The telemetry filter for every sidecar, inbound and outbound, in the chain's ``[stats]`` slot.
+
+    Fail open: metrics must never cost a request."""
+    return PlacedExtension(key=TELEMETRY_KEY, filter_name=TELEMETRY_FILTER, phase="[stats]", priority=0,
+                           module_sha256=module_sha256, root_id="", configuration="{}", fail_open=True,
+                           inbound=True, outbound=True)

@@ -1,0 +1,334 @@
+"""Istio's standard metrics from a sidecar, and the peer metadata exchange that names both ends.
+
+One module serves both listeners of a sidecar; ``xds.listener_direction``
+says which one a stream is on: inbound streams report as
+``reporter="destination"``, outbound ones as ``reporter="source"``.
+
+Peer metadata (HTTP): the client side sends its node metadata as
+``x-envoy-peer-metadata`` (base64 of a serialised google.protobuf.Struct:
+NAMESPACE, WORKLOAD_NAME, CLUSTER_ID, LABELS, ...) and
+``x-envoy-peer-metadata-id``; the server side reads and removes them (the app
+never sees them) and answers with its own only when the request carried
+them; the client reads and removes those from the response.  Without them the
+client falls back to the endpoint's ``istio.workload`` metadata, and the
+server reports ``unknown`` for the source.
+
+Value rules are Istio's (``shared/research/telemetry.md`` §1): local labels as
+the node metadata has them, empty peer labels ``unknown`` (canonical revision
+``latest``), ``destination_service*`` from the cluster's ``istio.services``
+metadata, ``response_flags`` in Envoy's short codes (``-`` for none).
+
+TCP connections (a network filter chain) count connections opened/closed and
+bytes each way, reported when the connection closes.
+"""
+
+import binascii
+
+from istio_metrics import (
+    CANONICAL_NAME_LABEL,
+    CANONICAL_REVISION_LABEL,
+    HTTP_LABELS,
+    PEER_LABELS,
+    PEER_METADATA_HEADER,
+    PEER_METADATA_ID_HEADER,
+    REQUEST_BYTES,
+    REQUEST_DURATION,
+    REQUEST_MESSAGES,
+    REQUESTS_TOTAL,
+    RESPONSE_BYTES,
+    RESPONSE_FLAGS,
+    RESPONSE_MESSAGES,
+    TCP_CLOSED,
+    TCP_LABELS,
+    TCP_OPENED,
+    TCP_RECEIVED,
+    TCP_SENT,
+)
+from struct_codec import decode_metadata, decode_node_metadata, decode_struct, encode_struct
+
+from meshext.sdk import Action, Counter, Histogram, HttpContext, RootContext, StreamContext, properties
+
+TYPE_CHECKING = False  # typing is not imported inside the VM
+if TYPE_CHECKING:
+    from typing import Any
+
+REQUESTS = Counter(REQUESTS_TOTAL, "Requests, at stream end", labelnames=HTTP_LABELS)
+DURATION = Histogram(REQUEST_DURATION, "Request duration (ms)", labelnames=HTTP_LABELS)
+REQUEST_SIZE = Histogram(REQUEST_BYTES, "Request size (headers and body, bytes)", labelnames=HTTP_LABELS)
+RESPONSE_SIZE = Histogram(RESPONSE_BYTES, "Response size (headers and body, bytes)", labelnames=HTTP_LABELS)
+REQUEST_MESSAGE_COUNT = Counter(REQUEST_MESSAGES, "gRPC request messages", labelnames=PEER_LABELS)
+RESPONSE_MESSAGE_COUNT = Counter(RESPONSE_MESSAGES, "gRPC response messages", labelnames=PEER_LABELS)
+TCP_OPENED_COUNT = Counter(TCP_OPENED, "TCP connections opened", labelnames=TCP_LABELS)
+TCP_CLOSED_COUNT = Counter(TCP_CLOSED, "TCP connections closed", labelnames=TCP_LABELS)
+TCP_SENT_BYTES = Counter(TCP_SENT, "Bytes sent to the downstream", labelnames=TCP_LABELS)
+TCP_RECEIVED_BYTES = Counter(TCP_RECEIVED, "Bytes received from the downstream", labelnames=TCP_LABELS)
+
+INBOUND = 1  # xds.listener_direction (envoy.config.core.v3.TrafficDirection)
+UNKNOWN = "unknown"
+GRPC_STATS_STATE = ("filter_state", "envoy.filters.http.grpc_stats")
+
+# Peer identity: (workload, namespace, canonical service, canonical revision, app, version, cluster).
+UNKNOWN_PEER: tuple[str, ...] = (UNKNOWN, UNKNOWN, UNKNOWN, "latest", UNKNOWN, UNKNOWN, UNKNOWN)
+_CACHE_LIMIT = 1000  # distinct peer headers / clusters / flag sets kept decoded per VM
+
+
+def _text(value: "Any") -> str:
+    return value if isinstance(value, str) else ""
+
+
+def identity(metadata: dict[str, "Any"]) -> tuple[str, ...]:
+    """The identity tuple of node metadata (as-is: empty stays empty)."""
+    labels = metadata.get("LABELS")
+    labels = labels if isinstance(labels, dict) else {}
+    return (_text(metadata.get("WORKLOAD_NAME")), _text(metadata.get("NAMESPACE")),
+            _text(labels.get(CANONICAL_NAME_LABEL)), _text(labels.get(CANONICAL_REVISION_LABEL)),
+            _text(labels.get("app")), _text(labels.get("version")), _text(metadata.get("CLUSTER_ID")))
+
+
+def peer_identity(fields: "tuple[str, ...] | list[str]") -> tuple[str, ...]:
+    """A peer's identity with Istio's rule for missing values: ``unknown``, the revision ``latest``."""
+    return tuple(value or UNKNOWN_PEER[index] for index, value in enumerate(fields))
+
+
+def _bounded_put(cache: dict["Any", "Any"], key: "Any", value: "Any") -> "Any":
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()  # attacker-chosen headers must not grow the VM without bound
+    cache[key] = value
+    return value
+
+
+_peer_headers: dict[str, tuple[str, ...]] = {}
+
+
+def peer_from_header(value: str) -> tuple[str, ...]:
+    """The peer identity in an ``x-envoy-peer-metadata`` value (UNKNOWN_PEER if it cannot be read)."""
+    peer = _peer_headers.get(value)
+    if peer is None:
+        try:
+            peer = peer_identity(identity(decode_struct(binascii.a2b_base64(value))))
+        except (ValueError, binascii.Error):
+            peer = UNKNOWN_PEER
+        _bounded_put(_peer_headers, value, peer)
+    return peer
+
+
+def peer_from_workload_metadata(value: str) -> tuple[str, ...]:
+    """The peer identity in an endpoint's ``istio.workload`` (``wl;ns;canon-name;canon-rev;cluster``)."""
+    parts = (value.split(";") + ["", "", "", "", ""])[:5]
+    workload, namespace, canonical, revision, cluster = parts
+    return peer_identity((workload, namespace, canonical, revision, "", "", cluster))
+
+
+_flag_strings: dict[int, str] = {}
+
+
+def response_flags(bits: int) -> str:
+    """Envoy's short codes for the ``response.flags`` bit set, ``-`` for none."""
+    text = _flag_strings.get(bits)
+    if text is None:
+        text = ",".join(code for index, code in enumerate(RESPONSE_FLAGS) if bits >> index & 1) or "-"
+        _bounded_put(_flag_strings, bits, text)
+    return text
+
+
+_services: dict[str, tuple[str, str, str]] = {}
+
+
+def cluster_service(cluster_name: str) -> tuple[str, str, str]:
+    """(host, name, namespace) of the current cluster's ``istio.services[0]``, ``("", "", "")`` if none."""
+    service = _services.get(cluster_name)
+    if service is None:
+        service = ("", "", "")
+        raw = properties.get("xds.cluster_metadata")
+        if raw:
+            try:
+                services = decode_metadata(raw).get("istio", {}).get("services")
+            except ValueError:
+                services = None
+            if isinstance(services, list) and services and isinstance(services[0], dict):
+                first = services[0]
+                service = (_text(first.get("host")), _text(first.get("name")), _text(first.get("namespace")))
+        _bounded_put(_services, cluster_name, service)
+    return service
+
+
+class Stream(HttpContext):
+    """One HTTP stream: exchange peer metadata, report at the end."""
+
+    root: "Root"
+
+    def on_request_headers(self, end_of_stream):
+        headers = self.request.headers
+        self.inbound = inbound = properties.get_int("xds.listener_direction") == INBOUND
+        content_type = headers.get("content-type") or ""
+        self.protocol = "grpc" if content_type.startswith("application/grpc") else "http"
+        self.peer = None
+        if inbound:
+            exchanged = headers.get(PEER_METADATA_HEADER)
+            self.exchanged = exchanged is not None
+            if exchanged is not None:
+                self.peer = peer_from_header(exchanged)
+                headers.remove(PEER_METADATA_HEADER)
+                headers.remove(PEER_METADATA_ID_HEADER)
+        else:
+            self.authority = headers.get(":authority") or ""
+            headers.set(PEER_METADATA_HEADER, self.root.exchange_value)
+            headers.set(PEER_METADATA_ID_HEADER, self.root.node_id)
+        return Action.CONTINUE
+
+    def on_response_headers(self, end_of_stream):
+        headers = self.response.headers
+        if self.inbound:
+            if self.exchanged:
+                headers.set(PEER_METADATA_HEADER, self.root.exchange_value)
+                headers.set(PEER_METADATA_ID_HEADER, self.root.node_id)
+        else:
+            exchanged = headers.get(PEER_METADATA_HEADER)
+            if exchanged is not None:
+                self.peer = peer_from_header(exchanged)
+                headers.remove(PEER_METADATA_HEADER)
+                headers.remove(PEER_METADATA_ID_HEADER)
+        return Action.CONTINUE
+
+    def on_log(self):
+        try:
+            inbound = self.inbound
+        except AttributeError:  # the stream ended before its request headers
+            return
+        root = self.root
+        local = root.local
+        cluster = properties.get_str("xds.cluster_name") or ""
+        host, service_name, service_namespace = cluster_service(cluster) if cluster else ("", "", "")
+        if inbound:
+            source = self.peer or UNKNOWN_PEER
+            destination = local
+            source_principal = properties.get_str("connection.uri_san_peer_certificate") or UNKNOWN
+            destination_principal = properties.get_str("connection.uri_san_local_certificate") or UNKNOWN
+            security = "mutual_tls" if source_principal != UNKNOWN and destination_principal != UNKNOWN else "none"
+            service = host or local[2]
+            service_name = service_name or local[2]
+            service_namespace = local[1]
+            reporter = "destination"
+        else:
+            source = local
+            exchanged_peer = self.peer
+            if exchanged_peer is not None:
+                destination = exchanged_peer
+            else:
+                workload = properties.get_str(("xds", "upstream_host_metadata", "filter_metadata", "istio",
+                                               "workload"))
+                destination = peer_from_workload_metadata(workload) if workload else UNKNOWN_PEER
+            source_principal = properties.get_str("upstream.uri_san_local_certificate") or UNKNOWN
+            destination_principal = properties.get_str("upstream.uri_san_peer_certificate") or UNKNOWN
+            security = UNKNOWN
+            service = host or self.authority.split(":", 1)[0] or UNKNOWN
+            service_name = service_name or (service.split(".", 1)[0] if service != UNKNOWN else UNKNOWN)
+            service_namespace = service_namespace or destination[1]
+            reporter = "source"
+        peer_labels = (
+            reporter, source[0], source[2], source[3], source[1], source_principal, source[4], source[5], source[6],
+            destination[0], destination[1], destination_principal, destination[4], destination[5], service,
+            destination[2], destination[3], service_name, service_namespace, destination[6],
+        )
+        protocol = self.protocol
+        code = properties.get_int("response.code") or 0
+        grpc_status = ""
+        if protocol == "grpc":
+            status = properties.get_int("response.grpc_status")
+            grpc_status = str(status) if status is not None else ""
+        labels = (*peer_labels, protocol, str(code), grpc_status,
+                  response_flags(properties.get_int("response.flags") or 0), security)
+        REQUESTS.labels(*labels).inc()
+        DURATION.labels(*labels).observe((properties.get_int("request.duration") or 0) // 1_000_000)
+        REQUEST_SIZE.labels(*labels).observe(properties.get_int("request.total_size") or 0)
+        RESPONSE_SIZE.labels(*labels).observe(properties.get_int("response.total_size") or 0)
+        if protocol == "grpc":
+            counts = grpc_message_counts(properties.get(GRPC_STATS_STATE))
+            if counts[0]:
+                REQUEST_MESSAGE_COUNT.labels(*peer_labels).inc(counts[0])
+            if counts[1]:
+                RESPONSE_MESSAGE_COUNT.labels(*peer_labels).inc(counts[1])
+
+
+def grpc_message_counts(state: bytes | None) -> tuple[int, int]:
+    """(request, response) message counts from the grpc_stats filter's state (``b"<req>,<resp>"``), (0, 0) if none."""
+    request, _, response = (state or b"").partition(b",")
+    return (int(request) if request.isdigit() else 0, int(response) if response.isdigit() else 0)
+
+
+class Connection(StreamContext):
+    """One TCP connection: opened on its first byte's way, bytes and close at the end."""
+
+    root: "Root"
+
+    def on_new_connection(self):
+        self.received = self.sent = 0
+        self.labels = None
+        return Action.CONTINUE
+
+    def on_downstream_data(self, data_size, end_of_stream):
+        self.received += data_size
+        if self.labels is None:
+            self._open()
+        return Action.CONTINUE
+
+    def on_upstream_data(self, data_size, end_of_stream):
+        self.sent += data_size
+        if self.labels is None:
+            self._open()
+        return Action.CONTINUE
+
+    def _open(self):
+        # Labels are known once the upstream host is chosen: tcp_proxy picks it before data flows.
+        local = self.root.local
+        if properties.get_int("xds.listener_direction") == INBOUND:
+            source, destination, reporter = UNKNOWN_PEER, local, "destination"
+            source_principal = properties.get_str("connection.uri_san_peer_certificate") or UNKNOWN
+            destination_principal = properties.get_str("connection.uri_san_local_certificate") or UNKNOWN
+            security = "mutual_tls" if source_principal != UNKNOWN and destination_principal != UNKNOWN else "none"
+        else:
+            workload = properties.get_str(("xds", "upstream_host_metadata", "filter_metadata", "istio", "workload"))
+            source, reporter = local, "source"
+            destination = peer_from_workload_metadata(workload) if workload else UNKNOWN_PEER
+            source_principal = properties.get_str("upstream.uri_san_local_certificate") or UNKNOWN
+            destination_principal = properties.get_str("upstream.uri_san_peer_certificate") or UNKNOWN
+            security = UNKNOWN
+        cluster = properties.get_str("xds.cluster_name") or ""
+        host, service_name, service_namespace = cluster_service(cluster) if cluster else ("", "", "")
+        inbound = reporter == "destination"
+        service = host or (local[2] if inbound else UNKNOWN)
+        service_name = service_name or (local[2] if inbound else UNKNOWN)
+        service_namespace = local[1] if inbound else (service_namespace or destination[1])
+        self.labels = (
+            reporter, source[0], source[2], source[3], source[1], source_principal, source[4], source[5], source[6],
+            destination[0], destination[1], destination_principal, destination[4], destination[5], service,
+            destination[2], destination[3], service_name, service_namespace, destination[6],
+            "tcp", response_flags(properties.get_int("response.flags") or 0), security,
+        )
+        TCP_OPENED_COUNT.labels(*self.labels).inc()
+
+    def on_log(self):
+        if self.labels is None:
+            return  # no byte ever flowed: nothing identifies the peer
+        TCP_CLOSED_COUNT.labels(*self.labels).inc()
+        if self.sent:
+            TCP_SENT_BYTES.labels(*self.labels).inc(self.sent)
+        if self.received:
+            TCP_RECEIVED_BYTES.labels(*self.labels).inc(self.received)
+
+
+class Root(RootContext):
+    """Reads the local node's identity once and builds the peer metadata this sidecar sends."""
+
+    http_context = Stream
+    stream_context = Connection
+
+    def on_configure(self, config):
+        node = properties.get("xds.node") or b""
+        metadata = decode_node_metadata(node)
+        self.local = identity(metadata)
+        self.node_id = properties.get_str(("xds", "node", "id")) or ""
+        exchanged = {key: metadata[key] for key in ("NAME", "NAMESPACE", "WORKLOAD_NAME", "CLUSTER_ID", "LABELS",
+                                                       "OWNER", "MESH_ID") if key in metadata}
+        self.exchange_value = binascii.b2a_base64(encode_struct(exchanged), newline=False).decode()
+        return super().on_configure(config)
