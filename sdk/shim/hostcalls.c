@@ -3,7 +3,7 @@
  *
  * Two parts.  Module functions (log, get_headers, http_call, ...) each
  * convert Python arguments, call one `proxy_*` import and convert the answer
- * back; the SDK's Python modules (sdk/*.py) build the filter API on them.
+ * back; the SDK's Python modules (the .py files of sdk/) build the filter API on them.
  * The types HeaderMap and Body are the C bases of meshext.sdk.HeaderMap and
  * Body: their methods run on every request, so they are whole API methods in
  * C, not wrappers.  Strings cross as UTF-8; header values that are not valid
