@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import shutil
 import socket
 import ssl
@@ -46,6 +47,8 @@ from meshext.registry.local_registry import registry_binary, registry_config
 REGISTRY, CONTROL_PLANE, PROMETHEUS = "registry", "control-plane", "prometheus"
 APPLIED_RESOURCE = images.CHECKOUT / "deploy" / "local" / "header-policy.yaml"  # up applies it, image pinned
 APPLIED_EXTENSION = images.EXTENSIONS[0]  # header-policy, which that file deploys
+# An image `meshext up` pinned: the local registry's meshext/header-policy at <version>-<content key>.
+PINNED_IMAGE = re.compile(rf"127\.0\.0\.1:\d+/meshext/{APPLIED_EXTENSION.name}:[^:@]+-[0-9a-f]{{12}}")
 POLICY_HEADER = "x-meshext-policy"  # the response header its configuration sets on productpage
 START_TIMEOUT_SECONDS = 180.0  # per step; the machine may be loaded (Envoy compiles the Python filter)
 BUILD_TIMEOUT_SECONDS = 600.0
@@ -289,15 +292,28 @@ def _start_processes(mesh: LocalMesh, ports: Ports, board: Board, registry_ready
 
 
 def _apply_extension(mesh: LocalMesh, image: str, board: Board) -> None:
-    """Apply the shipped header-policy resource with its image pinned to what was just pushed."""
+    """Apply the shipped header-policy resource with its image pinned to what was just pushed.
+
+    When the resource is there already (an earlier `meshext up`, perhaps changed with `meshext
+    apply`), it is kept as it is, except that an image an earlier `meshext up` pinned is pinned
+    again to this build: what a user applied outlives `down` and `up`."""
     documents = read_documents(str(APPLIED_RESOURCE), APPLIED_RESOURCE.read_text())
     if len(documents) != 1:
         raise InternalError(f"{APPLIED_RESOURCE} must hold exactly one resource")
     document = documents[0]
-    document.obj["spec"]["image"] = image
+    existing = document.file_in(mesh.state.resources_dir)
+    if existing.exists():
+        applied = read_documents(str(existing), existing.read_text())[0]
+        if PINNED_IMAGE.fullmatch(str(applied.obj["spec"].get("image", ""))):
+            applied.obj["spec"]["image"] = image
+        document = applied
+    else:
+        document.obj["spec"]["image"] = image
+    documents = [document]
     board.set("extension", "applying")
     apply(mesh.state.resources_dir, documents)
     workload = f"productpage-v1.{NAMESPACE}"
+    wanted = str(document.obj["spec"]["image"]).rsplit(":", 1)[0]  # its repository: resolved, it is digest-pinned
 
     def running() -> bool:
         status = mesh.extension_status(document.key) or {}
@@ -305,7 +321,7 @@ def _apply_extension(mesh: LocalMesh, image: str, board: Board) -> None:
             raise MeshextError(f"{document.key} did not start: {json.dumps(status.get('conditions'))}",
                                where=str(APPLIED_RESOURCE), fix="see `meshext logs control-plane`")
         return status.get("phase") == "Ready" and workload in status.get("workloads", []) \
-            and status.get("resolvedImage", "").startswith(image.rsplit(":", 1)[0])
+            and status.get("resolvedImage", "").startswith(wanted)
 
     _wait(mesh, CONTROL_PLANE, board, running, row="extension", done="Ready")
 
