@@ -375,6 +375,25 @@ def proxy_command(workload: str, namespace: str, control_address: str, control_h
         sidecar.cleanup()
 
 
+def fetch_status(address: tuple[str, int], tls: TLSMaterial | None) -> dict[str, Any]:
+    """The control plane's status document (GET /status, with the admin certificate ``tls``)."""
+    from meshext.control.proxy import client_ssl_context, http_base
+
+    where = f"{address[0]}:{address[1]}"
+    try:
+        with urllib.request.urlopen(f"{http_base(address, tls)}/status", timeout=10,
+                                    context=client_ssl_context(tls) if tls else None) as response:
+            report: dict[str, Any] = json.load(response)
+            return report
+    except urllib.error.HTTPError as error:
+        raise MeshextError(f"the control plane at {where} refused: HTTP {error.code} "
+                           f"{error.read().decode(errors='replace').strip()}", where="--cert-file",
+                           fix="use the admin certificate (admin.pem) of this mesh") from None
+    except (urllib.error.URLError, OSError) as error:
+        raise UnavailableError(f"no control plane answered at {where}: {error}", where="--control-http",
+                               fix="start one with `meshext control serve`, or pass its --http-address") from None
+
+
 @click.command("status")
 @click.option("--control-http", default=DEFAULT_HTTP, show_default=True,
               help="The control plane's HTTP address (`meshext control serve --http-address`).")
@@ -388,22 +407,12 @@ def status_command(control_http: str, as_json: bool, pki_dir: Path | None, ca_fi
     from rich.console import Console
     from rich.table import Table
 
-    from meshext.control.proxy import client_ssl_context, http_base, parse_address
+    from meshext.control.proxy import parse_address
 
     address = parse_address(control_http, where="--control-http")
     tls = _client_tls(insecure, address[0], "--control-http", pki_dir, ca_file, cert_file, key_file,
                       lambda directory: directory.admin())
-    try:
-        with urllib.request.urlopen(f"{http_base(address, tls)}/status", timeout=10,
-                                    context=client_ssl_context(tls) if tls else None) as response:
-            report = json.load(response)
-    except urllib.error.HTTPError as error:
-        raise MeshextError(f"the control plane at {control_http} refused: HTTP {error.code} "
-                           f"{error.read().decode(errors='replace').strip()}", where="--cert-file",
-                           fix="use the admin certificate (admin.pem) of this mesh") from None
-    except (urllib.error.URLError, OSError) as error:
-        raise UnavailableError(f"no control plane answered at {control_http}: {error}", where="--control-http",
-                               fix="start one with `meshext control serve`, or pass its --http-address") from None
+    report = fetch_status(address, tls)
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
         return

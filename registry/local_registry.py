@@ -39,10 +39,7 @@ class LocalRegistry:
 
     def start(self) -> LocalRegistry:
         """Run docker-registry on a free loopback port; retries twice if the port was taken meanwhile."""
-        binary = shutil.which(REGISTRY_BINARY) or shutil.which("docker-registry")
-        if binary is None:
-            raise MeshextError("docker-registry is not installed", where=REGISTRY_BINARY,
-                               fix="run scripts/install.sh --test (apt-get install docker-registry)")
+        binary = registry_binary()
         self.storage.mkdir(parents=True, exist_ok=True)
         # The free port is found by binding port 0; another process could take it
         # before the registry binds, so a failed start retries on a new port.
@@ -77,19 +74,7 @@ class LocalRegistry:
         self.stop()
 
     def _config(self) -> dict:
-        http: dict = {"addr": self.host, "headers": {"X-Content-Type-Options": ["nosniff"]}}
-        if self.tls:
-            http["tls"] = {"certificate": str(self.tls[0]), "key": str(self.tls[1])}
-        config: dict = {
-            "version": 0.1,
-            "log": {"level": "warn", "accesslog": {"disabled": True}},
-            "storage": {"filesystem": {"rootdirectory": str(self.storage)}, "delete": {"enabled": True},
-                        "cache": {"blobdescriptor": "inmemory"}},
-            "http": http,
-        }
-        if self.auth:
-            config["auth"] = self.auth
-        return config
+        return registry_config(self.port, self.storage, auth=self.auth, tls=self.tls)
 
     def _wait_ready(self) -> bool:
         process = self._process
@@ -105,6 +90,36 @@ class LocalRegistry:
             except OSError:
                 time.sleep(0.05)
         return False
+
+
+def registry_config(port: int, storage: Path, *, auth: dict | None = None,
+                    tls: tuple[Path, Path] | None = None) -> dict:
+    """docker-registry's configuration: 127.0.0.1:``port``, blobs under ``storage``, deletes allowed.
+
+    ``auth`` and ``tls`` as for :class:`LocalRegistry`.  `meshext up` runs a detached
+    registry from the same configuration."""
+    http: dict = {"addr": f"127.0.0.1:{port}", "headers": {"X-Content-Type-Options": ["nosniff"]}}
+    if tls:
+        http["tls"] = {"certificate": str(tls[0]), "key": str(tls[1])}
+    config: dict = {
+        "version": 0.1,
+        "log": {"level": "warn", "accesslog": {"disabled": True}},
+        "storage": {"filesystem": {"rootdirectory": str(storage)}, "delete": {"enabled": True},
+                    "cache": {"blobdescriptor": "inmemory"}},
+        "http": http,
+    }
+    if auth:
+        config["auth"] = auth
+    return config
+
+
+def registry_binary() -> str:
+    """The docker-registry executable; a MeshextError with the install command when it is missing."""
+    binary = shutil.which(REGISTRY_BINARY) or shutil.which("docker-registry")
+    if binary is None:
+        raise MeshextError("docker-registry is not installed", where=REGISTRY_BINARY,
+                           fix="run scripts/install.sh --test (apt-get install docker-registry)")
+    return binary
 
 
 def _free_loopback_port() -> int:

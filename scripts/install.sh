@@ -24,10 +24,12 @@ VENV=${MESHEXT_VENV:-.venv}
 apt_packages=()
 # `python3 -m venv` needs Debian's python3-venv (ensurepip) for the system Python.
 "$PYTHON" -c "import ensurepip, venv" 2>/dev/null || apt_packages+=(python3-venv)
+# `meshext up` runs a local OCI registry and Prometheus beside the mesh.
+apt_packages+=(docker-registry prometheus)
 if $want_test; then
-    # A real OCI registry, Redis, load generators, TLS tooling, Prometheus and a headless
-    # browser (`meshext graph`'s HTML) for the tests.
-    apt_packages+=(docker-registry redis-server wrk apache2-utils openssl curl prometheus chromium)
+    # Redis, load generators, TLS tooling and a headless browser (`meshext graph`'s HTML)
+    # for the tests.
+    apt_packages+=(redis-server wrk apache2-utils openssl curl chromium)
     # Node.js for the AssemblyScript SDK; Debian's only where none is installed.
     command -v npm >/dev/null || apt_packages+=(nodejs npm)
 fi
@@ -40,8 +42,8 @@ if ((${#missing[@]})); then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# The Debian packages enable a registry on :5000 and Prometheus on :9090; the tests start
-# their own on loopback.
+# The Debian packages enable a registry on :5000 and Prometheus on :9090; the tests and
+# `meshext up` start their own on loopback (other ports), so those are only stopped for tests.
 for service in docker-registry prometheus; do
     if $want_test && command -v systemctl >/dev/null && systemctl is-active --quiet "$service" 2>/dev/null; then
         $SUDO systemctl stop "$service" || true

@@ -33,6 +33,18 @@ class LazyCommand:
 # The order is the order in `--help`.  A test checks each short help against
 # the command's own docstring, so the two cannot drift apart.
 COMMANDS: dict[str, LazyCommand] = {
+    "up": LazyCommand("meshext.control.local.cli:up_command",
+                     "Run a whole mesh with Python extensions on this machine, in the background."),
+    "down": LazyCommand("meshext.control.local.cli:down_command",
+                       "Stop every process of the local mesh that `meshext up` started."),
+    "logs": LazyCommand("meshext.control.local.cli:logs_command",
+                       "Show the local mesh's logs: the end of each part's, or PART's whole log."),
+    "apply": LazyCommand("meshext.control.local.cli:apply_command",
+                        "Create or update the local mesh's resources from FILE (as `kubectl apply -f`)."),
+    "delete": LazyCommand("meshext.control.local.cli:delete_command",
+                         "Remove the local mesh's resources named in FILE (as `kubectl delete -f`)."),
+    "get": LazyCommand("meshext.control.local.cli:get_command",
+                      "List the local mesh's extensions as `kubectl get` does: name, phase, priority, image, ready."),
     "init": LazyCommand("meshext.sdk.cli:init_command",
                        "Scaffold a filter project NAME: meshext.toml, filter.py and a test."),
     "build": LazyCommand("meshext.sdk.cli:build_command",
@@ -92,6 +104,7 @@ def cli() -> None:
 
     \b
     Typical flow:
+      meshext up                      a whole local mesh, running in the background
       meshext init my-filter          scaffold a filter project
       meshext build my-filter -o f.wasm
                                       compile it to a Proxy-Wasm module

@@ -1,0 +1,24 @@
+"""The local mesh: `meshext up`, `down`, `logs`, `apply`, `delete` and `get`.
+
+`meshext up` runs a whole mesh on loopback as detached processes: Debian's
+docker-registry, the control plane (`meshext control serve` on a resources
+directory), the three demo services (``demo``) each behind its sidecar
+(`meshext proxy`), and Debian's Prometheus scraping the sidecars; it builds the
+example extensions (`meshext build`), pushes them and applies a
+ServiceMeshExtension.  Then it returns, as `docker compose up -d` does.
+
+What lives here:
+
+- ``layout``     the state directory, the ports, the generated mesh file and Prometheus config;
+- ``processes``  detached processes: start, PID files, liveness, stop (by session);
+- ``images``     the example extensions: build (cached by content), push;
+- ``up``         bringing the mesh up and down, with live progress;
+- ``resources``  `apply` / `delete` / `get` on the running mesh's resources directory;
+- ``cli``        the commands;
+- ``demo``       the demo application (imports only the standard library, grpc and protobuf).
+
+It may import ``meshext.control`` (it lives inside it), ``meshext.registry``,
+``meshext.errors`` and ``meshext.paths``; it runs other meshext parts
+(`meshext build`, `meshext proxy`, `meshext control serve`) as processes, never
+imports ``meshext.sdk``; nothing outside ``meshext.control`` imports it.
+"""

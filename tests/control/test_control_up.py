@@ -1,0 +1,239 @@
+"""`meshext up` end to end: the commands as processes, on free loopback ports, in a temporary state directory.
+
+One local mesh is brought up for the module (the example builds come from the
+meshext cache when an earlier run made them) and the tests run against it in
+order: traffic through the three services with the extension's effect, `meshext
+get` within 80 columns, an extension update applied live under a bounded load
+with no failed request, refused resources leaving the mesh serving, Prometheus
+scraping the three sidecars and `meshext graph` reading it, a second `up`, a
+killed run recovered, and `down` leaving no process (checked by PID, Envoys
+included).  A taken port is refused before anything starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from control_harness import Load, Response, free_port, wait_until
+
+from meshext.control.local.layout import Ports, StateDir
+from meshext.control.local.processes import start_time
+from meshext.control.local.up import LocalMesh, get_productpage, part_names
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "local"
+
+
+def meshext(state: Path, *args: str, timeout: float = 600, env: dict[str, str] | None = None,
+            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `meshext ARGS --state-dir STATE` as a user would (80-column terminal)."""
+    return subprocess.run([sys.executable, "-m", "meshext", *args, "--state-dir", str(state)], capture_output=True,
+                          text=True, timeout=timeout, input=stdin, env={**os.environ, "COLUMNS": "80", **(env or {})})
+
+
+def free_port_base(count: int = 30) -> int:
+    """The first of ``count`` consecutive free loopback ports."""
+    while True:
+        base = free_port()
+        if base + count > 65535:
+            continue
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+
+
+def port_options(ports: Ports) -> list[str]:
+    return ports.as_options().split()
+
+
+def all_pids(mesh: LocalMesh) -> set[int]:
+    """Every live process of every part's session (sidecars' Envoys included)."""
+    return {pid for part in mesh.parts.values() for pid in part.processes()}
+
+
+@pytest.fixture(scope="module")
+def local_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Ports]]:
+    state = tmp_path_factory.mktemp("state")
+    ports = Ports(productpage=free_port(), registry=free_port(), control=free_port(), control_http=free_port(),
+                  prometheus=free_port(), port_base=free_port_base())
+    try:
+        started = meshext(state, "up", *port_options(ports))
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert "the local mesh is up after" in started.stdout
+        assert f"curl -i http://127.0.0.1:{ports.productpage}/productpage" in started.stdout
+        yield state, ports
+    finally:
+        meshext(state, "down")
+        LocalMesh(StateDir(state)).stop(lambda line: None)  # whatever a failed test left
+
+
+def test_up_serves_the_three_services_with_the_extension(local_mesh):
+    state, ports = local_mesh
+    status, headers, body = get_productpage(ports)
+    assert status == 200
+    assert headers["x-meshext-policy"] == "v1"  # header-policy's config, on productpage's sidecar
+    assert body["served_by"] == "productpage-v1"
+    assert [review["stars"] for review in body["reviews"]] == [5, 4]  # from ratings, over gRPC via reviews
+    status, _, body = get_productpage(ports, "/admin")
+    assert (status, body["rule"]) == (403, "admin")
+
+    listing = meshext(state, "get")
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "PHASE", "PRIORITY", "IMAGE", "READY"]
+    assert max(len(line) for line in lines) <= 80
+    row = next(line for line in lines if line.startswith("sme/header-policy"))
+    assert row.split()[1:3] == ["PreAuthZ", "100"] and row.split()[-1] == "True"
+
+    logs = meshext(state, "logs", "control-plane")
+    assert "meshext control plane: xDS" in logs.stdout
+
+
+def test_extension_update_applied_live_under_load(local_mesh, tmp_path):
+    state, ports = local_mesh
+    document = yaml.safe_load(DEPLOY.joinpath("header-policy.yaml").read_text())
+    document["spec"]["config"]["response"]["set"]["x-meshext-policy"] = "v2"
+    updated = tmp_path / "header-policy-v2.yaml"
+    updated.write_text(yaml.safe_dump(with_registry_document(document, ports)))
+
+    def send() -> Response:
+        status, headers, body = get_productpage(ports)
+        return Response(status, list(headers.items()), body)
+
+    with Load(send, count=400, seconds=90, pause=0.02) as load:
+        wait_until(lambda: load.sent >= 20, 60, "load running")
+        applied = meshext(state, "apply", "-f", str(updated), "--wait")
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert applied.stdout.strip() == "servicemeshextension.maistra.io/header-policy configured"
+        wait_until(lambda: get_productpage(ports)[1].get("x-meshext-policy") == "v2", 60, "the v2 header")
+        sent_at_change = load.sent
+        wait_until(lambda: load.sent >= sent_at_change + 20, 60, "load after the change")
+    assert load.failures == []
+    again = meshext(state, "apply", "-f", str(updated))
+    assert again.stdout.strip() == "servicemeshextension.maistra.io/header-policy unchanged"
+
+
+def with_registry_document(document: dict, ports: Ports) -> dict:
+    document["spec"]["image"] = document["spec"]["image"].replace("127.0.0.1:15050", f"127.0.0.1:{ports.registry}")
+    return document
+
+
+def test_bad_resources_are_refused_and_the_mesh_keeps_serving(local_mesh, tmp_path):
+    state, ports = local_mesh
+    resources = StateDir(state).resources_dir
+    before = sorted(p.name for p in resources.iterdir())
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("apiVersion: maistra.io/v1\nkind: ServiceMeshExtension\nmetadata: {name: ok}\n"
+                    "spec: {image: 127.0.0.1:1/x:1}\n---\napiVersion: maistra.io/v1\nkind: ServiceMeshExtension\n"
+                    "metadata: {name: typo}\nspec: {image: 127.0.0.1:1/x:1, priorty: 3}\n")
+    refused = meshext(state, "apply", "-f", str(typo))
+    assert refused.returncode == 1
+    assert f"{typo} (document 2): ServiceMeshExtension/default/typo: spec.priorty: unknown field" in refused.stderr
+    assert "fix: remove spec.priorty or correct its spelling" in refused.stderr
+    broken = meshext(state, "apply", "-f", "-", stdin="kind: [unclosed\n")
+    assert broken.returncode == 1 and "<stdin>: not YAML" in broken.stderr
+    assert sorted(p.name for p in resources.iterdir()) == before  # nothing written, not even the good document
+
+    # Valid, but its image is not in the registry: the control plane refuses it, the rest keeps running.
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(yaml.safe_dump({"apiVersion": "maistra.io/v1", "kind": "ServiceMeshExtension",
+                                       "metadata": {"name": "missing", "namespace": "default"},
+                                       "spec": {"image": f"127.0.0.1:{ports.registry}/meshext/nothing-here:1",
+                                                "workloadSelector": {"labels": {"app": "productpage"}}}}))
+    waited = meshext(state, "apply", "-f", str(missing), "--wait")
+    assert waited.returncode == 1
+    assert "servicemeshextension.maistra.io/missing: ImagePullFailed" in waited.stderr
+    listing = meshext(state, "get")
+    assert "ServiceMeshExtension/default/missing: ImagePullFailed" in listing.stdout.replace("\n", " ")
+    assert get_productpage(ports)[0] == 200
+    deleted = meshext(state, "delete", "-f", str(missing))
+    assert deleted.stdout.strip() == "servicemeshextension.maistra.io/missing deleted"
+    wait_until(lambda: "missing" not in meshext(state, "get").stdout, 30, "the resource gone from get")
+
+
+def test_prometheus_scrapes_the_sidecars_and_graph_reads_it(local_mesh):
+    state, ports = local_mesh
+    prometheus = f"http://127.0.0.1:{ports.prometheus}"
+
+    def sidecars_up() -> set[str]:
+        import urllib.request
+        with urllib.request.urlopen(f"{prometheus}/api/v1/query?query=up", timeout=10) as response:
+            result = json.load(response)["data"]["result"]
+        return {series["metric"]["workload"] for series in result if series["value"][1] == "1"}
+
+    assert wait_until(lambda: sidecars_up() == {"productpage-v1", "reviews-v1", "ratings-v1"}, 60,
+                      "Prometheus scraping the three sidecars")
+    graph = meshext_no_state("graph", "--prometheus", prometheus)
+    assert graph.returncode == 0, graph.stderr
+    assert prometheus in graph.stdout
+
+
+def meshext_no_state(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "meshext", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "80"})
+
+
+def test_second_up_reuses_the_running_mesh(local_mesh):
+    state, ports = local_mesh
+    pids = LocalMesh(StateDir(state)).running()
+    again = meshext(state, "up", *port_options(ports))
+    assert again.returncode == 0, again.stderr
+    assert "the local mesh is already running" in again.stdout
+    assert LocalMesh(StateDir(state)).running() == pids
+
+
+def test_up_after_a_killed_run_recovers(local_mesh):
+    state, ports = local_mesh
+    mesh = LocalMesh(StateDir(state))
+    sidecar = mesh.parts["productpage-sidecar"]
+    orphans = set(sidecar.processes())  # the proxy and its Envoy
+    for name in ("control-plane", "productpage-sidecar"):
+        pid = mesh.parts[name].pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)  # the Envoy of the killed proxy is left running
+    wait_until(lambda: mesh.parts["control-plane"].pid() is None, 10, "the control plane gone")
+    recovered = meshext(state, "up", *port_options(ports))
+    assert recovered.returncode == 0, recovered.stdout + recovered.stderr
+    assert "a previous run did not finish or was stopped in part: stopping" in recovered.stderr
+    assert all(start_time(pid) is None for pid in orphans)
+    assert get_productpage(ports)[1]["x-meshext-policy"] == "v2"  # the applied update outlived the restart
+
+
+def test_down_leaves_no_process(local_mesh):
+    state, ports = local_mesh
+    mesh = LocalMesh(StateDir(state))
+    pids = all_pids(mesh)
+    assert len(pids) >= len(part_names()) + 3  # every part, and the three Envoys
+    stopped = meshext(state, "down")
+    assert stopped.returncode == 0 and "the local mesh is down" in stopped.stdout
+    assert [pid for pid in pids if start_time(pid) is not None] == []
+    assert not list(StateDir(state).run_dir.glob("*.pid"))
+    assert meshext(state, "down").stdout.startswith("no local mesh was running")
+    missing = meshext(state, "get")
+    assert missing.returncode == 3 and "no local mesh is running" in missing.stderr
+
+
+def test_a_taken_port_is_named_with_its_option(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = Ports(productpage=free_port(), registry=free_port(), control=free_port(), control_http=free_port(),
+                      prometheus=port, port_base=free_port_base())
+        refused = meshext(tmp_path, "up", *port_options(ports))
+    assert refused.returncode == 1
+    assert f"port {port} is already in use; the local mesh needs it for Prometheus" in refused.stderr
+    assert f"fix: stop what listens on 127.0.0.1:{port}, or pass --prometheus-port with a free port" in refused.stderr
+    assert not StateDir(tmp_path).run_dir.exists()  # refused before anything started
