@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs everything, then builds a Python filter and runs it in a real Envoy.
+# The main job: install everything, then `meshext up` (a whole mesh with
+# Python extensions on loopback, left running; `meshext down` stops it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-exec "${MESHEXT_VENV:-.venv}/bin/python" scripts/demo.py
+exec "${MESHEXT_VENV:-.venv}/bin/meshext" up "$@"
