@@ -22,7 +22,8 @@ import meshext.sdk
 from meshext.errors import MeshextError
 from meshext.sdk._dispatch import BUILD_FACTS_PREFIX
 from meshext.sdk.builder import analysis, fsimage, preinit, prune, toolchain
-from meshext.sdk.builder.project import Project, load_project
+from meshext.sdk.builder.dependencies import resolve as resolve_dependencies
+from meshext.sdk.builder.project import PROJECT_FILE, Project, load_project
 from meshext.sdk.builder.shim import OPTIONAL_MODULES, build_shim, functions_by_part
 
 SDK_DIR = Path(meshext.sdk.__file__).parent
@@ -60,12 +61,13 @@ def _stdlib_pyc(source_path: Path, module_path: str) -> bytes:
     return bytes(bootstrap_external._code_to_timestamp_pyc(code, 0, 0))
 
 
-def _app_pyc(source: bytes, module_path: str) -> bytes:
+def _app_pyc(source: bytes, filename: str) -> bytes:
     # Unchecked hash-based: the importer takes it without comparing it to the
-    # source, which stays next to it for tracebacks.  Modules carry no compiler
+    # source, which the module keeps for tracebacks (next to it, or where
+    # ``filename`` points: fsimage.python_module).  Modules carry no compiler
     # at run time (sdk/builder/prune.py), so a module the filter imports lazily
     # must come compiled.
-    code = compile(source, f"/{module_path}", "exec", dont_inherit=True)
+    code = compile(source, filename, "exec", dont_inherit=True)
     return bytes(bootstrap_external._code_to_hash_pyc(code, importlib.util.source_hash(source), checked=False))
 
 
@@ -74,7 +76,7 @@ def _with_bytecode(files: dict[str, bytes]) -> dict[str, bytes]:
     for name, source in files.items():
         if name.endswith(".py"):
             folder, _, file = name.rpartition("/")
-            compiled[f"{folder}/__pycache__/{file.removesuffix('.py')}.{CACHE_TAG}.pyc"] = _app_pyc(source, name)
+            compiled[f"{folder}/__pycache__/{file.removesuffix('.py')}.{CACHE_TAG}.pyc"] = _app_pyc(source, f"/{name}")
     return files | compiled
 
 
@@ -83,6 +85,7 @@ class Contents:
     files: dict[str, bytes]  # the module's file system
     stdlib_modules: int
     c_modules_imported: set[str]  # linked C modules some file imports
+    shown_as: dict[str, Path]  # file name in tracebacks -> the file on the build machine
 
 
 def collect_files(project: Project, stdlib_dir: Path) -> Contents:
@@ -90,53 +93,81 @@ def collect_files(project: Project, stdlib_dir: Path) -> Contents:
     sources = analysis.project_sources(project.root)
     trees = analysis.check_syntax(sources)
     analysis.check_entry(project.root, project.filter.module, project.filter.class_name, trees)
+    analysis.check_callback_signatures(trees)
+    dependencies = resolve_dependencies(project.filter.dependencies, where=str(project.root / PROJECT_FILE))
+    dependency_modules = analysis.dependency_sources(dependencies)
+    extensions = {module: dependency for dependency in dependencies for module in dependency.extensions}
+    shipped = [*sources, *dependency_modules.values()]
 
-    files = {f"app/{source.path.relative_to(project.root).as_posix()}": source.path.read_bytes() for source in sources}
-    files.update(_sdk_files())
-    files = _with_bytecode(files)
+    files = _with_bytecode(_sdk_files())
     with tempfile.TemporaryDirectory() as staging:
+        # /app as the module will import from it, for check_imports and modulefinder.
         app_dir = Path(staging)
-        for name, data in files.items():
-            target = app_dir / name.removeprefix("app/")
+        staged = {name.removeprefix("app/"): data for name, data in files.items()}
+        staged |= {source.relative: source.path.read_bytes() for source in shipped}
+        for name, data in staged.items():
+            target = app_dir / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
         imports = analysis.direct_imports(trees)
-        analysis.check_imports(imports, app_dir, stdlib_dir)
-        keep = {name.split(".")[0] for _, _, name, _ in imports} | {name for _, _, name, _ in imports}
-        seeds = [project.filter.module, "meshext.sdk", "meshext.sdk._dispatch", *analysis.STARTUP_MODULES]
-        closure, c_modules = analysis.stdlib_closure(app_dir, stdlib_dir, seeds, keep)
+        analysis.check_imports(imports, app_dir, stdlib_dir, extensions)
+        reached = analysis.reachable_dependencies(imports, dependency_modules)
+        dependency_imports = analysis.direct_imports(analysis.check_syntax(reached))
+        analysis.check_imports(dependency_imports, app_dir, stdlib_dir, extensions)
+        imports += dependency_imports
+        keep = {item.name for item in imports}
+        seeds = [*(source.module for source in sources), "meshext.sdk", "meshext.sdk._dispatch",
+                 *analysis.STARTUP_MODULES]
+        closure = analysis.stdlib_closure(app_dir, stdlib_dir, seeds, keep)
 
-    for name, path in closure.items():
+    for source in shipped:
+        data = source.path.read_bytes()
+        module_files = fsimage.python_module(source.relative, source.shown_as, data, _app_pyc(data, source.shown_as),
+                                             CACHE_TAG)
+        fsimage.add_files(files, module_files, owner=str(source.path))
+    for dependency in dependencies:
+        for recorded in dependency.data:
+            fsimage.add_files(files, {f"{fsimage.APP_DIR}/{recorded}": (dependency.root / recorded).read_bytes()},
+                              owner=str(dependency.root / recorded))
+    for path in closure.files.values():
         relative = path.relative_to(stdlib_dir).with_suffix(".pyc").as_posix()
         module_path = f"lib/python{toolchain.PYTHON_VERSION}/{relative}"
         files[module_path] = _stdlib_pyc(path, module_path.removesuffix("c"))
     # Stdlib modules the filter imports inside functions are imported at build
     # time too: some define namedtuples at import, which needs the compiler
     # modules do not carry at run time.
-    preload = sorted({name for _, _, name, optional in imports if not optional and name in closure})
+    preload = sorted({item.name for item in imports if not item.optional and item.name in closure.files})
     files["app/meshext-build.json"] = json.dumps({
         "name": project.filter.name, "entry": project.filter.entry, "fail_policy": project.filter.fail_policy,
         "preload": preload,
     }).encode()
-    return Contents(files, len(closure), c_modules)
+    return Contents(files, len(closure.files), closure.c_modules, {source.shown_as: source.path for source in shipped})
 
 
-_TRACEBACK_FRAME = re.compile(r'File "/app/([^"]+)", line (\d+)')
+_TRACEBACK_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 
 
-def _explain_preinit_failure(project: Project, log: list[tuple[str, str]]) -> MeshextError:
+def _explain_preinit_failure(project: Project, shown_as: dict[str, Path], log: list[tuple[str, str]]) -> MeshextError:
     text = "\n".join(message for _, message in log)
-    frames = [(path, int(line)) for path, line in _TRACEBACK_FRAME.findall(text) if not path.startswith("meshext/")]
+    # The innermost frame in the project's (or a dependency's) own files.
+    frames = [(shown_as[path.lstrip("/")], int(line)) for path, line in _TRACEBACK_FRAME.findall(text)
+              if path.lstrip("/") in shown_as]
     last_line = next((line for line in reversed(text.splitlines()) if line.strip()), "unknown error")
-    where = f"{project.root / frames[-1][0]}:{frames[-1][1]}" if frames else str(project.root)
+    where = f"{frames[-1][0]}:{frames[-1][1]}" if frames else str(project.root)
     fix = "fix the error above; the filter module is imported at build time"
     missing = re.search(r"No module named '([^']+)'", last_line)
     if missing:
         module = missing.group(1)
-        if module in analysis.UNLINKED_C_MODULES or module.split(".")[0] in analysis.UNLINKED_C_MODULES:
+        top = module.split(".")[0]
+        if module in analysis.UNLINKED_C_MODULES or top in analysis.UNLINKED_C_MODULES:
             fix = f"{module!r} is a C module meshext does not link; avoid the import that needs it"
+        elif module in analysis.NOT_FOR_PROXIES or top in analysis.NOT_FOR_PROXIES:
+            fix = f"{module!r} cannot work inside a proxy (no sockets, processes or threads); avoid the import above"
+        elif module in analysis.LEFT_OUT_UNLESS_IMPORTED or top in analysis.LEFT_OUT_UNLESS_IMPORTED:
+            fix = f"import {module} in the filter itself, so that the build keeps it in the module"
         else:
-            fix = f"{module!r} is not in the module's stdlib subset; vendor it into the project or avoid it"
+            fix = (f"{module!r} is not in the module: if it is a third-party package, add its distribution to "
+                   "[filter] dependencies in meshext.toml")
     return MeshextError(f"importing the filter failed at build time:\n{text.rstrip()}", where=where, fix=fix)
 
 
@@ -215,7 +246,7 @@ def build_filter(project_dir: Path, output: Path | None = None, progress: Progre
     try:
         result = preinit.preinitialize(shim_path.read_bytes(), image)
     except preinit.PreinitFailed as failure:
-        raise _explain_preinit_failure(project, failure.log) from None
+        raise _explain_preinit_failure(project, contents.shown_as, failure.log) from None
 
     say("removing code the filter cannot reach")
     facts, build_log = _build_facts(result.log)

@@ -72,10 +72,11 @@ def preinitialize(shim: bytes, image: bytes) -> PreinitResult:
             continue
         function_type = item.type
         assert isinstance(function_type, wasmtime.FuncType)
-        if item.name == "proxy_log":
-            linker.define_func("env", item.name, function_type, proxy_log, access_caller=True)
+        name = item.name or ""
+        if name == "proxy_log":
+            linker.define_func("env", name, function_type, proxy_log, access_caller=True)
         else:
-            linker.define_func("env", item.name, function_type, unavailable(item.name or ""))
+            linker.define_func("env", name, function_type, unavailable(name))
 
     instance = linker.instantiate(store, module)
     exports = instance.exports(store)
