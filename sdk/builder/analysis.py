@@ -316,6 +316,12 @@ def check_imports(imports: list[Import], app_dir: Path, stdlib_dir: Path,
             message = (f"{owner} {name!r}: no such module in the project, its dependencies, the SDK or the "
                        "module's stdlib")
             fix = _missing_module_fix(top)
+        elif chain := _chain_to_blocked(name, app_dir, stdlib_dir):
+            missing = ("a CPython C module that meshext does not link" if chain[-1].split(".")[0] in UNLINKED_C_MODULES
+                       else "not available inside a proxy (no sockets, processes or threads)")
+            message = f"{owner} {name!r}, which imports {chain[-1]!r} ({' -> '.join(chain)}): {missing}"
+            fix = drop if source.distribution else (
+                "avoid the import (it cannot work inside a proxy), or guard it with try/except ImportError")
         else:
             continue
         raise MeshextError(message, where=f"{source.path}:{item.line}", fix=fix)
@@ -590,7 +596,7 @@ def _excluded_by(name: str, excludes: list[str]) -> str | None:
 
 
 def _loaded_with(names: Iterable[str], app_dir: Path, stdlib_dir: Path) -> set[str]:
-    """``names`` and every module that importing them imports for certain (:func:`_imports_on_load`)."""
+    """``names`` and every module that importing them may import (:func:`_imports_on_load`)."""
     loaded: set[str] = set()
     pending = list(names)
     while pending:
@@ -599,9 +605,9 @@ def _loaded_with(names: Iterable[str], app_dir: Path, stdlib_dir: Path) -> set[s
             if module in loaded:
                 continue
             loaded.add(module)
-            source = _module_source(module, (stdlib_dir, app_dir))
+            source = _module_source(module, (app_dir, stdlib_dir))
             if source is not None:
-                pending += [item.name for item in _imports_on_load(source, check_syntax([source])[source])]
+                pending += [item.name for item in _imports_on_load(source, certain=False)]
     return loaded
 
 
@@ -616,20 +622,24 @@ def _module_source(name: str, folders: Iterable[Path]) -> SourceFile | None:
     return None
 
 
-def _imports_on_load(source: SourceFile, tree: ast.Module) -> list[Import]:
-    """The imports that importing the file runs for certain: at its top level and in class bodies, not
-    in functions, not in a ``try`` that handles ImportError, not under ``if __name__ == "__main__"``."""
+@cache
+def _imports_on_load(source: SourceFile, *, certain: bool) -> tuple[Import, ...]:
+    """The imports that importing ``source`` runs: at its top level and in class bodies, not in
+    functions, not in a ``try`` that handles ImportError, not under ``if __name__ == "__main__"``.
+
+    ``certain``: only those that run whatever the platform (not in an ``if``
+    or a loop); else also those that may run.
+    """
     found: list[Import] = []
 
     def visit(statements: list[ast.stmt]) -> None:
         for node in statements:
             if isinstance(node, ast.Import):
                 found.extend(Import(source, node.lineno, alias.name, False) for alias in node.names)
-            elif isinstance(node, ast.ImportFrom):
+            elif isinstance(node, ast.ImportFrom):  # the module, and names that may be its submodules
                 module = _absolute(source, node.module, node.level)
-                found.append(Import(source, node.lineno, module, False))
-            elif isinstance(node, ast.If) and ast.unparse(node.test) == "__name__ == '__main__'":
-                visit(node.orelse)
+                found.extend(Import(source, node.lineno, name, False) for name in
+                             [module, *(f"{module}.{alias.name}" for alias in node.names if alias.name != "*")])
             elif isinstance(node, ast.Try):
                 if not _handles_import_error(node):
                     visit(node.body)
@@ -637,14 +647,42 @@ def _imports_on_load(source: SourceFile, tree: ast.Module) -> list[Import]:
                     visit(handler.body)
                 visit(node.orelse)
                 visit(node.finalbody)
-            elif isinstance(node, (ast.If, ast.For, ast.While)):
-                visit(node.body)
+            elif isinstance(node, (ast.If, ast.For, ast.While)) and not certain:
+                if not (isinstance(node, ast.If) and ast.unparse(node.test) == "__name__ == '__main__'"):
+                    visit(node.body)
                 visit(node.orelse)
             elif isinstance(node, (ast.With, ast.ClassDef)):
                 visit(node.body)
 
-    visit(tree.body)
-    return found
+    visit(check_syntax([source])[source].body)
+    return tuple(found)
+
+
+def _chain_to_blocked(name: str, app_dir: Path, stdlib_dir: Path) -> list[str] | None:
+    """``[name, ..., blocked]``: how importing ``name`` loads, for certain, a module no proxy has, if it does.
+
+    Only stdlib modules are followed: the project's and the dependencies'
+    own files are checked themselves, with their own lines.
+    """
+    came_from: dict[str, str | None] = {name: None}
+    pending = [name]
+    while pending:
+        current = pending.pop(0)
+        top = current.split(".")[0]
+        if _excluded_by(current, list(NOT_FOR_PROXIES)) or current in UNLINKED_C_MODULES or top in UNLINKED_C_MODULES:
+            chain: list[str] = []
+            step: str | None = current
+            while step is not None:
+                chain.insert(0, step)
+                step = came_from[step]
+            return chain
+        source = None if _module_source(current, (app_dir,)) else _module_source(current, (stdlib_dir,))
+        following = [item.name for item in _imports_on_load(source, certain=True)] if source else []
+        for module in following + _prefixes(current)[:-1]:  # importing a.b imports a first
+            if module not in came_from:
+                came_from[module] = current
+                pending.append(module)
+    return None
 
 
 def _missing_import(name: str, app_dir: Path, stdlib_dir: Path, excludes: list[str]) -> str | None:
@@ -653,7 +691,7 @@ def _missing_import(name: str, app_dir: Path, stdlib_dir: Path, excludes: list[s
     source = _module_source(name, [stdlib_dir])
     if source is None or _excluded_by(name, excludes):
         return name
-    for item in _imports_on_load(source, check_syntax([source])[source]):
+    for item in _imports_on_load(source, certain=True):
         top = item.name.split(".")[0]
         if (_excluded_by(item.name, excludes) or item.name in UNLINKED_C_MODULES or top in UNLINKED_C_MODULES
                 or not _resolvable(item.name, app_dir, stdlib_dir)):

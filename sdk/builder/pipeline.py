@@ -110,10 +110,11 @@ def collect_files(project: Project, stdlib_dir: Path) -> Contents:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
         imports = analysis.direct_imports(trees)
-        analysis.check_imports(imports, app_dir, stdlib_dir, extensions)
         reached = analysis.reachable_dependencies(imports, dependency_modules)
         dependency_imports = analysis.direct_imports(analysis.check_syntax(reached))
+        # The dependencies first: a refusal then names the distribution and its module.
         analysis.check_imports(dependency_imports, app_dir, stdlib_dir, extensions)
+        analysis.check_imports(imports, app_dir, stdlib_dir, extensions)
         imports += dependency_imports
         keep = {item.name for item in imports}
         seeds = [*(source.module for source in sources), "meshext.sdk", "meshext.sdk._dispatch",

@@ -52,6 +52,9 @@ GOOD_ROOT = "from meshext.sdk import RootContext\nclass Root(RootContext):\n    
          "no class 'Root'"),
         ("import socket\n" + GOOD_ROOT, "filter.py:1", "not available inside a proxy"),
         ("import unicodedata\n" + GOOD_ROOT, "filter.py:1", "C module that meshext does not link"),
+        ("from email import message\n" + GOOD_ROOT, "filter.py:1",
+         "import of 'email.message', which imports 'socket' (email.message -> email.utils -> socket): not available "
+         "inside a proxy"),
         ("import yaml\n" + GOOD_ROOT, "filter.py:1", "no such module"),
         ("def handler():\n    import sqlite3\n" + GOOD_ROOT, "filter.py:2", "not available inside a proxy"),
         ("from meshext.sdk import RootContext\nclass Root(RootContext):\n    pass\nraise RuntimeError('at import')\n",
@@ -72,7 +75,8 @@ GOOD_ROOT = "from meshext.sdk import RootContext\nclass Root(RootContext):\n    
          "class Root(RootContext):\n    http_context = Check\n",
          "filter.py:3", "Check.on_request_headers is `async def`"),
     ],
-    ids=["syntax", "missing-class", "socket", "unlinked-c-module", "unknown-module", "nested-import",
+    ids=["syntax", "missing-class", "socket", "unlinked-c-module", "socket-through-the-stdlib", "unknown-module",
+         "nested-import",
          "raises-at-import", "not-a-root-context", "callback-without-arguments", "callback-extra-argument",
          "callback-keyword-only-argument", "async-callback"],
 )
@@ -196,6 +200,8 @@ DISTRIBUTIONS = {
         f"fastfmt/_speedups{EXTENSION}": b"\x7fELF not really",
     },
     ("netfetch", "0.1"): {"netfetch/__init__.py": b'"""Fetches things."""\nimport socket\n'},
+    ("netlog", "0.2"): {"netlog/__init__.py": b"from netlog.ship import Shipper\n",
+                        "netlog/ship.py": b"import json\nimport logging.handlers\n"},
     ("fastjson", "2.0"): {"fastjson/__init__.py": b"from fastjson._core import loads\n",
                           f"fastjson/_core{EXTENSION}": b"\x7fELF not really"},
 }
@@ -277,13 +283,16 @@ def test_declared_dependencies_are_bundled_and_tracebacks_name_real_paths(tmp_pa
     [
         ("netfetch", "netfetch/__init__.py:2",
          "dependency netfetch 0.1: module 'netfetch' imports 'socket': not available inside a proxy"),
+        ("netlog", "netlog/ship.py:2",
+         "dependency netlog 0.2: module 'netlog.ship' imports 'logging.handlers', which imports 'socket' "
+         "(logging.handlers -> socket): not available inside a proxy"),
         ("fastjson", "fastjson/__init__.py:1",
          f"dependency fastjson 2.0: module 'fastjson' imports 'fastjson._core', a C extension of dependency "
          f"fastjson 2.0 (fastjson/_core{EXTENSION}): Proxy-Wasm modules carry pure Python only"),
         ("not-installed", "meshext.toml",
          "dependency 'not-installed' is not installed in the Python environment that runs meshext build"),
     ],
-    ids=["needs-sockets", "needs-its-c-extension", "not-installed"],
+    ids=["needs-sockets", "needs-sockets-through-the-stdlib", "needs-its-c-extension", "not-installed"],
 )
 def test_dependencies_that_cannot_run_in_a_proxy_are_refused(tmp_path: Path, site_packages: Path, dependency: str,
                                                              expected_where: str, expected_message: str) -> None:
