@@ -23,6 +23,8 @@ LOG_LEVELS = ("trace", "debug", "info", "warn", "error", "critical")
 
 
 class PreinitFailed(Exception):
+    """Starting the interpreter or importing the filter failed; ``log`` holds what the module logged."""
+
     def __init__(self, log: list[tuple[str, str]]) -> None:
         super().__init__("\n".join(message for _, message in log))
         self.log = log
@@ -30,6 +32,8 @@ class PreinitFailed(Exception):
 
 @dataclass
 class PreinitResult:
+    """The snapshotted module, what it logged at build time, and its linear memory size."""
+
     module: bytes
     log: list[tuple[str, str]] = field(default_factory=list)
     memory_bytes: int = 0
@@ -42,6 +46,7 @@ def _read(caller: wasmtime.Caller, pointer: int, size: int) -> bytes:
 
 
 def preinitialize(shim: bytes, image: bytes) -> PreinitResult:
+    """Run ``meshext_preinit`` over the file-system ``image`` in wasmtime and snapshot the result into ``shim``."""
     engine = wasmtime.Engine()
     store = wasmtime.Store(engine)
     wasi = wasmtime.WasiConfig()
