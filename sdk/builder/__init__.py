@@ -3,15 +3,21 @@
 Stages, one module each:
 
 - ``project``    reads and validates ``meshext.toml``;
+- ``dependencies`` finds the installed pure-Python distributions that
+                 ``[filter] dependencies`` declares;
 - ``analysis``   checks the filter's Python before anything is compiled
-                 (syntax, entry point, imports the module can satisfy);
+                 (syntax, entry point, callback signatures, imports the
+                 module can satisfy) and finds the stdlib it needs;
 - ``toolchain``  provides CPython for wasm32-wasi and the zig C compiler;
 - ``shim``       compiles and caches the C shim linked with libpython;
-- ``fsimage``    packs the filter, the SDK and the needed stdlib into the
-                 module's read-only in-memory file system;
+- ``bytecode``   compiles the ``.pyc`` files in the module's own CPython
+                 (``vm_compiler`` runs there);
+- ``fsimage``    packs the filter, its dependencies, the SDK and the needed
+                 stdlib into the module's read-only in-memory file system;
 - ``preinit``    runs the interpreter start and the filter import in
                  wasmtime and snapshots the result into the module;
-- ``wasm_binary`` reads and rewrites module sections for that snapshot;
+- ``prune``      removes the code the filter cannot reach
+                 (``meshext.wasm_binary`` reads and rewrites the sections);
 - ``metadata``   records meshext.toml's name, version, description, phase
                  and priority in the module (read by `meshext push`);
 - ``pipeline``   puts the stages together.

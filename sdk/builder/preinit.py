@@ -25,6 +25,8 @@ LOG_LEVELS = ("trace", "debug", "info", "warn", "error", "critical")
 
 
 class PreinitFailed(Exception):
+    """Starting the interpreter or importing the filter failed; ``log`` holds what the module logged."""
+
     def __init__(self, log: list[tuple[str, str]]) -> None:
         super().__init__("\n".join(message for _, message in log))
         self.log = log
@@ -32,6 +34,8 @@ class PreinitFailed(Exception):
 
 @dataclass
 class PreinitResult:
+    """The snapshotted module, what it logged at build time, and its linear memory size."""
+
     module: bytes
     log: list[tuple[str, str]] = field(default_factory=list)
     memory_bytes: int = 0

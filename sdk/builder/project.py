@@ -10,6 +10,10 @@
     fail_policy = "open"         # or "closed": what an exception does to a request
     version = "0.1.0"
     description = "..."
+    dependencies = ["humanize"]  # pure-Python distributions bundled into the module
+
+Dependencies are taken from the Python environment that runs `meshext
+build` (install them there with pip); see :mod:`.dependencies`.
 """
 
 from __future__ import annotations
@@ -27,7 +31,14 @@ from meshext.phases import DEFAULT_PHASE, DEFAULT_PRIORITY, MAISTRA_PHASES, Mais
 PROJECT_FILE = "meshext.toml"
 
 
+# A distribution name as pip and PyPI spell it (PEP 508), without a version:
+# the version bundled is the one installed.
+DISTRIBUTION_NAME = r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$"
+
+
 class FilterSettings(BaseModel):
+    """The ``[filter]`` table of ``meshext.toml``."""
+
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -37,6 +48,7 @@ class FilterSettings(BaseModel):
     fail_policy: Literal["open", "closed"] = "open"
     version: str = "0.1.0"
     description: str = ""
+    dependencies: list[str] = []
 
     @field_validator("entry")
     @classmethod
@@ -45,21 +57,34 @@ class FilterSettings(BaseModel):
             raise ValueError("must look like 'module:ClassName' (e.g. 'filter:Root')")
         return value
 
+    @field_validator("dependencies")
+    @classmethod
+    def _dependency_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(DISTRIBUTION_NAME, name):
+                raise ValueError(f"{name!r} is not a distribution name")
+        return value
+
     @property
     def module(self) -> str:
+        """The entry point's module (``filter`` in ``filter:Root``)."""
         return self.entry.split(":")[0]
 
     @property
     def class_name(self) -> str:
+        """The entry point's RootContext subclass (``Root`` in ``filter:Root``)."""
         return self.entry.split(":")[1]
 
 
 class Project(BaseModel):
+    """A filter project folder and its validated settings."""
+
     root: Path
     filter: FilterSettings
 
 
 def load_project(directory: Path) -> Project:
+    """Read and validate ``directory/meshext.toml``; errors name the field and the fix."""
     directory = directory.resolve()
     config_path = directory / PROJECT_FILE
     if not config_path.is_file():
@@ -79,7 +104,7 @@ def load_project(directory: Path) -> Project:
         raise MeshextError(
             f"[filter] {field}: {problem['msg']}",
             where=str(config_path),
-            fix=_FIXES.get(field, "see the [filter] table documented in `meshext init --help`"),
+            fix=_FIXES.get(field.split(".")[0], "see the [filter] table documented in `meshext init --help`"),
         ) from None
     return Project(root=directory, filter=settings)
 
@@ -90,4 +115,6 @@ _FIXES = {
     "phase": f"use one of {', '.join(MAISTRA_PHASES)}",
     "fail_policy": "use \"open\" (continue on errors) or \"closed\" (reply 500 on errors)",
     "priority": "use an integer; higher runs first within a phase",
+    "dependencies": "list distribution names as pip spells them, e.g. dependencies = [\"humanize\"]; the version "
+                    "bundled is the one installed where meshext build runs (pin it with pip)",
 }

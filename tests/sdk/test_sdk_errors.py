@@ -184,7 +184,7 @@ def test_an_exception_in_on_vm_start_is_logged_with_its_traceback(no_return: Pat
         host.load(no_return, vm_config="raise", config='{"greeting": "hi"}')
     log = "\n".join(host.log_lines())
     assert "Root.on_vm_start raised" in log
-    assert 'File "/app/filter.py", line 16, in on_vm_start' in log
+    assert 'File "filter/filter.py", line 16, in on_vm_start' in log  # the project's own path
     assert "RuntimeError: this VM cannot start" in log
 
 

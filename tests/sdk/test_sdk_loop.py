@@ -165,6 +165,31 @@ class Root(RootContext):''')
     assert header(module, "x-path-length") == "from helpers"
 
 
+def test_an_import_check_that_passed_is_skipped_and_a_changed_guard_is_checked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    guard = "try:\n    import socket\nexcept ImportError:\n    socket = None\n"
+    project = make_project(tmp_path, FILTER + "\n" + guard)
+    build_filter(project)
+    checked: list[list[analysis.Import]] = []
+    check_imports = analysis.check_imports
+
+    def check_and_record(imports: list[analysis.Import], *args: object) -> None:
+        checked.append(imports)
+        check_imports(imports, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(analysis, "check_imports", check_and_record)
+    edit(project / "filter.py", '"x-path-length"', '"x-length"')
+    assert build_filter(project).rebuilt and checked == []  # the same imports passed before
+
+    # The same import statement, no longer guarded: checked again, and refused.
+    edit(project / "filter.py", guard, "import socket\n")
+    with pytest.raises(MeshextError) as refused:
+        build_filter(project)
+    assert checked and "import of 'socket'" in str(refused.value) and "not available inside a proxy" in str(
+        refused.value)
+    assert refused.value.where == f"{project / 'filter.py'}:{len(FILTER.splitlines()) + 2}"
+
+
 def test_a_module_compiled_without_its_data_starts_with_it() -> None:
     # Data segments are written at instantiation; a start function would run
     # before that, so a module with one is compiled whole.
@@ -202,7 +227,7 @@ def host_cannot_compile(monkeypatch: pytest.MonkeyPatch) -> None:
     host_compile = builtins.compile
 
     def refuse(source: object, filename: object, *args: object, **kwargs: object) -> object:
-        if str(filename).startswith(("/app/", "/lib/")):
+        if str(filename).startswith(("/app/", "/lib/", "loop/")):  # loop/: the project's traceback names
             raise AssertionError(f"the host compiled {filename} for the module")
         return host_compile(source, filename, *args, **kwargs)  # type: ignore[call-overload]
 
@@ -220,20 +245,24 @@ def test_bytecode_is_the_modules_cpythons(tmp_path: Path) -> None:
     project = load_project(make_project(tmp_path))
     files = pipeline.collect_files(project, toolchain.wasi_python().stdlib_dir, build_shim()[0].read_bytes()).files
     compiled = {name: data for name, data in files.items() if name.endswith(".pyc")}
-    assert any(name.startswith("lib/") for name in compiled) and "app/__pycache__/filter.cpython-311.pyc" in compiled
+    assert any(name.startswith("lib/") for name in compiled) and "app/filter.pyc" in compiled
+    assert any(name.startswith("app/meshext/sdk/__pycache__/") for name in compiled)
     for name, pyc in compiled.items():
         assert pyc[:4] == CPYTHON_311_MAGIC, name
-        if name.startswith("lib/"):  # in the source's place, never checked against it
+        if "__pycache__/" not in name:  # in the source's place, never checked against it
             assert pyc[4:16] == bytes(12), name
         else:  # unchecked hash-based, next to its source
             source = files[name.replace("__pycache__/", "").replace(".cpython-311.pyc", ".py")]
             assert pyc[4:8] == (1).to_bytes(4, "little"), name
             assert pyc[8:16] == _imp.source_hash(int.from_bytes(CPYTHON_311_MAGIC, "little"), source), name
+    # The project's code carries the name its tracebacks show, where its source is kept.
+    assert b"loop/filter.py" in compiled["app/filter.pyc"] and "loop/filter.py" in files
+    assert "app/filter.py" not in files
     # The stdlib is compiled without docstrings (optimize=2), the filter with them.
     stdlib_json = (toolchain.wasi_python().stdlib_dir / "json" / "__init__.py").read_bytes()
     assert b"JSON (JavaScript Object Notation)" in stdlib_json
     assert b"JSON (JavaScript Object Notation)" not in compiled["lib/python3.11/json/__init__.pyc"]
-    assert b"Adds a header computed from the request path." in compiled["app/__pycache__/filter.cpython-311.pyc"]
+    assert b"Adds a header computed from the request path." in compiled["app/filter.pyc"]
 
 
 @pytest.mark.usefixtures("host_cannot_compile")
