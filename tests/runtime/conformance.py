@@ -198,7 +198,9 @@ def _run_in_host(scenario: Scenario, upstream_server: _Upstream, grpc_port: int)
         response_headers = [pair for pair in forwarded_response if not pair[0].startswith(":")]
         response_body = bytes(stream.response.forwarded_body)
         if not any(key == "content-length" for key, _ in response_headers):
-            response_headers.append(("transfer-encoding", "chunked"))  # Envoy's HTTP/1 codec
+            # Envoy's HTTP/1 codec: an answer without a body gets content-length 0, others go chunked.
+            bodiless = not response_body and not stream.response.forwarded_trailers
+            response_headers.append(("content-length", "0") if bodiless else ("transfer-encoding", "chunked"))
         responses.append({"status": int(dict(forwarded_response).get(":status", "0")),
                           "headers": response_headers, "body": response_body})
     logs = [_log_line(record.level, record.message) for record in host.logs[first_request_log:]]

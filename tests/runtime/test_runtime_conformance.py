@@ -36,6 +36,12 @@ TRAFFIC = [
 ]
 
 
+# Local replies whose filter set its own content-type, with a body and without one.
+DENY_TRAFFIC = TRAFFIC + [
+    Request("GET", "/denied-json", [("x-deny", "yes"), ("x-deny-type", "application/json")]),
+    Request("GET", "/denied-empty", [("x-deny", "yes"), ("x-deny-type", "application/json"), ("x-deny-empty", "1")]),
+]
+
 PYTHON_TRAFFIC = TRAFFIC + [Request("POST", "/form", [("x-keep", "k")], body=b"name=value"),
                             Request("GET", "/replace-answer", [("x-fail-response", "1")])]
 
@@ -71,8 +77,9 @@ def scenarios(as_modules: dict[str, Path], wat_module) -> list[Scenario]:
         # AssemblyScript SDK (npm), third-party: header mutations, configuration, counter.
         Scenario("as-headers", as_modules["headers"], "config-from-envoy", "as_headers", TRAFFIC,
                  metrics=["as_headers_requests_total"]),
-        # Local reply (403 + body + header) that also passes the filter's response path; gauge.
-        Scenario("as-deny", as_modules["deny"], "deny-config", "as_deny", TRAFFIC,
+        # Local replies (403 + body + header; the filter's own content-type, with and without a body)
+        # that also pass the filter's response path; gauge.
+        Scenario("as-deny", as_modules["deny"], "deny-config", "as_deny", DENY_TRAFFIC,
                  upstream=UpstreamReply(201, [("content-type", "application/json"), ("x-upstream", "1")], b"{}"),
                  metrics=["as_deny_denied_total", "as_deny_last_status"]),
         # Body buffering (StopIterationAndBuffer) and rewriting in both directions.

@@ -202,6 +202,16 @@ def test_local_reply_runs_through_the_filter_response_path(as_modules):
     assert "denying /secret" in plugin.log_messages(LogLevel.WARN)
 
 
+def test_a_local_reply_keeps_the_filters_content_type_and_drops_it_without_a_body(as_modules):
+    plugin = Host().load(as_modules["deny"], config="x", root_id="as_deny")
+    json_reply = plugin.exchange("GET", "/", headers={"x-deny": "1", "x-deny-type": "application/json"})
+    assert json_reply.response.forwarded_headers == [
+        (":status", "403"), ("x-denied-by", "as-deny"), ("content-type", "application/json"), ("content-length", "14")]
+    empty_reply = plugin.exchange("GET", "/", headers={"x-deny": "1", "x-deny-type": "application/json",
+                                                       "x-deny-empty": "1"})
+    assert empty_reply.response.forwarded_headers == [(":status", "403"), ("x-denied-by", "as-deny")]
+
+
 def test_plugin_refusing_its_configuration_is_reported(as_modules):
     # The AssemblyScript runtime traps on an empty plugin configuration (a known SDK trait).
     with pytest.raises(WasmTrap) as trapped:
