@@ -15,13 +15,16 @@ Objects, outermost first:
 Envoy-specific behaviour copied on purpose (checked against Envoy 1.40 by
 tests/runtime/test_runtime_conformance.py): context ids (root 1, streams from 2),
 context create -> vm start -> configure, stream end as log -> done -> delete,
-body buffering while paused, HTTP callouts owned by the root context,
-``continue_stream`` and ``send_local_response`` taking effect after the
-callback returns while callout answers and queue notifications arrive on a
-later event-loop turn, local replies from the request path running through
-the filter's response callbacks (but not those from the response path),
-header maps readable only until their callback continues, header names
-lower-cased, first value returned for repeated headers.
+body buffering while paused, HTTP callouts owned by the root context and
+sent with the headers Envoy adds, ``continue_stream`` and
+``send_local_response`` taking effect after the callback returns while
+callout answers and queue notifications arrive on a later event-loop turn,
+Envoy's own answers to callouts whose upstream gives none (timeouts,
+refused connections, clusters without healthy endpoints), local replies
+from the request path running through the filter's response callbacks (but
+not those from the response path) with Envoy's content headers, header maps
+readable only until their callback continues, header names lower-cased,
+first value returned for repeated headers.
 """
 
 from __future__ import annotations
@@ -136,21 +139,29 @@ class Host:
     # -- upstreams -----------------------------------------------------------
 
     def add_cluster(self, name: str, handler: HttpHandler | None = None, *,
-                    grpc: GrpcHandler | None = None, address: tuple[str, int] | None = None) -> Cluster:
+                    grpc: GrpcHandler | None = None, address: tuple[str, int] | None = None,
+                    healthy: bool = True) -> Cluster:
         """Declare an upstream cluster: callouts to an undeclared cluster fail as in Envoy.
 
         ``handler`` answers HTTP callouts and ``grpc`` gRPC ones (returning
-        None leaves the call pending for the test to answer); ``address``
-        sends them to a real upstream on loopback instead.
+        None leaves the call pending for the test to answer, or to time
+        out); ``address`` sends them to a real upstream on loopback instead
+        (nothing listening there: Envoy answers 503 / UNAVAILABLE).
+        ``healthy=False`` declares a cluster with no healthy endpoint: Envoy
+        refuses each call as it starts (INTERNAL_FAILURE).
         """
-        cluster = Cluster(name, http_handler=handler, grpc_handler=grpc, address=address)
+        cluster = Cluster(name, http_handler=handler, grpc_handler=grpc, address=address, healthy=healthy)
         self.clusters[name] = cluster
         return cluster
 
     # -- clock ---------------------------------------------------------------
 
     def advance(self, milliseconds: float) -> None:
-        """Move the clock forward, firing due ticks and callout timeouts in time order."""
+        """Move the clock forward, firing due ticks and callout timeouts in time order.
+
+        A pending HTTP callout past its timeout gets Envoy's 504 answer, a
+        unary gRPC call a close with UNAVAILABLE ("upstream request timeout").
+        """
         target = self.monotonic_ns + int(milliseconds * 1_000_000)
         while True:
             due = self._next_timer(target)

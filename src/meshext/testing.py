@@ -30,8 +30,9 @@ of a repeated header.  A callout's headers: ``call.header(name)``.
 What the names are:
 
 - ``Host``: one Envoy - ``load()`` a module, ``add_cluster(name, handler)``
-  to answer callouts (or ``address=`` for a real upstream), ``advance(ms)``
-  to move the clock (ticks, callout timeouts), ``metric(name)``,
+  to answer callouts (or ``address=`` for a real upstream, ``healthy=False``
+  for one with no healthy endpoint), ``advance(ms)`` to move the clock
+  (ticks, callout timeouts: Envoy answers those itself), ``metric(name)``,
   ``log_lines()``, ``shared_data``;
 - ``PluginVM``: a loaded plugin - ``exchange()``, ``http_stream()``,
   ``tcp_stream()``, ``log_messages()``, ``http_calls`` / ``grpc_calls``;
