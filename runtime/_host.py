@@ -59,7 +59,8 @@ class Host:
 
     Tests load modules (``load``), declare upstreams (``add_cluster``), move
     the clock (``advance``) and read what the modules left behind:
-    ``logs`` / ``log_lines()``, ``metric(name)`` / ``metric_values()``,
+    ``logs`` / ``log_lines()``, ``metric(name)`` / ``metric_values()`` for
+    counters and gauges, ``histogram(name)`` for a histogram's values,
     ``shared_data`` (keyed by ``(vm_id, key)``, values ``(bytes, cas)``),
     ``queues``.  ``foreign_functions`` maps names to Python functions
     (bytes in, bytes out) for ``proxy_call_foreign_function``.
@@ -280,6 +281,17 @@ class Host:
     def metric_values(self) -> dict[str, int]:
         """Every counter and gauge by name."""
         return {m.name: m.value for m in self.metrics.values() if m.type != MetricType.HISTOGRAM}
+
+    def histogram(self, name: str) -> list[int] | None:
+        """The values recorded into histogram ``name``, oldest first (None if no module defined it)."""
+        metric_id = self._metric_ids.get(name)
+        if metric_id is None:
+            return None
+        metric = self.metrics[metric_id]
+        if metric.type != MetricType.HISTOGRAM:
+            raise MeshextError(f"metric {name!r} is a {metric.type.name.lower()}, not a histogram", where="test",
+                               fix=f"read it with host.metric({name!r})")
+        return list(metric.samples)
 
     def log_lines(self, min_level: LogLevel = LogLevel.TRACE) -> list[str]:
         """The messages every plugin logged at ``min_level`` or above, oldest first."""

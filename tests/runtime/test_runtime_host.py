@@ -318,6 +318,34 @@ def test_a_local_reply_keeps_the_filters_content_type_and_drops_it_without_a_bod
     assert empty_reply.response.forwarded_headers == [(":status", "403"), ("x-denied-by", "as-deny")]
 
 
+HISTOGRAM_MODULE = """(module
+  (import "env" "proxy_define_metric" (func $define (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_record_metric" (func $record (param i32 i64) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "latency_ms")
+  (data (i32.const 32) "requests")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (drop (call $define (i32.const 2) (i32.const 16) (i32.const 10) (i32.const 0)))
+    (drop (call $define (i32.const 0) (i32.const 32) (i32.const 8) (i32.const 4)))
+    (drop (call $record (i32.load (i32.const 0)) (i64.const 25)))
+    (drop (call $record (i32.load (i32.const 0)) (i64.const 3)))
+    (i32.const 1)))"""
+
+
+def test_histogram_gives_the_recorded_values_in_order():
+    import wasmtime
+
+    host = Host()
+    host.load(wasmtime.wat2wasm(HISTOGRAM_MODULE))
+    assert host.histogram("latency_ms") == [25, 3]
+    assert host.histogram("never_defined") is None
+    with pytest.raises(MeshextError, match="'requests' is a counter, not a histogram") as wrong:
+        host.histogram("requests")
+    assert "host.metric('requests')" in str(wrong.value)
+
+
 def test_plugin_refusing_its_configuration_is_reported(as_modules):
     # The AssemblyScript runtime traps on an empty plugin configuration (a known SDK trait).
     with pytest.raises(WasmTrap) as trapped:

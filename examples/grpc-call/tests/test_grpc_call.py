@@ -9,8 +9,7 @@ tests also check the filter's hand-written encoding against protobuf's own.
 import pytest
 from envoy.service.ratelimit.v3 import rls_pb2
 
-from meshext.errors import MeshextError
-from meshext.testing import Action, GrpcReply
+from meshext.testing import Action, GrpcReply, MeshextError
 
 CONFIG = {
     "cluster": "ratelimit",

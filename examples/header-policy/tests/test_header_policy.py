@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from meshext.errors import MeshextError
+from meshext.testing import MeshextError
 
 CONFIG = {
     "required_headers": ["x-request-id"],
