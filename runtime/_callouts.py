@@ -2,12 +2,18 @@
 
 Envoy's rules, kept here: callouts belong to the root context; tokens
 number HTTP calls 4, 8, 12, ... and keep gRPC calls (1 mod 4) and streams
-(2 mod 4) apart; answers arrive on a later event-loop turn (``Host.post``);
-an HTTP answer carries the router's ``x-envoy-upstream-service-time``; a
-successful unary gRPC call gets ``proxy_on_grpc_receive`` only, a failed
-one ``proxy_on_grpc_close`` only.  Answers come from the cluster's handler,
-a real upstream (``_upstreams``), the test (``HttpCallout.respond``,
-``GrpcCallout.reply`` / ``close``) or the clock (HTTP timeouts).
+(2 mod 4) apart; an HTTP call goes out with the headers Envoy's async
+client adds; answers arrive on a later event-loop turn (``Host.post``); an
+upstream's HTTP answer carries the router's ``x-envoy-upstream-service-time``;
+a successful unary gRPC call gets ``proxy_on_grpc_receive`` only, a failed
+one ``proxy_on_grpc_close`` only, its message followed by Envoy's response
+code details (``{via_upstream}``).  When the upstream gives no answer,
+Envoy's router gives its own (``_upstreams.RouterReply``): after the
+call's timeout, when the connection is refused, and - as the call starts -
+when the cluster has no healthy endpoint.  Answers come from the cluster's
+handler, a real upstream (``_upstreams``), the test
+(``HttpCallout.respond`` / ``fail``, ``GrpcCallout.reply`` / ``close``) or
+the clock (timeouts of HTTP calls and unary gRPC calls).
 """
 
 from __future__ import annotations
@@ -29,8 +35,17 @@ from meshext.runtime._records import (
     HttpResponse,
     as_pairs,
 )
-from meshext.runtime._upstreams import grpc_cluster_name, real_grpc_call, real_http_call
-from meshext.sdk.abi import BufferType, MapType
+from meshext.runtime._upstreams import (
+    GRPC_UNAVAILABLE,
+    NO_HEALTHY_UPSTREAM,
+    UPSTREAM_TIMEOUT,
+    RouterReply,
+    grpc_cluster_name,
+    grpc_status_message,
+    real_grpc_call,
+    real_http_call,
+)
+from meshext.sdk.abi import BufferType, MapType, Status
 
 if TYPE_CHECKING:
     from meshext.runtime._vm import Vm
@@ -54,15 +69,24 @@ class Callouts:
     # -- HTTP ------------------------------------------------------------------
 
     def open_http(self, cluster_name: str, headers: Pairs, body: bytes, trailers: Pairs,
-                  timeout_ms: int) -> HttpCallout | None:
-        """A new call with its token, or None when Envoy refuses it (unknown cluster, no :method/:path/:authority)."""
+                  timeout_ms: int) -> HttpCallout | Status:
+        """A new call with its token, or the status of Envoy's refusal.
+
+        BAD_ARGUMENT: unknown cluster, or no :method/:path/:authority;
+        INTERNAL_FAILURE: the cluster has no healthy endpoint (the token is
+        used up all the same).
+        """
         host = self._vm.host
         names = {key.lower() for key, _ in headers}
-        if cluster_name not in host.clusters or not {":method", ":path", ":authority"} <= names:
-            return None
+        cluster = host.clusters.get(cluster_name)
+        if cluster is None or not {":method", ":path", ":authority"} <= names:
+            return Status.BAD_ARGUMENT
         self._http_token += 4
-        return HttpCallout(self._http_token, cluster_name, headers, body, trailers, timeout_ms, self,
-                           started_ns=host.monotonic_ns, deadline_ns=host.monotonic_ns + timeout_ms * 1_000_000)
+        if not cluster.healthy:
+            return Status.INTERNAL_FAILURE
+        return HttpCallout(self._http_token, cluster_name, envoy_request_headers(headers, body, timeout_ms), body,
+                           trailers, timeout_ms, self, started_ns=host.monotonic_ns,
+                           deadline_ns=host.monotonic_ns + timeout_ms * 1_000_000)
 
     def start_http(self, call: HttpCallout) -> None:
         """Send the call (the module has its token): the answer comes on a later turn."""
@@ -75,31 +99,45 @@ class Callouts:
         if call.token not in self._pending_http:
             return
         if cluster.address is not None:
-            self.deliver_http_response(call, real_http_call(cluster.address, call))
+            answer = real_http_call(cluster.address, call)
+            if isinstance(answer, RouterReply):
+                self.deliver_router_reply(call, answer)
+            else:
+                self.deliver_http_response(call, answer)
         elif cluster.http_handler is not None:
             response = cluster.http_handler(call)
             if response is not None:
                 self.deliver_http_response(call, response)
 
     def answer_http(self, call: HttpCallout, response: HttpResponse | None) -> None:
-        """The test answers a pending call (None: it fails), then what the answer set off runs."""
+        """The test answers a pending call (None: the upstream resets it), then what the answer set off runs."""
         self.deliver_http_response(call, response)
         self._vm.host.dispatch()
 
     def deliver_http_response(self, call: HttpCallout, response: HttpResponse | None) -> None:
-        """proxy_on_http_call_response with the answer's headers, body and trailers (None: the call failed)."""
+        """proxy_on_http_call_response with the upstream's headers, body and trailers (None: a reset)."""
+        if response is None:
+            self._deliver_http(call, None, EnvoyHeaderMap(), b"", EnvoyHeaderMap())
+            return
+        # Envoy's async client runs a router, which adds its timing header to an upstream's answer.
+        elapsed_ms = max(0, (self._vm.host.monotonic_ns - call.started_ns) // 1_000_000)
+        headers = EnvoyHeaderMap([(":status", str(response.status)), *as_pairs(response.headers),
+                                  ("x-envoy-upstream-service-time", str(elapsed_ms))])
+        self._deliver_http(call, response, headers, bytes(response.body), EnvoyHeaderMap(as_pairs(response.trailers)))
+
+    def deliver_router_reply(self, call: HttpCallout, reply: RouterReply) -> None:
+        """proxy_on_http_call_response with the answer Envoy's router made itself (no timing header)."""
+        response = reply.http_response()
+        headers = EnvoyHeaderMap([(":status", str(response.status)), *as_pairs(response.headers)])
+        self._deliver_http(call, response, headers, response.body, EnvoyHeaderMap())
+
+    def _deliver_http(self, call: HttpCallout, response: HttpResponse | None, headers: EnvoyHeaderMap, body: bytes,
+                      trailers: EnvoyHeaderMap) -> None:
         if self._pending_http.pop(call.token, None) is None:
-            raise MeshextError(f"HTTP callout {call.token} was already answered")
+            raise MeshextError(f"HTTP callout {call.token} was already answered", where="test",
+                               fix="answer each callout once")
         call.response = response
         call.failed = response is None
-        if response is None:
-            headers, body, trailers = EnvoyHeaderMap(), b"", EnvoyHeaderMap()
-        else:
-            # Envoy's async client runs a router, which adds its timing header to every answer.
-            elapsed_ms = max(0, (self._vm.host.monotonic_ns - call.started_ns) // 1_000_000)
-            headers = EnvoyHeaderMap([(":status", str(response.status)), *as_pairs(response.headers),
-                                      ("x-envoy-upstream-service-time", str(elapsed_ms))])
-            body, trailers = bytes(response.body), EnvoyHeaderMap(as_pairs(response.trailers))
         vm = self._vm
         with vm.handing(maps={MapType.HTTP_CALL_RESPONSE_HEADERS: headers,
                               MapType.HTTP_CALL_RESPONSE_TRAILERS: trailers},
@@ -110,11 +148,19 @@ class Callouts:
     # -- gRPC ------------------------------------------------------------------
 
     def open_grpc(self, is_stream: bool, cluster_name: str, service: str, method: str, metadata: Pairs,
-                  message: bytes | None, timeout_ms: int) -> GrpcCallout | None:
-        """A new call or stream with its token, or None when the cluster is unknown (Envoy: PARSE_FAILURE)."""
+                  message: bytes | None, timeout_ms: int) -> GrpcCallout | Status:
+        """A new call or stream with its token, or the status of Envoy's refusal.
+
+        PARSE_FAILURE: unknown cluster; INTERNAL_FAILURE: the cluster has no
+        healthy endpoint, and once the running callback has returned the
+        module gets ``proxy_on_grpc_close`` (UNAVAILABLE) for the token it
+        never saw.
+        """
+        host = self._vm.host
         cluster_name = grpc_cluster_name(cluster_name)
-        if cluster_name not in self._vm.host.clusters:
-            return None
+        cluster = host.clusters.get(cluster_name)
+        if cluster is None:
+            return Status.PARSE_FAILURE
         # Envoy keeps gRPC calls and streams apart from HTTP callouts by token residue mod 4.
         if is_stream:
             self._grpc_stream_token += 4
@@ -122,8 +168,13 @@ class Callouts:
         else:
             self._grpc_call_token += 4
             token = self._grpc_call_token
-        return GrpcCallout(token, cluster_name, service, method, metadata, [] if message is None else [message],
-                           timeout_ms, is_stream, self)
+        call = GrpcCallout(token, cluster_name, service, method, metadata, [] if message is None else [message],
+                           timeout_ms, is_stream, self,
+                           deadline_ns=host.monotonic_ns + timeout_ms * 1_000_000 if timeout_ms else 0)
+        if not cluster.healthy:
+            host.defer(lambda: self._finish_grpc(call, GRPC_UNAVAILABLE, NO_HEALTHY_UPSTREAM.grpc_message, []))
+            return Status.INTERNAL_FAILURE
+        return call
 
     def start_grpc(self, call: GrpcCallout) -> None:
         """Open the call (the module has its token); a unary call's answer comes on a later turn."""
@@ -168,6 +219,9 @@ class Callouts:
 
     def answer_grpc(self, call: GrpcCallout, message: bytes) -> None:
         """The test answers with a message (a unary call then succeeds), then what it set off runs."""
+        if call.finished:
+            raise MeshextError(f"gRPC call {call.token} has already ended", where="test",
+                               fix="answer a call before it ends (a unary call ends at its timeout)")
         if call.is_stream:
             self._grpc_message(call, message)
         else:
@@ -176,23 +230,28 @@ class Callouts:
 
     def end_grpc(self, call: GrpcCallout, status: int, status_message: str, trailing: Pairs) -> None:
         """The test ends a stream or fails a call with a status, then what it set off runs."""
+        if not call.is_stream:
+            status_message = grpc_status_message(status_message)
         self._finish_grpc(call, status, status_message, trailing)
         self._vm.host.dispatch()
 
     def _answer_grpc(self, cluster: Cluster, call: GrpcCallout) -> None:
         if call.finished or call.cancelled:
             return
-        response: GrpcReply | None = None
+        response: GrpcReply | RouterReply | None = None
         if cluster.address is not None:
             response = real_grpc_call(cluster.address, call)
         elif cluster.grpc_handler is not None:
             response = cluster.grpc_handler(call)
         if response is None:
             return
-        if response.status == 0 and response.messages:
+        if isinstance(response, RouterReply):
+            self._finish_grpc(call, GRPC_UNAVAILABLE, response.grpc_message, [])
+        elif response.status == 0 and response.messages:
             self._grpc_unary_success(call, response.messages[0])
         else:
-            self._finish_grpc(call, response.status or GRPC_UNKNOWN, response.status_message, [])
+            self._finish_grpc(call, response.status or GRPC_UNKNOWN, grpc_status_message(response.status_message),
+                              [])
 
     def _stream_handler(self, handler: GrpcHandler, call: GrpcCallout, as_sent: GrpcCallout) -> None:
         if call.finished or call.cancelled:
@@ -240,6 +299,22 @@ class Callouts:
     # -- the clock ---------------------------------------------------------------
 
     def timers(self) -> list[tuple[int, Callable[[], None]]]:
-        """(deadline, what fires then) for each pending HTTP call with a timeout: it fails."""
-        return [(call.deadline_ns, functools.partial(self.deliver_http_response, call, None))
-                for call in self._pending_http.values() if call.timeout_ms]
+        """(deadline, what fires then) for each pending call with a timeout: Envoy's router answers it."""
+        timers: list[tuple[int, Callable[[], None]]] = [
+            (call.deadline_ns, functools.partial(self.deliver_router_reply, call, UPSTREAM_TIMEOUT))
+            for call in self._pending_http.values() if call.timeout_ms]
+        timers += [(call.deadline_ns, functools.partial(self._finish_grpc, call, GRPC_UNAVAILABLE,
+                                                        UPSTREAM_TIMEOUT.grpc_message, []))
+                   for call in self._open_grpc.values() if call.deadline_ns and not call.is_stream]
+        return timers
+
+
+def envoy_request_headers(headers: Pairs, body: bytes, timeout_ms: int) -> Pairs:
+    """A callout's headers as its cluster receives them: the module's, then what Envoy's async client adds."""
+    sent = list(headers)
+    if body and not any(key.lower() == "content-length" for key, _ in headers):
+        sent.append(("content-length", str(len(body))))
+    sent.append(("x-envoy-internal", "true"))
+    if timeout_ms:
+        sent.append(("x-envoy-expected-rq-timeout-ms", str(timeout_ms)))
+    return sent

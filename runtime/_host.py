@@ -15,13 +15,16 @@ Objects, outermost first:
 Envoy-specific behaviour copied on purpose (checked against Envoy 1.40 by
 tests/runtime/test_runtime_conformance.py): context ids (root 1, streams from 2),
 context create -> vm start -> configure, stream end as log -> done -> delete,
-body buffering while paused, HTTP callouts owned by the root context,
-``continue_stream`` and ``send_local_response`` taking effect after the
-callback returns while callout answers and queue notifications arrive on a
-later event-loop turn, local replies from the request path running through
-the filter's response callbacks (but not those from the response path),
-header maps readable only until their callback continues, header names
-lower-cased, first value returned for repeated headers.
+body buffering while paused, HTTP callouts owned by the root context and
+sent with the headers Envoy adds, ``continue_stream`` and
+``send_local_response`` taking effect after the callback returns while
+callout answers and queue notifications arrive on a later event-loop turn,
+Envoy's own answers to callouts whose upstream gives none (timeouts,
+refused connections, clusters without healthy endpoints), local replies
+from the request path running through the filter's response callbacks (but
+not those from the response path) with Envoy's content headers, header maps
+readable only until their callback continues, header names lower-cased,
+first value returned for repeated headers.
 """
 
 from __future__ import annotations
@@ -56,7 +59,8 @@ class Host:
 
     Tests load modules (``load``), declare upstreams (``add_cluster``), move
     the clock (``advance``) and read what the modules left behind:
-    ``logs`` / ``log_lines()``, ``metric(name)`` / ``metric_values()``,
+    ``logs`` / ``log_lines()``, ``metric(name)`` / ``metric_values()`` for
+    counters and gauges, ``histogram(name)`` for a histogram's values,
     ``shared_data`` (keyed by ``(vm_id, key)``, values ``(bytes, cas)``),
     ``queues``.  ``foreign_functions`` maps names to Python functions
     (bytes in, bytes out) for ``proxy_call_foreign_function``.
@@ -136,21 +140,29 @@ class Host:
     # -- upstreams -----------------------------------------------------------
 
     def add_cluster(self, name: str, handler: HttpHandler | None = None, *,
-                    grpc: GrpcHandler | None = None, address: tuple[str, int] | None = None) -> Cluster:
+                    grpc: GrpcHandler | None = None, address: tuple[str, int] | None = None,
+                    healthy: bool = True) -> Cluster:
         """Declare an upstream cluster: callouts to an undeclared cluster fail as in Envoy.
 
         ``handler`` answers HTTP callouts and ``grpc`` gRPC ones (returning
-        None leaves the call pending for the test to answer); ``address``
-        sends them to a real upstream on loopback instead.
+        None leaves the call pending for the test to answer, or to time
+        out); ``address`` sends them to a real upstream on loopback instead
+        (nothing listening there: Envoy answers 503 / UNAVAILABLE).
+        ``healthy=False`` declares a cluster with no healthy endpoint: Envoy
+        refuses each call as it starts (INTERNAL_FAILURE).
         """
-        cluster = Cluster(name, http_handler=handler, grpc_handler=grpc, address=address)
+        cluster = Cluster(name, http_handler=handler, grpc_handler=grpc, address=address, healthy=healthy)
         self.clusters[name] = cluster
         return cluster
 
     # -- clock ---------------------------------------------------------------
 
     def advance(self, milliseconds: float) -> None:
-        """Move the clock forward, firing due ticks and callout timeouts in time order."""
+        """Move the clock forward, firing due ticks and callout timeouts in time order.
+
+        A pending HTTP callout past its timeout gets Envoy's 504 answer, a
+        unary gRPC call a close with UNAVAILABLE ("upstream request timeout").
+        """
         target = self.monotonic_ns + int(milliseconds * 1_000_000)
         while True:
             due = self._next_timer(target)
@@ -269,6 +281,17 @@ class Host:
     def metric_values(self) -> dict[str, int]:
         """Every counter and gauge by name."""
         return {m.name: m.value for m in self.metrics.values() if m.type != MetricType.HISTOGRAM}
+
+    def histogram(self, name: str) -> list[int] | None:
+        """The values recorded into histogram ``name``, oldest first (None if no module defined it)."""
+        metric_id = self._metric_ids.get(name)
+        if metric_id is None:
+            return None
+        metric = self.metrics[metric_id]
+        if metric.type != MetricType.HISTOGRAM:
+            raise MeshextError(f"metric {name!r} is a {metric.type.name.lower()}, not a histogram", where="test",
+                               fix=f"read it with host.metric({name!r})")
+        return list(metric.samples)
 
     def log_lines(self, min_level: LogLevel = LogLevel.TRACE) -> list[str]:
         """The messages every plugin logged at ``min_level`` or above, oldest first."""

@@ -181,7 +181,12 @@ class HttpResponse:
 
 @dataclass
 class GrpcReply:
-    """The answer a test (or a real gRPC server) gives a gRPC callout: messages, then a status."""
+    """The answer a test (or a real gRPC server) gives a gRPC callout: messages, then a status.
+
+    A unary call that fails reads its message as Envoy's gRPC client gives
+    it: ``status_message`` followed by ``{via_upstream}`` (without a
+    message: ``via_upstream``).
+    """
 
     status: int = 0
     messages: list[bytes] = field(default_factory=list)
@@ -192,7 +197,16 @@ class GrpcReply:
 
 @dataclass
 class HttpCallout:
-    """One ``proxy_http_call`` the module made (``plugin.http_calls``)."""
+    """One ``proxy_http_call`` the module made (``plugin.http_calls``).
+
+    ``headers`` are what the cluster receives: the module's headers, then
+    what Envoy's async client adds (``content-length`` for a body,
+    ``x-envoy-internal: true``, ``x-envoy-expected-rq-timeout-ms`` when the
+    call has a timeout).  ``response`` is the answer the module got: the
+    upstream's, or Envoy's own (504 after the timeout, 503 when the
+    upstream's address refuses the connection); None while pending or after
+    ``fail()``.
+    """
 
     token: int
     cluster: str
@@ -207,7 +221,7 @@ class HttpCallout:
     failed: bool = False
 
     def header(self, name: str) -> str | None:
-        """The first value of a header the module sent (any case), or None."""
+        """The first value of a header the cluster receives (any case), or None."""
         return EnvoyHeaderMap(self.headers).get(name)
 
     def respond(self, status: int = 200, headers: Headers = (), body: bytes = b"", trailers: Headers = ()) -> None:
@@ -215,7 +229,12 @@ class HttpCallout:
         self._callouts.answer_http(self, HttpResponse(status, as_pairs(headers), body, as_pairs(trailers)))
 
     def fail(self) -> None:
-        """Make the callout fail (Envoy: reset, timeout, or no healthy upstream)."""
+        """The upstream breaks off its answer (Envoy: a reset; the module's callback gets no headers, no body).
+
+        A timeout is ``host.advance()`` past ``timeout_ms`` (Envoy answers
+        504); an upstream that refuses connections is a cluster ``address``
+        nothing listens on (503).
+        """
         self._callouts.answer_http(self, None)
 
 
@@ -232,6 +251,7 @@ class GrpcCallout:
     timeout_ms: int
     is_stream: bool
     _callouts: Callouts = field(repr=False, compare=False)
+    deadline_ns: int = 0  # unary calls with a timeout: when Envoy closes the call
     closed_by_module: bool = False
     cancelled: bool = False
     finished: bool = False
@@ -241,7 +261,12 @@ class GrpcCallout:
         self._callouts.answer_grpc(self, message)
 
     def close(self, status: int = 0, status_message: str = "", trailing_metadata: Headers = ()) -> None:
-        """End a stream, or fail a unary call with a gRPC status (Envoy: proxy_on_grpc_close)."""
+        """End a stream, or fail a unary call with a gRPC status (Envoy: proxy_on_grpc_close).
+
+        The module reads a unary call's message as Envoy's gRPC client gives
+        it: ``status_message`` followed by ``{via_upstream}`` (without a
+        message: ``via_upstream``).
+        """
         self._callouts.end_grpc(self, status, status_message, as_pairs(trailing_metadata))
 
 
@@ -274,9 +299,16 @@ GrpcHandler = Callable[[GrpcCallout], GrpcReply | None]
 
 @dataclass
 class Cluster:
-    """An upstream a module may call: a Python handler or a real address on loopback."""
+    """An upstream a module may call: a Python handler or a real address on loopback.
+
+    ``healthy`` False: the cluster has no healthy endpoint, and Envoy refuses
+    calls to it as they start (``proxy_http_call`` and ``proxy_grpc_call``
+    return INTERNAL_FAILURE; a gRPC call then also gets
+    ``proxy_on_grpc_close`` with UNAVAILABLE, "no healthy upstream").
+    """
 
     name: str
     http_handler: HttpHandler | None = None
     grpc_handler: GrpcHandler | None = None
     address: tuple[str, int] | None = None
+    healthy: bool = True

@@ -296,9 +296,7 @@ class HttpStream(HostContext):
         if self.ended or self.response.forwarded_headers is not None:
             return  # Envoy: too late once response headers went downstream
         self.local_response = reply
-        headers = [(":status", str(reply.status)), *reply.headers]
-        if reply.body:
-            headers += [("content-length", str(len(reply.body))), ("content-type", "text/plain")]
+        headers = local_reply_headers(reply)
         if self.response._headers is not None:
             # Sent while the upstream's response was in the filter: Envoy answers directly,
             # without running the reply through this filter again.
@@ -324,6 +322,24 @@ class HttpStream(HostContext):
         finally:
             self._in_log = False
         self._vm.end_context(self, self._vm.callback("proxy_on_done", self, self.id))
+
+
+def local_reply_headers(reply: LocalResponse) -> Pairs:
+    """The headers of a local reply as Envoy 1.40 builds them: ``:status``, the filter's, then the body's.
+
+    With a body Envoy adds ``content-length`` and, unless the filter gave
+    one, ``content-type: text/plain``; without a body it drops both (its
+    HTTP/1 codec then writes ``content-length: 0``).
+    """
+    headers = EnvoyHeaderMap([(":status", str(reply.status)), *reply.headers])
+    if reply.body:
+        headers.replace("content-length", str(len(reply.body)))
+        if headers.get("content-type") is None:
+            headers.add("content-type", "text/plain")
+    else:
+        headers.remove("content-length")
+        headers.remove("content-type")
+    return headers.pairs
 
 
 class TcpStream(HostContext):

@@ -29,8 +29,8 @@ def http_call(vm: Vm, cluster_ptr: int, cluster_size: int, headers_ptr: int, hea
     except MemoryFault:
         return Status.INVALID_MEMORY_ACCESS
     call = vm.callouts.open_http(cluster_name, headers, body, trailers, timeout & MASK32)
-    if call is None:
-        return Status.BAD_ARGUMENT
+    if isinstance(call, Status):
+        return call
     try:
         memory.write_u32(return_token, call.token)
     except MemoryFault:
@@ -51,8 +51,8 @@ def _open_grpc(vm: Vm, is_stream: bool, cluster_ptr: int, cluster_size: int, ser
     except MemoryFault:
         return Status.INVALID_MEMORY_ACCESS
     call = vm.callouts.open_grpc(is_stream, cluster_name, service, method, metadata, message, timeout & MASK32)
-    if call is None:
-        return Status.PARSE_FAILURE
+    if isinstance(call, Status):
+        return call
     try:
         memory.write_u32(return_token, call.token)
     except MemoryFault:

@@ -30,8 +30,10 @@ of a repeated header.  A callout's headers: ``call.header(name)``.
 What the names are:
 
 - ``Host``: one Envoy - ``load()`` a module, ``add_cluster(name, handler)``
-  to answer callouts (or ``address=`` for a real upstream), ``advance(ms)``
-  to move the clock (ticks, callout timeouts), ``metric(name)``,
+  to answer callouts (or ``address=`` for a real upstream, ``healthy=False``
+  for one with no healthy endpoint), ``advance(ms)`` to move the clock
+  (ticks, callout timeouts: Envoy answers those itself), ``metric(name)``
+  (counters, gauges), ``histogram(name)`` (the recorded values),
   ``log_lines()``, ``shared_data``;
 - ``PluginVM``: a loaded plugin - ``exchange()``, ``http_stream()``,
   ``tcp_stream()``, ``log_messages()``, ``http_calls`` / ``grpc_calls``;
@@ -46,12 +48,15 @@ What the names are:
 - ``LocalResponse``, ``LogRecord``: what the module sent and logged;
 - ``WasmTrap``: a crash, with the Wasm backtrace and the module's last error
   logs (an SDK-built filter logs its Python traceback there);
+- ``MeshextError``: what ``Host.load`` raises when the module refuses its
+  configuration (or cannot be loaded), with ``where`` and ``fix``;
 - ``Action`` (what callbacks answer), ``LogLevel`` (log levels, for
   ``log_messages(min_level)``), ``PeerType`` (who closed a TCP side).
 """
 
 from __future__ import annotations
 
+from meshext.errors import MeshextError
 from meshext.runtime._host import Host
 from meshext.runtime._plugin import PluginVM
 from meshext.runtime._records import (
@@ -69,5 +74,6 @@ from meshext.sdk.abi import Action, LogLevel, PeerType
 
 __all__ = [
     "Action", "Cluster", "Direction", "GrpcCallout", "GrpcReply", "Host", "HttpCallout", "HttpResponse",
-    "HttpStream", "LocalResponse", "LogLevel", "LogRecord", "PeerType", "PluginVM", "TcpStream", "WasmTrap",
+    "HttpStream", "LocalResponse", "LogLevel", "LogRecord", "MeshextError", "PeerType", "PluginVM", "TcpStream",
+    "WasmTrap",
 ]

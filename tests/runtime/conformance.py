@@ -14,6 +14,11 @@ given to the filter exactly as Envoy's HTTP/1 codec and connection manager
 present them: pseudo-headers from the request line and ``Host``, the client's
 headers in order, ``x-forwarded-proto: http`` appended, and a body as one
 data chunk followed by an empty end-of-stream chunk.
+
+Callouts can also go to upstreams that give no whole answer
+(``FailingUpstreams``: one that never answers, a port nothing listens on, a
+cluster without endpoints, one that breaks off its answer), so that what
+Envoy answers in their place is compared too.
 """
 
 from __future__ import annotations
@@ -70,8 +75,12 @@ class Scenario:
     # Environment variables of the VM (Envoy: vm_config.environment_variables.key_values).
     env: dict[str, str] = field(default_factory=dict)
     # Also run a real gRPC server as cluster "grpc_upstream": echo.Echo/Say answers b"echo:" + request,
-    # or fails with PERMISSION_DENIED (7) when the request is b"/fail".
+    # or fails with PERMISSION_DENIED (7) when the request is b"/fail", with UNAVAILABLE (14) and no
+    # message when it is b"/fail-quietly".
     grpc_upstream: bool = False
+    # Also declare the clusters of FailingUpstreams ("silent", "refused", "no_endpoints", "reset"), whose
+    # callouts get no whole answer from an upstream.
+    failing_upstreams: bool = False
     # Log lines written from asynchronous host events (queue notifications):
     # Envoy runs them on a later event-loop turn, so where they fall between
     # one stream's callbacks depends on how the client's bytes arrive.  They
@@ -136,21 +145,27 @@ def run_in_host(scenario: Scenario) -> Observation:
     upstream = _Upstream(scenario.upstream)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     grpc_server, grpc_port = _grpc_echo_server() if scenario.grpc_upstream else (None, 0)
+    failing = FailingUpstreams() if scenario.failing_upstreams else None
     try:
-        return _run_in_host(scenario, upstream, grpc_port)
+        return _run_in_host(scenario, upstream, grpc_port, failing)
     finally:
         upstream.shutdown()
         upstream.server_close()
         if grpc_server is not None:
             grpc_server.stop(None)
+        if failing is not None:
+            failing.close()
 
 
-def _run_in_host(scenario: Scenario, upstream_server: _Upstream, grpc_port: int) -> Observation:
+def _run_in_host(scenario: Scenario, upstream_server: _Upstream, grpc_port: int,
+                 failing: FailingUpstreams | None) -> Observation:
     host = Host(log_level=LogLevel.TRACE)
     # Callouts to "upstream" really go to the loopback server, as Envoy's do.
     host.add_cluster("upstream", address=("127.0.0.1", upstream_server.server_address[1]))
     if grpc_port:
         host.add_cluster("grpc_upstream", address=("127.0.0.1", grpc_port))
+    if failing is not None:
+        failing.declare(host)
     vm = host.load(scenario.module, config=scenario.config, name=scenario.plugin_name,
                    root_id=scenario.root_id, vm_id=scenario.vm_id, env=scenario.env)
     startup = {_log_line(record.level, record.message) for record in host.logs}
@@ -198,7 +213,9 @@ def _run_in_host(scenario: Scenario, upstream_server: _Upstream, grpc_port: int)
         response_headers = [pair for pair in forwarded_response if not pair[0].startswith(":")]
         response_body = bytes(stream.response.forwarded_body)
         if not any(key == "content-length" for key, _ in response_headers):
-            response_headers.append(("transfer-encoding", "chunked"))  # Envoy's HTTP/1 codec
+            # Envoy's HTTP/1 codec: an answer without a body gets content-length 0, others go chunked.
+            bodiless = not response_body and not stream.response.forwarded_trailers
+            response_headers.append(("content-length", "0") if bodiless else ("transfer-encoding", "chunked"))
         responses.append({"status": int(dict(forwarded_response).get(":status", "0")),
                           "headers": response_headers, "body": response_body})
     logs = [_log_line(record.level, record.message) for record in host.logs[first_request_log:]]
@@ -269,6 +286,8 @@ def _grpc_echo_server() -> tuple[Any, int]:
     def say(request: bytes, context: Any) -> bytes:
         if request == b"/fail":
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "refused by the echo server")
+        if request == b"/fail-quietly":
+            context.abort(grpc.StatusCode.UNAVAILABLE, "")
         return b"echo:" + request
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
@@ -279,11 +298,56 @@ def _grpc_echo_server() -> tuple[Any, int]:
     return server, port
 
 
-def _static_cluster(name: str, port: int, http2: bool = False) -> dict[str, Any]:
+class FailingUpstreams:
+    """Clusters whose callouts get no whole answer from an upstream.
+
+    ``silent`` accepts the connection and the request but never answers (the
+    listening socket is never accepted from: the kernel completes the
+    handshake); ``refused`` is a port nothing listens on; ``no_endpoints``
+    has no endpoints at all (Envoy: no healthy upstream); ``reset`` answers
+    200 with a content-length of 100, sends 7 bytes of body and closes.
+    """
+
+    def __init__(self) -> None:
+        self.silent = socket.create_server(("127.0.0.1", 0), backlog=16)
+        with socket.create_server(("127.0.0.1", 0)) as closed:
+            self.refused_port = closed.getsockname()[1]
+        self.reset = socket.create_server(("127.0.0.1", 0))
+        threading.Thread(target=self._serve_reset, daemon=True).start()
+
+    def _serve_reset(self) -> None:
+        try:
+            while True:
+                connection, _ = self.reset.accept()
+                with connection:
+                    connection.recv(65536)
+                    connection.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+        except OSError:
+            return  # closed
+
+    def clusters(self) -> list[dict[str, Any]]:
+        return [_static_cluster("silent", self.silent.getsockname()[1]),
+                _static_cluster("refused", self.refused_port), _static_cluster("no_endpoints", None),
+                _static_cluster("reset", self.reset.getsockname()[1])]
+
+    def declare(self, host: Host) -> None:
+        """The same clusters in the test host."""
+        host.add_cluster("silent", address=self.silent.getsockname()[:2])
+        host.add_cluster("refused", address=("127.0.0.1", self.refused_port))
+        host.add_cluster("no_endpoints", healthy=False)
+        host.add_cluster("reset", address=self.reset.getsockname()[:2])
+
+    def close(self) -> None:
+        self.silent.close()
+        self.reset.close()
+
+
+def _static_cluster(name: str, port: int | None, http2: bool = False) -> dict[str, Any]:
+    endpoints = [] if port is None else [{"lb_endpoints": [
+        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]
     cluster: dict[str, Any] = {
         "name": name, "type": "STATIC", "connect_timeout": "2s",
-        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
-            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]},
+        "load_assignment": {"cluster_name": name, "endpoints": endpoints},
     }
     protocol = {"http2_protocol_options": {}} if http2 else {"http_protocol_options": {"enable_trailers": True}}
     cluster["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -292,7 +356,8 @@ def _static_cluster(name: str, port: int, http2: bool = False) -> dict[str, Any]
     return cluster
 
 
-def envoy_bootstrap(scenario: Scenario, upstream_port: int, grpc_port: int = 0) -> dict[str, Any]:
+def envoy_bootstrap(scenario: Scenario, upstream_port: int, grpc_port: int = 0,
+                    failing: FailingUpstreams | None = None) -> dict[str, Any]:
     """A listener with the Wasm filter (V8, module from a local file) routing to the upstream."""
     wasm_filter = {
         "name": "envoy.filters.http.wasm",
@@ -327,7 +392,8 @@ def envoy_bootstrap(scenario: Scenario, upstream_port: int, grpc_port: int = 0) 
                        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
                                                        "typed_config": connection_manager}]}]}],
         "clusters": [_static_cluster("upstream", upstream_port)]
-        + ([_static_cluster("grpc_upstream", grpc_port, http2=True)] if grpc_port else []),
+        + ([_static_cluster("grpc_upstream", grpc_port, http2=True)] if grpc_port else [])
+        + (failing.clusters() if failing else []),
     }}
 
 
@@ -335,8 +401,9 @@ def run_in_envoy(scenario: Scenario) -> Observation:
     upstream = _Upstream(scenario.upstream)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     grpc_server, grpc_port = _grpc_echo_server() if scenario.grpc_upstream else (None, 0)
+    failing = FailingUpstreams() if scenario.failing_upstreams else None
     try:
-        with EnvoyProcess(envoy_bootstrap(scenario, upstream.server_address[1], grpc_port),
+        with EnvoyProcess(envoy_bootstrap(scenario, upstream.server_address[1], grpc_port, failing),
                           component_log_level="wasm:trace") as envoy:
             address = envoy.listener_address("main")
             startup_lines = _wait_for_quiet_log(envoy, scenario)
@@ -352,6 +419,8 @@ def run_in_envoy(scenario: Scenario) -> Observation:
         upstream.server_close()
         if grpc_server is not None:
             grpc_server.stop(None)
+        if failing is not None:
+            failing.close()
 
 
 def _send(address: tuple[str, int], request: Request) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import pytest
 HERE = Path(__file__).parent
 WAT_DIR = HERE / "modules"
 AS_DIR = HERE.parent / "assemblyscript"
-AS_FILTERS = ["headers", "deny", "body", "callout", "properties"]
+AS_FILTERS = ["headers", "deny", "body", "callout", "properties", "callout_answers"]
 
 
 def wasm_tools() -> str:

@@ -36,6 +36,33 @@ TRAFFIC = [
 ]
 
 
+# Local replies whose filter set its own content-type, with a body and without one.
+DENY_TRAFFIC = TRAFFIC + [
+    Request("GET", "/denied-json", [("x-deny", "yes"), ("x-deny-type", "application/json")]),
+    Request("GET", "/denied-empty", [("x-deny", "yes"), ("x-deny-type", "application/json"), ("x-deny-empty", "1")]),
+]
+
+# HTTP callouts (as_callout_answers) that Envoy's async client answers, or refuses, itself.
+CALLOUT_ANSWER_TRAFFIC = [
+    Request("GET", "/answered"),
+    Request("GET", "/post", [("x-callout-body", "callout body")]),  # Envoy adds content-length
+    Request("GET", "/no-timeout", [("x-callout-timeout", "0")]),  # no x-envoy-expected-rq-timeout-ms
+    Request("GET", "/timeout", [("x-callout-cluster", "silent"), ("x-callout-timeout", "300")]),  # 504
+    Request("GET", "/refused", [("x-callout-cluster", "refused")]),  # 503
+    Request("GET", "/reset", [("x-callout-cluster", "reset")]),  # no headers
+    Request("GET", "/no-endpoints", [("x-callout-cluster", "no_endpoints")]),  # INTERNAL_FAILURE
+    Request("GET", "/unknown-cluster", [("x-callout-cluster", "nosuch")]),  # BAD_ARGUMENT
+]
+
+# Unary gRPC calls (grpc_call.wat): answered, failed by the server, or ended by Envoy itself.
+GRPC_TRAFFIC = [
+    Request("GET", "/a"), Request("POST", "/b", body=b"xy"), Request("GET", "/fail"), Request("GET", "/fail-quietly"),
+    Request("GET", "/timeout", [("x-grpc-cluster", "silent"), ("x-grpc-timeout", "300")]),
+    Request("GET", "/refused", [("x-grpc-cluster", "refused")]),
+    Request("GET", "/no-endpoints", [("x-grpc-cluster", "no_endpoints")]),
+    Request("GET", "/unknown-cluster", [("x-grpc-cluster", "nosuch")]),
+]
+
 PYTHON_TRAFFIC = TRAFFIC + [Request("POST", "/form", [("x-keep", "k")], body=b"name=value"),
                             Request("GET", "/replace-answer", [("x-fail-response", "1")])]
 
@@ -71,26 +98,31 @@ def scenarios(as_modules: dict[str, Path], wat_module) -> list[Scenario]:
         # AssemblyScript SDK (npm), third-party: header mutations, configuration, counter.
         Scenario("as-headers", as_modules["headers"], "config-from-envoy", "as_headers", TRAFFIC,
                  metrics=["as_headers_requests_total"]),
-        # Local reply (403 + body + header) that also passes the filter's response path; gauge.
-        Scenario("as-deny", as_modules["deny"], "deny-config", "as_deny", TRAFFIC,
+        # Local replies (403 + body + header; the filter's own content-type, with and without a body)
+        # that also pass the filter's response path; gauge.
+        Scenario("as-deny", as_modules["deny"], "deny-config", "as_deny", DENY_TRAFFIC,
                  upstream=UpstreamReply(201, [("content-type", "application/json"), ("x-upstream", "1")], b"{}"),
                  metrics=["as_deny_denied_total", "as_deny_last_status"]),
         # Body buffering (StopIterationAndBuffer) and rewriting in both directions.
         Scenario("as-body", as_modules["body"], "suffix", "as_body", TRAFFIC),
         # HTTP callout to a real upstream while the request is paused, then continue.
         Scenario("as-callout", as_modules["callout"], "callout-config", "as_callout", TRAFFIC),
-        # Hand-written WAT: unary gRPC calls to a real gRPC server, answered or failed.
-        Scenario("wat-grpc-call", wat_module("grpc_call"), "grpc", "grpc_root",
-                 [Request("GET", "/a"), Request("POST", "/b", body=b"xy"), Request("GET", "/fail")],
-                 grpc_upstream=True),
+        # HTTP callouts whose answer Envoy makes (timeout, connection refused), a reset answer, calls
+        # Envoy refuses (no healthy endpoint, unknown cluster), and the headers Envoy adds to a callout.
+        Scenario("as-callout-answers", as_modules["callout_answers"], "answers", "as_callout_answers",
+                 CALLOUT_ANSWER_TRAFFIC, failing_upstreams=True),
+        # Hand-written WAT: unary gRPC calls to a real gRPC server, answered or failed, and the
+        # statuses and messages Envoy gives calls that time out, are refused or cannot start.
+        Scenario("wat-grpc-call", wat_module("grpc_call"), "grpc", "grpc_root", GRPC_TRAFFIC,
+                 grpc_upstream=True, failing_upstreams=True),
         # Envoy attributes via proxy_get_property/proxy_set_property, and when header maps
         # stop being readable (after CONTINUE) and become readable again (proxy_on_log).
         Scenario("as-properties", as_modules["properties"], "p", "as_properties", TRAFFIC),
     ]
 
 
-SCENARIO_NAMES = ["wat-callback-trace", "as-headers", "as-deny", "as-body", "as-callout", "wat-grpc-call",
-                  "as-properties"]
+SCENARIO_NAMES = ["wat-callback-trace", "as-headers", "as-deny", "as-body", "as-callout", "as-callout-answers",
+                  "wat-grpc-call", "as-properties"]
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ test handlers or real upstreams (HTTP and gRPC), crashes and refused imports.
 from __future__ import annotations
 
 import http.server
+import socket
 import threading
 from concurrent import futures
 
@@ -141,19 +142,124 @@ def test_http_callout_answered_by_test_handler(as_modules):
     assert "auth said 202 body_size=2 upstream-time=present" in plugin.log_messages(LogLevel.INFO)
 
 
-def test_http_callout_times_out_on_the_clock_and_filter_replies_locally(as_modules):
+def test_a_reset_callout_reaches_the_filter_without_headers_and_it_replies_locally(as_modules):
     host = Host()
-    host.add_cluster("upstream", lambda call: None)  # never answers
+    host.add_cluster("upstream", lambda call: None)  # the test answers
     plugin = host.load(as_modules["callout"], config="cfg", root_id="as_callout")
     stream = plugin.http_stream()
     stream.send_request_headers({":path": "/x", ":method": "GET", ":authority": "a"}, end_stream=True)
-    assert stream.request.paused and plugin.http_calls[0].timeout_ms == 5000
-    host.advance(4999)
-    assert stream.local_response is None
-    host.advance(1)
+    assert stream.request.paused
+    plugin.http_calls[0].fail()
+    assert plugin.http_calls[0].failed and plugin.http_calls[0].response is None
     assert stream.local_response.status == 503
     assert stream.local_response.body == b"auth unavailable\n"
     assert stream.response.header(":status") == "503" and stream.ended
+
+
+ENVOY_TIMEOUT_ANSWER = ["answer headers=3 body_size=24 trailers=0", "answer header :status: 504",
+                        "answer header content-length: 24", "answer header content-type: text/plain",
+                        "answer body: upstream request timeout"]
+
+
+def answer_lines(plugin):
+    return [line for line in plugin.log_messages(LogLevel.INFO) if line.startswith("answer")]
+
+
+def test_an_http_callout_past_its_timeout_gets_envoys_504_on_the_clock(as_modules):
+    host = Host()
+    host.add_cluster("auth", lambda call: None)  # never answers
+    plugin = host.load(as_modules["callout_answers"], config="c", root_id="as_callout_answers")
+    stream = plugin.http_stream()
+    stream.send_request_headers({":path": "/x", ":method": "GET", ":authority": "a", "x-callout-cluster": "auth",
+                                 "x-callout-timeout": "250"}, end_stream=True)
+    host.advance(249)
+    assert stream.request.paused and answer_lines(plugin) == []
+    host.advance(1)
+    assert answer_lines(plugin) == ENVOY_TIMEOUT_ANSWER  # no x-envoy-upstream-service-time: Envoy answered
+    assert stream.request.header("x-answer-status") == "504" and stream.request.complete
+    call = plugin.http_calls[0]
+    assert call.response.status == 504 and not call.failed
+    with pytest.raises(MeshextError, match="already answered"):
+        call.respond(200)
+
+
+def test_an_http_callout_carries_the_headers_envoy_adds(as_modules):
+    host = Host()
+    host.add_cluster("auth", lambda call: HttpResponse(200))
+    plugin = host.load(as_modules["callout_answers"], config="c", root_id="as_callout_answers")
+    plugin.exchange("GET", "/a", headers={"x-callout-cluster": "auth", "x-callout-body": "hi"})
+    plugin.exchange("GET", "/b", headers={"x-callout-cluster": "auth", "x-callout-timeout": "0"})
+    with_body, without_timeout = plugin.http_calls
+    assert with_body.headers == [(":method", "POST"), (":path", "/answer"), (":authority", "answers.local"),
+                                 ("x-asked-for", "/a"), ("content-length", "2"), ("x-envoy-internal", "true"),
+                                 ("x-envoy-expected-rq-timeout-ms", "5000")]
+    assert without_timeout.header("x-envoy-internal") == "true"
+    assert without_timeout.header("x-envoy-expected-rq-timeout-ms") is None
+    assert without_timeout.header("content-length") is None
+
+
+def test_an_http_callout_to_an_address_refusing_connections_gets_envoys_503(as_modules):
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        address = closed.getsockname()[:2]
+    host = Host()
+    host.add_cluster("auth", address=address)
+    plugin = host.load(as_modules["callout_answers"], config="c", root_id="as_callout_answers")
+    stream = plugin.exchange("GET", "/", headers={"x-callout-cluster": "auth"})
+    assert answer_lines(plugin)[1:] == [
+        "answer header :status: 503", "answer header content-length: 98", "answer header content-type: text/plain",
+        "answer body: upstream connect error or disconnect/reset before headers. reset reason: remote connection "
+        "failure"]
+    assert stream.request.header("x-answer-status") == "503"
+
+
+def test_envoy_refuses_an_http_callout_to_a_cluster_without_healthy_endpoints(as_modules):
+    host = Host()
+    host.add_cluster("down", healthy=False)
+    host.add_cluster("up", lambda call: HttpResponse(200))
+    plugin = host.load(as_modules["callout_answers"], config="c", root_id="as_callout_answers")
+    stream = plugin.exchange("GET", "/", headers={"x-callout-cluster": "down"})
+    assert "callout to down result 10" in plugin.log_messages()  # INTERNAL_FAILURE, and no callback
+    assert stream.request.complete and plugin.http_calls == []
+    plugin.exchange("GET", "/", headers={"x-callout-cluster": "up"})
+    assert plugin.http_calls[0].token == 8  # the refused call used token 4 up
+
+
+def grpc_close_lines(plugin):
+    return [line for line in plugin.log_messages() if line.startswith("grpc")]
+
+
+def test_a_unary_grpc_call_past_its_timeout_is_closed_by_envoy_on_the_clock(wat_module):
+    host = Host()
+    host.add_cluster("grpc_upstream", grpc=lambda call: None)  # never answers
+    plugin = host.load(wat_module("grpc_call"))
+    stream = plugin.http_stream()
+    stream.send_request_headers({":path": "/x", ":method": "GET", ":authority": "a", "x-grpc-timeout": "300"},
+                                end_stream=True)
+    host.advance(299)
+    assert stream.request.paused and grpc_close_lines(plugin) == []
+    host.advance(1)
+    assert grpc_close_lines(plugin) == ["grpc closed: 14 upstream request timeout{response_timeout}"]
+    assert stream.request.complete
+    with pytest.raises(MeshextError, match="already ended"):
+        plugin.grpc_calls[0].reply(b"late")
+
+
+def test_a_failed_grpc_call_gets_envoys_response_code_details_in_its_message(wat_module):
+    host = Host()
+    host.add_cluster("grpc_upstream", grpc=lambda call: GrpcReply(7, status_message="not you"))
+    plugin = host.load(wat_module("grpc_call"))
+    plugin.exchange("GET", "/")
+    assert grpc_close_lines(plugin) == ["grpc closed: 7 not you{via_upstream}"]
+
+
+def test_envoy_refuses_a_grpc_call_to_a_cluster_without_healthy_endpoints_then_closes_it(wat_module):
+    host = Host()
+    host.add_cluster("grpc_upstream", healthy=False)
+    plugin = host.load(wat_module("grpc_call"))
+    stream = plugin.exchange("GET", "/")
+    assert grpc_close_lines(plugin) == ["grpc call refused: 10",  # INTERNAL_FAILURE
+                                        "grpc closed: 14 no healthy upstream{no_healthy_upstream}"]
+    assert stream.request.complete and plugin.grpc_calls == []
 
 
 def test_http_callout_to_a_real_upstream(as_modules):
@@ -200,6 +306,44 @@ def test_local_reply_runs_through_the_filter_response_path(as_modules):
         (":status", "403"), ("x-denied-by", "as-deny"), ("content-length", "14"), ("content-type", "text/plain")]
     assert host.metric("as_deny_denied_total") == 1 and host.metric("as_deny_last_status") == 403
     assert "denying /secret" in plugin.log_messages(LogLevel.WARN)
+
+
+def test_a_local_reply_keeps_the_filters_content_type_and_drops_it_without_a_body(as_modules):
+    plugin = Host().load(as_modules["deny"], config="x", root_id="as_deny")
+    json_reply = plugin.exchange("GET", "/", headers={"x-deny": "1", "x-deny-type": "application/json"})
+    assert json_reply.response.forwarded_headers == [
+        (":status", "403"), ("x-denied-by", "as-deny"), ("content-type", "application/json"), ("content-length", "14")]
+    empty_reply = plugin.exchange("GET", "/", headers={"x-deny": "1", "x-deny-type": "application/json",
+                                                       "x-deny-empty": "1"})
+    assert empty_reply.response.forwarded_headers == [(":status", "403"), ("x-denied-by", "as-deny")]
+
+
+HISTOGRAM_MODULE = """(module
+  (import "env" "proxy_define_metric" (func $define (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_record_metric" (func $record (param i32 i64) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "latency_ms")
+  (data (i32.const 32) "requests")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (drop (call $define (i32.const 2) (i32.const 16) (i32.const 10) (i32.const 0)))
+    (drop (call $define (i32.const 0) (i32.const 32) (i32.const 8) (i32.const 4)))
+    (drop (call $record (i32.load (i32.const 0)) (i64.const 25)))
+    (drop (call $record (i32.load (i32.const 0)) (i64.const 3)))
+    (i32.const 1)))"""
+
+
+def test_histogram_gives_the_recorded_values_in_order():
+    import wasmtime
+
+    host = Host()
+    host.load(wasmtime.wat2wasm(HISTOGRAM_MODULE))
+    assert host.histogram("latency_ms") == [25, 3]
+    assert host.histogram("never_defined") is None
+    with pytest.raises(MeshextError, match="'requests' is a counter, not a histogram") as wrong:
+        host.histogram("requests")
+    assert "host.metric('requests')" in str(wrong.value)
 
 
 def test_plugin_refusing_its_configuration_is_reported(as_modules):

@@ -8,15 +8,9 @@ import json
 
 import pytest
 
-from meshext.errors import MeshextError
-from meshext.testing import HttpResponse
+from meshext.testing import HttpResponse, MeshextError
 
 FLUSH_MS = 1000
-
-
-def histogram(host, name):
-    """The samples recorded into histogram ``name`` (meshext.testing has no reader for them)."""
-    return next(metric.samples for metric in host.metrics.values() if metric.name == name)
 
 
 def request(plugin, path, *, status=200, duration_ms=0, host=None):
@@ -58,7 +52,7 @@ def test_requests_are_counted_and_their_duration_recorded(filter_module, proxy_h
         request(plugin, "/health")
         assert proxy_host.metric("request_metrics_requests_total") == 3
         assert proxy_host.metric("request_metrics_responses_5xx_total") == 1
-        assert histogram(proxy_host, "request_metrics_duration_ms") == [25, 40, 0]
+        assert proxy_host.histogram("request_metrics_duration_ms") == [25, 40, 0]
 
 
 def test_per_path_counts_are_shared_by_all_workers(workers, proxy_host):

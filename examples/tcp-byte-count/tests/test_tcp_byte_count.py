@@ -2,15 +2,9 @@
 
 import pytest
 
-from meshext.errors import MeshextError
-from meshext.testing import Action
+from meshext.testing import Action, MeshextError
 
 CLIENT = {"source.address": "10.0.0.7:41000"}
-
-
-def histogram(host, name):
-    """The samples recorded into histogram ``name`` (meshext.testing has no reader for them)."""
-    return next(metric.samples for metric in host.metrics.values() if metric.name == name)
 
 
 def test_bytes_each_way_are_counted_and_logged_when_the_connection_ends(filter_module, proxy_host):
@@ -30,7 +24,7 @@ def test_bytes_each_way_are_counted_and_logged_when_the_connection_ends(filter_m
         assert proxy_host.metric("tcp_byte_count_connections_total") == 2
         assert proxy_host.metric("tcp_byte_count_downstream_bytes_total") == 10
         assert proxy_host.metric("tcp_byte_count_upstream_bytes_total") == 7
-        assert histogram(proxy_host, "tcp_byte_count_connection_bytes") == [13, 4]
+        assert proxy_host.histogram("tcp_byte_count_connection_bytes") == [13, 4]
 
 
 def test_a_connection_may_carry_exactly_its_limit(filter_module):

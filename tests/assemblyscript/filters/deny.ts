@@ -1,6 +1,8 @@
 // Policy filter written with the AssemblyScript SDK: requests carrying
-// x-deny get a local 403 reply (body and an extra header); every denial is
-// counted, and the gauge as_deny_last_status records the last reply code.
+// x-deny get a local 403 reply (body and an extra header; the request's
+// x-deny-type as the reply's content-type, and no body with x-deny-empty);
+// every denial is counted, and the gauge as_deny_last_status records the last
+// reply code.
 export * from "../node_modules/@solo-io/proxy-runtime/assembly/proxy";
 import {
   RootContext, Context, registerRootContext, FilterHeadersStatusValues, stream_context,
@@ -33,7 +35,12 @@ class DenyFilter extends Context {
     log(LogLevelValues.warn, "denying " + stream_context.headers.request.get(":path"));
     const headers: Headers = [];
     headers.push(new HeaderPair(String.UTF8.encode("x-denied-by"), String.UTF8.encode("as-deny")));
-    send_local_response(403, "denied by policy", String.UTF8.encode("access denied\n"), headers, GrpcStatusValues.Unknown);
+    const content_type = stream_context.headers.request.get("x-deny-type");
+    if (content_type != "") {
+      headers.push(new HeaderPair(String.UTF8.encode("content-type"), String.UTF8.encode(content_type)));
+    }
+    const body = stream_context.headers.request.get("x-deny-empty") == "" ? "access denied\n" : "";
+    send_local_response(403, "denied by policy", String.UTF8.encode(body), headers, GrpcStatusValues.Unknown);
     (denied as Counter).increment(1);
     return FilterHeadersStatusValues.StopIteration;
   }
