@@ -40,7 +40,10 @@ class HttpCallResponse:
 
     @property
     def failed(self) -> bool:
-        """True when no response arrived: connection failure, reset or timeout."""
+        """True when the upstream reset the call after it began answering.
+
+        Envoy answers timeouts (504) and refused connections (503) itself, so
+        those arrive as responses with that status."""
         return not self.headers
 
     @property

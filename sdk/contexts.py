@@ -75,12 +75,14 @@ class _CalloutMixin:
 
         ``headers`` (a dict or a sequence of ``(name, value)`` pairs) must
         include ``:method``, ``:path`` and ``:authority``.  Later
-        ``callback(response)`` runs with this context effective again; a
-        failed call (connection failure, reset, timeout after
-        ``timeout_ms``) reaches it too, with ``response.failed`` true.
-        Raises :class:`~meshext.sdk.CalloutError` when Envoy refuses to start
-        the call (unknown cluster, missing pseudo-headers); then no callback
-        runs.
+        ``callback(response)`` runs with this context effective again.  When
+        the upstream gives no answer Envoy answers itself: 504 (body
+        ``upstream request timeout``) after ``timeout_ms``, 503 when the
+        upstream refuses the connection; only a call the upstream resets
+        mid-answer reaches it with ``response.failed`` true.  Raises
+        :class:`~meshext.sdk.CalloutError` when Envoy refuses to start the
+        call (unknown cluster, missing pseudo-headers, or a cluster with no
+        healthy endpoint); then no callback runs.
         """
         return callouts.http_call(self, cluster, headers, body, trailers, timeout_ms, callback)
 

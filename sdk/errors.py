@@ -62,7 +62,7 @@ class OutsideVmError(SdkError, RuntimeError):
 
 
 class CalloutError(SdkError, RuntimeError):
-    """Envoy refused to start an HTTP or gRPC call (unknown cluster, missing pseudo-headers...).
+    """Envoy refused to start an HTTP or gRPC call (unknown cluster, missing pseudo-headers, no healthy endpoint...).
 
     The message names the call and the cluster; the call was not made and no
     callback will run.
