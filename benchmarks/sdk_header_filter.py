@@ -96,12 +96,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def one_round(filters: list[dict], seconds: int) -> dict[str, float]:
+def one_round(filters: list[dict], seconds: int, start_timeout: float = 60) -> dict[str, float]:
     """Start Envoy (timing the first answered request) and load it."""
     started = time.monotonic()
     envoy = EnvoyProcess(bootstrap(filters))
     try:
-        envoy.start(timeout=60)
+        envoy.start(timeout=start_timeout)
         host, port = envoy.listener_address("bench")
         while True:
             try:
@@ -127,11 +127,11 @@ def one_round(filters: list[dict], seconds: int) -> dict[str, float]:
         envoy.cleanup()
 
 
-def rss_mb(filters: list[dict], workers: int) -> float:
+def rss_mb(filters: list[dict], workers: int, start_timeout: float = 60) -> float:
     """Envoy's RSS once every worker has served requests and memory has settled."""
     envoy = EnvoyProcess(bootstrap(filters), concurrency=workers)
     try:
-        envoy.start(timeout=60)
+        envoy.start(timeout=start_timeout)
         host, port = envoy.listener_address("bench")
         for _ in range(4):  # reach both workers
             urllib.request.urlopen(f"http://{host}:{port}/warm", timeout=5).read()

@@ -25,6 +25,8 @@ xds-protos messages, which checks every field name against the real schema.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -79,12 +81,28 @@ def _protocol_options(http2: bool) -> dict[str, Any]:
         "@type": PROTOCOL_OPTIONS_TYPE, "explicit_http_config": explicit}}
 
 
+def vm_id_for(extension: PlacedExtension) -> str:
+    """The extension's Envoy ``vm_id``: plugins with equal vm_id, VM configuration and code share VMs.
+
+    Extensions of one publisher (the same image repository) whose modules are
+    byte-identical and built by ``meshext build`` get one vm_id, so a sidecar runs one CPython per thread for
+    all of them instead of one each (each plugin keeps its own root context
+    and configuration; module globals and shared data are the VM's).  Any
+    other extension gets its own: extensions of different publishers never
+    read each other's state, and one that traps cannot take another down.
+    The VM environment is part of the id because Envoy's VM key does not
+    include it."""
+    if not extension.publisher:
+        return extension.key
+    identity = [extension.publisher, extension.module_sha256, list(extension.vm_environment),
+                list(extension.vm_host_environment)]
+    return "shared:" + hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:32]
+
+
 def wasm_filter_config(extension: PlacedExtension, module_path: str) -> wasm_pb2.Wasm:
     """The Envoy Wasm HTTP filter for one extension, loading a verified local module."""
     vm_config: dict[str, Any] = {
-        # One VM per extension (as Istio does per WasmPlugin): extensions never
-        # share module globals, and one that traps cannot take another down.
-        "vm_id": extension.key,
+        "vm_id": vm_id_for(extension),
         "runtime": "envoy.wasm.runtime.v8",
         "code": {"local": {"filename": module_path}},
     }

@@ -16,6 +16,8 @@ from typing import Any
 
 from meshext.errors import MeshextError, UnavailableError
 from meshext.registry import Credentials, ModuleCache, pull
+from meshext.registry.reference import ImageReference
+from meshext.sdk.builder.metadata import read_project_metadata
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,9 @@ class ResolvedModule:
     digest: str  # the manifest digest (registry) or the module's own sha256 (file, https)
     reference: str  # digest-pinned where the source has digests
     maistra: MaistraDefaults | None
+    # Built by `meshext build` (its meshext.project section): its SDK gives every
+    # plugin its own root context and configuration, so plugins may share its VMs.
+    meshext_built: bool = False
 
 
 class ImageResolveError(MeshextError):
@@ -83,7 +88,25 @@ def resolve_image(image: str, *, policy: str, expected_sha256: str | None, setti
         digest=pulled.manifest_digest,
         reference=pulled.reference,
         maistra=MaistraDefaults(maistra.phase, maistra.priority) if maistra else None,
+        meshext_built=_meshext_built(Path(pulled.path), where),
     )
+
+
+def _meshext_built(module: Path, where: str) -> bool:
+    try:
+        return read_project_metadata(module.read_bytes(), where) is not None
+    except MeshextError:  # an unreadable section: not a module meshext vouches for
+        return False
+
+
+def publisher_of(image: str) -> str:
+    """Who an image's module comes from, for VM sharing (envoy_config.vm_id_for): the
+    registry and repository of an OCI reference (any tag or digest), the URL itself
+    for ``https://`` and ``file://`` images."""
+    if image.startswith(("file://", "https://", "http://")):
+        return image
+    reference = ImageReference.parse(image)
+    return f"{reference.registry}/{reference.repository}"
 
 
 def _located(error: MeshextError, where: str) -> MeshextError:

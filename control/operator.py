@@ -65,6 +65,7 @@ from meshext.control.images import (
     RegistrySettings,
     ResolvedModule,
     credentials_from_secret,
+    publisher_of,
     resolve_image,
 )
 from meshext.control.mesh import Mesh, Workload
@@ -315,6 +316,9 @@ class Operator:
             configuration=request.configuration, fail_open=request.fail_open,
             inbound=request.inbound, outbound=request.outbound, ports=request.ports,
             vm_environment=request.vm_environment, vm_host_environment=request.vm_host_environment,
+            # Only meshext-built modules keep each plugin's state apart in one VM;
+            # any other may keep its configuration in a global.
+            publisher=publisher_of(request.image) if tracked.resolved.meshext_built else "",
         )
         tracked.error = tracked.error_reason = ""
 

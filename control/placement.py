@@ -35,6 +35,10 @@ class PlacedExtension:
     ports: frozenset[int] = field(default_factory=frozenset)  # empty: every port
     vm_environment: tuple[tuple[str, str], ...] = ()
     vm_host_environment: tuple[str, ...] = ()
+    # Who published the module (images.publisher_of), for a meshext-built module:
+    # extensions of one publisher with the same module share Wasm VMs
+    # (envoy_config.vm_id_for).  "": never shared.
+    publisher: str = ""
 
     def sort_key(self) -> tuple[int, int, str]:
         """Chain order: phase, then higher priority first, then the resource key."""

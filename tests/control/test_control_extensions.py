@@ -307,3 +307,30 @@ def test_python_filter_built_with_the_sdk(mesh_under_test, clean_config, modules
     assert status["resolvedDigest"] == digest
     wait_until(lambda: _with_chain(call(mesh_under_test.mesh, "frontend-v1", "backend"),
                                    ["from-python", '{"tag":"wat"}']), what="Python then WAT filter")
+
+
+def test_extensions_of_one_publisher_share_a_vm_and_others_do_not(mesh_under_test, clean_config, registry,
+                                                                   tmp_path):
+    """One module pushed to two repositories: the two extensions from team-a's repository run in one VM
+    (each with its own configuration, both counted by the module's global state), the one from team-b's
+    repository runs in its own VM and sees only itself."""
+    from meshext.registry import push
+    from meshext.sdk.builder import build_filter
+
+    built = build_filter(Path(__file__).parent / "filters" / "vmshare", tmp_path / "vmshare.wasm")
+    team_a, team_b = f"{registry.host}/team-a/vmshare:1", f"{registry.host}/team-b/vmshare:1"
+    for reference in (team_a, team_b):
+        push(built.output, reference, plain_http=True)
+    resource = clean_config / "vmshare.yaml"
+    backend = {"app": "backend"}
+    write_resources(
+        resource,
+        sme("a-first", f"oci://{team_a}", config={"tag": "a1"}, phase="PreAuthN", labels=backend),
+        sme("a-second", f"oci://{team_a}", config={"tag": "a2"}, phase="PostAuthN", labels=backend),
+        sme("b-only", f"oci://{team_b}", config={"tag": "b"}, phase="PreAuthZ", labels=backend),
+    )
+    for name in ("a-first", "a-second", "b-only"):
+        wait_until(lambda name=name: _ready(resource, f"ServiceMeshExtension/default/{name}"), timeout=60,
+                   what=f"{name} Ready")
+    wait_until(lambda: _with_chain(call(mesh_under_test.mesh, "frontend-v1", "backend"), ["a1/2", "a2/2", "b/1"]),
+               what="team-a's two extensions in one VM, team-b's alone")

@@ -127,3 +127,20 @@ def test_mesh_file_errors_name_the_problem(tmp_path):
         assert error.where == str(path)
     else:
         raise AssertionError("a port used twice must be refused")
+
+
+def test_vm_ids_are_shared_by_one_publishers_identical_modules_only():
+    from meshext.control.envoy_config import vm_id_for
+    from meshext.control.images import publisher_of
+
+    assert publisher_of("oci://example.com/team-a/filter:1") == publisher_of("example.com/team-a/filter@sha256:"
+                                                                             + "c" * 64) == "example.com/team-a/filter"
+    team_a = publisher_of("oci://example.com/team-a/filter:1")
+    first = _placed("first", "PreAuthN", 0, publisher=team_a)
+    second = replace(_placed("second", "PostAuthN", 0, publisher=team_a), configuration='{"x":1}')
+    assert vm_id_for(first) == vm_id_for(second) != first.key
+    other_publisher = replace(first, key="ServiceMeshExtension/default/b", publisher="example.com/team-b/filter")
+    other_module = replace(first, module_sha256="cd" * 32)
+    other_environment = replace(first, vm_environment=(("MODE", "strict"),))
+    assert len({vm_id_for(e) for e in (first, other_publisher, other_module, other_environment)}) == 4
+    assert vm_id_for(_placed("unpublished", "PreAuthN", 0)) == "ServiceMeshExtension/default/unpublished"
