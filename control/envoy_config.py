@@ -12,6 +12,8 @@ Per sidecar:
   kind of cluster;
 * when the mesh runs with certificates (a trust domain), peers talk mutual
   TLS with their SPIFFE certificates (workload_tls.py);
+* the telemetry extension also runs as a network filter (``envoy.filters.network.wasm``)
+  ahead of ``tcp_proxy`` on TCP listeners: a second ECDS resource, ``meshext.telemetry.tcp``;
 * each Wasm extension is one ECDS resource (TypedExtensionConfig holding an
   ``envoy.extensions.filters.http.wasm.v3.Wasm``); the HTTP connection
   managers only *reference* it through ``config_discovery``, so changing an
@@ -42,6 +44,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noq
     http_connection_manager_pb2,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
+from envoy.extensions.filters.network.wasm.v3 import wasm_pb2 as network_wasm_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from google.protobuf import json_format
@@ -50,7 +53,13 @@ from google.protobuf.message import Message
 from meshext.control.mesh import Mesh, Service, TcpOutbound, Workload
 from meshext.control.placement import PlacedExtension, order
 from meshext.control.snapshot import CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, Resource, Snapshot
-from meshext.control.telemetry import TELEMETRY_KEY, services_metadata, workload_metadata
+from meshext.control.telemetry import (
+    TELEMETRY_KEY,
+    TELEMETRY_TCP_FILTER,
+    TELEMETRY_TCP_ROOT_ID,
+    services_metadata,
+    workload_metadata,
+)
 from meshext.control.workload_tls import (
     client_certificate_forwarding,
     inbound_filter_chains,
@@ -59,6 +68,7 @@ from meshext.control.workload_tls import (
 )
 
 WASM_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+NETWORK_WASM_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm"
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
@@ -99,8 +109,10 @@ def vm_id_for(extension: PlacedExtension) -> str:
     return "shared:" + hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:32]
 
 
-def wasm_filter_config(extension: PlacedExtension, module_path: str) -> wasm_pb2.Wasm:
-    """The Envoy Wasm HTTP filter for one extension, loading a verified local module."""
+def wasm_filter_config(extension: PlacedExtension, module_path: str, *,
+                       network: bool = False) -> wasm_pb2.Wasm | network_wasm_pb2.Wasm:
+    """The Envoy Wasm HTTP filter (``network``: network filter, root id ``tcp``) for one extension,
+    loading a verified local module."""
     vm_config: dict[str, Any] = {
         "vm_id": vm_id_for(extension),
         "runtime": "envoy.wasm.runtime.v8",
@@ -111,9 +123,9 @@ def wasm_filter_config(extension: PlacedExtension, module_path: str) -> wasm_pb2
             "key_values": dict(extension.vm_environment),
             "host_env_keys": list(extension.vm_host_environment),
         }
-    return _parse(wasm_pb2.Wasm, {"config": {
+    return _parse(network_wasm_pb2.Wasm if network else wasm_pb2.Wasm, {"config": {
         "name": extension.key,
-        "root_id": extension.root_id,
+        "root_id": TELEMETRY_TCP_ROOT_ID if network else extension.root_id,
         "vm_config": vm_config,
         "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
                           "value": extension.configuration},
@@ -161,16 +173,23 @@ def _listener(direction: str, address: str, port: int, extensions: list[PlacedEx
     })
 
 
-def _tcp_proxy(stat_prefix: str, cluster: str) -> dict[str, Any]:
-    return {"name": "envoy.filters.network.tcp_proxy",
-            "typed_config": {"@type": TCP_PROXY_TYPE, "stat_prefix": stat_prefix, "cluster": cluster}}
+def _tcp_filters(stat_prefix: str, cluster: str, telemetry: bool) -> list[dict[str, Any]]:
+    """tcp_proxy to ``cluster``, behind the telemetry network filter (referenced through ECDS) if placed."""
+    filters: list[dict[str, Any]] = []
+    if telemetry:
+        filters.append({"name": TELEMETRY_TCP_FILTER, "config_discovery": {
+            "config_source": ADS, "type_urls": [NETWORK_WASM_FILTER_TYPE]}})
+    filters.append({"name": "envoy.filters.network.tcp_proxy",
+                    "typed_config": {"@type": TCP_PROXY_TYPE, "stat_prefix": stat_prefix, "cluster": cluster}})
+    return filters
 
 
 def _inbound_listener(workload: Workload, extensions: list[PlacedExtension], mesh: Mesh,
                       trust_domain: str | None) -> listener_pb2.Listener:
     """The workload's endpoint: mutual TLS from peers (and plain text under PERMISSIVE) -> its app."""
     if _app_protocol(mesh, workload) == "TCP":
-        filters = [_tcp_proxy("inbound", _inbound_cluster_name(workload))]  # HTTP extensions cannot run here
+        # HTTP extensions cannot run here; telemetry runs as a network filter.
+        filters = _tcp_filters("inbound", _inbound_cluster_name(workload), _has_telemetry(extensions))
     else:
         manager = _http_connection_manager("inbound", extensions, _has_telemetry(extensions))
         manager["typed_config"].update(client_certificate_forwarding(trust_domain))
@@ -185,12 +204,14 @@ def _inbound_listener(workload: Workload, extensions: list[PlacedExtension], mes
     })
 
 
-def _tcp_outbound_listener(service: Service, tcp: TcpOutbound) -> Resource:
+def _tcp_outbound_listener(service: Service, tcp: TcpOutbound, telemetry: bool) -> Resource:
     """The app's local entry to one TCP service port: bytes passed to the service's sidecars."""
     name = f"tcp-{_outbound_cluster_name(service, tcp.port)}"
     return Resource.of(name, _parse(listener_pb2.Listener, {
         "name": name, "address": _socket(tcp.listen.address, tcp.listen.port),
-        "filter_chains": [{"filters": [_tcp_proxy(name, _outbound_cluster_name(service, tcp.port))]}],
+        # Filters read it as xds.listener_direction (telemetry: which reporter it is).
+        "traffic_direction": "OUTBOUND",
+        "filter_chains": [{"filters": _tcp_filters(name, _outbound_cluster_name(service, tcp.port), telemetry)}],
     }))
 
 
@@ -233,7 +254,7 @@ class SnapshotBuilder:
         self.trust_domain = trust_domain
         self._base: dict[str, dict[str, list[Resource]]] = {}
         self._listeners: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[Resource]] = {}
-        self._extension_configs: dict[tuple[PlacedExtension, str], Resource] = {}
+        self._extension_configs: dict[tuple[PlacedExtension, str, bool], Resource] = {}
 
     def snapshot(self, workload: Workload, extensions: list[PlacedExtension], module_dir: str = "",
                  draining: list[PlacedExtension] | None = None) -> Snapshot:
@@ -250,25 +271,34 @@ class SnapshotBuilder:
                 Resource.of("inbound", _inbound_listener(workload, inbound, self.mesh, self.trust_domain)),
                 Resource.of("outbound", _listener("outbound", workload.outbound.address, workload.outbound.port,
                                                   outbound, _has_telemetry(outbound))),
-            ] + [_tcp_outbound_listener(service, tcp) for tcp in workload.tcpOutbound
+            ] + [_tcp_outbound_listener(service, tcp, _has_telemetry(outbound)) for tcp in workload.tcpOutbound
                  if (service := self.mesh.tcp_target(workload, tcp)) is not None]
         if workload.node_id not in self._base:
             self._base[workload.node_id] = self._service_resources(workload)
         extension_configs = [self._extension_config(e, module_dir) for e in ordered if e in inbound or e in outbound]
         extension_configs += [self._extension_config(e, module_dir) for e in draining or []]
+        telemetry = next((e for e in ordered if e.key == TELEMETRY_KEY), None)
+        if telemetry is not None and self._runs_tcp(workload):
+            extension_configs.append(self._extension_config(telemetry, module_dir, network=True))
         return Snapshot.of_resources({
             **self._base[workload.node_id],
             LISTENER: self._listeners[listener_key],
             EXTENSION_CONFIG: extension_configs,
         })
 
-    def _extension_config(self, extension: PlacedExtension, module_dir: str) -> Resource:
-        key = (extension, module_dir)
+    def _runs_tcp(self, workload: Workload) -> bool:
+        """Whether the sidecar has a TCP listener: a TCP app behind its inbound, or a tcpOutbound entry."""
+        return _app_protocol(self.mesh, workload) == "TCP" or any(
+            self.mesh.tcp_target(workload, tcp) is not None for tcp in workload.tcpOutbound)
+
+    def _extension_config(self, extension: PlacedExtension, module_dir: str, *, network: bool = False) -> Resource:
+        key = (extension, module_dir, network)
         if key not in self._extension_configs:
             path = f"{module_dir}/{extension.module_sha256}.wasm"
-            typed = extension_pb2.TypedExtensionConfig(name=extension.filter_name)
-            typed.typed_config.Pack(wasm_filter_config(extension, path))
-            self._extension_configs[key] = Resource.of(extension.filter_name, typed)
+            name = TELEMETRY_TCP_FILTER if network else extension.filter_name
+            typed = extension_pb2.TypedExtensionConfig(name=name)
+            typed.typed_config.Pack(wasm_filter_config(extension, path, network=network))
+            self._extension_configs[key] = Resource.of(name, typed)
         return self._extension_configs[key]
 
     def _service_resources(self, workload: Workload) -> dict[str, list[Resource]]:

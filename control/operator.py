@@ -137,9 +137,10 @@ class Operator:
         self._builder = SnapshotBuilder(mesh, trust_domain)
         # The mesh's own telemetry extension, in every sidecar while the mesh enables it.
         self._telemetry: PlacedExtension | None = None
+        self._telemetry_sha256 = telemetry_module[1] if telemetry_module is not None else None
         if telemetry_module is not None:
             state.modules.add(*telemetry_module)
-            self._telemetry = telemetry_extension(telemetry_module[1])
+            self._telemetry = telemetry_extension(telemetry_module[1], mesh, trust_domain)
         self._node_ids = {w.node_id for w in mesh.workloads}
         self._mesh_problems: list[str] = []  # why parts of the mesh (or a whole update) were left out
         self._tracked: dict[str, _Tracked] = {}
@@ -265,6 +266,8 @@ class Operator:
             self._mesh_problems = [*problems, f"mesh update refused, the previous mesh keeps serving: {error}"]
             return
         self.mesh, self._builder, self._mesh_problems = mesh, builder, problems
+        if self._telemetry_sha256 is not None:  # its peer table names the mesh's workloads
+            self._telemetry = telemetry_extension(self._telemetry_sha256, mesh, self._trust_domain)
         gone = self._node_ids - {w.node_id for w in mesh.workloads}
         self._node_ids = {w.node_id for w in mesh.workloads}
         for node_id in gone:

@@ -270,10 +270,11 @@ class Sidecar:
                                             admin=admin, stats_labels=stats_labels),
                                   extra_args=extra_args, **envoy_options)
 
-    def start(self) -> Sidecar:
-        """Start the module syncer, then Envoy."""
+    def start(self, timeout: float = 30.0) -> Sidecar:
+        """Start the module syncer, then Envoy (ready within ``timeout`` seconds: its first
+        Wasm filters are compiled before it reports ready)."""
         self.syncer.start()
-        self.envoy.start()
+        self.envoy.start(timeout)
         return self
 
     def stop(self) -> None:

@@ -12,10 +12,12 @@ place the telemetry extension (extensions/telemetry) in every sidecar.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from meshext.control.mesh import Service, Workload
+from meshext.control.mesh import Mesh, Service, Workload
 from meshext.control.placement import PlacedExtension
+from meshext.control.workload_tls import workload_identity
 from meshext.extensions.telemetry.filter.istio_metrics import (
     CANONICAL_NAME_LABEL as CANONICAL_NAME,
 )
@@ -28,6 +30,15 @@ from meshext.extensions.telemetry.filter.istio_metrics import (
 
 TELEMETRY_KEY = "Telemetry/meshext-system/istio-stats"
 TELEMETRY_FILTER = "meshext.telemetry"
+# The same module as a network filter on TCP listeners: a second ECDS resource (another type),
+# one VM with the HTTP filter (same vm_id).
+TELEMETRY_TCP_FILTER = "meshext.telemetry.tcp"
+# Its root_id: Envoy keys a VM's root contexts by root_id and configuration, and the TCP
+# plugin's root (its reporting timer, its open connections) must not be the HTTP one's.
+TELEMETRY_TCP_ROOT_ID = "tcp"
+# How often open TCP connections report byte deltas: Istio's native proxy's 5 s (its Wasm
+# plugin used 15 s); short enough that a dashboard's rate() sees a long connection.
+TCP_REPORTING_MS = 5000
 
 
 def canonical_labels(workload: str, labels: dict[str, str]) -> dict[str, str]:
@@ -61,10 +72,27 @@ def workload_metadata(workload: Workload, cluster_id: str = DEFAULT_CLUSTER_ID) 
     return {"filter_metadata": {"istio": {"workload": value}}}
 
 
-def telemetry_extension(module_sha256: str) -> PlacedExtension:
+def peer_identities(mesh: Mesh, trust_domain: str | None) -> dict[str, list[str]]:
+    """SPIFFE id -> the identity fields the filter reports for that workload (TCP peers are named by their
+    certificate): ``[workload, namespace, canonical service, canonical revision, app, version, cluster]``."""
+    if trust_domain is None:
+        return {}
+    peers = {}
+    for workload in mesh.workloads:
+        labels = canonical_labels(workload.name, workload.labels)
+        peers[workload_identity(trust_domain, workload.name, workload.namespace)] = [
+            workload.name, workload.namespace, labels[CANONICAL_NAME], labels[CANONICAL_REVISION],
+            labels.get("app", ""), labels.get("version", ""), DEFAULT_CLUSTER_ID]
+    return peers
+
+
+def telemetry_extension(module_sha256: str, mesh: Mesh, trust_domain: str | None) -> PlacedExtension:
     """The telemetry filter for every sidecar, inbound and outbound, in the chain's ``[stats]`` slot.
 
+    Its configuration: the TCP reporting period and the mesh's workload identities by SPIFFE id.
     Fail open: metrics must never cost a request."""
+    configuration = json.dumps({"tcp_reporting_ms": TCP_REPORTING_MS, "peers": peer_identities(mesh, trust_domain)},
+                               sort_keys=True)
     return PlacedExtension(key=TELEMETRY_KEY, filter_name=TELEMETRY_FILTER, phase="[stats]", priority=0,
-                           module_sha256=module_sha256, root_id="", configuration="{}", fail_open=True,
+                           module_sha256=module_sha256, root_id="", configuration=configuration, fail_open=True,
                            inbound=True, outbound=True)

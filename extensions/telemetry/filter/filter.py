@@ -18,8 +18,12 @@ the node metadata has them, empty peer labels ``unknown`` (canonical revision
 ``latest``), ``destination_service*`` from the cluster's ``istio.services``
 metadata, ``response_flags`` in Envoy's short codes (``-`` for none).
 
-TCP connections (a network filter chain) count connections opened/closed and
-bytes each way, reported when the connection closes.
+TCP connections (the same module as a network filter, ahead of tcp_proxy)
+count connections opened and closed and bytes each way; open connections
+report their byte deltas every ``tcp_reporting_ms`` and at close, so long
+connections show up in rates.  TCP has no metadata exchange here: peers are
+named by their certificate (the ``peers`` table the control plane
+configures), the client side falling back to the endpoint's ``istio.workload``.
 """
 
 import binascii
@@ -69,6 +73,7 @@ GRPC_STATS_STATE = ("filter_state", "envoy.filters.http.grpc_stats")
 
 # Peer identity: (workload, namespace, canonical service, canonical revision, app, version, cluster).
 UNKNOWN_PEER: tuple[str, ...] = (UNKNOWN, UNKNOWN, UNKNOWN, "latest", UNKNOWN, UNKNOWN, UNKNOWN)
+DEFAULT_TCP_REPORTING_MS = 5000
 _CACHE_LIMIT = 1000  # distinct peer headers / clusters / flag sets kept decoded per VM
 
 
@@ -257,12 +262,12 @@ def grpc_message_counts(state: bytes | None) -> tuple[int, int]:
 
 
 class Connection(StreamContext):
-    """One TCP connection: opened on its first byte's way, bytes and close at the end."""
+    """One TCP connection: opened when its first bytes flow, byte deltas on the root's timer and at close."""
 
     root: "Root"
 
     def on_new_connection(self):
-        self.received = self.sent = 0
+        self.received = self.sent = 0  # not yet reported
         self.labels = None
         return Action.CONTINUE
 
@@ -279,19 +284,28 @@ class Connection(StreamContext):
         return Action.CONTINUE
 
     def _open(self):
-        # Labels are known once the upstream host is chosen: tcp_proxy picks it before data flows.
-        local = self.root.local
+        # Labels are known once the upstream host is chosen: tcp_proxy has connected before
+        # the first byte flows (it reads the downstream only then), TLS handshakes included.
+        root = self.root
+        local = root.local
         if properties.get_int("xds.listener_direction") == INBOUND:
-            source, destination, reporter = UNKNOWN_PEER, local, "destination"
+            reporter = "destination"
             source_principal = properties.get_str("connection.uri_san_peer_certificate") or UNKNOWN
             destination_principal = properties.get_str("connection.uri_san_local_certificate") or UNKNOWN
+            # TCP carries no metadata exchange: the peer is who its certificate names.
+            source, destination = root.peers.get(source_principal, UNKNOWN_PEER), local
             security = "mutual_tls" if source_principal != UNKNOWN and destination_principal != UNKNOWN else "none"
         else:
-            workload = properties.get_str(("xds", "upstream_host_metadata", "filter_metadata", "istio", "workload"))
-            source, reporter = local, "source"
-            destination = peer_from_workload_metadata(workload) if workload else UNKNOWN_PEER
+            reporter = "source"
             source_principal = properties.get_str("upstream.uri_san_local_certificate") or UNKNOWN
             destination_principal = properties.get_str("upstream.uri_san_peer_certificate") or UNKNOWN
+            source, known = local, root.peers.get(destination_principal)
+            if known is not None:
+                destination = known
+            else:
+                workload = properties.get_str(("xds", "upstream_host_metadata", "filter_metadata", "istio",
+                                               "workload"))
+                destination = peer_from_workload_metadata(workload) if workload else UNKNOWN_PEER
             security = UNKNOWN
         cluster = properties.get_str("xds.cluster_name") or ""
         host, service_name, service_namespace = cluster_service(cluster) if cluster else ("", "", "")
@@ -299,31 +313,62 @@ class Connection(StreamContext):
         service = host or (local[2] if inbound else UNKNOWN)
         service_name = service_name or (local[2] if inbound else UNKNOWN)
         service_namespace = local[1] if inbound else (service_namespace or destination[1])
-        self.labels = (
+        labels = (
             reporter, source[0], source[2], source[3], source[1], source_principal, source[4], source[5], source[6],
             destination[0], destination[1], destination_principal, destination[4], destination[5], service,
             destination[2], destination[3], service_name, service_namespace, destination[6],
             "tcp", response_flags(properties.get_int("response.flags") or 0), security,
         )
-        TCP_OPENED_COUNT.labels(*self.labels).inc()
+        # Children resolved once per connection: the timer and the close only add.
+        self.labels = labels
+        self.opened = TCP_OPENED_COUNT.labels(*labels)
+        self.sent_total = TCP_SENT_BYTES.labels(*labels)
+        self.received_total = TCP_RECEIVED_BYTES.labels(*labels)
+        self.opened.inc()
+        root.open_connections[self.context_id] = self
+        root.start_reporting()
+
+    def report(self):
+        """Add the bytes that flowed since the last report."""
+        if self.sent:
+            self.sent_total.inc(self.sent)
+            self.sent = 0
+        if self.received:
+            self.received_total.inc(self.received)
+            self.received = 0
 
     def on_log(self):
         if self.labels is None:
             return  # no byte ever flowed: nothing identifies the peer
+        self.root.open_connections.pop(self.context_id, None)
+        self.report()
         TCP_CLOSED_COUNT.labels(*self.labels).inc()
-        if self.sent:
-            TCP_SENT_BYTES.labels(*self.labels).inc(self.sent)
-        if self.received:
-            TCP_RECEIVED_BYTES.labels(*self.labels).inc(self.received)
 
 
 class Root(RootContext):
-    """Reads the local node's identity once and builds the peer metadata this sidecar sends."""
+    """Reads the local node's identity once and builds the peer metadata this sidecar sends.
+
+    Configuration (JSON, from the control plane; every key optional):
+    ``tcp_reporting_ms``, how often open TCP connections report their byte
+    counts (default 5000, Istio's native proxy's 5 s; its Wasm plugin used
+    15 s), and ``peers``, SPIFFE id -> ``[workload, namespace, canonical
+    service, canonical revision, app, version, cluster]``: who a TCP peer
+    is, read from its certificate."""
 
     http_context = Stream
     stream_context = Connection
 
     def on_configure(self, config):
+        if super().on_configure(config) is False:
+            return False
+        settings = self.config if isinstance(self.config, dict) else {}
+        self.tcp_reporting_ms = int(settings.get("tcp_reporting_ms") or DEFAULT_TCP_REPORTING_MS)
+        peers = settings.get("peers")
+        self.peers = {principal: peer_identity([_text(value) for value in fields])
+                      for principal, fields in (peers.items() if isinstance(peers, dict) else ())
+                      if isinstance(fields, list) and len(fields) == len(UNKNOWN_PEER)}
+        self.open_connections: dict[int, Connection] = {}
+        self.reporting = False
         node = properties.get("xds.node") or b""
         metadata = decode_node_metadata(node)
         self.local = identity(metadata)
@@ -331,4 +376,14 @@ class Root(RootContext):
         exchanged = {key: metadata[key] for key in ("NAME", "NAMESPACE", "WORKLOAD_NAME", "CLUSTER_ID", "LABELS",
                                                        "OWNER", "MESH_ID") if key in metadata}
         self.exchange_value = binascii.b2a_base64(encode_struct(exchanged), newline=False).decode()
-        return super().on_configure(config)
+        return True
+
+    def start_reporting(self):
+        """Start the byte-count timer with the first TCP connection (HTTP-only plugins never tick)."""
+        if not self.reporting:
+            self.reporting = True
+            self.set_tick_period(self.tcp_reporting_ms)
+
+    def on_tick(self):
+        for connection in self.open_connections.values():
+            connection.report()
