@@ -11,8 +11,15 @@ What lives here:
 - ``state``        what the operator publishes and the servers serve: ``snapshot`` + ``cache`` (xDS
                    snapshots and ACK/NACK per proxy) and ``modules`` (module files and demand);
 - ``server``       the control plane process: ``xds`` (ADS over gRPC) and an HTTP server;
-- ``proxy``        the sidecar: Envoy plus its module syncer; ``pki``: the mesh CA and mutual TLS.
+- ``proxy``        the sidecar: Envoy plus its module syncer; ``pki``: the mesh CA and mutual TLS;
+                   ``workload_tls``: mutual TLS between sidecars;
+- ``telemetry``    the mesh's telemetry extension: node, cluster and endpoint metadata, placement;
+- ``prometheus``, ``graph``, ``graph_render``: the scrape configuration and `meshext graph`;
+- ``local``        `meshext up` and friends: the whole mesh on one machine.
 
 It may import ``meshext.registry``, ``meshext.envoy``, ``meshext.errors``,
-``meshext.paths`` and ``meshext.phases``; nothing imports the control plane.
+``meshext.paths``, ``meshext.phases``, ``meshext.wasm_binary``,
+``meshext.sdk.builder.metadata`` (what ``meshext build`` recorded in a
+module) and ``meshext.extensions`` (the project's own extensions it places
+and serves, e.g. telemetry); nothing imports the control plane.
 """

@@ -12,7 +12,7 @@ import meshext.control
 
 ROOT = Path(__file__).resolve().parents[2]
 ALLOWED = ("meshext.control", "meshext.registry", "meshext.envoy", "meshext.errors", "meshext.paths",
-           "meshext.phases")
+           "meshext.phases", "meshext.wasm_binary", "meshext.extensions", "meshext.sdk.builder.metadata")
 
 
 def meshext_imports(path: Path) -> set[str]:
