@@ -53,6 +53,8 @@ COMMANDS: dict[str, LazyCommand] = {
                         "Run the sidecar of WORKLOAD: Envoy configured by the control plane over ADS."),
     "status": LazyCommand("meshext.control.cli:status_command",
                          "List extensions, their state and the workloads running them, then the proxies."),
+    "3scale-backend": LazyCommand("meshext.extensions.threescale.cli:backend_group",
+                                  "Run a 3scale backend simulator (Service Management API) for tests and local use."),
 }
 
 
