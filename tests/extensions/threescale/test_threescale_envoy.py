@@ -53,16 +53,16 @@ def bootstrap(module, config: dict[str, Any], clusters: dict[str, int], jwks: st
                    "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(module)}}}}}}
     filters = ([_jwt_authn(jwks)] if jwks else []) + [wasm, {"name": "envoy.filters.http.router", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
-    return {"static_resources": {
-        "listeners": [{"name": "main", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-                       "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                                       "typed_config": {
-            "@type": HCM, "stat_prefix": "main", "http_filters": filters,
-            "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{
-                "match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "upstream"}}}]}]},
-        }}]}]}],
-        "clusters": [_cluster(name, port) for name, port in clusters.items()],
-    }}
+    connection_manager = {
+        "@type": HCM, "stat_prefix": "main", "http_filters": filters,
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{
+            "match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "upstream"}}}]}]},
+    }
+    listener = {"name": "main", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                "typed_config": connection_manager}]}]}
+    return {"static_resources": {"listeners": [listener],
+                                 "clusters": [_cluster(name, port) for name, port in clusters.items()]}}
 
 
 class Proxy:
