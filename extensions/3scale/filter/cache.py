@@ -132,7 +132,9 @@ class AuthorizationCache:
     @staticmethod
     def key(service: Service, credential: Credential) -> str:
         kind, value, app_key = credential
-        return json.dumps([service.id, kind, value, app_key])
+        # length-prefixed parts: no credential, whatever it holds, can spell another one's key
+        parts = (service.id, kind, value, "" if app_key is None else "=" + app_key)
+        return "".join(f"{len(part)}:{part}" for part in parts)
 
     def _entry(self, key: str) -> Entry | None:
         found = SharedData.get(KEY_PREFIX + key)

@@ -39,6 +39,9 @@ DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443", "ftp": 
 FORBIDDEN_HOST = re.compile(r"[\x00-\x20#%/<>?@\[\\\]^|]")
 PATH_ENCODE = frozenset(b' "<>`{}')
 QUERY_ENCODE = frozenset(b" \"#<>'")
+# Fast paths: most paths and queries have nothing to encode and no dot segments.
+NEEDS_PATH_ENCODING = re.compile(r'[^\x21-\x7e]|[ "<>`{}]')
+NEEDS_QUERY_ENCODING = re.compile(r"[^\x21-\x7e]|[ \"#<>']")
 DOT = frozenset((".", "%2e", "%2E"))
 DOUBLE_DOT = frozenset(("..", ".%2e", ".%2E", "%2e.", "%2E.", "%2e%2e", "%2E%2E", "%2e%2E", "%2E%2e"))
 
@@ -88,7 +91,7 @@ def _is_hex(pair: bytes) -> bool:
     return len(pair) == 2 and all(chr(byte) in "0123456789abcdefABCDEF" for byte in pair)
 
 
-def _percent_encode(text: str, encode: frozenset) -> str:
+def _percent_encode(text: str, encode: frozenset[int]) -> str:
     out = []
     for byte in text.encode("utf-8", "surrogateescape"):
         out.append(f"%{byte:02X}" if byte < 0x20 or byte > 0x7E or byte in encode else chr(byte))
@@ -122,6 +125,8 @@ def _authority(scheme: str, authority: str) -> str:
 
 
 def _path(raw: str) -> str:
+    if raw.startswith("/") and "." not in raw and "%" not in raw and "\\" not in raw:
+        return raw if not NEEDS_PATH_ENCODING.search(raw) else _percent_encode(raw, PATH_ENCODE)
     segments: list[str] = []
     pieces = raw.replace("\\", "/").split("/")[1:] if raw.startswith(("/", "\\")) else raw.split("/")
     for index, segment in enumerate(pieces):
@@ -146,12 +151,13 @@ def parse_url(scheme: str, authority: str, path: str) -> RequestUrl:
         raise BadUrl(f"invalid scheme {scheme!r}")
     path, _, _fragment = path.partition("#")
     path, question, query = path.partition("?")
-    return RequestUrl(_authority(scheme, authority), _path(path),
-                      _percent_encode(query, QUERY_ENCODE) if question else None)
+    if question and NEEDS_QUERY_ENCODING.search(query):
+        query = _percent_encode(query, QUERY_ENCODE)
+    return RequestUrl(_authority(scheme, authority), _path(path), query if question else None)
 
 
 def _coalesce_slashes(text: str) -> str:
-    return re.sub(r"/{2,}", "/", text)
+    return re.sub(r"/{2,}", "/", text) if "//" in text else text
 
 
 class MappingRule:
