@@ -33,7 +33,7 @@ from cache import AuthorizationCache
 from config import Configuration, Service, parse_configuration
 from credentials import Request
 from problems import ConfigProblem
-from rules import BadUrl, parse_url, usages_for
+from rules import BadUrl, RequestUrl, parse_url, usages_for
 from system import SystemFetcher
 
 from meshext.sdk import Action, CalloutError, Counter, HttpCallResponse, HttpContext, RootContext, log
@@ -64,18 +64,16 @@ class Authorize(HttpContext):
         try:
             if authority is None or path is None:
                 raise BadUrl("no :authority or :path")
-            url = parse_url(headers.get(":scheme") or headers.get("x-forwarded-proto") or "https", authority, path)
+            scheme = headers.get(":scheme") or headers.get("x-forwarded-proto") or "https"
+            url, service, usages = self.root.route(scheme, authority, path, headers.get(":method") or "")
         except BadUrl as error:
             log.info(f"3scale: request URL does not parse ({error})")
             return self.reply("authentication_failed")
-        service = next((service for service in configuration.services if service.matches_authority(url.authority)),
-                       None)
         if service is None:
             return self.reply("unknown_service")
         credential = service.credentials.resolve(Request(headers.get, url))
         if credential is None:
             return self.reply("missing_credentials")
-        usages = usages_for(service.mapping_rules, headers.get(":method") or "", url)
         if not usages:
             return self.reply("no_mapping_rule")
         backend = configuration.backend
@@ -146,14 +144,39 @@ class Authorize(HttpContext):
         return Action.CONTINUE
 
 
+# Routes memoised per (scheme, authority, path, method): parsing the URL and matching authorities and rules
+# is most of a cached request's work.  Bounded: short paths only, and the memo starts over when full.
+ROUTE_MEMO_ENTRIES = 1024
+ROUTE_MEMO_MAX_PATH = 512
+
+
 class Root(RootContext):
     http_context = Authorize
 
     def __init__(self, context_id: int) -> None:
         super().__init__(context_id)
         self.configuration: Configuration | None = None
+        self.routes: dict[tuple[str, str, str, str], tuple[RequestUrl, Service | None, dict[str, int]]] = {}
         self.cache: AuthorizationCache | None = None
         self.fetcher: SystemFetcher | None = None
+
+    def route(self, scheme: str, authority: str, path: str,
+              method: str) -> tuple[RequestUrl, Service | None, dict[str, int]]:
+        """The parsed URL, the service its authority selects (None: unknown) and the usages of its rules."""
+        key = (scheme, authority, path, method)
+        found = self.routes.get(key)
+        if found is not None:
+            return found
+        assert self.configuration is not None
+        url = parse_url(scheme, authority, path)
+        service = next((service for service in self.configuration.services
+                        if service.matches_authority(url.authority)), None)
+        found = (url, service, usages_for(service.mapping_rules, method, url) if service is not None else {})
+        if len(path) <= ROUTE_MEMO_MAX_PATH:
+            if len(self.routes) >= ROUTE_MEMO_ENTRIES:
+                self.routes.clear()
+            self.routes[key] = found
+        return found
 
     def on_configure(self, config: bytes) -> bool:
         try:
@@ -168,6 +191,7 @@ class Root(RootContext):
             log.error(f"3scale: plugin configuration refused: {problem}")
             return False
         self.configuration = configuration
+        self.routes.clear()
         backend = configuration.backend
         assert backend is not None
         self.cache = AuthorizationCache(self, backend) if backend.cache is not None else None
