@@ -71,6 +71,8 @@ COMMANDS: dict[str, LazyCommand] = {
                             "Rate limiting: the RLS v3 service on Redis and the Mixer quota converter."),
     "telemetry": LazyCommand("meshext.extensions.telemetry.cli:telemetry_group",
                             "Istio-style telemetry: the Envoy settings it needs."),
+    "3scale-backend": LazyCommand("meshext.extensions.threescale.cli:backend_group",
+                                  "Run a 3scale backend simulator (Service Management API) for tests and local use."),
 }
 
 

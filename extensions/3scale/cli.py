@@ -1,0 +1,36 @@
+"""``meshext 3scale-backend``: run the 3scale backend simulator."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from pathlib import Path
+
+import click
+
+from meshext.extensions.threescale.backend import Backend, BackendServer, load_config
+
+
+@click.group("3scale-backend")
+def backend_group() -> None:
+    """Run a 3scale backend simulator (Service Management API) for tests and local use."""
+
+
+@backend_group.command("serve")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), required=True,
+              help="YAML file: services, their metrics, plans with limits, applications, mapping rules.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=3001, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0: any free port, printed at start).")
+@click.option("--verbose", is_flag=True, help="Log every request.")
+def serve_command(config_file: Path, host: str, port: int, verbose: bool) -> None:
+    """Serve authorize, authrep and report (and System's proxy config) from CONFIG until interrupted."""
+    backend = Backend(load_config(config_file))
+    server = BackendServer(backend, host, port, verbose)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with server:
+        click.echo(f"3scale backend simulator listening on http://{host}:{server.port}", err=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()

@@ -1,0 +1,301 @@
+"""Authorization cache with batched reports (``backend.cache``; off unless configured).
+
+Not in the 3scale module, which makes one authrep per request.  With
+``backend: {upstream: …, cache: {flush_period: 1000, ttl: 60000}}`` (ms):
+
+- **Authorizations** are cached per service + credentials (app_key
+  included) in Envoy's shared data, so all workers share them: the
+  backend's answer to ``authorize.xml`` (``hierarchy=1``): authorized or
+  the rejection reason, and each usage limit (metric, max, current value,
+  end of period), kept ``ttl`` ms at most and never past a limit's period.
+  The first request of an application (a miss) waits for that authorize
+  call; the backend checks its usage there, as authrep would.
+- **Usage** the cache admits is counted in the worker's VM (``pending``)
+  and sent every ``flush_period`` with one ``POST /transactions.xml`` per
+  service; once the backend accepted it (202), each reported application
+  is authorized again, which refreshes the shared entry.
+- **Hits** decide locally: the request is admitted when, for every limit,
+  ``current + this worker's unreported usage + the request's usage <= max``
+  (a child metric's usage counts for its parent, from the hierarchy);
+  otherwise 429 ``Usage limit exceeded``.  A cached denial answers as the
+  module would (429 for ``limits_exceeded``, else 403).
+
+**How far limits can overshoot.**  A worker sees the backend's value as of
+the last refresh plus its own usage, not the other workers' unreported
+usage.  So per application, limit and period: with one worker (or one
+Envoy with ``--concurrency 1``) the cache admits exactly what the backend
+would; with ``W`` workers, each admits at most the quota left at the last
+refresh, ``Q = max - current``, so the backend records at most
+``max + (W - 1) * Q`` -- and after every worker's next flush (one
+``flush_period`` plus a report and an authorize round trip) every worker
+sees the real total and denies.  In request-rate terms: the excess is also
+at most what the other ``W - 1`` workers admit for that application within
+one flush period, ``(W - 1) * rate_per_worker * flush_period``.  The
+backend's recorded totals always equal the usage served: reports are not
+refused for exceeding a limit, and a report that fails with no answer or a
+5xx is sent again with the next flush (a 4xx is logged and dropped).
+"""
+
+# mypy: disable-error-code="import-not-found"
+# (the filter imports its sibling modules by their in-VM names; mypy walks them as meshext.extensions.*)
+
+from __future__ import annotations
+
+import json
+import time
+
+import authrep
+import statusxml
+
+from meshext.sdk import CalloutError, HttpCallResponse, SharedData, log
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from config import Backend, Service
+    from filter import Authorize, Root
+
+    Credential = tuple[str, str, str | None]
+
+CACHE_OPTIONS = "rejection_reason_header=1&hierarchy=1"
+KEY_PREFIX = "meshext.3scale.auth|"
+_MONTH_DAYS = (0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334)
+
+
+def _epoch(timestamp: str | None) -> float | None:
+    """Seconds since 1970 of Apisonator's ``2024-01-01 00:00:00 +0000`` (None when absent or unreadable)."""
+    if not timestamp:
+        return None
+    try:
+        date, clock, zone = timestamp.split(" ")
+        year, month, day = (int(part) for part in date.split("-"))
+        hour, minute, second = (int(part) for part in clock.split(":"))
+        offset = (int(zone[1:3]) * 3600 + int(zone[3:5]) * 60) * (-1 if zone[0] == "-" else 1)
+    except (ValueError, IndexError):
+        return None
+    leap = month > 2 and (year % 4 == 0 and (year % 100 != 0 or year % 400 == 0))
+    previous = year - 1
+    days = previous * 365 + previous // 4 - previous // 100 + previous // 400 - 719162
+    days += _MONTH_DAYS[month - 1] + leap + day - 1
+    return days * 86400 + hour * 3600 + minute * 60 + second - offset
+
+
+def _add(into: dict[str, int], usages: dict[str, int]) -> None:
+    for name, delta in usages.items():
+        into[name] = into.get(name, 0) + delta
+
+
+class Entry:
+    """A cached authorization: ``authorized``, ``reason``, ``limits``, ``children`` (metric hierarchy).
+
+    ``limits``: ``[metric, max, current, period end (epoch seconds or None)]`` each.
+    """
+
+    __slots__ = ("authorized", "reason", "limits", "children", "expires")
+
+    def __init__(self, authorized: bool, reason: str | None,
+                 limits: list[list[Any]],
+                 children: dict[str, list[str]], expires: float) -> None:
+        self.authorized, self.reason, self.limits = authorized, reason, limits
+        self.children, self.expires = children, expires
+
+    def to_json(self) -> str:
+        return json.dumps([self.authorized, self.reason, self.limits, self.children, self.expires])
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Entry:
+        authorized, reason, limits, children, expires = json.loads(data)
+        return cls(authorized, reason, limits, children, expires)
+
+    def fresh(self, now: float) -> bool:
+        return now < self.expires and all(end is None or now < end for _, _, _, end in self.limits)
+
+    def usage_of(self, metric: str, usages: dict[str, int]) -> int:
+        """What ``usages`` add to ``metric``: its own delta and its children's."""
+        return usages.get(metric, 0) + sum(usages.get(child, 0) for child in self.children.get(metric, ()))
+
+
+class AuthorizationCache:
+    """One VM's side of the cache: the shared entries, this worker's unreported usage, the flush."""
+
+    def __init__(self, root: Root, backend: Backend) -> None:
+        self.root = root
+        self.upstream = backend.upstream
+        assert backend.cache is not None
+        self.settings = backend.cache
+        self.pending: dict[str, dict[str, int]] = {}      # key -> usage not reported yet
+        self.in_flight: dict[str, dict[str, int]] = {}    # key -> usage reported, entry not refreshed yet
+        self.owners: dict[str, tuple[Service, Credential]] = {}  # key -> who the usage is for
+        self.memo: dict[str, tuple[int, Entry]] = {}      # key -> (shared-data cas, parsed entry)
+
+    @staticmethod
+    def key(service: Service, credential: Credential) -> str:
+        kind, value, app_key = credential
+        # length-prefixed parts: no credential, whatever it holds, can spell another one's key
+        parts = (service.id, kind, value, "" if app_key is None else "=" + app_key)
+        return "".join(f"{len(part)}:{part}" for part in parts)
+
+    def _entry(self, key: str) -> Entry | None:
+        found = SharedData.get(KEY_PREFIX + key)
+        if found is None:
+            return None
+        data, cas = found
+        if not data:  # cleared by a failed refresh: ask the backend again
+            return None
+        memo = self.memo.get(key)
+        if memo is not None and memo[0] == cas:
+            return memo[1]
+        entry = Entry.from_json(data)
+        self.memo[key] = (cas, entry)
+        return entry
+
+    def _store(self, key: str, entry: Entry) -> None:
+        SharedData.set(KEY_PREFIX + key, entry.to_json())
+
+    def admit(self, context: Authorize, service: Service, credential: Credential, usages: dict[str, int]) -> str | None:
+        """``""`` admitted, a reply outcome, or None: a miss, the authorize call made (the request waits)."""
+        key = self.key(service, credential)
+        entry = self._entry(key)
+        if entry is not None and entry.fresh(time.time()):
+            return self._decide(key, service, credential, entry, usages)
+        assert service.token is not None
+        query = authrep.query(service.id, service.token, credential, usages)
+        try:
+            context.http_call(
+                self.upstream.name, self._authorize_headers(query), timeout_ms=self.upstream.timeout_ms,
+                callback=lambda answer: self._on_miss_answer(context, key, service, credential, usages, answer))
+        except CalloutError as error:
+            log.error(f"3scale: {error}")
+            return "authentication_failed"
+        return None
+
+    def _authorize_headers(self, query: str) -> list[tuple[str, str]]:
+        return authrep.call_headers(self.upstream, "GET", self.upstream.target("transactions/authorize.xml", query),
+                                    CACHE_OPTIONS)
+
+    def _decide(self, key: str, service: Service, credential: Credential, entry: Entry,
+                usages: dict[str, int]) -> str:
+        if not entry.authorized:
+            return "limits_exceeded" if entry.reason == "limits_exceeded" else "authentication_failed"
+        local: dict[str, int] = {}
+        _add(local, self.pending.get(key, {}))
+        _add(local, self.in_flight.get(key, {}))
+        for metric, maximum, current, _end in entry.limits:
+            if current + entry.usage_of(metric, local) + entry.usage_of(metric, usages) > maximum:
+                return "limits_exceeded"
+        _add(self.pending.setdefault(key, {}), usages)
+        self.owners[key] = (service, credential)
+        return ""
+
+    def _entry_from(self, answer: HttpCallResponse) -> Entry | None:
+        """The entry an authorize answer gives, or None when it is not an authorization result."""
+        status = answer.header(":status")
+        if status not in ("200", "409"):
+            return None
+        try:
+            result = statusxml.parse_status(answer.body)
+            root = statusxml.parse(answer.body)
+        except ValueError as error:
+            log.warn(f"3scale: unusable authorize answer ({error})")
+            return None
+        reason = answer.header("3scale-rejection-reason") or (None if result.authorized else result.reason)
+        children: dict[str, list[str]] = {}
+        hierarchy = root.find("hierarchy")
+        for metric in hierarchy.children if hierarchy is not None else ():
+            children[metric.attributes.get("name", "")] = metric.attributes.get("children", "").split()
+        limits = [[report.metric, report.max_value, report.current_value, _epoch(report.period_end)]
+                  for report in result.usage_reports]
+        return Entry(result.authorized, reason, limits, children, time.time() + self.settings.ttl_ms / 1000)
+
+    def _on_miss_answer(self, context: Authorize, key: str, service: Service, credential: Credential,
+                        usages: dict[str, int], answer: HttpCallResponse) -> None:
+        entry = self._entry_from(answer)
+        if entry is None:
+            context.decide(authrep.outcome_of(answer) or "authentication_failed")
+            return
+        self._store(key, entry)
+        context.decide(self._decide(key, service, credential, entry, usages) or None)
+
+    # -- flushing --------------------------------------------------------------------------------------------
+
+    def on_tick(self) -> None:
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, {}
+        by_service: dict[str, list[str]] = {}
+        for key in batch:
+            by_service.setdefault(self.owners[key][0].id, []).append(key)
+        for keys in by_service.values():
+            self._report(keys, {key: batch[key] for key in keys})
+
+    def _report(self, keys: list[str], batch: dict[str, dict[str, int]]) -> None:
+        service = self.owners[keys[0]][0]
+        assert service.token is not None
+        params = [("service_id", service.id), ("service_token", service.token)]
+        for index, key in enumerate(keys):
+            for name, value in authrep.credential_params(self.owners[key][1]):
+                params.append((f"transactions[{index}][{name}]", value))
+            for metric, delta in batch[key].items():
+                params.append((f"transactions[{index}][usage][{metric}]", str(delta)))
+        body = "&".join(f"{authrep.encode(name)}={authrep.encode(value)}" for name, value in params)
+        for key in keys:
+            _add(self.in_flight.setdefault(key, {}), batch[key])
+        headers = authrep.call_headers(self.upstream, "POST", self.upstream.target("transactions.xml"), None)
+        headers.append(("content-type", "application/x-www-form-urlencoded"))
+        try:
+            self.root.http_call(self.upstream.name, headers, body, timeout_ms=self.upstream.timeout_ms,
+                                callback=lambda answer: self._on_report_answer(keys, batch, answer))
+        except CalloutError as error:
+            log.error(f"3scale: report: {error}")
+            self._retry(keys, batch)
+
+    def _retry(self, keys: list[str], batch: dict[str, dict[str, int]]) -> None:
+        for key in keys:
+            self._forget_in_flight(key, batch[key])
+            _add(self.pending.setdefault(key, {}), batch[key])
+
+    def _forget_in_flight(self, key: str, usages: dict[str, int]) -> None:
+        remaining = self.in_flight.get(key, {})
+        for name, delta in usages.items():
+            remaining[name] = remaining.get(name, 0) - delta
+            if remaining[name] == 0:
+                del remaining[name]
+        if not remaining:
+            self.in_flight.pop(key, None)
+
+    def _on_report_answer(self, keys: list[str], batch: dict[str, dict[str, int]], answer: HttpCallResponse) -> None:
+        status = answer.status
+        if status in (200, 202):
+            for key in keys:
+                self._refresh(key, batch[key])
+            return
+        if status is None or status >= 500:
+            log.warn(f"3scale: report got {'no answer' if status is None else status}; sending it again with the "
+                     "next flush")
+            self._retry(keys, batch)
+            return
+        log.error(f"3scale: report refused with {status} ({answer.body[:200]!r}); its usage is dropped")
+        for key in keys:
+            self._forget_in_flight(key, batch[key])
+
+    def _refresh(self, key: str, reported: dict[str, int]) -> None:
+        service, credential = self.owners[key]
+        assert service.token is not None
+        query = authrep.query(service.id, service.token, credential, None)
+
+        def on_answer(answer: HttpCallResponse) -> None:
+            entry = self._entry_from(answer)
+            self._forget_in_flight(key, reported)  # the backend counted it: the entry (if any) includes it now
+            if entry is not None:
+                self._store(key, entry)
+            else:
+                SharedData.set(KEY_PREFIX + key, "")  # unknown state: the next request asks again
+
+        try:
+            self.root.http_call(self.upstream.name, self._authorize_headers(query), callback=on_answer,
+                                timeout_ms=self.upstream.timeout_ms)
+        except CalloutError as error:
+            log.error(f"3scale: refresh: {error}")
+            self._forget_in_flight(key, reported)
+            SharedData.set(KEY_PREFIX + key, "")
