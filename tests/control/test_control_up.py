@@ -216,8 +216,10 @@ def test_prometheus_scrapes_the_sidecars_and_graph_reads_it(local_mesh):
         wait_until(lambda: {(s["metric"]["source_workload"], s["metric"]["destination_workload"]) for s in query(
             'rate(istio_requests_total{reporter="destination"}[1m]) > 0')} >=
             {("productpage-v1", "reviews-v1"), ("reviews-v1", "ratings-v1")}, 60, "the demo's edges in Prometheus")
-        from_prometheus = meshext_no_state("graph", "--prometheus", prometheus)
-        from_sidecars = meshext_no_state("graph", "--mesh", str(StateDir(state).mesh_file), "--interval", "2")
+        # A terminal wide enough that no cell folds onto a second line (80 columns fold the names).
+        from_prometheus = meshext_no_state("graph", "--prometheus", prometheus, columns=120)
+        from_sidecars = meshext_no_state("graph", "--mesh", str(StateDir(state).mesh_file), "--interval", "2",
+                                         columns=120)
     assert load.failures == []
     assert from_prometheus.returncode == 0, from_prometheus.stderr
     assert prometheus in from_prometheus.stdout
