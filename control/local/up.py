@@ -2,9 +2,8 @@
 
 Start order, each part waiting only for what it needs: the registry, the control
 plane, the three apps and Prometheus together (the example extensions build
-meanwhile, the one `up` applies first); each sidecar as soon as the control plane
-has written its certificate, which it does before building the telemetry module
-and serving; then the images are pushed, the ServiceMeshExtension is applied and
+meanwhile, the one `up` applies first); the sidecars once the control plane
+serves; then the images are pushed, the ServiceMeshExtension is applied and
 `meshext up` waits until it runs and one request has gone through all three
 services.  If anything fails, or Ctrl-C interrupts it, everything it started is
 stopped again and the error names the part and its log.
@@ -280,12 +279,8 @@ def _start_processes(mesh: LocalMesh, ports: Ports, board: Board, registry_ready
 
     _wait(mesh, REGISTRY, board, lambda: _http_ok(f"http://127.0.0.1:{ports.registry}/v2/"))
     registry_ready.set()
-    # A sidecar needs only its certificate (the control plane writes it before it builds the
-    # telemetry module and serves): started now, its `meshext proxy` and Envoy start up while the
-    # control plane gets ready, and Envoy connects as soon as it serves.
+    _wait(mesh, CONTROL_PLANE, board, lambda: _control_plane_healthy(state, ports))
     for app, _, _ in APPS:
-        _wait(mesh, CONTROL_PLANE, board, lambda app=app: _certificate_ready(state, app),  # type: ignore[misc]
-              row=sidecar(app), done="starting")
         mesh.parts[sidecar(app)].start(python + [
             "proxy", "--workload", f"{app}-v1", "--namespace", NAMESPACE, "--control", f"127.0.0.1:{ports.control}",
             "--control-http", f"127.0.0.1:{ports.control_http}", "--pki-dir", str(state.pki_dir),
@@ -295,7 +290,6 @@ def _start_processes(mesh: LocalMesh, ports: Ports, board: Board, registry_ready
             # state directory: nothing is left in the temporary directory when a proxy is killed.
             "--work-dir", str(state.root / "envoy" / f"{app}-v1"),
             "--envoy-log", str(mesh.parts[sidecar(app)].log_file)])
-    _wait(mesh, CONTROL_PLANE, board, lambda: _control_plane_healthy(state, ports))
     for app, _, _ in APPS:
         _wait(mesh, app, board, lambda app=app: _listening(ports.app_port(app, 0)))  # type: ignore[misc]
     for app, _, _ in APPS:
@@ -407,15 +401,6 @@ def _control_plane_healthy(state: StateDir, ports: Ports) -> bool:
     if not (state.pki_dir / "admin.pem").exists() or not ca.exists():
         return False
     return _http_ok(f"https://127.0.0.1:{ports.control_http}/healthz", ssl.create_default_context(cafile=str(ca)))
-
-
-def _certificate_ready(state: StateDir, app: str) -> bool:
-    """Whether ``app``'s sidecar certificate is there and whole (the control plane may be writing it)."""
-    try:
-        PKIDirectory(state.pki_dir).workload(f"{app}-v1", NAMESPACE).load()
-    except (MeshextError, OSError, ValueError):  # missing, or half written
-        return False
-    return True
 
 
 def _in_sync(mesh: LocalMesh, node_id: str) -> bool:
