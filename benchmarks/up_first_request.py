@@ -13,6 +13,12 @@ and polls productpage (productpage -> reviews -> ratings) from the moment it
 starts; "first request" is the first 200 whose reviews carry their stars, and
 "up returned" is when the command exits (the extension is Ready by then and its
 header is on every answer).  Ports are free loopback ports.
+
+Each run also prints its timeline (when each part was ready, from `meshext
+up`'s progress table) and the CPU seconds each part used until `up` returned
+(a sidecar's include its Envoy; the control plane's its telemetry build;
+"up + builds" is `meshext up` with its `meshext build`/`push` children), with
+the load average: on a shared machine the wall times mean little without them.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -29,8 +37,8 @@ import threading
 import time
 from pathlib import Path
 
-from meshext.control.local.layout import Ports
-from meshext.control.local.up import get_productpage
+from meshext.control.local.layout import Ports, StateDir
+from meshext.control.local.up import LocalMesh, get_productpage
 from meshext.paths import cache_root
 
 
@@ -58,9 +66,22 @@ def meshext(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
                           timeout=900)
 
 
-def timed_up(state: Path, ports: Ports, env: dict[str, str]) -> tuple[float, float]:
-    """(seconds to the first request through all three services, seconds until `meshext up` returned)."""
+READY_ROW = re.compile(r"^\s*(\S+)\s.*\((\d+\.\d) s\)\s*$")  # a progress row: part ... state (12.3 s)
+
+
+class Run:
+    """One `meshext up`: its two times, its timeline, CPU seconds per part and the load average."""
+
+    def __init__(self, name: str, first: float, returned: float, timeline: dict[str, float],
+                 cpu: dict[str, float], load: float) -> None:
+        self.name, self.first, self.returned, self.timeline, self.cpu, self.load = \
+            name, first, returned, timeline, cpu, load
+
+
+def timed_up(name: str, state: Path, ports: Ports, env: dict[str, str]) -> Run:
+    """`meshext up` measured: first request through all three services, return, timeline and CPU."""
     first: list[float] = []
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     process = subprocess.Popen([sys.executable, "-m", "meshext", "up", "--state-dir", str(state),
                                 *ports.as_options().split()], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -86,7 +107,12 @@ def timed_up(state: Path, ports: Ports, env: dict[str, str]) -> tuple[float, flo
     if process.returncode != 0:
         raise SystemExit(f"meshext up failed:\n{out}\n{err}")
     poller.join(timeout=30)
-    return first[0], returned
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = {part.name: part.cpu_seconds() for part in LocalMesh(StateDir(state)).parts.values()}
+    cpu["up + builds"] = (children.ru_utime + children.ru_stime
+                          - children_before.ru_utime - children_before.ru_stime)
+    timeline = {match[1]: float(match[2]) for line in err.splitlines() if (match := READY_ROW.match(line))}
+    return Run(name, first[0], returned, timeline, cpu, os.getloadavg()[0])
 
 
 def main() -> None:
@@ -98,21 +124,23 @@ def main() -> None:
         cache, state = Path(scratch) / "cache", Path(scratch) / "state"
         for part in ("toolchain", "shim"):  # what scripts/install.sh (`meshext toolchain`) leaves in the cache
             shutil.copytree(installed / part, cache / part, symlinks=True)
-        env = {**os.environ, "MESHEXT_CACHE_DIR": str(cache)}
+        env = {**os.environ, "MESHEXT_CACHE_DIR": str(cache), "COLUMNS": "200"}  # progress rows unwrapped
         ports = free_ports()
-        rows = []
+        runs = []
         try:
-            rows.append(("cold", *timed_up(state, ports, env)))
-            for run in range(arguments.warm_runs):
+            runs.append(timed_up("cold", state, ports, env))
+            for number in range(arguments.warm_runs):
                 meshext("down", "--state-dir", str(state), env=env)
-                rows.append((f"warm {run + 1}", *timed_up(state, ports, env)))
+                runs.append(timed_up(f"warm {number + 1}", state, ports, env))
         finally:
             meshext("down", "--state-dir", str(state), env=env)
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"load average {os.getloadavg()[0]:.1f}")
-    print(f"{'run':8} {'first request':>14} {'up returned':>12}")
-    for name, first, returned in rows:
-        print(f"{name:8} {first:13.1f}s {returned:11.1f}s")
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(f"{'run':8} {'first request':>14} {'up returned':>12} {'load avg':>9}")
+    for run in runs:
+        print(f"{run.name:8} {run.first:13.1f}s {run.returned:11.1f}s {run.load:9.1f}")
+    for run in runs:
+        print(f"\n{run.name}: ready at (s)   " + ", ".join(f"{part} {at:.1f}" for part, at in run.timeline.items()))
+        print(f"{run.name}: CPU seconds    " + ", ".join(f"{part} {cpu:.1f}" for part, cpu in run.cpu.items()))
 
 
 if __name__ == "__main__":

@@ -328,13 +328,18 @@ def prometheus_config_command(mesh_file: Path | None, scrape_interval: str, outp
               help="Incremental (delta) or state-of-the-world ADS.")
 @click.option("--concurrency", default=1, show_default=True, help="Envoy worker threads.")
 @click.option("--log-level", default="warning", show_default=True)
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Envoy's bootstrap and admin address file, kept (default: a temporary directory, removed at exit).")
+@click.option("--envoy-log", type=click.Path(dir_okay=False, path_type=Path),
+              help="File Envoy's own log is appended to (default: envoy.log in the work directory).")
 @click.option("--admin-address", metavar="HOST:PORT",
               help="Envoy's admin listener, the workload's `admin` in the mesh file, where Prometheus scrapes "
                    "/stats/prometheus (default: a free loopback port).")
 @_tls_options("The workload")
 def proxy_command(workload: str, namespace: str, control_address: str, control_http: str, module_dir: Path | None,
-                  protocol: str, concurrency: int, log_level: str, admin_address: str | None, pki_dir: Path | None,
-                  ca_file: Path | None, cert_file: Path | None, key_file: Path | None, insecure: bool) -> None:
+                  protocol: str, concurrency: int, log_level: str, work_dir: Path | None, envoy_log: Path | None,
+                  admin_address: str | None, pki_dir: Path | None, ca_file: Path | None, cert_file: Path | None,
+                  key_file: Path | None, insecure: bool) -> None:
     """Run the sidecar of WORKLOAD: Envoy configured by the control plane over ADS.
 
     Beside Envoy runs a module syncer that fetches its Wasm modules (sha256 verified).
@@ -363,7 +368,8 @@ def proxy_command(workload: str, namespace: str, control_address: str, control_h
                                                     f"--namespace {namespace}`")
     admin = parse_address(admin_address, where="--admin-address") if admin_address else None
     sidecar = Sidecar(workload, namespace, xds, http, protocol=protocol,  # type: ignore[arg-type]
-                      module_dir=module_dir, concurrency=concurrency, log_level=log_level, tls=tls, admin=admin)
+                      module_dir=module_dir, concurrency=concurrency, log_level=log_level, tls=tls, admin=admin,
+                      work_dir=work_dir, envoy_log=envoy_log)
     _exit_on_signal()
     try:
         sidecar.start()

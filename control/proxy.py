@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 # How long Envoy drains connections of a replaced filter chain (Envoy's default is 600 s).
 SIDECAR_DRAIN_SECONDS = 5
+# Envoy is LIVE only once its first listeners are in, and V8 compiles their Wasm modules
+# (the telemetry extension's in every sidecar) first: ~5 CPU-s each, minutes on a loaded machine.
+SIDECAR_START_TIMEOUT_SECONDS = 300.0
 
 XDS_CLUSTER = "meshext-xds"
 
@@ -258,7 +261,7 @@ class Sidecar:
                  labels: dict[str, str] | None = None, protocol: Literal["sotw", "delta"] = "delta",
                  module_dir: Path | None = None, tls: TLSMaterial | None = None,
                  admin: tuple[str, int] | None = None, stats_labels: tuple[str, ...] = (),
-                 **envoy_options: Any) -> None:
+                 work_dir: Path | None = None, envoy_log: Path | None = None, **envoy_options: Any) -> None:
         self._own_dir = module_dir is None
         self.module_dir = module_dir or Path(tempfile.mkdtemp(prefix="meshext-sidecar-modules-"))
         self.syncer = ModuleSyncer(node_id(workload, namespace), control_http, self.module_dir, tls)
@@ -268,9 +271,9 @@ class Sidecar:
                       "--drain-strategy", "immediate"]
         self.envoy = EnvoyProcess(bootstrap(workload, namespace, control, labels=labels, protocol=protocol, tls=tls,
                                             admin=admin, stats_labels=stats_labels),
-                                  extra_args=extra_args, **envoy_options)
+                                  extra_args=extra_args, workdir=work_dir, log_path=envoy_log, **envoy_options)
 
-    def start(self, timeout: float = 30.0) -> Sidecar:
+    def start(self, timeout: float = SIDECAR_START_TIMEOUT_SECONDS) -> Sidecar:
         """Start the module syncer, then Envoy (ready within ``timeout`` seconds: its first
         Wasm filters are compiled before it reports ready)."""
         self.syncer.start()
@@ -283,7 +286,7 @@ class Sidecar:
         self.syncer.stop()
 
     def cleanup(self) -> None:
-        """Stop, and delete Envoy's work directory and a module directory the sidecar made itself."""
+        """Stop, and delete Envoy's work directory and a module directory if the sidecar made them itself."""
         self.stop()
         self.envoy.cleanup()
         if self._own_dir and not os.environ.get("MESHEXT_KEEP_ENVOY_LOGS"):

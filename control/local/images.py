@@ -2,8 +2,8 @@
 
 Builds run `meshext build` (a process: the control plane never imports the SDK)
 and are cached under the cache root by the content of the filter project and of
-the SDK, so a second `meshext up` builds nothing.  Each module is pushed in the
-Maistra layout (phase and priority from its ``meshext.toml``) under two tags:
+the SDK, so a second `meshext up` builds nothing (and runs no `meshext build`
+process).  Each module is pushed in the Maistra layout (phase and priority from its ``meshext.toml``) under two tags:
 ``<version>-<content key>``, which the resource `meshext up` applies names (a
 changed filter gets a new tag, never a stale cached module), and ``latest``, which
 the shipped example resources (``deploy/local/``) name: WasmPlugin pulls
@@ -23,12 +23,15 @@ from pathlib import Path
 import meshext
 from meshext.errors import MeshextError
 from meshext.paths import cache_root
+from meshext.registry.client import RegistryClient
+from meshext.registry.reference import ImageReference
 
 # The checkout the examples and extensions come from (this file is control/local/images.py).
 CHECKOUT = Path(__file__).resolve().parents[2]
 SDK_DIR = (Path(meshext.__file__).parent / "sdk").resolve()
 BUILD_CACHE = "local-mesh"  # under the cache root: <content key>/<name>.wasm
 SKIPPED_PARTS = {"build", "tests", "__pycache__"}
+BACKGROUND_NICENESS = 10  # `nice -n` of builds nothing waits on yet
 
 
 @dataclass(frozen=True)
@@ -70,10 +73,11 @@ EXTENSIONS = (
 )
 
 
-def build(extension: Extension, log: Path) -> tuple[Path, bool]:
+def build(extension: Extension, log: Path, *, background: bool = False) -> tuple[Path, bool]:
     """``extension``'s module, built with `meshext build` unless cached: (module file, whether it was cached).
 
-    `meshext build` writes to ``log``; a failure names it."""
+    `meshext build` writes to ``log``; a failure names it.  ``background``: at a lower CPU priority
+    (``nice``), for a build nothing waits on yet."""
     if not extension.project.is_dir():
         raise MeshextError(f"the filter project {extension.project} is missing", where="meshext up",
                            fix="run meshext up from a meshext checkout (scripts/install.sh installs it editable)")
@@ -83,20 +87,40 @@ def build(extension: Extension, log: Path) -> tuple[Path, bool]:
         return module, True
     module.parent.mkdir(parents=True, exist_ok=True)
     partial = module.with_suffix(".partial.wasm")
-    _run([sys.executable, "-m", "meshext", "build", str(extension.project), "-o", str(partial)], log,
+    command = [sys.executable, "-m", "meshext", "build", str(extension.project), "-o", str(partial)]
+    _run(["nice", "-n", str(BACKGROUND_NICENESS), *command] if background else command, log,
          what=f"building {extension.name}")
     partial.replace(module)
     return module, False
 
 
 def push(extension: Extension, module: Path, registry: str, log: Path) -> str:
-    """Push ``module`` with `meshext push` (Maistra layout, plain HTTP to loopback) under both tags;
-    returns the exact one (see the module docstring)."""
-    exact = extension.image(registry, f"{extension.version()}-{module.parent.name[:12]}")
-    for reference in (exact, extension.image(registry, "latest")):
-        _run([sys.executable, "-m", "meshext", "push", str(module), reference, "--format", "maistra",
-              "--plain-http"], log, what=f"pushing {reference}")
+    """Push ``module`` under both tags (see the module docstring); returns the exact one.
+
+    The exact tag names the content, so when the registry has it already (a second `meshext up`
+    keeps the registry's storage) nothing is pushed; otherwise one `meshext push` (Maistra layout,
+    plain HTTP to loopback) publishes it.  ``latest`` is then the same manifest put under a
+    second tag, in this process: no second upload, no second `meshext push` process."""
+    tag = f"{extension.version()}-{module.parent.name[:12]}"
+    exact = extension.image(registry, tag)
+    client = RegistryClient(ImageReference.parse(exact), credentials=None, plain_http=True, ca_file=None,
+                            where=exact)
+    try:
+        media_type, manifest, _ = client.fetch_manifest(tag)
+        _log_line(log, f"--- {exact} is in the registry already: not pushed again")
+    except MeshextError:  # not there yet
+        _run([sys.executable, "-m", "meshext", "push", str(module), exact, "--format", "maistra",
+              "--plain-http"], log, what=f"pushing {exact}")
+        media_type, manifest, _ = client.fetch_manifest(tag)
+    client.put_manifest(manifest, media_type, "latest")
+    _log_line(log, f"--- {extension.image(registry, 'latest')} = {exact}")
     return exact
+
+
+def _log_line(log: Path, line: str) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as output:
+        output.write(line + "\n")
 
 
 def _run(command: list[str], log: Path, *, what: str) -> None:

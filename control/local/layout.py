@@ -149,7 +149,7 @@ class StateDir:
 
 
 def mesh_document(ports: Ports) -> dict[str, Any]:
-    """The mesh file: the three demo services, one workload each, every listener on loopback."""
+    """The mesh file: the three demo services, one workload each, every listener on loopback, telemetry on."""
     services, workloads = [], []
     for app, protocol, _ in APPS:
         services.append({"name": app, "namespace": NAMESPACE, "selector": {"app": app},
@@ -158,4 +158,6 @@ def mesh_document(ports: Ports) -> dict[str, Any]:
         workloads.append({"name": f"{app}-v1", "namespace": NAMESPACE, "labels": {"app": app, "version": "v1"},
                           "app": {"port": ports.app_port(app, 0)}, "outbound": {"port": ports.app_port(app, 1)},
                           "admin": {"port": ports.app_port(app, 2)}, "inbound": {"port": ports.inbound(app)}})
-    return {"controlPlaneNamespace": "meshext-system", "services": services, "workloads": workloads}
+    # Telemetry stated, not left to the default: every sidecar reports Istio's metrics (Prometheus, graph).
+    return {"controlPlaneNamespace": "meshext-system", "telemetry": {"enabled": True},
+            "services": services, "workloads": workloads}

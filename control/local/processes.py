@@ -42,6 +42,14 @@ def start_time(pid: int) -> int | None:
     return int(stat[19])  # field 22 of /proc/PID/stat
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time the process and its waited-for children used (user + system), 0 when it is gone."""
+    stat = _stat_fields(pid)
+    if stat is None:
+        return 0.0
+    return sum(int(field) for field in stat[11:15]) / os.sysconf("SC_CLK_TCK")  # fields 14-17
+
+
 def session_members(session: int, started_after: int) -> list[int]:
     """Live processes of ``session`` that started no earlier than its leader did."""
     members = []
@@ -110,6 +118,10 @@ class Part:
         """Every live process of the part's session: the part and what it started (e.g. Envoy)."""
         record = self.recorded()
         return [] if record is None else session_members(record[0], record[1])
+
+    def cpu_seconds(self) -> float:
+        """CPU time the part's live processes used so far (Envoy's included for a sidecar)."""
+        return sum(cpu_seconds(pid) for pid in self.processes())
 
     def stop(self) -> list[int]:
         """SIGTERM the part's session, SIGKILL what is left after 10 s; remove the PID file.

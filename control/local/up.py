@@ -1,9 +1,9 @@
 """`meshext up` and `meshext down`: the local mesh's processes, started in order and stopped.
 
 Start order, each part waiting only for what it needs: the registry, the control
-plane and the three apps together (the example extensions build meanwhile); then
-the sidecars (they need the certificates the control plane writes) and
-Prometheus; then the images are pushed, the ServiceMeshExtension is applied and
+plane, the three apps and Prometheus together (the example extensions build
+meanwhile, the one `up` applies first); the sidecars once the control plane
+serves; then the images are pushed, the ServiceMeshExtension is applied and
 `meshext up` waits until it runs and one request has gone through all three
 services.  If anything fails, or Ctrl-C interrupts it, everything it started is
 stopped again and the error names the part and its log.
@@ -226,7 +226,9 @@ def _build_and_push(extension: images.Extension, state: StateDir, ports: Ports, 
     name = f"build-{extension.name}"
     log = state.log_dir / f"{name}.log"
     board.set(name, "building (meshext build)")
-    module, cached = images.build(extension, log)
+    # The extensions `up` does not apply build at a lower CPU priority: on a busy machine the
+    # applied one (and the control plane's telemetry build) get the cores first.
+    module, cached = images.build(extension, log, background=extension != APPLIED_EXTENSION)
     board.set(name, "cached" if cached else "built")
     if not registry_ready.wait(BUILD_TIMEOUT_SECONDS):
         raise UnavailableError("the registry never became ready", where=REGISTRY, fix=f"see {log}")
@@ -267,18 +269,6 @@ def _start_processes(mesh: LocalMesh, ports: Ports, board: Board, registry_ready
             command += ["--upstream", f"127.0.0.1:{ports.app_port(app, 1)}"]
         mesh.parts[app].start(command)
 
-    _wait(mesh, REGISTRY, board, lambda: _http_ok(f"http://127.0.0.1:{ports.registry}/v2/"))
-    registry_ready.set()
-    _wait(mesh, CONTROL_PLANE, board, lambda: _control_plane_healthy(state, ports))
-    for app, _, _ in APPS:
-        _wait(mesh, app, board, lambda app=app: _listening(ports.app_port(app, 0)))  # type: ignore[misc]
-
-    for app, _, _ in APPS:
-        mesh.parts[sidecar(app)].start(python + [
-            "proxy", "--workload", f"{app}-v1", "--namespace", NAMESPACE, "--control", f"127.0.0.1:{ports.control}",
-            "--control-http", f"127.0.0.1:{ports.control_http}", "--pki-dir", str(state.pki_dir),
-            "--admin-address", f"127.0.0.1:{ports.app_port(app, 2)}",
-            "--module-dir", str(state.root / "modules" / f"{app}-v1")])
     prometheus_dir = state.root / "prometheus"
     prometheus_dir.mkdir(parents=True, exist_ok=True)
     config, _ = scrape_config(load_mesh(state.mesh_file), scrape_interval="5s")
@@ -286,6 +276,22 @@ def _start_processes(mesh: LocalMesh, ports: Ports, board: Board, registry_ready
     mesh.parts[PROMETHEUS].start([_prometheus_binary(), f"--config.file={prometheus_dir / 'prometheus.yml'}",
                                   f"--storage.tsdb.path={prometheus_dir / 'data'}", "--storage.tsdb.retention.time=1d",
                                   f"--web.listen-address=127.0.0.1:{ports.prometheus}"])
+
+    _wait(mesh, REGISTRY, board, lambda: _http_ok(f"http://127.0.0.1:{ports.registry}/v2/"))
+    registry_ready.set()
+    _wait(mesh, CONTROL_PLANE, board, lambda: _control_plane_healthy(state, ports))
+    for app, _, _ in APPS:
+        mesh.parts[sidecar(app)].start(python + [
+            "proxy", "--workload", f"{app}-v1", "--namespace", NAMESPACE, "--control", f"127.0.0.1:{ports.control}",
+            "--control-http", f"127.0.0.1:{ports.control_http}", "--pki-dir", str(state.pki_dir),
+            "--admin-address", f"127.0.0.1:{ports.app_port(app, 2)}",
+            "--module-dir", str(state.root / "modules" / f"{app}-v1"),
+            # Envoy's own log in the part's log (`meshext logs <app>-sidecar`), its work files in the
+            # state directory: nothing is left in the temporary directory when a proxy is killed.
+            "--work-dir", str(state.root / "envoy" / f"{app}-v1"),
+            "--envoy-log", str(mesh.parts[sidecar(app)].log_file)])
+    for app, _, _ in APPS:
+        _wait(mesh, app, board, lambda app=app: _listening(ports.app_port(app, 0)))  # type: ignore[misc]
     for app, _, _ in APPS:
         _wait(mesh, sidecar(app), board, lambda app=app: _in_sync(mesh, f"{app}-v1.{NAMESPACE}"))  # type: ignore[misc]
     _wait(mesh, PROMETHEUS, board, lambda: _http_ok(f"http://127.0.0.1:{ports.prometheus}/-/ready"))

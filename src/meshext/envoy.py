@@ -43,6 +43,10 @@ class EnvoyProcess:
 
     The bootstrap's admin listener is forced onto loopback with port 0 unless
     it already names one.  Use as a context manager, or call ``start``/``stop``.
+
+    ``workdir`` (bootstrap, admin address file) and ``log_path`` (Envoy's log,
+    appended to) default to a new temporary directory, which ``cleanup``
+    removes; given ones are the caller's and are kept.
     """
 
     def __init__(
@@ -53,6 +57,8 @@ class EnvoyProcess:
         log_level: str = "warning",
         component_log_level: str | None = None,
         extra_args: list[str] | None = None,
+        workdir: Path | None = None,
+        log_path: Path | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.concurrency = concurrency
@@ -60,8 +66,9 @@ class EnvoyProcess:
         self.component_log_level = component_log_level
         self.extra_args = extra_args or []
         self.process: subprocess.Popen[bytes] | None = None
-        self.workdir = Path(tempfile.mkdtemp(prefix="meshext-envoy-"))
-        self.log_path = self.workdir / "envoy.log"
+        self._own_workdir = workdir is None
+        self.workdir = Path(tempfile.mkdtemp(prefix="meshext-envoy-")) if workdir is None else workdir
+        self.log_path = self.workdir / "envoy.log" if log_path is None else log_path
         self.admin_url = ""
 
     def start(self, timeout: float = 30.0) -> EnvoyProcess:
@@ -69,9 +76,11 @@ class EnvoyProcess:
         bootstrap.setdefault(
             "admin", {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}
         )
+        self.workdir.mkdir(parents=True, exist_ok=True)
         config_path = self.workdir / "bootstrap.json"
         config_path.write_text(json.dumps(bootstrap))
         admin_path = self.workdir / "admin-address"
+        admin_path.unlink(missing_ok=True)  # a kept work directory holds the previous run's
         command = [
             str(envoy_binary()),
             "-c", str(config_path),
@@ -83,7 +92,8 @@ class EnvoyProcess:
             *self.extra_args,
         ]
         # Envoy holds its own copy of the log's descriptor; ours closes once it is started.
-        with open(self.log_path, "wb") as log_file:
+        # Appended to: a log the caller gave may hold other writers' lines (a sidecar's part log).
+        with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -160,8 +170,13 @@ class EnvoyProcess:
                 self.process.wait()
 
     def cleanup(self) -> None:
+        """Stop, and remove the work directory if it is a temporary one."""
         self.stop()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        self._remove_workdir()
+
+    def _remove_workdir(self) -> None:
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> EnvoyProcess:
         return self.start()
@@ -169,4 +184,4 @@ class EnvoyProcess:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
         if os.environ.get("MESHEXT_KEEP_ENVOY_LOGS") is None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            self._remove_workdir()

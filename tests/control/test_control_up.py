@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -163,26 +164,74 @@ def test_bad_resources_are_refused_and_the_mesh_keeps_serving(local_mesh, tmp_pa
     wait_until(lambda: "missing" not in meshext(state, "get").stdout, 30, "the resource gone from get")
 
 
+# One row of `meshext graph`'s table: from, to, via, rate, err, p95, mTLS.
+GRAPH_ROW = re.compile(r"│\s*(?P<source>\S+)\s*│\s*(?P<destination>\S+)\s*│\s*(?P<via>\S+ \(\w+\))\s*"
+                       r"│\s*(?P<rate>[\d.]+) req/s\s*│\s*(?P<errors>\d+)%\s*│[^│]*│\s*(?P<mtls>\d+)%\s*│")
+DEMO_EDGES = {("productpage-v1", "reviews-v1", "reviews (http)"), ("reviews-v1", "ratings-v1", "ratings (grpc)")}
+ENTRY_EDGE = ("unknown", "productpage-v1", "productpage (http)")
+
+
+def graph_edges(output: str) -> dict[tuple[str, str, str], dict[str, float]]:
+    """The edges `meshext graph` printed: (from, to, via) -> rate (req/s), error and mTLS percentages."""
+    edges = {}
+    for line in output.splitlines():
+        if row := GRAPH_ROW.search(line):
+            edges[(row["source"], row["destination"], row["via"])] = {
+                "rate": float(row["rate"]), "errors": float(row["errors"]), "mtls": float(row["mtls"])}
+    return edges
+
+
+def assert_demo_edges(output: str) -> None:
+    """productpage -> reviews -> ratings drawn with traffic, no errors, all over mutual TLS; and the
+    test's own requests into productpage, from a caller without a sidecar: each sidecar reports."""
+    edges = graph_edges(output)
+    assert DEMO_EDGES | {ENTRY_EDGE} <= set(edges), output
+    for key in DEMO_EDGES:
+        assert edges[key]["rate"] > 0 and edges[key]["errors"] == 0 and edges[key]["mtls"] == 100, output
+    assert edges[ENTRY_EDGE]["rate"] > 0 and edges[ENTRY_EDGE]["mtls"] == 0, output
+
+
 def test_prometheus_scrapes_the_sidecars_and_graph_reads_it(local_mesh):
     state, ports = local_mesh
     prometheus = f"http://127.0.0.1:{ports.prometheus}"
 
-    def sidecars_up() -> set[str]:
+    def query(promql: str) -> list[dict]:
+        import urllib.parse
         import urllib.request
-        with urllib.request.urlopen(f"{prometheus}/api/v1/query?query=up", timeout=10) as response:
-            result = json.load(response)["data"]["result"]
-        return {series["metric"]["workload"] for series in result if series["value"][1] == "1"}
+        url = f"{prometheus}/api/v1/query?query={urllib.parse.quote(promql)}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return list(json.load(response)["data"]["result"])
+
+    def sidecars_up() -> set[str]:
+        return {series["metric"]["workload"] for series in query("up") if series["value"][1] == "1"}
+
+    def send() -> Response:
+        status, headers, body = get_productpage(ports)
+        return Response(status, list(headers.items()), body)
 
     assert wait_until(lambda: sidecars_up() == {"productpage-v1", "reviews-v1", "ratings-v1"}, 60,
                       "Prometheus scraping the three sidecars")
-    graph = meshext_no_state("graph", "--prometheus", prometheus)
-    assert graph.returncode == 0, graph.stderr
-    assert prometheus in graph.stdout
+    with Load(send, count=2000, seconds=120, pause=0.1) as load:
+        # Both edges' requests in Prometheus, from two scrapes at least (a rate needs two samples).
+        wait_until(lambda: {(s["metric"]["source_workload"], s["metric"]["destination_workload"]) for s in query(
+            'rate(istio_requests_total{reporter="destination"}[1m]) > 0')} >=
+            {("productpage-v1", "reviews-v1"), ("reviews-v1", "ratings-v1")}, 60, "the demo's edges in Prometheus")
+        # A terminal wide enough that no cell folds onto a second line (80 columns fold the names).
+        from_prometheus = meshext_no_state("graph", "--prometheus", prometheus, columns=120)
+        from_sidecars = meshext_no_state("graph", "--mesh", str(StateDir(state).mesh_file), "--interval", "2",
+                                         columns=120)
+    assert load.failures == []
+    assert from_prometheus.returncode == 0, from_prometheus.stderr
+    assert prometheus in from_prometheus.stdout
+    assert_demo_edges(from_prometheus.stdout)
+    assert from_sidecars.returncode == 0, from_sidecars.stderr
+    assert "3 sidecars' /stats/prometheus" in from_sidecars.stdout
+    assert_demo_edges(from_sidecars.stdout)
 
 
-def meshext_no_state(*args: str) -> subprocess.CompletedProcess[str]:
+def meshext_no_state(*args: str, columns: int = 80) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "meshext", *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "COLUMNS": "80"})
+                          env={**os.environ, "COLUMNS": str(columns)})
 
 
 def test_second_up_reuses_the_running_mesh(local_mesh):
