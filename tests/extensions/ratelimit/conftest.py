@@ -134,6 +134,12 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(timeout=10)
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no clean shutdown, the counters are gone (no persistence)."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=10)
+
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
