@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from conftest import RedisServer, bootstrap, cluster, wasm_filter
 from control_harness import free_port, start_app, wait_until
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 from test_ratelimit_local import wait_for_a_quiet_hour
 
 from meshext.envoy import EnvoyProcess
@@ -63,7 +65,8 @@ def service_config(tmp_path: Path) -> Path:
 @pytest.fixture
 def server(service_config: Path, redis_server: RedisServer):
     settings = RedisSettings(port=redis_server.port, timeout_seconds=1.0, expiration_jitter_seconds=0)
-    with RateLimitServer(load_service_config([service_config]), settings, "127.0.0.1:0") as running:
+    with RateLimitServer(load_service_config([service_config]), settings, "127.0.0.1:0",
+                         metrics_address="127.0.0.1:0") as running:
         yield running
 
 
@@ -143,6 +146,42 @@ def _answers(server):
         return None
 
 
+def statistics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The Prometheus text at ``url``: (sample name, sorted labels) -> value."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.headers["content-type"].startswith("text/plain")
+        text = response.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def test_the_service_keeps_the_reference_statistics_as_prometheus_text(server, redis_server):
+    for _ in range(5):
+        ask(server, [("user", "ann")])  # limit 3 per minute; near limit from floor(3 × 0.8) = 2
+    ask(server, [("user", "ann"), ("path", "/checkout")])
+    ask(server, [("user", "dora")], override=(50, 3))  # the proxy's limit: named by the request's values
+    ask(server, [("shadow", "s")])
+    ask(server, [("shadow", "s")])  # over its 1 per day, reported OK: shadow_mode
+    ask(server, [("user", "ann")], domain="unknown-domain")
+    redis_server.stop()
+    with pytest.raises(grpc.RpcError):
+        ask(server, [("user", "ann")])
+    stats = statistics(server.metrics_url)
+
+    def descriptor(stat: str, key: str) -> float:
+        return stats[(f"ratelimit_service_rate_limit_{stat}_total", (("descriptor", key), ("domain", "shop")))]
+
+    assert [descriptor(stat, "user") for stat in ("total_hits", "within_limit", "near_limit", "over_limit")] == [
+        5, 3, 1, 2]
+    assert descriptor("total_hits", "user.path_/checkout") == 1
+    assert descriptor("within_limit", "user_dora") == 1
+    assert (descriptor("over_limit", "shadow"), descriptor("shadow_mode", "shadow")) == (1, 1)
+    assert stats[("ratelimit_service_rate_limit_domain_not_found_total", (("domain", "unknown-domain"),))] == 1
+    assert stats[("ratelimit_service_call_should_rate_limit_redis_error_total", ())] == 1
+    assert stats[("ratelimit_service_call_should_rate_limit_service_error_total", ())] == 0
+    assert stats[("ratelimit_service_config_load_success_total", ())] == 1
+
+
 @pytest.mark.parametrize(("yaml_text", "named"), [
     ("domain: d\ndescriptors: [{key: k, colour: red}]", "descriptors.0.colour: Extra inputs are not permitted"),
     ("domain: d\ndescriptors: [{key: k, rate_limit: {unit: fortnight, requests_per_unit: 1}}]", "unit 'fortnight'"),
@@ -159,9 +198,10 @@ def test_bad_service_configuration_is_refused_naming_the_field(tmp_path, yaml_te
 
 
 def test_the_command_serves_until_terminated(service_config, redis_server):
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     process = subprocess.Popen([sys.executable, "-m", "meshext", "ratelimit", "serve", "--config", str(service_config),
-                                "--address", f"127.0.0.1:{port}", "--redis", f"127.0.0.1:{redis_server.port}"],
+                                "--address", f"127.0.0.1:{port}", "--redis", f"127.0.0.1:{redis_server.port}",
+                                "--metrics-address", f"127.0.0.1:{metrics_port}"],
                                stderr=subprocess.PIPE, text=True)
     try:
         class Address:
@@ -170,10 +210,15 @@ def test_the_command_serves_until_terminated(service_config, redis_server):
         target.port = port  # type: ignore[attr-defined]
         answer = wait_until(lambda: _answers(target), what="meshext ratelimit serve answering")
         assert answer.statuses[0].current_limit.name == "per-user"
+        stats = statistics(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert stats[("ratelimit_service_rate_limit_total_hits_total", (("descriptor", "user"), ("domain", "shop")))] \
+            >= 1
     finally:
         process.terminate()
         assert process.wait(timeout=10) == 0
-    assert f"rate limit service on 127.0.0.1:{port}" in process.stderr.read()
+    printed = process.stderr.read()
+    assert f"rate limit service on 127.0.0.1:{port}" in printed
+    assert f"statistics on http://127.0.0.1:{metrics_port}/metrics" in printed
 
 
 # -- with Envoy ------------------------------------------------------------------------------------
