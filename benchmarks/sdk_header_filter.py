@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -32,6 +31,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from registry_pull import cpu_model
 
 from meshext.envoy import EnvoyProcess
 from meshext.sdk.builder import build_filter, toolchain
@@ -52,11 +53,15 @@ MEMORY_RELEASE = {"bytes_to_release": str(64 << 20), "memory_release_interval": 
 SETTLE_SECONDS = 1.5  # a few release intervals before RSS is read
 
 
-def wasm_filter(module: Path) -> list[dict]:
+def wasm_filter(module: Path, configuration: dict | None = None) -> list[dict]:
+    """Envoy's Wasm HTTP filter running ``module``, with ``configuration`` as JSON plugin configuration."""
+    config: dict = {"name": "bench", "root_id": "", "vm_config": {
+        "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(module)}}}}
+    if configuration is not None:
+        config["configuration"] = {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                   "value": json.dumps(configuration)}
     return [{"name": "envoy.filters.http.wasm", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-        "config": {"name": "bench", "root_id": "", "vm_config": {
-            "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(module)}}}}}}]
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": config}}]
 
 
 def variants(python_module: Path, empty_module: Path, wat_module: Path) -> dict[str, list[dict]]:
@@ -79,8 +84,9 @@ def variants(python_module: Path, empty_module: Path, wat_module: Path) -> dict[
     }
 
 
-def bootstrap(filters: list[dict]) -> dict:
-    return {"memory_allocator_manager": MEMORY_RELEASE, "static_resources": {"listeners": [{
+def bootstrap(filters: list[dict], clusters: list[dict] | None = None) -> dict:
+    """One listener "bench" answering 200 itself after ``filters``; ``clusters`` for filters that call out."""
+    return {"memory_allocator_manager": MEMORY_RELEASE, "static_resources": {"clusters": clusters or [], "listeners": [{
         "name": "bench",
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
         "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
@@ -96,10 +102,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def one_round(filters: list[dict], seconds: int, start_timeout: float = 60) -> dict[str, float]:
-    """Start Envoy (timing the first answered request) and load it."""
+def wrk_latency_us(output: str, percentile: str) -> float:
+    """A percentile of ``wrk --latency``'s distribution ("50%", "99%") in µs."""
+    value, unit = re.search(rf"^\s*{re.escape(percentile)}\s+([\d.]+)(us|ms|s)\s*$", output, re.M).groups()
+    return float(value) * {"us": 1, "ms": 1e3, "s": 1e6}[unit]
+
+
+def one_round(filters: list[dict], seconds: int, clusters: list[dict] | None = None,
+              connections: int = 8, start_timeout: float = 60) -> dict[str, float]:
+    """Start Envoy (timing the first answered request) and load it with wrk (one thread, ``connections``)."""
     started = time.monotonic()
-    envoy = EnvoyProcess(bootstrap(filters))
+    envoy = EnvoyProcess(bootstrap(filters, clusters))
     try:
         envoy.start(timeout=start_timeout)
         host, port = envoy.listener_address("bench")
@@ -113,7 +126,7 @@ def one_round(filters: list[dict], seconds: int, start_timeout: float = 60) -> d
         assert envoy.process is not None
         cpu_before = cpu_seconds(envoy.process.pid)
         output = subprocess.run(
-            ["wrk", "-t1", "-c8", f"-d{seconds}s", f"http://{host}:{port}/some/request/path"],
+            ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", f"http://{host}:{port}/some/request/path"],
             capture_output=True, text=True, timeout=seconds + 30,
         ).stdout
         cpu = cpu_seconds(envoy.process.pid) - cpu_before
@@ -122,6 +135,8 @@ def one_round(filters: list[dict], seconds: int, start_timeout: float = 60) -> d
             "start_to_first_request_s": first_request,
             "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
             "cpu_us_per_request": cpu / requests * 1e6,
+            "p50_us": wrk_latency_us(output, "50%"),
+            "p99_us": wrk_latency_us(output, "99%"),
         }
     finally:
         envoy.cleanup()
@@ -139,6 +154,13 @@ def rss_mb(filters: list[dict], workers: int, start_timeout: float = 60) -> floa
         return envoy.rss_bytes() / 2**20
     finally:
         envoy.cleanup()
+
+
+def machine() -> str:
+    """Date, CPU model, cores (nproc) and memory of this machine, for the figures' heading."""
+    memory_kb = int(re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M).group(1))
+    return (f"{time.strftime('%Y-%m-%d')}, {cpu_model()}, nproc {len(os.sched_getaffinity(0))}, "
+            f"{memory_kb / 2**20:.0f} GiB")
 
 
 def main() -> None:
@@ -167,8 +189,7 @@ def main() -> None:
             results[name]["rss_mb_1_worker"] = rss_mb(filters, 1)
             results[name]["rss_mb_2_workers"] = rss_mb(filters, 2)
     base = results["no filter"]
-    print(f"# {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, wrk -t1 -c8 -d{args.seconds}s, {args.rounds} interleaved rounds (medians), "
+    print(f"# {machine()}, wrk -t1 -c8 -d{args.seconds}s, {args.rounds} interleaved rounds (medians), "
           "Envoy 1 worker, direct response")
     print(f"module size: {built.size / 1e6:.2f} MB")
     print("| variant | req/s | added µs/request | Envoy CPU µs/request | RSS 1 worker (MB) | RSS ratio "

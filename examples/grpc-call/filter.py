@@ -13,7 +13,7 @@ one unary call and acts on the reply:
 - an error (gRPC status, an unreadable reply, ``UNKNOWN``): the request
   continues, or gets a 500 with ``failure_mode_deny``.
 
-Messages are encoded by hand (``protowire.py``) from the service's ``.proto``
+Messages are encoded by hand (``meshext.sdk.protowire``) from the service's ``.proto``
 files, quoted below with the field numbers used here:
 
     // envoy/service/ratelimit/v3/rls.proto
@@ -41,9 +41,8 @@ files, quoted below with the field numbers used here:
 
 from dataclasses import dataclass
 
-from protowire import bytes_field, fields
-
 from meshext.sdk import Action, CalloutError, Counter, GrpcResponse, HttpContext, RootContext, log
+from meshext.sdk.protowire import decode_fields, encode_bytes
 
 SERVICE = "envoy.service.ratelimit.v3.RateLimitService"
 METHOD = "ShouldRateLimit"
@@ -107,10 +106,10 @@ def config_problem(config: Config) -> str | None:
 
 def encode_request(domain: str, descriptors: list[list[tuple[str, str]]]) -> bytes:
     """A RateLimitRequest for ``descriptors`` (each a list of (key, value) entries)."""
-    message = bytes_field(1, domain)
+    message = encode_bytes(1, domain)
     for entries in descriptors:
-        encoded = b"".join(bytes_field(1, bytes_field(1, key) + bytes_field(2, value)) for key, value in entries)
-        message += bytes_field(2, encoded)
+        encoded = b"".join(encode_bytes(1, encode_bytes(1, key) + encode_bytes(2, value)) for key, value in entries)
+        message += encode_bytes(2, encoded)
     return message
 
 
@@ -123,7 +122,7 @@ class RateLimitAnswer:
         self.response_headers: list[tuple[str, str]] = []
         self.request_headers: list[tuple[str, str]] = []
         self.body = b""
-        for number, value in fields(message):
+        for number, _, value in decode_fields(message):
             if number == 1 and isinstance(value, int):
                 self.code = value
             elif number in (3, 4) and isinstance(value, bytes):
@@ -135,7 +134,7 @@ class RateLimitAnswer:
 def header_value(message: bytes) -> tuple[str, str]:
     """(key, value) of a HeaderValue; ``raw_value`` when ``value`` is empty."""
     key = value = raw_value = b""
-    for number, item in fields(message):
+    for number, _, item in decode_fields(message):
         if isinstance(item, bytes):
             if number == 1:
                 key = item

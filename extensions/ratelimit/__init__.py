@@ -13,6 +13,7 @@ What lives here:
   reading envoyproxy/ratelimit's YAML configuration and counting in Redis
   with that service's fixed-window key scheme;
 - ``service_config.py``: that YAML format, parsed and validated;
+- ``service_stats.py``: the service's statistics (envoyproxy/ratelimit's names) as Prometheus counters;
 - ``mixer.py``: ``meshext ratelimit convert``, Mixer quota configuration to
   this filter's configuration and a ServiceMeshExtension;
 - ``cli.py``: the ``meshext ratelimit`` commands.
@@ -20,5 +21,5 @@ What lives here:
 What it may import: the filter code only ``meshext.sdk`` and its own modules
 (it runs in the Wasm VM); the host side ``meshext.sdk`` (the schema),
 ``meshext.errors``, ``meshext.paths``, the ``filter`` folder's schema module,
-grpcio, xds-protos, redis and PyYAML; never ``meshext.control``.
+grpcio, xds-protos, redis, prometheus-client and PyYAML; never ``meshext.control``.
 """

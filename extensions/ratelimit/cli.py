@@ -28,8 +28,10 @@ def ratelimit_group() -> None:
 @click.option("--key-prefix", default="", help="prefix of every Redis key (CACHE_KEY_PREFIX)")
 @click.option("--expiration-jitter", default=300, show_default=True,
               help="up to this many seconds added to each key's expiry (EXPIRATION_JITTER_MAX_SECONDS)")
+@click.option("--metrics-address", default=None, metavar="HOST:PORT",
+              help="serve the service's statistics as Prometheus text on http://HOST:PORT/metrics (default: off)")
 def serve_command(configs: tuple[Path, ...], address: str, redis_address: str, redis_timeout: float,
-                  key_prefix: str, expiration_jitter: int) -> None:
+                  key_prefix: str, expiration_jitter: int, metrics_address: str | None) -> None:
     """Serve Envoy's rate limit protocol (RLS v3) with limits from YAML, counted in Redis."""
     from meshext.extensions.ratelimit.service import RateLimitServer, RedisSettings
     from meshext.extensions.ratelimit.service_config import load_service_config
@@ -43,9 +45,11 @@ def serve_command(configs: tuple[Path, ...], address: str, redis_address: str, r
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with RateLimitServer(config, settings, address) as server:
+    with RateLimitServer(config, settings, address, metrics_address=metrics_address) as server:
         click.echo(f"rate limit service on {server.host}:{server.port} (domains: "
                    f"{', '.join(sorted(config.domains)) or 'none'}; redis {redis_address})", err=True)
+        if server.metrics_url is not None:
+            click.echo(f"statistics on {server.metrics_url}", err=True)
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C stops the service like SIGTERM
             stop.wait()
 

@@ -90,13 +90,14 @@ class DomainConfig(_Strict):
 
 
 class Match:
-    """The limit a request descriptor gets."""
+    """The limit a request descriptor gets, and the name its statistics are kept under (``service_stats``)."""
 
-    __slots__ = ("policy", "shadow_mode")
+    __slots__ = ("policy", "shadow_mode", "stat_key")
 
-    def __init__(self, policy: RateLimitPolicy, shadow_mode: bool) -> None:
+    def __init__(self, policy: RateLimitPolicy, shadow_mode: bool, stat_key: str) -> None:
         self.policy = policy
         self.shadow_mode = shadow_mode
+        self.stat_key = stat_key
 
 
 class ServiceConfig:
@@ -117,14 +118,23 @@ class ServiceConfig:
             return None
         level = config.descriptors
         node: DescriptorConfig | None = None
+        path = []
         for key, value in entries:
             node = _find(level, key, value)
             if node is None:
                 return None
+            path.append(node.key if node.value is None else f"{node.key}_{node.value}")
             level = node.descriptors
         if node is None or node.rate_limit is None:
             return None
-        return Match(node.rate_limit, node.shadow_mode)
+        # As the reference: the configuration's path, or with detailed_metric the request's own values.
+        stat_key = request_stat_key(entries) if node.detailed_metric else ".".join(path)
+        return Match(node.rate_limit, node.shadow_mode, stat_key)
+
+
+def request_stat_key(entries: list[tuple[str, str]]) -> str:
+    """The statistics name of a descriptor from its own entries: ``key_value`` per entry, joined by '.'."""
+    return ".".join(f"{key}_{value}" for key, value in entries)
 
 
 def _find(level: list[DescriptorConfig], key: str, value: str) -> DescriptorConfig | None:

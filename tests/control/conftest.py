@@ -8,20 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
-from control_harness import (
-    PULL_PASSWORD,
-    PULL_USER,
-    header_module,
-    start_app,
-    start_control_plane,
-    two_service_mesh,
-)
+from control_harness import PULL_PASSWORD, PULL_USER, MeshUnderTest, header_module
 
-from meshext.control.mesh import Mesh, load_mesh
-from meshext.control.pki import PKIDirectory
-from meshext.control.proxy import sidecar_for
-from meshext.control.sources import DirectorySource
 from meshext.registry import Credentials, MaistraManifest, push
 from meshext.registry.local_registry import LocalRegistry
 
@@ -80,43 +68,6 @@ def images(registry: LocalRegistry, modules: dict[str, tuple[Path, str]]) -> dic
     return pushed
 
 
-class MeshUnderTest:
-    """Two apps with Envoy sidecars (frontend: SotW ADS, backend: delta ADS), one control plane,
-    talking mutual TLS with certificates from a mesh CA made for the test (``pki``)."""
-
-    def __init__(self, root: Path, registry_hosts: set[str]) -> None:
-        self.root = root
-        self.mesh_file = root / "mesh.yaml"
-        self.mesh_file.write_text(yaml.safe_dump(two_service_mesh()))
-        self.mesh: Mesh = load_mesh(self.mesh_file)
-        self.config_dir = root / "extensions"
-        self.apps = [start_app(w.name, w.app.port) for w in self.mesh.workloads]
-        self.pki = PKIDirectory(root / "pki")
-        self.pki.ensure(workloads=[(w.name, w.namespace) for w in self.mesh.workloads])
-        self.source = DirectorySource(self.config_dir, interval=0.1)
-        self.running = start_control_plane(self.mesh, root / "cache", source=self.source,
-                                           tls=self.pki.control_plane().load(),
-                                           plain_http_hosts=frozenset(registry_hosts))
-        self.control_plane, self.operator = self.running.server, self.running.operator
-        self.sidecars = {
-            w.name: sidecar_for(w, self.control_plane.xds_address, self.control_plane.http_address,
-                                "sotw" if w.name.startswith("frontend") else "delta",
-                                tls=self.pki.workload(w.name, w.namespace).load()).start()
-            for w in self.mesh.workloads
-        }
-        assert self.running.state.cache.wait_converged([w.node_id for w in self.mesh.workloads], 30)
-
-    def close(self) -> None:
-        for sidecar in self.sidecars.values():
-            if os.environ.get("MESHEXT_SHOW_ENVOY_LOGS"):
-                print(f"--- {sidecar.envoy.workdir}\n{sidecar.envoy.log_tail(60)}")
-            sidecar.cleanup()
-        self.running.stop()
-        for app in self.apps:
-            app.shutdown()
-            app.server_close()
-
-
 @pytest.fixture(scope="module")
 def mesh_under_test(tmp_path_factory: pytest.TempPathFactory, registry: LocalRegistry,
                     auth_registry: tuple[LocalRegistry, str]) -> Iterator[MeshUnderTest]:
@@ -129,9 +80,4 @@ def mesh_under_test(tmp_path_factory: pytest.TempPathFactory, registry: LocalReg
 def clean_config(mesh_under_test: MeshUnderTest) -> Iterator[Path]:
     """The watched directory, emptied after the test (extensions removed from the proxies)."""
     yield mesh_under_test.config_dir
-    for path in mesh_under_test.config_dir.iterdir():
-        path.unlink()
-    mesh_under_test.source.scan()
-    mesh_under_test.operator.wait_idle()
-    nodes = [w.node_id for w in mesh_under_test.mesh.workloads]
-    assert mesh_under_test.running.state.cache.wait_converged(nodes, 30)
+    mesh_under_test.remove_resources()

@@ -11,6 +11,7 @@ import hashlib
 import http.client
 import json
 import shutil
+import os
 import socket
 import socketserver
 import subprocess
@@ -157,10 +158,11 @@ def start_tcp_app(name: str, port: int) -> socketserver.ThreadingTCPServer:
     return server
 
 
-def two_service_mesh() -> dict[str, Any]:
-    """frontend and backend, one workload each, on free loopback ports."""
+def two_service_mesh(apps: tuple[str, str] = ("frontend", "backend")) -> dict[str, Any]:
+    """Two services (frontend and backend unless ``apps`` names others), one workload each, on free loopback
+    ports."""
     workloads = []
-    for app in ("frontend", "backend"):
+    for app in apps:
         workloads.append({
             "name": f"{app}-v1", "namespace": "default", "labels": {"app": app, "version": "v1"},
             "app": {"port": free_port()}, "inbound": {"port": free_port()}, "outbound": {"port": free_port()},
@@ -168,7 +170,7 @@ def two_service_mesh() -> dict[str, Any]:
     return {
         "controlPlaneNamespace": "meshext-system",
         "services": [{"name": app, "namespace": "default", "selector": {"app": app}, "ports": [{"port": 8080}]}
-                     for app in ("frontend", "backend")],
+                     for app in apps],
         "workloads": workloads,
     }
 
@@ -294,12 +296,12 @@ class Response:
         return self.body.get("headers", {}).get(name, [])
 
 
-def call(mesh: Mesh, source: str, service: str, path: str = "/") -> Response:
-    """Send one request from workload ``source``'s app through its sidecar to ``service``."""
+def call(mesh: Mesh, source: str, service: str, path: str = "/", headers: dict[str, str] | None = None) -> Response:
+    """Send one request (with extra ``headers``) from workload ``source``'s app through its sidecar to ``service``."""
     workload = next(w for w in mesh.workloads if w.name == source)
     connection = http.client.HTTPConnection(workload.outbound.address, workload.outbound.port, timeout=10)
     try:
-        connection.request("GET", path, headers={"Host": service, "Connection": "close"})
+        connection.request("GET", path, headers={"Host": service, "Connection": "close", **(headers or {})})
         response = connection.getresponse()
         raw = response.read()
         try:
@@ -394,3 +396,53 @@ def sme(name: str, image: str, *, namespace: str = "default", config: Any = None
 def wasmplugin(name: str, url: str, *, namespace: str = "default", **spec: Any) -> dict:
     return {"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
             "metadata": {"name": name, "namespace": namespace}, "spec": {"url": url, **spec}}
+
+
+class MeshUnderTest:
+    """Two apps with Envoy sidecars (the first, frontend: SotW ADS, the other: delta ADS), one control plane,
+    talking mutual TLS with certificates from a mesh CA made for the test (``pki``); resources are read from
+    the watched directory ``config_dir``.  ``description`` is the mesh file's content (default:
+    :func:`two_service_mesh`); ``registry_hosts`` are registries reached over plain HTTP."""
+
+    def __init__(self, root: Path, registry_hosts: set[str], description: dict[str, Any] | None = None) -> None:
+        self.root = root
+        self.mesh_file = root / "mesh.yaml"
+        self.mesh_file.write_text(yaml.safe_dump(description or two_service_mesh()))
+        self.mesh: Mesh = load_mesh(self.mesh_file)
+        self.config_dir = root / "extensions"
+        self.apps = [start_app(w.name, w.app.port) for w in self.mesh.workloads]
+        self.pki = PKIDirectory(root / "pki")
+        self.pki.ensure(workloads=[(w.name, w.namespace) for w in self.mesh.workloads])
+        self.source = DirectorySource(self.config_dir, interval=0.1)
+        self.running = start_control_plane(self.mesh, root / "cache", source=self.source,
+                                           tls=self.pki.control_plane().load(),
+                                           plain_http_hosts=frozenset(registry_hosts))
+        self.control_plane, self.operator = self.running.server, self.running.operator
+        first = self.mesh.workloads[0].name
+        self.sidecars = {
+            w.name: sidecar_for(w, self.control_plane.xds_address, self.control_plane.http_address,
+                                "sotw" if w.name == first else "delta",
+                                tls=self.pki.workload(w.name, w.namespace).load()).start()
+            for w in self.mesh.workloads
+        }
+        assert self.running.state.cache.wait_converged([w.node_id for w in self.mesh.workloads], 30)
+
+    def remove_resources(self) -> None:
+        """Empty the watched directory and wait until the proxies run without the extensions."""
+        for path in self.config_dir.iterdir():
+            path.unlink()
+        self.source.scan()
+        self.operator.wait_idle()
+        nodes = [w.node_id for w in self.mesh.workloads]
+        assert self.running.state.cache.wait_converged(nodes, 30)
+
+    def close(self) -> None:
+        """Stop the sidecars (printing their logs with MESHEXT_SHOW_ENVOY_LOGS set), the control plane, the apps."""
+        for sidecar in self.sidecars.values():
+            if os.environ.get("MESHEXT_SHOW_ENVOY_LOGS"):
+                print(f"--- {sidecar.envoy.workdir}\n{sidecar.envoy.log_tail(60)}")
+            sidecar.cleanup()
+        self.running.stop()
+        for app in self.apps:
+            app.shutdown()
+            app.server_close()

@@ -1,6 +1,6 @@
 """Mutual TLS between sidecars and the control plane: who may fetch what.
 
-The mesh under test (conftest.MeshUnderTest) runs over mutual TLS with certificates
+The mesh under test (control_harness.MeshUnderTest) runs over mutual TLS with certificates
 from its own mesh CA; the probes here are raw gRPC / HTTPS clients with the
 right, a wrong, or no certificate, and real Envoy sidecars.
 """

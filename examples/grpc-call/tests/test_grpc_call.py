@@ -125,8 +125,8 @@ def test_the_request_and_its_body_wait_for_the_reply(filter_module, proxy_host):
     # Envoy's gRPC client adds its response code details to the service's message.
     (GrpcReply(UNAVAILABLE, status_message="no healthy upstream"),
      "gRPC status UNAVAILABLE: no healthy upstream{via_upstream}"),
-    (GrpcReply(0, [b"\x08"]), "unreadable reply: the message ends inside a varint"),
-    (GrpcReply(0, [b"\x00\x01"]), "unreadable reply: field number 0 at byte 1: not a protobuf message"),
+    (GrpcReply(0, [b"\x08"]), "unreadable reply: varint cut off by the end of the message at byte 1"),
+    (GrpcReply(0, [b"\x00\x01"]), "unreadable reply: field number 0 before byte 1: not a protobuf message"),
     (GrpcReply(0, [Response().SerializeToString()]), "reply with overall_code 0 (UNKNOWN)"),
 ], ids=["grpc-error", "truncated", "garbage", "unknown-code"])
 def test_without_a_usable_reply_the_request_goes_on_with_a_warning(filter_module, proxy_host, reply, problem):

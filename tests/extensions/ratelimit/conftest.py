@@ -22,7 +22,10 @@ from meshext.sdk.builder import build_filter
 REPOSITORY = Path(__file__).resolve().parents[3]
 # The control-plane tests' helpers (free ports, apps, resources, a mesh under test) serve these tests too.
 sys.path.insert(0, str(REPOSITORY / "tests" / "control"))
-from control_harness import free_port  # noqa: E402
+from control_harness import MeshUnderTest, free_port, two_service_mesh  # noqa: E402
+
+from meshext.registry import push  # noqa: E402
+from meshext.registry.local_registry import LocalRegistry  # noqa: E402
 
 FILTER_PROJECT = REPOSITORY / "extensions" / "ratelimit" / "filter"
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -34,6 +37,30 @@ ROUTER = {"name": "envoy.filters.http.router",
 def ratelimit_module(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The filter, built once per test session with `meshext build`."""
     return build_filter(FILTER_PROJECT, tmp_path_factory.mktemp("ratelimit") / "ratelimit.wasm").output
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry]:
+    """A real OCI registry (Debian's docker-registry) on loopback, plain HTTP, as the control tests use."""
+    with LocalRegistry(tmp_path_factory.mktemp("registry")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def ratelimit_image(registry: LocalRegistry, ratelimit_module: Path) -> str:
+    """The filter pushed to the test registry as a Wasm OCI image: its oci:// reference."""
+    reference = f"{registry.host}/meshext/ratelimit:0.1.0"
+    push(ratelimit_module, reference, plain_http=True)
+    return f"oci://{reference}"
+
+
+@pytest.fixture(scope="module")
+def bookinfo_mesh(tmp_path_factory: pytest.TempPathFactory, registry: LocalRegistry) -> Iterator[MeshUnderTest]:
+    """frontend and productpage with sidecars and the control plane (the control tests' mesh under test)."""
+    running = MeshUnderTest(tmp_path_factory.mktemp("mesh"), {registry.host},
+                            two_service_mesh(("frontend", "productpage")))
+    yield running
+    running.close()
 
 
 def wasm_filter(module: Path, config: dict[str, Any]) -> dict[str, Any]:
@@ -106,6 +133,12 @@ class RedisServer:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=10)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no clean shutdown, the counters are gone (no persistence)."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=10)
 
 
 @pytest.fixture

@@ -4,9 +4,13 @@ ratelimit filter and the ratelimit filter in global mode."""
 from __future__ import annotations
 
 import contextlib
+import http.client
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -15,6 +19,8 @@ from conftest import RedisServer, bootstrap, cluster, wasm_filter
 from control_harness import free_port, start_app, wait_until
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+from test_ratelimit_local import wait_for_a_quiet_hour
 
 from meshext.envoy import EnvoyProcess
 from meshext.errors import MeshextError
@@ -59,7 +65,8 @@ def service_config(tmp_path: Path) -> Path:
 @pytest.fixture
 def server(service_config: Path, redis_server: RedisServer):
     settings = RedisSettings(port=redis_server.port, timeout_seconds=1.0, expiration_jitter_seconds=0)
-    with RateLimitServer(load_service_config([service_config]), settings, "127.0.0.1:0") as running:
+    with RateLimitServer(load_service_config([service_config]), settings, "127.0.0.1:0",
+                         metrics_address="127.0.0.1:0") as running:
         yield running
 
 
@@ -139,6 +146,42 @@ def _answers(server):
         return None
 
 
+def statistics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The Prometheus text at ``url``: (sample name, sorted labels) -> value."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.headers["content-type"].startswith("text/plain")
+        text = response.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def test_the_service_keeps_the_reference_statistics_as_prometheus_text(server, redis_server):
+    for _ in range(5):
+        ask(server, [("user", "ann")])  # limit 3 per minute; near limit from floor(3 × 0.8) = 2
+    ask(server, [("user", "ann"), ("path", "/checkout")])
+    ask(server, [("user", "dora")], override=(50, 3))  # the proxy's limit: named by the request's values
+    ask(server, [("shadow", "s")])
+    ask(server, [("shadow", "s")])  # over its 1 per day, reported OK: shadow_mode
+    ask(server, [("user", "ann")], domain="unknown-domain")
+    redis_server.stop()
+    with pytest.raises(grpc.RpcError):
+        ask(server, [("user", "ann")])
+    stats = statistics(server.metrics_url)
+
+    def descriptor(stat: str, key: str) -> float:
+        return stats[(f"ratelimit_service_rate_limit_{stat}_total", (("descriptor", key), ("domain", "shop")))]
+
+    assert [descriptor(stat, "user") for stat in ("total_hits", "within_limit", "near_limit", "over_limit")] == [
+        5, 3, 1, 2]
+    assert descriptor("total_hits", "user.path_/checkout") == 1
+    assert descriptor("within_limit", "user_dora") == 1
+    assert (descriptor("over_limit", "shadow"), descriptor("shadow_mode", "shadow")) == (1, 1)
+    assert stats[("ratelimit_service_rate_limit_domain_not_found_total", (("domain", "unknown-domain"),))] == 1
+    assert stats[("ratelimit_service_call_should_rate_limit_redis_error_total", ())] == 1
+    assert stats[("ratelimit_service_call_should_rate_limit_service_error_total", ())] == 0
+    assert stats[("ratelimit_service_config_load_success_total", ())] == 1
+
+
 @pytest.mark.parametrize(("yaml_text", "named"), [
     ("domain: d\ndescriptors: [{key: k, colour: red}]", "descriptors.0.colour: Extra inputs are not permitted"),
     ("domain: d\ndescriptors: [{key: k, rate_limit: {unit: fortnight, requests_per_unit: 1}}]", "unit 'fortnight'"),
@@ -155,9 +198,10 @@ def test_bad_service_configuration_is_refused_naming_the_field(tmp_path, yaml_te
 
 
 def test_the_command_serves_until_terminated(service_config, redis_server):
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     process = subprocess.Popen([sys.executable, "-m", "meshext", "ratelimit", "serve", "--config", str(service_config),
-                                "--address", f"127.0.0.1:{port}", "--redis", f"127.0.0.1:{redis_server.port}"],
+                                "--address", f"127.0.0.1:{port}", "--redis", f"127.0.0.1:{redis_server.port}",
+                                "--metrics-address", f"127.0.0.1:{metrics_port}"],
                                stderr=subprocess.PIPE, text=True)
     try:
         class Address:
@@ -166,10 +210,15 @@ def test_the_command_serves_until_terminated(service_config, redis_server):
         target.port = port  # type: ignore[attr-defined]
         answer = wait_until(lambda: _answers(target), what="meshext ratelimit serve answering")
         assert answer.statuses[0].current_limit.name == "per-user"
+        stats = statistics(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert stats[("ratelimit_service_rate_limit_total_hits_total", (("descriptor", "user"), ("domain", "shop")))] \
+            >= 1
     finally:
         process.terminate()
         assert process.wait(timeout=10) == 0
-    assert f"rate limit service on 127.0.0.1:{port}" in process.stderr.read()
+    printed = process.stderr.read()
+    assert f"rate limit service on 127.0.0.1:{port}" in printed
+    assert f"statistics on http://127.0.0.1:{metrics_port}/metrics" in printed
 
 
 # -- with Envoy ------------------------------------------------------------------------------------
@@ -294,3 +343,100 @@ def test_a_service_slower_than_the_timeout_follows_the_failure_mode(ratelimit_mo
             assert time.monotonic() - started < 0.9  # the timeout, not the service's answer
     finally:
         slow.stop(0)
+
+
+@dataclass
+class TimedLoad:
+    """A bounded parallel load (at most ``count`` requests within ``seconds``, ``clients`` keep-alive
+    connections on loopback) recording each request's (start, end, status); status 0: no HTTP answer."""
+
+    address: tuple[str, int]
+    headers: dict[str, str]
+    clients: int = 8
+    count: int = 4000
+    seconds: float = 60.0
+    results: list[tuple[float, float, int]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def __enter__(self) -> TimedLoad:
+        deadline = time.monotonic() + self.seconds
+        self._threads = [threading.Thread(target=self._client, args=(deadline,), daemon=True)
+                         for _ in range(self.clients)]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def _client(self, deadline: float) -> None:
+        connection = http.client.HTTPConnection(*self.address, timeout=10)
+        while not self._stop.is_set() and time.monotonic() < deadline and len(self.results) < self.count:
+            started = time.monotonic()
+            try:
+                connection.request("GET", "/", headers=self.headers)
+                response = connection.getresponse()
+                response.read()
+                status = response.status
+            except OSError:
+                connection.close()
+                connection = http.client.HTTPConnection(*self.address, timeout=10)
+                status = 0
+            with self._lock:
+                self.results.append((started, time.monotonic(), status))
+        connection.close()
+
+    def between(self, start: float, end: float) -> list[int]:
+        """Statuses of the requests that started at or after ``start`` and ended at or before ``end``."""
+        with self._lock:
+            return [status for began, ended, status in self.results if began >= start and ended <= end]
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+
+@pytest.mark.envoy
+@pytest.mark.slow
+@pytest.mark.parametrize("failure_mode", ["allow", "deny"])
+def test_redis_killed_and_restarted_under_load_admits_no_more_than_the_failure_mode(
+        server, redis_server, ratelimit_module, tmp_path, failure_mode):
+    limit = 40
+    yaml_path = tmp_path / "load.yaml"
+    yaml_path.write_text(f"domain: shop\ndescriptors: [{{key: user, rate_limit: {{unit: hour, "
+                         f"requests_per_unit: {limit}}}}}]")
+    server.service.config = load_service_config([yaml_path])
+    # A generous timeout: on a busy machine a slow answer would be the failure mode's, not Redis's.
+    config = {**GLOBAL, "failure_mode": failure_mode, "service": {"cluster": "ratelimit", "timeout_ms": 5000}}
+    wait_for_a_quiet_hour()  # one window for the whole test
+    with EnvoyProcess(bootstrap([wasm_filter(ratelimit_module, config)], [cluster("ratelimit", server.port)]),
+                      concurrency=2) as envoy:
+        begin = time.monotonic()
+        with TimedLoad(envoy.listener_address("main"), {"x-user": f"load-{failure_mode}"}) as load:
+            wait_until(lambda: len(load.between(begin, time.monotonic())) > 3 * limit, timeout=40,
+                       what="load before the kill")
+            killing = time.monotonic()
+            redis_server.kill()
+            killed = time.monotonic()
+            wait_until(lambda: len(load.between(killed, time.monotonic())) > 50, timeout=40,
+                       what="load while Redis is down")
+            restarting = time.monotonic()
+            redis_server.start()  # the same port; the service is not restarted
+            restarted = time.monotonic()
+            wait_until(lambda: load.between(restarted, time.monotonic()).count(429) > 20, timeout=40,
+                       what="the limit enforced again after the restart")
+        end = time.monotonic()
+    before, down, after = load.between(begin, killing), load.between(killed, restarting), load.between(restarted, end)
+    assert set(before) == {200, 429} and before.count(200) == limit  # Redis up: exactly the limit
+    assert set(down) == ({200} if failure_mode == "allow" else {500}), sorted(set(down))
+    # Recovered: Redis starts empty (no persistence), so the window starts over, at most the limit again.
+    assert set(after) == {200, 429} and after.count(200) <= limit
+    # Nothing admitted beyond the failure mode: while Redis lived (its two lives), at most the limit each time.
+    with load._lock:
+        results = list(load.results)
+    admitted_while_up = [status for began, ended, status in results
+                         if status == 200 and (ended <= killing or began >= restarted)]
+    assert len(admitted_while_up) <= 2 * limit
+    if failure_mode == "deny":
+        assert [status for _, _, status in results].count(200) <= 2 * limit
+    assert len(results) <= load.count + load.clients

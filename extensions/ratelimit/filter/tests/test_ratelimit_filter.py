@@ -10,7 +10,7 @@ import pytest
 from envoy.service.ratelimit.v3 import rls_pb2
 
 from meshext.errors import MeshextError
-from meshext.testing import GrpcResponse
+from meshext.testing import GrpcReply
 
 PER_CLIENT = {"name": "per-client", "descriptor": [{"key": "client", "header": "x-client", "default": "unknown"}],
               "limit": {"requests_per_unit": 2, "unit": "second", "units": 5}}
@@ -198,7 +198,7 @@ class Service:
                 reply.overall_code = Response.OVER_LIMIT
         if reply.overall_code == Response.OVER_LIMIT:
             reply.raw_body = b"over\n"
-        return GrpcResponse(0, [reply.SerializeToString()])
+        return GrpcReply(0, [reply.SerializeToString()])
 
 
 def test_global_mode_sends_the_descriptors_and_limit_overrides(filter_module, proxy_host):
@@ -237,10 +237,10 @@ def test_global_mode_denies_over_limit_but_not_for_dry_run_rules(filter_module, 
 @pytest.mark.parametrize("answer", ["grpc-error", "malformed", "unknown-code", "wrong-status-count"])
 def test_no_usable_answer_applies_the_failure_mode(filter_module, proxy_host, failure_mode, answer):
     replies = {
-        "grpc-error": GrpcResponse(UNAVAILABLE, status_message="redis down"),
-        "malformed": GrpcResponse(0, [b"\x0a\xff"]),
-        "unknown-code": GrpcResponse(0, [Response(overall_code=Response.UNKNOWN).SerializeToString()]),
-        "wrong-status-count": GrpcResponse(0, [Response(overall_code=Response.OK, statuses=[
+        "grpc-error": GrpcReply(UNAVAILABLE, status_message="redis down"),
+        "malformed": GrpcReply(0, [b"\x0a\xff"]),
+        "unknown-code": GrpcReply(0, [Response(overall_code=Response.UNKNOWN).SerializeToString()]),
+        "wrong-status-count": GrpcReply(0, [Response(overall_code=Response.OK, statuses=[
             Response.DescriptorStatus(code=Response.OK)]).SerializeToString()]),
     }
     proxy_host.add_cluster("ratelimit", grpc=lambda call: replies[answer])
