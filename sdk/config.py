@@ -88,13 +88,20 @@ def _convert(expected: Any, value: Any, path: str) -> Any:
     if expected is Any:
         return value
     if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(expected)
         errors = []
-        for option in typing.get_args(expected):
+        for option in options:
             try:
                 return _convert(option, value, path)
             except ConfigError as error:
                 errors.append(error)
-        raise errors[-1]  # the last option's complaint (for `X | None`: X's)
+        # An option whose shape the value has, refused deeper down, says the most;
+        # otherwise the value fits none of them: name them all.
+        deeper = [error for error in errors if error.where != path]
+        if deeper:
+            raise deeper[0]
+        names = " or ".join(dict.fromkeys(_shape_name(option) for option in options))
+        raise ConfigError(f"expected {names}, got {_json_type(value)}", where=path)
     if expected is type(None):
         if value is None:
             return None
@@ -119,6 +126,16 @@ def _convert(expected: Any, value: Any, path: str) -> Any:
         raise ConfigError(f"expected {_TYPE_NAMES[expected]}, got {_json_type(value)} {value!r}", where=path)
     raise SdkError(f"unsupported field type {expected!r} in config_class", where=path,
                    fix="use str, int, float, bool, list, dict, Any, a nested dataclass, or a union of those")
+
+
+def _shape_name(expected: Any) -> str:
+    """How a configuration error names the JSON a field of type ``expected`` takes ("a list", "null")."""
+    origin = typing.get_origin(expected) or expected
+    if expected is type(None):
+        return "null"
+    if isinstance(expected, type) and dataclasses.is_dataclass(expected):
+        return "an object"
+    return _TYPE_NAMES.get(origin, "a value")
 
 
 _TYPE_NAMES = {
