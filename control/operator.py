@@ -397,6 +397,10 @@ class Operator:
                 workload, list(chosen.values()), module_dir, draining=draining))
         with self._lock:
             self._published = published
+        for node_id, proxy in proxies.items():
+            ecds = proxy.types.get(EXTENSION_CONFIG)
+            if ecds is not None:  # it may hold, ACKed already, what was just published
+                self._note_accepted(node_id, ecds.acked_resources)
         self._write_statuses()
 
     def _draining(self, node_id: str, chosen: dict[str, PlacedExtension]) -> list[PlacedExtension]:
@@ -413,19 +417,38 @@ class Operator:
                 del retired[name]
         return [extension for extension, _ in retired.values()]
 
-    def _record_reply(self, node_id: str, type_url: str, status: TypeStatus, nacked_names: tuple[str, ...]) -> None:
-        published = self._published.get(node_id, {})
-        if type_url != EXTENSION_CONFIG:
-            return  # listener replies only matter for the "running on" view
+    def _note_accepted(self, node_id: str, acked: dict[str, str]) -> None:
+        """Remember, as accepted, each extension published to ``node_id`` whose exact ECDS config
+        it ACKed (``acked``: name -> version).
+
+        Read from what the proxy holds rather than from the ACK of a push: a config
+        identical to one Envoy already holds is not sent again, so never ACKed again
+        (an extension deleted and created anew while its retired config still
+        drains), yet it is the last good one should an update be refused."""
         with self._lock:
             by_filter = {t.request.filter_name: t for t in self._tracked.values() if t.request is not None}
+        for name, extension in self._published.get(node_id, {}).items():
+            tracked = by_filter.get(name)
+            if tracked is None or extension in tracked.accepted[:1] or not self._holds(node_id, name, acked):
+                continue
+            # A short history: if another proxy refuses this one, the one before still serves.
+            tracked.accepted = [extension, *(a for a in tracked.accepted if a != extension)][:3]
+
+    def _holds(self, node_id: str, filter_name: str, acked: dict[str, str]) -> bool:
+        """Whether ``acked`` (ECDS name -> version) has ``filter_name`` at the version of ``node_id``'s snapshot."""
+        snapshot = self._state.cache.snapshot(node_id)
+        resource = snapshot.of_type(EXTENSION_CONFIG).get(filter_name) if snapshot is not None else None
+        return resource is not None and acked.get(filter_name) == resource.version
+
+    def _record_reply(self, node_id: str, type_url: str, status: TypeStatus, nacked_names: tuple[str, ...]) -> None:
+        if type_url != EXTENSION_CONFIG:
+            return  # listener replies only matter for the "running on" view
         if not status.error_detail:
-            for name in status.acked_resources:
-                tracked, extension = by_filter.get(name), published.get(name)
-                if tracked is not None and extension is not None and extension not in tracked.accepted[:1]:
-                    # A short history: if another proxy refuses this one, the one before still serves.
-                    tracked.accepted = [extension, *(a for a in tracked.accepted if a != extension)][:3]
+            self._note_accepted(node_id, status.acked_resources)
             return
+        published = self._published.get(node_id, {})
+        with self._lock:
+            by_filter = {t.request.filter_name: t for t in self._tracked.values() if t.request is not None}
         suspects = [by_filter[name] for name in nacked_names if name in by_filter]
         # Envoy names the plugin it could not create: prefer that over "everything in the push".
         named = [t for t in suspects if t.placed and re.search(re.escape(t.placed.key), status.error_detail)]
@@ -448,9 +471,7 @@ class Operator:
                 continue
             ecds = proxy.types.get(EXTENSION_CONFIG)
             lds = proxy.types.get(LISTENER)
-            resource = snapshot.of_type(EXTENSION_CONFIG).get(filter_name)
-            if (ecds and lds and resource is not None
-                    and ecds.acked_resources.get(filter_name) == resource.version
+            if (ecds and lds and self._holds(node_id, filter_name, ecds.acked_resources)
                     and lds.acked_version == snapshot.type_versions[LISTENER]):
                 running.append(node_id)
         return sorted(running)

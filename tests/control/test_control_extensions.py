@@ -228,6 +228,49 @@ def test_bad_resources_are_reported_and_traffic_is_unaffected(mesh_under_test, c
     assert load.failures == [], f"{len(load.failures)} of {load.sent} requests failed: {load.failures[:5]}"
 
 
+def test_a_recreated_extension_keeps_its_last_good_configuration_when_an_update_is_refused(
+        mesh_under_test, clean_config, modules):
+    path, _ = modules["chain"]
+    mesh = mesh_under_test.mesh
+    nodes = [w.node_id for w in mesh.workloads]
+    key = "ServiceMeshExtension/default/again"
+    resource = clean_config / "again.yaml"
+    good = sme("again", f"file://{path}", config={"tag": "again"}, phase="PostStats")
+    write_resources(resource, good)
+    wait_until(lambda: _ready(resource, key), what="first creation Ready")
+    wait_until(lambda: _with_chain(call(mesh, "frontend-v1", "backend"), ['{"tag":"again"}']),
+               what="first creation serving")
+
+    resource.unlink()
+    wait_until(lambda: _with_chain(call(mesh, "frontend-v1", "backend"), []), what="deleted extension gone")
+    assert mesh_under_test.running.state.cache.wait_converged(nodes, 20)
+
+    # Created again under the same name, with the same (good) spec: Envoy is sent nothing new for it.
+    write_resources(resource, good)
+    wait_until(lambda: _ready(resource, key), what="re-created extension Ready")
+    for source, service in (("frontend-v1", "backend"), ("backend-v1", "frontend")):
+        wait_until(lambda source=source, service=service: _with_chain(call(mesh, source, service),
+                                                                      ['{"tag":"again"}']),
+                   what="re-created extension serving")
+
+    # The test module refuses an empty plugin configuration: Envoy NACKs the update.
+    write_resources(resource, sme("again", f"file://{path}", config="", phase="PostStats",
+                                  api_version="maistra.io/v1alpha1"))
+
+    def refused():
+        status = _status_of(resource, key)
+        return status if status.get("observedGeneration") == 2 and status.get("phase") == "Error" else None
+
+    status = wait_until(refused, what="refused update reported")
+    assert _condition(status)["reason"] == "RejectedByProxy"
+    assert "Unable to create Wasm plugin ServiceMeshExtension/default/again" in _condition(status)["message"]
+    assert "the last accepted configuration keeps running" in _condition(status)["message"]
+    assert status["workloads"] == ["backend-v1.default", "frontend-v1.default"]
+    assert mesh_under_test.running.state.cache.wait_converged(nodes, 20)
+    for source, service in (("frontend-v1", "backend"), ("backend-v1", "frontend")):
+        assert call(mesh, source, service).chain() == ['{"tag":"again"}']
+
+
 def test_status_endpoint_lists_extensions_and_proxies(mesh_under_test, clean_config, modules):
     import urllib.request
 

@@ -140,9 +140,8 @@ def test_service_mesh_extension_authorizes_as_the_module(clean, threescale_modul
 
 
 def test_a_bad_update_is_refused_and_the_last_good_configuration_keeps_serving(clean, threescale_module):
-    # A name no other test used: after an extension is deleted and created again under the same name, a refused
-    # update withdraws it altogether (a control-plane defect, reported separately), which this test is not about.
-    mesh, name = clean, "threescale-auth-updated"
+    # The name the first test created and deleted: created again, its last good configuration must still serve.
+    mesh, name = clean, "threescale-auth"
     config = documented_config(BACKEND_CLUSTER, BACKEND_URL)
     resource = mesh.deploy("sme", ossm_2_1_extension(threescale_module, config, name))
     wait_until(lambda: _ready(resource, f"ServiceMeshExtension/default/{name}"), timeout=90, what="Ready")
