@@ -9,7 +9,9 @@ and writes the few sections involved and copies every other byte as is.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 MAGIC = b"\0asm\x01\0\0\0"
 CUSTOM, TYPE, IMPORT, FUNCTION, TABLE, MEMORY, GLOBAL, EXPORT, START, ELEMENT, CODE, DATA, DATACOUNT = (
@@ -159,31 +161,40 @@ def imported_counts(sections: list[Section]) -> tuple[int, int]:
     return counts[EXTERNAL_FUNC], counts[EXTERNAL_GLOBAL]
 
 
-def read_imports(sections: list[Section]) -> list[Import]:
-    """The module's imports, in order."""
-    section = find_section(sections, IMPORT)
+_Entry = TypeVar("_Entry")
+
+
+def _entries(sections: list[Section], section_id: int, read_entry: Callable[[Reader], _Entry]) -> list[_Entry]:
+    """Each entry of the vector that section ``section_id`` holds, read by ``read_entry``; none without it."""
+    section = find_section(sections, section_id)
     if section is None:
         return []
     reader = Reader(section.payload)
-    imports = []
-    for _ in range(reader.uleb()):
-        module = reader.name()
-        name = reader.name()
-        kind = reader.byte()
-        if kind == EXTERNAL_FUNC:
-            reader.uleb()
-        elif kind == EXTERNAL_TABLE:
-            reader.byte()
-            reader.skip_limits()
-        elif kind == EXTERNAL_MEMORY:
-            reader.skip_limits()
-        elif kind == EXTERNAL_GLOBAL:
-            reader.byte()
-            reader.byte()
-        else:
-            raise ValueError(f"unknown import kind {kind}")
-        imports.append(Import(module, name, kind))
-    return imports
+    return [read_entry(reader) for _ in range(reader.uleb())]
+
+
+def _import(reader: Reader) -> Import:
+    module = reader.name()
+    name = reader.name()
+    kind = reader.byte()
+    if kind == EXTERNAL_FUNC:
+        reader.uleb()
+    elif kind == EXTERNAL_TABLE:
+        reader.byte()
+        reader.skip_limits()
+    elif kind == EXTERNAL_MEMORY:
+        reader.skip_limits()
+    elif kind == EXTERNAL_GLOBAL:
+        reader.byte()
+        reader.byte()
+    else:
+        raise ValueError(f"unknown import kind {kind}")
+    return Import(module, name, kind)
+
+
+def read_imports(sections: list[Section]) -> list[Import]:
+    """The module's imports, in order."""
+    return _entries(sections, IMPORT, _import)
 
 
 def imports_by_kind(sections: list[Section]) -> dict[int, int]:
@@ -194,44 +205,34 @@ def imports_by_kind(sections: list[Section]) -> dict[int, int]:
     return counts
 
 
+def _global_type(reader: Reader) -> tuple[int, bool]:
+    value_type = reader.byte()
+    mutable = bool(reader.byte())
+    reader.skip_const_expr()
+    return value_type, mutable
+
+
 def defined_global_types(sections: list[Section]) -> list[tuple[int, bool]]:
     """(value type, mutable) of each global the module defines."""
-    section = find_section(sections, GLOBAL)
-    if section is None:
-        return []
-    reader = Reader(section.payload)
-    types = []
-    for _ in range(reader.uleb()):
-        value_type = reader.byte()
-        mutable = bool(reader.byte())
-        reader.skip_const_expr()
-        types.append((value_type, mutable))
-    return types
+    return _entries(sections, GLOBAL, _global_type)
+
+
+def _function_type(reader: Reader) -> tuple[bytes, bytes]:
+    if reader.byte() != 0x60:
+        raise ValueError("only function types are supported")
+    params = bytes(reader.byte() for _ in range(reader.uleb()))
+    results = bytes(reader.byte() for _ in range(reader.uleb()))
+    return params, results
 
 
 def function_types(sections: list[Section]) -> list[tuple[bytes, bytes]]:
     """(parameter types, result types) of each entry of the type section."""
-    section = find_section(sections, TYPE)
-    if section is None:
-        return []
-    reader = Reader(section.payload)
-    types = []
-    for _ in range(reader.uleb()):
-        if reader.byte() != 0x60:
-            raise ValueError("only function types are supported")
-        params = bytes(reader.byte() for _ in range(reader.uleb()))
-        results = bytes(reader.byte() for _ in range(reader.uleb()))
-        types.append((params, results))
-    return types
+    return _entries(sections, TYPE, _function_type)
 
 
 def defined_function_type_indices(sections: list[Section]) -> list[int]:
     """The type index of each function the module defines (not imports)."""
-    section = find_section(sections, FUNCTION)
-    if section is None:
-        return []
-    reader = Reader(section.payload)
-    return [reader.uleb() for _ in range(reader.uleb())]
+    return _entries(sections, FUNCTION, Reader.uleb)
 
 
 _LINKING_SYMBOL_TABLE = 8
@@ -277,17 +278,15 @@ def object_function_names(obj: bytes) -> set[str]:
     return set()
 
 
+def _export(reader: Reader) -> Export:
+    name = reader.name()
+    kind = reader.byte()
+    return Export(name, kind, reader.uleb())
+
+
 def read_exports(sections: list[Section]) -> list[Export]:
-    section = find_section(sections, EXPORT)
-    if section is None:
-        return []
-    reader = Reader(section.payload)
-    exports = []
-    for _ in range(reader.uleb()):
-        name = reader.name()
-        kind = reader.byte()
-        exports.append(Export(name, kind, reader.uleb()))
-    return exports
+    """The module's exports, in order."""
+    return _entries(sections, EXPORT, _export)
 
 
 def export_section(exports: list[Export]) -> Section:
