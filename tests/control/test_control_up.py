@@ -212,10 +212,13 @@ def test_prometheus_scrapes_the_sidecars_and_graph_reads_it(local_mesh):
     assert wait_until(lambda: sidecars_up() == {"productpage-v1", "reviews-v1", "ratings-v1"}, 60,
                       "Prometheus scraping the three sidecars")
     with Load(send, count=2000, seconds=120, pause=0.1) as load:
-        # Both edges' requests in Prometheus, from two scrapes at least (a rate needs two samples).
+        # Every edge the graph is asserted to draw (the two demo edges and the test's own
+        # requests into productpage) in Prometheus, from two scrapes at least (a rate needs
+        # two samples).
         wait_until(lambda: {(s["metric"]["source_workload"], s["metric"]["destination_workload"]) for s in query(
             'rate(istio_requests_total{reporter="destination"}[1m]) > 0')} >=
-            {("productpage-v1", "reviews-v1"), ("reviews-v1", "ratings-v1")}, 60, "the demo's edges in Prometheus")
+            {("productpage-v1", "reviews-v1"), ("reviews-v1", "ratings-v1"), ("unknown", "productpage-v1")}, 60,
+            "the demo's edges in Prometheus")
         # A terminal wide enough that no cell folds onto a second line (80 columns fold the names).
         from_prometheus = meshext_no_state("graph", "--prometheus", prometheus, columns=120)
         from_sidecars = meshext_no_state("graph", "--mesh", str(StateDir(state).mesh_file), "--interval", "2",
