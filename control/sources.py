@@ -10,7 +10,10 @@ Directory mode: every ``*.yaml`` / ``*.yml`` / ``*.json`` file (multi-document
 YAML allowed) holds ServiceMeshExtension, WasmPlugin or
 ``kubernetes.io/dockerconfigjson`` Secret objects.  The directory is polled
 (a stat per file and tick; no inotify dependency, and it works on every file
-system).  Status goes to ``<file>.status.yaml`` next to each resource file,
+system).  A changed file is read once it has kept the same size and mtime
+for one interval, so a file caught half-written (an editor or ``>`` that
+truncates first) is not taken for an empty one, which would delete what it
+held.  Status goes to ``<file>.status.yaml`` next to each resource file,
 one entry per resource, keyed ``Kind/namespace/name``.  Without
 ``metadata.generation`` a resource's generation starts at 1 and goes up each
 time its spec changes, as the API server would do.
@@ -65,7 +68,8 @@ class DirectorySource:
         self.directory = directory
         self.interval = interval
         self._sink: ResourceSink | None = None
-        self._stamps: dict[Path, tuple[int, int]] = {}
+        self._stamps: dict[Path, tuple[int, int]] = {}  # file -> (mtime, size) last loaded
+        self._settling: dict[Path, tuple[int, int]] = {}  # file -> (mtime, size) seen changed, not yet loaded
         self._objects: dict[Path, dict[str, dict[str, Any]]] = {}  # file -> key -> object
         self._generations: dict[str, tuple[str, int]] = {}  # key -> (spec hash, generation)
         self._secrets: dict[Path, dict[tuple[str, str], dict[str, Any]]] = {}  # file -> (ns, name) -> payload
@@ -79,7 +83,7 @@ class DirectorySource:
         """Apply what the directory holds to ``sink``, then keep polling it."""
         self._sink = sink
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.scan()
+        self.scan(settled=True)
         self._thread.start()
         return self
 
@@ -103,8 +107,12 @@ class DirectorySource:
                     return secrets[(namespace, name)]
         return None
 
-    def scan(self) -> None:
-        """Apply what changed since the last scan, delete what disappeared."""
+    def scan(self, *, settled: bool = False) -> None:
+        """Apply what changed since the last scan, delete what disappeared.
+
+        A changed file is loaded when the previous scan saw it as it is now
+        (or at once with ``settled``, as at start-up).
+        """
         sink = self._started_sink()
         present = {
             path for pattern in ("*.yaml", "*.yml", "*.json") for path in self.directory.glob(pattern)
@@ -116,11 +124,17 @@ class DirectorySource:
             except FileNotFoundError:
                 continue
             stamp = (stat.st_mtime_ns, stat.st_size)
-            if self._stamps.get(path) != stamp:
+            if self._stamps.get(path) == stamp:
+                self._settling.pop(path, None)
+            elif settled or self._settling.get(path) == stamp:
+                self._settling.pop(path, None)
                 self._stamps[path] = stamp
                 self._load(path)
+            else:
+                self._settling[path] = stamp
         for path in set(self._objects) - present:
             self._stamps.pop(path, None)
+            self._settling.pop(path, None)
             with self._lock:
                 self._secrets.pop(path, None)
             for key in self._objects.pop(path):

@@ -10,6 +10,7 @@ import yaml
 from control_harness import read_status, sme, start_control_plane, wait_until, write_resources
 
 from meshext.control.mesh import load_mesh
+from meshext.control.resources import resource_key
 from meshext.control.sources import DirectorySource
 
 
@@ -72,3 +73,38 @@ def test_unparsable_file_keeps_its_previous_resources(directory_mode, modules):
     write_resources(resource, sme("keep", f"file://{module}", config={"tag": "k2"}))
     wait_until(lambda: _generation(resource, key) == 2, what="generation 2 after the fix")
     assert yaml.safe_load(resource.read_text())["spec"]["config"] == {"tag": "k2"}
+
+
+class _RecordingSink:
+    """A sink that keeps what a source applied and deleted, keyed as the operator keys resources."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, dict] = {}
+
+    def apply(self, obj: dict) -> None:
+        self.held[resource_key(obj)] = obj
+
+    def delete(self, key: str) -> None:
+        self.held.pop(key, None)
+
+
+def test_a_file_caught_half_written_is_not_read_as_empty(tmp_path: Path):
+    # `>` and many editors truncate a file before writing it: a scan in between sees it empty.
+    resource = tmp_path / "edit.yaml"
+    write_resources(resource, sme("edited", "file:///m.wasm"))
+    sink = _RecordingSink()
+    source = DirectorySource(tmp_path, interval=3600).start(sink)  # scans driven by hand from here on
+    assert list(sink.held) == ["ServiceMeshExtension/default/edited"]
+    resource.write_text("")
+    source.scan()
+    assert list(sink.held) == ["ServiceMeshExtension/default/edited"], "the truncation was taken for an empty file"
+    write_resources(resource, sme("edited", "file:///m.wasm", config={"tag": 2}))
+    source.scan()
+    source.scan()
+    assert sink.held["ServiceMeshExtension/default/edited"]["spec"]["config"] == {"tag": 2}
+    # A file that stays empty did mean it: its resources go.
+    resource.write_text("")
+    source.scan()
+    source.scan()
+    assert sink.held == {}
+    source.stop()
