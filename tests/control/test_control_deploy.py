@@ -12,6 +12,7 @@ import yaml
 
 from meshext.control.resources import parse_resource
 from meshext.errors import MeshextError
+from meshext.paths import CACHE_ENV
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
@@ -26,6 +27,18 @@ def test_manifests_validate_with_kubernetes_validate(name):
     assert documents
     for document in documents:
         kubernetes_validate.validate(document, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_the_control_plane_writes_only_to_mounted_volumes():
+    # A read-only root file system refuses the default cache (~/.cache/meshext): the telemetry
+    # module the control plane builds at start and the modules it pulls must land on a volume.
+    deployment = next(d for d in _documents("control-plane.yaml") if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    env = {variable["name"]: variable.get("value") for variable in container["env"]}
+    writable = {mount["mountPath"] for mount in container["volumeMounts"] if not mount.get("readOnly")}
+    assert env.get(CACHE_ENV) in writable
+    assert "--cache-dir" not in container["args"], "a second cache setting next to MESHEXT_CACHE_DIR"
 
 
 def test_kubernetes_validate_catches_a_broken_crd():
