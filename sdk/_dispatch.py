@@ -198,7 +198,10 @@ def _deliver(call: callouts.Pending, what: str, function: Any, *args: Any) -> No
     try:
         function(*args)
     except BaseException as error:  # noqa: BLE001 - the fail policy decides
-        handle_error(call.context, what, error)
+        if handle_error(call.context, what, error) == Action.CONTINUE and not isinstance(call.context, RootContext):
+            # Failing open: the stream may be held for this answer, and no
+            # filter code of it runs again to resume it.
+            host.resume_paused(call.context.context_id)
 
 
 def http_call_response(token: int, num_headers: int, body_size: int, num_trailers: int) -> None:

@@ -415,31 +415,44 @@ class StreamCallback:
     ``method`` is the context method, ``export`` the module export Envoy
     calls, ``stream`` the kind of context (``HTTP_STREAM``, ``TCP_STREAM``
     or ``ANY_STREAM``), ``arguments`` how Envoy's arguments map onto the
-    method's (``*_ARGUMENTS``).  Its position in :data:`STREAM_CALLBACKS`
-    is its bit in the mask of overridden callbacks.
+    method's (``*_ARGUMENTS``), ``holds`` the direction Envoy holds when the
+    method answers ``Action.PAUSE`` (None: the answer holds nothing).  Its
+    position in :data:`STREAM_CALLBACKS` is its bit in the mask of
+    overridden callbacks.
     """
 
-    __slots__ = ("method", "export", "stream", "arguments")
+    __slots__ = ("method", "export", "stream", "arguments", "holds")
 
-    def __init__(self, method: str, export: str, stream: str, arguments: str) -> None:
+    def __init__(self, method: str, export: str, stream: str, arguments: str,
+                 holds: StreamType | None = None) -> None:
         self.method = method
         self.export = export
         self.stream = stream
         self.arguments = arguments
+        self.holds = holds
 
 
 STREAM_CALLBACKS = (
-    StreamCallback("on_request_headers", "proxy_on_request_headers", HTTP_STREAM, HEADERS_ARGUMENTS),
-    StreamCallback("on_request_body", "proxy_on_request_body", HTTP_STREAM, SIZE_ARGUMENTS),
-    StreamCallback("on_request_trailers", "proxy_on_request_trailers", HTTP_STREAM, TRAILERS_ARGUMENTS),
-    StreamCallback("on_response_headers", "proxy_on_response_headers", HTTP_STREAM, HEADERS_ARGUMENTS),
-    StreamCallback("on_response_body", "proxy_on_response_body", HTTP_STREAM, SIZE_ARGUMENTS),
-    StreamCallback("on_response_trailers", "proxy_on_response_trailers", HTTP_STREAM, TRAILERS_ARGUMENTS),
+    StreamCallback("on_request_headers", "proxy_on_request_headers", HTTP_STREAM, HEADERS_ARGUMENTS,
+                   StreamType.HTTP_REQUEST),
+    StreamCallback("on_request_body", "proxy_on_request_body", HTTP_STREAM, SIZE_ARGUMENTS,
+                   StreamType.HTTP_REQUEST),
+    StreamCallback("on_request_trailers", "proxy_on_request_trailers", HTTP_STREAM, TRAILERS_ARGUMENTS,
+                   StreamType.HTTP_REQUEST),
+    StreamCallback("on_response_headers", "proxy_on_response_headers", HTTP_STREAM, HEADERS_ARGUMENTS,
+                   StreamType.HTTP_RESPONSE),
+    StreamCallback("on_response_body", "proxy_on_response_body", HTTP_STREAM, SIZE_ARGUMENTS,
+                   StreamType.HTTP_RESPONSE),
+    StreamCallback("on_response_trailers", "proxy_on_response_trailers", HTTP_STREAM, TRAILERS_ARGUMENTS,
+                   StreamType.HTTP_RESPONSE),
     StreamCallback("on_log", "proxy_on_log", ANY_STREAM, NO_ARGUMENTS),
     StreamCallback("on_done", "proxy_on_done", ANY_STREAM, NO_ARGUMENTS),
-    StreamCallback("on_new_connection", "proxy_on_new_connection", TCP_STREAM, NO_ARGUMENTS),
-    StreamCallback("on_downstream_data", "proxy_on_downstream_data", TCP_STREAM, SIZE_ARGUMENTS),
-    StreamCallback("on_upstream_data", "proxy_on_upstream_data", TCP_STREAM, SIZE_ARGUMENTS),
+    StreamCallback("on_new_connection", "proxy_on_new_connection", TCP_STREAM, NO_ARGUMENTS,
+                   StreamType.DOWNSTREAM),
+    StreamCallback("on_downstream_data", "proxy_on_downstream_data", TCP_STREAM, SIZE_ARGUMENTS,
+                   StreamType.DOWNSTREAM),
+    StreamCallback("on_upstream_data", "proxy_on_upstream_data", TCP_STREAM, SIZE_ARGUMENTS,
+                   StreamType.UPSTREAM),
     StreamCallback("on_downstream_close", "proxy_on_downstream_connection_close", TCP_STREAM, PEER_ARGUMENTS),
     StreamCallback("on_upstream_close", "proxy_on_upstream_connection_close", TCP_STREAM, PEER_ARGUMENTS),
 )

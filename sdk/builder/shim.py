@@ -83,7 +83,8 @@ def inittab_source() -> str:
 
 # How each kind of callback arguments (contexts.*_ARGUMENTS) looks in C: the
 # export's parameters after the context id, its result type, and the
-# `kind, size, end` arguments of child_callback in sdk/shim/shim.c.
+# `kind, size, end` arguments of child_callback in sdk/shim/shim.c (after the
+# direction a PAUSE holds).
 _C_ARGUMENTS = {
     contexts.HEADERS_ARGUMENTS: ("size_t headers, uint32_t end_of_stream", "uint32_t", "ARGS_END, 0, end_of_stream"),
     contexts.SIZE_ARGUMENTS: ("size_t size, uint32_t end_of_stream", "uint32_t", "ARGS_SIZE_END, size, end_of_stream"),
@@ -114,8 +115,9 @@ def stream_callbacks_source() -> str:
         if callback.stream == contexts.ANY_STREAM:
             continue
         parameters, result, arguments = _C_ARGUMENTS[callback.arguments]
+        holds = f"PROXY_STREAM_{callback.holds.name}" if callback.holds is not None else "HOLDS_NOTHING"
         call = (f"child_callback(context_id, {callback_constant(callback)}, {_C_CHILD_KIND[callback.stream]}, "
-                f"{arguments})")
+                f"{holds}, {arguments})")
         exports.append(
             f"EXPORT({callback.export})\n"
             f"{result} {callback.export}(uint32_t context_id{', ' + parameters if parameters else ''}) {{\n"

@@ -118,6 +118,7 @@ static PyObject *h_set_effective_context(PyObject *self, PyObject *arg) {
     if (context_id == -1 && PyErr_Occurred()) return NULL;
     proxy_status status = proxy_set_effective_context((uint32_t)context_id);
     if (status != PROXY_OK) return host_error("proxy_set_effective_context", status);
+    meshext_effective_context((uint32_t)context_id);
     Py_RETURN_NONE;
 }
 
@@ -581,6 +582,7 @@ static PyObject *h_continue_stream(PyObject *self, PyObject *arg) {
     if (stream == -1 && PyErr_Occurred()) return NULL;
     proxy_status status = proxy_continue_stream((uint32_t)stream);
     if (status != PROXY_OK) return host_error("proxy_continue_stream", status);
+    meshext_stream_continued((uint32_t)stream);
     Py_RETURN_NONE;
 }
 
@@ -894,6 +896,14 @@ static PyObject *h_stop_calls(PyObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* A callout's callback failed open (meshext.sdk._dispatch): see meshext_resume_paused. */
+static PyObject *h_resume_paused(PyObject *self, PyObject *arg) {
+    long context_id = PyLong_AsLong(arg);
+    if (context_id == -1 && PyErr_Occurred()) return NULL;
+    meshext_resume_paused((uint32_t)context_id);
+    Py_RETURN_NONE;
+}
+
 /* Build time only (see meshext_memfs_forget). */
 static PyObject *h_forget_file(PyObject *self, PyObject *arg) {
     const char *path;
@@ -913,7 +923,7 @@ static PyMethodDef host_methods[] = {
     FAST(define_metric), FAST(increment_metric), FAST(record_metric), ONE(get_metric), ONE(get_shared_data),
     FAST(set_shared_data), ONE(register_shared_queue), FAST(resolve_shared_queue), FAST(enqueue_shared_queue),
     ONE(dequeue_shared_queue), FAST(http_call), FAST(grpc_call), FAST(grpc_stream), FAST(grpc_send),
-    ONE(grpc_cancel), ONE(grpc_close), FAST(call_foreign_function), ONE(stop_calls), ONE(forget_file),
+    ONE(grpc_cancel), ONE(grpc_close), FAST(call_foreign_function), ONE(stop_calls), ONE(resume_paused), ONE(forget_file),
     ONE(plain_class_lookup),
     {NULL, NULL, 0, NULL},
 };

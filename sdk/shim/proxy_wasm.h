@@ -31,6 +31,9 @@ enum {
     PROXY_BUFFER_FOREIGN_FUNCTION_ARGUMENTS = 8,
 };
 
+/* The stream types of proxy_continue_stream / proxy_close_stream (StreamType in meshext.sdk.abi). */
+enum { PROXY_STREAM_HTTP_REQUEST, PROXY_STREAM_HTTP_RESPONSE, PROXY_STREAM_DOWNSTREAM, PROXY_STREAM_UPSTREAM };
+
 typedef uint32_t proxy_status;
 
 PROXY_IMPORT(proxy_log) proxy_status proxy_log(uint32_t level, const char *message, size_t size);

@@ -45,6 +45,7 @@ typedef struct {
     uint8_t kind;
     uint8_t stream;    /* children: CHILD_TCP once known to be a TCP stream */
     uint8_t failed;    /* children: filter code raised; none of it is called again (meshext_stop_calls) */
+    uint8_t paused;    /* children: a bit per PROXY_STREAM_* whose last callback paused it, not resumed since */
     PyObject *object;  /* NULL until created */
     /* roots: child classes that can be made without running Python code
        (no custom __init__ or new_*_context), else NULL */
@@ -272,13 +273,52 @@ static uint32_t slot_callback(context_slot *slot, int bit, int stream, int kind,
     return action < 0 ? handle_error(object, PyUnicode_AsUTF8(method_names[bit])) : (uint32_t)action;
 }
 
-static uint32_t child_callback(uint32_t context_id, int bit, int stream, int kind, uint32_t size, uint32_t end) {
-    return slot_callback(find_slot(context_id), bit, stream, kind, size, end);
+/* The context whose code runs now: Envoy's callback, or a callout answer (meshext_effective_context). */
+static uint32_t current_context;
+
+/* The `holds` of a callback whose answer holds no direction (on_downstream_close...). */
+enum { HOLDS_NOTHING = -1 };
+
+/*
+ * Every stream callback, overridden or not, passes here.  `holds` is the
+ * direction (PROXY_STREAM_*) Envoy holds when it answers PAUSE: remembered
+ * for meshext_resume_paused, which needs it when a callout's callback fails
+ * open.
+ */
+static uint32_t child_callback(uint32_t context_id, int bit, int stream, int holds, int kind, uint32_t size,
+                               uint32_t end) {
+    current_context = context_id;
+    uint32_t action = slot_callback(find_slot(context_id), bit, stream, kind, size, end);
+    /* Found again: filter code may have created contexts, which can move the table. */
+    context_slot *slot = holds == HOLDS_NOTHING ? NULL : find_slot(context_id);
+    if (slot) {
+        if (action) slot->paused |= (uint8_t)(1u << holds);
+        else slot->paused &= (uint8_t)~(1u << holds);
+    }
+    return action;
 }
 
 void meshext_stop_calls(uint32_t context_id) {
     context_slot *slot = find_slot(context_id);
     if (slot && slot->kind == KIND_CHILD) slot->failed = 1;
+}
+
+void meshext_effective_context(uint32_t context_id) { current_context = context_id; }
+
+void meshext_stream_continued(uint32_t direction) {
+    context_slot *slot = find_slot(current_context);
+    if (slot && direction < 8) slot->paused &= (uint8_t)~(1u << direction);
+}
+
+void meshext_resume_paused(uint32_t context_id) {
+    context_slot *slot = find_slot(context_id);
+    if (!slot || slot->kind != KIND_CHILD) return;
+    uint8_t paused = slot->paused;
+    slot->paused = 0;
+    for (uint32_t direction = 0; direction < 8; direction++) {
+        /* A stream Envoy has already ended refuses; nothing is left to resume then. */
+        if (paused & (1u << direction)) proxy_continue_stream(direction);
+    }
 }
 
 /* ---- exports: ABI, memory ---- */

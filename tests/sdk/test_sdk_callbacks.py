@@ -5,10 +5,12 @@ Proxy-Wasm host."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from meshext import wasm_binary
-from meshext.sdk.builder import build_filter
+from meshext.sdk.abi import BufferType, LogLevel, Status, StreamType
+from meshext.sdk.builder import build_filter, shim
 from meshext.sdk.builder.shim import build_shim
 from meshext.sdk.contexts import STREAM_CALLBACKS
 from meshext.testing import Host
@@ -86,6 +88,35 @@ def test_the_shim_exports_exactly_the_tables_stream_callbacks() -> None:
     exports = {export.name for export in wasm_binary.read_exports(wasm_binary.parse_sections(shim_path.read_bytes()))}
     callback_exports = {name for name in exports if name.startswith("proxy_on_")}
     assert callback_exports - OTHER_CALLBACK_EXPORTS == {callback.export for callback in STREAM_CALLBACKS}
+
+
+def _abi_header_constants() -> dict[str, int]:
+    """The enum constants of the shim's ABI header (``PROXY_`` dropped), counted as C counts them."""
+    header = (Path(shim.__file__).resolve().parents[1] / "shim" / "proxy_wasm.h").read_text()
+    constants: dict[str, int] = {}
+    for body in re.findall(r"enum\s*\{([^}]*)\}", header):
+        following = 0
+        for item in filter(None, (part.strip() for part in body.split(","))):
+            name, _, value = (word.strip() for word in item.partition("="))
+            following = int(value) if value else following
+            constants[name.removeprefix("PROXY_")] = following
+            following += 1
+    return constants
+
+
+def _family(constants: dict[str, int], prefix: str) -> dict[str, int]:
+    return {name.removeprefix(prefix): value for name, value in constants.items() if name.startswith(prefix)}
+
+
+def test_the_shims_abi_constants_agree_with_the_sdks() -> None:
+    # The C shim and the Python SDK each need the ABI's numbers: they must be the same numbers.
+    constants = _abi_header_constants()
+    assert _family(constants, "LOG_") == {level.name: level.value for level in LogLevel}
+    assert _family(constants, "STREAM_") == {stream.name: stream.value for stream in StreamType}
+    assert {name: value for name, value in constants.items() if name in Status.__members__} == \
+        {status.name: status.value for status in Status}
+    buffers = _family(constants, "BUFFER_")
+    assert buffers and buffers.items() <= {buffer.name: buffer.value for buffer in BufferType}.items()
 
 
 def load(tmp_path: Path):

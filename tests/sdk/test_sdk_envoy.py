@@ -160,6 +160,16 @@ def test_exception_fail_open_continues_and_logs_the_traceback(envoy: EnvoyProces
     assert requests.get(url(envoy, "open", "/after"), timeout=10).status_code == 200
 
 
+def test_a_callout_callback_that_raises_releases_the_held_request(envoy: EnvoyProcess) -> None:
+    # The request waits for the auth answer; its callback raises.  Failing open, the request goes
+    # on to the upstream (not held until Envoy's route timeout); failing closed, it gets the 500.
+    opened = requests.get(url(envoy, "open", "/auth/me"), headers={"x-user": "crash"}, timeout=10)
+    assert opened.status_code == 200 and opened.json()["path"] == "/auth/me"
+    closed = requests.get(url(envoy, "closed", "/auth/me"), headers={"x-user": "crash"}, timeout=10)
+    assert closed.status_code == 500 and "fail closed" in closed.text
+    assert envoy.log_text().count("RuntimeError: the kitchen filter could not read the auth answer") == 2
+
+
 def test_exception_fail_closed_returns_500_and_envoy_keeps_serving(envoy: EnvoyProcess) -> None:
     response = requests.get(url(envoy, "closed", "/boom"), timeout=10)
     assert response.status_code == 500

@@ -271,3 +271,15 @@ def test_a_fail_closed_tcp_connection_is_closed_without_more_calls(fragile: Path
     assert connection.ended
     log = "\n".join(plugin.log_messages())
     assert log.count(" raised:") == 1 and "AttributeError" not in log and " for " not in log
+
+
+def test_a_failing_callout_callback_under_fail_open_resumes_the_paused_request(fragile: Path) -> None:
+    host = Host()
+    host.add_cluster("auth", lambda call: HttpResponse(200))
+    plugin = host.load(fragile)
+    stream = plugin.exchange("POST", "/callout", body=b"payload", response_body=b"answer")
+    # The request was paused for the callout: failing open, it goes on to the upstream.
+    assert stream.request.forwarded_body == b"payload"
+    assert stream.response.header(":status") == "200" and stream.response.forwarded_body == b"answer"
+    log = "\n".join(plugin.log_messages())
+    assert log.count(" raised:") == 1 and "ValueError: callout callback failed" in log and " for " not in log

@@ -57,6 +57,8 @@ class Kitchen(HttpContext):
         return Action.CONTINUE
 
     def on_auth_answer(self, response):
+        if self.request.headers.get("x-user") == "crash":
+            raise RuntimeError("the kitchen filter could not read the auth answer")
         if response.status == 200:
             self.request.headers.set("x-auth-user", response.header("x-auth-user") or "")
             self.request.resume()
