@@ -10,13 +10,14 @@ credential the filter sends is the whole resulting stack (bottom first); None: t
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import pytest
 from conftest import authrep_params, recording_backend, reply, user_key_config
 from google.protobuf import json_format, struct_pb2
 
 
-def struct_base64(value: object) -> str:
+def struct_base64(value: dict[str, Any]) -> str:
     """``value`` as a serialized ``google.protobuf.Struct``, base64 encoded: how a header carries one."""
     return base64.b64encode(json_format.ParseDict(value, struct_pb2.Struct()).SerializeToString()).decode()
 
