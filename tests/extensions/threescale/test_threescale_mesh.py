@@ -14,7 +14,9 @@ the filter, which takes the app_id from the verified payload.
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -208,22 +210,30 @@ def test_wasm_plugin_with_rules_and_token_from_system(clean, threescale_module):
     assert (after["productpage"] - before["productpage"], after["hits"] - before["hits"]) == (1, 1)
 
 
-def keycloak_authentication(jwks: str) -> dict[str, Any]:
-    """The RequestAuthentication of OpenShift Service Mesh's 3scale OpenID Connect example, its keys inline."""
+def keycloak_authentication(jwks: str | None = None, *, jwks_uri: str | None = None,
+                            name: str = "jwt-example") -> dict[str, Any]:
+    """The RequestAuthentication of OpenShift Service Mesh's 3scale OpenID Connect example, its keys inline
+    (``jwks``) or at ``jwks_uri``."""
+    keys = {"jwks": jwks} if jwks is not None else {"jwksUri": jwks_uri}
     return {"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
-            "metadata": {"name": "jwt-example", "namespace": "default"},
+            "metadata": {"name": name, "namespace": "default"},
             "spec": {"selector": {"matchLabels": {"app": "productpage"}},
-                     "jwtRules": [{"issuer": ISSUER, "jwks": jwks}]}}
+                     "jwtRules": [{"issuer": ISSUER, **keys}]}}
+
+
+def deploy_oidc_extension(mesh: ThreescaleMesh, module: Path) -> None:
+    """The 3scale filter with the documentation's OpenID Connect credentials, Ready on productpage."""
+    config = documented_config(BACKEND_CLUSTER, BACKEND_URL, id=OIDC_SERVICE_ID, token=OIDC_TOKEN,
+                               credentials=OIDC_CREDENTIALS)
+    # a name of its own: the directory source counts the generations of a name the other tests used
+    extension = mesh.deploy("sme", ossm_2_1_extension(module, config, "threescale-oidc"))
+    wait_until(lambda: _ready(extension, "ServiceMeshExtension/default/threescale-oidc"), timeout=90, what="Ready")
 
 
 def test_openid_connect_with_a_request_authentication(clean, threescale_module, issuer):
     mesh = clean
-    config = documented_config(BACKEND_CLUSTER, BACKEND_URL, id=OIDC_SERVICE_ID, token=OIDC_TOKEN,
-                               credentials=OIDC_CREDENTIALS)
-    # a name of its own: the directory source counts the generations of a name the other tests used
-    extension = mesh.deploy("sme", ossm_2_1_extension(threescale_module, config, "threescale-oidc"))
+    deploy_oidc_extension(mesh, threescale_module)
     policy = mesh.deploy("jwt", keycloak_authentication(issuer.jwks))
-    wait_until(lambda: _ready(extension, "ServiceMeshExtension/default/threescale-oidc"), timeout=90, what="Ready")
     status = wait_until(lambda: _ready(policy, "RequestAuthentication/default/jwt-example"), timeout=30,
                         what="the RequestAuthentication enforced")
     assert status["workloads"] == ["productpage-v1.default"]
@@ -240,8 +250,7 @@ def test_openid_connect_with_a_request_authentication(clean, threescale_module, 
     assert mesh.get("/") == (403, "Authentication parameters missing\n")   # no token: jwt_authn lets it pass
 
     # A RequestAuthentication whose keys are not a key set is refused; the last valid one keeps verifying.
-    write_resources(policy, {**keycloak_authentication("{}"), "metadata": {"name": "jwt-example",
-                                                                           "namespace": "default"}})
+    write_resources(policy, keycloak_authentication("{}"))
     refused = wait_until(lambda: read_status(policy).get("RequestAuthentication/default/jwt-example", {}).get(
         "phase") == "Error" and read_status(policy)["RequestAuthentication/default/jwt-example"], timeout=30,
                          what="the bad update refused")
@@ -256,3 +265,42 @@ def test_openid_connect_with_a_request_authentication(clean, threescale_module, 
     assert wait_until(lambda: mesh.get("/", authorization=f"Bearer {forged}") == (
         403, "Authentication parameters missing\n"), timeout=30, what="the jwt_authn filter gone")
     assert mesh.get("/", **bearer) == (403, "Authentication parameters missing\n")
+
+
+class _KeySet(BaseHTTPRequestHandler):
+    """The issuer's JWKS endpoint: serves ``server.jwks``, counts the fetches."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        body = self.server.jwks.encode()  # type: ignore[attr-defined]
+        self.server.fetches += 1  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_sidecar_fetches_the_keys_of_a_jwks_uri(clean, threescale_module, issuer):
+    mesh = clean
+    keys = ThreadingHTTPServer(("127.0.0.1", 0), _KeySet)
+    keys.jwks, keys.fetches = issuer.jwks, 0  # type: ignore[attr-defined]
+    threading.Thread(target=keys.serve_forever, daemon=True).start()
+    try:
+        deploy_oidc_extension(mesh, threescale_module)
+        policy = mesh.deploy("jwt", keycloak_authentication(
+            jwks_uri=f"http://127.0.0.1:{keys.server_address[1]}/realms/3scale/protocol/openid-connect/certs",
+            name="jwt-remote"))   # a name of its own, as the extension's
+        wait_until(lambda: _ready(policy, "RequestAuthentication/default/jwt-remote"), timeout=30,
+                   what="the RequestAuthentication enforced")
+        token = issuer.token(azp="my-client")
+        assert wait_until(lambda: mesh.get("/", authorization=f"Bearer {token}")[0] == 200, timeout=30,
+                          what="a token verified with the fetched keys")
+        forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+        assert mesh.get("/", authorization=f"Bearer {forged}") == (401, "Jwt verification fails")
+        assert keys.fetches >= 1  # type: ignore[attr-defined]
+    finally:
+        keys.shutdown()
+        keys.server_close()
