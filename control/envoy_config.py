@@ -19,7 +19,15 @@ Per sidecar:
   managers only *reference* it through ``config_discovery``, so changing an
   extension's config or module never rebuilds a listener;
 * the module is a local file that the sidecar's module syncer put in place,
-  sha256 verified (see modules.py for why the module travels that way).
+  sha256 verified (see modules.py for why the module travels that way);
+* the RequestAuthentication policies selecting a workload become one
+  ``envoy.filters.http.jwt_authn`` filter on its inbound listener, in the
+  chain's authn slot (placement.py: after PreAuthN, Istio's AUTHN, before
+  every later phase), as Istiod places it: a present token must be valid
+  (else 401), a request without one passes; each verified payload goes into
+  the dynamic metadata under its issuer, where Wasm filters (the 3scale
+  filter's ``filter`` credential source) read it.  A ``jwksUri`` gets a
+  cluster of its own, ``jwks|<host>|<port>``.
 
 Resources are written as the JSON form of Envoy's API and parsed into the
 xds-protos messages, which checks every field name against the real schema.
@@ -29,6 +37,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import ssl
+import urllib.parse
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -37,6 +47,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.grpc_stats.v3 import config_pb2 as grpc_stats_pb2  # noqa: F401 - for Any
+from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_authn_pb2  # noqa: F401 - for Any
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401 - registers the type for Any
 from envoy.extensions.filters.http.wasm.v3 import wasm_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2  # noqa: F401
@@ -51,7 +62,8 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from meshext.control.mesh import Mesh, Service, TcpOutbound, Workload
-from meshext.control.placement import PlacedExtension, order
+from meshext.control.placement import PHASES, PlacedExtension, order
+from meshext.control.resources import JwtPolicy, JwtRule
 from meshext.control.snapshot import CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, Resource, Snapshot
 from meshext.control.telemetry import (
     TELEMETRY_KEY,
@@ -61,11 +73,13 @@ from meshext.control.telemetry import (
     workload_metadata,
 )
 from meshext.control.workload_tls import (
+    UPSTREAM_TLS_TYPE,
     client_certificate_forwarding,
     inbound_filter_chains,
     upstream_socket,
     workload_identity,
 )
+from meshext.errors import InternalError
 
 WASM_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 NETWORK_WASM_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm"
@@ -74,6 +88,8 @@ ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Route
 TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 GRPC_STATS_TYPE = "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"
 PROTOCOL_OPTIONS_TYPE = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+JWT_AUTHN_TYPE = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
+JWT_AUTHN_FILTER = "envoy.filters.http.jwt_authn"
 ADS = {"ads": {}, "resource_api_version": "V3"}
 
 
@@ -141,14 +157,119 @@ def _grpc_message_counts() -> dict[str, Any]:
         "@type": GRPC_STATS_TYPE, "emit_filter_state": True, "stats_for_all_methods": False}}
 
 
+def _jwks_address(uri: str) -> tuple[str, int, bool]:
+    """(host, port, TLS) of a validated ``jwksUri``."""
+    parsed = urllib.parse.urlsplit(uri)
+    tls = parsed.scheme == "https"
+    if parsed.hostname is None:
+        raise InternalError(f"jwksUri {uri!r} passed validation without a host")
+    return parsed.hostname, parsed.port or (443 if tls else 80), tls
+
+
+def jwks_cluster_name(uri: str) -> str:
+    """The cluster a sidecar fetches ``uri`` (a ``jwksUri``) through."""
+    host, port, _ = _jwks_address(uri)
+    return f"jwks|{host}|{port}"
+
+
+def _policy_rules(policies: list[JwtPolicy]) -> list[JwtRule]:
+    """The rules of ``policies`` in key order, one per issuer (the first policy's, as a key-sorted merge would)."""
+    rules: dict[str, JwtRule] = {}
+    for policy in sorted(policies, key=lambda p: p.key):
+        for rule in policy.rules:
+            rules.setdefault(rule.issuer, rule)
+    return list(rules.values())
+
+
+def _jwt_provider(rule: JwtRule) -> dict[str, Any]:
+    """One jwt_authn provider, with Istio's translation of a jwtRules entry."""
+    provider: dict[str, Any] = {
+        "issuer": rule.issuer,
+        "audiences": list(rule.audiences),
+        "forward": rule.forward_original_token,
+        # Under the issuer's name, as Istio puts it: the 3scale filter's documented path is
+        # [envoy.filters.http.jwt_authn, "0"], the sole entry.
+        "payload_in_metadata": rule.issuer,
+        "from_headers": [{"name": name, "value_prefix": prefix} for name, prefix in rule.from_headers],
+        "from_params": list(rule.from_params),
+        "from_cookies": list(rule.from_cookies),
+        "claim_to_headers": [{"header_name": header, "claim_name": claim}
+                             for header, claim in rule.output_claim_to_headers],
+    }
+    if rule.output_payload_to_header:
+        provider["forward_payload_header"] = rule.output_payload_to_header
+    if rule.jwks is not None:
+        provider["local_jwks"] = {"inline_string": rule.jwks}
+    elif rule.jwks_uri is not None:
+        provider["remote_jwks"] = {
+            "http_uri": {"uri": rule.jwks_uri, "cluster": jwks_cluster_name(rule.jwks_uri),
+                         "timeout": f"{rule.jwks_timeout_seconds:g}s"},
+            "cache_duration": "300s",  # Istio's refresh interval of a fetched key set
+            "async_fetch": {},  # fetched when the listener starts, not by the first request
+        }
+    else:
+        raise InternalError(f"jwtRules entry for {rule.issuer!r} passed validation without keys")
+    return provider
+
+
+def jwt_authn_filter(policies: list[JwtPolicy]) -> dict[str, Any] | None:
+    """The jwt_authn HTTP filter enforcing ``policies`` as Istio does, or None when they name no issuer.
+
+    A request carrying a token of a listed issuer is let through when the token
+    verifies, refused 401 otherwise (as one of an unknown issuer); a request
+    without a token passes: RequestAuthentication alone requires none."""
+    rules = _policy_rules(policies)
+    if not rules:
+        return None
+    providers = {f"origins-{index}": _jwt_provider(rule) for index, rule in enumerate(rules)}
+    requirements: list[dict[str, Any]] = [{"provider_name": name} for name in providers]
+    requirements.append({"allow_missing": {}})
+    return {"name": JWT_AUTHN_FILTER, "typed_config": {
+        "@type": JWT_AUTHN_TYPE, "providers": providers, "bypass_cors_preflight": True,
+        "rules": [{"match": {"prefix": "/"}, "requires": {"requires_any": {"requirements": requirements}}}]}}
+
+
+def jwks_clusters(policies: list[JwtPolicy]) -> list[Resource]:
+    """One cluster per ``jwksUri`` host and port of ``policies``: a sidecar fetches the key set directly
+    (https: verified against the control plane host's system CA bundle)."""
+    clusters: dict[str, Resource] = {}
+    for rule in _policy_rules(policies):
+        if rule.jwks_uri is None or jwks_cluster_name(rule.jwks_uri) in clusters:
+            continue
+        host, port, tls = _jwks_address(rule.jwks_uri)
+        name = jwks_cluster_name(rule.jwks_uri)
+        cluster: dict[str, Any] = {
+            "name": name, "type": "STRICT_DNS", "connect_timeout": "5s", "dns_lookup_family": "V4_PREFERRED",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": _socket(host, port)}}]}]},
+        }
+        if tls:
+            paths = ssl.get_default_verify_paths()
+            cluster["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
+                "@type": UPSTREAM_TLS_TYPE, "sni": host, "common_tls_context": {"validation_context": {
+                    "trusted_ca": {"filename": paths.cafile or paths.openssl_cafile},
+                    "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": host}}]}}}}
+        clusters[name] = Resource.of(name, _parse(cluster_pb2.Cluster, cluster))
+    return list(clusters.values())
+
+
+def _authn_slot(extensions: list[PlacedExtension]) -> int:
+    """How many of the (ordered) ``extensions`` run before the mesh's authn filter: the PreAuthN ones."""
+    return sum(PHASES.index(e.phase) < PHASES.index("[authn]") for e in extensions)
+
+
 def _http_connection_manager(direction: str, extensions: list[PlacedExtension],
-                             count_grpc_messages: bool = False) -> dict[str, Any]:
+                             count_grpc_messages: bool = False,
+                             jwt_authn: dict[str, Any] | None = None) -> dict[str, Any]:
     http_filters = [_grpc_message_counts()] if count_grpc_messages else []
-    http_filters += [
+    wasm_filters = [
         {"name": extension.filter_name, "config_discovery": {
             "config_source": ADS, "type_urls": [WASM_FILTER_TYPE]}}
         for extension in extensions
     ]
+    if jwt_authn is not None:
+        wasm_filters.insert(_authn_slot(extensions), jwt_authn)
+    http_filters += wasm_filters
     http_filters.append({"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}})
     return {
         "name": "envoy.filters.network.http_connection_manager",
@@ -185,13 +306,14 @@ def _tcp_filters(stat_prefix: str, cluster: str, telemetry: bool) -> list[dict[s
 
 
 def _inbound_listener(workload: Workload, extensions: list[PlacedExtension], mesh: Mesh,
-                      trust_domain: str | None) -> listener_pb2.Listener:
+                      trust_domain: str | None, policies: list[JwtPolicy]) -> listener_pb2.Listener:
     """The workload's endpoint: mutual TLS from peers (and plain text under PERMISSIVE) -> its app."""
     if _app_protocol(mesh, workload) == "TCP":
         # HTTP extensions cannot run here; telemetry runs as a network filter.
         filters = _tcp_filters("inbound", _inbound_cluster_name(workload), _has_telemetry(extensions))
     else:
-        manager = _http_connection_manager("inbound", extensions, _has_telemetry(extensions))
+        manager = _http_connection_manager("inbound", extensions, _has_telemetry(extensions),
+                                           jwt_authn_filter(policies))
         manager["typed_config"].update(client_certificate_forwarding(trust_domain))
         filters = [manager]
     listener_filters, chains = inbound_filter_chains(filters, trust_domain, mesh.mtls.mode,
@@ -253,22 +375,27 @@ class SnapshotBuilder:
         self.mesh = mesh
         self.trust_domain = trust_domain
         self._base: dict[str, dict[str, list[Resource]]] = {}
-        self._listeners: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[Resource]] = {}
+        self._listeners: dict[tuple[str, tuple[str, ...], tuple[str, ...], tuple[JwtPolicy, ...]],
+                              list[Resource]] = {}
         self._extension_configs: dict[tuple[PlacedExtension, str, bool], Resource] = {}
 
     def snapshot(self, workload: Workload, extensions: list[PlacedExtension], module_dir: str = "",
-                 draining: list[PlacedExtension] | None = None) -> Snapshot:
+                 draining: list[PlacedExtension] | None = None, policies: list[JwtPolicy] | None = None) -> Snapshot:
         """Everything the sidecar of ``workload`` should run; modules are read from ``module_dir``.
 
         ``draining``: extensions no listener references any more, whose config is
-        still served because connections on a draining filter chain use it."""
+        still served because connections on a draining filter chain use it.
+        ``policies``: the RequestAuthentications selecting the workload."""
         ordered = order(extensions)
         inbound = [e for e in ordered if _applies(e, "inbound", workload.inbound.port)]
         outbound = [e for e in ordered if _applies(e, "outbound", workload.outbound.port)]
-        listener_key = (workload.node_id, tuple(e.filter_name for e in inbound), tuple(e.filter_name for e in outbound))
+        authentication = tuple(sorted(policies or [], key=lambda p: p.key))
+        listener_key = (workload.node_id, tuple(e.filter_name for e in inbound), tuple(e.filter_name for e in outbound),
+                        authentication)
         if listener_key not in self._listeners:
             self._listeners[listener_key] = [
-                Resource.of("inbound", _inbound_listener(workload, inbound, self.mesh, self.trust_domain)),
+                Resource.of("inbound", _inbound_listener(workload, inbound, self.mesh, self.trust_domain,
+                                                         list(authentication))),
                 Resource.of("outbound", _listener("outbound", workload.outbound.address, workload.outbound.port,
                                                   outbound, _has_telemetry(outbound))),
             ] + [_tcp_outbound_listener(service, tcp, _has_telemetry(outbound)) for tcp in workload.tcpOutbound
@@ -280,8 +407,10 @@ class SnapshotBuilder:
         telemetry = next((e for e in ordered if e.key == TELEMETRY_KEY), None)
         if telemetry is not None and self._runs_tcp(workload):
             extension_configs.append(self._extension_config(telemetry, module_dir, network=True))
+        base = self._base[workload.node_id]
         return Snapshot.of_resources({
-            **self._base[workload.node_id],
+            **base,
+            CLUSTER: base[CLUSTER] + jwks_clusters(list(authentication)),
             LISTENER: self._listeners[listener_key],
             EXTENSION_CONFIG: extension_configs,
         })

@@ -29,6 +29,11 @@ thread does all the work, so no two reconciles ever race:
    that is invalid or cannot be pulled leaves that configuration running too;
 4. write each resource's status when it changes.
 
+RequestAuthentication resources (Istio's JWT policies) are validated the same
+way and select workloads the same way; they need no image: each selected
+sidecar's inbound listener verifies their issuers' tokens (envoy_config.py).
+An invalid update leaves the last valid policy applied.
+
 The mesh itself may change at run time (:meth:`Operator.update_mesh`, fed by
 Kubernetes discovery): every sidecar gets a snapshot of the new mesh, and
 extension selection is evaluated again for the new set of workloads.
@@ -71,7 +76,14 @@ from meshext.control.images import (
 from meshext.control.mesh import Mesh, Workload
 from meshext.control.placement import PlacedExtension
 from meshext.control.proxy import SIDECAR_DRAIN_SECONDS
-from meshext.control.resources import ExtensionRequest, parse_resource, resource_key
+from meshext.control.resources import (
+    POLICY_KINDS,
+    ExtensionRequest,
+    JwtPolicy,
+    parse_policy,
+    parse_resource,
+    resource_key,
+)
 from meshext.control.snapshot import EXTENSION_CONFIG, LISTENER
 from meshext.control.state import ControlPlaneState
 from meshext.control.telemetry import telemetry_extension
@@ -106,6 +118,14 @@ class _Tracked:
     placed: PlacedExtension | None = None
     accepted: list[PlacedExtension] = field(default_factory=list)  # ACKed configs, most recent first
     rejected: dict[PlacedExtension, str] = field(default_factory=dict)  # refused by Envoy
+    status: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _TrackedPolicy:
+    obj: dict[str, Any]
+    policy: JwtPolicy | None = None  # the last valid spec (kept while a newer one is invalid)
+    error: str = ""  # why the current spec is refused
     status: dict[str, Any] = field(default_factory=dict)
 
 
@@ -144,6 +164,7 @@ class Operator:
         self._node_ids = {w.node_id for w in mesh.workloads}
         self._mesh_problems: list[str] = []  # why parts of the mesh (or a whole update) were left out
         self._tracked: dict[str, _Tracked] = {}
+        self._policies: dict[str, _TrackedPolicy] = {}  # RequestAuthentications, by key
         self._published: dict[str, dict[str, PlacedExtension]] = {}  # node id -> ECDS name -> extension
         self._retired: dict[str, dict[str, tuple[PlacedExtension, float]]] = {}  # node -> name -> (ext, until)
         self._events: queue.Queue[OperatorEvent] = queue.Queue()
@@ -165,7 +186,7 @@ class Operator:
         self._worker.join(timeout=30)
 
     def apply(self, obj: dict[str, Any]) -> None:
-        """Track the ServiceMeshExtension or WasmPlugin ``obj`` (new or changed)."""
+        """Track the ServiceMeshExtension, WasmPlugin or RequestAuthentication ``obj`` (new or changed)."""
         self._idle.clear()
         self._events.put(ResourceApplied(copy.deepcopy(obj)))
 
@@ -240,6 +261,11 @@ class Operator:
     def _handle(self, event: OperatorEvent) -> None:
         """What one event changes; every event but a reply is followed by a reconcile."""
         match event:
+            case ResourceApplied(obj=obj) if obj.get("kind") in POLICY_KINDS:
+                with self._lock:
+                    policy = self._policies.setdefault(resource_key(obj), _TrackedPolicy(obj=obj))
+                    policy.obj = obj
+                self._prepare_policy(policy)
             case ResourceApplied(obj=obj):
                 key = resource_key(obj)
                 with self._lock:
@@ -249,6 +275,7 @@ class Operator:
             case ResourceDeleted(key=key):
                 with self._lock:
                     self._tracked.pop(key, None)
+                    self._policies.pop(key, None)
             case ProxyReplied(node_id=node_id, type_url=type_url, status=status, nacked_names=nacked_names):
                 self._record_reply(node_id, type_url, status, nacked_names)
             case MeshReplaced(mesh=mesh, problems=problems):
@@ -325,6 +352,14 @@ class Operator:
         )
         tracked.error = tracked.error_reason = ""
 
+    @staticmethod
+    def _prepare_policy(tracked: _TrackedPolicy) -> None:
+        """Validate one RequestAuthentication; an invalid one keeps the last valid one applied."""
+        try:
+            tracked.policy, tracked.error = parse_policy(tracked.obj), ""
+        except MeshextError as error:
+            tracked.error = str(error)
+
     def _credentials(self, request: ExtensionRequest) -> Any:
         if not request.pull_secret:
             return None
@@ -339,10 +374,13 @@ class Operator:
                                        where=f"{request.key}: spec.imagePullSecret")
 
     # -- placement and publishing ----------------------------------------------
-    def _selects(self, request: ExtensionRequest, workload: Workload) -> bool:
+    def _selects(self, request: ExtensionRequest | JwtPolicy, workload: Workload) -> bool:
+        """Whether ``request`` applies to ``workload``: in the control-plane namespace mesh-wide, else in its own
+        namespace, to the workloads carrying its selector's labels."""
         if request.namespace != self.mesh.controlPlaneNamespace and request.namespace != workload.namespace:
             return False
-        return all(workload.labels.get(k) == v for k, v in request.selector.items())
+        selector = request.labels if isinstance(request, JwtPolicy) else request.selector
+        return all(workload.labels.get(k) == v for k, v in selector.items())
 
     def _effective(self, tracked: _Tracked) -> PlacedExtension | None:
         """What should run: the current config unless a proxy refused it."""
@@ -361,6 +399,7 @@ class Operator:
     def _reconcile(self) -> None:
         with self._lock:
             tracked_items = list(self._tracked.values())
+            policies = [t.policy for t in self._policies.values() if t.policy is not None]
         proxies = self._state.cache.proxies()
         demand = self._state.demand
         published: dict[str, dict[str, PlacedExtension]] = {}
@@ -394,7 +433,8 @@ class Operator:
                 # publishing now would strip the proxy's filters until it does.
                 continue
             self._state.cache.set_snapshot(node_id, self._builder.snapshot(
-                workload, list(chosen.values()), module_dir, draining=draining))
+                workload, list(chosen.values()), module_dir, draining=draining,
+                policies=[policy for policy in policies if self._selects(policy, workload)]))
         with self._lock:
             self._published = published
         for node_id, proxy in proxies.items():
@@ -516,12 +556,49 @@ class Operator:
         status["phase"] = "Error" if error else ("Ready" if ready else "Pending")
         return status
 
+    def _policy_status_of(self, tracked: _TrackedPolicy, proxies: dict[str, Any]) -> dict[str, Any]:
+        """A RequestAuthentication's status: Error while its spec is invalid, Ready once every selected
+        sidecar ACKed listeners that enforce it, else Pending."""
+        generation = int((tracked.obj.get("metadata") or {}).get("generation") or 1)
+        policy = tracked.policy
+        selected = [w.node_id for w in self.mesh.workloads if policy is not None and self._selects(policy, w)]
+        running = sorted(node_id for node_id in selected if self._listeners_acked(node_id, proxies))
+        if tracked.error:
+            ready, reason, message = False, "InvalidSpec", tracked.error
+            if policy is not None:
+                message += " (the last valid configuration keeps applying)"
+        elif not selected:
+            ready, reason, message = False, "NoMatchingWorkloads", "the selector matches no workload in the mesh"
+        elif running == selected:
+            ready, reason, message = True, "Applied", f"enforced on {len(running)} workload(s)"
+        else:
+            waiting = sorted(set(selected) - set(running))
+            ready, reason, message = False, "Pending", "waiting for the proxies of " + ", ".join(waiting)
+        error = bool(tracked.error)
+        return {
+            "observedGeneration": generation, "workloads": running,
+            "conditions": [
+                {"type": "Ready", "status": str(ready), "reason": reason, "message": message},
+                {"type": "Error", "status": str(error), "reason": reason if error else "NoError",
+                 "message": message if error else ""},
+            ],
+            "phase": "Error" if error else ("Ready" if ready else "Pending"),
+        }
+
+    def _listeners_acked(self, node_id: str, proxies: dict[str, Any]) -> bool:
+        """Whether ``node_id``'s proxy is connected and ACKed the listeners of its current snapshot."""
+        proxy = proxies.get(node_id)
+        snapshot = self._state.cache.snapshot(node_id)
+        lds = proxy.types.get(LISTENER) if proxy is not None and proxy.streams > 0 else None
+        return lds is not None and snapshot is not None and lds.acked_version == snapshot.type_versions[LISTENER]
+
     def _write_statuses(self) -> None:
         proxies = self._state.cache.proxies()
         with self._lock:
-            tracked_items = list(self._tracked.values())
+            tracked_items: list[_Tracked | _TrackedPolicy] = [*self._tracked.values(), *self._policies.values()]
         for tracked in tracked_items:
-            status = self._status_of(tracked, proxies)
+            status = (self._status_of(tracked, proxies) if isinstance(tracked, _Tracked)
+                      else self._policy_status_of(tracked, proxies))
             if status == _without_times(tracked.status):
                 continue
             previous = {c["type"]: c for c in tracked.status.get("conditions", [])}
@@ -543,6 +620,7 @@ class Operator:
         with self._lock:
             extensions = {key: {"status": copy.deepcopy(t.status), "image": _image_of(t.obj)}
                           for key, t in self._tracked.items()}
+            policies = {key: {"status": copy.deepcopy(t.status)} for key, t in self._policies.items()}
         proxies = {}
         for node_id, proxy in self._state.cache.proxies().items():
             proxies[node_id] = {
@@ -554,7 +632,7 @@ class Operator:
                           for url, s in proxy.types.items()},
             }
         mesh = self.mesh
-        return {"extensions": extensions, "proxies": proxies, "mesh": {
+        return {"extensions": extensions, "policies": policies, "proxies": proxies, "mesh": {
             "services": sorted(f"{s.namespace}/{s.name}" for s in mesh.services),
             "workloads": sorted(w.node_id for w in mesh.workloads),
             "problems": list(self._mesh_problems),

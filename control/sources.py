@@ -7,7 +7,7 @@ secrets come from it), and is then started with the :class:`ResourceSink`
 it feeds (the operator).
 
 Directory mode: every ``*.yaml`` / ``*.yml`` / ``*.json`` file (multi-document
-YAML allowed) holds ServiceMeshExtension, WasmPlugin or
+YAML allowed) holds ServiceMeshExtension, WasmPlugin, RequestAuthentication or
 ``kubernetes.io/dockerconfigjson`` Secret objects.  The directory is polled
 (a stat per file and tick; no inotify dependency, and it works on every file
 system).  A changed file is read once it has kept the same size and mtime
@@ -32,13 +32,14 @@ from typing import Any, Protocol
 
 import yaml
 
-from meshext.control.resources import KINDS, resource_key
+from meshext.control.resources import WATCHED_KINDS, resource_key
 from meshext.errors import InternalError
 
 log = logging.getLogger(__name__)
 STATUS_SUFFIX = ".status.yaml"
 # The resource name of each kind in the Kubernetes API (…/<plural>/<name>).
-PLURALS = {"ServiceMeshExtension": "servicemeshextensions", "WasmPlugin": "wasmplugins"}
+PLURALS = {"ServiceMeshExtension": "servicemeshextensions", "WasmPlugin": "wasmplugins",
+           "RequestAuthentication": "requestauthentications"}
 
 
 class ResourceSink(Protocol):
@@ -165,7 +166,7 @@ class DirectorySource:
                 if payload is not None and metadata.get("name"):
                     secrets[(metadata.get("namespace") or "default", str(metadata["name"]))] = payload
                 continue
-            if document.get("kind") not in KINDS:
+            if document.get("kind") not in WATCHED_KINDS:
                 continue
             key = resource_key(document)
             metadata = document.setdefault("metadata", {})
@@ -293,10 +294,10 @@ def watch_collection(list_call: Callable[..., Any], *args: Any, apply: Callable[
 
 
 class KubernetesSource:
-    """List + watch both CRDs with the `kubernetes` client; status via the status subresource."""
+    """List + watch the CRDs of :data:`PLURALS` with the `kubernetes` client; status via the status subresource."""
 
     # (group, version, plural) of each CRD watched: its first (storage) version.
-    RESOURCES = tuple((KINDS[kind][0], KINDS[kind][1][0], plural) for kind, plural in PLURALS.items())
+    RESOURCES = tuple((WATCHED_KINDS[kind][0], WATCHED_KINDS[kind][1][0], plural) for kind, plural in PLURALS.items())
 
     def __init__(self, *, api_client: Any = None, timeout_seconds: int = 60) -> None:
         from kubernetes import client
@@ -308,7 +309,7 @@ class KubernetesSource:
         self._stop = threading.Event()
 
     def start(self, sink: ResourceSink) -> KubernetesSource:
-        """Watch both CRDs (one thread each), feeding ``sink``."""
+        """Watch each CRD (one thread each), feeding ``sink``."""
         for group, version, plural in self.RESOURCES:
             threading.Thread(target=self._watch_forever, args=(sink, group, version, plural), daemon=True,
                              name=f"watch-{plural}").start()
@@ -339,7 +340,7 @@ class KubernetesSource:
         """Merge-patch ``status`` into the resource's status subresource."""
         group, _, version = obj["apiVersion"].partition("/")
         plural = PLURALS.get(obj["kind"])
-        if plural is None:  # the operator tracks only parsed resources, of the two kinds
+        if plural is None:  # the operator tracks only resources of the watched kinds
             raise InternalError(f"status for a resource of kind {obj['kind']!r}")
         metadata = obj["metadata"]
         self.custom.patch_namespaced_custom_object_status(

@@ -1,8 +1,8 @@
 """The 3scale filter in a real Envoy 1.40 (hand-written bootstrap), against the backend simulator.
 
-jwt_authn is here, not in the mesh tests: meshext's control plane places Wasm filters only, so an
-``app_id`` from a JWT Envoy validated is tested with a bootstrap that puts ``envoy.filters.http.jwt_authn``
-before the filter, as Istio's RequestAuthentication does.
+An ``app_id`` from a JWT Envoy validated is tested here with a bootstrap that puts
+``envoy.filters.http.jwt_authn`` before the filter, as a standalone Envoy user writes it; the mesh tests
+(test_threescale_mesh.py) have the control plane place it from a RequestAuthentication.
 """
 
 from __future__ import annotations
@@ -12,14 +12,24 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 import requests
-from conftest import ISSUER, OIDC_CREDENTIALS, OIDC_SERVICE_ID, OIDC_TOKEN, SERVICE_ID, documented_config
+from conftest import (
+    ISSUER,
+    OIDC_CREDENTIALS,
+    OIDC_SERVICE_ID,
+    OIDC_TOKEN,
+    SERVICE_ID,
+    SERVICE_TOKEN,
+    documented_config,
+)
 
 from meshext.envoy import EnvoyProcess
+from meshext.extensions.threescale.backend import Backend, BackendServer, SimulatorConfig
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
@@ -204,3 +214,39 @@ def test_with_the_cache_the_backend_sees_batched_reports_totalling_the_requests_
         assert totals == {"hits": served}
         assert 1 <= len(simulator.backend.reports) < served / 5  # batched, not one per request
         assert not [p for _, p in simulator.backend.requests if p.startswith("/transactions/authrep.xml")]
+
+
+def test_with_the_cache_and_two_workers_admissions_stay_within_the_documented_bound(threescale_module):
+    """Bound (extensions/3scale/README.md, cache.py): with W workers the backend records at most max + (W - 1) * Q,
+    Q the quota left at the last refresh (here the whole limit: nothing was used before), and at least the limit."""
+    limit, workers, flush_ms = 10, 2, 500
+    limited = SimulatorConfig.model_validate({"services": [{
+        "id": SERVICE_ID, "token": SERVICE_TOKEN, "metrics": [{"name": "hits"}],
+        "plans": [{"name": "Limited", "limits": [{"metric": "hits", "period": "eternity", "value": limit}]}],
+        "applications": [{"user_key": "hot", "plan": "Limited"}]}]})
+    config = documented_config(BACKEND, "https://su1.3scale.net/")
+    config["backend"]["cache"] = {"flush_period": flush_ms}
+    with BackendServer(Backend(limited)) as simulator:
+        for proxy in run_envoy(threescale_module, config, {BACKEND: simulator.port}, concurrency=workers):
+            # A bounded burst: 120 requests from 4 clients, a connection each (requests.get pools none), which
+            # Envoy spreads over its workers.  Usually over before the first flush, it is the worst case: each
+            # worker sees the whole quota and admits all of it (20 here); a flush during the burst only makes
+            # the workers see more of each other's usage.
+            with ThreadPoolExecutor(4) as clients:
+                statuses = [status for status, _ in clients.map(proxy.get, ["/?user_key=hot"] * 120)]
+            admitted = statuses.count(200)
+            assert statuses.count(429) == len(statuses) - admitted      # every other answer is "limits exceeded"
+            # named after the configured address, port 0
+            per_worker = [value for name, value in proxy.envoy.stats("listener.127.0.0.1_0.worker_").items()
+                          if name.endswith(".downstream_cx_total")]
+            assert len(per_worker) == workers and all(per_worker), per_worker   # both workers took requests
+            assert limit <= admitted <= limit + (workers - 1) * limit, statuses
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                recorded = simulator.backend.totals().get(SERVICE_ID, {}).get("user_key:hot", {}).get("hits")
+                if recorded == admitted:
+                    break
+                time.sleep(0.1)
+            assert recorded == admitted   # the backend's total is what was served, overshoot included
+            time.sleep(2 * flush_ms / 1000)   # every worker refreshed after its last report: all deny now
+            assert [proxy.get("/?user_key=hot")[0] for _ in range(6)] == [429] * 6

@@ -3,7 +3,9 @@
 The resources are the OpenShift Service Mesh / 3scale documentation's, with the image reference changed
 (here a local ``file://`` module) and the upstream names pointing at this mesh's 3scale backend service,
 which is the backend simulator behind its own sidecar.  frontend -> productpage (the filter runs on
-productpage's inbound listener) -> the simulator, all on loopback over mutual TLS xDS.
+productpage's inbound listener) -> the simulator, all on loopback over mutual TLS xDS.  OpenID Connect as
+on OpenShift Service Mesh: a RequestAuthentication makes the control plane put Envoy's jwt_authn ahead of
+the filter, which takes the app_id from the verified payload.
 """
 
 # mypy: disable-error-code="import-not-found"
@@ -12,13 +14,23 @@ productpage's inbound listener) -> the simulator, all on loopback over mutual TL
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import SERVICE_ID, SIMULATOR, documented_config
+from conftest import (
+    ISSUER,
+    OIDC_CREDENTIALS,
+    OIDC_SERVICE_ID,
+    OIDC_TOKEN,
+    SERVICE_ID,
+    SIMULATOR,
+    documented_config,
+)
 
 from meshext.extensions.threescale.backend import Backend, BackendServer, SimulatorConfig
 
@@ -74,8 +86,8 @@ class ThreescaleMesh:
                          for w in self.mesh.workloads}
         assert self.running.state.cache.wait_converged([w.node_id for w in self.mesh.workloads], 30)
 
-    def get(self, path: str) -> tuple[int, str]:
-        response = call(self.mesh, "frontend-v1", "productpage", path)
+    def get(self, path: str, **headers: str) -> tuple[int, str]:
+        response = call(self.mesh, "frontend-v1", "productpage", path, headers)
         return response.status, response.body.get("raw", response.body.get("app", ""))
 
     def deploy(self, name: str, *documents: dict[str, Any]) -> Path:
@@ -196,3 +208,99 @@ def test_wasm_plugin_with_rules_and_token_from_system(clean, threescale_module):
     after = mesh.simulator.backend.totals()[SERVICE_ID]["user_key:user-key-basic"]
     # the fetched rule counts metric productpage, whose parent is hits
     assert (after["productpage"] - before["productpage"], after["hits"] - before["hits"]) == (1, 1)
+
+
+def keycloak_authentication(jwks: str | None = None, *, jwks_uri: str | None = None,
+                            name: str = "jwt-example") -> dict[str, Any]:
+    """The RequestAuthentication of OpenShift Service Mesh's 3scale OpenID Connect example, its keys inline
+    (``jwks``) or at ``jwks_uri``."""
+    keys = {"jwks": jwks} if jwks is not None else {"jwksUri": jwks_uri}
+    return {"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"app": "productpage"}},
+                     "jwtRules": [{"issuer": ISSUER, **keys}]}}
+
+
+def deploy_oidc_extension(mesh: ThreescaleMesh, module: Path) -> None:
+    """The 3scale filter with the documentation's OpenID Connect credentials, Ready on productpage."""
+    config = documented_config(BACKEND_CLUSTER, BACKEND_URL, id=OIDC_SERVICE_ID, token=OIDC_TOKEN,
+                               credentials=OIDC_CREDENTIALS)
+    # a name of its own: the directory source counts the generations of a name the other tests used
+    extension = mesh.deploy("sme", ossm_2_1_extension(module, config, "threescale-oidc"))
+    wait_until(lambda: _ready(extension, "ServiceMeshExtension/default/threescale-oidc"), timeout=90, what="Ready")
+
+
+def test_openid_connect_with_a_request_authentication(clean, threescale_module, issuer):
+    mesh = clean
+    deploy_oidc_extension(mesh, threescale_module)
+    policy = mesh.deploy("jwt", keycloak_authentication(issuer.jwks))
+    status = wait_until(lambda: _ready(policy, "RequestAuthentication/default/jwt-example"), timeout=30,
+                        what="the RequestAuthentication enforced")
+    assert status["workloads"] == ["productpage-v1.default"]
+    token = issuer.token(azp="my-client", aud=["account"], sub="alice")
+    bearer = {"authorization": f"Bearer {token}"}
+    assert wait_until(lambda: mesh.get("/", **bearer)[0] == 200, timeout=30, what="the client id authorized")
+    _, path = mesh.simulator.backend.requests[-1]
+    assert path == (f"/transactions/authrep.xml?service_id={OIDC_SERVICE_ID}&service_token={OIDC_TOKEN}"
+                    "&app_id=my-client&usage[hits]=1")
+    unknown = issuer.token(azp="somebody-else")
+    assert mesh.get("/", authorization=f"Bearer {unknown}") == (403, "Authentication failed\n")
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    assert mesh.get("/", authorization=f"Bearer {forged}") == (401, "Jwt verification fails")
+    assert mesh.get("/") == (403, "Authentication parameters missing\n")   # no token: jwt_authn lets it pass
+
+    # A RequestAuthentication whose keys are not a key set is refused; the last valid one keeps verifying.
+    write_resources(policy, keycloak_authentication("{}"))
+    refused = wait_until(lambda: read_status(policy).get("RequestAuthentication/default/jwt-example", {}).get(
+        "phase") == "Error" and read_status(policy)["RequestAuthentication/default/jwt-example"], timeout=30,
+                         what="the bad update refused")
+    assert refused["conditions"][1]["message"] == (
+        "RequestAuthentication/default/jwt-example: spec.jwtRules[0].jwks: not a JSON Web Key Set\n"
+        '  fix: set spec.jwtRules[0].jwks to the issuer\'s key set as JSON, {"keys": [{"kty": ...}]} '
+        "(the last valid configuration keeps applying)")
+    assert mesh.get("/", authorization=f"Bearer {forged}") == (401, "Jwt verification fails")
+    assert mesh.get("/", **bearer)[0] == 200
+
+    policy.unlink()   # no RequestAuthentication: no verification, so no payload for the filter to read
+    assert wait_until(lambda: mesh.get("/", authorization=f"Bearer {forged}") == (
+        403, "Authentication parameters missing\n"), timeout=30, what="the jwt_authn filter gone")
+    assert mesh.get("/", **bearer) == (403, "Authentication parameters missing\n")
+
+
+class _KeySet(BaseHTTPRequestHandler):
+    """The issuer's JWKS endpoint: serves ``server.jwks``, counts the fetches."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        body = self.server.jwks.encode()  # type: ignore[attr-defined]
+        self.server.fetches += 1  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_sidecar_fetches_the_keys_of_a_jwks_uri(clean, threescale_module, issuer):
+    mesh = clean
+    keys = ThreadingHTTPServer(("127.0.0.1", 0), _KeySet)
+    keys.jwks, keys.fetches = issuer.jwks, 0  # type: ignore[attr-defined]
+    threading.Thread(target=keys.serve_forever, daemon=True).start()
+    try:
+        deploy_oidc_extension(mesh, threescale_module)
+        policy = mesh.deploy("jwt", keycloak_authentication(
+            jwks_uri=f"http://127.0.0.1:{keys.server_address[1]}/realms/3scale/protocol/openid-connect/certs",
+            name="jwt-remote"))   # a name of its own, as the extension's
+        wait_until(lambda: _ready(policy, "RequestAuthentication/default/jwt-remote"), timeout=30,
+                   what="the RequestAuthentication enforced")
+        token = issuer.token(azp="my-client")
+        assert wait_until(lambda: mesh.get("/", authorization=f"Bearer {token}")[0] == 200, timeout=30,
+                          what="a token verified with the fetched keys")
+        forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+        assert mesh.get("/", authorization=f"Bearer {forged}") == (401, "Jwt verification fails")
+        assert keys.fetches >= 1  # type: ignore[attr-defined]
+    finally:
+        keys.shutdown()
+        keys.server_close()

@@ -9,8 +9,22 @@ credential the filter sends is the whole resulting stack (bottom first); None: t
 
 from __future__ import annotations
 
+import base64
+from typing import Any
+
 import pytest
 from conftest import authrep_params, recording_backend, reply, user_key_config
+from google.protobuf import json_format, struct_pb2
+
+
+def struct_base64(value: dict[str, Any]) -> str:
+    """``value`` as a serialized ``google.protobuf.Struct``, base64 encoded: how a header carries one."""
+    return base64.b64encode(json_format.ParseDict(value, struct_pb2.Struct()).SerializeToString()).decode()
+
+
+# The module's stack holds UTF-8 strings, so ``protobuf`` reads a Struct whose encoding is valid UTF-8 (decoded
+# from base64 first); one holding a number whose 8 bytes are not UTF-8 fails already at base64_standard.
+PROTOBUF = ["base64_standard"]
 
 CASES = [
     # string
@@ -47,6 +61,16 @@ CASES = [
     ([{"json": {"path": ["a", "1"], "keys": ["x"]}}], '{"a": [{}, {"x": "second"}]}', "second"),
     ([{"json": {"keys": ["n"]}}], '{"n": 1}', None),                 # the result must be a string
     ([{"json": {"keys": ["a"]}}], "not json", None),
+    ([*PROTOBUF, {"protobuf": {"keys": ["client"]}}], struct_base64({"client": "my-app"}), "my-app"),
+    ([*PROTOBUF, {"protobuf": {"keys": ["0"]}}], struct_base64({"client": "my-app"}), "my-app"),
+    ([*PROTOBUF, {"protobuf": {"path": ["jwt"], "keys": ["missing", "azp"]}}],
+     struct_base64({"jwt": {"azp": "x", "aud": ["a", "b"]}}), "x"),
+    ([*PROTOBUF, {"protobuf": {"path": ["jwt", "aud"], "keys": ["1"]}}],
+     struct_base64({"jwt": {"azp": "x", "aud": ["a", "b"]}}), "b"),
+    ([*PROTOBUF, {"protobuf": {"keys": ["n"]}}], struct_base64({"n": 0}), None),   # the result must be a string
+    ([*PROTOBUF, {"protobuf": {"keys": ["n"]}}], struct_base64({"n": 1.5}), None),  # not UTF-8: base64 fails
+    ([*PROTOBUF, {"protobuf": {"keys": ["a"]}}], base64.b64encode(b"\n\x05ab").decode(), None),  # truncated
+    ([{"protobuf": {"keys": ["a"]}}], '{"a": "b"}', None),            # JSON is not the protobuf encoding
     # stack
     ([{"split": {}}, {"length": {"min": 3}}], "a:b", None),
     ([{"split": {}}, {"length": {"max": 2}}], "a:b", "a|b"),
