@@ -55,9 +55,14 @@ class InternalError(Exception):
 
 
 def first_validation_problem(error: Any, default_location: str) -> tuple[str, dict[str, Any]]:
-    """The dotted field path and details of a pydantic ValidationError's first problem.
+    """The field path and details of a pydantic ValidationError's first problem.
 
-    One naming of fields for every layer's messages (``spec.phase``, ``[filter] entry``...).
+    One naming of fields for every layer's messages (``spec.phase``,
+    ``spec.jwtRules[0].issuer``, ``[filter] entry``...): list positions in
+    brackets, as the SDK names configuration fields.
     """
     problem = error.errors()[0]
-    return ".".join(str(part) for part in problem["loc"]) or default_location, problem
+    path = ""
+    for part in problem["loc"]:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path or default_location, problem

@@ -10,7 +10,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from meshext.control.resources import parse_resource
+from meshext.control.resources import parse_policy, parse_resource
+from meshext.control.sources import KubernetesSource
 from meshext.errors import MeshextError
 from meshext.paths import CACHE_ENV
 
@@ -21,7 +22,7 @@ def _documents(name: str) -> list[dict]:
     return [d for d in yaml.safe_load_all((DEPLOY / name).read_text()) if d]
 
 
-@pytest.mark.parametrize("name", ["crds.yaml", "rbac.yaml", "control-plane.yaml"])
+@pytest.mark.parametrize("name", ["crds.yaml", "rbac.yaml", "control-plane.yaml", "request-authentication-crd.yaml"])
 def test_manifests_validate_with_kubernetes_validate(name):
     documents = _documents(name)
     assert documents
@@ -110,3 +111,34 @@ def test_the_deployment_discovers_the_mesh_with_the_rights_it_needs():
         verbs = {verb for rule in role["rules"] if group in rule["apiGroups"] and resource in rule["resources"]
                  for verb in rule["verbs"]}
         assert {"list", "watch"} <= verbs, (group, resource, verbs)
+
+
+def test_the_cluster_role_lets_the_control_plane_watch_every_kind_it_watches():
+    role = next(d for d in _documents("rbac.yaml") if d["kind"] == "ClusterRole")
+    granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"] for verb in rule["verbs"]}
+    for group, _version, plural in KubernetesSource.RESOURCES:
+        assert {(group, plural, "list"), (group, plural, "watch"), (group, f"{plural}/status", "patch")} <= granted
+
+
+def _request_authentication(**rule) -> dict:
+    return {"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+            "metadata": {"name": "oidc", "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"app": "productpage"}},
+                     "jwtRules": [{"issuer": "https://keycloak.example/realms/3scale", **rule}]}}
+
+
+def test_a_request_authentication_passes_both_the_crd_schema_and_the_operator():
+    crd = _documents("request-authentication-crd.yaml")[0]
+    assert {version["name"] for version in crd["spec"]["versions"]} == {"v1", "v1beta1"}
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    good = _request_authentication(jwksUri="https://keycloak.example/certs", forwardOriginalToken=True,
+                                   fromHeaders=[{"name": "x-jwt", "prefix": "Bearer "}], timeout="2s")
+    jsonschema.validate(good, schema)
+    assert parse_policy(good).rules[0].issuer == "https://keycloak.example/realms/3scale"
+    bad = _request_authentication(jwksUri="https://keycloak.example/certs", timeout="soon")
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+    with pytest.raises(MeshextError) as error:
+        parse_policy(bad)
+    assert "spec.jwtRules[0].timeout" in str(error.value)

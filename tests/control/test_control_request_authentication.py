@@ -115,7 +115,7 @@ def test_jwks_uri_gets_a_cluster_and_several_policies_merge_one_rule_per_issuer(
 
 @pytest.mark.parametrize(("spec", "message", "fix"), [
     ({"jwtRules": [{"jwksUri": "https://i.example/certs"}]},
-     "spec.jwtRules.0.issuer: Field required", "set spec.jwtRules.0.issuer"),
+     "spec.jwtRules[0].issuer: Field required", "set spec.jwtRules[0].issuer"),
     ({"jwtRules": [{"issuer": "i"}]}, "spec.jwtRules[0]: no key set: neither jwks nor jwksUri is set",
      "set spec.jwtRules[0].jwksUri to the issuer's JWKS URL or spec.jwtRules[0].jwks to the key set"),
     ({"jwtRules": [{"issuer": "i", "jwks": JWKS, "jwksUri": "https://i.example/certs"}]},
@@ -127,7 +127,7 @@ def test_jwks_uri_gets_a_cluster_and_several_policies_merge_one_rule_per_issuer(
      "spec.jwtRules[0].jwksUri: 'keycloak/certs' is not an http(s) URL with a host",
      "set spec.jwtRules[0].jwksUri to the issuer's JWKS URL"),
     ({"jwtRules": [{"issuer": "i", "jwks": JWKS, "forwardOrignalToken": True}]},
-     "spec.jwtRules.0.forwardOrignalToken: unknown field", "remove spec.jwtRules.0.forwardOrignalToken"),
+     "spec.jwtRules[0].forwardOrignalToken: unknown field", "remove spec.jwtRules[0].forwardOrignalToken"),
     ({"selector": {"labels": {"app": "x"}}}, "spec.selector.labels: unknown field", "remove spec.selector.labels"),
     ({"jwtRules": [{"issuer": "i", "jwks": JWKS}, {"issuer": "i", "jwks": JWKS}]},
      "spec.jwtRules[1].issuer: 'i' is also jwtRules[0]'s", "give each issuer one rule"),

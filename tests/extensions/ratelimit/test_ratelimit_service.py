@@ -183,18 +183,18 @@ def test_the_service_keeps_the_reference_statistics_as_prometheus_text(server, r
 
 
 @pytest.mark.parametrize(("yaml_text", "named"), [
-    ("domain: d\ndescriptors: [{key: k, colour: red}]", "descriptors.0.colour: Extra inputs are not permitted"),
+    ("domain: d\ndescriptors: [{key: k, colour: red}]", "descriptors[0].colour: Extra inputs are not permitted"),
     ("domain: d\ndescriptors: [{key: k, rate_limit: {unit: fortnight, requests_per_unit: 1}}]", "unit 'fortnight'"),
     ("domain: d\ndescriptors: [{key: k, rate_limit: {unit: second, unlimited: true}}]", "unlimited with a unit"),
     ("descriptors: []", "domain: Field required"),
-    ("domain: d\ndescriptors: [{value: v}]", "descriptors.0.key: Field required"),
+    ("domain: d\ndescriptors: [{value: v}]", "descriptors[0].key: Field required"),
 ])
 def test_bad_service_configuration_is_refused_naming_the_field(tmp_path, yaml_text, named):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml_text)
-    with pytest.raises(MeshextError, match=named.replace("(", r"\(")) as refused:
+    with pytest.raises(MeshextError) as refused:
         load_service_config([path])
-    assert str(path) in str(refused.value)
+    assert named in str(refused.value) and str(path) in str(refused.value)
 
 
 def test_the_command_serves_until_terminated(service_config, redis_server):
