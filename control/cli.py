@@ -407,7 +407,7 @@ def fetch_status(address: tuple[str, int], tls: TLSMaterial | None) -> dict[str,
 @_tls_options("The admin")
 def status_command(control_http: str, as_json: bool, pki_dir: Path | None, ca_file: Path | None,
                    cert_file: Path | None, key_file: Path | None, insecure: bool) -> None:
-    """List extensions, their state and the workloads running them, then the proxies.
+    """List extensions, their state and the workloads running them, then JWT policies and proxies.
 
     Reading the status takes the admin certificate (default: <pki-dir>/admin.pem)."""
     from rich.console import Console
@@ -428,12 +428,19 @@ def status_command(control_http: str, as_json: bool, pki_dir: Path | None, ca_fi
         table.add_column(column, overflow="fold")
     for key, extension in sorted(report["extensions"].items()):
         status = extension["status"]
-        ready: dict[str, Any] = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
         table.add_row(key, status.get("phase", "?"), str(status.get("effectivePhase", "")),
                       str(status.get("effectivePriority", "")), str(extension.get("image", "")),
-                      ", ".join(status.get("workloads", [])) or "-",
-                      f"{ready.get('reason', '')}: {ready.get('message', '')}".strip(": "))
+                      ", ".join(status.get("workloads", [])) or "-", _ready_reason(status))
     console.print(table)
+    if report.get("policies"):
+        policies = Table(title="request authentication")
+        for column in ("policy", "state", "enforced on", "reason"):
+            policies.add_column(column, overflow="fold")
+        for key, policy in sorted(report["policies"].items()):
+            status = policy["status"]
+            policies.add_row(key, status.get("phase", "?"), ", ".join(status.get("workloads", [])) or "-",
+                             _ready_reason(status))
+        console.print(policies)
     proxies = Table(title="proxies")
     for column in ("proxy", "connected", "in sync", "errors"):
         proxies.add_column(column, overflow="fold")
@@ -445,6 +452,12 @@ def status_command(control_http: str, as_json: bool, pki_dir: Path | None, ca_fi
     console.print(proxies)
     for problem in report.get("mesh", {}).get("problems", []):
         console.print(f"mesh: {problem}", style="yellow", markup=False, highlight=False, soft_wrap=True)
+
+
+def _ready_reason(status: dict[str, Any]) -> str:
+    """A resource status's Ready condition as "reason: message" ("" when it has none)."""
+    ready: dict[str, Any] = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+    return f"{ready.get('reason', '')}: {ready.get('message', '')}".strip(": ")
 
 
 @click.command("graph")

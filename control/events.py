@@ -28,7 +28,7 @@ class Stop:
 
 @dataclass(frozen=True)
 class ResourceApplied:
-    """A ServiceMeshExtension or WasmPlugin was created or changed (``obj``: the whole object)."""
+    """A ServiceMeshExtension, WasmPlugin or RequestAuthentication was created or changed (``obj``: all of it)."""
 
     obj: dict[str, Any]
 

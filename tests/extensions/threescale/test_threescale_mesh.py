@@ -13,6 +13,8 @@ the filter, which takes the app_id from the verified payload.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -74,7 +76,7 @@ class ThreescaleMesh:
                          for app in ("frontend", "productpage", "threescale")]}))
         self.mesh = load_mesh(mesh_file)
         self.apps = [start_app(w.name, w.app.port) for w in self.mesh.workloads if w.name != "threescale-v1"]
-        pki = PKIDirectory(root / "pki")
+        self.pki = pki = PKIDirectory(root / "pki")
         pki.ensure(workloads=[(w.name, w.namespace) for w in self.mesh.workloads])
         self.config_dir = root / "extensions"
         self.source = DirectorySource(self.config_dir, interval=0.1)
@@ -237,6 +239,13 @@ def test_openid_connect_with_a_request_authentication(clean, threescale_module, 
     status = wait_until(lambda: _ready(policy, "RequestAuthentication/default/jwt-example"), timeout=30,
                         what="the RequestAuthentication enforced")
     assert status["workloads"] == ["productpage-v1.default"]
+    host, port = mesh.running.server.http_address
+    shown = subprocess.run([sys.executable, "-m", "meshext", "status", "--control-http", f"{host}:{port}",
+                            "--pki-dir", str(mesh.pki.root)], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "COLUMNS": "200"})
+    assert shown.returncode == 0, shown.stderr
+    row = next(line for line in shown.stdout.splitlines() if "RequestAuthentication/default/jwt-example" in line)
+    assert "Ready" in row and "productpage-v1.default" in row
     token = issuer.token(azp="my-client", aud=["account"], sub="alice")
     bearer = {"authorization": f"Bearer {token}"}
     assert wait_until(lambda: mesh.get("/", **bearer)[0] == 200, timeout=30, what="the client id authorized")
