@@ -42,7 +42,16 @@ import time
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
-from sdk_header_filter import HERE, MEMORY_RELEASE, ROUTER, SETTLE_SECONDS, machine, wait_answered, wasm_filter, wrk_load
+from sdk_header_filter import (
+    HERE,
+    MEMORY_RELEASE,
+    ROUTER,
+    SETTLE_SECONDS,
+    machine,
+    wait_answered,
+    wasm_filter,
+    wrk_load,
+)
 
 from meshext.control.mesh import Service, ServicePort, Workload, node_id
 from meshext.control.telemetry import node_metadata, services_metadata, workload_metadata
