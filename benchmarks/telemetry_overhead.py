@@ -164,6 +164,11 @@ class Chain:
             envoy.cleanup()
 
 
+def telemetry_filters(module: Path) -> list[dict]:
+    """The telemetry extension as the control plane places it on a sidecar's HTTP listener."""
+    return [GRPC_STATS, *wasm_filter(module, {"tcp_reporting_ms": 5000, "peers": {}})]
+
+
 def one_round(app_port: int, filters: list[dict], seconds: int) -> dict[str, float]:
     """Start a chain, load it through A with wrk, then read both sidecars' RSS once memory settles."""
     chain = Chain(app_port, filters)
@@ -229,6 +234,8 @@ def main() -> None:
     parser.add_argument("--codes", type=int, default=10, help="response codes for the scrape (200, 201, ...)")
     parser.add_argument("--scrapes", type=int, default=5, help="scrapes timed; the median is reported")
     parser.add_argument("--telemetry-module", type=Path, help="a built telemetry module (default: build filter/)")
+    parser.add_argument("--alternative", action="append", default=[], metavar="NAME=MODULE",
+                        help="another telemetry module measured beside it (a change being tried)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install wrk")
@@ -240,8 +247,11 @@ def main() -> None:
         chosen = {
             "no filter": [],
             "header filter": wasm_filter(header),
-            "telemetry": [GRPC_STATS, *wasm_filter(telemetry_path, {"tcp_reporting_ms": 5000, "peers": {}})],
+            "telemetry": telemetry_filters(telemetry_path),
         }
+        for alternative in args.alternative:
+            name, _, module = alternative.partition("=")
+            chosen[f"telemetry: {name}"] = telemetry_filters(Path(module))
         app = EnvoyProcess(app_bootstrap(codes))
         try:
             app.start()
@@ -275,9 +285,10 @@ def main() -> None:
               f"| {ratio} | {figures['p50_us']:.0f} | {figures['cpu_us_per_request']:.1f} "
               f"| {figures['cpu_us_per_request'] - base['cpu_us_per_request']:+.1f} "
               f"| {figures['rss_mb_a']:.0f} / {figures['rss_mb_b']:.0f} |")
-    telemetry_cpu = results["telemetry"]["cpu_us_per_request"] - base["cpu_us_per_request"]
-    print(f"telemetry / header filter: {added(results['telemetry']) / header_added:.2f}x added latency "
-          f"(target <= 2), {telemetry_cpu / header_cpu:.2f}x added CPU")
+    for name in (name for name in results if name.startswith("telemetry")):
+        telemetry_cpu = results[name]["cpu_us_per_request"] - base["cpu_us_per_request"]
+        print(f"{name} / header filter: {added(results[name]) / header_added:.2f}x added latency "
+              f"(target <= 2), {telemetry_cpu / header_cpu:.2f}x added CPU")
     print(f"/stats/prometheus of sidecar B (median of {args.scrapes}): "
           f"{scrape['series_1']:.0f} istio_requests_total series {scrape['scrape_s_1'] * 1e3:.1f} ms "
           f"{scrape['bytes_1'] / 1e3:.0f} kB; {scrape['series_many']:.0f} series "
