@@ -108,6 +108,37 @@ def wrk_latency_us(output: str, percentile: str) -> float:
     return float(value) * {"us": 1, "ms": 1e3, "s": 1e6}[unit]
 
 
+def wait_answered(url: str, timeout: float = 60) -> None:
+    """Return once ``url`` answers (a listener or its upstreams may still be warming)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=5).read()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def wrk_load(url: str, seconds: int, pids: list[int], connections: int = 8) -> dict[str, float]:
+    """Load ``url`` with wrk (one thread, ``connections``, ``seconds``): requests/s, p50/p99 and the CPU per
+    request of the processes ``pids`` together."""
+    cpu_before = sum(cpu_seconds(pid) for pid in pids)
+    output = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        capture_output=True, text=True, timeout=seconds + 30,
+    ).stdout
+    cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
+    requests = int(re.search(r"(\d+) requests in", output).group(1))
+    return {
+        "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+        "cpu_us_per_request": cpu / requests * 1e6,
+        "p50_us": wrk_latency_us(output, "50%"),
+        "p99_us": wrk_latency_us(output, "99%"),
+    }
+
+
 def one_round(filters: list[dict], seconds: int, clusters: list[dict] | None = None,
               connections: int = 8, start_timeout: float = 60) -> dict[str, float]:
     """Start Envoy (timing the first answered request) and load it with wrk (one thread, ``connections``)."""
@@ -116,28 +147,11 @@ def one_round(filters: list[dict], seconds: int, clusters: list[dict] | None = N
     try:
         envoy.start(timeout=start_timeout)
         host, port = envoy.listener_address("bench")
-        while True:
-            try:
-                urllib.request.urlopen(f"http://{host}:{port}/x", timeout=5).read()
-                break
-            except OSError:
-                time.sleep(0.01)
+        wait_answered(f"http://{host}:{port}/x", timeout=start_timeout)
         first_request = time.monotonic() - started
         assert envoy.process is not None
-        cpu_before = cpu_seconds(envoy.process.pid)
-        output = subprocess.run(
-            ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", f"http://{host}:{port}/some/request/path"],
-            capture_output=True, text=True, timeout=seconds + 30,
-        ).stdout
-        cpu = cpu_seconds(envoy.process.pid) - cpu_before
-        requests = int(re.search(r"(\d+) requests in", output).group(1))
-        return {
-            "start_to_first_request_s": first_request,
-            "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
-            "cpu_us_per_request": cpu / requests * 1e6,
-            "p50_us": wrk_latency_us(output, "50%"),
-            "p99_us": wrk_latency_us(output, "99%"),
-        }
+        figures = wrk_load(f"http://{host}:{port}/some/request/path", seconds, [envoy.process.pid], connections)
+        return {"start_to_first_request_s": first_request, **figures}
     finally:
         envoy.cleanup()
 

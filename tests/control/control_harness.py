@@ -198,15 +198,17 @@ def sidecar_mesh(mode: str = "PERMISSIVE") -> dict[str, Any]:
 
 class SidecarMesh:
     """The mesh above with a control plane and sidecars over mutual TLS (certificates from ``pki``);
-    frontend, backend and db have a sidecar and an app (db's a line-echoing TCP app)."""
+    frontend, backend and db have a sidecar and an app (db's a line-echoing TCP app); ``telemetry_module``
+    (``telemetry_module()`` of meshext.extensions.telemetry.module) places telemetry in every sidecar."""
 
-    def __init__(self, root: Path, mode: str = "PERMISSIVE") -> None:
+    def __init__(self, root: Path, mode: str = "PERMISSIVE", telemetry_module: tuple[Path, str] | None = None) -> None:
         self.mesh_file = root / "mesh.yaml"
         self.mesh_file.write_text(yaml.safe_dump(sidecar_mesh(mode)))
         self.mesh: Mesh = load_mesh(self.mesh_file)
         self.pki = PKIDirectory(root / "pki")
         self.pki.ensure(workloads=[(w.name, w.namespace) for w in self.mesh.workloads])
-        self.running = start_control_plane(self.mesh, root / "cache", tls=self.pki.control_plane().load())
+        self.running = start_control_plane(self.mesh, root / "cache", tls=self.pki.control_plane().load(),
+                                           telemetry_module=telemetry_module)
         self.apps: list[Any] = [start_app("frontend-v1", self.workload("frontend-v1").app.port),
                                 start_app("backend-v1", self.workload("backend-v1").app.port),
                                 start_tcp_app("db-v1", self.workload("db-v1").app.port)]

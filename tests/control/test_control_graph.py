@@ -1,17 +1,22 @@
 """`meshext graph`: the model from Istio-shaped series, its drawings, and the command end to end.
 
-Until the telemetry extension's series come from real sidecars, the end-to-end
-test serves Istio-shaped series from an exporter (prometheus_client) that
-Debian's Prometheus scrapes and that `meshext graph --mesh` scrapes directly;
-the HTML is opened in headless Debian `chromium` (DOM asserted, screenshot
-kept in test-artifacts/).
+The model tests feed Istio-shaped series (prometheus_client).  End to end,
+the series are the telemetry extension's, from real traffic through real
+sidecars (control_harness.SidecarMesh: frontend, backend and db behind
+sidecars placed by the control plane, mutual TLS): Debian's Prometheus
+scrapes them with the scrape configuration `meshext control
+prometheus-config` writes, and `meshext graph --mesh` scrapes them
+directly; the HTML is opened in headless Debian `chromium` (DOM asserted,
+screenshot kept in test-artifacts/).
 """
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -21,12 +26,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from control_harness import PrometheusServer, free_port, wait_until
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
+from control_harness import PrometheusServer, SidecarMesh, wait_until
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from rich.console import Console
 
 from meshext.control.graph import build_graph, graph_from_scrapes, histogram_quantile, kiali_queries, parse_scrape
 from meshext.control.graph_render import table
+from meshext.control.prometheus import scrape_config
+from meshext.extensions.telemetry.module import telemetry_module
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 ENVOY_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000,
@@ -159,45 +166,65 @@ def test_the_queries_are_kialis():
     assert "by (le," in queries["p95"] and "response_code" not in queries["p95"]
 
 
-# -- end to end: Prometheus, the command, a browser ------------------------------------------
+# -- end to end: real sidecars, Prometheus, the command, a browser ------------------------------------------
 class Traffic:
-    """Istio-shaped series served over HTTP, growing every 0.1 s: per tick frontend -> backend 9 x 200
-    + 1 x 503 over mTLS, a client without a sidecar -> backend 2 x 200 in plain text, frontend -> db
-    100 TCP bytes over mTLS."""
+    """Real traffic through real sidecars, every 0.1 s until closed (bounded): frontend -> backend 9 GETs
+    (200) and 1 POST (501: the echo app serves GET only) over mutual TLS, a client without a sidecar ->
+    backend's inbound listener 2 GETs in plain text (PERMISSIVE), frontend -> db one TCP connection
+    carrying a line, through frontend's tcpOutbound listener."""
 
-    def __init__(self) -> None:
-        self.registry, self.requests, self.duration, self.sent = _registry()
-        self.port = free_port()
-        self.server, _ = start_http_server(self.port, addr="127.0.0.1", registry=self.registry)
+    def __init__(self, root: Path) -> None:
+        self.mesh = SidecarMesh(root, telemetry_module=telemetry_module())
+        self.failures: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
+    def _request(self, address: tuple[str, int], method: str, host: str, expected: int) -> None:
+        connection = http.client.HTTPConnection(*address, timeout=10)
+        try:
+            connection.request(method, "/", headers={"Host": host})
+            response = connection.getresponse()
+            response.read()  # a response left unread is a downstream disconnect (flag DC) for Envoy
+            if response.status != expected:
+                self.failures.append(f"{method} {host} via {address}: HTTP {response.status}, expected {expected}")
+        finally:
+            connection.close()
+
+    def _tcp_line(self) -> None:
+        listen = self.mesh.workload("frontend-v1").tcpOutbound[0].listen
+        with socket.create_connection((listen.address, listen.port), timeout=10) as connection:
+            connection.sendall(b"hello db\n")
+            connection.recv(100)
+
     def _run(self) -> None:
-        ok = istio("frontend-v1", "backend-v1", "backend")
-        failed = istio("frontend-v1", "backend-v1", "backend", code="503")
-        plain = istio("unknown", "backend-v1", "backend", mtls=False)
-        tcp = _tcp(istio("frontend-v1", "db-v1", "db", protocol="tcp"))
-        deadline = time.monotonic() + 120  # bounded, whatever happens to the test
+        frontend = self.mesh.workload("frontend-v1").outbound
+        backend = self.mesh.workload("backend-v1").inbound
+        deadline = time.monotonic() + 240  # bounded, whatever happens to the test
         while not self._stop.wait(0.1) and time.monotonic() < deadline:
-            self.requests.labels(**ok).inc(9)
-            self.requests.labels(**failed).inc(1)
-            self.requests.labels(**plain).inc(2)
-            self.duration.labels(**ok).observe(20.0)
-            self.sent.labels(**tcp).inc(100)
+            try:
+                for _ in range(9):
+                    self._request((frontend.address, frontend.port), "GET", "backend", 200)
+                self._request((frontend.address, frontend.port), "POST", "backend", 501)
+                for _ in range(2):
+                    self._request((backend.address, backend.port), "GET", "backend", 200)
+                self._tcp_line()
+            except OSError as error:
+                self.failures.append(repr(error))
 
     def close(self) -> None:
+        """Stop the traffic, then the sidecars, the control plane and the apps."""
         self._stop.set()
-        self._thread.join(5)
-        self.server.shutdown()
-        self.server.server_close()
+        self._thread.join(30)
+        self.mesh.close()
 
 
 @pytest.fixture(scope="module")
-def traffic() -> Iterator[Traffic]:
-    running = Traffic()
+def traffic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traffic]:
+    running = Traffic(tmp_path_factory.mktemp("graph-mesh"))
     yield running
     running.close()
+    assert not running.failures, running.failures[:5]
 
 
 def _graph_command(*args: str) -> subprocess.CompletedProcess[str]:
@@ -238,11 +265,14 @@ def _assert_traffic_drawn(edges: dict[tuple[str, str, str], dict[str, str]]) -> 
 @pytest.mark.envoy
 def test_graph_from_prometheus_drawn_in_a_browser(traffic, tmp_path):
     config = tmp_path / "prometheus.yml"
-    config.write_text(yaml.safe_dump({"global": {"scrape_interval": "1s"}, "scrape_configs": [
-        {"job_name": "sidecars", "static_configs": [{"targets": [f"127.0.0.1:{traffic.port}"]}]}]}))
+    document, left_out = scrape_config(traffic.mesh.mesh, scrape_interval="1s")
+    assert left_out == ["default/rogue-v1"]  # the mesh's workload without a sidecar
+    config.write_text(yaml.safe_dump(document))
     html_file, svg_file = tmp_path / "graph.html", tmp_path / "graph.svg"
     with PrometheusServer(config, tmp_path) as prometheus:
-        wait_until(lambda: len(prometheus.api("query", query="istio_requests_total")["result"]) == 3
+        # frontend -> backend 200 and 501, the client without a sidecar -> backend 200
+        wait_until(lambda: len(prometheus.api("query", query='istio_requests_total{reporter="destination"}')[
+                       "result"]) == 3
                    and prometheus.api("query", query='rate(istio_tcp_sent_bytes_total[30s]) > 0')["result"],
                    40, "two scrapes with traffic")
         drawn = _graph_command("--prometheus", prometheus.url, "--window", "30s", "--html", str(html_file),
@@ -265,12 +295,9 @@ def test_graph_from_prometheus_drawn_in_a_browser(traffic, tmp_path):
     shutil.copy(screenshot, ARTIFACTS / "meshext-graph.png")
 
 
+@pytest.mark.envoy
 def test_graph_straight_from_the_sidecars(traffic, tmp_path):
-    mesh_file = tmp_path / "mesh.yaml"
-    mesh_file.write_text(yaml.safe_dump({"workloads": [
-        {"name": "frontend-v1", "app": {"port": free_port()}, "inbound": {"port": free_port()},
-         "outbound": {"port": free_port()}, "admin": {"port": traffic.port}}]}))
     html_file = tmp_path / "graph.html"
-    drawn = _graph_command("--mesh", str(mesh_file), "--interval", "1", "--html", str(html_file))
+    drawn = _graph_command("--mesh", str(traffic.mesh.mesh_file), "--interval", "1", "--html", str(html_file))
     assert drawn.returncode == 0, drawn.stderr
     _assert_traffic_drawn(_drawn_edges(html_file.read_text()))

@@ -51,6 +51,7 @@ from istio_metrics import (
 from struct_codec import decode_metadata, decode_node_metadata, decode_struct, encode_struct
 
 from meshext.sdk import Action, Counter, Histogram, HttpContext, RootContext, StreamContext, properties
+from meshext.sdk.host import host
 
 TYPE_CHECKING = False  # typing is not imported inside the VM
 if TYPE_CHECKING:
@@ -74,11 +75,40 @@ GRPC_STATS_STATE = ("filter_state", "envoy.filters.http.grpc_stats")
 # Peer identity: (workload, namespace, canonical service, canonical revision, app, version, cluster).
 UNKNOWN_PEER: tuple[str, ...] = (UNKNOWN, UNKNOWN, UNKNOWN, "latest", UNKNOWN, UNKNOWN, UNKNOWN)
 DEFAULT_TCP_REPORTING_MS = 5000
-_CACHE_LIMIT = 1000  # distinct peer headers / clusters / flag sets kept decoded per VM
+_CACHE_LIMIT = 1000  # distinct peer headers / clusters / flag sets / label keys kept decoded per VM
+
+# The per-request attributes as the ABI takes them (path segments joined by NUL), built once: the
+# properties helpers would split, join and encode the path on every call, and a request reads ten.
+# Values stay raw bytes until a label combination is first seen (Stream.on_log).
+get_property = host.get_property
+_LISTENER_DIRECTION = b"xds\0listener_direction"
+_INBOUND_DIRECTION = INBOUND.to_bytes(8, "little")
+_CLUSTER_NAME = b"xds\0cluster_name"
+_PEER_SAN = b"connection\0uri_san_peer_certificate"
+_LOCAL_SAN = b"connection\0uri_san_local_certificate"
+_UPSTREAM_LOCAL_SAN = b"upstream\0uri_san_local_certificate"
+_UPSTREAM_PEER_SAN = b"upstream\0uri_san_peer_certificate"
+_UPSTREAM_WORKLOAD = b"xds\0upstream_host_metadata\0filter_metadata\0istio\0workload"
+_RESPONSE_CODE = b"response\0code"
+_GRPC_STATUS = b"response\0grpc_status"
+_RESPONSE_FLAGS = b"response\0flags"
+_REQUEST_DURATION = b"request\0duration"
+_REQUEST_SIZE = b"request\0total_size"
+_RESPONSE_SIZE = b"response\0total_size"
 
 
 def _text(value: "Any") -> str:
     return value if isinstance(value, str) else ""
+
+
+def _decoded(raw: bytes | None) -> str:
+    """A string attribute's raw value as text ("" when absent)."""
+    return raw.decode("utf-8", "surrogateescape") if raw else ""
+
+
+def _integer(raw: bytes | None) -> int:
+    """An integer attribute's raw value (8 bytes, little-endian), 0 when absent."""
+    return int.from_bytes(raw, "little", signed=True) if raw is not None and len(raw) == 8 else 0
 
 
 def identity(metadata: dict[str, "Any"]) -> tuple[str, ...]:
@@ -164,7 +194,7 @@ class Stream(HttpContext):
 
     def on_request_headers(self, end_of_stream):
         headers = self.request.headers
-        self.inbound = inbound = properties.get_int("xds.listener_direction") == INBOUND
+        self.inbound = inbound = get_property(_LISTENER_DIRECTION) == _INBOUND_DIRECTION
         content_type = headers.get("content-type") or ""
         self.protocol = "grpc" if content_type.startswith("application/grpc") else "http"
         self.peer = None
@@ -200,59 +230,80 @@ class Stream(HttpContext):
             inbound = self.inbound
         except AttributeError:  # the stream ended before its request headers
             return
-        root = self.root
-        local = root.local
-        cluster = properties.get_str("xds.cluster_name") or ""
-        host, service_name, service_namespace = cluster_service(cluster) if cluster else ("", "", "")
-        if inbound:
-            source = self.peer or UNKNOWN_PEER
-            destination = local
-            source_principal = properties.get_str("connection.uri_san_peer_certificate") or UNKNOWN
-            destination_principal = properties.get_str("connection.uri_san_local_certificate") or UNKNOWN
-            security = "mutual_tls" if source_principal != UNKNOWN and destination_principal != UNKNOWN else "none"
-            service = host or local[2]
-            service_name = service_name or local[2]
-            service_namespace = local[1]
-            reporter = "destination"
-        else:
-            source = local
-            exchanged_peer = self.peer
-            if exchanged_peer is not None:
-                destination = exchanged_peer
-            else:
-                workload = properties.get_str(("xds", "upstream_host_metadata", "filter_metadata", "istio",
-                                               "workload"))
-                destination = peer_from_workload_metadata(workload) if workload else UNKNOWN_PEER
-            source_principal = properties.get_str("upstream.uri_san_local_certificate") or UNKNOWN
-            destination_principal = properties.get_str("upstream.uri_san_peer_certificate") or UNKNOWN
-            security = UNKNOWN
-            service = host or self.authority.split(":", 1)[0] or UNKNOWN
-            service_name = service_name or (service.split(".", 1)[0] if service != UNKNOWN else UNKNOWN)
-            service_namespace = service_namespace or destination[1]
-            reporter = "source"
-        peer_labels = (
-            reporter, source[0], source[2], source[3], source[1], source_principal, source[4], source[5], source[6],
-            destination[0], destination[1], destination_principal, destination[4], destination[5], service,
-            destination[2], destination[3], service_name, service_namespace, destination[6],
-        )
         protocol = self.protocol
-        code = properties.get_int("response.code") or 0
-        grpc_status = ""
-        if protocol == "grpc":
-            status = properties.get_int("response.grpc_status")
-            grpc_status = str(status) if status is not None else ""
-        labels = (*peer_labels, protocol, str(code), grpc_status,
-                  response_flags(properties.get_int("response.flags") or 0), security)
-        REQUESTS.labels(*labels).inc()
-        DURATION.labels(*labels).observe((properties.get_int("request.duration") or 0) // 1_000_000)
-        REQUEST_SIZE.labels(*labels).observe(properties.get_int("request.total_size") or 0)
-        RESPONSE_SIZE.labels(*labels).observe(properties.get_int("response.total_size") or 0)
-        if protocol == "grpc":
+        grpc = protocol == "grpc"
+        # What the labels are made of, raw as Envoy hands it: a combination seen before (almost every
+        # request) finds its metric children in one lookup, nothing decoded, no label tuple built.
+        if inbound:
+            key: tuple = (True, self.peer, get_property(_CLUSTER_NAME), get_property(_PEER_SAN),
+                          get_property(_LOCAL_SAN), protocol, get_property(_RESPONSE_CODE),
+                          get_property(_GRPC_STATUS) if grpc else None, get_property(_RESPONSE_FLAGS))
+        else:
+            peer = self.peer
+            key = (False, peer, get_property(_CLUSTER_NAME), get_property(_UPSTREAM_LOCAL_SAN),
+                   get_property(_UPSTREAM_PEER_SAN), protocol, get_property(_RESPONSE_CODE),
+                   get_property(_GRPC_STATUS) if grpc else None, get_property(_RESPONSE_FLAGS),
+                   self.authority, get_property(_UPSTREAM_WORKLOAD) if peer is None else None)
+        children = _request_children.get(key)
+        if children is None:
+            children = _bounded_put(_request_children, key, request_children(self.root.local, key))
+        requests, duration, request_size, response_size, peer_labels = children
+        requests.inc()
+        duration.observe(_integer(get_property(_REQUEST_DURATION)) // 1_000_000)
+        request_size.observe(_integer(get_property(_REQUEST_SIZE)))
+        response_size.observe(_integer(get_property(_RESPONSE_SIZE)))
+        if grpc:
             counts = grpc_message_counts(properties.get(GRPC_STATS_STATE))
             if counts[0]:
                 REQUEST_MESSAGE_COUNT.labels(*peer_labels).inc(counts[0])
             if counts[1]:
                 RESPONSE_MESSAGE_COUNT.labels(*peer_labels).inc(counts[1])
+
+
+# Stream.on_log's label keys -> (requests, duration, request size, response size children, peer labels).
+_request_children: dict[tuple, tuple] = {}
+
+
+def request_children(local: tuple[str, ...], key: tuple) -> tuple:
+    """The HTTP metric children and the peer labels for one label key of ``Stream.on_log``, by Istio's rules
+    (``local``: this sidecar's identity)."""
+    if key[0]:
+        _, peer, cluster, peer_san, local_san, protocol, code, grpc_status, flags = key
+        host_name, service_name, _ = cluster_service(_decoded(cluster)) if cluster else ("", "", "")
+        source = peer or UNKNOWN_PEER
+        destination = local
+        source_principal = _decoded(peer_san) or UNKNOWN
+        destination_principal = _decoded(local_san) or UNKNOWN
+        security = "mutual_tls" if source_principal != UNKNOWN and destination_principal != UNKNOWN else "none"
+        service = host_name or local[2]
+        service_name = service_name or local[2]
+        service_namespace = local[1]
+        reporter = "destination"
+    else:
+        _, peer, cluster, local_san, peer_san, protocol, code, grpc_status, flags, authority, workload = key
+        host_name, service_name, service_namespace = (cluster_service(_decoded(cluster)) if cluster
+                                                      else ("", "", ""))
+        source = local
+        if peer is not None:
+            destination = peer
+        else:
+            destination = peer_from_workload_metadata(_decoded(workload)) if workload else UNKNOWN_PEER
+        source_principal = _decoded(local_san) or UNKNOWN
+        destination_principal = _decoded(peer_san) or UNKNOWN
+        security = UNKNOWN
+        service = host_name or authority.split(":", 1)[0] or UNKNOWN
+        service_name = service_name or (service.split(".", 1)[0] if service != UNKNOWN else UNKNOWN)
+        service_namespace = service_namespace or destination[1]
+        reporter = "source"
+    peer_labels = (
+        reporter, source[0], source[2], source[3], source[1], source_principal, source[4], source[5], source[6],
+        destination[0], destination[1], destination_principal, destination[4], destination[5], service,
+        destination[2], destination[3], service_name, service_namespace, destination[6],
+    )
+    grpc_text = str(_integer(grpc_status)) if grpc_status is not None and len(grpc_status) == 8 else ""
+    labels = (*peer_labels, protocol, str(_integer(code)), grpc_text, response_flags(_integer(flags)), security)
+    return (REQUESTS.labels(*labels), DURATION.labels(*labels), REQUEST_SIZE.labels(*labels),
+            RESPONSE_SIZE.labels(*labels), peer_labels)
 
 
 def grpc_message_counts(state: bytes | None) -> tuple[int, int]:
