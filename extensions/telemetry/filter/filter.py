@@ -51,7 +51,6 @@ from istio_metrics import (
 from struct_codec import decode_metadata, decode_node_metadata, decode_struct, encode_struct
 
 from meshext.sdk import Action, Counter, Histogram, HttpContext, RootContext, StreamContext, properties
-from meshext.sdk.host import host
 
 TYPE_CHECKING = False  # typing is not imported inside the VM
 if TYPE_CHECKING:
@@ -77,24 +76,24 @@ UNKNOWN_PEER: tuple[str, ...] = (UNKNOWN, UNKNOWN, UNKNOWN, "latest", UNKNOWN, U
 DEFAULT_TCP_REPORTING_MS = 5000
 _CACHE_LIMIT = 1000  # distinct peer headers / clusters / flag sets / label keys kept decoded per VM
 
-# The per-request attributes as the ABI takes them (path segments joined by NUL), built once: the
-# properties helpers would split, join and encode the path on every call, and a request reads ten.
+# The per-request attributes, their paths encoded once (properties.encoded): the get_* helpers would
+# split, join and encode the path on every call, and a request reads ten.
 # Values stay raw bytes until a label combination is first seen (Stream.on_log).
-get_property = host.get_property
-_LISTENER_DIRECTION = b"xds\0listener_direction"
+get_property = properties.read
+_LISTENER_DIRECTION = properties.encoded("xds.listener_direction")
 _INBOUND_DIRECTION = INBOUND.to_bytes(8, "little")
-_CLUSTER_NAME = b"xds\0cluster_name"
-_PEER_SAN = b"connection\0uri_san_peer_certificate"
-_LOCAL_SAN = b"connection\0uri_san_local_certificate"
-_UPSTREAM_LOCAL_SAN = b"upstream\0uri_san_local_certificate"
-_UPSTREAM_PEER_SAN = b"upstream\0uri_san_peer_certificate"
-_UPSTREAM_WORKLOAD = b"xds\0upstream_host_metadata\0filter_metadata\0istio\0workload"
-_RESPONSE_CODE = b"response\0code"
-_GRPC_STATUS = b"response\0grpc_status"
-_RESPONSE_FLAGS = b"response\0flags"
-_REQUEST_DURATION = b"request\0duration"
-_REQUEST_SIZE = b"request\0total_size"
-_RESPONSE_SIZE = b"response\0total_size"
+_CLUSTER_NAME = properties.encoded("xds.cluster_name")
+_PEER_SAN = properties.encoded("connection.uri_san_peer_certificate")
+_LOCAL_SAN = properties.encoded("connection.uri_san_local_certificate")
+_UPSTREAM_LOCAL_SAN = properties.encoded("upstream.uri_san_local_certificate")
+_UPSTREAM_PEER_SAN = properties.encoded("upstream.uri_san_peer_certificate")
+_UPSTREAM_WORKLOAD = properties.encoded("xds.upstream_host_metadata.filter_metadata.istio.workload")
+_RESPONSE_CODE = properties.encoded("response.code")
+_GRPC_STATUS = properties.encoded("response.grpc_status")
+_RESPONSE_FLAGS = properties.encoded("response.flags")
+_REQUEST_DURATION = properties.encoded("request.duration")
+_REQUEST_SIZE = properties.encoded("request.total_size")
+_RESPONSE_SIZE = properties.encoded("response.total_size")
 
 
 def _text(value: "Any") -> str:
