@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import shutil
 import os
+import shutil
 import socket
 import socketserver
 import subprocess
