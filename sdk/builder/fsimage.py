@@ -8,7 +8,9 @@ automatically.
 
 What goes where: the SDK, the filter's modules and its dependencies are
 imported from ``/app`` (on ``sys.path``, sdk/shim/shim.c), the stdlib from
-``/lib/python3.11``.  Tracebacks show a file under the name its code object
+``/lib/python3.11``; in a module built from several projects, each
+project's modules from its own ``/roots/ROOT_ID`` (put on ``sys.path`` only
+while ``sdk/_dispatch.py`` imports that project).  Tracebacks show a file under the name its code object
 carries and read the line from that path (relative to ``/``, the module's
 working directory): so a project file's source sits at the name the author
 knows, ``my-filter/filter.py``, and ``/app`` holds its bytecode alone
@@ -24,6 +26,7 @@ from meshext.errors import InternalError, MeshextError
 VERSION = 1
 FILE, DIRECTORY = 0, 1
 APP_DIR = "app"
+ROOTS_DIR = "roots"
 
 
 def add_files(files: dict[str, bytes], new: dict[str, bytes], owner: str) -> None:
