@@ -88,6 +88,8 @@ def _import_root(spec: dict[str, Any]) -> None:
     try:
         module_name, _, class_name = spec["entry"].partition(":")
         module = __import__(module_name, fromlist=["_"])
+        for name in spec["preload"]:
+            __import__(name)
         candidate = getattr(module, class_name, None)
         if not (isinstance(candidate, type) and issubclass(candidate, RootContext)):
             raise SdkError(

@@ -199,14 +199,22 @@ def collect_files(projects: Sequence[Project], stdlib_dir: Path, shim: bytes) ->
     preload = sorted({item.name for part in parts for item in part.imports
                       if not item.optional and item.name in closure_files})
     single = len(parts) == 1
-    files[BUILD_CONFIG_PATH.lstrip("/")] = json.dumps({
-        "roots": [{"root_id": "" if single else part.project.filter.name, "name": part.project.filter.name,
-                   "entry": part.project.filter.entry, "fail_policy": part.project.filter.fail_policy,
-                   "path": None if single else f"/{part.folder}"} for part in parts],
-        "preload": preload,
-    }).encode()
+    files[BUILD_CONFIG_PATH.lstrip("/")] = fsimage.build_config(
+        [fsimage.root(part.project.filter.name, part.project.filter.entry, part.project.filter.fail_policy,
+                      root_id="" if single else part.project.filter.name,
+                      path=None if single else f"/{part.folder}",
+                      preload=[] if single else _own_imports(part)) for part in parts],
+        preload)
     return Contents(files, len(closure_files), {name for part in parts for name in part.closure.c_modules},
                     compiled.compiled, {source.shown_as: source.path for source, _ in shipped})
+
+
+def _own_imports(part: _ProjectPart) -> list[str]:
+    """The project's own modules its files import anywhere (inside functions
+    too): a multi-root module imports them at build time, in the project's
+    namespace, where run-time imports find them (sdk/_dispatch.py)."""
+    own = {source.module for source in part.sources}
+    return sorted({item.name for item in part.imports if item.name in own and not item.optional})
 
 
 def _shipped_python_file(source: analysis.SourceFile, data: bytes, folder: str) -> bytecode.PythonFile:
