@@ -13,7 +13,7 @@ class Greet(HttpContext):
         import wording  # a run-time import of a module only this project has
 
         SEEN.append(1)
-        self.request.headers.add(config.HEADER, wording.greeting(self.root.config.get("name", "nobody")))
+        self.request.headers.add(config.HEADER, wording.greeting((self.root.config or {}).get("name", "nobody")))
         self.request.headers.add("x-greeter-seen", str(len(SEEN)))
         return Action.CONTINUE
 

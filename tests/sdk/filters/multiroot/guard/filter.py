@@ -15,7 +15,7 @@ class Guard(HttpContext):
         path = self.request.headers.get(":path", "")
         if path == "/boom":
             raise RuntimeError("guard exploded")
-        if path.startswith(self.root.config.get("deny", "/admin")):
+        if path.startswith((self.root.config or {}).get("deny", "/admin")):
             self.send_local_response(config.STATUS, b"denied by guard\n")
             return Action.PAUSE
         return Action.CONTINUE
