@@ -18,7 +18,7 @@ from sdk_helpers import HCM, EchoServer, cluster, wasm_config
 from meshext import wasm_binary
 from meshext.envoy import EnvoyProcess
 from meshext.errors import MeshextError
-from meshext.sdk.builder import BuildResult, build_filters
+from meshext.sdk.builder import BuildResult, build_filter, build_filters
 from meshext.sdk.builder.metadata import read_project_metadata
 from meshext.testing import Host
 
@@ -59,6 +59,15 @@ def test_a_root_id_the_module_lacks_is_refused_naming_its_roots(two_roots: Build
     logged = "\n".join(record.message for record in host.logs)
     assert f"this module has no root {root_id!r}" in logged
     assert "set root_id to one of 'greeter', 'guard'" in logged
+
+
+@pytest.mark.parametrize("root_id", ["", "greeter", "anything"])
+def test_a_module_of_one_project_serves_any_root_id(tmp_path_factory: pytest.TempPathFactory, root_id: str) -> None:
+    module = build_filter(PROJECTS / "greeter", tmp_path_factory.getbasetemp() / "greeter-alone.wasm").output
+    plugin = Host().load(module, root_id=root_id, config={"name": "di"})
+    assert plugin.exchange().request.header("x-greeting") == "hello di"
+    metadata = read_project_metadata(module.read_bytes(), str(module))
+    assert metadata is not None and metadata.roots == () and metadata.publisher == "tests.meshext.io"
 
 
 def test_each_root_keeps_its_fail_policy_and_names_its_files(two_roots: BuildResult) -> None:
