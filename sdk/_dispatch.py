@@ -34,7 +34,6 @@ BUILD_CONFIG_PATH = "/app/meshext-build.json"
 # The log line that carries build facts back to `meshext build` (sdk/builder/pipeline.py).
 BUILD_FACTS_PREFIX = "meshext-build-facts "
 
-# A project's root: the entry class, its name and its fail policy.
 class RootEntry:
     """One project of the module: what ``root_id`` selects (see :func:`select_root`)."""
 
