@@ -156,9 +156,9 @@ def one_round(filters: list[dict], seconds: int, clusters: list[dict] | None = N
         envoy.cleanup()
 
 
-def rss_mb(filters: list[dict], workers: int, start_timeout: float = 60) -> float:
+def rss_mb(filters: list[dict], workers: int, start_timeout: float = 60, clusters: list[dict] | None = None) -> float:
     """Envoy's RSS once every worker has served requests and memory has settled."""
-    envoy = EnvoyProcess(bootstrap(filters), concurrency=workers)
+    envoy = EnvoyProcess(bootstrap(filters, clusters), concurrency=workers)
     try:
         envoy.start(timeout=start_timeout)
         host, port = envoy.listener_address("bench")

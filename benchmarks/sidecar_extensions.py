@@ -1,18 +1,15 @@
 """What several Python extensions cost one sidecar: the "four extensions"
 variant of issue 16, against no filter and the hand-written Wasm floor.
 
-A sidecar runs telemetry, local rate limiting, a 3scale-sized stand-in (the
-rate-limit project built again under another name, so its module differs
-byte for byte, as a separately published extension's does) and one user
-Python filter (the header filter of ``sdk_header_filter.py``):
+A sidecar runs telemetry, local rate limiting, 3scale (cached key, its
+backend simulator on loopback) and one user Python filter (the header filter
+of ``sdk_header_filter.py``):
 
-* as four modules with four ``vm_id``\\ s (what the control plane deployed
-  before VM sharing);
-* as one module serving four plugins, four ``vm_id``\\ s, and with one shared
-  ``vm_id`` (what the control plane now gives byte-identical modules of one
-  publisher: control/envoy_config.py ``vm_id_for``).  The rate-limit module
-  stands for a module carrying all four extensions (multi-root build, not
-  implemented): the stdlib and CPython dominate its code either way.
+* as four modules, one ``vm_id`` each (four CPythons per thread: each
+  module's VMs are its own whatever the ``vm_id``);
+* as one multi-root module (``meshext build`` of the four projects), four
+  plugins naming its four roots with one shared ``vm_id`` (one CPython per
+  thread: control/envoy_config.py gives them that).
 
 Each extension alone is measured too, so the four-extension latency can be
 compared with the sum of its parts.  Same method as sdk_header_filter.py
@@ -27,28 +24,43 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from sdk_header_filter import HERE, one_round, rss_mb
+from sdk_header_filter import HERE, machine, one_round, rss_mb
+from threescale_latency import BACKEND_CLUSTER, SERVICE, plugin_config
 
-from meshext.sdk.builder import build_filter, toolchain
+from meshext.extensions.threescale.backend import Backend, BackendServer, SimulatorConfig
+from meshext.sdk.builder import build_filter, build_filters, toolchain
 
 REPO = HERE.parent
 RATELIMIT = {"mode": "local", "domain": "bench", "response_headers": False, "rules": [{
     "name": "per-client", "descriptor": [{"key": "client", "header": "x-client", "default": "unknown"}],
     "limit": {"requests_per_unit": 1_000_000_000, "unit": "second"}}]}
+# Project folder and root_id (its meshext.toml name) of each extension.
+PROJECTS = {"telemetry": (REPO / "extensions" / "telemetry" / "filter", "telemetry"),
+            "ratelimit": (REPO / "extensions" / "ratelimit" / "filter", "ratelimit"),
+            "3scale": (REPO / "extensions" / "3scale" / "filter", "3scale-auth"),
+            "user": (HERE / "filters" / "header", "bench-header")}
+CONFIGS = {"telemetry": {}, "ratelimit": RATELIMIT, "3scale": plugin_config(cached=True), "user": None}
+# The 3scale filter reads the key from :path: every path the benchmark sends is an application.
+THREESCALE_SERVICE = {**SERVICE, "applications": [*SERVICE["applications"], {"user_key": "/warm", "plan": "Unlimited"}]}
 
 
-def plugin(name: str, module: Path, vm_id: str, configuration: object = None) -> dict:
+def backend_cluster(port: int) -> dict:
+    """The 3scale backend simulator's cluster."""
+    return {"name": BACKEND_CLUSTER, "type": "STATIC", "connect_timeout": "1s", "load_assignment": {
+        "cluster_name": BACKEND_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+            "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
+
+
+def plugin(name: str, module: Path, vm_id: str, configuration: object = None, root_id: str = "") -> dict:
     """One Wasm HTTP filter as the control plane writes it (control/envoy_config.py)."""
-    config: dict = {"name": name, "root_id": "", "vm_config": {
+    config: dict = {"name": name, "root_id": root_id, "vm_config": {
         "vm_id": vm_id, "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(module)}}}}
     if configuration is not None:
         config["configuration"] = {"@type": "type.googleapis.com/google.protobuf.StringValue",
@@ -58,15 +70,8 @@ def plugin(name: str, module: Path, vm_id: str, configuration: object = None) ->
 
 
 def build_modules(scratch: Path) -> dict[str, Path]:
-    standin = scratch / "threescale-standin"
-    shutil.copytree(REPO / "extensions" / "ratelimit" / "filter", standin,
-                    ignore=shutil.ignore_patterns("build", "tests", "__pycache__"))
-    toml = standin / "meshext.toml"
-    toml.write_text(toml.read_text().replace('name = "ratelimit"', 'name = "threescale-standin"'))
-    sources = {"telemetry": REPO / "extensions" / "telemetry" / "filter",
-               "ratelimit": REPO / "extensions" / "ratelimit" / "filter",
-               "threescale-standin": standin, "user": HERE / "filters" / "header"}
-    modules = {name: build_filter(path, scratch / f"{name}.wasm").output for name, path in sources.items()}
+    modules = {name: build_filter(path, scratch / f"{name}.wasm").output for name, (path, _) in PROJECTS.items()}
+    modules["multi-root"] = build_filters([path for path, _ in PROJECTS.values()], scratch / "multi-root.wasm").output
     modules["floor"] = scratch / "floor.wasm"
     subprocess.run([toolchain.wasm_tools(), "parse", str(HERE / "filters" / "header_wat" / "filter.wat"),
                     "-o", str(modules["floor"])], check=True)
@@ -74,19 +79,15 @@ def build_modules(scratch: Path) -> dict[str, Path]:
 
 
 def variants(m: dict[str, Path]) -> dict[str, list[dict]]:
-    configs = {"telemetry": {}, "ratelimit": RATELIMIT, "threescale-standin": RATELIMIT, "user": None}
-    four_modules = [plugin(name, m[name], name, configs[name]) for name in configs]
+    alone = {f"{name} alone": [plugin(name, m[name], name, CONFIGS[name])] for name in PROJECTS}
     return {
         "no filter": [],
         "hand-written Wasm (floor)": [plugin("floor", m["floor"], "floor")],
-        "user filter alone": [plugin("user", m["user"], "user")],
-        "telemetry alone": [plugin("telemetry", m["telemetry"], "telemetry", {})],
-        "ratelimit alone": [plugin("ratelimit", m["ratelimit"], "ratelimit", RATELIMIT)],
-        "3scale stand-in alone": [plugin("standin", m["threescale-standin"], "standin", RATELIMIT)],
-        "four modules, four vm_ids (before)": four_modules,
-        "one module x4 plugins, four vm_ids": [plugin(n, m["ratelimit"], n, RATELIMIT) for n in configs],
-        "one module x4 plugins, one shared vm_id": [plugin(n, m["ratelimit"], "shared", RATELIMIT)
-                                                     for n in configs],
+        **alone,
+        "four modules": [plugin(name, m[name], name, CONFIGS[name]) for name in PROJECTS],
+        "one multi-root module, shared vm_id": [
+            plugin(name, m["multi-root"], "shared", CONFIGS[name], root_id=root_id)
+            for name, (_, root_id) in PROJECTS.items()],
     }
 
 
@@ -97,15 +98,19 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install wrk")
-    with tempfile.TemporaryDirectory() as scratch:
+    backend = Backend(SimulatorConfig.model_validate({"services": [THREESCALE_SERVICE]}))
+    with tempfile.TemporaryDirectory() as scratch, BackendServer(backend) as simulator:
+        clusters = [backend_cluster(simulator.port)]
         modules = build_modules(Path(scratch))
         chosen = variants(modules)
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in chosen}
+        loads: list[float] = []
         for _ in range(args.rounds):
             for name, filters in chosen.items():
                 # Four modules compile for tens of seconds on a busy 2-core machine.
-                rounds[name].append(one_round(filters, args.seconds, start_timeout=300))
-                rounds[name][-1]["rss_mb"] = rss_mb(filters, 1, start_timeout=300)
+                rounds[name].append(one_round(filters, args.seconds, clusters, start_timeout=300))
+                rounds[name][-1]["rss_mb"] = rss_mb(filters, 1, start_timeout=300, clusters=clusters)
+                loads.append(os.getloadavg()[0])
                 print(json.dumps({name: rounds[name][-1]}), file=sys.stderr, flush=True)  # progress
         results = {name: {key: statistics.median(run[key] for run in runs) for key in runs[0]}
                    for name, runs in rounds.items()}
@@ -118,8 +123,8 @@ def main() -> None:
     def start(figures: dict[str, float]) -> float:
         return figures["start_to_first_request_s"]
 
-    print(f"# {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"wrk -t1 -c8 -d{args.seconds}s, {args.rounds} interleaved rounds (medians), Envoy 1 worker")
+    print(f"# {machine()}, wrk -t1 -c8 -d{args.seconds}s, {args.rounds} interleaved round(s) (medians), "
+          f"Envoy 1 worker, load average {min(loads):.1f}-{max(loads):.1f} (1 min)")
     print("module sizes (MB): " + ", ".join(f"{name} {size:.2f}" for name, size in sizes.items()))
     print("| variant | added µs/request | vs floor | RSS MB | vs no filter | vs floor | start→first answer s "
           "| vs no filter | vs floor |")
@@ -128,9 +133,11 @@ def main() -> None:
         print(f"| {name} | {added(f):+.1f} | {added(f) / added(floor):.2f} | {f['rss_mb']:.0f} "
               f"| {f['rss_mb'] / base['rss_mb']:.2f} | {f['rss_mb'] / floor['rss_mb']:.2f} "
               f"| {start(f):.2f} | {start(f) / start(base):.1f} | {start(f) / start(floor):.1f} |")
-    parts = sum(added(results[name]) for name in
-                ("telemetry alone", "ratelimit alone", "3scale stand-in alone", "user filter alone"))
+    parts = sum(added(results[f"{name} alone"]) for name in PROJECTS)
     print(f"sum of the four alone: {parts:+.1f} µs/request")
+    four, multi = results["four modules"], results["one multi-root module, shared vm_id"]
+    print(f"multi-root vs four modules: RSS {multi['rss_mb'] / four['rss_mb']:.2f}x, "
+          f"start {start(multi) / start(four):.2f}x, added latency {added(multi) / added(four):.2f}x")
     print(json.dumps({name: {"rounds": rounds[name], "medians": results[name]} for name in results}), file=sys.stderr)
 
 

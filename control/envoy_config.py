@@ -125,6 +125,26 @@ def vm_id_for(extension: PlacedExtension) -> str:
     return "shared:" + hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:32]
 
 
+def root_id_for(extension: PlacedExtension, *, network: bool = False) -> str:
+    """The extension's Envoy ``root_id``: which root context of its module it runs.
+
+    A module of one project runs it whatever the id: the resource's own
+    (WasmPlugin ``pluginName``), ``tcp`` for the telemetry network filter.
+    In a module built from several projects the id selects the project
+    (sdk/_dispatch.py ``select_root``): the one the resource names, else the
+    one named like the resource (a ServiceMeshExtension has no field for
+    it); several extensions of such a module in one chain then share its
+    ``vm_id`` (:func:`vm_id_for`) and each runs its own root.  A name that
+    is none of its roots is passed on: the module refuses it and Envoy
+    rejects the filter, which the resource's status shows."""
+    if not extension.module_roots:
+        return TELEMETRY_TCP_ROOT_ID if network else extension.root_id
+    root = extension.root_id or extension.key.rsplit("/", 1)[-1]
+    if network:
+        return f"{root.partition('/')[0]}/{TELEMETRY_TCP_ROOT_ID}"
+    return root
+
+
 def wasm_filter_config(extension: PlacedExtension, module_path: str, *,
                        network: bool = False) -> wasm_pb2.Wasm | network_wasm_pb2.Wasm:
     """The Envoy Wasm HTTP filter (``network``: network filter, root id ``tcp``) for one extension,
@@ -141,7 +161,7 @@ def wasm_filter_config(extension: PlacedExtension, module_path: str, *,
         }
     return _parse(network_wasm_pb2.Wasm if network else wasm_pb2.Wasm, {"config": {
         "name": extension.key,
-        "root_id": TELEMETRY_TCP_ROOT_ID if network else extension.root_id,
+        "root_id": root_id_for(extension, network=network),
         "vm_config": vm_config,
         "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
                           "value": extension.configuration},

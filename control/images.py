@@ -17,7 +17,7 @@ from typing import Any
 from meshext.errors import MeshextError, UnavailableError
 from meshext.registry import Credentials, ModuleCache, pull
 from meshext.registry.reference import ImageReference
-from meshext.sdk.builder.metadata import read_project_metadata
+from meshext.sdk.builder.metadata import ProjectMetadata, read_project_metadata
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ class ResolvedModule:
     # Built by `meshext build` (its meshext.project section): its SDK gives every
     # plugin its own root context and configuration, so plugins may share its VMs.
     meshext_built: bool = False
+    # The root ids of a module built from several projects (empty: any root_id is its one project).
+    roots: tuple[str, ...] = ()
 
 
 class ImageResolveError(MeshextError):
@@ -82,21 +84,23 @@ def resolve_image(image: str, *, policy: str, expected_sha256: str | None, setti
             raise ImageResolveError(_located(error, f"{where}: spec.sha256"), "DigestMismatch") from None
         raise ImageResolveError(_located(error, f"{where}: {image_field}"), "ImagePullFailed") from None
     maistra = pulled.maistra
+    metadata = _metadata(Path(pulled.path), where)
     return ResolvedModule(
         path=Path(pulled.path),
         module_sha256=pulled.module_sha256,
         digest=pulled.manifest_digest,
         reference=pulled.reference,
         maistra=MaistraDefaults(maistra.phase, maistra.priority) if maistra else None,
-        meshext_built=_meshext_built(Path(pulled.path), where),
+        meshext_built=metadata is not None,
+        roots=tuple(root.root_id for root in metadata.roots) if metadata else (),
     )
 
 
-def _meshext_built(module: Path, where: str) -> bool:
+def _metadata(module: Path, where: str) -> ProjectMetadata | None:
     try:
-        return read_project_metadata(module.read_bytes(), where) is not None
+        return read_project_metadata(module.read_bytes(), where)
     except MeshextError:  # an unreadable section: not a module meshext vouches for
-        return False
+        return None
 
 
 def publisher_of(image: str) -> str:

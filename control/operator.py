@@ -349,6 +349,7 @@ class Operator:
             # Only meshext-built modules keep each plugin's state apart in one VM;
             # any other may keep its configuration in a global.
             publisher=publisher_of(request.image) if tracked.resolved.meshext_built else "",
+            module_roots=tracked.resolved.roots,
         )
         tracked.error = tracked.error_reason = ""
 

@@ -39,6 +39,8 @@ class PlacedExtension:
     # extensions of one publisher with the same module share Wasm VMs
     # (envoy_config.vm_id_for).  "": never shared.
     publisher: str = ""
+    # The module's roots when it was built from several projects (images.ResolvedModule.roots).
+    module_roots: tuple[str, ...] = ()
 
     def sort_key(self) -> tuple[int, int, str]:
         """Chain order: phase, then higher priority first, then the resource key."""

@@ -80,15 +80,20 @@ class Vm:
             started = instance.call("proxy_on_vm_start", self.root.id, len(self.vm_config))
         if started == 0:
             instance.failed = True
-            raise MeshextError("proxy_on_vm_start returned false: the module refused its VM configuration",
-                               where=self.where, fix=f"check the VM configuration: {self.vm_config!r}")
+            # A multi-root module refuses a root_id it lacks here too (its log names its roots).
+            raise MeshextError("proxy_on_vm_start returned false: the module refused to start" + self._said(),
+                               where=self.where, fix=f"check the VM configuration ({self.vm_config!r}) and the "
+                               f"root_id ({self.root_id!r}) against the module's log above")
         configured = instance.call("proxy_on_configure", self.root.id, len(self.config))
         if configured == 0:
             instance.failed = True
-            said = "".join(f"\n  {line}" for line in self.recent_problem_logs())
             raise MeshextError(
-                "proxy_on_configure returned false: the filter refused its plugin configuration" + said,
+                "proxy_on_configure returned false: the filter refused its plugin configuration" + self._said(),
                 where=self.where, fix=f"check the plugin configuration: {self.config[:200]!r}")
+
+    def _said(self) -> str:
+        """The module's recent warnings and errors, indented under an error message."""
+        return "".join(f"\n  {line}" for line in self.recent_problem_logs())
 
     def shutdown(self) -> None:
         """Envoy's drain: proxy_on_done (then proxy_on_delete) on the root context."""

@@ -34,39 +34,38 @@ BUILD_CONFIG_PATH = "/app/meshext-build.json"
 # The log line that carries build facts back to `meshext build` (sdk/builder/pipeline.py).
 BUILD_FACTS_PREFIX = "meshext-build-facts "
 
-entry_class: type[RootContext] = RootContext
-filter_name = "filter"
-default_fail_policy = FailPolicy.OPEN
+class RootEntry:
+    """One project of the module: what ``root_id`` selects (see :func:`select_root`)."""
+
+    __slots__ = ("root_id", "name", "entry_class", "fail_policy")
+
+    def __init__(self, root_id: str, name: str, entry_class: type[RootContext], fail_policy: FailPolicy) -> None:
+        self.root_id = root_id  # "" in a single-project module: it serves every root_id
+        self.name = name
+        self.entry_class = entry_class
+        self.fail_policy = fail_policy
+
+
+# Filled by preinit, in build order.
+roots: dict[str, RootEntry] = {}
+_by_class: dict[type, RootEntry] = {}
+# Multi-root modules: each root's own modules, taken out of sys.modules (see _ProjectModules).
+root_modules: dict[str, dict[str, Any]] = {}
 _vm_started = False
 
 
 def preinit() -> None:
-    """Build time: import the filter, then settle the heap for the snapshot."""
-    global entry_class, filter_name, default_fail_policy
+    """Build time: import each project's filter, then settle the heap for the snapshot."""
     with open(BUILD_CONFIG_PATH) as file:
         build = json.load(file)
-    filter_name = build["name"]
-    default_fail_policy = FailPolicy(build["fail_policy"])
-    module_name, _, class_name = build["entry"].partition(":")
-    module = __import__(module_name, fromlist=["_"])
-    candidate = getattr(module, class_name, None)
-    if not (isinstance(candidate, type) and issubclass(candidate, RootContext)):
-        raise SdkError(
-            f"{class_name!r} in {module.__file__} is not a RootContext subclass",
-            where=f"entry point {build['entry']!r}",
-            fix="point `entry` in meshext.toml at your RootContext class",
-        )
-    entry_class = candidate
+    for spec in build["roots"]:
+        _import_root(spec)
     for name in build.get("preload", []):
         __import__(name)
-    if entry_class.config_class is not None:
-        # Type hints are resolved now: at run time the module has no compiler
-        # to evaluate string annotations.
-        from meshext.sdk.config import prepare
-
-        prepare(entry_class.config_class)
+    if root_modules:
+        sys.meta_path.insert(0, _ProjectModules)
     # Imported modules never read their compiled code again: drop the bytes.
-    for module in list(sys.modules.values()):
+    for module in [*sys.modules.values(), *(m for found in root_modules.values() for m in found.values())]:
         compiled = getattr(module, "__cached__", None) or getattr(module, "__file__", None) or ""
         if compiled.endswith(".pyc"):
             host.forget_file(compiled)
@@ -75,6 +74,113 @@ def preinit() -> None:
     # Everything imported so far is permanent: keep the collector away from it.
     gc.collect()
     gc.freeze()
+
+
+def _import_root(spec: dict[str, Any]) -> None:
+    """Import one project's entry class.  A project of a multi-root module
+    (``spec["path"]`` set) is imported from its own folder, and its modules
+    are then taken out of ``sys.modules``: the next project's ``filter`` or
+    ``config`` is its own."""
+    folder = spec["path"]
+    if folder:
+        sys.path.insert(0, folder)
+    try:
+        module_name, _, class_name = spec["entry"].partition(":")
+        module = __import__(module_name, fromlist=["_"])
+        for name in spec["preload"]:
+            __import__(name)
+        candidate = getattr(module, class_name, None)
+        if not (isinstance(candidate, type) and issubclass(candidate, RootContext)):
+            raise SdkError(
+                f"{class_name!r} in {module.__file__} is not a RootContext subclass",
+                where=f"entry point {spec['entry']!r}",
+                fix="point `entry` in meshext.toml at your RootContext class",
+            )
+        if candidate.config_class is not None:
+            # Type hints are resolved now: at run time the module has no
+            # compiler to evaluate string annotations.
+            from meshext.sdk.config import prepare
+
+            prepare(candidate.config_class)
+    finally:
+        if folder:
+            sys.path.remove(folder)
+    if folder:
+        own = {name: loaded for name, loaded in sys.modules.items()
+               if (getattr(loaded, "__file__", None) or "").startswith(folder + "/")}
+        for name in own:
+            del sys.modules[name]
+        root_modules[spec["root_id"]] = own
+    entry = RootEntry(spec["root_id"], spec["name"], candidate, FailPolicy(spec["fail_policy"]))
+    roots[entry.root_id] = entry
+    _by_class[candidate] = entry
+
+
+class _ProjectModules:
+    """Finds a multi-root module's project modules that code imports at run
+    time (``import helpers`` inside a function): the one root that has a
+    module of that name gives it.  A name several roots use (each project's
+    ``filter``) cannot be told apart at run time: that import is refused."""
+
+    @classmethod
+    def find_spec(cls, name: str, path: Any = None, target: Any = None) -> Any:
+        owners = [root_id for root_id, found in root_modules.items() if name in found]
+        if not owners:
+            return None
+        if len(owners) > 1:
+            raise ImportError(
+                f"module {name!r} is in several roots of this module ({', '.join(owners)}): an import at run time "
+                "cannot tell whose; fix: import it at the top of the file that uses it", name=name)
+        from importlib.machinery import ModuleSpec
+
+        return ModuleSpec(name, _Imported(root_modules[owners[0]][name]))  # type: ignore[arg-type]  # duck-typed
+
+
+class _Imported:
+    """The loader of a module imported at build time: it is already there."""
+
+    __slots__ = ("module",)
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+
+    def create_module(self, spec: Any) -> Any:
+        """The module itself (an import changes nothing in it)."""
+        return self.module
+
+    def exec_module(self, module: Any) -> None:
+        """Nothing to run: the module ran at build time."""
+
+
+def select_root() -> RootEntry:
+    """The project the plugin's ``root_id`` names: in a single-project module
+    its one root, whatever the id; in a multi-root module the root of that
+    name, or ``NAME/...`` (one project run as several plugins, e.g.
+    ``telemetry/tcp``)."""
+    only = roots.get("")
+    if only is not None:
+        return only
+    root_id = (host.get_property(b"plugin_root_id") or b"").decode()
+    entry = roots.get(root_id) or roots.get(root_id.partition("/")[0])
+    if entry is None:
+        raise SdkError(
+            f"this module has no root {root_id!r}",
+            where="the plugin configuration's root_id",
+            fix=f"set root_id to one of {', '.join(repr(name) for name in roots)}",
+        )
+    return entry
+
+
+def _entry_of(context: Any) -> RootEntry | None:
+    """The project a root or stream context belongs to."""
+    return _by_class.get(type(getattr(context, "root", context)))
+
+
+def _filter_name(context: Any) -> str:
+    entry = _entry_of(context)
+    if entry is not None:
+        return entry.name
+    return next(iter(roots.values())).name if len(roots) == 1 else "module"
 
 
 def vm_start(root: RootContext, vm_config: bytes) -> int:
@@ -86,7 +192,7 @@ def vm_start(root: RootContext, vm_config: bytes) -> int:
     started = _accepted(root.on_vm_start(vm_config))
     if not started:
         # Envoy itself only says "Failed to start base Wasm".
-        where = f"meshext filter {filter_name!r}: {type(root).__name__}.on_vm_start"
+        where = f"meshext filter {_filter_name(root)!r}: {type(root).__name__}.on_vm_start"
         host.log(LogLevel.ERROR, f"{where} answered False: Envoy refuses the VM")
     return started
 
@@ -116,7 +222,8 @@ def configure(root: RootContext, config: bytes) -> int:
 def create_root(context_id: int) -> tuple[RootContext, int, type | None, type | None]:
     """The root, the callbacks its children override, and the child classes
     the shim may create itself (no Python code runs for them)."""
-    root = entry_class(context_id)
+    entry = select_root()
+    root = entry.entry_class(context_id)
     cls = type(root)
     mask = _children_mask(cls)
     custom_http = cls.new_http_context is not RootContext.new_http_context
@@ -146,11 +253,13 @@ def _speed_up_action_lookup() -> None:
 
 def _report_build_facts() -> None:
     """Tell `meshext build` (through its log) what it may prune from the module."""
+    # One module's exports serve all its roots: the union of what they override.
+    mask = 0
+    for entry in roots.values():
+        mask |= _children_mask(entry.entry_class)
     facts = {
-        "callbacks": sorted(
-            callback.method for bit, callback in enumerate(STREAM_CALLBACKS) if _children_mask(entry_class) & 1 << bit
-        ),
-        "root_on_done": entry_class.on_done is not RootContext.on_done,
+        "callbacks": sorted(callback.method for bit, callback in enumerate(STREAM_CALLBACKS) if mask & 1 << bit),
+        "root_on_done": any(entry.entry_class.on_done is not RootContext.on_done for entry in roots.values()),
         "builtin_modules": sorted(name for name in sys.builtin_module_names if name in sys.modules),
     }
     host.log(LogLevel.TRACE, BUILD_FACTS_PREFIX + json.dumps(facts))
@@ -273,7 +382,8 @@ def grpc_close(token: int, status_code: int) -> None:
 
 def _policy(context: Any) -> FailPolicy:
     root = getattr(context, "root", context)
-    return getattr(root, "fail_policy", None) or default_fail_policy
+    entry = _entry_of(context)
+    return getattr(root, "fail_policy", None) or (entry.fail_policy if entry is not None else FailPolicy.OPEN)
 
 
 def format_exception(error: BaseException) -> str:
@@ -327,7 +437,7 @@ def handle_error(context: Any, callback: str, error: BaseException | None) -> in
         details = format_exception(error) if error is not None else "(no exception)"
     except Exception:  # noqa: BLE001 - never let reporting hide the original error
         details = f"{type(error).__name__}: {error}"
-    host.log(LogLevel.ERROR, f"meshext filter {filter_name!r}: {where}.{callback} raised:\n{details}")
+    host.log(LogLevel.ERROR, f"meshext filter {_filter_name(context)!r}: {where}.{callback} raised:\n{details}")
     if isinstance(context, RootContext) or context is None:
         return 0  # for on_configure / on_vm_start: 0 makes Envoy refuse the configuration
     # The stream's state is whatever the failing code left: the shim calls
@@ -343,7 +453,8 @@ def handle_error(context: Any, callback: str, error: BaseException | None) -> in
             host.send_local_response(
                 500,
                 "meshext_filter_error",
-                f"meshext: filter {filter_name!r} failed ({type(error).__name__}); request rejected (fail closed)\n",
+                f"meshext: filter {_filter_name(context)!r} failed ({type(error).__name__}); "
+                "request rejected (fail closed)\n",
                 [("content-type", "text/plain")],
                 -1,
             )

@@ -48,11 +48,12 @@ def init_command(name: str, directory: Path | None) -> None:
 
 
 @click.command("build")
-@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path), default=".")
+@click.argument("directories", metavar="DIRECTORY...", nargs=-1,
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Module to write (default: DIRECTORY/build/NAME.wasm).")
-def build_command(directory: Path, output: Path | None) -> None:
-    """Compile the filter project in DIRECTORY into a Proxy-Wasm module.
+              help="Module to write (default for one project: DIRECTORY/build/NAME.wasm; needed for several).")
+def build_command(directories: tuple[Path, ...], output: Path | None) -> None:
+    """Compile the filter project in each DIRECTORY into one Proxy-Wasm module.
 
     \b
     The module embeds CPython with the filter already imported (a build-time
@@ -60,7 +61,15 @@ def build_command(directory: Path, output: Path | None) -> None:
     only Proxy-Wasm host functions and basic WASI.  The first build compiles
     the C shim (~1 min) and caches it in ~/.cache/meshext.  A module whose
     inputs (the project, the SDK, the toolchain) did not change since it was
-    built is not rebuilt.
+    built is not rebuilt.  DIRECTORY defaults to the current folder.
+
+    \b
+    Several projects (of one publisher) make one module with one root per
+    project, each in its own Python namespace:
+      meshext build telemetry/ ratelimit/ -o bundle.wasm
+    A plugin selects its project with Envoy's root_id (the project's name;
+    NAME/anything selects it too), and plugins naming its roots with one
+    vm_id share one CPython per thread.
 
     \b
     Cache: $MESHEXT_CACHE_DIR (default ~/.cache/meshext).  Its wasmtime/,
@@ -68,11 +77,20 @@ def build_command(directory: Path, output: Path | None) -> None:
     megabytes together (default 1024), least recently used files first.
     """
     from meshext.paths import describe_cache
-    from meshext.sdk.builder import build_filter
+    from meshext.sdk.builder import build_filter, build_filters
 
     started = time.monotonic()
     with console.status("building") as status:
-        result = build_filter(directory, output, progress=lambda message: status.update(message))
+        def say(message: str) -> None:
+            status.update(message)
+
+        if len(directories) <= 1:
+            result = build_filter(directories[0] if directories else Path("."), output, progress=say)
+        elif output is None:
+            raise MeshextError(f"{len(directories)} projects make one module: where should it go?",
+                               where="--output", fix="name the module file, e.g. -o bundle.wasm")
+        else:
+            result = build_filters(directories, output, progress=say)
     for level, message in result.build_log:
         click.echo(f"[filter {level}] {message}", err=True)
     wasi = [name for name in result.imports if name.startswith("wasi_")]

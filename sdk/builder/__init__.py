@@ -2,7 +2,8 @@
 
 Stages, one module each:
 
-- ``project``    reads and validates ``meshext.toml``;
+- ``project``    reads and validates ``meshext.toml`` (several projects of
+                 one publisher make one module, one root per project);
 - ``dependencies`` finds the installed pure-Python distributions that
                  ``[filter] dependencies`` declares;
 - ``analysis``   checks the filter's Python before anything is compiled
@@ -28,9 +29,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from meshext.sdk.builder.pipeline import BuildResult, build_filter
+    from meshext.sdk.builder.pipeline import BuildResult, build_filter, build_filters
 
-__all__ = ["BuildResult", "build_filter"]
+__all__ = ["BuildResult", "build_filter", "build_filters"]
 
 
 def __getattr__(name: str) -> object:

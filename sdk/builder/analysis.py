@@ -134,8 +134,10 @@ def _module_name(relative: Path) -> str:
     return ".".join(parts)
 
 
-def project_sources(root: Path) -> list[SourceFile]:
-    """The filter's Python files (tests and hidden folders are not shipped)."""
+def project_sources(root: Path, shown_under: str | None = None) -> list[SourceFile]:
+    """The filter's Python files (tests and hidden folders are not shipped),
+    their tracebacks naming them ``shown_under/...`` (default: the project
+    folder's name)."""
     sources = []
     for path in sorted(root.rglob("*.py")):
         relative = path.relative_to(root)
@@ -145,7 +147,7 @@ def project_sources(root: Path) -> list[SourceFile]:
         if parts[-1].startswith("test_") or parts[-1] == "conftest.py":
             continue
         sources.append(SourceFile(path, _module_name(relative), relative.as_posix(),
-                                  f"{root.name}/{relative.as_posix()}"))
+                                  f"{shown_under or root.name}/{relative.as_posix()}"))
     return sources
 
 

@@ -131,9 +131,8 @@ def _compile_in_vm(
                      "hash_based": file.ships_source})
     image[vm_compiler.JOBS_PATH.lstrip("/")] = json.dumps(jobs).encode()
     image[f"app/{vm_compiler.ENTRY_MODULE}.py"] = _DRIVER_SOURCE
-    image[BUILD_CONFIG_PATH.lstrip("/")] = json.dumps(
-        {"name": "meshext-compiler", "entry": f"{vm_compiler.ENTRY_MODULE}:Root", "fail_policy": "open"}
-    ).encode()
+    image[BUILD_CONFIG_PATH.lstrip("/")] = fsimage.build_config(
+        [fsimage.root("meshext-compiler", f"{vm_compiler.ENTRY_MODULE}:Root", "open")], [])
     try:
         log = preinit.run_at_build_time(shim, fsimage.build_image(image))
     except preinit.PreinitFailed as failure:

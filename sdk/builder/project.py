@@ -11,6 +11,10 @@
     version = "0.1.0"
     description = "..."
     dependencies = ["humanize"]  # pure-Python distributions bundled into the module
+    publisher = "example.com"    # who publishes it: only one publisher's projects share a module
+
+Several projects of one publisher build into one module with one root per
+project (`meshext build A B -o ab.wasm`, :mod:`.pipeline`).
 
 Dependencies are taken from the Python environment that runs `meshext
 build` (install them there with pip); see :mod:`.dependencies`.
@@ -49,6 +53,7 @@ class FilterSettings(BaseModel):
     version: str = "0.1.0"
     description: str = ""
     dependencies: list[str] = []
+    publisher: str = ""
 
     @field_validator("entry")
     @classmethod
@@ -115,6 +120,7 @@ _FIXES = {
     "phase": f"use one of {', '.join(MAISTRA_PHASES)}",
     "fail_policy": "use \"open\" (continue on errors) or \"closed\" (reply 500 on errors)",
     "priority": "use an integer; higher runs first within a phase",
+    "publisher": "use a string naming who publishes the extension, e.g. publisher = \"example.com\"",
     "dependencies": "list distribution names as pip spells them, e.g. dependencies = [\"humanize\"]; the version "
                     "bundled is the one installed where meshext build runs (pin it with pip)",
 }

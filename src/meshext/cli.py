@@ -48,7 +48,7 @@ COMMANDS: dict[str, LazyCommand] = {
     "init": LazyCommand("meshext.sdk.cli:init_command",
                        "Scaffold a filter project NAME: meshext.toml, filter.py and a test."),
     "build": LazyCommand("meshext.sdk.cli:build_command",
-                        "Compile the filter project in DIRECTORY into a Proxy-Wasm module."),
+                        "Compile the filter project in each DIRECTORY into one Proxy-Wasm module."),
     "test": LazyCommand("meshext.runtime.cli:test_command",
                        "Build the filter in DIRECTORY and run its tests in the Proxy-Wasm test host."),
     "push": LazyCommand("meshext.registry.cli:push_command",

@@ -88,7 +88,7 @@ def test_an_unchanged_project_is_not_rebuilt(tmp_path: Path) -> None:
 def test_every_input_of_a_build_is_in_its_key(tmp_path: Path, change: str) -> None:
     project = make_project(tmp_path)
     output = tmp_path / "out.wasm"
-    before = pipeline.input_key(load_project(project), output)
+    before = pipeline.input_key([load_project(project)], output)
     if change == "filter":
         edit(project / "filter.py", '"x-path-length"', '"x-length"')
     elif change == "settings":
@@ -103,7 +103,7 @@ def test_every_input_of_a_build_is_in_its_key(tmp_path: Path, change: str) -> No
             output.unlink()
         assert build_filter(project, output).rebuilt  # the key is the same, the module is not the one it built
     else:
-        assert pipeline.input_key(load_project(project), output) != before
+        assert pipeline.input_key([load_project(project)], output) != before
 
 
 def test_the_sdk_and_builder_sources_are_in_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -111,10 +111,10 @@ def test_the_sdk_and_builder_sources_are_in_the_key(tmp_path: Path, monkeypatch:
     sdk_copy = tmp_path / "sdk"
     shutil.copytree(pipeline.SDK_DIR, sdk_copy, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(pipeline, "SDK_DIR", sdk_copy)
-    before = pipeline.input_key(project, tmp_path / "out.wasm")
+    before = pipeline.input_key([project], tmp_path / "out.wasm")
     for changed in (sdk_copy / "contexts.py", sdk_copy / "builder" / "prune.py", sdk_copy / "shim" / "memfs.c"):
         changed.write_bytes(changed.read_bytes() + b"\n")
-        after = pipeline.input_key(project, tmp_path / "out.wasm")
+        after = pipeline.input_key([project], tmp_path / "out.wasm")
         assert after != before, changed
         before = after
 
@@ -243,7 +243,7 @@ def host_cannot_compile(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("host_cannot_compile")
 def test_bytecode_is_the_modules_cpythons(tmp_path: Path) -> None:
     project = load_project(make_project(tmp_path))
-    files = pipeline.collect_files(project, toolchain.wasi_python().stdlib_dir, build_shim()[0].read_bytes()).files
+    files = pipeline.collect_files([project], toolchain.wasi_python().stdlib_dir, build_shim()[0].read_bytes()).files
     compiled = {name: data for name, data in files.items() if name.endswith(".pyc")}
     assert any(name.startswith("lib/") for name in compiled) and "app/filter.pyc" in compiled
     assert any(name.startswith("app/meshext/sdk/__pycache__/") for name in compiled)
@@ -278,7 +278,7 @@ def test_bytecode_does_not_depend_on_the_cache(tmp_path: Path, monkeypatch: pyte
     # which strings the compiling interpreter had interned before.
     project = load_project(make_project(tmp_path))
     stdlib, shim = toolchain.wasi_python().stdlib_dir, build_shim()[0].read_bytes()
-    warm = pipeline.collect_files(project, stdlib, shim).files
+    warm = pipeline.collect_files([project], stdlib, shim).files
     compiled: list[bytecode.PythonFile] = []
     compile_files = bytecode.compile_files
 
@@ -289,7 +289,7 @@ def test_bytecode_does_not_depend_on_the_cache(tmp_path: Path, monkeypatch: pyte
     with monkeypatch.context() as patched:
         patched.setattr(bytecode._CACHE, "read", lambda _name: None)
         patched.setattr(bytecode, "compile_files", compile_and_record)
-        cold = pipeline.collect_files(project, stdlib, shim).files
+        cold = pipeline.collect_files([project], stdlib, shim).files
     assert cold == warm
     token = next(file for file in compiled if file.path.endswith("/token.py"))  # once compiled differently
     alone = bytecode._compile_in_vm(compiled, [token], {}, shim)
