@@ -37,7 +37,7 @@ import threading
 import time
 from pathlib import Path
 
-from meshext.control.local.layout import Ports, StateDir
+from meshext.control.local.layout import PORT_RANGE, Ports, StateDir
 from meshext.control.local.up import LocalMesh, get_productpage
 from meshext.paths import cache_root
 
@@ -52,7 +52,7 @@ def free_ports() -> Ports:
     while True:
         base = free_port()
         try:
-            for port in range(base, base + 30):
+            for port in range(base, base + PORT_RANGE):
                 with socket.socket() as probe:
                     probe.bind(("127.0.0.1", port))
         except OSError:
