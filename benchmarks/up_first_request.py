@@ -6,7 +6,7 @@ Targets (issue 15): cold < 60 s, warm < 15 s.  Run:
 
 Cold: a new meshext cache holding only what `scripts/install.sh` leaves there
 (``toolchain/`` and the compiled ``shim/``, copied from the current cache) and a
-new state directory (empty registry, no certificates), so both example
+new state directory (empty registry, no certificates), so the three example
 extensions are built, pushed and pulled.  Warm: `meshext down`, then `meshext up`
 again on the same cache and state.  Each run starts `meshext up` as a process
 and polls productpage (productpage -> reviews -> ratings) from the moment it

@@ -302,10 +302,17 @@ def _start_processes(mesh: LocalMesh, ports: Ports, board: Board, registry_ready
                                   f"--storage.tsdb.path={prometheus_dir / 'data'}", "--storage.tsdb.retention.time=1d",
                                   f"--web.listen-address=127.0.0.1:{ports.prometheus}"])
 
+    # The sidecars' certificates there already (an earlier run's): the sidecars start now, beside the
+    # control plane (their Envoys retry xDS until it serves), rather than once it serves.
+    pki = PKIDirectory(state.pki_dir)
+    early = pki.ca_file.exists() and all(pki.workload(f"{app}-v1", NAMESPACE).cert_file.exists()
+                                         for app, _, _ in APPS)
+    for app, _, _ in APPS if early else ():
+        _start_sidecar(mesh, ports, app)
     _wait(mesh, REGISTRY, board, lambda: _http_ok(f"http://127.0.0.1:{ports.registry}/v2/"))
     registry_ready.set()
     _wait(mesh, CONTROL_PLANE, board, lambda: _control_plane_healthy(state, ports))
-    for app, _, _ in APPS:
+    for app, _, _ in () if early else APPS:
         _start_sidecar(mesh, ports, app)
     for service in services:
         _launch(mesh, ports, service, board)
@@ -373,6 +380,11 @@ def start_needed_services(mesh: LocalMesh, documents: list[Document], console: C
     if not needed:
         return
     ports = mesh.ports()
+    declared = {workload.name for workload in load_mesh(mesh.state.mesh_file).workloads}
+    for service in needed:
+        if f"{service.name}-v1" not in declared:  # a mesh file from before the backing services
+            raise MeshextError(f"the running mesh's file does not declare the service {service.name}",
+                               where=str(mesh.state.mesh_file), fix="restart the mesh: `meshext down && meshext up`")
     board = Board([row for service in needed for row in _service_rows(service, ports)])
     with Live(board.render(), console=console, auto_refresh=False, transient=False) as live:
         board.live = live
