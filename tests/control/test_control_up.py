@@ -31,9 +31,10 @@ import pytest
 import yaml
 from control_harness import Load, Response, free_port, wait_until
 
-from meshext.control.local.backing import REDIS
+from meshext.control.local.backing import REDIS, needed_services
 from meshext.control.local.layout import PORT_RANGE, REDIS_OFFSET, Ports, StateDir
 from meshext.control.local.processes import start_time
+from meshext.control.local.resources import read_documents
 from meshext.control.local.up import LocalMesh, get_productpage, part_names
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "local"
@@ -371,6 +372,26 @@ def test_3scale_starts_the_backend_simulator(local_mesh, tmp_path):
     assert deleted.stdout.strip() == "servicemeshextension.maistra.io/threescale-auth deleted"
     wait_until(lambda: get()[0] == 200, 60, "productpage without 3scale")
     assert all(mesh.parts[name].pid() for name in ("threescale", "threescale-sidecar"))  # until `meshext down`
+
+
+def test_a_resource_needs_the_backing_service_whose_cluster_its_configuration_names():
+    def needs(path: str, text: str) -> list[str]:
+        return [service.name for service in needed_services(read_documents(path, text))]
+
+    shipped = {name: needs(name, DEPLOY.joinpath(name).read_text()) for name in
+               ("header-policy.yaml", "ratelimit.yaml", "ratelimit-global.yaml", "3scale.yaml")}
+    assert shipped == {"header-policy.yaml": [], "ratelimit.yaml": [], "ratelimit-global.yaml": ["ratelimit"],
+                       "3scale.yaml": ["threescale"]}
+    # Global mode against a user's own rate limit service: nothing to start.
+    elsewhere = yaml.safe_load(DEPLOY.joinpath("ratelimit-global.yaml").read_text())
+    elsewhere["spec"]["pluginConfig"]["service"]["cluster"] = "outbound|8081||my-rls.infra.svc.cluster.local"
+    assert needs("elsewhere", yaml.safe_dump(elsewhere)) == []
+    # Another image (a user's own 3scale build) whose system section calls the local simulator: it is started.
+    own = {"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+           "metadata": {"name": "my-3scale", "namespace": "default"},
+           "spec": {"url": "oci://registry.example/me/auth:1", "pluginConfig": {"system": {"upstream": {
+               "name": "outbound|9080||threescale.default.svc.cluster.local"}}}}}
+    assert needs("own", yaml.safe_dump(own)) == ["threescale"]
 
 
 def test_down_leaves_no_process(local_mesh):
