@@ -362,7 +362,7 @@ def _launch(mesh: LocalMesh, ports: Ports, service: backing.BackingService, boar
 
 def _process_serves(part: str, port: int) -> bool:
     """Whether a backing service's process serves: Redis answers PING, the 3scale simulator its /status,
-    the RLS accepts connections (it binds once its configuration loaded and Redis answered)."""
+    the rate limit service accepts connections (its gRPC port)."""
     if part == backing.REDIS:
         return _redis_ping(port)
     if part == "threescale":
