@@ -6,7 +6,7 @@ Targets (issue 15): cold < 60 s, warm < 15 s.  Run:
 
 Cold: a new meshext cache holding only what `scripts/install.sh` leaves there
 (``toolchain/`` and the compiled ``shim/``, copied from the current cache) and a
-new state directory (empty registry, no certificates), so both example
+new state directory (empty registry, no certificates), so the three example
 extensions are built, pushed and pulled.  Warm: `meshext down`, then `meshext up`
 again on the same cache and state.  Each run starts `meshext up` as a process
 and polls productpage (productpage -> reviews -> ratings) from the moment it
@@ -37,7 +37,7 @@ import threading
 import time
 from pathlib import Path
 
-from meshext.control.local.layout import Ports, StateDir
+from meshext.control.local.layout import PORT_RANGE, Ports, StateDir
 from meshext.control.local.up import LocalMesh, get_productpage
 from meshext.paths import cache_root
 
@@ -52,7 +52,7 @@ def free_ports() -> Ports:
     while True:
         base = free_port()
         try:
-            for port in range(base, base + 30):
+            for port in range(base, base + PORT_RANGE):
                 with socket.socket() as probe:
                     probe.bind(("127.0.0.1", port))
         except OSError:

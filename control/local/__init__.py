@@ -5,13 +5,16 @@ docker-registry, the control plane (`meshext control serve` on a resources
 directory), the three demo services (``demo``) each behind its sidecar
 (`meshext proxy`), and Debian's Prometheus scraping the sidecars; it builds the
 example extensions (`meshext build`), pushes them and applies a
-ServiceMeshExtension.  Then it returns, as `docker compose up -d` does.
+ServiceMeshExtension.  Then it returns, as `docker compose up -d` does.  The
+rate limit service (on Redis) and the 3scale backend simulator start when an
+applied resource needs them (``backing``).
 
 What lives here:
 
 - ``layout``     the state directory, the ports, the generated mesh file and Prometheus config;
 - ``processes``  detached processes: start, PID files, liveness, stop (by session);
 - ``images``     the example extensions: build (cached by content), push;
+- ``backing``    the backing services: which resources need them, their commands;
 - ``up``         bringing the mesh up and down, with live progress;
 - ``resources``  `apply` / `delete` / `get` on the running mesh's resources directory;
 - ``cli``        the commands;

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from meshext.control.local.layout import Ports, StateDir, default_state_dir
+from meshext.control.local.layout import PORT_RANGE, Ports, StateDir, default_state_dir
 from meshext.errors import MeshextError
 
 
@@ -28,7 +28,8 @@ def _state(state_dir: Path | None) -> StateDir:
 def _port_options(command: Callable[..., Any]) -> Callable[..., Any]:
     helps = {"productpage": "productpage's sidecar: the URL to try", "registry": "the OCI registry",
              "control": "the control plane's xDS server", "control_http": "the control plane's HTTP server",
-             "prometheus": "Prometheus", "port_base": "first of the 30 ports of the apps and their sidecars"}
+             "prometheus": "Prometheus",
+             "port_base": f"first of the {PORT_RANGE} ports of the apps, the backing services and their sidecars"}
     for field in reversed(fields(Ports)):
         command = click.option(Ports.option(field.name), field.name, type=int, default=field.default,
                                show_default=True, help=helps[field.name].capitalize() + ".")(command)
@@ -74,6 +75,8 @@ def _try_these(ports: Ports) -> str:
         ("curl -i " + entry + "/admin", "header-policy answers 403 (rule admin)"),
         ("meshext get", "the extensions and their status"),
         ("meshext apply -f deploy/local/ratelimit.yaml", "rate limiting: 5 requests per 10 s, then 429"),
+        ("meshext apply -f deploy/local/ratelimit-global.yaml", "the same from the rate limit service (Redis)"),
+        ("meshext apply -f deploy/local/3scale.yaml", "3scale: ?user_key=demo-user-key, else 403"),
         (f"meshext graph --prometheus http://127.0.0.1:{ports.prometheus}", "the service graph"),
         (f"http://127.0.0.1:{ports.prometheus}", "Prometheus"),
         ("meshext logs [PART]", "each part's log"),
@@ -110,7 +113,8 @@ def logs_command(part: str | None, lines: int, follow: bool, state_dir: Path | N
 
     \b
     Parts: registry, control-plane, ratings, reviews, productpage, their
-    sidecars (ratings-sidecar, ...), prometheus, build-<extension>.
+    sidecars (ratings-sidecar, ...), prometheus, build-<extension>; once a
+    resource needed them, redis, ratelimit, threescale and their sidecars.
     """
     from meshext.control.local.up import log_path, part_names
 
@@ -176,19 +180,26 @@ def apply_command(files: tuple[Path, ...], wait: bool, timeout: float, state_dir
 
     ServiceMeshExtension and WasmPlugin documents, validated before anything
     is written: a bad file changes nothing and the mesh keeps serving.  The
-    control plane picks the change up at once; `meshext get` shows it.
+    control plane picks the change up at once; `meshext get` shows it.  A
+    resource whose configuration names the local rate limit service's or 3scale
+    backend's cluster starts that service first (it runs until `meshext down`).
 
     \b
     Examples:
       meshext apply -f deploy/local/ratelimit.yaml
+      meshext apply -f deploy/local/3scale.yaml --wait
       meshext apply -f my-extension.yaml --wait
     """
+    from rich.console import Console
+
     from meshext.control.local.resources import apply, wait_applied
-    from meshext.control.local.up import LocalMesh
+    from meshext.control.local.up import LocalMesh, start_needed_services
 
     mesh = LocalMesh(_state(state_dir))
     documents = _read(files)
     mesh.ports()  # refuses when no mesh runs, before anything is written
+    # The rate limit service or the 3scale backend a resource calls is started first (progress on stderr).
+    start_needed_services(mesh, documents, Console(stderr=True))
     before = {d.key: (mesh.extension_status(d.key) or {}).get("observedGeneration") for d in documents} \
         if wait else {}
     lines, changed = apply(mesh.state.resources_dir, documents)

@@ -65,11 +65,13 @@ class Extension:
 
 
 # What `meshext up` builds and pushes, in this order.  The first one is applied by `meshext up`
-# itself (``up.APPLIED``); the others are one `meshext apply -f deploy/local/<name>.yaml` away.
-# When the telemetry and 3scale extensions land, their filter projects are one entry each here.
+# itself (``up.APPLIED_EXTENSION``); the others are one `meshext apply -f deploy/local/<file>.yaml`
+# away (ratelimit.yaml, ratelimit-global.yaml, 3scale.yaml).  The telemetry extension is not here:
+# the control plane builds it and places it in every sidecar itself.
 EXTENSIONS = (
     Extension("header-policy", CHECKOUT / "examples" / "header-policy"),
     Extension("ratelimit", CHECKOUT / "extensions" / "ratelimit" / "filter"),
+    Extension("3scale", CHECKOUT / "extensions" / "3scale" / "filter"),
 )
 
 

@@ -28,8 +28,18 @@ APPS: tuple[tuple[str, str, str | None], ...] = (
     ("reviews", "HTTP", "ratings"),
     ("productpage", "HTTP", "reviews"),
 )
-SERVICE_PORT = 9080  # every demo service's port in the mesh (Host: reviews:9080), as in Istio's Bookinfo
-PORTS_PER_APP = 10  # from --port-base: app, sidecar outbound, sidecar admin, sidecar inbound
+# The services the mesh starts when a resource first needs them (see backing.py), each behind its
+# own sidecar like the apps, so the filters reach them through a mesh cluster over mutual TLS:
+# (service, protocol of its port).  The rate limit service speaks gRPC (RLS v3), the 3scale
+# backend simulator HTTP/1.1.
+BACKING_SERVICES: tuple[tuple[str, str], ...] = (
+    ("ratelimit", "HTTP2"),
+    ("threescale", "HTTP"),
+)
+SERVICE_PORT = 9080  # every service's port in the mesh (Host: reviews:9080), as in Istio's Bookinfo
+PORTS_PER_APP = 10  # from --port-base: app, sidecar outbound, sidecar admin, sidecar inbound, its own store
+PORT_RANGE = (len(APPS) + len(BACKING_SERVICES)) * PORTS_PER_APP  # the ports from --port-base on: 50
+REDIS_OFFSET = 4  # in the rate limit service's block: the Redis it counts in
 
 
 def default_state_dir() -> Path:
@@ -48,7 +58,7 @@ class Ports:
     control: int = 15010  # xDS (Istio's istiod port)
     control_http: int = 15014  # module downloads, /status
     prometheus: int = 15090  # not Debian's 9090
-    port_base: int = 15100  # the apps' and sidecars' other listeners: port_base .. port_base + 29
+    port_base: int = 15100  # the apps', backing services' and sidecars' listeners: port_base .. port_base + 49
 
     @staticmethod
     def option(name: str) -> str:
@@ -60,8 +70,9 @@ class Ports:
         return " ".join(f"{self.option(field.name)} {getattr(self, field.name)}" for field in fields(self))
 
     def app_port(self, app: str, offset: int) -> int:
-        """One of ``app``'s listeners: 0 the app, 1 its sidecar's outbound, 2 admin, 3 inbound."""
-        index = [name for name, _, _ in APPS].index(app)
+        """One of the listeners of ``app`` (a demo app or a backing service): 0 the app, 1 its
+        sidecar's outbound, 2 admin, 3 inbound; a backing service's own store next (REDIS_OFFSET)."""
+        index = [name for name, _ in workload_apps()].index(app)
         return self.port_base + PORTS_PER_APP * index + offset
 
     def inbound(self, app: str) -> int:
@@ -74,12 +85,18 @@ class Ports:
                 (self.control, "the control plane's xDS server", self.option("control")),
                 (self.control_http, "the control plane's HTTP server", self.option("control_http")),
                 (self.prometheus, "Prometheus", self.option("prometheus"))]
-        for app, _, _ in APPS:
-            used += [(self.app_port(app, 0), f"the {app} app", self.option("port_base")),
-                     (self.app_port(app, 1), f"{app}'s sidecar (outbound)", self.option("port_base")),
-                     (self.app_port(app, 2), f"{app}'s sidecar (Envoy admin)", self.option("port_base")),
-                     (self.inbound(app), f"{app}'s sidecar (inbound)",
-                      self.option("productpage" if app == "productpage" else "port_base"))]
+        return used + [use for app, _ in workload_apps() for use in self.uses_of(app)]
+
+    def uses_of(self, app: str) -> list[tuple[int, str, str]]:
+        """The ports of one demo app or backing service, its sidecar's and its store's, as in :meth:`uses`."""
+        kind = "app" if app in (name for name, _, _ in APPS) else "service"
+        used = [(self.app_port(app, 0), f"the {app} {kind}", self.option("port_base")),
+                (self.app_port(app, 1), f"{app}'s sidecar (outbound)", self.option("port_base")),
+                (self.app_port(app, 2), f"{app}'s sidecar (Envoy admin)", self.option("port_base")),
+                (self.inbound(app), f"{app}'s sidecar (inbound)",
+                 self.option("productpage" if app == "productpage" else "port_base"))]
+        if app == "ratelimit":
+            used.append((self.app_port(app, REDIS_OFFSET), "the rate limit service's Redis", self.option("port_base")))
         return used
 
     def check(self) -> None:
@@ -148,10 +165,26 @@ class StateDir:
         return Ports(**{name: int(value) for name, value in saved.items() if name in known})
 
 
+def workload_apps() -> list[tuple[str, str]]:
+    """Every workload's app and the protocol it speaks: the demo apps, then the backing services."""
+    return [(app, protocol) for app, protocol, _ in APPS] + list(BACKING_SERVICES)
+
+
+def service_cluster(service: str) -> str:
+    """The Envoy cluster every sidecar has for ``service``'s port: what a filter's configuration names to
+    call it (``outbound|<port>||<service host>``, as envoy_config names the clusters of mesh services)."""
+    return f"outbound|{SERVICE_PORT}||{service}.{NAMESPACE}.svc.cluster.local"
+
+
 def mesh_document(ports: Ports) -> dict[str, Any]:
-    """The mesh file: the three demo services, one workload each, every listener on loopback, telemetry on."""
+    """The mesh file: the three demo services and the backing services, one workload each, every
+    listener on loopback, telemetry on.
+
+    The backing services are declared from the start, although their processes start only when a
+    resource needs them: the control plane reads the mesh file once, so every sidecar has their
+    clusters (and the mesh CA their certificates) before anything calls them."""
     services, workloads = [], []
-    for app, protocol, _ in APPS:
+    for app, protocol in workload_apps():
         services.append({"name": app, "namespace": NAMESPACE, "selector": {"app": app},
                          "ports": [{"name": "grpc" if protocol == "HTTP2" else "http", "port": SERVICE_PORT,
                                     "protocol": protocol}]})

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from meshext.control.resources import KINDS, parse_resource
+from meshext.control.sources import STATUS_SUFFIX
 from meshext.errors import MeshextError
 
 # `kubectl apply` prints <plural>.<group>/<name>; these are ours.
@@ -71,6 +72,12 @@ def read_documents(source: str, text: str) -> list[Document]:
         if keys.count(key) > 1:
             raise MeshextError(f"{key} is in the file twice", where=source, fix="keep one of them")
     return documents
+
+
+def applied_documents(directory: Path) -> list[Document]:
+    """The resources applied so far: one per resource file of the directory (status files skipped)."""
+    return [document for path in sorted(directory.glob("*.yaml")) if not path.name.endswith(STATUS_SUFFIX)
+            for document in read_documents(str(path), path.read_text())]
 
 
 def apply(directory: Path, documents: list[Document]) -> tuple[list[str], list[Document]]:

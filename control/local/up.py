@@ -3,14 +3,20 @@
 Start order, each part waiting only for what it needs: the registry, the control
 plane, the three apps and Prometheus together (the example extensions build
 meanwhile, the one `up` applies first); the sidecars once the control plane
-serves; then the images are pushed, the ServiceMeshExtension is applied and
-`meshext up` waits until it runs and one request has gone through all three
-services.  If anything fails, or Ctrl-C interrupts it, everything it started is
-stopped again and the error names the part and its log.
+serves, with the backing services the applied resources need (backing.py); then
+the images are pushed, the ServiceMeshExtension is applied and `meshext up`
+waits until it runs and one request has gone through all three services.  If
+anything fails, or Ctrl-C interrupts it, everything it started is stopped again
+and the error names the part and its log.
+
+A backing service no applied resource needs yet is started by `meshext apply`
+(:func:`start_needed_services`) before it writes the resource that needs it, and
+runs until `meshext down`.
 """
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import re
@@ -34,10 +40,10 @@ from rich.live import Live
 from rich.table import Table
 
 from meshext.control.cli import fetch_status
-from meshext.control.local import images
+from meshext.control.local import backing, images
 from meshext.control.local.layout import APPS, NAMESPACE, Ports, StateDir, mesh_document
 from meshext.control.local.processes import Part
-from meshext.control.local.resources import apply, read_documents
+from meshext.control.local.resources import Document, applied_documents, apply, read_documents
 from meshext.control.mesh import load_mesh
 from meshext.control.pki import PKIDirectory
 from meshext.control.prometheus import scrape_config
@@ -50,6 +56,9 @@ APPLIED_EXTENSION = images.EXTENSIONS[0]  # header-policy, which that file deplo
 # An image `meshext up` pinned: the local registry's meshext/header-policy at <version>-<content key>.
 PINNED_IMAGE = re.compile(rf"127\.0\.0\.1:\d+/meshext/{APPLIED_EXTENSION.name}:[^:@]+-[0-9a-f]{{12}}")
 POLICY_HEADER = "x-meshext-policy"  # the response header its configuration sets on productpage
+# The first request carries the example 3scale account's key (deploy/local/3scale.yaml), so that it
+# passes when that resource was applied before `down` too; without it, the app ignores the header.
+FIRST_REQUEST_HEADERS = {"user_key": "demo-user-key"}
 START_TIMEOUT_SECONDS = 180.0  # per step; the machine may be loaded (Envoy compiles the Python filter)
 BUILD_TIMEOUT_SECONDS = 600.0
 
@@ -59,10 +68,16 @@ def sidecar(app: str) -> str:
     return f"{app}-sidecar"
 
 
-def part_names() -> list[str]:
-    """Every process of the local mesh, in start order (`meshext down` stops them in reverse)."""
+def core_part_names() -> list[str]:
+    """The processes every running local mesh has, in start order."""
     apps = [app for app, _, _ in APPS]
     return [REGISTRY, CONTROL_PLANE, *apps, *(sidecar(app) for app in apps), PROMETHEUS]
+
+
+def part_names() -> list[str]:
+    """Every process of the local mesh, in start order (`meshext down` stops them in reverse): the core
+    parts, then the backing services' (started when a resource needs them) and their sidecars."""
+    return core_part_names() + backing.part_names() + [sidecar(name) for name in backing.SERVICES]
 
 
 class LocalMesh:
@@ -81,6 +96,10 @@ class LocalMesh:
     def running(self) -> dict[str, int | None]:
         """name -> PID of each part (None: not running)."""
         return {name: part.pid() for name, part in self.parts.items()}
+
+    def serving(self, service: backing.BackingService) -> bool:
+        """Whether every part of the backing service runs (its processes and its sidecar)."""
+        return all(self.parts[name].pid() is not None for name in (*service.processes, sidecar(service.name)))
 
     def ports(self) -> Ports:
         """The running mesh's ports; an UnavailableError when no `meshext up` ran here."""
@@ -148,18 +167,20 @@ class UpResult:
     seconds: float
 
 
-def check_ports_free(ports: Ports) -> None:
-    """A MeshextError naming the first port someone else listens on, and the option that moves it."""
-    for port, what, option in ports.uses():
+def check_ports_free(uses: list[tuple[int, str, str]], *, mesh_running: bool = False) -> None:
+    """A MeshextError naming the first port of ``uses`` (``Ports.uses``) someone else listens on, and the
+    option that moves it (``mesh_running``: a `meshext up` option, so the fix restarts the mesh)."""
+    for port, what, option in uses:
         with socket.socket() as probe:
             # SO_REUSEADDR: only a socket bound to the port counts, not connections in TIME_WAIT.
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
+                move = (f"`meshext down`, then `meshext up {option} PORT` with a free range" if mesh_running
+                        else f"pass {option} with a free port")
                 raise MeshextError(f"port {port} is already in use; the local mesh needs it for {what}",
-                                   where=option, fix=f"stop what listens on 127.0.0.1:{port}, or pass "
-                                                     f"{option} with a free port") from None
+                                   where=option, fix=f"stop what listens on 127.0.0.1:{port}, or {move}") from None
 
 
 def up(state: StateDir, ports: Ports, console: Console) -> UpResult:
@@ -168,7 +189,7 @@ def up(state: StateDir, ports: Ports, console: Console) -> UpResult:
     mesh = LocalMesh(state)
     started = time.monotonic()
     running = mesh.running()
-    if all(running.values()):
+    if all(running[name] for name in core_part_names()):
         saved = state.saved_ports()
         if saved != ports:
             raise MeshextError(f"the local mesh already runs, on other ports: {saved.as_options() if saved else '?'}",
@@ -179,7 +200,7 @@ def up(state: StateDir, ports: Ports, console: Console) -> UpResult:
         console.print(f"a previous run did not finish or was stopped in part: stopping {', '.join(leftovers)}")
         mesh.stop(console.print)
     registry_binary(), _prometheus_binary()  # not installed: say so before starting anything
-    check_ports_free(ports)
+    check_ports_free(ports.uses())
     state.save_ports(ports)
     try:
         _start(mesh, ports, console)
@@ -191,12 +212,15 @@ def up(state: StateDir, ports: Ports, console: Console) -> UpResult:
 
 def _start(mesh: LocalMesh, ports: Ports, console: Console) -> None:
     state = mesh.state
+    # What was applied before `down` is applied still: the backing services it needs start with the mesh.
+    services = backing.needed_services(applied_documents(state.resources_dir))
     rows = [(REGISTRY, f"127.0.0.1:{ports.registry}"),
             (CONTROL_PLANE, f"xDS 127.0.0.1:{ports.control}, HTTP 127.0.0.1:{ports.control_http}")]
     rows += [(app, f"127.0.0.1:{ports.app_port(app, 0)}") for app, _, _ in APPS]
     rows += [(sidecar(app), f"in :{ports.inbound(app)} out :{ports.app_port(app, 1)} admin :{ports.app_port(app, 2)}")
              for app, _, _ in APPS]
     rows += [(PROMETHEUS, f"http://127.0.0.1:{ports.prometheus}")]
+    rows += [row for service in services for row in _service_rows(service, ports)]
     rows += [(f"build-{extension.name}", "image meshext/" + extension.name) for extension in images.EXTENSIONS]
     rows += [("extension", f"ServiceMeshExtension {APPLIED_EXTENSION.name} on productpage"),
              ("first request", f"http://127.0.0.1:{ports.productpage}/productpage")]
@@ -208,7 +232,7 @@ def _start(mesh: LocalMesh, ports: Ports, console: Console) -> None:
         pushed = {extension.name: pool.submit(_build_and_push, extension, state, ports, board, registry_ready)
                   for extension in images.EXTENSIONS}
         try:
-            _start_processes(mesh, ports, board, registry_ready)
+            _start_processes(mesh, ports, board, registry_ready, services)
             image = _result(pushed[APPLIED_EXTENSION.name], board)
             for extension in images.EXTENSIONS:
                 _result(pushed[extension.name], board)
@@ -248,7 +272,8 @@ def _result(future: Future[str], board: Board) -> str:
                                where="meshext build", fix="see `meshext logs build-header-policy`") from None
 
 
-def _start_processes(mesh: LocalMesh, ports: Ports, board: Board, registry_ready: threading.Event) -> None:
+def _start_processes(mesh: LocalMesh, ports: Ports, board: Board, registry_ready: threading.Event,
+                     services: list[backing.BackingService]) -> None:
     state = mesh.state
     state.mesh_file.write_text(yaml.safe_dump(mesh_document(ports), sort_keys=False))
     python = [sys.executable, "-m", "meshext"]
@@ -277,24 +302,105 @@ def _start_processes(mesh: LocalMesh, ports: Ports, board: Board, registry_ready
                                   f"--storage.tsdb.path={prometheus_dir / 'data'}", "--storage.tsdb.retention.time=1d",
                                   f"--web.listen-address=127.0.0.1:{ports.prometheus}"])
 
+    # The sidecars' certificates there already (an earlier run's): the sidecars start now, beside the
+    # control plane (their Envoys retry xDS until it serves), rather than once it serves.
+    pki = PKIDirectory(state.pki_dir)
+    early = pki.ca_file.exists() and all(pki.workload(f"{app}-v1", NAMESPACE).cert_file.exists()
+                                         for app, _, _ in APPS)
+    for app, _, _ in APPS if early else ():
+        _start_sidecar(mesh, ports, app)
     _wait(mesh, REGISTRY, board, lambda: _http_ok(f"http://127.0.0.1:{ports.registry}/v2/"))
     registry_ready.set()
     _wait(mesh, CONTROL_PLANE, board, lambda: _control_plane_healthy(state, ports))
-    for app, _, _ in APPS:
-        mesh.parts[sidecar(app)].start(python + [
-            "proxy", "--workload", f"{app}-v1", "--namespace", NAMESPACE, "--control", f"127.0.0.1:{ports.control}",
-            "--control-http", f"127.0.0.1:{ports.control_http}", "--pki-dir", str(state.pki_dir),
-            "--admin-address", f"127.0.0.1:{ports.app_port(app, 2)}",
-            "--module-dir", str(state.root / "modules" / f"{app}-v1"),
-            # Envoy's own log in the part's log (`meshext logs <app>-sidecar`), its work files in the
-            # state directory: nothing is left in the temporary directory when a proxy is killed.
-            "--work-dir", str(state.root / "envoy" / f"{app}-v1"),
-            "--envoy-log", str(mesh.parts[sidecar(app)].log_file)])
+    for app, _, _ in () if early else APPS:
+        _start_sidecar(mesh, ports, app)
+    for service in services:
+        _launch(mesh, ports, service, board)
     for app, _, _ in APPS:
         _wait(mesh, app, board, lambda app=app: _listening(ports.app_port(app, 0)))  # type: ignore[misc]
-    for app, _, _ in APPS:
+    for app in [app for app, _, _ in APPS] + [service.name for service in services]:
         _wait(mesh, sidecar(app), board, lambda app=app: _in_sync(mesh, f"{app}-v1.{NAMESPACE}"))  # type: ignore[misc]
     _wait(mesh, PROMETHEUS, board, lambda: _http_ok(f"http://127.0.0.1:{ports.prometheus}/-/ready"))
+
+
+def _start_sidecar(mesh: LocalMesh, ports: Ports, app: str) -> None:
+    """Start the sidecar of ``app`` (a demo app or a backing service); it syncs with the control plane."""
+    state = mesh.state
+    mesh.parts[sidecar(app)].start([
+        sys.executable, "-m", "meshext", "proxy", "--workload", f"{app}-v1", "--namespace", NAMESPACE,
+        "--control", f"127.0.0.1:{ports.control}", "--control-http", f"127.0.0.1:{ports.control_http}",
+        "--pki-dir", str(state.pki_dir), "--admin-address", f"127.0.0.1:{ports.app_port(app, 2)}",
+        "--module-dir", str(state.root / "modules" / f"{app}-v1"),
+        # Envoy's own log in the part's log (`meshext logs <app>-sidecar`), its work files in the
+        # state directory: nothing is left in the temporary directory when a proxy is killed.
+        "--work-dir", str(state.root / "envoy" / f"{app}-v1"),
+        "--envoy-log", str(mesh.parts[sidecar(app)].log_file)])
+
+
+def _service_rows(service: backing.BackingService, ports: Ports) -> list[tuple[str, str]]:
+    """The progress rows of a backing service's parts: part, where it listens."""
+    rows = [(part, f"127.0.0.1:{port}") for part, port in _process_ports(service, ports)]
+    name = service.name
+    return rows + [(sidecar(name), f"in :{ports.inbound(name)} out :{ports.app_port(name, 1)} "
+                                   f"admin :{ports.app_port(name, 2)}")]
+
+
+def _process_ports(service: backing.BackingService, ports: Ports) -> list[tuple[str, int]]:
+    """Each of the service's own processes and the port it serves on."""
+    return [(part, ports.app_port(service.name, backing.REDIS_OFFSET if part == backing.REDIS else 0))
+            for part in service.processes]
+
+
+def _launch(mesh: LocalMesh, ports: Ports, service: backing.BackingService, board: Board) -> None:
+    """Start the service's processes, each once the one before serves (the RLS needs its Redis), then its
+    sidecar (waited for by the caller, with the others)."""
+    for part, port in _process_ports(service, ports):
+        mesh.parts[part].start(backing.command(part, ports, mesh.state))
+        _wait(mesh, part, board, functools.partial(_process_serves, part, port))
+    _start_sidecar(mesh, ports, service.name)
+
+
+def _process_serves(part: str, port: int) -> bool:
+    """Whether a backing service's process serves: Redis answers PING, the 3scale simulator its /status,
+    the rate limit service accepts connections (its gRPC port)."""
+    if part == backing.REDIS:
+        return _redis_ping(port)
+    if part == "threescale":
+        return _http_ok(f"http://127.0.0.1:{port}/status")
+    return _listening(port)
+
+
+def start_needed_services(mesh: LocalMesh, documents: list[Document], console: Console) -> None:
+    """Start the backing services ``documents`` need that are not running, and wait until they serve.
+
+    What `meshext apply` runs before it writes the resources: a resource that calls its service
+    never reaches a mesh where it is missing.  The ports are checked first (a clear message
+    naming the port and the option); a part that fails stops the service's other parts again."""
+    needed = [service for service in backing.needed_services(documents) if not mesh.serving(service)]
+    if not needed:
+        return
+    ports = mesh.ports()
+    declared = {workload.name for workload in load_mesh(mesh.state.mesh_file).workloads}
+    for service in needed:
+        if f"{service.name}-v1" not in declared:  # a mesh file from before the backing services
+            raise MeshextError(f"the running mesh's file does not declare the service {service.name}",
+                               where=str(mesh.state.mesh_file), fix="restart the mesh: `meshext down && meshext up`")
+    board = Board([row for service in needed for row in _service_rows(service, ports)])
+    with Live(board.render(), console=console, auto_refresh=False, transient=False) as live:
+        board.live = live
+        for service in needed:
+            parts = [mesh.parts[name] for name in (*service.processes, sidecar(service.name))]
+            for part in parts:  # what is left of it (one part died): started afresh
+                part.stop()
+            check_ports_free(ports.uses_of(service.name), mesh_running=True)
+            try:
+                _launch(mesh, ports, service, board)
+                _wait(mesh, sidecar(service.name), board,
+                      lambda service=service: _in_sync(mesh, f"{service.name}-v1.{NAMESPACE}"))  # type: ignore[misc]
+            except BaseException:
+                for part in parts:
+                    part.stop()
+                raise
 
 
 def _apply_extension(mesh: LocalMesh, image: str, board: Board) -> None:
@@ -335,18 +441,19 @@ def _apply_extension(mesh: LocalMesh, image: str, board: Board) -> None:
 def _first_request(ports: Ports, board: Board) -> None:
     """One request through productpage -> reviews -> ratings, the extension's header on the answer."""
     def served() -> bool:
-        status, headers, body = get_productpage(ports)
+        status, headers, body = get_productpage(ports, headers=FIRST_REQUEST_HEADERS)
         return status == 200 and POLICY_HEADER in headers and all(
             review.get("stars") is not None for review in body.get("reviews", []))
 
     _wait(None, "productpage", board, served, row="first request", done="serving")
 
 
-def get_productpage(ports: Ports, path: str = "/productpage") -> tuple[int, dict[str, str], dict[str, Any]]:
+def get_productpage(ports: Ports, path: str = "/productpage", headers: dict[str, str] | None = None,
+                    ) -> tuple[int, dict[str, str], dict[str, Any]]:
     """GET ``path`` from productpage's sidecar: (status, lower-cased headers, JSON body or {})."""
     connection = http.client.HTTPConnection("127.0.0.1", ports.productpage, timeout=10)
     try:
-        connection.request("GET", path)
+        connection.request("GET", path, headers=headers or {})
         response = connection.getresponse()
         raw = response.read()
         headers = {name.lower(): value for name, value in response.getheaders()}
@@ -394,6 +501,13 @@ def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
 def _listening(port: int) -> bool:
     socket.create_connection(("127.0.0.1", port), timeout=1).close()
     return True
+
+
+def _redis_ping(port: int) -> bool:
+    """Whether the Redis on ``port`` answers PING (it accepts connections before it has loaded)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
+        connection.sendall(b"PING\r\n")
+        return connection.recv(64).startswith(b"+PONG")
 
 
 def _control_plane_healthy(state: StateDir, ports: Ports) -> bool:

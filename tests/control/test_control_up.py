@@ -6,12 +6,15 @@ order: traffic through the three services with the extension's effect, `meshext
 get` within 80 columns, an extension update applied live under a bounded load
 with no failed request, refused resources leaving the mesh serving, Prometheus
 scraping the three sidecars and `meshext graph` reading it, a second `up`, a
-killed run recovered, and `down` leaving no process (checked by PID, Envoys
-included).  A taken port is refused before anything starts.
+killed run recovered, the backing services (the rate limit service on Redis,
+the 3scale backend simulator) started by `meshext apply` for the resources that
+need them, and `down` leaving no process (checked by PID, Envoys included).  A
+taken port is refused before anything starts.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -19,15 +22,19 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from control_harness import Load, Response, free_port, wait_until
 
-from meshext.control.local.layout import Ports, StateDir
+from meshext.control.local.backing import REDIS, needed_services
+from meshext.control.local.layout import PORT_RANGE, REDIS_OFFSET, Ports, StateDir
 from meshext.control.local.processes import start_time
+from meshext.control.local.resources import read_documents
 from meshext.control.local.up import LocalMesh, get_productpage, part_names
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "local"
@@ -40,7 +47,7 @@ def meshext(state: Path, *args: str, timeout: float = 600, env: dict[str, str] |
                           text=True, timeout=timeout, input=stdin, env={**os.environ, "COLUMNS": "80", **(env or {})})
 
 
-def free_port_base(count: int = 30) -> int:
+def free_port_base(count: int = PORT_RANGE) -> int:
     """The first of ``count`` consecutive free loopback ports."""
     while True:
         base = free_port()
@@ -228,7 +235,8 @@ def test_prometheus_scrapes_the_sidecars_and_graph_reads_it(local_mesh):
     assert prometheus in from_prometheus.stdout
     assert_demo_edges(from_prometheus.stdout)
     assert from_sidecars.returncode == 0, from_sidecars.stderr
-    assert "3 sidecars' /stats/prometheus" in from_sidecars.stdout
+    # The mesh file names five sidecars: the three apps' and the backing services' (not started yet).
+    assert "5 sidecars' /stats/prometheus" in from_sidecars.stdout
     assert_demo_edges(from_sidecars.stdout)
 
 
@@ -263,11 +271,135 @@ def test_up_after_a_killed_run_recovers(local_mesh):
     assert get_productpage(ports)[1]["x-meshext-policy"] == "v2"  # the applied update outlived the restart
 
 
+def shipped_resource(name: str, ports: Ports, directory: Path) -> Path:
+    """deploy/local/NAME.yaml with the registry the test's mesh runs."""
+    path = directory / f"{name}.yaml"
+    path.write_text(DEPLOY.joinpath(f"{name}.yaml").read_text().replace("127.0.0.1:15050",
+                                                                         f"127.0.0.1:{ports.registry}"))
+    return path
+
+
+def away_from_a_minute_edge() -> None:
+    """Sleep past the next minute boundary when it is less than 10 s away: the example limits count per
+    calendar minute (fixed windows), and a count split across two windows would start again at 0."""
+    if time.time() % 60 > 50:
+        time.sleep(61 - time.time() % 60)
+
+
+def productpage_as_new_clients(ports: Ports) -> Callable[..., tuple[int, dict[str, str]]]:
+    """GET from productpage, each request from another client (x-forwarded-for), so that the global rate
+    limit's per-client counts, if it is applied, never reach its limit: (status, headers)."""
+    clients = (f"client-{n}" for n in itertools.count())
+
+    def get(path: str = "/productpage", **headers: str) -> tuple[int, dict[str, str]]:
+        status, answer_headers, _ = get_productpage(ports, path, {"x-forwarded-for": next(clients), **headers})
+        return status, answer_headers
+
+    return get
+
+
+def test_global_rate_limit_starts_the_rate_limit_service(local_mesh, tmp_path):
+    state, ports = local_mesh
+    mesh = LocalMesh(StateDir(state))
+    parts = (REDIS, "ratelimit", "ratelimit-sidecar")
+    get = productpage_as_new_clients(ports)
+
+    # The rate limit service's port taken: refused naming it and the option, nothing applied or started.
+    resource = shipped_resource("ratelimit-global", ports, tmp_path)
+    resources_before = sorted(p.name for p in StateDir(state).resources_dir.iterdir())
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", ports.app_port("ratelimit", 0)))
+        taken.listen()
+        refused = meshext(state, "apply", "-f", str(resource))
+    assert refused.returncode == 1
+    assert (f"port {ports.app_port('ratelimit', 0)} is already in use; the local mesh needs it for the ratelimit "
+            "service") in refused.stderr
+    assert "or `meshext down`, then `meshext up --port-base PORT` with a free range" in refused.stderr
+    assert sorted(p.name for p in StateDir(state).resources_dir.iterdir()) == resources_before
+    assert [mesh.parts[name].pid() for name in parts] == [None] * 3
+
+    # Global mode: its configuration names the service's cluster, so apply starts Redis, the RLS and its sidecar.
+    applied = meshext(state, "apply", "-f", str(resource), "--wait")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert applied.stdout.strip() == "wasmplugin.extensions.istio.io/ratelimit-global created"
+    assert all(mesh.parts[name].pid() for name in parts)
+    try:
+        # The service answered (its limit in the headers), not the filter's failure mode.
+        wait_until(lambda: get()[1].get("x-ratelimit-limit") == "5", 60, "the rate limit service answering")
+        away_from_a_minute_edge()
+        statuses = [get_productpage(ports, headers={"x-forwarded-for": "10.1.2.3"})[0] for _ in range(7)]
+        assert statuses == [200] * 5 + [429] * 2
+        import redis
+        counters = redis.Redis(port=ports.app_port("ratelimit", REDIS_OFFSET))
+        (key,) = counters.keys("productpage_client_10.1.2.3_*")
+        assert int(counters.get(key)) == 7  # the RLS counts every request it was asked about
+    finally:
+        deleted = meshext(state, "delete", "-f", str(resource))
+    assert deleted.stdout.strip() == "wasmplugin.extensions.istio.io/ratelimit-global deleted"
+    wait_until(lambda: "x-ratelimit-limit" not in get()[1], 60, "productpage without the rate limit")
+    # The service keeps running until `meshext down` (test_down_leaves_no_process stops it with the rest).
+    assert all(mesh.parts[name].pid() for name in parts)
+
+
+def test_3scale_starts_the_backend_simulator(local_mesh, tmp_path):
+    state, ports = local_mesh
+    mesh = LocalMesh(StateDir(state))
+    get = productpage_as_new_clients(ports)
+    resource = shipped_resource("3scale", ports, tmp_path)
+    applied = meshext(state, "apply", "-f", str(resource), "--wait")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert applied.stdout.strip() == "servicemeshextension.maistra.io/threescale-auth created"
+    assert all(mesh.parts[name].pid() for name in ("threescale", "threescale-sidecar"))
+    # productpage now needs a key of the example account (deploy/local/services/3scale-backend.yaml).
+    wait_until(lambda: get()[0] == 403, 60, "the 3scale filter on productpage")
+    status, headers = get()
+    assert (status, headers["powered-by"]) == (403, "3scale")
+    authorized = 0
+    for _ in range(3):
+        assert get("/productpage?user_key=demo-user-key")[0] == 200
+        authorized += 1
+    assert get(user_key="demo-user-key")[0] == 200  # from the header too
+    authorized += 1
+    assert get("/productpage?user_key=nobody")[0] == 403
+    away_from_a_minute_edge()
+    assert [get(user_key="trial-user-key")[0] for _ in range(4)] == [200, 200, 200, 429]  # Trial: 3 a minute
+    with urllib.request.urlopen(f"http://127.0.0.1:{ports.app_port('threescale', 0)}/_simulator/usage") as answer:
+        usage = json.load(answer)["2555417834780"]
+    assert usage["user_key:demo-user-key"]["hits"] == authorized  # the backend recorded every authorized request
+    assert usage["user_key:trial-user-key"]["hits"] == 3
+
+    deleted = meshext(state, "delete", "-f", str(resource))
+    assert deleted.stdout.strip() == "servicemeshextension.maistra.io/threescale-auth deleted"
+    wait_until(lambda: get()[0] == 200, 60, "productpage without 3scale")
+    assert all(mesh.parts[name].pid() for name in ("threescale", "threescale-sidecar"))  # until `meshext down`
+
+
+def test_a_resource_needs_the_backing_service_whose_cluster_its_configuration_names():
+    def needs(path: str, text: str) -> list[str]:
+        return [service.name for service in needed_services(read_documents(path, text))]
+
+    shipped = {name: needs(name, DEPLOY.joinpath(name).read_text()) for name in
+               ("header-policy.yaml", "ratelimit.yaml", "ratelimit-global.yaml", "3scale.yaml")}
+    assert shipped == {"header-policy.yaml": [], "ratelimit.yaml": [], "ratelimit-global.yaml": ["ratelimit"],
+                       "3scale.yaml": ["threescale"]}
+    # Global mode against a user's own rate limit service: nothing to start.
+    elsewhere = yaml.safe_load(DEPLOY.joinpath("ratelimit-global.yaml").read_text())
+    elsewhere["spec"]["pluginConfig"]["service"]["cluster"] = "outbound|8081||my-rls.infra.svc.cluster.local"
+    assert needs("elsewhere", yaml.safe_dump(elsewhere)) == []
+    # Another image (a user's own 3scale build) whose system section calls the local simulator: it is started.
+    own = {"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+           "metadata": {"name": "my-3scale", "namespace": "default"},
+           "spec": {"url": "oci://registry.example/me/auth:1", "pluginConfig": {"system": {"upstream": {
+               "name": "outbound|9080||threescale.default.svc.cluster.local"}}}}}
+    assert needs("own", yaml.safe_dump(own)) == ["threescale"]
+
+
 def test_down_leaves_no_process(local_mesh):
     state, ports = local_mesh
     mesh = LocalMesh(StateDir(state))
     pids = all_pids(mesh)
-    assert len(pids) >= len(part_names()) + 3  # every part, and the three Envoys
+    assert all(mesh.running().values())  # every part runs, the backing services' too
+    assert len(pids) >= len(part_names()) + 5  # every part, and the five Envoys
     stopped = meshext(state, "down")
     assert stopped.returncode == 0 and "the local mesh is down" in stopped.stdout
     assert [pid for pid in pids if start_time(pid) is not None] == []
