@@ -40,8 +40,8 @@ from meshext.runtime._upstreams import (
     NO_HEALTHY_UPSTREAM,
     UPSTREAM_TIMEOUT,
     RouterReply,
-    grpc_cluster_name,
     grpc_status_message,
+    grpc_target,
     real_grpc_call,
     real_http_call,
 )
@@ -147,7 +147,7 @@ class Callouts:
 
     # -- gRPC ------------------------------------------------------------------
 
-    def open_grpc(self, is_stream: bool, cluster_name: str, service: str, method: str, metadata: Pairs,
+    def open_grpc(self, is_stream: bool, upstream: bytes, service: str, method: str, metadata: Pairs,
                   message: bytes | None, timeout_ms: int) -> GrpcCallout | Status:
         """A new call or stream with its token, or the status of Envoy's refusal.
 
@@ -157,7 +157,7 @@ class Callouts:
         never saw.
         """
         host = self._vm.host
-        cluster_name = grpc_cluster_name(cluster_name)
+        cluster_name, authority = grpc_target(upstream)
         cluster = host.clusters.get(cluster_name)
         if cluster is None:
             return Status.PARSE_FAILURE
@@ -169,7 +169,7 @@ class Callouts:
             self._grpc_call_token += 4
             token = self._grpc_call_token
         call = GrpcCallout(token, cluster_name, service, method, metadata, [] if message is None else [message],
-                           timeout_ms, is_stream, self,
+                           timeout_ms, is_stream, self, authority=authority,
                            deadline_ns=host.monotonic_ns + timeout_ms * 1_000_000 if timeout_ms else 0)
         if not cluster.healthy:
             host.defer(lambda: self._finish_grpc(call, GRPC_UNAVAILABLE, NO_HEALTHY_UPSTREAM.grpc_message, []))

@@ -251,6 +251,7 @@ class GrpcCallout:
     timeout_ms: int
     is_stream: bool
     _callouts: Callouts = field(repr=False, compare=False)
+    authority: str = ""  # the :authority Envoy sends: the module's, else the cluster name
     deadline_ns: int = 0  # unary calls with a timeout: when Envoy closes the call
     closed_by_module: bool = False
     cancelled: bool = False

@@ -107,7 +107,8 @@ def real_grpc_call(address: tuple[str, int], call: GrpcCallout) -> GrpcReply | R
         socket.create_connection(address, timeout=timeout_s).close()
     except ConnectionRefusedError:
         return CONNECT_FAILURE
-    with grpc.insecure_channel(f"{address[0]}:{address[1]}") as channel:
+    with grpc.insecure_channel(f"{address[0]}:{address[1]}",
+                               options=[("grpc.default_authority", call.authority)]) as channel:
         method = channel.unary_unary(f"/{call.service}/{call.method}", request_serializer=None,
                                      response_deserializer=None)
         try:
@@ -122,12 +123,23 @@ def real_grpc_call(address: tuple[str, int], call: GrpcCallout) -> GrpcReply | R
                              error.details() or "")
 
 
-def grpc_cluster_name(raw: str) -> str:
-    """Envoy accepts a cluster name or a serialised GrpcService proto; take the cluster name."""
-    if raw and raw[0] == "\n":  # field 1 (envoy_grpc), length-delimited
-        data = raw.encode("latin-1", "replace")
-        inner_length = data[1]
-        inner = data[2 : 2 + inner_length]
-        if inner and inner[0] == 0x0A:
-            return inner[2 : 2 + inner[1]].decode()
-    return raw
+def grpc_target(upstream: bytes) -> tuple[str, str]:
+    """(cluster, :authority) of a ``proxy_grpc_call`` upstream.
+
+    Envoy accepts a cluster name or a serialized ``GrpcService`` proto
+    naming ``envoy_grpc.cluster_name`` (and perhaps an ``authority``); it
+    sends the cluster name as ``:authority`` unless one is given.
+    """
+    from envoy.config.core.v3 import grpc_service_pb2
+    from google.protobuf.message import DecodeError
+
+    name = upstream.decode("utf-8", "replace")
+    service = grpc_service_pb2.GrpcService()
+    try:
+        service.ParseFromString(upstream)
+    except DecodeError:
+        return name, name
+    cluster = service.envoy_grpc.cluster_name
+    if not cluster:
+        return name, name
+    return cluster, service.envoy_grpc.authority or cluster

@@ -160,11 +160,26 @@ def http_call(context: Any, cluster: str, headers: Headers, body: bytes | str, t
     return token
 
 
+def grpc_upstream(cluster: str, authority: str | None) -> str | bytes:
+    """What ``proxy_grpc_call`` takes as upstream: the cluster name, or with an
+    ``authority`` a serialized ``envoy.config.core.v3.GrpcService`` naming both
+    (Envoy accepts either; by default it sends the cluster name as
+    ``:authority``, which a mesh cluster's ``outbound|port||host`` is not a
+    valid one of)."""
+    if authority is None:
+        return cluster
+    from meshext.sdk import protowire
+
+    # GrpcService.envoy_grpc (1) = EnvoyGrpc{cluster_name (1), authority (2)}
+    return protowire.encode_bytes(1, protowire.encode_bytes(1, cluster) + protowire.encode_bytes(2, authority))
+
+
 def grpc_call(context: Any, cluster: str, service: str, method: str, message: bytes, metadata: Headers,
-              timeout_ms: int, callback: Callable[[GrpcResponse], Any]) -> int:
+              timeout_ms: int, callback: Callable[[GrpcResponse], Any], authority: str | None = None) -> int:
     """Start a unary gRPC call for ``context`` (see :meth:`HttpContext.grpc_call`)."""
     try:
-        token = host.grpc_call(cluster, service, method, header_pairs(metadata), message, timeout_ms)
+        token = host.grpc_call(grpc_upstream(cluster, authority), service, method, header_pairs(metadata), message,
+                               timeout_ms)
     except HostError as error:
         raise _refused("grpc_call", cluster, error) from None
     pending[token] = Pending(context, callback=callback)
@@ -172,10 +187,10 @@ def grpc_call(context: Any, cluster: str, service: str, method: str, message: by
 
 
 def grpc_stream(context: Any, cluster: str, service: str, method: str, metadata: Headers,
-                handler: GrpcStreamHandler) -> GrpcStream:
+                handler: GrpcStreamHandler, authority: str | None = None) -> GrpcStream:
     """Open a streaming gRPC call for ``context`` (see :meth:`HttpContext.grpc_stream`)."""
     try:
-        token = host.grpc_stream(cluster, service, method, header_pairs(metadata))
+        token = host.grpc_stream(grpc_upstream(cluster, authority), service, method, header_pairs(metadata))
     except HostError as error:
         raise _refused("grpc_stream", cluster, error) from None
     pending[token] = Pending(context, handler=handler)

@@ -96,28 +96,35 @@ class _CalloutMixin:
         callback: Callable[[callouts.GrpcResponse], Any],
         metadata: Headers = (),
         timeout_ms: int = 5000,
+        authority: str | None = None,
     ) -> int:
         """Call the unary gRPC method ``service/method`` on ``cluster``; returns the call's token.
 
         ``message`` is the serialized request, ``metadata`` a dict or a
         sequence of ``(name, value)`` pairs.  ``callback(response)`` gets a
         :class:`~meshext.sdk.GrpcResponse` (the reply, or the error status)
-        with this context effective again.  Raises
-        :class:`~meshext.sdk.CalloutError` when Envoy refuses to start the call.
+        with this context effective again.  ``authority`` is the call's
+        ``:authority`` (default: the cluster name, which a server behind a
+        mesh sidecar refuses when it is ``outbound|port||host``: give the
+        host then).  Raises :class:`~meshext.sdk.CalloutError` when Envoy
+        refuses to start the call.
         """
-        return callouts.grpc_call(self, cluster, service, method, message, metadata, timeout_ms, callback)
+        return callouts.grpc_call(self, cluster, service, method, message, metadata, timeout_ms, callback,
+                                  authority)
 
     def grpc_stream(
-        self, cluster: str, service: str, method: str, handler: callouts.GrpcStreamHandler, *, metadata: Headers = ()
+        self, cluster: str, service: str, method: str, handler: callouts.GrpcStreamHandler, *, metadata: Headers = (),
+        authority: str | None = None,
     ) -> callouts.GrpcStream:
         """Open a streaming gRPC call to ``service/method`` on ``cluster``.
 
         Returns the :class:`~meshext.sdk.GrpcStream` to send on; ``handler``
         (a :class:`~meshext.sdk.GrpcStreamHandler`) receives the stream's
-        events with this context effective.  Raises
-        :class:`~meshext.sdk.CalloutError` when Envoy refuses to open it.
+        events with this context effective.  ``authority`` as for
+        :meth:`grpc_call`.  Raises :class:`~meshext.sdk.CalloutError` when
+        Envoy refuses to open it.
         """
-        return callouts.grpc_stream(self, cluster, service, method, metadata, handler)
+        return callouts.grpc_stream(self, cluster, service, method, metadata, handler, authority)
 
 
 class HttpContext(_CalloutMixin):

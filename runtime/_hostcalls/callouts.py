@@ -44,13 +44,13 @@ def _open_grpc(vm: Vm, is_stream: bool, cluster_ptr: int, cluster_size: int, ser
                timeout: int, return_token: int) -> int:
     memory = vm.memory
     try:
-        cluster_name = memory.read_text(cluster_ptr, cluster_size, errors="replace")
+        upstream = memory.read(cluster_ptr, cluster_size)
         service = memory.read_text(service_ptr, service_size, errors="replace")
         method = memory.read_text(method_ptr, method_size, errors="replace")
         metadata = deserialize_pairs(memory.read(metadata_ptr, metadata_size))
     except MemoryFault:
         return Status.INVALID_MEMORY_ACCESS
-    call = vm.callouts.open_grpc(is_stream, cluster_name, service, method, metadata, message, timeout & MASK32)
+    call = vm.callouts.open_grpc(is_stream, upstream, service, method, metadata, message, timeout & MASK32)
     if isinstance(call, Status):
         return call
     try:

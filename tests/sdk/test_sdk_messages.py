@@ -212,6 +212,11 @@ class Calls(HttpContext):
             self.http_call("auth", self.request.headers, callback=self.ignore)
             self.grpc_call("grpc", "mesh.Auth", "Check", b"", metadata={"x-meta": "unary"}, callback=self.ignore)
             self.grpc_stream("grpc", "mesh.Auth", "Watch", GrpcStreamHandler(), metadata={"x-meta": "stream"})
+        if path == "/authority":
+            self.grpc_call("outbound|9080||auth.default.svc.cluster.local", "mesh.Auth", "Check", b"",
+                           authority="auth.default.svc.cluster.local", callback=self.ignore)
+            self.grpc_stream("outbound|9080||auth.default.svc.cluster.local", "mesh.Auth", "Watch",
+                             GrpcStreamHandler(), authority="auth.default.svc.cluster.local")
         if path == "/replace":
             self.request.headers.replace_all({":method": "GET", ":path": "/replaced", ":authority": "a", "x-only": "1"})
         return Action.CONTINUE
@@ -234,6 +239,7 @@ def header_arguments(tmp_path_factory: pytest.TempPathFactory):
     host = Host()
     host.add_cluster("auth", lambda call: None)
     host.add_cluster("grpc", grpc=lambda call: None)
+    host.add_cluster("outbound|9080||auth.default.svc.cluster.local", grpc=lambda call: None)
     return host.load(build_filter(folder, folder.parent / "headers.wasm").output)
 
 
@@ -251,6 +257,16 @@ def test_callouts_take_headers_and_metadata_as_a_dict_or_a_header_map(header_arg
     assert by_header_map.header(":path") == "/calls" and by_header_map.header("x-user") == "alice"
     unary, stream = header_arguments.grpc_calls[-2:]
     assert ("x-meta", "unary") in unary.initial_metadata and ("x-meta", "stream") in stream.initial_metadata
+
+
+def test_grpc_callouts_send_the_cluster_name_or_the_authority_given(header_arguments) -> None:
+    header_arguments.exchange("GET", "/calls")
+    assert [call.authority for call in header_arguments.grpc_calls[-2:]] == ["grpc", "grpc"]
+    header_arguments.exchange("GET", "/authority")
+    unary, stream = header_arguments.grpc_calls[-2:]
+    # A mesh cluster's name is no valid :authority: the SDK sends a GrpcService naming both.
+    assert unary.cluster == stream.cluster == "outbound|9080||auth.default.svc.cluster.local"
+    assert unary.authority == stream.authority == "auth.default.svc.cluster.local"
 
 
 def test_replace_all_takes_a_dict(header_arguments) -> None:
