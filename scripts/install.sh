@@ -24,12 +24,12 @@ VENV=${MESHEXT_VENV:-.venv}
 apt_packages=()
 # `python3 -m venv` needs Debian's python3-venv (ensurepip) for the system Python.
 "$PYTHON" -c "import ensurepip, venv" 2>/dev/null || apt_packages+=(python3-venv)
-# `meshext up` runs a local OCI registry and Prometheus beside the mesh.
-apt_packages+=(docker-registry prometheus)
+# `meshext up` runs a local OCI registry and Prometheus beside the mesh, and Redis under the
+# rate limit service once a global rate limit is applied (deploy/local/ratelimit-global.yaml).
+apt_packages+=(docker-registry prometheus redis-server)
 if $want_test; then
-    # Redis, load generators, TLS tooling and a headless browser (`meshext graph`'s HTML)
-    # for the tests.
-    apt_packages+=(redis-server wrk apache2-utils openssl curl chromium)
+    # Load generators, TLS tooling and a headless browser (`meshext graph`'s HTML) for the tests.
+    apt_packages+=(wrk apache2-utils openssl curl chromium)
     # Node.js for the AssemblyScript SDK; Debian's only where none is installed.
     command -v npm >/dev/null || apt_packages+=(nodejs npm)
 fi

@@ -90,7 +90,8 @@ def command(part: str, ports: Ports, state: StateDir) -> list[str]:
     if part == REDIS:
         if shutil.which("redis-server") is None:
             raise MeshextError("redis-server is not installed; the rate limit service counts in it",
-                               where="meshext apply", fix="apt-get install redis-server")
+                               where="meshext apply",
+                               fix="run scripts/install.sh again (it installs Debian's redis-server)")
         redis_dir = state.root / "redis"
         redis_dir.mkdir(parents=True, exist_ok=True)
         # No persistence: the counters are rate windows, worthless after a restart.
