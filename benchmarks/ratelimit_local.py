@@ -22,8 +22,13 @@ interpreter steps (bytecode instructions, via ``sys.settrace`` opcode
 events; the host's own functions are C in the VM and are not counted) and
 host calls, over the same admit path.
 
+``--test-host`` measures the variants in meshext's test host instead
+(wasmtime, host functions in Python): CPU µs per request, the minimum over
+``--rounds`` interleaved rounds of ``TEST_HOST_REQUESTS`` requests.
+
     python benchmarks/ratelimit_local.py [--seconds 5] [--rounds 3] [--extra NAME=PROJECT ...]
     python benchmarks/ratelimit_local.py --steps [--extra NAME=PROJECT ...]
+    python benchmarks/ratelimit_local.py --test-host [--rounds 5] [--extra NAME=PROJECT ...]
 """
 
 from __future__ import annotations
@@ -184,6 +189,36 @@ def print_steps(projects: dict[str, tuple[Path, dict | None]]) -> None:
               + " |")
 
 
+TEST_HOST_REQUESTS = 2000
+
+
+def print_test_host(projects: dict[str, tuple[Path, dict | None]], rounds: int) -> None:
+    """CPU µs per request of each project in the test host (min over ``rounds`` interleaved rounds)."""
+    import time
+
+    from meshext.sdk.builder import build_filter
+    from meshext.testing import Host
+
+    with tempfile.TemporaryDirectory() as scratch:
+        plugins = {}
+        for number, (name, (project, config)) in enumerate(projects.items()):
+            module = build_filter(project, Path(scratch) / f"variant-{number}.wasm").output
+            plugins[name] = Host().load(module, config=json.dumps(config) if config is not None else "")
+        best = {name: float("inf") for name in plugins}
+        for _ in range(rounds):
+            for name, plugin in plugins.items():
+                for _ in range(100):  # buckets created, leases taken
+                    plugin.exchange()
+                started = time.process_time()
+                for _ in range(TEST_HOST_REQUESTS):
+                    plugin.exchange()
+                best[name] = min(best[name], (time.process_time() - started) / TEST_HOST_REQUESTS * 1e6)
+    print(f"| variant (test host, min of {rounds} rounds) | CPU µs/request |")
+    print("| --- | --- |")
+    for name, figure in best.items():
+        print(f"| {name} | {figure:.1f} |")
+
+
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--steps-of":  # the child process of --steps
         print(json.dumps(steps_of(Path(sys.argv[2]), json.loads(sys.argv[3]))))
@@ -195,13 +230,19 @@ def main() -> None:
                         help="also measure the filter project PROJECT (token_bucket), labelled NAME")
     parser.add_argument("--steps", action="store_true",
                         help="count interpreter steps and host calls per request instead (no Envoy)")
+    parser.add_argument("--test-host", action="store_true",
+                        help="measure CPU time per request in meshext's test host instead (no Envoy)")
     args = parser.parse_args()
     extras = {name: Path(project) for name, _, project in (extra.partition("=") for extra in args.extra)}
+    projects = {"meshext python header filter": (HERE / "filters" / "header", None),
+                "ratelimit local, token_bucket": (RATELIMIT, ratelimit_config("token_bucket")),
+                "ratelimit local, fixed_window": (RATELIMIT, ratelimit_config("fixed_window")),
+                **{name: (project, ratelimit_config("token_bucket")) for name, project in extras.items()}}
     if args.steps:
-        print_steps({"meshext python header filter": (HERE / "filters" / "header", None),
-                     "ratelimit local, token_bucket": (RATELIMIT, ratelimit_config("token_bucket")),
-                     "ratelimit local, fixed_window": (RATELIMIT, ratelimit_config("fixed_window")),
-                     **{name: (project, ratelimit_config("token_bucket")) for name, project in extras.items()}})
+        print_steps(projects)
+        return
+    if args.test_host:
+        print_test_host(projects, args.rounds)
         return
     from sdk_header_filter import machine, one_round, wasm_filter
 

@@ -126,9 +126,9 @@ class Bucket:
         """Admit one request or not: (admitted, remaining, reset seconds)."""
         if self.leased and now_ns // self.epoch_ns == self.lease_epoch:
             self.leased -= 1
-            if self.remaining:
-                self.remaining -= 1
-            return True, self.remaining, -((now_ns - self.reset_at_ns) // 1_000_000_000)
+            # remaining ≥ leased > 0: it counts the lease's tokens too
+            remaining = self.remaining = self.remaining - 1
+            return True, remaining, -((now_ns - self.reset_at_ns) // 1_000_000_000)
         return self.visit(lock_key, now_ns)
 
     def visit(self, lock_key: str, now_ns: int) -> tuple[bool, int, int]:

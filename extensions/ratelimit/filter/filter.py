@@ -7,7 +7,15 @@ worker VM (``buckets``); global mode asks the rate limit service over gRPC
 (``rls_messages``) and acts on its answer.  A denied request gets 429 with
 ``x-ratelimit-limit``/``-remaining``/``-reset`` (draft-03, as Envoy's
 filters) and ``retry-after``; allowed responses carry the x-ratelimit-*
-headers too unless ``response_headers`` is false.
+headers too unless ``response_headers`` is false.  Every decision is
+counted in ``ratelimit_requests_total{domain, rule, outcome}``
+(``ratelimit_metrics``).
+
+The per-request path is short on purpose (CPython steps are what a request
+costs, see benchmarks/ratelimit_local.py --steps): rules are compiled at
+configure time, a rule with a fixed descriptor and no conditions has its
+bucket ready, others remember the bucket of each descriptor, and a bucket
+usually admits from its worker's lease without a host call.
 """
 
 from __future__ import annotations
@@ -193,7 +201,7 @@ class RateLimit(HttpContext):
     # The limit the response reports: (remaining, limit, reset seconds) of the rule with the least
     # remaining (then the lowest limit), None while no rule with a known limit decided.
     tightest: tuple[int, int, int] | None = None
-    service_headers: list[tuple[str, str]] = []  # global mode: the service's response_headers_to_add
+    service_headers: tuple[tuple[str, str], ...] = ()  # global mode: the service's response_headers_to_add
 
     def path(self) -> str:
         return (self.request.headers.get(":path") or "").split("?", 1)[0]
@@ -300,7 +308,7 @@ class RateLimit(HttpContext):
             return
         for name, value in answer.request_headers:
             self.request.headers.set(name, value)
-        self.service_headers = answer.response_headers
+        self.service_headers = tuple(answer.response_headers)
         self.request.resume()
 
     def service_failed(self, problem: str, resume: bool = True) -> Action:
