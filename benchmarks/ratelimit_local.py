@@ -5,8 +5,10 @@ direct response, ``wrk -t1 -c8`` for a fixed time per variant, variants
 interleaved over ``--rounds`` rounds, medians reported, added µs per
 request against no filter (from requests/s).  The limits are far above
 what the load reaches, so every request takes the admit path: one rule
-match, one shared-data read and one compare-and-swap write, the counter,
-and (unless the variant says otherwise) the x-ratelimit-* response headers.
+(fixed descriptor, no conditions), the bucket's shared-data read and
+compare-and-swap write on one request in 32 (the others spend the worker's
+lease), the counter, and (unless the variant says otherwise) the three
+x-ratelimit-* response headers.
 The target is at most 1.5× the header filter's added µs; the ratio is
 printed for each variant, from requests/s and from Envoy's CPU time per
 request (utime + stime from /proc): on a machine shared with other loads the
