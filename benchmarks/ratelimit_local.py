@@ -5,8 +5,10 @@ direct response, ``wrk -t1 -c8`` for a fixed time per variant, variants
 interleaved over ``--rounds`` rounds, medians reported, added µs per
 request against no filter (from requests/s).  The limits are far above
 what the load reaches, so every request takes the admit path: one rule
-match, one shared-data read and one compare-and-swap write, the counter,
-and (unless the variant says otherwise) the x-ratelimit-* response headers.
+(fixed descriptor, no conditions), the bucket's shared-data read and
+compare-and-swap write on one request in 32 (the others spend the worker's
+lease), the counter, and (unless the variant says otherwise) the three
+x-ratelimit-* response headers.
 The target is at most 1.5× the header filter's added µs; the ratio is
 printed for each variant, from requests/s and from Envoy's CPU time per
 request (utime + stime from /proc): on a machine shared with other loads the
@@ -15,22 +17,35 @@ CPU figure is the steadier one, requests/s moves with everyone else's work.
 (a changed copy of the filter), to compare alternatives in the same run.
 Loopback only; every run is bounded.
 
+``--steps`` measures instead, without Envoy, what each variant's Python does
+per request: the filter's modules and the SDK's run in this CPython (the
+same bytecode the VM runs) against a stand-in for the host module, counting
+interpreter steps (bytecode instructions, via ``sys.settrace`` opcode
+events; the host's own functions are C in the VM and are not counted) and
+host calls, over the same admit path.
+
+``--test-host`` measures the variants in meshext's test host instead
+(wasmtime, host functions in Python): CPU µs per request, the minimum over
+``--rounds`` interleaved rounds of ``TEST_HOST_REQUESTS`` requests.
+
     python benchmarks/ratelimit_local.py [--seconds 5] [--rounds 3] [--extra NAME=PROJECT ...]
+    python benchmarks/ratelimit_local.py --steps [--extra NAME=PROJECT ...]
+    python benchmarks/ratelimit_local.py --test-host [--rounds 5] [--extra NAME=PROJECT ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
+import types
 from pathlib import Path
-
-from sdk_header_filter import machine, one_round, wasm_filter
-
-from meshext.sdk.builder import build_filter
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 RATELIMIT = HERE.parent / "extensions" / "ratelimit" / "filter"
@@ -51,13 +66,190 @@ def ratelimit_config(algorithm: str, response_headers: bool = True) -> dict:
         "limit": NEVER_REACHED}]}
 
 
+STEP_REQUESTS = 2000  # requests per variant for --steps (after 100 not counted: buckets created, leases taken)
+
+
+def _stand_in_host(calls: collections.Counter[str]) -> types.ModuleType:
+    """A Python ``_meshext_host`` holding shared data and metrics in dicts, counting every call."""
+    shared: dict[str, tuple[bytes, int]] = {}
+    metric_ids: dict[str, int] = {}
+    request_headers = {":method": "GET", ":path": "/some/request/path", ":authority": "bench"}
+
+    class HeaderMap:
+        __slots__ = ("map_type",)
+
+        def __init__(self, map_type: int) -> None:
+            self.map_type = int(map_type)
+
+        def get(self, name: str, default: str | None = None) -> str | None:
+            calls["header get"] += 1
+            return request_headers.get(name, default) if self.map_type == 0 else default
+
+        def set(self, name: str, value: str) -> None:
+            calls["header set/add"] += 1
+
+        add = set
+
+    def get_shared_data(key: str) -> tuple[bytes, int] | None:
+        calls["shared data get"] += 1
+        return shared.get(key)
+
+    def set_shared_data(key: str, value: bytes | str, cas: int) -> int:
+        calls["shared data set"] += 1
+        entry = shared.get(key)
+        if cas and entry is not None and entry[1] != cas:
+            return 8  # CAS_MISMATCH
+        shared[key] = (value.encode() if isinstance(value, str) else value, (entry[1] if entry else 0) + 1)
+        return 0
+
+    def define_metric(kind: int, name: str) -> int:
+        calls["define metric"] += 1
+        return metric_ids.setdefault(name, len(metric_ids) + 1)
+
+    def counted(name: str, answer: Any = None) -> Any:
+        def call(*args: Any) -> Any:
+            calls[name] += 1
+            return answer
+        return call
+
+    module = types.ModuleType("_meshext_host")
+    module.HeaderMap = HeaderMap  # type: ignore[attr-defined]
+    module.Body = type("Body", (), {"__init__": lambda self, buffer_type: None})  # type: ignore[attr-defined]
+    module.get_shared_data = get_shared_data  # type: ignore[attr-defined]
+    module.set_shared_data = set_shared_data  # type: ignore[attr-defined]
+    module.define_metric = define_metric  # type: ignore[attr-defined]
+    for name, answer in (("increment_metric", None), ("log", None), ("get_log_level", 2), ("get_property", None),
+                         ("send_local_response", 0)):
+        setattr(module, name, counted(name.replace("_", " "), answer))
+    return module
+
+
+def steps_of(project: Path, config: dict | None) -> dict[str, float]:
+    """Interpreter steps and host calls per request of the filter project ``project`` (this process)."""
+    calls: collections.Counter[str] = collections.Counter()
+    host = _stand_in_host(calls)
+    sys.modules["_meshext_host"] = host
+    sys.path.insert(0, str(project))
+    import tomllib
+
+    entry = tomllib.loads((project / "meshext.toml").read_text())["filter"]["entry"]
+    module_name, _, class_name = entry.partition(":")
+    root_class = getattr(__import__(module_name), class_name)
+    root = root_class(1)
+    assert root.on_configure(json.dumps(config).encode() if config is not None else b"") is not False
+    http_class = root_class.http_context
+    from meshext.sdk import HttpContext
+
+    # The shim calls only the callbacks a class overrides.
+    overridden = [name for name in ("on_request_headers", "on_response_headers")
+                  if getattr(http_class, name) is not getattr(HttpContext, name)]
+    steps = 0
+    host_file = _stand_in_host.__code__.co_filename
+
+    def count_opcodes(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal steps
+        if event == "opcode":
+            steps += 1
+        return count_opcodes
+
+    def trace_calls(frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code.co_filename == host_file:
+            return None  # the host: C in the VM
+        frame.f_trace_opcodes = True
+        return count_opcodes
+
+    def one_request(context_id: int) -> None:
+        context = http_class(root, context_id)
+        for name in overridden:
+            getattr(context, name)(False)
+
+    for number in range(100):
+        one_request(number + 2)
+    calls.clear()
+    sys.settrace(trace_calls)
+    try:
+        for number in range(STEP_REQUESTS):
+            one_request(number + 200)
+    finally:
+        sys.settrace(None)
+    return {"interpreter steps": steps / STEP_REQUESTS,
+            **{name: count / STEP_REQUESTS for name, count in sorted(calls.items())}}
+
+
+def print_steps(projects: dict[str, tuple[Path, dict | None]]) -> None:
+    """Run :func:`steps_of` for each project in its own process (each imports its own filter modules)."""
+    figures = {}
+    for name, (project, config) in projects.items():
+        answer = subprocess.run([sys.executable, __file__, "--steps-of", str(project), json.dumps(config)],
+                                capture_output=True, text=True, timeout=300, check=True)
+        figures[name] = json.loads(answer.stdout)
+    columns = sorted({column for row in figures.values() for column in row}, key=lambda c: c != "interpreter steps")
+    print(f"| variant (per request, admit path) | {' | '.join(columns)} |")
+    print("| --- |" + " --- |" * len(columns))
+    for name, row in figures.items():
+        print(f"| {name} | " + " | ".join(f"{row.get(column, 0):.2f}".rstrip("0").rstrip(".") for column in columns)
+              + " |")
+
+
+TEST_HOST_REQUESTS = 2000
+
+
+def print_test_host(projects: dict[str, tuple[Path, dict | None]], rounds: int) -> None:
+    """CPU µs per request of each project in the test host (min over ``rounds`` interleaved rounds)."""
+    import time
+
+    from meshext.sdk.builder import build_filter
+    from meshext.testing import Host
+
+    with tempfile.TemporaryDirectory() as scratch:
+        plugins = {}
+        for number, (name, (project, config)) in enumerate(projects.items()):
+            module = build_filter(project, Path(scratch) / f"variant-{number}.wasm").output
+            plugins[name] = Host().load(module, config=json.dumps(config) if config is not None else "")
+        best = {name: float("inf") for name in plugins}
+        for _ in range(rounds):
+            for name, plugin in plugins.items():
+                for _ in range(100):  # buckets created, leases taken
+                    plugin.exchange()
+                started = time.process_time()
+                for _ in range(TEST_HOST_REQUESTS):
+                    plugin.exchange()
+                best[name] = min(best[name], (time.process_time() - started) / TEST_HOST_REQUESTS * 1e6)
+    print(f"| variant (test host, min of {rounds} rounds) | CPU µs/request |")
+    print("| --- | --- |")
+    for name, figure in best.items():
+        print(f"| {name} | {figure:.1f} |")
+
+
 def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--steps-of":  # the child process of --steps
+        print(json.dumps(steps_of(Path(sys.argv[2]), json.loads(sys.argv[3]))))
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=5, help="wrk duration per variant and round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--extra", action="append", default=[], metavar="NAME=PROJECT",
                         help="also measure the filter project PROJECT (token_bucket), labelled NAME")
+    parser.add_argument("--steps", action="store_true",
+                        help="count interpreter steps and host calls per request instead (no Envoy)")
+    parser.add_argument("--test-host", action="store_true",
+                        help="measure CPU time per request in meshext's test host instead (no Envoy)")
     args = parser.parse_args()
+    extras = {name: Path(project) for name, _, project in (extra.partition("=") for extra in args.extra)}
+    projects = {"meshext python header filter": (HERE / "filters" / "header", None),
+                "ratelimit local, token_bucket": (RATELIMIT, ratelimit_config("token_bucket")),
+                "ratelimit local, fixed_window": (RATELIMIT, ratelimit_config("fixed_window")),
+                **{name: (project, ratelimit_config("token_bucket")) for name, project in extras.items()}}
+    if args.steps:
+        print_steps(projects)
+        return
+    if args.test_host:
+        print_test_host(projects, args.rounds)
+        return
+    from sdk_header_filter import machine, one_round, wasm_filter
+
+    from meshext.sdk.builder import build_filter
+
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install wrk")
     with tempfile.TemporaryDirectory() as scratch:
@@ -72,9 +264,8 @@ def main() -> None:
             "ratelimit local, token_bucket, no response headers": wasm_filter(
                 ratelimit, ratelimit_config("token_bucket", response_headers=False)),
         }
-        for extra in args.extra:
-            name, _, project = extra.partition("=")
-            built = build_filter(Path(project), Path(scratch) / f"extra-{len(chosen)}.wasm").output
+        for name, project in extras.items():
+            built = build_filter(project, Path(scratch) / f"extra-{len(chosen)}.wasm").output
             chosen[name] = wasm_filter(built, ratelimit_config("token_bucket"))
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in chosen}
         for _ in range(args.rounds):

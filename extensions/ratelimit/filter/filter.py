@@ -7,7 +7,15 @@ worker VM (``buckets``); global mode asks the rate limit service over gRPC
 (``rls_messages``) and acts on its answer.  A denied request gets 429 with
 ``x-ratelimit-limit``/``-remaining``/``-reset`` (draft-03, as Envoy's
 filters) and ``retry-after``; allowed responses carry the x-ratelimit-*
-headers too unless ``response_headers`` is false.
+headers too unless ``response_headers`` is false.  Every decision is
+counted in ``ratelimit_requests_total{domain, rule, outcome}``
+(``ratelimit_metrics``).
+
+The per-request path is short on purpose (CPython steps are what a request
+costs, see benchmarks/ratelimit_local.py --steps): rules are compiled at
+configure time, a rule with a fixed descriptor and no conditions has its
+bucket ready, others remember the bucket of each descriptor, and a bucket
+usually admits from its worker's lease without a host call.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import time
 
 # In the VM the filter's modules are top-level; mypy, checking the package, cannot resolve them that way.
 import buckets  # type: ignore[import-not-found]
+import ratelimit_metrics  # type: ignore[import-not-found]
 import rls_messages  # type: ignore[import-not-found]
 from ratelimit_config import (  # type: ignore[import-not-found]
     DESTINATION_LABEL,
@@ -28,53 +37,71 @@ from ratelimit_config import (  # type: ignore[import-not-found]
     check,
 )
 
-from meshext.sdk import Action, CalloutError, Counter, GrpcResponse, HttpContext, RootContext, log, properties
+from meshext.sdk import (
+    Action,
+    CalloutError,
+    Counter,
+    GrpcResponse,
+    HeaderMap,
+    HttpContext,
+    RootContext,
+    log,
+    properties,
+)
 from meshext.sdk.config import ConfigError
 
-OUTCOMES = ("allowed", "denied", "dry_run_denied", "errors")
-_counters: dict[str, Counter] = {}
-
-
-def count(rule: str, outcome: str) -> None:
-    """Count one decision of ``rule``.
-
-    The one place metrics are named: ``ratelimit.<rule>.<outcome>``; when the
-    SDK has labelled metrics this becomes ``ratelimit_requests{rule, outcome}``.
-    """
-    name = f"ratelimit.{rule}.{outcome}"
-    counter = _counters.get(name)
-    if counter is None:
-        counter = _counters[name] = Counter(name)
-    counter.increment()
+REQUESTS = Counter(ratelimit_metrics.REQUESTS, "Requests each rule decided, by outcome",
+                   labelnames=ratelimit_metrics.LABELS)
+MAX_CACHED_BUCKETS = 1024  # per rule: descriptors whose bucket (and lease) is remembered; beyond, all are dropped
 
 
 class PreparedRule:
-    """A rule with what its checks need per request computed once at configure time."""
+    """A rule compiled at configure time: its conditions, counters and (for fixed descriptors) its bucket.
 
-    def __init__(self, rule: Rule, domain: str) -> None:
+    Per request it reads only the headers its conditions and entries name."""
+
+    def __init__(self, rule: Rule, domain: str, local: bool) -> None:
         self.rule = rule
         self.name = rule.name
-        self.path_regex = re.compile(rule.match.path_regex) if rule.match.path_regex else None
-        self.methods = frozenset(rule.match.methods)
+        self.dry_run = rule.dry_run
+        match = rule.match
+        self.path_prefix = match.path_prefix
+        self.path_regex = re.compile(match.path_regex) if match.path_regex else None
+        self.methods = frozenset(match.methods)
+        self.authority = match.authority
+        self.headers = tuple(match.headers.items())
+        self.unconditional = not (self.path_prefix or self.path_regex or self.methods or self.authority
+                                  or self.headers)
         self.key_prefix = f"ratelimit:{domain}:{rule.name}:"
+        self.ok, self.over_limit, self.dry_run_over, self.failure = (
+            REQUESTS.labels(domain, rule.name, outcome) for outcome in ratelimit_metrics.OUTCOMES)
+        self._buckets: dict[tuple[tuple[str, str], ...], buckets.Bucket] = {}
+        # A descriptor of fixed values is the same for every request: so are its limit and bucket.
+        self.fixed_entries: list[tuple[str, str]] | None = None
+        self.always: buckets.Bucket | None = None  # the bucket of every request, when the rule needs no look
+        if all(entry.value for entry in rule.descriptor):
+            self.fixed_entries = [(entry.key, entry.value) for entry in rule.descriptor]
+            if local:
+                fixed_bucket = self._buckets[tuple(self.fixed_entries)] = self._bucket(self.fixed_entries)
+                self.always = fixed_bucket if self.unconditional else None
 
-    def matches(self, context: RateLimit) -> bool:
-        match = self.rule.match
-        headers = context.request.headers
+    def matches(self, context: RateLimit, headers: HeaderMap) -> bool:
         if self.methods and headers.get(":method") not in self.methods:
             return False
-        if match.path_prefix or self.path_regex:
+        if self.path_prefix or self.path_regex:
             path = context.path()
-            if not path.startswith(match.path_prefix):
+            if not path.startswith(self.path_prefix):
                 return False
             if self.path_regex is not None and not self.path_regex.fullmatch(path):
                 return False
-        if match.authority and _without_port(headers.get(":authority") or "") != match.authority:
+        if self.authority and _without_port(headers.get(":authority") or "") != self.authority:
             return False
-        return all(headers.get(name) == value for name, value in match.headers.items())
+        return all(headers.get(name) == value for name, value in self.headers)
 
     def entries(self, context: RateLimit) -> list[tuple[str, str]] | None:
         """The descriptor for this request, or None when an entry has no value and no default."""
+        if self.fixed_entries is not None:
+            return self.fixed_entries
         found = []
         for entry in self.rule.descriptor:
             value = _entry_value(entry, context)
@@ -90,6 +117,27 @@ class PreparedRule:
             if all(values.get(key) == value for key, value in override.dimensions.items()):
                 return override.limit, number
         return self.rule.limit, -1
+
+    def bucket(self, context: RateLimit) -> buckets.Bucket | None:
+        """Local mode: the bucket of this request's descriptor (remembered per descriptor), None without one."""
+        entries = self.entries(context)
+        if entries is None:
+            return None
+        descriptor = tuple(entries)
+        found = self._buckets.get(descriptor)
+        if found is None:
+            if len(self._buckets) >= MAX_CACHED_BUCKETS:
+                self._buckets.clear()
+            found = self._buckets[descriptor] = self._bucket(entries)
+        return found
+
+    def _bucket(self, entries: list[tuple[str, str]]) -> buckets.Bucket:
+        limit, override = self.limit_for(entries)
+        assert limit is not None  # check(): local rules have limits
+        key = self.key_prefix + _limit_key(limit, override) + ";".join(f"{k}={_escape(v)}" for k, v in entries)
+        if self.rule.algorithm == "token_bucket":
+            return buckets.TokenBucket(key, limit.requests_per_unit, limit.burst, limit.window_seconds)
+        return buckets.FixedWindow(key, limit.requests_per_unit, limit.window_seconds)
 
 
 def _without_port(authority: str) -> str:
@@ -136,29 +184,13 @@ def _escape(value: str) -> str:
     return value.replace("%", "%25").replace(";", "%3B").replace("=", "%3D")
 
 
-class Verdict:
-    """The outcome of one rule for one request."""
-
-    __slots__ = ("rule", "allowed", "limit", "remaining", "reset_seconds")
-
-    def __init__(self, rule: PreparedRule, allowed: bool, limit: int, remaining: int, reset_seconds: int) -> None:
-        self.rule = rule
-        self.allowed = allowed
-        self.limit = limit
-        self.remaining = remaining
-        self.reset_seconds = reset_seconds
-
-
-def rate_limit_headers(verdicts: list[Verdict], denied: bool) -> list[tuple[str, str]]:
-    """x-ratelimit-* (draft-03) of the tightest limit (least remaining); retry-after when ``denied``."""
-    counted = [verdict for verdict in verdicts if verdict.limit > 0]
-    if not counted:
-        return []
-    tightest = min(counted, key=lambda verdict: (verdict.remaining, verdict.limit))
-    headers = [("x-ratelimit-limit", str(tightest.limit)), ("x-ratelimit-remaining", str(tightest.remaining)),
-               ("x-ratelimit-reset", str(tightest.reset_seconds))]
+def rate_limit_headers(tightest: tuple[int, int, int], denied: bool) -> list[tuple[str, str]]:
+    """x-ratelimit-* (draft-03) of ``tightest`` (remaining, limit, reset seconds); retry-after when ``denied``."""
+    remaining, limit, reset = tightest
+    headers = [("x-ratelimit-limit", str(limit)), ("x-ratelimit-remaining", str(remaining)),
+               ("x-ratelimit-reset", str(reset))]
     if denied:
-        headers.append(("retry-after", str(max(1, tightest.reset_seconds))))
+        headers.append(("retry-after", str(max(1, reset))))
     return headers
 
 
@@ -166,63 +198,73 @@ class RateLimit(HttpContext):
     """One request: decide in on_request_headers, add the headers to the response."""
 
     root: Root
+    # The limit the response reports: (remaining, limit, reset seconds) of the rule with the least
+    # remaining (then the lowest limit), None while no rule with a known limit decided.
+    tightest: tuple[int, int, int] | None = None
+    service_headers: tuple[tuple[str, str], ...] = ()  # global mode: the service's response_headers_to_add
 
     def path(self) -> str:
         return (self.request.headers.get(":path") or "").split("?", 1)[0]
 
     def on_request_headers(self, end_of_stream: bool) -> Action:
-        self.verdicts: list[Verdict] = []
         root = self.root
-        applicable = [(rule, entries) for rule in root.rules
-                      if rule.matches(self) and (entries := rule.entries(self)) is not None]
-        if not applicable:
-            return Action.CONTINUE
-        if root.config.mode == "global":
-            return self.ask_service(applicable)
+        if root.mode_global:
+            return self.ask_service()
         now_ns = time.time_ns()
-        for rule, entries in applicable:
-            limit, override = rule.limit_for(entries)
-            assert limit is not None  # check(): local rules have limits
-            key = rule.key_prefix + _limit_key(limit, override) + ";".join(f"{k}={_escape(v)}" for k, v in entries)
-            window_ns = limit.window_seconds * 1_000_000_000
+        for rule in root.rules:
+            bucket = rule.always
+            if bucket is None:
+                if not (rule.unconditional or rule.matches(self, self.request.headers)):
+                    continue
+                bucket = rule.bucket(self)
+                if bucket is None:
+                    continue
             try:
-                if rule.rule.algorithm == "fixed_window":
-                    decision = buckets.fixed_window(root.lock_key, key, limit.requests_per_unit, window_ns, now_ns)
-                else:
-                    decision = buckets.token_bucket(root.lock_key, key, limit.requests_per_unit,
-                                                    limit.requests_per_unit + limit.burst, window_ns, now_ns)
+                allowed, remaining, reset = bucket.take(root.lock_key, now_ns)
             except buckets.ContentionError as error:
-                # Never over-admit: a bucket that cannot be read consistently denies.
-                count(rule.name, "errors")
-                log.error(f"ratelimit: rule {rule.name!r}: {error}; request denied")
-                decision = buckets.Decision(False, limit.requests_per_unit, 0, 1)
-            verdict = Verdict(rule, decision.allowed, decision.limit, decision.remaining, decision.reset_seconds)
-            if self.record(verdict):
+                # Never over-admit: a bucket that cannot be read consistently denies (a dry-run rule never does).
+                rule.failure.inc()
+                log.error(f"ratelimit: rule {rule.name!r}: {error}; "
+                          + ("request let through (dry_run)" if rule.dry_run else "request denied"))
+                if rule.dry_run:
+                    continue
+                self.tightest = (0, bucket.capacity, 1)
+                return self.deny()
+            if self.decided(rule, allowed, bucket.capacity, remaining, reset):
                 return self.deny()
         return Action.CONTINUE
 
-    def record(self, verdict: Verdict) -> bool:
-        """Count ``verdict``; True when the request must be denied for it (dry-run rules never deny)."""
-        self.verdicts.append(verdict)
-        if verdict.allowed:
-            count(verdict.rule.name, "allowed")
+    def decided(self, rule: PreparedRule, allowed: bool, limit: int, remaining: int, reset: int) -> bool:
+        """Count ``rule``'s decision and keep the tightest limit; True when the request must be denied for it
+        (a dry-run rule never denies).  ``limit`` 0: not known (a service answer without a status)."""
+        tightest = self.tightest
+        if limit and (tightest is None or remaining < tightest[0]
+                      or (remaining == tightest[0] and limit < tightest[1])):
+            self.tightest = (remaining, limit, reset)
+        if allowed:
+            rule.ok.inc()
             return False
-        if verdict.rule.rule.dry_run:
-            count(verdict.rule.name, "dry_run_denied")
-            verdict.allowed = True  # reported as allowed: the client was let through
+        if rule.dry_run:
+            rule.dry_run_over.inc()
             return False
-        count(verdict.rule.name, "denied")
+        rule.over_limit.inc()
         return True
 
     def deny(self, extra_headers: list[tuple[str, str]] | None = None, body: bytes = b"") -> Action:
-        headers = rate_limit_headers(self.verdicts, denied=True) + (extra_headers or [])
-        self.verdicts = []  # the local reply passes through on_response_headers: add nothing twice
+        tightest = self.tightest
+        headers = (rate_limit_headers(tightest, denied=True) if tightest else []) + (extra_headers or [])
+        self.tightest = None  # the local reply passes through on_response_headers: add nothing twice
         return self.send_local_response(429, body or b"rate limited\n", headers, details="request_rate_limited")
 
     # -- global mode ---------------------------------------------------------------------------
 
-    def ask_service(self, applicable: list[tuple[PreparedRule, list[tuple[str, str]]]]) -> Action:
-        self.asked = applicable
+    def ask_service(self) -> Action:
+        headers = self.request.headers
+        self.asked = applicable = [(rule, entries) for rule in self.root.rules
+                                   if (rule.unconditional or rule.matches(self, headers))
+                                   and (entries := rule.entries(self)) is not None]
+        if not applicable:
+            return Action.CONTINUE
         descriptors = []
         for rule, entries in applicable:
             limit, _ = rule.limit_for(entries)
@@ -258,21 +300,21 @@ class RateLimit(HttpContext):
             status = answer.statuses[number] if answer.statuses else None
             code = status.code if status else answer.code
             over = code == rls_messages.CODE_OVER_LIMIT
-            verdict = Verdict(rule, not over, status.requests_per_unit if status else 0,
-                              status.limit_remaining if status else 0, status.reset_seconds if status else 0)
-            denied = self.record(verdict) or denied
+            denied = self.decided(rule, not over, status.requests_per_unit if status else 0,
+                                  status.limit_remaining if status else 0,
+                                  status.reset_seconds if status else 0) or denied
         if denied:
             self.deny([("x-envoy-ratelimited", "true"), *answer.response_headers], answer.body)
             return
         for name, value in answer.request_headers:
             self.request.headers.set(name, value)
-        self.service_headers = answer.response_headers
+        self.service_headers = tuple(answer.response_headers)
         self.request.resume()
 
     def service_failed(self, problem: str, resume: bool = True) -> Action:
         """No usable answer: apply the failure mode (allow, or deny with 500 as Envoy's filter)."""
         for rule, _ in self.asked:
-            count(rule.name, "errors")
+            rule.failure.inc()
         deny = self.root.config.failure_mode == "deny"
         log.warn(f"ratelimit: rate limit service: {problem}; request " + ("denied (failure_mode deny)" if deny
                                                                             else "allowed (failure_mode allow)"))
@@ -283,10 +325,14 @@ class RateLimit(HttpContext):
         return Action.CONTINUE
 
     def on_response_headers(self, end_of_stream: bool) -> Action:
-        if self.root.config.response_headers:
-            for name, value in rate_limit_headers(self.verdicts, denied=False):
-                self.response.headers.set(name, value)
-        for name, value in getattr(self, "service_headers", ()):
+        tightest = self.tightest
+        if tightest is not None and self.root.response_headers:
+            headers = self.response.headers
+            remaining, limit, reset = tightest
+            headers.set("x-ratelimit-limit", str(limit))
+            headers.set("x-ratelimit-remaining", str(remaining))
+            headers.set("x-ratelimit-reset", str(reset))
+        for name, value in self.service_headers:
             self.response.headers.add(name, value)
         return Action.CONTINUE
 
@@ -306,8 +352,10 @@ class Root(RootContext):
         except ConfigError as error:
             log.error(f"plugin configuration refused: {error}")
             return False
-        self.rules = [PreparedRule(rule, self.config.domain) for rule in self.config.rules]
+        self.rules = [PreparedRule(rule, self.config.domain, self.config.mode == "local") for rule in self.config.rules]
         self.lock_key = f"ratelimit:{self.config.domain}:create-lock"
+        self.mode_global = self.config.mode == "global"
+        self.response_headers = self.config.response_headers
         if self.config.mode == "local":
             buckets.ensure_lock(self.lock_key)
         return True

@@ -10,6 +10,8 @@ import pytest
 from envoy.service.ratelimit.v3 import rls_pb2
 
 from meshext.errors import MeshextError
+from meshext.extensions.ratelimit.filter.ratelimit_metrics import LABELS, REQUESTS
+from meshext.sdk.metrics import encoded_name
 from meshext.testing import GrpcReply
 
 PER_CLIENT = {"name": "per-client", "descriptor": [{"key": "client", "header": "x-client", "default": "unknown"}],
@@ -17,6 +19,11 @@ PER_CLIENT = {"name": "per-client", "descriptor": [{"key": "client", "header": "
 LOCAL = {"mode": "local", "domain": "test", "rules": [PER_CLIENT]}
 Response = rls_pb2.RateLimitResponse
 UNAVAILABLE = 14
+
+
+def requests(proxy_host, domain, rule, outcome):
+    """ratelimit_requests_total{domain, rule, outcome} as the filter counted it (None: never counted)."""
+    return proxy_host.metric(encoded_name(REQUESTS, LABELS, (domain, rule, outcome)))
 
 
 def statuses(plugin, count, **request):
@@ -40,8 +47,8 @@ def test_a_fixed_window_admits_the_limit_then_answers_429_with_the_headers(filte
         # Another client has its own count; no header means "unknown", one more client.
         assert plugin.exchange(headers={"x-client": "b"}).local_response is None
         assert plugin.exchange().local_response is None
-        assert proxy_host.metric("ratelimit.per-client.allowed") == 4
-        assert proxy_host.metric("ratelimit.per-client.denied") == 1
+        assert requests(proxy_host, "test", "per-client", "ok") == 4
+        assert requests(proxy_host, "test", "per-client", "over_limit") == 1
 
 
 def test_the_window_starts_over_after_its_length(filter_module, proxy_host):
@@ -63,6 +70,42 @@ def test_two_vms_share_one_bucket(filter_module_path, proxy_host):
     assert second.exchange().local_response is None
     assert first.exchange().local_response.status == 429
     assert second.exchange().local_response.status == 429
+
+
+def bucket_writes(proxy_host, vm_id):
+    """How many writes the plugin's buckets have had (every write gives a key a new cas, counted host-wide)."""
+    return max(cas for (vm, key), (_, cas) in proxy_host.shared_data.items()
+               if vm == vm_id and not key.endswith("create-lock"))
+
+
+def test_two_vms_leasing_tokens_admit_exactly_the_limit_with_few_shared_writes(filter_module_path, proxy_host):
+    config = {"rules": [{"name": "all", "descriptor": [{"key": "route", "value": "all"}],
+                         "limit": {"requests_per_unit": 1000, "unit": "hour"}}]}
+    vms = [proxy_host.load(filter_module_path, config=config, vm_id="leasing") for _ in range(2)]
+    proxy_host.advance(3_600_000 - proxy_host.realtime_ns // 1_000_000 % 3_600_000)  # the start of a window
+    answers = [vms[number % 2].exchange().local_response for number in range(1200)]
+    assert answers.count(None) == 1000  # not one more: leased tokens are counted in the window when taken
+    assert all(answer.status == 429 for answer in answers[1000:])
+    # Without leases every admission is a write; leases are 1/64 of what is left (at most 32), so they
+    # shrink as the window fills: the last 127 admissions write one each.
+    assert bucket_writes(proxy_host, "leasing") < 300
+    assert requests(proxy_host, "meshext", "all", "ok") == 1000
+    assert requests(proxy_host, "meshext", "all", "over_limit") == 200
+
+
+def test_tokens_held_in_leases_keep_a_token_bucket_from_refilling_past_its_capacity(filter_module_path,
+                                                                                      proxy_host):
+    rule = {"name": "bucket", "descriptor": [{"key": "all", "value": "all"}], "algorithm": "token_bucket",
+            "limit": {"requests_per_unit": 1000, "unit": "second"}}
+    first, second = (proxy_host.load(filter_module_path, config={"rules": [rule]}, vm_id="refill")
+                     for _ in range(2))
+    proxy_host.advance(1000 - proxy_host.realtime_ns // 1_000_000 % 1000)  # the start of a lease epoch
+    assert first.exchange().local_response is None  # full: the first VM takes a lease of 15, spends 1
+    proxy_host.advance(500)  # 500 tokens' worth of refill, but the bucket was full less what is leased
+    drained = [second.exchange().local_response for _ in range(1100)]
+    held = [first.exchange().local_response for _ in range(20)]
+    # A strict bucket admits 1 at the start and then its capacity (refilled to full): 1001, no more.
+    assert 1 + drained.count(None) + held.count(None) == 1001
 
 
 def test_a_token_bucket_holds_the_burst_and_refills_evenly(filter_module, proxy_host):
@@ -127,9 +170,9 @@ def test_dry_run_counts_but_never_denies(filter_module, proxy_host):
     rule = {**PER_CLIENT, "dry_run": True}
     with filter_module(config={"rules": [rule]}) as plugin:
         assert statuses(plugin, 4) == [None] * 4
-        assert proxy_host.metric("ratelimit.per-client.allowed") == 2
-        assert proxy_host.metric("ratelimit.per-client.dry_run_denied") == 2
-        assert proxy_host.metric("ratelimit.per-client.denied") in (None, 0)
+        assert requests(proxy_host, "meshext", "per-client", "ok") == 2
+        assert requests(proxy_host, "meshext", "per-client", "dry_run") == 2
+        assert requests(proxy_host, "meshext", "per-client", "over_limit") in (None, 0)
 
 
 def test_allowed_responses_carry_no_headers_when_turned_off(filter_module):
@@ -229,8 +272,8 @@ def test_global_mode_denies_over_limit_but_not_for_dry_run_rules(filter_module, 
         headers = dict(denied.local_response.headers)
         assert headers["x-envoy-ratelimited"] == "true" and headers["retry-after"] == "42"
         assert denied.response.forwarded_body == b"over\n"
-        assert proxy_host.metric("ratelimit.shadow.dry_run_denied") == 2
-        assert proxy_host.metric("ratelimit.per-user.denied") == 1
+        assert requests(proxy_host, "shop", "shadow", "dry_run") == 2
+        assert requests(proxy_host, "shop", "per-user", "over_limit") == 1
 
 
 @pytest.mark.parametrize("failure_mode", ["allow", "deny"])
@@ -251,7 +294,7 @@ def test_no_usable_answer_applies_the_failure_mode(filter_module, proxy_host, fa
         else:
             assert stream.local_response.status == 500
             assert stream.request.forwarded_headers is None
-        assert proxy_host.metric("ratelimit.per-user.errors") == 1
+        assert requests(proxy_host, "shop", "per-user", "failure") == 1
 
 
 def test_an_unknown_cluster_applies_the_failure_mode(filter_module):
