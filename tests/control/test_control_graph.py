@@ -271,8 +271,10 @@ def test_graph_from_prometheus_drawn_in_a_browser(traffic, tmp_path):
     html_file, svg_file = tmp_path / "graph.html", tmp_path / "graph.svg"
     with PrometheusServer(config, tmp_path) as prometheus:
         # frontend -> backend 200 and 501, the client without a sidecar -> backend 200
-        wait_until(lambda: len(prometheus.api("query", query='istio_requests_total{reporter="destination"}')[
-                       "result"]) == 3
+        # Rates need two scrapes of each target: every series the graph draws must have a rate already
+        # (the targets are scraped independently, so the TCP series can have one before the HTTP ones).
+        wait_until(lambda: len(prometheus.api(
+                       "query", query='rate(istio_requests_total{reporter="destination"}[30s]) > 0')["result"]) == 3
                    and prometheus.api("query", query='rate(istio_tcp_sent_bytes_total[30s]) > 0')["result"],
                    40, "two scrapes with traffic")
         drawn = _graph_command("--prometheus", prometheus.url, "--window", "30s", "--html", str(html_file),
