@@ -335,11 +335,14 @@ def prometheus_config_command(mesh_file: Path | None, scrape_interval: str, outp
 @click.option("--admin-address", metavar="HOST:PORT",
               help="Envoy's admin listener, the workload's `admin` in the mesh file, where Prometheus scrapes "
                    "/stats/prometheus (default: a free loopback port).")
+@click.option("--stats-label", "stats_labels", multiple=True, metavar="NAME",
+              help="A label name of your own extensions' meshext.sdk metrics (repeatable): Envoy's stats tags "
+                   "make it a Prometheus label (those of meshext's extensions are there already).")
 @_tls_options("The workload")
 def proxy_command(workload: str, namespace: str, control_address: str, control_http: str, module_dir: Path | None,
                   protocol: str, concurrency: int, log_level: str, work_dir: Path | None, envoy_log: Path | None,
-                  admin_address: str | None, pki_dir: Path | None, ca_file: Path | None, cert_file: Path | None,
-                  key_file: Path | None, insecure: bool) -> None:
+                  admin_address: str | None, stats_labels: tuple[str, ...], pki_dir: Path | None,
+                  ca_file: Path | None, cert_file: Path | None, key_file: Path | None, insecure: bool) -> None:
     """Run the sidecar of WORKLOAD: Envoy configured by the control plane over ADS.
 
     Beside Envoy runs a module syncer that fetches its Wasm modules (sha256 verified).
@@ -369,7 +372,7 @@ def proxy_command(workload: str, namespace: str, control_address: str, control_h
     admin = parse_address(admin_address, where="--admin-address") if admin_address else None
     sidecar = Sidecar(workload, namespace, xds, http, protocol=protocol,  # type: ignore[arg-type]
                       module_dir=module_dir, concurrency=concurrency, log_level=log_level, tls=tls, admin=admin,
-                      work_dir=work_dir, envoy_log=envoy_log)
+                      stats_labels=stats_labels, work_dir=work_dir, envoy_log=envoy_log)
     _exit_on_signal()
     try:
         sidecar.start()

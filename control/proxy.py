@@ -87,8 +87,8 @@ def bootstrap(
     the admin listener on ``admin`` (default: a free loopback port).
 
     The node metadata carries the workload's identity as Istio's telemetry reads it, and
-    ``stats_config`` turns the labels of Istio's metrics and of ``stats_labels`` (label names
-    of other extensions' meshext.sdk metrics) into Prometheus labels."""
+    ``stats_config`` turns the labels of meshext's extensions' metrics and of ``stats_labels``
+    (label names of other extensions' meshext.sdk metrics) into Prometheus labels."""
     config: dict[str, Any] = {
         # V8 compiles Wasm modules with scratch memory that tcmalloc would keep
         # after each filter (re)load; hand freed memory back to the OS.

@@ -22,8 +22,9 @@ def stats_config_command(labels: tuple[str, ...], output_format: str) -> None:
 
     \b
     Add it at the top level of the bootstrap of an Envoy that meshext does not
-    run (meshext's sidecars have it).  It covers Istio's standard labels and
-    each --label.
+    run (meshext's sidecars have it).  It covers the labels of meshext's own
+    extensions (Istio's standard metrics; the rate limit's domain, rule and
+    outcome) and each --label.
     """
     from meshext.extensions.telemetry.stats_config import stats_config
 

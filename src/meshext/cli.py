@@ -64,7 +64,7 @@ COMMANDS: dict[str, LazyCommand] = {
     "proxy": LazyCommand("meshext.control.cli:proxy_command",
                         "Run the sidecar of WORKLOAD: Envoy configured by the control plane over ADS."),
     "status": LazyCommand("meshext.control.cli:status_command",
-                         "List extensions, their state and the workloads running them, then the proxies."),
+                         "List extensions, their state and the workloads running them, then JWT policies and proxies."),
     "graph": LazyCommand("meshext.control.cli:graph_command",
                         "Draw the live service graph from Istio's metrics: rates, errors, p95 and mTLS per edge."),
     "ratelimit": LazyCommand("meshext.extensions.ratelimit.cli:ratelimit_group",

@@ -34,6 +34,7 @@ from ratelimit_config import (  # type: ignore[import-not-found]
     Entry,
     Limit,
     Rule,
+    call_authority,
     check,
 )
 
@@ -275,7 +276,7 @@ class RateLimit(HttpContext):
         try:
             self.grpc_call(config.service.cluster, rls_messages.SERVICE, rls_messages.METHOD,
                            rls_messages.encode_request(config.domain, descriptors), callback=self.on_answer,
-                           timeout_ms=config.service.timeout_ms)
+                           timeout_ms=config.service.timeout_ms, authority=self.root.service_authority)
         except CalloutError as error:
             return self.service_failed(f"call refused: {error}", resume=False)
         return Action.PAUSE
@@ -355,6 +356,7 @@ class Root(RootContext):
         self.rules = [PreparedRule(rule, self.config.domain, self.config.mode == "local") for rule in self.config.rules]
         self.lock_key = f"ratelimit:{self.config.domain}:create-lock"
         self.mode_global = self.config.mode == "global"
+        self.service_authority = call_authority(self.config.service) if self.config.service else None
         self.response_headers = self.config.response_headers
         if self.config.mode == "local":
             buckets.ensure_lock(self.lock_key)

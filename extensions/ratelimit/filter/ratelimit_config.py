@@ -105,6 +105,24 @@ class Service:
 
     cluster: str
     timeout_ms: int = DEFAULT_TIMEOUT_MS
+    # The calls' :authority; empty: the host of a mesh cluster (outbound|port|subset|host), else
+    # the cluster name, which is what Envoy sends by default (see call_authority).
+    authority: str = ""
+
+
+def call_authority(service: Service) -> str | None:
+    """The ``:authority`` of the calls to ``service``, or None for Envoy's default (the cluster name).
+
+    A mesh cluster's name (``outbound|9080||ratelimit.default.svc.cluster.local``) is not a valid
+    authority: the service's sidecar refuses it, so its host part is sent instead, as Istio's own
+    rate-limit configuration does with ``GrpcService.envoy_grpc.authority``.
+    """
+    if service.authority:
+        return service.authority
+    parts = service.cluster.split("|")
+    if len(parts) == 4 and parts[0] in ("outbound", "inbound") and parts[3]:
+        return parts[3]
+    return None
 
 
 @dataclass

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 import redis
 
-from meshext.extensions.ratelimit.filter.ratelimit_metrics import LABELS
 from meshext.extensions.telemetry.stats_config import stats_config
 from meshext.sdk.builder import build_filter
 
@@ -88,14 +87,14 @@ def cluster(name: str, port: int, *, http2: bool = True) -> dict[str, Any]:
 def bootstrap(filters: list[dict[str, Any]], clusters: list[dict[str, Any]] | None = None,
               route_action: dict[str, Any] | None = None) -> dict[str, Any]:
     """One listener "main" with ``filters``, answering 200 itself (or routing with ``route_action``);
-    connections spread evenly over the workers.  The stats_config is the one meshext's sidecars have, with
-    the ratelimit metric's labels, so /stats/prometheus shows them as labels."""
+    connections spread evenly over the workers.  The stats_config is the one meshext's sidecars have (the
+    ratelimit metric's labels among them), so /stats/prometheus shows them as labels."""
     route: dict[str, Any] = {"match": {"prefix": "/"}}
     if route_action is None:
         route["direct_response"] = {"status": 200, "body": {"inline_string": "ok"}}
     else:
         route["route"] = route_action
-    return {"stats_config": stats_config(LABELS), "static_resources": {"clusters": clusters or [], "listeners": [{
+    return {"stats_config": stats_config(), "static_resources": {"clusters": clusters or [], "listeners": [{
         "name": "main",
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
         "connection_balance_config": {"exact_balance": {}},

@@ -20,7 +20,7 @@ from meshext.control.mesh import load_mesh
 from meshext.errors import MeshextError
 from meshext.extensions.telemetry.filter.istio_metrics import HTTP_LABELS
 from meshext.extensions.telemetry.filter.struct_codec import decode_struct, encode_struct
-from meshext.extensions.telemetry.stats_config import stats_config
+from meshext.extensions.telemetry.stats_config import EXTENSION_LABELS, stats_config
 from meshext.sdk import Counter, Gauge, Histogram, SdkError
 from meshext.sdk.metrics import decode_label_value, encode_label_value, encoded_name, envoy_stats_tags
 
@@ -76,7 +76,8 @@ def test_stats_tags_refuse_a_name_that_ends_another() -> None:
         stats_config(["code"])
     config = stats_config(["tenant"])
     assert config["use_all_default_tags"] is False
-    assert [tag["tag_name"] for tag in config["stats_tags"]] == [*HTTP_LABELS, "tenant"]
+    assert [tag["tag_name"] for tag in config["stats_tags"]] == [*EXTENSION_LABELS, "tenant"]
+    assert {*HTTP_LABELS, "domain", "rule", "outcome"} <= set(EXTENSION_LABELS)
     assert config["stats_tags"][0] == {"tag_name": "reporter", "regex": "(reporter=\\.=(.*?);\\.;)"}
 
 

@@ -260,6 +260,20 @@ def test_global_mode_sends_the_descriptors_and_limit_overrides(filter_module, pr
         assert (route.limit.requests_per_unit, route.limit.unit) == (7, 2)
 
 
+@pytest.mark.parametrize(("service", "authority"), [
+    ({"cluster": "ratelimit"}, "ratelimit"),   # Envoy's default: the cluster name
+    ({"cluster": "outbound|9080||ratelimit.default.svc.cluster.local"}, "ratelimit.default.svc.cluster.local"),
+    ({"cluster": "outbound|9080||ratelimit.default.svc.cluster.local", "authority": "rls.example"}, "rls.example"),
+], ids=["plain-cluster", "mesh-cluster", "given"])
+def test_global_mode_calls_with_an_authority_the_services_sidecar_accepts(filter_module, proxy_host, service,
+                                                                           authority):
+    proxy_host.add_cluster(service["cluster"], grpc=Service())
+    with filter_module(config={**GLOBAL, "service": service}) as plugin:
+        plugin.exchange(headers={"x-user": "ann"})
+        (call,) = plugin.grpc_calls
+        assert (call.cluster, call.authority) == (service["cluster"], authority)
+
+
 def test_global_mode_denies_over_limit_but_not_for_dry_run_rules(filter_module, proxy_host):
     proxy_host.add_cluster("ratelimit", grpc=Service())
     with filter_module(config=GLOBAL) as plugin:
