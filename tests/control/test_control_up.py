@@ -30,12 +30,14 @@ from pathlib import Path
 import pytest
 import yaml
 from control_harness import Load, Response, free_port, wait_until
+from prometheus_client.parser import text_string_to_metric_families
 
 from meshext.control.local.backing import REDIS, needed_services
 from meshext.control.local.layout import PORT_RANGE, REDIS_OFFSET, Ports, StateDir
 from meshext.control.local.processes import start_time
 from meshext.control.local.resources import read_documents
 from meshext.control.local.up import LocalMesh, get_productpage, part_names
+from meshext.extensions.ratelimit.filter import ratelimit_metrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "local"
 
@@ -333,6 +335,13 @@ def test_global_rate_limit_starts_the_rate_limit_service(local_mesh, tmp_path):
         counters = redis.Redis(port=ports.app_port("ratelimit", REDIS_OFFSET))
         (key,) = counters.keys("productpage_client_10.1.2.3_*")
         assert int(counters.get(key)) == 7  # the RLS counts every request it was asked about
+        # The filter's labelled counter, as productpage's sidecar shows it to Prometheus.
+        admin = urllib.request.urlopen(f"http://127.0.0.1:{ports.app_port('productpage', 2)}/stats/prometheus",
+                                       timeout=10).read().decode()
+        outcomes = {sample.labels["outcome"]: sample.value for family in text_string_to_metric_families(admin)
+                    for sample in family.samples if sample.name == ratelimit_metrics.REQUESTS
+                    and sample.labels.get("rule") == "per-client" and sample.labels.get("domain") == "productpage"}
+        assert outcomes["over_limit"] >= 2 and outcomes["ok"] >= 5, outcomes
     finally:
         deleted = meshext(state, "delete", "-f", str(resource))
     assert deleted.stdout.strip() == "wasmplugin.extensions.istio.io/ratelimit-global deleted"
