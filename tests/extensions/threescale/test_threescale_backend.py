@@ -227,7 +227,7 @@ def test_a_bad_file_is_named_with_the_field(tmp_path):
     with pytest.raises(MeshextError, match="unknown plan 'Missing'"):
         load_config(path)
     path.write_text("services: [{id: 1}]")
-    with pytest.raises(MeshextError, match=r"services\.0\.id"):
+    with pytest.raises(MeshextError, match=r"services\[0\]\.id: Input should be a valid string"):
         load_config(path)
 
 
