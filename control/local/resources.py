@@ -19,14 +19,16 @@ from typing import Any
 
 import yaml
 
-from meshext.control.resources import KINDS, parse_resource
+from meshext.control.resources import POLICY_KINDS, WATCHED_KINDS, parse_policy, parse_resource
 from meshext.control.sources import STATUS_SUFFIX
 from meshext.errors import MeshextError
 
 # `kubectl apply` prints <plural>.<group>/<name>; these are ours.
-GROUPS = {kind: group for kind, (group, _) in KINDS.items()}
-PLURALS = {"ServiceMeshExtension": "servicemeshextension", "WasmPlugin": "wasmplugin"}
-SHORT_NAMES = {"ServiceMeshExtension": "sme", "WasmPlugin": "wasmplugin"}  # `meshext get`'s NAME column
+GROUPS = {kind: group for kind, (group, _) in WATCHED_KINDS.items()}
+PLURALS = {"ServiceMeshExtension": "servicemeshextension", "WasmPlugin": "wasmplugin",
+           "RequestAuthentication": "requestauthentication"}
+# `meshext get`'s NAME column
+SHORT_NAMES = {"ServiceMeshExtension": "sme", "WasmPlugin": "wasmplugin", "RequestAuthentication": "ra"}
 
 
 @dataclass(frozen=True)
@@ -56,17 +58,18 @@ def read_documents(source: str, text: str) -> list[Document]:
         raise MeshextError(f"not YAML: {error}", where=source, fix="correct the file") from None
     if not loaded:
         raise MeshextError("no resources in the file", where=source,
-                           fix="give ServiceMeshExtension or WasmPlugin documents, separated by ---")
+                           fix="give ServiceMeshExtension, WasmPlugin or RequestAuthentication documents, "
+                               "separated by ---")
     documents: list[Document] = []
     for index, obj in enumerate(loaded):
         where = f"{source} (document {index + 1})"
         if not isinstance(obj, dict):
             raise MeshextError("a document is not a mapping", where=where, fix="write each resource as a YAML mapping")
         try:
-            request = parse_resource(obj)
+            key = parse_policy(obj).key if obj.get("kind") in POLICY_KINDS else parse_resource(obj).key
         except MeshextError as error:
             raise MeshextError(error.message, where=f"{where}: {error.where}", fix=error.fix) from None
-        documents.append(Document(obj, request.key))
+        documents.append(Document(obj, key))
     keys = [document.key for document in documents]
     for key in keys:
         if keys.count(key) > 1:
@@ -147,10 +150,15 @@ def _condition_text(status: dict[str, Any]) -> str:
     return str(status.get("phase", "?"))
 
 
+def resources_of(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every resource of the status document, by key: the extensions and the RequestAuthentications."""
+    return {**report.get("extensions", {}), **report.get("policies", {})}
+
+
 def table_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     """``meshext get``'s rows from the status document: name, phase, priority, image, ready."""
     rows = []
-    for key, extension in sorted(report.get("extensions", {}).items()):
+    for key, extension in sorted(resources_of(report).items()):
         kind, namespace, name = key.split("/")
         status = extension.get("status", {})
         ready: dict[str, Any] = next((c for c in status.get("conditions", []) if c.get("type") == "Ready"), {})
@@ -165,7 +173,7 @@ def table_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
 def not_ready(report: dict[str, Any]) -> list[str]:
     """One line per resource that is not Ready: its name, reason and message (under `meshext get`'s table)."""
     lines = []
-    for key, extension in sorted(report.get("extensions", {}).items()):
+    for key, extension in sorted(resources_of(report).items()):
         status = extension.get("status", {})
         if status.get("phase") != "Ready":
             lines.append(f"{key}: {_condition_text(status)}")

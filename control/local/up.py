@@ -43,7 +43,7 @@ from meshext.control.cli import fetch_status
 from meshext.control.local import backing, images
 from meshext.control.local.layout import APPS, NAMESPACE, Ports, StateDir, mesh_document
 from meshext.control.local.processes import Part
-from meshext.control.local.resources import Document, applied_documents, apply, read_documents
+from meshext.control.local.resources import Document, applied_documents, apply, read_documents, resources_of
 from meshext.control.mesh import load_mesh
 from meshext.control.pki import PKIDirectory
 from meshext.control.prometheus import scrape_config
@@ -116,7 +116,7 @@ class LocalMesh:
 
     def extension_status(self, key: str) -> dict[str, Any] | None:
         """The status of the resource ``Kind/namespace/name`` (None while the control plane has none)."""
-        extension = self.status()["extensions"].get(key)
+        extension = resources_of(self.status()).get(key)
         return None if extension is None else dict(extension["status"])
 
     def stop(self, echo: Callable[[str], None]) -> list[int]:

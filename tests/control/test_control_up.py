@@ -14,6 +14,7 @@ taken port is refused before anything starts.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import os
@@ -30,6 +31,7 @@ from pathlib import Path
 import pytest
 import yaml
 from control_harness import Load, Response, free_port, wait_until
+from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshext.control.local.backing import REDIS, needed_services
@@ -381,6 +383,38 @@ def test_3scale_starts_the_backend_simulator(local_mesh, tmp_path):
     assert deleted.stdout.strip() == "servicemeshextension.maistra.io/threescale-auth deleted"
     wait_until(lambda: get()[0] == 200, 60, "productpage without 3scale")
     assert all(mesh.parts[name].pid() for name in ("threescale", "threescale-sidecar"))  # until `meshext down`
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def test_a_request_authentication_is_applied_and_listed_like_the_extensions(local_mesh, tmp_path):
+    state, ports = local_mesh
+    numbers = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key().public_numbers()
+    jwks = json.dumps({"keys": [{"kty": "RSA", "alg": "RS256", "kid": "k", "e": _b64url(numbers.e.to_bytes(3, "big")),
+                                 "n": _b64url(numbers.n.to_bytes(256, "big"))}]})
+    resource = tmp_path / "jwt.yaml"
+    resource.write_text(yaml.safe_dump({
+        "apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+        "metadata": {"name": "jwt", "namespace": "default"},
+        "spec": {"selector": {"matchLabels": {"app": "productpage"}},
+                 "jwtRules": [{"issuer": "https://issuer.example", "jwks": jwks}]}}))
+    applied = meshext(state, "apply", "-f", str(resource), "--wait")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert applied.stdout.strip() == "requestauthentication.security.istio.io/jwt created"
+    listed = meshext(state, "get")
+    (row,) = [line for line in listed.stdout.splitlines() if "ra/jwt" in line]
+    assert row.split()[-1] == "True", listed.stdout
+    # A token whose signature the issuer's keys do not verify is refused; no token passes (Istio's rule).
+    claims = _b64url(json.dumps({"iss": "https://issuer.example", "exp": int(time.time()) + 600}).encode())
+    forged = f"{_b64url(json.dumps({'alg': 'RS256', 'kid': 'k'}).encode())}.{claims}.{_b64url(bytes(256))}"
+    bearer = {"authorization": f"Bearer {forged}"}
+    assert get_productpage(ports, headers=bearer)[0] == 401
+    assert get_productpage(ports)[0] == 200
+    deleted = meshext(state, "delete", "-f", str(resource))
+    assert deleted.stdout.strip() == "requestauthentication.security.istio.io/jwt deleted"
+    wait_until(lambda: get_productpage(ports, headers=bearer)[0] == 200, 60, "productpage without jwt_authn")
 
 
 def test_a_resource_needs_the_backing_service_whose_cluster_its_configuration_names():
