@@ -7,7 +7,7 @@ worker VM (``buckets``); global mode asks the rate limit service over gRPC
 (``rls_messages``) and acts on its answer.  A denied request gets 429 with
 ``x-ratelimit-limit``/``-remaining``/``-reset`` (draft-03, as Envoy's
 filters) and ``retry-after``; allowed responses carry the x-ratelimit-*
-headers too unless ``response_headers`` is false.  Every decision is
+headers too with ``response_headers: true`` (off by default, as in Envoy).  Every decision is
 counted in ``ratelimit_requests_total{domain, rule, outcome}``
 (``ratelimit_metrics``).
 

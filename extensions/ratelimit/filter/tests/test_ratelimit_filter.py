@@ -16,7 +16,7 @@ from meshext.testing import GrpcReply
 
 PER_CLIENT = {"name": "per-client", "descriptor": [{"key": "client", "header": "x-client", "default": "unknown"}],
               "limit": {"requests_per_unit": 2, "unit": "second", "units": 5}}
-LOCAL = {"mode": "local", "domain": "test", "rules": [PER_CLIENT]}
+LOCAL = {"mode": "local", "domain": "test", "response_headers": True, "rules": [PER_CLIENT]}
 Response = rls_pb2.RateLimitResponse
 UNAVAILABLE = 14
 
@@ -175,8 +175,9 @@ def test_dry_run_counts_but_never_denies(filter_module, proxy_host):
         assert requests(proxy_host, "meshext", "per-client", "over_limit") in (None, 0)
 
 
-def test_allowed_responses_carry_no_headers_when_turned_off(filter_module):
-    with filter_module(config={**LOCAL, "response_headers": False}) as plugin:
+def test_allowed_responses_carry_no_headers_by_default(filter_module):
+    # As Envoy's own rate limit filters (enable_x_ratelimit_headers: OFF); a denied answer always has them.
+    with filter_module(config={"mode": "local", "domain": "test", "rules": [PER_CLIENT]}) as plugin:
         allowed = [plugin.exchange() for _ in range(2)]
         assert all(stream.response.header("x-ratelimit-limit") is None for stream in allowed)
         denied = plugin.exchange()
@@ -210,7 +211,8 @@ def test_bad_configuration_is_refused_naming_the_field(filter_module, change, na
 
 # -- global mode -----------------------------------------------------------------------------------
 
-GLOBAL = {"mode": "global", "domain": "shop", "service": {"cluster": "ratelimit", "timeout_ms": 50},
+GLOBAL = {"mode": "global", "domain": "shop", "response_headers": True,
+          "service": {"cluster": "ratelimit", "timeout_ms": 50},
           "rules": [{"name": "per-user", "descriptor": [{"key": "user", "header": "x-user"}]},
                     {"name": "shadow", "descriptor": [{"key": "route", "value": "all"}], "dry_run": True,
                      "limit": {"requests_per_unit": 7, "unit": "minute"}}]}
