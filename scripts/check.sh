@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${MESHEXT_VENV:-.venv}
 echo "==> ruff check"
-"$VENV/bin/ruff" check sdk runtime registry control src examples
+"$VENV/bin/ruff" check sdk runtime registry control src examples extensions benchmarks
 echo "==> mypy"
 # -p checks the installed import tree (src/meshext and the rooms it links),
 # so every file is checked under its real module name.

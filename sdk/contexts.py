@@ -315,18 +315,26 @@ class RootContext(_CalloutMixin):
 
         The default parses it as JSON into ``self.config`` (an empty one is
         None, or the ``config_class`` defaults), validated against
-        ``config_class`` when set.  A refused configuration is logged as
-        ``plugin configuration refused: ...`` naming the field, and Envoy
-        keeps the previous one.  True or None accepts.  An override that
-        calls ``super().on_configure(config)`` keeps all of this.
+        ``config_class`` when set, then checked by :meth:`check_config`.  A
+        refused configuration is logged as ``plugin configuration refused:
+        ...`` naming the field, and Envoy keeps the previous one.  True or
+        None accepts.  An override that calls ``super().on_configure(config)``
+        keeps all of this.
         """
         self.config_bytes = config
         try:
-            self.config = self._parse(config)
+            parsed = self._parse(config)
+            self.check_config(parsed)
         except ConfigError as error:
             log.error(f"plugin configuration refused: {error}")
             return False
+        self.config = parsed
         return True
+
+    def check_config(self, config: Any) -> None:
+        """What field types cannot say about a parsed ``config`` (rules that relate fields, names that
+        must be unique...): raise :class:`~meshext.sdk.ConfigError` to refuse it, and it is logged as
+        any refusal.  Runs before ``self.config`` is set; the default accepts everything."""
 
     def _parse(self, config: bytes) -> Any:
         if config.strip():

@@ -20,7 +20,7 @@ so a client cannot claim an identity the auth service did not give it.
 import json
 from dataclasses import dataclass, field
 
-from meshext.sdk import Action, CalloutError, Counter, HttpCallResponse, HttpContext, RootContext, log
+from meshext.sdk import Action, CalloutError, ConfigError, Counter, HttpCallResponse, HttpContext, RootContext, log
 
 ALLOWED = Counter("auth_callout_allowed_total")
 DENIED = Counter("auth_callout_denied_total")
@@ -117,11 +117,7 @@ class Root(RootContext):
     config_class = Config
     config: Config
 
-    def on_configure(self, config: bytes) -> bool:
-        if not super().on_configure(config):  # JSON and field types, checked against Config
-            return False
-        problem = config_problem(self.config)
+    def check_config(self, config: Config) -> None:
+        problem = config_problem(config)
         if problem:
-            log.error(f"plugin configuration refused: {problem}")
-            return False
-        return True
+            raise ConfigError(problem)

@@ -41,7 +41,7 @@ files, quoted below with the field numbers used here:
 
 from dataclasses import dataclass
 
-from meshext.sdk import Action, CalloutError, Counter, GrpcResponse, HttpContext, RootContext, log
+from meshext.sdk import Action, CalloutError, ConfigError, Counter, GrpcResponse, HttpContext, RootContext, log
 from meshext.sdk.protowire import decode_fields, encode_bytes
 
 SERVICE = "envoy.service.ratelimit.v3.RateLimitService"
@@ -226,11 +226,7 @@ class Root(RootContext):
     config_class = Config
     config: Config
 
-    def on_configure(self, config: bytes) -> bool:
-        if not super().on_configure(config):  # JSON and field types, checked against Config
-            return False
-        problem = config_problem(self.config)
+    def check_config(self, config: Config) -> None:
+        problem = config_problem(config)
         if problem:
-            log.error(f"plugin configuration refused: {problem}")
-            return False
-        return True
+            raise ConfigError(problem)

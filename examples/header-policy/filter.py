@@ -11,7 +11,7 @@ their responses, local 403s included, get the response rewrites.
 import json
 from dataclasses import dataclass, field
 
-from meshext.sdk import Action, Counter, HeaderMap, HttpContext, RootContext, log
+from meshext.sdk import Action, ConfigError, Counter, HeaderMap, HttpContext, RootContext, log
 
 DEFAULT_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 # RFC 9110 token characters: what a header name may consist of.
@@ -162,11 +162,7 @@ class Root(RootContext):
     config_class = Config
     config: Config
 
-    def on_configure(self, config: bytes) -> bool:
-        if not super().on_configure(config):  # JSON and field types, checked against Config
-            return False
-        problem = config_problem(self.config)
+    def check_config(self, config: Config) -> None:
+        problem = config_problem(config)
         if problem:
-            log.error(f"plugin configuration refused: {problem}")
-            return False
-        return True
+            raise ConfigError(problem)

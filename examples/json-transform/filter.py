@@ -25,7 +25,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshext.sdk import Action, Counter, HeaderMap, HttpContext, Message, RootContext, log
+from meshext.sdk import Action, ConfigError, Counter, HeaderMap, HttpContext, Message, RootContext, log
 
 REJECTED = Counter("json_transform_rejected_requests_total")
 UNTRANSFORMED = Counter("json_transform_untransformed_responses_total")
@@ -185,11 +185,7 @@ class Root(RootContext):
     config_class = Config
     config: Config
 
-    def on_configure(self, config: bytes) -> bool:
-        if not super().on_configure(config):  # JSON and field types, checked against Config
-            return False
-        problem = config_problem(self.config)
+    def check_config(self, config: Config) -> None:
+        problem = config_problem(config)
         if problem:
-            log.error(f"plugin configuration refused: {problem}")
-            return False
-        return True
+            raise ConfigError(problem)

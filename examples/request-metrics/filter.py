@@ -26,6 +26,7 @@ from meshext.sdk import (
     Action,
     CalloutError,
     CasMismatch,
+    ConfigError,
     Counter,
     Histogram,
     HttpCallResponse,
@@ -131,12 +132,13 @@ class Root(RootContext):
     config_class = Config
     config: Config
 
-    def on_configure(self, config: bytes) -> bool:
-        if not super().on_configure(config):  # JSON and field types, checked against Config
-            return False
-        problem = config_problem(self.config)
+    def check_config(self, config: Config) -> None:
+        problem = config_problem(config)
         if problem:
-            log.error(f"plugin configuration refused: {problem}")
+            raise ConfigError(problem)
+
+    def on_configure(self, config: bytes) -> bool:
+        if not super().on_configure(config):  # JSON, field types against Config, then check_config
             return False
         # Every VM registers the queue: they all get the same one, and any of them can flush it.
         self.records = SharedQueue.register(RECORDS_QUEUE)

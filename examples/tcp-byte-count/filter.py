@@ -9,7 +9,7 @@ forwarded, and the connection is closed.
 
 from dataclasses import dataclass
 
-from meshext.sdk import Action, Counter, Histogram, RootContext, StreamContext, log, properties
+from meshext.sdk import Action, ConfigError, Counter, Histogram, RootContext, StreamContext, log, properties
 
 CONNECTIONS = Counter("tcp_byte_count_connections_total")
 FROM_CLIENTS = Counter("tcp_byte_count_downstream_bytes_total")
@@ -75,11 +75,7 @@ class Root(RootContext):
     config_class = Config
     config: Config
 
-    def on_configure(self, config: bytes) -> bool:
-        if not super().on_configure(config):  # JSON and field types, checked against Config
-            return False
-        problem = config_problem(self.config)
+    def check_config(self, config: Config) -> None:
+        problem = config_problem(config)
         if problem:
-            log.error(f"plugin configuration refused: {problem}")
-            return False
-        return True
+            raise ConfigError(problem)

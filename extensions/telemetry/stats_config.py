@@ -19,7 +19,6 @@ from meshext.extensions.telemetry.filter.istio_metrics import ALL_LABELS
 from meshext.sdk.errors import SdkError
 from meshext.sdk.metrics import envoy_stats_tags
 
-
 EXTENSION_LABELS = (*ALL_LABELS, *ratelimit_metrics.LABELS)
 """The label names of the metrics meshext's own extensions define: Istio's, then the rate limit's."""
 

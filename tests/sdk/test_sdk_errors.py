@@ -44,7 +44,7 @@ class Root(RootContext):
 CONFIG_CLASS = '''
 from dataclasses import dataclass, field
 
-from meshext.sdk import HttpContext, RootContext
+from meshext.sdk import ConfigError, HttpContext, RootContext
 
 
 @dataclass
@@ -70,6 +70,10 @@ class Tag(HttpContext):
 class Root(RootContext):
     http_context = Tag
     config_class = Config
+
+    def check_config(self, config):
+        if config.name == "reserved":
+            raise ConfigError("'reserved' is taken", where="config.name", fix="choose another name")
 '''
 
 # A request callback that raises before it sets the state the other
@@ -203,8 +207,10 @@ def test_a_vm_refused_by_on_vm_start_says_so_in_the_log(no_return: Path) -> None
          "plugin configuration refused: config.limits: unknown field 'brust'; fix: use one of burst"),
         ('{"name": 7}', "plugin configuration refused: config.name: expected a string, got an integer 7"),
         ("{not json", "plugin configuration refused: plugin configuration is not JSON"),
+        ('{"name": "reserved"}',
+         "plugin configuration refused: config.name: 'reserved' is taken; fix: choose another name"),
     ],
-    ids=["post-init-value-error", "unknown-field", "wrong-type", "not-json"],
+    ids=["post-init-value-error", "unknown-field", "wrong-type", "not-json", "check-config"],
 )
 def test_a_refused_configuration_names_the_problem(config_class: Path, config: str, refusal: str) -> None:
     host = Host()

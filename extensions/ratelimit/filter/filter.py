@@ -49,7 +49,6 @@ from meshext.sdk import (
     log,
     properties,
 )
-from meshext.sdk.config import ConfigError
 
 REQUESTS = Counter(ratelimit_metrics.REQUESTS, "Requests each rule decided, by outcome",
                    labelnames=ratelimit_metrics.LABELS)
@@ -345,13 +344,11 @@ class Root(RootContext):
     config_class = Config
     config: Config
 
+    def check_config(self, config: Config) -> None:
+        check(config)
+
     def on_configure(self, config: bytes) -> bool:
-        if not super().on_configure(config):  # JSON and field types, checked against Config
-            return False
-        try:
-            check(self.config)
-        except ConfigError as error:
-            log.error(f"plugin configuration refused: {error}")
+        if not super().on_configure(config):  # JSON, field types against Config, then check()
             return False
         self.rules = [PreparedRule(rule, self.config.domain, self.config.mode == "local") for rule in self.config.rules]
         self.lock_key = f"ratelimit:{self.config.domain}:create-lock"
