@@ -128,18 +128,8 @@ class Part:
 
         Returns the PIDs that were running."""
         pids = self.processes()
-        for pid in pids:
-            _signal(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-        while time.monotonic() < deadline and any(start_time(pid) is not None for pid in pids):
-            time.sleep(0.05)
-        left = [pid for pid in pids if start_time(pid) is not None]
-        for pid in left:
-            _signal(pid, signal.SIGKILL)
-        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-        while time.monotonic() < deadline and any(start_time(pid) is not None for pid in left):
-            time.sleep(0.05)
-        still = [pid for pid in left if start_time(pid) is not None]
+        left = _signal_and_wait(pids, signal.SIGTERM)
+        still = _signal_and_wait(left, signal.SIGKILL)
         if still:
             raise InternalError(f"{self.name}: processes {still} survived SIGKILL")
         self.pid_file.unlink(missing_ok=True)
@@ -157,3 +147,13 @@ class Part:
 def _signal(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
         os.kill(pid, sig)
+
+
+def _signal_and_wait(pids: list[int], sig: signal.Signals) -> list[int]:
+    """Send ``sig`` to ``pids``; the ones still alive after STOP_TIMEOUT_SECONDS (none: at once)."""
+    for pid in pids:
+        _signal(pid, sig)
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    while time.monotonic() < deadline and any(start_time(pid) is not None for pid in pids):
+        time.sleep(0.05)
+    return [pid for pid in pids if start_time(pid) is not None]
