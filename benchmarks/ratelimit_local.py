@@ -137,7 +137,7 @@ def steps_of(project: Path, config: dict | None) -> dict[str, float]:
     root_class = getattr(__import__(module_name), class_name)
     root = root_class(1)
     assert root.on_configure(json.dumps(config).encode() if config is not None else b"") is not False
-    http_class = root_class.http_context
+    http_class = root.http_context  # the class on_configure chose for this configuration
     from meshext.sdk import HttpContext
 
     # The shim calls only the callbacks a class overrides.
@@ -183,7 +183,8 @@ def print_steps(projects: dict[str, tuple[Path, dict | None]]) -> None:
         answer = subprocess.run([sys.executable, __file__, "--steps-of", str(project), json.dumps(config)],
                                 capture_output=True, text=True, timeout=300, check=True)
         figures[name] = json.loads(answer.stdout)
-    columns = sorted({column for row in figures.values() for column in row}, key=lambda c: c != "interpreter steps")
+    columns = sorted({column for row in figures.values() for column in row},
+                     key=lambda column: (column != "interpreter steps", column))
     print(f"| variant (per request, admit path) | {' | '.join(columns)} |")
     print("| --- |" + " --- |" * len(columns))
     for name, row in figures.items():

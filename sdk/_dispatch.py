@@ -215,31 +215,56 @@ def _reseed() -> None:
 
 
 def configure(root: RootContext, config: bytes) -> int:
-    """proxy_on_configure: 1 accepts the plugin configuration, 0 makes Envoy refuse it."""
-    return _accepted(root.on_configure(config))
+    """proxy_on_configure: 1 accepts the plugin configuration, 0 makes Envoy refuse it.
+
+    Once it is accepted the shim asks :func:`children` again: the root may
+    have chosen its context classes for this configuration."""
+    if not _accepted(root.on_configure(config)):
+        return 0
+    beyond = _children_mask(root) & ~_children_mask(type(root))
+    if beyond:
+        names = ", ".join(callback.method for bit, callback in enumerate(STREAM_CALLBACKS) if beyond & 1 << bit)
+        raise SdkError(
+            f"{type(root).__name__}.on_configure chose context classes that override {names}, which the classes "
+            "set on the root class do not: the module only exports those classes' callbacks",
+            where=f"{type(root).__name__}.http_context / stream_context",
+            fix="set on the root class the context class with every callback, and choose one that overrides "
+                "fewer of them in on_configure (e.g. its base class)",
+        )
+    return 1
 
 
 def create_root(context_id: int) -> tuple[RootContext, int, type | None, type | None]:
-    """The root, the callbacks its children override, and the child classes
-    the shim may create itself (no Python code runs for them)."""
-    entry = select_root()
-    root = entry.entry_class(context_id)
+    """The root for ``context_id`` and what :func:`children` says of it."""
+    root = select_root().entry_class(context_id)
+    return (root, *children(root))
+
+
+def children(root: RootContext) -> tuple[int, type | None, type | None]:
+    """The callbacks the root's children override, and the child classes the
+    shim may create itself (no Python code runs for them).
+
+    Read from the root object, not its class: a root may set ``http_context``
+    or ``stream_context`` in ``on_configure`` to a class with fewer callbacks
+    (a rate limiter that adds no response headers has no
+    ``on_response_headers``), and Envoy then calls into Python less."""
     cls = type(root)
-    mask = _children_mask(cls)
     custom_http = cls.new_http_context is not RootContext.new_http_context
     custom_stream = cls.new_stream_context is not RootContext.new_stream_context
-    fast_http = cls.http_context if not custom_http and _plain_init(cls.http_context, HttpContext) else None
-    fast_stream = cls.stream_context if not custom_stream and _plain_init(cls.stream_context, StreamContext) else None
-    return root, mask, fast_http, fast_stream
+    http_class, stream_class = root.http_context, root.stream_context
+    fast_http = http_class if not custom_http and _plain_init(http_class, HttpContext) else None
+    fast_stream = stream_class if not custom_stream and _plain_init(stream_class, StreamContext) else None
+    return _children_mask(root), fast_http, fast_stream
 
 
-def _children_mask(cls: type[RootContext]) -> int:
-    """The callbacks the root's HTTP and TCP contexts override."""
+def _children_mask(root: RootContext | type[RootContext]) -> int:
+    """The callbacks the HTTP and TCP contexts of a root (or of a root class) override."""
+    cls = root if isinstance(root, type) else type(root)
     if cls.new_http_context is not RootContext.new_http_context or (
         cls.new_stream_context is not RootContext.new_stream_context
     ):
         return ALL_CALLBACKS  # children chosen at run time: any callback may matter
-    return callback_mask(cls.http_context, HttpContext) | callback_mask(cls.stream_context, StreamContext)
+    return callback_mask(root.http_context, HttpContext) | callback_mask(root.stream_context, StreamContext)
 
 
 def _speed_up_action_lookup() -> None:

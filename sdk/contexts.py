@@ -277,16 +277,19 @@ class RootContext(_CalloutMixin):
     """The plugin: configuration, timers, queues; creates per-stream contexts.
 
     Set ``http_context`` (or ``stream_context`` for a TCP filter) to the
-    class Envoy's streams should get.  The plugin configuration arrives in
+    class Envoy's streams should get.  ``on_configure`` may set it on the
+    instance to a class that overrides fewer callbacks (typically a base of
+    the class's): Envoy then calls into Python only for what that
+    configuration needs.  The plugin configuration arrives in
     :meth:`on_configure`; by default it is parsed as JSON into
     ``self.config`` and, when ``config_class`` names a dataclass, validated
     and converted into one.  ``fail_policy`` overrides the ``fail_policy``
     of ``meshext.toml`` for this plugin.
     """
 
-    http_context: ClassVar[type[HttpContext] | None] = None
+    http_context: type[HttpContext] | None = None
     """The class of each HTTP stream's context (None: not an HTTP filter)."""
-    stream_context: ClassVar[type[StreamContext] | None] = None
+    stream_context: type[StreamContext] | None = None
     """The class of each TCP connection's context (None: not a network filter)."""
     config_class: ClassVar[type | None] = None
     """A dataclass the JSON plugin configuration is validated against and converted into (None: plain JSON)."""

@@ -69,7 +69,7 @@ static PyObject *pending_callouts;  /* meshext.sdk.callouts.pending (token -> ca
 static PyObject *empty_tuple;
 /* Interned callback method names, indexed by CB_* bit (the mask has 32 bits). */
 static PyObject *method_names[32];
-static PyObject *str_create_root, *str_create_child, *str_handle_error, *str_vm_start, *str_configure,
+static PyObject *str_create_root, *str_children, *str_create_child, *str_handle_error, *str_vm_start, *str_configure,
     *str_on_tick, *str_on_queue_ready, *str_http_call_response, *str_grpc_initial_metadata, *str_grpc_message,
     *str_grpc_trailing_metadata, *str_grpc_close, *str_delete_context, *str_foreign_function;
 
@@ -329,6 +329,22 @@ EXPORT(proxy_on_memory_allocate) void *proxy_on_memory_allocate(size_t size) { r
 
 /* ---- exports: root context ---- */
 
+/*
+ * What _dispatch.children answers of a root, from items[first:first + 3] of
+ * `answer`: the callback mask of its children and the child classes the shim
+ * may make itself (None: ask Python).  Spares of the previous classes are
+ * dropped: they must not serve a stream of the new ones.
+ */
+static void set_children(context_slot *slot, PyObject *answer, Py_ssize_t first) {
+    slot->mask = (uint32_t)PyLong_AsUnsignedLong(PyTuple_GET_ITEM(answer, first));
+    PyObject *fast_http = PyTuple_GET_ITEM(answer, first + 1), *fast_stream = PyTuple_GET_ITEM(answer, first + 2);
+    Py_XSETREF(slot->fast_http, fast_http == Py_None ? NULL : Py_NewRef(fast_http));
+    Py_XSETREF(slot->fast_stream, fast_stream == Py_None ? NULL : Py_NewRef(fast_stream));
+    Py_CLEAR(slot->spare_http);
+    Py_CLEAR(slot->spare_stream);
+}
+
+
 EXPORT(proxy_on_context_create) void proxy_on_context_create(uint32_t context_id, uint32_t parent_id) {
     if (!dispatch) return;
     context_slot *slot = insert_slot(context_id);
@@ -346,14 +362,10 @@ EXPORT(proxy_on_context_create) void proxy_on_context_create(uint32_t context_id
         handle_error(NULL, "create_root");
         return;
     }
-    /* _dispatch.create_root answers (root, callback mask of its children,
-       fast HTTP child class or None, fast stream child class or None). */
+    /* _dispatch.create_root answers (root, *_dispatch.children(root)). */
     slot = find_slot(context_id);
     slot->object = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
-    slot->mask = (uint32_t)PyLong_AsUnsignedLong(PyTuple_GET_ITEM(pair, 1));
-    PyObject *fast_http = PyTuple_GET_ITEM(pair, 2), *fast_stream = PyTuple_GET_ITEM(pair, 3);
-    slot->fast_http = fast_http == Py_None ? NULL : Py_NewRef(fast_http);
-    slot->fast_stream = fast_stream == Py_None ? NULL : Py_NewRef(fast_stream);
+    set_children(slot, pair, 1);
     Py_DECREF(pair);
 }
 
@@ -385,8 +397,17 @@ EXPORT(proxy_on_vm_start) uint32_t proxy_on_vm_start(uint32_t root_id, size_t si
 }
 
 EXPORT(proxy_on_configure) uint32_t proxy_on_configure(uint32_t root_id, size_t size) {
-    return root_call(root_id, str_configure, read_buffer(PROXY_BUFFER_PLUGIN_CONFIGURATION, size), NULL, 1,
-                     "on_configure");
+    uint32_t accepted = root_call(root_id, str_configure, read_buffer(PROXY_BUFFER_PLUGIN_CONFIGURATION, size),
+                                  NULL, 1, "on_configure");
+    context_slot *slot = find_slot(root_id);
+    if (!accepted || !slot || !slot->object) return accepted;
+    /* The root may have chosen its context classes for this configuration. */
+    PyObject *args[] = {NULL, slot->object};
+    PyObject *answer = call_dispatch(str_children, args, 2);
+    if (!answer) return handle_error(slot->object, "children");
+    set_children(slot, answer, 0);
+    Py_DECREF(answer);
+    return accepted;
 }
 
 EXPORT(proxy_on_tick) void proxy_on_tick(uint32_t root_id) { root_call(root_id, str_on_tick, NULL, NULL, 0, "on_tick"); }
@@ -497,6 +518,7 @@ static int intern_names(void) {
     struct { PyObject **slot; const char *text; } names[] = {
         {&str_create_root, "create_root"}, {&str_create_child, "create_child"},
         {&str_handle_error, "handle_error"}, {&str_vm_start, "vm_start"}, {&str_configure, "configure"},
+        {&str_children, "children"},
         {&str_on_tick, "tick"}, {&str_on_queue_ready, "queue_ready"},
         {&str_http_call_response, "http_call_response"}, {&str_grpc_initial_metadata, "grpc_initial_metadata"},
         {&str_grpc_message, "grpc_message"}, {&str_grpc_trailing_metadata, "grpc_trailing_metadata"},

@@ -8,7 +8,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from meshext import wasm_binary
+from meshext.errors import MeshextError
 from meshext.sdk.abi import BufferType, LogLevel, Status, StreamType
 from meshext.sdk.builder import build_filter, shim
 from meshext.sdk.builder.shim import build_shim
@@ -154,3 +157,67 @@ def test_each_callback_reaches_its_method_with_its_arguments(tmp_path: Path) -> 
         "on_upstream_close 0", "on_downstream_close 1", "tcp on_done", "tcp on_log",
     ]
     assert bytes(connection.to_upstream) == b"ab" and bytes(connection.to_downstream) == b"xyz"
+
+
+# A root that picks its context class per configuration: with "report" false
+# its streams get the base class, which has no response callback.
+NARROWING = '''
+from meshext.sdk import HttpContext, RootContext, log
+
+
+class Decide(HttpContext):
+    def on_request_headers(self, end_of_stream):
+        log.info("decided")
+
+
+class DecideAndReport(Decide):
+    def on_response_headers(self, end_of_stream):
+        log.info("reported")
+        self.response.headers.add("x-reported", "1")
+
+
+class Wider(HttpContext):
+    def on_request_body(self, body_size, end_of_stream):
+        log.info("body")
+
+
+class Root(RootContext):
+    http_context = DecideAndReport
+
+    def on_configure(self, config):
+        if not super().on_configure(config):
+            return False
+        choice = self.config.get("context")
+        self.http_context = {"base": Decide, "wider": Wider}.get(choice, DecideAndReport)
+        return True
+'''
+
+
+def _narrowing(tmp_path: Path, context: str):
+    folder = tmp_path / context
+    folder.mkdir()
+    (folder / "meshext.toml").write_text('[filter]\nname = "narrowing"\nentry = "filter:Root"\n')
+    (folder / "filter.py").write_text(NARROWING)
+    return Host().load(build_filter(folder, tmp_path / f"{context}.wasm").output, config={"context": context})
+
+
+def test_a_root_may_choose_a_context_class_with_fewer_callbacks_in_on_configure(tmp_path: Path) -> None:
+    for context, reported in (("full", True), ("base", False)):
+        plugin = _narrowing(tmp_path, context)
+        for _ in range(2):  # the second stream gets the kept context object, of the same class
+            stream = plugin.http_stream()
+            stream.send_request_headers({":method": "GET", ":path": "/", ":authority": "example.com"})
+            stream.send_response_headers({":status": "200"})
+            assert stream.response.header("x-reported") == ("1" if reported else None), context
+        assert plugin.log_messages() == (["decided", "reported"] * 2 if reported else ["decided"] * 2)
+
+
+def test_a_context_class_chosen_in_on_configure_may_not_add_callbacks(tmp_path: Path) -> None:
+    # The module only exports the callbacks of the class set on the root class: Envoy would never call
+    # Wider.on_request_body, so the configuration is refused, saying why.
+    with pytest.raises(MeshextError) as refused:
+        _narrowing(tmp_path, "wider")
+    refusal = str(refused.value)
+    assert "proxy_on_configure returned false" in refusal, refusal
+    assert "on_configure chose context classes that override on_request_body" in refusal, refusal
+    assert "Root.http_context / stream_context" in refusal and "its base class" in refusal, refusal

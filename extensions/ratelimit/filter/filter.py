@@ -195,7 +195,7 @@ def rate_limit_headers(tightest: tuple[int, int, int], denied: bool) -> list[tup
 
 
 class RateLimit(HttpContext):
-    """One request: decide in on_request_headers, add the headers to the response."""
+    """One request: decide in on_request_headers (and, in global mode, on the service's answer)."""
 
     root: Root
     # The limit the response reports: (remaining, limit, reset seconds) of the rule with the least
@@ -324,6 +324,13 @@ class RateLimit(HttpContext):
             self.request.resume()
         return Action.CONTINUE
 
+
+
+class ReportingRateLimit(RateLimit):
+    """A decision the response reports: the x-ratelimit-* headers (``response_headers``) and, in global
+    mode, the service's ``response_headers_to_add``.  Without either the root chooses :class:`RateLimit`,
+    and Envoy does not call into the filter for the response at all."""
+
     def on_response_headers(self, end_of_stream: bool) -> Action:
         tightest = self.tightest
         if tightest is not None and self.root.response_headers:
@@ -340,7 +347,7 @@ class RateLimit(HttpContext):
 class Root(RootContext):
     """The plugin: validates the configuration and creates the bucket creation lock."""
 
-    http_context = RateLimit
+    http_context: type[RateLimit] = ReportingRateLimit  # narrowed in on_configure
     config_class = Config
     config: Config
 
@@ -355,6 +362,7 @@ class Root(RootContext):
         self.mode_global = self.config.mode == "global"
         self.service_authority = call_authority(self.config.service) if self.config.service else None
         self.response_headers = self.config.response_headers
+        self.http_context = ReportingRateLimit if self.response_headers or self.mode_global else RateLimit
         if self.config.mode == "local":
             buckets.ensure_lock(self.lock_key)
         return True
