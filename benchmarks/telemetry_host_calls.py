@@ -11,9 +11,9 @@ principals as a mesh has them, over ``CONNECTIONS`` kept-alive connections.
   the VM's own WASI calls included.  Deterministic.
 - **Interpreter steps**: the filter's and the SDK's Python run in this
   CPython (the same bytecode the VM runs) against a stand-in for the host
-  module, counting bytecode instructions (``sys.settrace`` opcode events;
-  the host's functions are C in the VM and are not counted), as
-  ``ratelimit_local.py --steps`` does.
+  module, counting bytecode instructions of the filter and the SDK
+  (``sys.settrace`` opcode events; the host's functions are C in the VM,
+  this driver is the shim's C), as ``ratelimit_local.py --steps`` does.
 
 Each reporter is measured over ``REQUESTS`` requests after ``WARM_UP`` not
 counted (metric children defined, caches filled).  ``--project`` measures
@@ -233,7 +233,7 @@ def steps_of(project: Path) -> dict[str, dict[str, float]]:
     # The shim calls only the callbacks a class overrides.
     callbacks = [name for name in ("on_request_headers", "on_response_headers", "on_log")
                  if getattr(http_class, name) is not getattr(HttpContext, name)]
-    host_file = _stand_in_host.__code__.co_filename
+    this_file = _stand_in_host.__code__.co_filename
     steps = 0
 
     def count_opcodes(frame: Any, event: str, arg: Any) -> Any:
@@ -243,8 +243,8 @@ def steps_of(project: Path) -> dict[str, dict[str, float]]:
         return count_opcodes
 
     def trace_calls(frame: Any, event: str, arg: Any) -> Any:
-        if frame.f_code.co_filename == host_file:
-            return None  # the host: C in the VM
+        if frame.f_code.co_filename == this_file:
+            return None  # the stand-in host (C in the VM) and this driver: not the filter's steps
         frame.f_trace_opcodes = True
         return count_opcodes
 
@@ -255,12 +255,15 @@ def steps_of(project: Path) -> dict[str, dict[str, float]]:
         root = root_class(1)
         assert root.on_configure(b'{"peers": {}}') is not False
         current["headers"] = {0: scenario.request_headers, 2: scenario.response_headers}  # MapType
-        _stand_in_requests(root, callbacks, current, scenario, WARM_UP, 0)
+        _stand_in_requests(root, callbacks, current, [_encoded_properties(properties) for properties
+                                                     in _requests(scenario, WARM_UP, 0)], 0)
+        # Encoded before counting: the attributes are the host's work.
+        requests = [_encoded_properties(properties) for properties in _requests(scenario, REQUESTS, WARM_UP)]
         calls.clear()
         steps = 0
         sys.settrace(trace_calls)
         try:
-            _stand_in_requests(root, callbacks, current, scenario, REQUESTS, WARM_UP)
+            _stand_in_requests(root, callbacks, current, requests, WARM_UP)
         finally:
             sys.settrace(None)
         figures[reporter] = {"interpreter steps": steps / REQUESTS,
@@ -268,11 +271,12 @@ def steps_of(project: Path) -> dict[str, dict[str, float]]:
     return figures
 
 
-def _stand_in_requests(root: Any, callbacks: list[str], current: dict[str, Any], scenario: Scenario, count: int,
-                       first: int) -> None:
-    """``count`` requests of ``scenario``: a new HTTP context of ``root``, its ``callbacks`` as the shim calls them."""
-    for number, properties in enumerate(_requests(scenario, count, first), start=first):
-        current["properties"] = _encoded_properties(properties)
+def _stand_in_requests(root: Any, callbacks: list[str], current: dict[str, Any],
+                       requests: list[dict[bytes, bytes]], first: int) -> None:
+    """One request per attribute set of ``requests``: a new HTTP context of ``root``, its ``callbacks`` called
+    as the shim calls them."""
+    for number, properties in enumerate(requests, start=first):
+        current["properties"] = properties
         context = root.http_context(root, number + 2)
         for name in callbacks:
             method = getattr(context, name)
