@@ -80,6 +80,7 @@ _CACHE_LIMIT = 1000  # distinct peer headers / clusters / flag sets / label keys
 # split, join and encode the path on every call, and a request reads ten.
 # Values stay raw bytes until a label combination is first seen (Stream.on_log).
 get_property = properties.read
+_CONNECTION_ID = properties.encoded("connection.id")
 _LISTENER_DIRECTION = properties.encoded("xds.listener_direction")
 _INBOUND_DIRECTION = INBOUND.to_bytes(8, "little")
 _CLUSTER_NAME = properties.encoded("xds.cluster_name")
@@ -186,26 +187,55 @@ def cluster_service(cluster_name: str) -> tuple[str, str, str]:
     return service
 
 
+# connection.id -> what every request of that downstream connection shares (connection_facts).
+_connections: dict[bytes | None, tuple[bool, bytes | None, bytes | None]] = {}
+_OUTBOUND_FACTS = (False, None, None)
+
+
+def connection_facts(connection: bytes | None) -> tuple[bool, bytes | None, bytes | None]:
+    """(inbound, peer principal, local principal) of the downstream connection ``connection`` (its raw
+    ``connection.id``), the principals raw and only for inbound (outbound ones are the upstream's, per request).
+
+    Read once per connection: a listener's direction and the connection's certificates do not change while
+    it is open, and a connection id names one connection for the life of the Envoy process (a process-wide
+    counter, ConnectionImpl::next_global_id_), so an entry never answers for another connection.  Without
+    an id they are read for this request only."""
+    facts = _connections.get(connection)  # None is never a key: read below
+    if facts is None:
+        if get_property(_LISTENER_DIRECTION) == _INBOUND_DIRECTION:
+            facts = (True, get_property(_PEER_SAN), get_property(_LOCAL_SAN))
+        else:
+            facts = _OUTBOUND_FACTS
+        if connection is not None:
+            _bounded_put(_connections, connection, facts)
+    return facts
+
+
 class Stream(HttpContext):
     """One HTTP stream: exchange peer metadata, report at the end."""
 
     root: "Root"
 
     def on_request_headers(self, end_of_stream):
+        self.connection = facts = connection_facts(get_property(_CONNECTION_ID))
+        self.inbound = inbound = facts[0]
         headers = self.request.headers
-        self.inbound = inbound = get_property(_LISTENER_DIRECTION) == _INBOUND_DIRECTION
-        content_type = headers.get("content-type") or ""
+        # One host call for the two or three headers read here; reversed so that, as with get(),
+        # a repeated name gives its first value.
+        values = dict(reversed(headers.items()))
+        content_type = values.get("content-type") or ""
         self.protocol = "grpc" if content_type.startswith("application/grpc") else "http"
         self.peer = None
         if inbound:
-            exchanged = headers.get(PEER_METADATA_HEADER)
+            exchanged = values.get(PEER_METADATA_HEADER)
             self.exchanged = exchanged is not None
             if exchanged is not None:
                 self.peer = peer_from_header(exchanged)
                 headers.remove(PEER_METADATA_HEADER)
+            if PEER_METADATA_ID_HEADER in values:  # the app never sees it, even without the metadata
                 headers.remove(PEER_METADATA_ID_HEADER)
         else:
-            self.authority = headers.get(":authority") or ""
+            self.authority = values.get(":authority") or ""
             headers.set(PEER_METADATA_HEADER, self.root.exchange_value)
             headers.set(PEER_METADATA_ID_HEADER, self.root.node_id)
         return Action.CONTINUE
@@ -234,9 +264,10 @@ class Stream(HttpContext):
         # What the labels are made of, raw as Envoy hands it: a combination seen before (almost every
         # request) finds its metric children in one lookup, nothing decoded, no label tuple built.
         if inbound:
-            key: tuple = (True, self.peer, get_property(_CLUSTER_NAME), get_property(_PEER_SAN),
-                          get_property(_LOCAL_SAN), protocol, get_property(_RESPONSE_CODE),
-                          get_property(_GRPC_STATUS) if grpc else None, get_property(_RESPONSE_FLAGS))
+            _, peer_san, local_san = self.connection
+            key: tuple = (True, self.peer, get_property(_CLUSTER_NAME), peer_san, local_san, protocol,
+                          get_property(_RESPONSE_CODE), get_property(_GRPC_STATUS) if grpc else None,
+                          get_property(_RESPONSE_FLAGS))
         else:
             peer = self.peer
             key = (False, peer, get_property(_CLUSTER_NAME), get_property(_UPSTREAM_LOCAL_SAN),
