@@ -111,6 +111,9 @@ def _integer(raw: bytes | None) -> int:
     return int.from_bytes(raw, "little", signed=True) if raw is not None and len(raw) == 8 else 0
 
 
+_from_bytes = int.from_bytes
+
+
 def identity(metadata: dict[str, "Any"]) -> tuple[str, ...]:
     """The identity tuple of node metadata (as-is: empty stays empty)."""
     labels = metadata.get("LABELS")
@@ -196,18 +199,17 @@ def connection_facts(connection: bytes | None) -> tuple[bool, bytes | None, byte
     """(inbound, peer principal, local principal) of the downstream connection ``connection`` (its raw
     ``connection.id``), the principals raw and only for inbound (outbound ones are the upstream's, per request).
 
-    Read once per connection: a listener's direction and the connection's certificates do not change while
-    it is open, and a connection id names one connection for the life of the Envoy process (a process-wide
-    counter, ConnectionImpl::next_global_id_), so an entry never answers for another connection.  Without
-    an id they are read for this request only."""
-    facts = _connections.get(connection)  # None is never a key: read below
-    if facts is None:
-        if get_property(_LISTENER_DIRECTION) == _INBOUND_DIRECTION:
-            facts = (True, get_property(_PEER_SAN), get_property(_LOCAL_SAN))
-        else:
-            facts = _OUTBOUND_FACTS
-        if connection is not None:
-            _bounded_put(_connections, connection, facts)
+    Read once per connection (Stream.on_request_headers looks in ``_connections`` first): a listener's
+    direction and the connection's certificates do not change while it is open, and a connection id names
+    one connection for the life of the Envoy process (a process-wide counter,
+    ConnectionImpl::next_global_id_), so an entry never answers for another connection.  Without an id
+    they are read for this request only."""
+    if get_property(_LISTENER_DIRECTION) == _INBOUND_DIRECTION:
+        facts = (True, get_property(_PEER_SAN), get_property(_LOCAL_SAN))
+    else:
+        facts = _OUTBOUND_FACTS
+    if connection is not None:
+        _bounded_put(_connections, connection, facts)
     return facts
 
 
@@ -217,7 +219,9 @@ class Stream(HttpContext):
     root: "Root"
 
     def on_request_headers(self, end_of_stream):
-        self.connection = facts = connection_facts(get_property(_CONNECTION_ID))
+        connection = get_property(_CONNECTION_ID)
+        # None (no connection id) is never a key; facts are non-empty tuples.
+        self.connection = facts = _connections.get(connection) or connection_facts(connection)
         self.inbound = inbound = facts[0]
         headers = self.request.headers
         # One host call for the two or three headers read here; reversed so that, as with get(),
@@ -279,9 +283,10 @@ class Stream(HttpContext):
             children = _bounded_put(_request_children, key, request_children(self.root.local, key))
         requests, duration, request_size, response_size, peer_labels = children
         requests.inc()
-        duration.observe(_integer(get_property(_REQUEST_DURATION)) // 1_000_000)
-        request_size.observe(_integer(get_property(_REQUEST_SIZE)))
-        response_size.observe(_integer(get_property(_RESPONSE_SIZE)))
+        # Inline, not _integer (a frame each): Envoy sends these non-negative int64s as 8 bytes, or nothing (0).
+        duration.observe(_from_bytes(get_property(_REQUEST_DURATION) or b"", "little") // 1_000_000)
+        request_size.observe(_from_bytes(get_property(_REQUEST_SIZE) or b"", "little"))
+        response_size.observe(_from_bytes(get_property(_RESPONSE_SIZE) or b"", "little"))
         if grpc:
             counts = grpc_message_counts(properties.get(GRPC_STATS_STATE))
             if counts[0]:
