@@ -151,13 +151,3 @@ def test_each_connection_keeps_its_own_peer(telemetry_module: tuple[Path, str]) 
         ("source", "backend-v1", "unknown", "unknown"): 3,
     }
 
-
-def test_the_peer_id_header_never_reaches_the_app(telemetry_module: tuple[Path, str]) -> None:
-    """An ``x-envoy-peer-metadata-id`` without the metadata is removed too (and the source is unknown)."""
-    host = Host()
-    plugin = host.load(str(telemetry_module[0]), config='{"peers": {}}',
-                       properties={"xds.node": _node("backend-v1", "backend"), "xds.node.id": "backend-v1.default"})
-    stream = plugin.exchange(headers=[(PEER_METADATA_ID_HEADER, "frontend-v1.default")], properties=_attributes())
-    assert stream.request.header(PEER_METADATA_ID_HEADER) is None
-    assert stream.response.header(PEER_METADATA_HEADER) is None  # nothing to answer: no metadata came
-    assert [key[HTTP_LABELS.index("source_workload")] for key in _requests(host)] == ["unknown"]
