@@ -24,7 +24,14 @@ NNN), i.e. 1,000 label combinations by default; ``/stats/prometheus`` is
 timed (median of ``--scrapes``) and sized, beside a scrape of the same
 sidecar with one combination.  Loopback only, every run bounded.
 
+``--alternate BURSTS`` compares variants on a busy machine instead: every
+variant's chain runs at once, and one-second wrk bursts alternate between
+them (order reversed every other burst), BURSTS each, medians reported, so
+the load of other work drifts over all variants alike; no scrape.  Counts
+that do not move with the load: ``telemetry_host_calls.py``.
+
     python benchmarks/telemetry_overhead.py [--seconds 5] [--rounds 3] [--workloads 100] [--codes 10]
+    python benchmarks/telemetry_overhead.py --alternate 30 [--alternative NAME=MODULE ...]
 """
 
 from __future__ import annotations
@@ -183,6 +190,26 @@ def one_round(app_port: int, filters: list[dict], seconds: int) -> dict[str, flo
         chain.close()
 
 
+def alternating_bursts(app_port: int, chosen: dict[str, list[dict]], bursts: int) -> dict[str, list[dict[str, float]]]:
+    """Every variant's chain started together, then ``bursts`` one-second wrk bursts through each in turn
+    (after a warm-up burst of 3 s each, V8's tier-up included): each burst's figures, by variant."""
+    chains: dict[str, Chain] = {}
+    try:
+        for name, filters in chosen.items():
+            chains[name] = Chain(app_port, filters)
+            wait_answered(chains[name].entry + "/warm", timeout=START_TIMEOUT)
+        for chain in chains.values():
+            wrk_load(chain.entry + "/some/request/path", 3, chain.pids())
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in chains}
+        for number in range(bursts):
+            for name in list(chains)[::1 if number % 2 == 0 else -1]:
+                runs[name].append(wrk_load(chains[name].entry + "/some/request/path", 1, chains[name].pids()))
+        return runs
+    finally:
+        for chain in chains.values():
+            chain.close()
+
+
 def peer_header(workload: str) -> str:
     """The ``x-envoy-peer-metadata`` value a sidecar of ``workload`` (namespace ``load``) sends."""
     metadata = node_metadata(workload, "load", {"app": workload, "version": "v1"})
@@ -236,6 +263,8 @@ def main() -> None:
     parser.add_argument("--telemetry-module", type=Path, help="a built telemetry module (default: build filter/)")
     parser.add_argument("--alternative", action="append", default=[], metavar="NAME=MODULE",
                         help="another telemetry module measured beside it (a change being tried)")
+    parser.add_argument("--alternate", type=int, default=0, metavar="BURSTS",
+                        help="all variants at once, BURSTS alternating 1 s bursts each (a busy machine)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install wrk")
@@ -257,11 +286,15 @@ def main() -> None:
             app.start()
             app_port = app.listener_address("app")[1]
             rounds: dict[str, list[dict[str, float]]] = {name: [] for name in chosen}
-            for _ in range(args.rounds):
-                for name, filters in chosen.items():
-                    rounds[name].append(one_round(app_port, filters, args.seconds))
-                    print(json.dumps({name: rounds[name][-1]}), file=sys.stderr, flush=True)  # progress
-            scrape = scrape_figures(app_port, chosen["telemetry"], args.workloads, codes, args.scrapes)
+            scrape = None
+            if args.alternate:
+                rounds = alternating_bursts(app_port, chosen, args.alternate)
+            else:
+                for _ in range(args.rounds):
+                    for name, filters in chosen.items():
+                        rounds[name].append(one_round(app_port, filters, args.seconds))
+                        print(json.dumps({name: rounds[name][-1]}), file=sys.stderr, flush=True)  # progress
+                scrape = scrape_figures(app_port, chosen["telemetry"], args.workloads, codes, args.scrapes)
         finally:
             app.cleanup()
     load_after = os.getloadavg()[0]
@@ -272,8 +305,10 @@ def main() -> None:
     def added(figures: dict[str, float]) -> float:
         return 1e6 / figures["requests_per_s"] - 1e6 / base["requests_per_s"]
 
-    print(f"# {machine()}, load average {load_before:.1f} -> {load_after:.1f}, wrk -t1 -c8 -d{args.seconds}s, "
-          f"{args.rounds} interleaved rounds (medians), two sidecars (1 worker each) in a row")
+    method = (f"{args.alternate} alternating 1 s bursts per variant, all running at once" if args.alternate
+              else f"-d{args.seconds}s, {args.rounds} interleaved rounds")
+    print(f"# {machine()}, load average {load_before:.1f} -> {load_after:.1f}, wrk -t1 -c8 {method} (medians), "
+          "two sidecars (1 worker each) in a row")
     print("| variant | req/s | added µs/request (2 sidecars) | per sidecar | × header filter | p50 µs "
           "| Envoy CPU µs/request (both) | added CPU µs | RSS A / B (MB) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -284,16 +319,17 @@ def main() -> None:
         print(f"| {name} | {figures['requests_per_s']:.0f} | {added(figures):+.1f} | {added(figures) / 2:+.1f} "
               f"| {ratio} | {figures['p50_us']:.0f} | {figures['cpu_us_per_request']:.1f} "
               f"| {figures['cpu_us_per_request'] - base['cpu_us_per_request']:+.1f} "
-              f"| {figures['rss_mb_a']:.0f} / {figures['rss_mb_b']:.0f} |")
+              + (f"| {figures['rss_mb_a']:.0f} / {figures['rss_mb_b']:.0f} |" if "rss_mb_a" in figures else "| — |"))
     for name in (name for name in results if name.startswith("telemetry")):
         telemetry_cpu = results[name]["cpu_us_per_request"] - base["cpu_us_per_request"]
         print(f"{name} / header filter: {added(results[name]) / header_added:.2f}x added latency "
               f"(target <= 2), {telemetry_cpu / header_cpu:.2f}x added CPU")
-    print(f"/stats/prometheus of sidecar B (median of {args.scrapes}): "
-          f"{scrape['series_1']:.0f} istio_requests_total series {scrape['scrape_s_1'] * 1e3:.1f} ms "
-          f"{scrape['bytes_1'] / 1e3:.0f} kB; {scrape['series_many']:.0f} series "
-          f"({args.workloads} workloads x {args.codes} codes) {scrape['scrape_s_many'] * 1e3:.1f} ms "
-          f"{scrape['bytes_many'] / 1e6:.2f} MB")
+    if scrape is not None:
+        print(f"/stats/prometheus of sidecar B (median of {args.scrapes}): "
+              f"{scrape['series_1']:.0f} istio_requests_total series {scrape['scrape_s_1'] * 1e3:.1f} ms "
+              f"{scrape['bytes_1'] / 1e3:.0f} kB; {scrape['series_many']:.0f} series "
+              f"({args.workloads} workloads x {args.codes} codes) {scrape['scrape_s_many'] * 1e3:.1f} ms "
+              f"{scrape['bytes_many'] / 1e6:.2f} MB")
     print(json.dumps({"rounds": rounds, "medians": results, "scrape": scrape}), file=sys.stderr)
 
 

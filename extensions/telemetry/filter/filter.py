@@ -80,6 +80,7 @@ _CACHE_LIMIT = 1000  # distinct peer headers / clusters / flag sets / label keys
 # split, join and encode the path on every call, and a request reads ten.
 # Values stay raw bytes until a label combination is first seen (Stream.on_log).
 get_property = properties.read
+_CONNECTION_ID = properties.encoded("connection.id")
 _LISTENER_DIRECTION = properties.encoded("xds.listener_direction")
 _INBOUND_DIRECTION = INBOUND.to_bytes(8, "little")
 _CLUSTER_NAME = properties.encoded("xds.cluster_name")
@@ -108,6 +109,9 @@ def _decoded(raw: bytes | None) -> str:
 def _integer(raw: bytes | None) -> int:
     """An integer attribute's raw value (8 bytes, little-endian), 0 when absent."""
     return int.from_bytes(raw, "little", signed=True) if raw is not None and len(raw) == 8 else 0
+
+
+_from_bytes = int.from_bytes  # Stream.on_log decodes its three observations inline: no frame per value
 
 
 def identity(metadata: dict[str, "Any"]) -> tuple[str, ...]:
@@ -186,14 +190,42 @@ def cluster_service(cluster_name: str) -> tuple[str, str, str]:
     return service
 
 
+# connection.id -> what every request of that downstream connection shares (connection_facts).
+_connections: dict[bytes | None, tuple[bool, bytes | None, bytes | None]] = {}
+_OUTBOUND_FACTS = (False, None, None)
+
+
+def connection_facts(connection: bytes | None) -> tuple[bool, bytes | None, bytes | None]:
+    """(inbound, peer principal, local principal) of the downstream connection ``connection`` (its raw
+    ``connection.id``), the principals raw and only for inbound (outbound ones are the upstream's, per request).
+
+    Read once per connection (Stream.on_request_headers looks in ``_connections`` first): a listener's
+    direction and the connection's certificates do not change while it is open, and a connection id names
+    one connection for the life of the Envoy process (a process-wide counter,
+    ConnectionImpl::next_global_id_), so an entry never answers for another connection.  Without an id
+    they are read for this request only."""
+    if get_property(_LISTENER_DIRECTION) == _INBOUND_DIRECTION:
+        facts = (True, get_property(_PEER_SAN), get_property(_LOCAL_SAN))
+    else:
+        facts = _OUTBOUND_FACTS
+    if connection is not None:
+        _bounded_put(_connections, connection, facts)
+    return facts
+
+
 class Stream(HttpContext):
     """One HTTP stream: exchange peer metadata, report at the end."""
 
     root: "Root"
 
     def on_request_headers(self, end_of_stream):
+        connection = get_property(_CONNECTION_ID)
+        # None (no connection id) is never a key; facts are non-empty tuples.
+        self.connection = facts = _connections.get(connection) or connection_facts(connection)
+        self.inbound = inbound = facts[0]
         headers = self.request.headers
-        self.inbound = inbound = get_property(_LISTENER_DIRECTION) == _INBOUND_DIRECTION
+        # Single gets, not one get_header_map_pairs for all: in Envoy the pairs (every header, each
+        # a Python str) cost more than the call they save.
         content_type = headers.get("content-type") or ""
         self.protocol = "grpc" if content_type.startswith("application/grpc") else "http"
         self.peer = None
@@ -234,9 +266,10 @@ class Stream(HttpContext):
         # What the labels are made of, raw as Envoy hands it: a combination seen before (almost every
         # request) finds its metric children in one lookup, nothing decoded, no label tuple built.
         if inbound:
-            key: tuple = (True, self.peer, get_property(_CLUSTER_NAME), get_property(_PEER_SAN),
-                          get_property(_LOCAL_SAN), protocol, get_property(_RESPONSE_CODE),
-                          get_property(_GRPC_STATUS) if grpc else None, get_property(_RESPONSE_FLAGS))
+            _, peer_san, local_san = self.connection
+            key: tuple = (True, self.peer, get_property(_CLUSTER_NAME), peer_san, local_san, protocol,
+                          get_property(_RESPONSE_CODE), get_property(_GRPC_STATUS) if grpc else None,
+                          get_property(_RESPONSE_FLAGS))
         else:
             peer = self.peer
             key = (False, peer, get_property(_CLUSTER_NAME), get_property(_UPSTREAM_LOCAL_SAN),
@@ -248,9 +281,10 @@ class Stream(HttpContext):
             children = _bounded_put(_request_children, key, request_children(self.root.local, key))
         requests, duration, request_size, response_size, peer_labels = children
         requests.inc()
-        duration.observe(_integer(get_property(_REQUEST_DURATION)) // 1_000_000)
-        request_size.observe(_integer(get_property(_REQUEST_SIZE)))
-        response_size.observe(_integer(get_property(_RESPONSE_SIZE)))
+        # Inline, not _integer (a frame each): Envoy sends these non-negative int64s as 8 bytes, or nothing (0).
+        duration.observe(_from_bytes(get_property(_REQUEST_DURATION) or b"", "little") // 1_000_000)
+        request_size.observe(_from_bytes(get_property(_REQUEST_SIZE) or b"", "little"))
+        response_size.observe(_from_bytes(get_property(_RESPONSE_SIZE) or b"", "little"))
         if grpc:
             counts = grpc_message_counts(properties.get(GRPC_STATS_STATE))
             if counts[0]:

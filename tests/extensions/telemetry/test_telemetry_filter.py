@@ -18,7 +18,12 @@ from google.protobuf import struct_pb2
 
 from meshext.control.mesh import Service, ServicePort
 from meshext.control.telemetry import node_metadata, services_metadata
-from meshext.extensions.telemetry.filter.istio_metrics import HTTP_LABELS, PEER_METADATA_HEADER, REQUESTS_TOTAL
+from meshext.extensions.telemetry.filter.istio_metrics import (
+    HTTP_LABELS,
+    PEER_METADATA_HEADER,
+    PEER_METADATA_ID_HEADER,
+    REQUESTS_TOTAL,
+)
 from meshext.extensions.telemetry.filter.struct_codec import encode_struct
 from meshext.sdk.metrics import encoded_name
 from meshext.testing import Host
@@ -105,3 +110,44 @@ def test_each_label_input_has_its_own_series(telemetry_module: tuple[Path, str])
     # The duration histogram records in milliseconds, in the same combination's series.
     duration = encoded_name("istio_request_duration_milliseconds", HTTP_LABELS, labels(response_code="503"))
     assert host.histogram(duration) == [3, 3]
+
+
+def test_each_connection_keeps_its_own_peer(telemetry_module: tuple[Path, str]) -> None:
+    """What a downstream connection's requests share (listener direction, peer and local principals) is read
+    once per ``connection.id``: interleaved requests of connections with different peers, one of them plain
+    text and one outbound, each count in their own peer's series."""
+    host = Host()
+    plugin = host.load(str(telemetry_module[0]), config='{"peers": {}}',
+                       properties={"xds.node": _node("backend-v1", "backend"), "xds.node.id": "backend-v1.default"})
+    admin_san = "spiffe://cluster.local/ns/default/sa/admin"
+    connections: dict[int, tuple[str, dict[str, Any]]] = {
+        7: ("frontend-v1", _attributes()),
+        8: ("admin-v1", _attributes(**{"connection.uri_san_peer_certificate": admin_san})),
+        9: ("client-v1", _attributes(**{"connection.uri_san_peer_certificate": None,
+                                        "connection.uri_san_local_certificate": None})),
+        10: ("frontend-v1", _attributes(**{"xds.listener_direction": OUTBOUND,
+                                           "xds.cluster_name": "outbound|8080||backend",
+                                           "xds.cluster_metadata": _cluster_metadata()})),
+    }
+    for _ in range(3):
+        for connection, (workload, attributes) in connections.items():
+            stream = plugin.exchange(headers=[(PEER_METADATA_HEADER, _peer_header(workload)),
+                                              (PEER_METADATA_ID_HEADER, f"{workload}.default")],
+                                     properties={"connection.id": connection,
+                                                 **{k: v for k, v in attributes.items() if v is not None}})
+            if attributes["xds.listener_direction"] == INBOUND:  # the app never sees the exchange headers
+                assert stream.request.header(PEER_METADATA_HEADER) is None
+                assert stream.request.header(PEER_METADATA_ID_HEADER) is None
+
+    def label(key: tuple[str, ...], name: str) -> str:
+        return key[HTTP_LABELS.index(name)]
+
+    series = {(label(key, "reporter"), label(key, "source_workload"), label(key, "source_principal"),
+               label(key, "connection_security_policy")): count for key, count in _requests(host).items()}
+    assert series == {
+        ("destination", "frontend-v1", "spiffe://cluster.local/ns/default/sa/frontend", "mutual_tls"): 3,
+        ("destination", "admin-v1", admin_san, "mutual_tls"): 3,
+        ("destination", "client-v1", "unknown", "none"): 3,
+        ("source", "backend-v1", "unknown", "unknown"): 3,
+    }
+
