@@ -36,16 +36,15 @@ host calls, over the same admit path.
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import types
 from pathlib import Path
-from typing import Any
+
+from stand_in_host import StandInHost, count_steps, filter_root, overridden
 
 HERE = Path(__file__).resolve().parent
 RATELIMIT = HERE.parent / "extensions" / "ratelimit" / "filter"
@@ -69,111 +68,30 @@ def ratelimit_config(algorithm: str, response_headers: bool = False) -> dict:
 STEP_REQUESTS = 2000  # requests per variant for --steps (after 100 not counted: buckets created, leases taken)
 
 
-def _stand_in_host(calls: collections.Counter[str]) -> types.ModuleType:
-    """A Python ``_meshext_host`` holding shared data and metrics in dicts, counting every call."""
-    shared: dict[str, tuple[bytes, int]] = {}
-    metric_ids: dict[str, int] = {}
-    request_headers = {":method": "GET", ":path": "/some/request/path", ":authority": "bench"}
-
-    class HeaderMap:
-        __slots__ = ("map_type",)
-
-        def __init__(self, map_type: int) -> None:
-            self.map_type = int(map_type)
-
-        def get(self, name: str, default: str | None = None) -> str | None:
-            calls["header get"] += 1
-            return request_headers.get(name, default) if self.map_type == 0 else default
-
-        def set(self, name: str, value: str) -> None:
-            calls["header set/add"] += 1
-
-        add = set
-
-    def get_shared_data(key: str) -> tuple[bytes, int] | None:
-        calls["shared data get"] += 1
-        return shared.get(key)
-
-    def set_shared_data(key: str, value: bytes | str, cas: int) -> int:
-        calls["shared data set"] += 1
-        entry = shared.get(key)
-        if cas and entry is not None and entry[1] != cas:
-            return 8  # CAS_MISMATCH
-        shared[key] = (value.encode() if isinstance(value, str) else value, (entry[1] if entry else 0) + 1)
-        return 0
-
-    def define_metric(kind: int, name: str) -> int:
-        calls["define metric"] += 1
-        return metric_ids.setdefault(name, len(metric_ids) + 1)
-
-    def counted(name: str, answer: Any = None) -> Any:
-        def call(*args: Any) -> Any:
-            calls[name] += 1
-            return answer
-        return call
-
-    module = types.ModuleType("_meshext_host")
-    module.HeaderMap = HeaderMap  # type: ignore[attr-defined]
-    module.Body = type("Body", (), {"__init__": lambda self, buffer_type: None})  # type: ignore[attr-defined]
-    module.get_shared_data = get_shared_data  # type: ignore[attr-defined]
-    module.set_shared_data = set_shared_data  # type: ignore[attr-defined]
-    module.define_metric = define_metric  # type: ignore[attr-defined]
-    for name, answer in (("increment_metric", None), ("log", None), ("get_log_level", 2), ("get_property", None),
-                         ("send_local_response", 0)):
-        setattr(module, name, counted(name.replace("_", " "), answer))
-    return module
-
-
 def steps_of(project: Path, config: dict | None) -> dict[str, float]:
     """Interpreter steps and host calls per request of the filter project ``project`` (this process)."""
-    calls: collections.Counter[str] = collections.Counter()
-    host = _stand_in_host(calls)
-    sys.modules["_meshext_host"] = host
-    sys.path.insert(0, str(project))
-    import tomllib
+    host = StandInHost()
+    host.headers[0] = [(":method", "GET"), (":path", "/some/request/path"), (":authority", "bench")]  # MapType
+    host.install()
+    root_class = filter_root(project)
+    from meshext.sdk import HttpContext
 
-    entry = tomllib.loads((project / "meshext.toml").read_text())["filter"]["entry"]
-    module_name, _, class_name = entry.partition(":")
-    root_class = getattr(__import__(module_name), class_name)
     root = root_class(1)
     assert root.on_configure(json.dumps(config).encode() if config is not None else b"") is not False
     http_class = root.http_context  # the class on_configure chose for this configuration
-    from meshext.sdk import HttpContext
+    callbacks = overridden(http_class, HttpContext, ("on_request_headers", "on_response_headers"))
 
-    # The shim calls only the callbacks a class overrides.
-    overridden = [name for name in ("on_request_headers", "on_response_headers")
-                  if getattr(http_class, name) is not getattr(HttpContext, name)]
-    steps = 0
-    host_file = _stand_in_host.__code__.co_filename
+    def requests(first: int, count: int) -> None:
+        for context_id in range(first, first + count):
+            context = http_class(root, context_id)
+            for name in callbacks:
+                getattr(context, name)(False)
 
-    def count_opcodes(frame: Any, event: str, arg: Any) -> Any:
-        nonlocal steps
-        if event == "opcode":
-            steps += 1
-        return count_opcodes
-
-    def trace_calls(frame: Any, event: str, arg: Any) -> Any:
-        if frame.f_code.co_filename == host_file:
-            return None  # the host: C in the VM
-        frame.f_trace_opcodes = True
-        return count_opcodes
-
-    def one_request(context_id: int) -> None:
-        context = http_class(root, context_id)
-        for name in overridden:
-            getattr(context, name)(False)
-
-    for number in range(100):
-        one_request(number + 2)
-    calls.clear()
-    sys.settrace(trace_calls)
-    try:
-        for number in range(STEP_REQUESTS):
-            one_request(number + 200)
-    finally:
-        sys.settrace(None)
+    requests(2, 100)
+    host.calls.clear()
+    steps = count_steps(lambda: requests(200, STEP_REQUESTS), not_counted=(__file__,))
     return {"interpreter steps": steps / STEP_REQUESTS,
-            **{name: count / STEP_REQUESTS for name, count in sorted(calls.items())}}
+            **{name: count / STEP_REQUESTS for name, count in sorted(host.calls.items())}}
 
 
 def print_steps(projects: dict[str, tuple[Path, dict | None]]) -> None:

@@ -28,17 +28,18 @@ import argparse
 import base64
 import collections
 import dataclasses
+import functools
 import json
 import subprocess
 import sys
 import tempfile
-import types
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import json_format
+from stand_in_host import StandInHost, count_steps, filter_root, overridden
 
 from meshext.control.mesh import Service, ServicePort, Workload, node_id
 from meshext.control.telemetry import node_metadata, services_metadata, workload_metadata
@@ -155,59 +156,6 @@ def _test_host_requests(plugin: Any, scenario: Scenario, count: int, first: int)
                         response_headers=response, properties=properties)
 
 
-def _stand_in_host(calls: collections.Counter[str], current: dict[str, Any]) -> types.ModuleType:
-    """A Python ``_meshext_host`` answering from ``current`` (``properties``, ``headers`` by map type)."""
-
-    class HeaderMap:
-        __slots__ = ("map_type",)
-
-        def __init__(self, map_type: int) -> None:
-            self.map_type = int(map_type)
-
-        def get(self, name: str, default: str | None = None) -> str | None:
-            calls["header get"] += 1
-            return next((value for key, value in current["headers"].get(self.map_type, ()) if key == name), default)
-
-        def set(self, name: str, value: str) -> None:
-            calls["header set/add"] += 1
-
-        add = set
-
-        def remove(self, name: str) -> None:
-            calls["header remove"] += 1
-
-    def get_headers(map_type: int) -> list[tuple[str, str]]:
-        calls["header pairs get"] += 1
-        return list(current["headers"].get(int(map_type), ()))
-
-    def get_property(path: bytes) -> bytes | None:
-        calls["property get"] += 1
-        return current["properties"].get(path)
-
-    metric_ids: dict[str, int] = {}
-
-    def define_metric(kind: int, name: str) -> int:
-        calls["define metric"] += 1
-        return metric_ids.setdefault(name, len(metric_ids) + 1)
-
-    def counted(name: str, answer: Any = None) -> Callable[..., Any]:
-        def call(*args: Any) -> Any:
-            calls[name] += 1
-            return answer
-        return call
-
-    module = types.ModuleType("_meshext_host")
-    module.HeaderMap = HeaderMap  # type: ignore[attr-defined]
-    module.Body = type("Body", (), {"__init__": lambda self, buffer_type: None})  # type: ignore[attr-defined]
-    module.get_headers = get_headers  # type: ignore[attr-defined]
-    module.get_property = get_property  # type: ignore[attr-defined]
-    module.define_metric = define_metric  # type: ignore[attr-defined]
-    for name, answer in (("increment_metric", None), ("record_metric", None), ("log", None),
-                         ("get_log_level", 2), ("set_tick_period", None)):
-        setattr(module, name, counted(name.replace("_", " "), answer))
-    return module
-
-
 def _encoded_properties(properties: dict[str, Any]) -> dict[bytes, bytes]:
     """Attribute paths and values as the module asks for and receives them (``a.b`` -> ``a\\0b``)."""
     return {"\0".join(path.split(".")).encode(): encode_property(value) for path, value in properties.items()}
@@ -215,68 +163,37 @@ def _encoded_properties(properties: dict[str, Any]) -> dict[bytes, bytes]:
 
 def steps_of(project: Path) -> dict[str, dict[str, float]]:
     """Interpreter steps and stand-in host calls per request of the filter project ``project``, by reporter."""
-    calls: collections.Counter[str] = collections.Counter()
-    current: dict[str, Any] = {"properties": {}, "headers": {}}
-    sys.modules["_meshext_host"] = _stand_in_host(calls, current)
-    # The scenario's helpers imported the SDK against no host: the filter imports it afresh, on the stand-in.
-    for name in [name for name in sys.modules if name == "meshext.sdk" or name.startswith("meshext.sdk.")]:
-        del sys.modules[name]
-    sys.path.insert(0, str(project))
-    import tomllib
-
-    entry = tomllib.loads((project / "meshext.toml").read_text())["filter"]["entry"]
-    module_name, _, class_name = entry.partition(":")
-    root_class = getattr(__import__(module_name), class_name)
+    host = StandInHost()
+    host.install()  # the scenario's helpers imported the SDK against no host: the filter imports it afresh
+    root_class = filter_root(project)
     from meshext.sdk import HttpContext
-
-    http_class = root_class.http_context
-    # The shim calls only the callbacks a class overrides.
-    callbacks = [name for name in ("on_request_headers", "on_response_headers", "on_log")
-                 if getattr(http_class, name) is not getattr(HttpContext, name)]
-    this_file = _stand_in_host.__code__.co_filename
-    steps = 0
-
-    def count_opcodes(frame: Any, event: str, arg: Any) -> Any:
-        nonlocal steps
-        if event == "opcode":
-            steps += 1
-        return count_opcodes
-
-    def trace_calls(frame: Any, event: str, arg: Any) -> Any:
-        if frame.f_code.co_filename == this_file:
-            return None  # the stand-in host (C in the VM) and this driver: not the filter's steps
-        frame.f_trace_opcodes = True
-        return count_opcodes
 
     figures = {}
     for reporter, scenario in scenarios().items():
-        current["properties"] = _encoded_properties({
+        host.properties = _encoded_properties({
             "xds.node": _node(scenario.node), "xds.node.id": node_id(scenario.node.name, scenario.node.namespace)})
         root = root_class(1)
         assert root.on_configure(b'{"peers": {}}') is not False
-        current["headers"] = {0: scenario.request_headers, 2: scenario.response_headers}  # MapType
-        _stand_in_requests(root, callbacks, current, [_encoded_properties(properties) for properties
-                                                     in _requests(scenario, WARM_UP, 0)], 0)
+        callbacks = overridden(root.http_context, HttpContext, ("on_request_headers", "on_response_headers", "on_log"))
+        host.headers = {0: scenario.request_headers, 2: scenario.response_headers}  # MapType
+        _stand_in_requests(root, callbacks, host, [_encoded_properties(properties) for properties
+                                                  in _requests(scenario, WARM_UP, 0)], 0)
         # Encoded before counting: the attributes are the host's work.
         requests = [_encoded_properties(properties) for properties in _requests(scenario, REQUESTS, WARM_UP)]
-        calls.clear()
-        steps = 0
-        sys.settrace(trace_calls)
-        try:
-            _stand_in_requests(root, callbacks, current, requests, WARM_UP)
-        finally:
-            sys.settrace(None)
+        host.calls.clear()
+        steps = count_steps(functools.partial(_stand_in_requests, root, callbacks, host, requests, WARM_UP),
+                            not_counted=(__file__,))
         figures[reporter] = {"interpreter steps": steps / REQUESTS,
-                             **{name: count / REQUESTS for name, count in sorted(calls.items())}}
+                             **{name: count / REQUESTS for name, count in sorted(host.calls.items())}}
     return figures
 
 
-def _stand_in_requests(root: Any, callbacks: list[str], current: dict[str, Any],
+def _stand_in_requests(root: Any, callbacks: list[str], host: StandInHost,
                        requests: list[dict[bytes, bytes]], first: int) -> None:
     """One request per attribute set of ``requests``: a new HTTP context of ``root``, its ``callbacks`` called
     as the shim calls them."""
     for number, properties in enumerate(requests, start=first):
-        current["properties"] = properties
+        host.properties = properties
         context = root.http_context(root, number + 2)
         for name in callbacks:
             method = getattr(context, name)
