@@ -6,8 +6,8 @@ given: the number of functions as well as their bytes.  clang's ``-Oz``
 leaves room that Binaryen's whole-module passes take (inlining, merging
 identical functions, removing the functions pruning left unreachable once
 nothing refers to them): on the header filter, 6343 functions and 1.78 MB of
-code become 4020 and 1.46 MB, and Envoy's CPU time to the first answer drops
-by about a third.
+code become 4020 and 1.46 MB, Envoy's time to the first answer 2.60 s ->
+2.11 s and its RSS 165 -> 155 MB (README, "Code size, issue 16").
 
 Only the code is optimised: wasm-opt gets the module without its data (the
 snapshot), and the result gets the original data back, byte for byte.  No
