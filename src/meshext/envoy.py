@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from meshext.errors import MeshextError, UnavailableError
+from meshext.errors import InternalError, MeshextError, UnavailableError
 
 
 def envoy_binary() -> Path:
@@ -72,6 +72,13 @@ class EnvoyProcess:
         self.admin_url = ""
 
     def start(self, timeout: float = 30.0) -> EnvoyProcess:
+        """Start Envoy and wait (up to ``timeout`` seconds) until its admin interface answers.
+
+        An Envoy this object started and that still runs is an error, not a
+        second Envoy: the first would be left running with no one to stop it."""
+        if self.process is not None and self.process.poll() is None:
+            raise InternalError(f"this EnvoyProcess already runs Envoy (pid {self.process.pid}): "
+                                "stop() it before starting it again")
         bootstrap = dict(self.bootstrap)
         bootstrap.setdefault(
             "admin", {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}
@@ -158,9 +165,11 @@ class EnvoyProcess:
             return ""
 
     def log_text(self) -> str:
+        """Envoy's whole log so far ("" before it wrote any)."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
+        """Stop Envoy: SIGTERM, then SIGKILL after 10 s (nothing to do when it is not running)."""
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:

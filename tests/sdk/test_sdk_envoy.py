@@ -13,6 +13,7 @@ import requests
 from sdk_helpers import EchoServer, TcpEchoServer, cluster, http_listener, tcp_listener
 
 from meshext.envoy import EnvoyProcess
+from meshext.errors import InternalError
 from meshext.sdk.builder import toolchain
 
 pytestmark = pytest.mark.envoy
@@ -176,3 +177,11 @@ def test_exception_fail_closed_returns_500_and_envoy_keeps_serving(envoy: EnvoyP
     assert "kitchen" in response.text and "fail closed" in response.text
     assert requests.get(url(envoy, "closed", "/after"), timeout=10).status_code == 200
     assert envoy.process is not None and envoy.process.poll() is None
+
+
+def test_starting_a_running_envoy_again_is_refused_not_a_second_envoy(envoy: EnvoyProcess) -> None:
+    # A second start() would overwrite the only handle on the first Envoy, which nothing would stop.
+    first = envoy.process
+    with pytest.raises(InternalError, match="already runs Envoy"):
+        envoy.start()
+    assert envoy.process is first and first is not None and first.poll() is None
