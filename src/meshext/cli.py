@@ -58,7 +58,7 @@ COMMANDS: dict[str, LazyCommand] = {
     "inspect": LazyCommand("meshext.registry.cli:inspect_command",
                           "Show an image's format, digests, module size and manifest fields."),
     "toolchain": LazyCommand("meshext.sdk.cli:toolchain_command",
-                            "Download CPython for wasm32-wasi into the cache and compile the shim."),
+                            "Download CPython for wasm32-wasi and wasm-opt into the cache; compile the shim."),
     "control": LazyCommand("meshext.control.cli:control_group",
                           "Run the meshext control plane (xDS server + extension operator)."),
     "proxy": LazyCommand("meshext.control.cli:proxy_command",
