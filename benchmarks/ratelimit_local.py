@@ -13,6 +13,9 @@ The target is at most 1.5× the header filter's added µs; the ratio is
 printed for each variant, from requests/s and from Envoy's CPU time per
 request (utime + stime from /proc): on a machine shared with other loads the
 CPU figure is the steadier one, requests/s moves with everyone else's work.
+``--alternate BURSTS`` runs every variant's Envoy at once and alternates
+one-second bursts between them instead (as ``telemetry_overhead.py``
+does), so drift in the machine's other load falls on all variants alike.
 ``--extra NAME=PROJECT`` adds a variant built from another filter project
 (a changed copy of the filter), to compare alternatives in the same run.
 Loopback only; every run is bounded.
@@ -29,6 +32,7 @@ host calls, over the same admit path.
 ``--rounds`` interleaved rounds of ``TEST_HOST_REQUESTS`` requests.
 
     python benchmarks/ratelimit_local.py [--seconds 5] [--rounds 3] [--extra NAME=PROJECT ...]
+    python benchmarks/ratelimit_local.py --alternate 30 [--extra NAME=PROJECT ...]
     python benchmarks/ratelimit_local.py --steps [--extra NAME=PROJECT ...]
     python benchmarks/ratelimit_local.py --test-host [--rounds 5] [--extra NAME=PROJECT ...]
 """
@@ -140,6 +144,28 @@ def print_test_host(projects: dict[str, tuple[Path, dict | None]], rounds: int) 
         print(f"| {name} | {figure:.1f} |")
 
 
+def envoys_in_turn(chosen: dict[str, list[dict]], bursts: int) -> dict[str, list[dict[str, float]]]:
+    """Every variant's Envoy started together, then loaded in alternating bursts (sdk_header_filter's
+    ``alternating_bursts``): each burst's figures, by variant."""
+    from sdk_header_filter import alternating_bursts, bootstrap, wait_answered
+
+    from meshext.envoy import EnvoyProcess
+
+    envoys: dict[str, EnvoyProcess] = {}
+    try:
+        targets = {}
+        for name, filters in chosen.items():
+            envoy = envoys[name] = EnvoyProcess(bootstrap(filters)).start(timeout=60)
+            host, port = envoy.listener_address("bench")
+            wait_answered(f"http://{host}:{port}/x", timeout=60)
+            assert envoy.process is not None
+            targets[name] = (f"http://{host}:{port}/some/request/path", [envoy.process.pid])
+        return alternating_bursts(targets, bursts)
+    finally:
+        for envoy in envoys.values():
+            envoy.cleanup()
+
+
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--steps-of":  # the child process of --steps
         print(json.dumps(steps_of(Path(sys.argv[2]), json.loads(sys.argv[3]))))
@@ -147,6 +173,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=5, help="wrk duration per variant and round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+    parser.add_argument("--alternate", type=int, default=0, metavar="BURSTS",
+                        help="run every variant's Envoy at once and alternate BURSTS one-second wrk bursts "
+                             "between them instead of interleaved rounds (steadier on a busy machine)")
     parser.add_argument("--extra", action="append", default=[], metavar="NAME=PROJECT",
                         help="also measure the filter project PROJECT (token_bucket), labelled NAME")
     parser.add_argument("--steps", action="store_true",
@@ -188,24 +217,28 @@ def main() -> None:
         for name, project in extras.items():
             built = build_filter(project, Path(scratch) / f"extra-{len(chosen)}.wasm").output
             chosen[name] = wasm_filter(built, ratelimit_config("token_bucket"))
-        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in chosen}
-        for _ in range(args.rounds):
-            for name, filters in chosen.items():
-                rounds[name].append(one_round(filters, args.seconds))
+        if args.alternate:
+            rounds = envoys_in_turn(chosen, args.alternate)
+        else:
+            rounds = {name: [] for name in chosen}
+            for _ in range(args.rounds):
+                for name, filters in chosen.items():
+                    rounds[name].append(one_round(filters, args.seconds))
     medians = {name: {key: statistics.median(run[key] for run in runs) for key in runs[0]}
                for name, runs in rounds.items()}
     base = medians["no filter"]
     added = {name: 1e6 / figures["requests_per_s"] - 1e6 / base["requests_per_s"] for name, figures in medians.items()}
     added_cpu = {name: figures["cpu_us_per_request"] - base["cpu_us_per_request"] for name, figures in medians.items()}
-    header = "meshext python header filter"
-    print(f"# {machine()}, wrk -t1 -c8 -d{args.seconds}s, {args.rounds} interleaved rounds (medians), "
-          "Envoy 1 worker, direct response")
+    baseline = "meshext python header filter"
+    method = (f"{args.alternate} alternating 1 s bursts per variant, all running at once" if args.alternate
+              else f"-d{args.seconds}s, {args.rounds} interleaved rounds")
+    print(f"# {machine()}, wrk -t1 -c8 {method} (medians), Envoy 1 worker, direct response")
     print("| variant | req/s | added µs/request (from req/s) | × header filter | Envoy CPU µs/request "
           "| added CPU µs/request | × header filter (CPU) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, figures in medians.items():
-        ratio = f"{added[name] / added[header]:.2f}" if name != "no filter" else "—"
-        cpu_ratio = f"{added_cpu[name] / added_cpu[header]:.2f}" if name != "no filter" else "—"
+        ratio = f"{added[name] / added[baseline]:.2f}" if name != "no filter" else "—"
+        cpu_ratio = f"{added_cpu[name] / added_cpu[baseline]:.2f}" if name != "no filter" else "—"
         print(f"| {name} | {figures['requests_per_s']:.0f} | {added[name]:+.1f} | {ratio} "
               f"| {figures['cpu_us_per_request']:.1f} | {added_cpu[name]:+.1f} | {cpu_ratio} |")
     print(json.dumps({name: {"rounds": rounds[name], "medians": medians[name]} for name in rounds}), file=sys.stderr)

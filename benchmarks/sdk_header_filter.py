@@ -139,6 +139,20 @@ def wrk_load(url: str, seconds: int, pids: list[int], connections: int = 8) -> d
     }
 
 
+def alternating_bursts(targets: dict[str, tuple[str, list[int]]], bursts: int) -> dict[str, list[dict[str, float]]]:
+    """Load already running variants (name -> (url, pids of their Envoys)) in turn: a 3 s warm-up burst each
+    (V8's tier-up included), then ``bursts`` one-second wrk bursts each, the order reversed every other
+    burst, so the load of other work drifts over every variant alike.  Each burst's figures, by variant."""
+    for url, pids in targets.values():
+        wrk_load(url, 3, pids)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+    for number in range(bursts):
+        for name in list(targets)[::1 if number % 2 == 0 else -1]:
+            url, pids = targets[name]
+            runs[name].append(wrk_load(url, 1, pids))
+    return runs
+
+
 def one_round(filters: list[dict], seconds: int, clusters: list[dict] | None = None,
               connections: int = 8, start_timeout: float = 60) -> dict[str, float]:
     """Start Envoy (timing the first answered request) and load it with wrk (one thread, ``connections``)."""

@@ -54,6 +54,7 @@ from sdk_header_filter import (
     MEMORY_RELEASE,
     ROUTER,
     SETTLE_SECONDS,
+    alternating_bursts,
     machine,
     wait_answered,
     wasm_filter,
@@ -190,21 +191,16 @@ def one_round(app_port: int, filters: list[dict], seconds: int) -> dict[str, flo
         chain.close()
 
 
-def alternating_bursts(app_port: int, chosen: dict[str, list[dict]], bursts: int) -> dict[str, list[dict[str, float]]]:
-    """Every variant's chain started together, then ``bursts`` one-second wrk bursts through each in turn
-    (after a warm-up burst of 3 s each, V8's tier-up included): each burst's figures, by variant."""
+def chains_in_turn(app_port: int, chosen: dict[str, list[dict]], bursts: int) -> dict[str, list[dict[str, float]]]:
+    """Every variant's chain started together, then loaded in alternating bursts (sdk_header_filter's
+    ``alternating_bursts``): each burst's figures, by variant."""
     chains: dict[str, Chain] = {}
     try:
         for name, filters in chosen.items():
             chains[name] = Chain(app_port, filters)
             wait_answered(chains[name].entry + "/warm", timeout=START_TIMEOUT)
-        for chain in chains.values():
-            wrk_load(chain.entry + "/some/request/path", 3, chain.pids())
-        runs: dict[str, list[dict[str, float]]] = {name: [] for name in chains}
-        for number in range(bursts):
-            for name in list(chains)[::1 if number % 2 == 0 else -1]:
-                runs[name].append(wrk_load(chains[name].entry + "/some/request/path", 1, chains[name].pids()))
-        return runs
+        return alternating_bursts({name: (chain.entry + "/some/request/path", chain.pids())
+                                   for name, chain in chains.items()}, bursts)
     finally:
         for chain in chains.values():
             chain.close()
@@ -288,7 +284,7 @@ def main() -> None:
             rounds: dict[str, list[dict[str, float]]] = {name: [] for name in chosen}
             scrape = None
             if args.alternate:
-                rounds = alternating_bursts(app_port, chosen, args.alternate)
+                rounds = chains_in_turn(app_port, chosen, args.alternate)
             else:
                 for _ in range(args.rounds):
                     for name, filters in chosen.items():
