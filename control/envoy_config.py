@@ -48,6 +48,7 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.grpc_stats.v3 import config_pb2 as grpc_stats_pb2  # noqa: F401 - for Any
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_authn_pb2  # noqa: F401 - for Any
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2  # noqa: F401 - for Any (NO_CONFIG_YET)
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401 - registers the type for Any
 from envoy.extensions.filters.http.wasm.v3 import wasm_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2  # noqa: F401
@@ -89,6 +90,15 @@ TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy
 GRPC_STATS_TYPE = "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"
 PROTOCOL_OPTIONS_TYPE = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 JWT_AUTHN_TYPE = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
+RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+# What a Wasm filter of the chain runs while Envoy holds no accepted config for it: an RBAC
+# filter without rules, which lets every request through.  Envoy subscribes to an ECDS config
+# only once a listener references it, so a new extension reaches the listener before its config
+# does; when Envoy refuses that first config, the filter would otherwise answer every request
+# 500 (Envoy's missing-config filter) until the operator has withdrawn the refused extension.
+# Withdrawn is where that ends anyway (the last accepted chain keeps serving), so the moment in
+# between serves it too.  Istio defaults its Wasm plugins' ECDS the same way (allow-all RBAC).
+NO_CONFIG_YET = {"@type": RBAC_TYPE}
 JWT_AUTHN_FILTER = "envoy.filters.http.jwt_authn"
 ADS = {"ads": {}, "resource_api_version": "V3"}
 
@@ -284,7 +294,7 @@ def _http_connection_manager(direction: str, extensions: list[PlacedExtension],
     http_filters = [_grpc_message_counts()] if count_grpc_messages else []
     wasm_filters = [
         {"name": extension.filter_name, "config_discovery": {
-            "config_source": ADS, "type_urls": [WASM_FILTER_TYPE]}}
+            "config_source": ADS, "type_urls": [WASM_FILTER_TYPE, RBAC_TYPE], "default_config": NO_CONFIG_YET}}
         for extension in extensions
     ]
     if jwt_authn is not None:
