@@ -18,6 +18,7 @@ import base64
 import itertools
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -52,11 +53,16 @@ def meshext(state: Path, *args: str, timeout: float = 600, env: dict[str, str] |
 
 
 def free_port_base(count: int = PORT_RANGE) -> int:
-    """The first of ``count`` consecutive free loopback ports."""
-    while True:
-        base = free_port()
-        if base + count > 65535:
-            continue
+    """The first of ``count`` consecutive loopback ports, free now and below Linux's ephemeral range.
+
+    The backing services' ports are bound only when a test applies their resource, minutes later: a
+    range among the ephemeral ports (where the kernel picks the source port of every outgoing
+    connection and every port-0 bind) can be taken by then, as one CI run saw.  `meshext up`'s own
+    default, 15100, is below that range for the same reason."""
+    low, _ = (int(bound) for bound in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    bases = list(range(10000, low - count, count))
+    random.shuffle(bases)  # test modules running side by side do not all try the same range first
+    for base in bases:
         try:
             for port in range(base, base + count):
                 with socket.socket() as probe:
@@ -64,6 +70,7 @@ def free_port_base(count: int = PORT_RANGE) -> int:
         except OSError:
             continue
         return base
+    raise AssertionError(f"no {count} consecutive free ports between 10000 and {low}")
 
 
 def port_options(ports: Ports) -> list[str]:
