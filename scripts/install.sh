@@ -27,8 +27,8 @@ apt_packages=()
 # `meshext up` runs a local OCI registry and Prometheus beside the mesh, and Redis under the
 # rate limit service once a global rate limit is applied (deploy/local/ratelimit-global.yaml).
 apt_packages+=(docker-registry prometheus redis-server)
-# Node.js runs Binaryen's wasm-opt in `meshext build` (and the AssemblyScript SDK in the tests);
-# Debian's only where none is installed.
+# Node.js runs Binaryen's wasm-opt, which `meshext toolchain` installs from npm for
+# `meshext build --optimize` (and the AssemblyScript SDK in the tests); Debian's only where none is installed.
 command -v npm >/dev/null || apt_packages+=(nodejs npm)
 if $want_test; then
     # Load generators, TLS tooling and a headless browser (`meshext graph`'s HTML) for the tests.

@@ -217,8 +217,8 @@ def _reseed() -> None:
 def configure(root: RootContext, config: bytes) -> int:
     """proxy_on_configure: 1 accepts the plugin configuration, 0 makes Envoy refuse it.
 
-    Once it is accepted the shim asks :func:`children` again: the root may
-    have chosen its context classes for this configuration."""
+    Once it is accepted the shim asks :func:`children` which callbacks to
+    make: the root may have chosen its context classes for this configuration."""
     if not _accepted(root.on_configure(config)):
         return 0
     beyond = _children_mask(root) & ~_children_mask(type(root))
@@ -234,10 +234,9 @@ def configure(root: RootContext, config: bytes) -> int:
     return 1
 
 
-def create_root(context_id: int) -> tuple[RootContext, int, type | None, type | None]:
-    """The root for ``context_id`` and what :func:`children` says of it."""
-    root = select_root().entry_class(context_id)
-    return (root, *children(root))
+def create_root(context_id: int) -> RootContext:
+    """The root for ``context_id`` (the shim asks :func:`children` once its configuration is accepted)."""
+    return select_root().entry_class(context_id)
 
 
 def children(root: RootContext) -> tuple[int, type | None, type | None]:
@@ -298,7 +297,7 @@ def _plain_init(cls: Any, base: Any) -> bool:
 
 
 def create_child(root: RootContext, context_id: int, stream: bool) -> Any:
-    """The context object for a new stream, when the shim cannot make it itself (see create_root)."""
+    """The context object for a new stream, when the shim cannot make it itself (see children)."""
     return root.new_stream_context(context_id) if stream else root.new_http_context(context_id)
 
 

@@ -330,20 +330,19 @@ EXPORT(proxy_on_memory_allocate) void *proxy_on_memory_allocate(size_t size) { r
 /* ---- exports: root context ---- */
 
 /*
- * What _dispatch.children answers of a root, from items[first:first + 3] of
- * `answer`: the callback mask of its children and the child classes the shim
- * may make itself (None: ask Python).  Spares of the previous classes are
- * dropped: they must not serve a stream of the new ones.
+ * What _dispatch.children answers of a root: the callback mask of its
+ * children and the child classes the shim may make itself (None: ask
+ * Python).  Spares of the previous classes are dropped: they must not serve
+ * a stream of the new ones.
  */
-static void set_children(context_slot *slot, PyObject *answer, Py_ssize_t first) {
-    slot->mask = (uint32_t)PyLong_AsUnsignedLong(PyTuple_GET_ITEM(answer, first));
-    PyObject *fast_http = PyTuple_GET_ITEM(answer, first + 1), *fast_stream = PyTuple_GET_ITEM(answer, first + 2);
+static void set_children(context_slot *slot, PyObject *answer) {
+    slot->mask = (uint32_t)PyLong_AsUnsignedLong(PyTuple_GET_ITEM(answer, 0));
+    PyObject *fast_http = PyTuple_GET_ITEM(answer, 1), *fast_stream = PyTuple_GET_ITEM(answer, 2);
     Py_XSETREF(slot->fast_http, fast_http == Py_None ? NULL : Py_NewRef(fast_http));
     Py_XSETREF(slot->fast_stream, fast_stream == Py_None ? NULL : Py_NewRef(fast_stream));
     Py_CLEAR(slot->spare_http);
     Py_CLEAR(slot->spare_stream);
 }
-
 
 EXPORT(proxy_on_context_create) void proxy_on_context_create(uint32_t context_id, uint32_t parent_id) {
     if (!dispatch) return;
@@ -356,17 +355,16 @@ EXPORT(proxy_on_context_create) void proxy_on_context_create(uint32_t context_id
     slot->kind = KIND_ROOT;
     PyObject *id = new_int(context_id);
     PyObject *args[] = {NULL, id};
-    PyObject *pair = id ? call_dispatch(str_create_root, args, 2) : NULL;
+    PyObject *root = id ? call_dispatch(str_create_root, args, 2) : NULL;
     Py_XDECREF(id);
-    if (!pair) {
+    if (!root) {
         handle_error(NULL, "create_root");
         return;
     }
-    /* _dispatch.create_root answers (root, *_dispatch.children(root)). */
-    slot = find_slot(context_id);
-    slot->object = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
-    set_children(slot, pair, 1);
-    Py_DECREF(pair);
+    /* No callbacks and no classes yet (mask 0): Envoy starts no stream on a
+       root before its configuration is accepted, and proxy_on_configure then
+       asks _dispatch.children. */
+    find_slot(context_id)->object = root;
 }
 
 static PyObject *read_buffer(uint32_t buffer, size_t size) {
@@ -405,7 +403,7 @@ EXPORT(proxy_on_configure) uint32_t proxy_on_configure(uint32_t root_id, size_t 
     PyObject *args[] = {NULL, slot->object};
     PyObject *answer = call_dispatch(str_children, args, 2);
     if (!answer) return handle_error(slot->object, "children");
-    set_children(slot, answer, 0);
+    set_children(slot, answer);
     Py_DECREF(answer);
     return accepted;
 }

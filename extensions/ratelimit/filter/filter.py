@@ -325,22 +325,19 @@ class RateLimit(HttpContext):
         return Action.CONTINUE
 
 
-
 class ReportingRateLimit(RateLimit):
     """A decision the response reports: the x-ratelimit-* headers (``response_headers``) and, in global
     mode, the service's ``response_headers_to_add``.  Without either the root chooses :class:`RateLimit`,
     and Envoy does not call into the filter for the response at all."""
 
     def on_response_headers(self, end_of_stream: bool) -> Action:
+        headers = self.response.headers
         tightest = self.tightest
         if tightest is not None and self.root.response_headers:
-            headers = self.response.headers
-            remaining, limit, reset = tightest
-            headers.set("x-ratelimit-limit", str(limit))
-            headers.set("x-ratelimit-remaining", str(remaining))
-            headers.set("x-ratelimit-reset", str(reset))
+            for name, value in rate_limit_headers(tightest, denied=False):
+                headers.set(name, value)
         for name, value in self.service_headers:
-            self.response.headers.add(name, value)
+            headers.add(name, value)
         return Action.CONTINUE
 
 
@@ -357,12 +354,12 @@ class Root(RootContext):
     def on_configure(self, config: bytes) -> bool:
         if not super().on_configure(config):  # JSON, field types against Config, then check()
             return False
-        self.rules = [PreparedRule(rule, self.config.domain, self.config.mode == "local") for rule in self.config.rules]
-        self.lock_key = f"ratelimit:{self.config.domain}:create-lock"
         self.mode_global = self.config.mode == "global"
+        self.rules = [PreparedRule(rule, self.config.domain, not self.mode_global) for rule in self.config.rules]
+        self.lock_key = f"ratelimit:{self.config.domain}:create-lock"
         self.service_authority = call_authority(self.config.service) if self.config.service else None
         self.response_headers = self.config.response_headers
         self.http_context = ReportingRateLimit if self.response_headers or self.mode_global else RateLimit
-        if self.config.mode == "local":
+        if not self.mode_global:
             buckets.ensure_lock(self.lock_key)
         return True
