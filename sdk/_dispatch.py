@@ -8,7 +8,7 @@ filter.  Not part of the public API.
 from __future__ import annotations
 
 import gc
-import json
+import marshal
 import sys
 
 from meshext.sdk import callouts
@@ -29,9 +29,12 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-# Written by `meshext build` into the module's file system.
-BUILD_CONFIG_PATH = "/app/meshext-build.json"
-# The log line that carries build facts back to `meshext build` (sdk/builder/pipeline.py).
+# Written by `meshext build` into the module's file system, in marshal's format:
+# JSON would need the json module (and re) in every VM's snapshot, also of a
+# filter that never reads JSON.
+BUILD_CONFIG_PATH = "/app/meshext-build.marshal"
+# The log line that carries build facts back to `meshext build` (sdk/builder/pipeline.py),
+# as a Python literal (the repr of a dict), for the same reason.
 BUILD_FACTS_PREFIX = "meshext-build-facts "
 
 class RootEntry:
@@ -56,8 +59,8 @@ _vm_started = False
 
 def preinit() -> None:
     """Build time: import each project's filter, then settle the heap for the snapshot."""
-    with open(BUILD_CONFIG_PATH) as file:
-        build = json.load(file)
+    with open(BUILD_CONFIG_PATH, "rb") as file:
+        build = marshal.load(file)
     for spec in build["roots"]:
         _import_root(spec)
     for name in build.get("preload", []):
@@ -98,7 +101,13 @@ def _import_root(spec: dict[str, Any]) -> None:
             )
         if candidate.config_class is not None:
             # Type hints are resolved now: at run time the module has no
-            # compiler to evaluate string annotations.
+            # compiler to evaluate string annotations.  Decided here, once
+            # the filter is imported: a filter without a config_class carries
+            # neither the validation nor json (RootContext._parse imports it
+            # when a configuration comes); with one, the configuration is
+            # JSON, parsed by a json imported once instead of in every VM.
+            import json  # noqa: F401
+
             from meshext.sdk.config import prepare
 
             prepare(candidate.config_class)
@@ -286,7 +295,7 @@ def _report_build_facts() -> None:
         "root_on_done": any(entry.entry_class.on_done is not RootContext.on_done for entry in roots.values()),
         "builtin_modules": sorted(name for name in sys.builtin_module_names if name in sys.modules),
     }
-    host.log(LogLevel.TRACE, BUILD_FACTS_PREFIX + json.dumps(facts))
+    host.log(LogLevel.TRACE, BUILD_FACTS_PREFIX + repr(facts))
 
 
 def _plain_init(cls: Any, base: Any) -> bool:

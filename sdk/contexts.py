@@ -21,7 +21,6 @@ context overrides (sdk/builder/prune.py).
 
 from __future__ import annotations
 
-import json
 from enum import StrEnum
 
 from meshext.sdk import callouts
@@ -341,6 +340,11 @@ class RootContext(_CalloutMixin):
 
     def _parse(self, config: bytes) -> Any:
         if config.strip():
+            # Imported on first use, not with the SDK: json and re are memory
+            # in every VM, and a filter without a configuration never needs
+            # them (neither needs the compiler the module lacks at run time).
+            import json
+
             try:
                 data = json.loads(config)
             except ValueError as error:

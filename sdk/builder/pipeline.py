@@ -352,7 +352,7 @@ def _build_facts(log: list[tuple[str, str]]) -> tuple[dict, list[tuple[str, str]
     if len(facts) != 1:
         raise InternalError(f"pre-initialisation (sdk/_dispatch.py) reported {len(facts)} build fact lines, not 1")
     rest = [(level, message) for level, message in log if not message.startswith(BUILD_FACTS_PREFIX)]
-    return json.loads(facts[0].removeprefix(BUILD_FACTS_PREFIX)), rest
+    return ast.literal_eval(facts[0].removeprefix(BUILD_FACTS_PREFIX)), rest
 
 
 def module_imports(module: bytes) -> list[str]:
