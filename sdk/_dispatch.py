@@ -8,7 +8,6 @@ filter.  Not part of the public API.
 from __future__ import annotations
 
 import gc
-import marshal
 import sys
 
 from meshext.sdk import callouts
@@ -29,12 +28,13 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-# Written by `meshext build` into the module's file system, in marshal's format:
+# Written by `meshext build` into the module's file system, as a Python literal
+# that preinit evaluates with the compiler the module still has at build time:
 # JSON would need the json module (and re) in every VM's snapshot, also of a
 # filter that never reads JSON.
-BUILD_CONFIG_PATH = "/app/meshext-build.marshal"
-# The log line that carries build facts back to `meshext build` (sdk/builder/pipeline.py),
-# as a Python literal (the repr of a dict), for the same reason.
+BUILD_CONFIG_PATH = "/app/meshext-build.txt"
+# The log line that carries build facts back to `meshext build`
+# (sdk/builder/pipeline.py), as a Python literal too, for the same reason.
 BUILD_FACTS_PREFIX = "meshext-build-facts "
 
 class RootEntry:
@@ -59,8 +59,8 @@ _vm_started = False
 
 def preinit() -> None:
     """Build time: import each project's filter, then settle the heap for the snapshot."""
-    with open(BUILD_CONFIG_PATH, "rb") as file:
-        build = marshal.load(file)
+    with open(BUILD_CONFIG_PATH, encoding="utf-8") as file:
+        build = eval(file.read(), {"__builtins__": {}})  # the literal `meshext build` wrote
     for spec in build["roots"]:
         _import_root(spec)
     for name in build.get("preload", []):

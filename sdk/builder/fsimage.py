@@ -19,7 +19,6 @@ knows, ``my-filter/filter.py``, and ``/app`` holds its bytecode alone
 
 from __future__ import annotations
 
-import marshal
 import struct
 from typing import Any
 
@@ -28,7 +27,6 @@ from meshext.errors import InternalError, MeshextError
 VERSION = 1
 FILE, DIRECTORY = 0, 1
 APP_DIR = "app"
-_MARSHAL_VERSION = 4
 ROOTS_DIR = "roots"
 
 
@@ -39,10 +37,9 @@ def build_config(roots: list[dict[str, Any]], preload: list[str]) -> bytes:
     import folder; None: ``/app``) and ``preload`` (its own modules to import
     at build time), and the stdlib modules to import at build time.
 
-    In marshal's format, which the module's CPython reads without importing
-    anything (json would stay in every VM's snapshot).  Version 4 is what
-    CPython 3.11 reads, whichever Python runs the build."""
-    return marshal.dumps({"roots": roots, "preload": preload}, _MARSHAL_VERSION)
+    As a Python literal, which the module's CPython reads without importing
+    anything (json would stay in every VM's snapshot)."""
+    return repr({"roots": roots, "preload": preload}).encode()
 
 
 def root(name: str, entry: str, fail_policy: str, *, root_id: str = "", path: str | None = None,

@@ -158,11 +158,14 @@ def collect_files(projects: Sequence[Project], stdlib_dir: Path, shim: bytes) ->
     # All of it compiled by the module's CPython: modules carry no compiler at
     # run time (sdk/builder/prune.py), so a module the filter imports lazily
     # must come compiled.  The SDK as unchecked hash-based .pyc next to its
-    # source.  The project's and the dependencies' files as .pyc alone on the
-    # import path, compiled under the name tracebacks show, where their source
-    # sits (fsimage's docstring).  The stdlib as .pyc alone, with docstrings
-    # and asserts stripped: less memory per VM.
-    python = [bytecode.PythonFile(name, data, optimize=0, ships_source=True, importable=True)
+    # source, with docstrings stripped (about 120 KiB of every VM; they are for
+    # readers and editors, and the SDK has no asserts to lose).  The project's
+    # and the dependencies' files as .pyc alone on the import path, compiled
+    # under the name tracebacks show, where their source sits (fsimage's
+    # docstring), docstrings and asserts kept: they are the author's.  The
+    # stdlib as .pyc alone, with docstrings and asserts stripped: less memory
+    # per VM.
+    python = [bytecode.PythonFile(name, data, optimize=2, ships_source=True, importable=True)
               for name, data in files.items() if name.endswith(".py")]
     shipped_as: dict[str, analysis.SourceFile] = {}  # PythonFile.path -> the shipped file
     shipped = [(source, part.folder) for part in parts for source in part.sources]
