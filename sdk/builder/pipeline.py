@@ -198,9 +198,11 @@ def collect_files(projects: Sequence[Project], stdlib_dir: Path, shim: bytes) ->
             files[python_file.pyc_path] = pyc
     # Stdlib modules the filter imports inside functions are imported at build
     # time too: some define namedtuples at import, which needs the compiler
-    # modules do not carry at run time.
+    # modules do not carry at run time.  Not those imported for type checkers
+    # only (`if TYPE_CHECKING:`): they never run, and typing alone is about
+    # 0.7 MiB of every VM.
     preload = sorted({item.name for part in parts for item in part.imports
-                      if not item.optional and item.name in closure_files})
+                      if not item.optional and not item.for_type_checkers and item.name in closure_files})
     single = len(parts) == 1
     files[BUILD_CONFIG_PATH.lstrip("/")] = fsimage.build_config(
         [fsimage.root(part.project.filter.name, part.project.filter.entry, part.project.filter.fail_policy,
@@ -217,7 +219,8 @@ def _own_imports(part: _ProjectPart) -> list[str]:
     too): a multi-root module imports them at build time, in the project's
     namespace, where run-time imports find them (sdk/_dispatch.py)."""
     own = {source.module for source in part.sources}
-    return sorted({item.name for item in part.imports if item.name in own and not item.optional})
+    return sorted({item.name for item in part.imports
+                   if item.name in own and not item.optional and not item.for_type_checkers})
 
 
 def _shipped_python_file(source: analysis.SourceFile, data: bytes, folder: str) -> bytecode.PythonFile:

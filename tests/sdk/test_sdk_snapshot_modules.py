@@ -5,7 +5,8 @@ imported at build time, and each Envoy VM (concurrency + 2) gets its own
 copy of those pages.  So the SDK imports only what the filter uses, decided
 at build time: a filter without a ``config_class`` carries neither the
 configuration validation (dataclasses, inspect, ast...) nor json and re; a
-filter with one carries typing only when its field types need it.  The
+filter with one carries typing only when its field types need it.  Imports
+under ``if TYPE_CHECKING:`` are not imported at build time either.  The
 filters below tell, in a request header, what their module has in
 ``sys.modules``; the configuration filters also show what their
 configuration became, which must be what the same dataclasses give on the
@@ -109,6 +110,20 @@ class Root(RootContext):
 
 FUTURE = "from __future__ import annotations\n"
 
+# typing for the type checker only, and a stdlib module imported inside a
+# function (which the build imports at build time: it may need the compiler).
+TYPE_CHECKING_ONLY = FUTURE + """
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+
+def wrapped(text: Any) -> str:
+    import textwrap
+
+    return textwrap.shorten(text, 20)
+""" + NO_CONFIG_CLASS
+
 CONFIGURATIONS = [
     {},
     {"name": "a", "limits": {"burst": 3}, "tags": ["x", "y"], "weights": {"a": 1}, "ratio": 2, "fallback": None,
@@ -182,6 +197,12 @@ def test_a_filter_without_config_class_carries_no_config_validation_json_or_re(t
     stream = configured.exchange("GET", "/")
     assert stream.request.header("x-config") == repr({"greeting": "hé"})
     assert "json" in stream.request.header("x-modules").split()
+
+
+def test_imports_for_type_checkers_only_are_not_imported_at_build_time(tmp_path: Path) -> None:
+    modules = modules_in(Host().load(build(tmp_path, "type-checking", TYPE_CHECKING_ONLY)))
+    assert "typing" not in modules
+    assert "textwrap" in modules
 
 
 @pytest.mark.parametrize("future", [False, True], ids=["annotations", "string-annotations"])
