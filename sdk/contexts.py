@@ -356,8 +356,9 @@ class RootContext(_CalloutMixin):
             data = {}
         if self.config_class is None:
             return data
-        # Imported on first use: dataclass validation pulls in typing and
-        # inspect, which filters without a config_class should not carry.
+        # Imported on first use (at build time: sdk/_dispatch.py imports it for
+        # a root with a config_class): dataclass validation pulls in
+        # dataclasses and inspect, which filters without one should not carry.
         from meshext.sdk.config import validate_config
 
         return validate_config(self.config_class, data)
