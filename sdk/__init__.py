@@ -30,9 +30,10 @@ What lives here, and what it may import:
   imported at build time is memory in every VM: ``typing`` only for type
   checkers (``if TYPE_CHECKING:``, which the build does not import; see
   ``callouts.py``), the configuration validation (``config``: dataclasses,
-  inspect) and ``json`` only for a root with a ``config_class`` (else json
-  when a configuration comes), and no ``typing`` for that either unless the
-  field types need it.  tests/sdk/test_sdk_snapshot_modules.py checks it.
+  inspect) only for a root with a ``config_class``, ``json`` only for a root
+  that validates its configuration (``config_class`` or ``check_config``;
+  else json when a configuration comes), and no ``typing`` for the
+  validation either unless the field types need it.  tests/sdk/test_sdk_snapshot_modules.py checks it.
 - The C shim (``sdk/shim/``): embeds CPython, exports the Proxy-Wasm
   callbacks, and provides the host functions as ``_meshext_host``.
 - Host side, never inside a module: ``sdk/builder/`` (`meshext build`) and

@@ -99,15 +99,17 @@ def _import_root(spec: dict[str, Any]) -> None:
                 where=f"entry point {spec['entry']!r}",
                 fix="point `entry` in meshext.toml at your RootContext class",
             )
+        # Decided here, once the filter is imported: a root that validates
+        # its configuration (a config_class, or its own check_config) is
+        # given one as JSON, parsed by a json imported once, now, instead of
+        # in every VM; any other root's VMs carry no json (RootContext._parse
+        # imports it if a configuration comes) and none carry the validation
+        # without a config_class.
+        if candidate.config_class is not None or candidate.check_config is not RootContext.check_config:
+            import json  # noqa: F401
         if candidate.config_class is not None:
             # Type hints are resolved now: at run time the module has no
-            # compiler to evaluate string annotations.  Decided here, once
-            # the filter is imported: a filter without a config_class carries
-            # neither the validation nor json (RootContext._parse imports it
-            # when a configuration comes); with one, the configuration is
-            # JSON, parsed by a json imported once instead of in every VM.
-            import json  # noqa: F401
-
+            # compiler to evaluate string annotations.
             from meshext.sdk.config import prepare
 
             prepare(candidate.config_class)

@@ -3,9 +3,10 @@
 The snapshot of a module holds every module imported while the filter was
 imported at build time, and each Envoy VM (concurrency + 2) gets its own
 copy of those pages.  So the SDK imports only what the filter uses, decided
-at build time: a filter without a ``config_class`` carries neither the
-configuration validation (dataclasses, inspect, ast...) nor json and re; a
-filter with one carries typing only when its field types need it.  Imports
+at build time: a filter without a ``config_class`` carries no
+configuration validation (dataclasses, inspect, ast...), nor json and re
+unless it checks its configuration itself; a filter with one carries typing
+only when its field types need it.  Imports
 under ``if TYPE_CHECKING:`` are not imported at build time either.  The
 filters below tell, in a request header, what their module has in
 ``sys.modules``; the configuration filters also show what their
@@ -52,6 +53,16 @@ NO_CONFIG_CLASS = REPORT + '''
 
 class Root(RootContext):
     http_context = Report
+'''
+
+# No config_class, but a check of the configuration: the root expects one, as JSON.
+CHECKS_CONFIG = REPORT + '''
+
+class Root(RootContext):
+    http_context = Report
+
+    def check_config(self, config):
+        pass
 '''
 
 # Field types of every kind the validation supports, written without typing.
@@ -197,6 +208,12 @@ def test_a_filter_without_config_class_carries_no_config_validation_json_or_re(t
     stream = configured.exchange("GET", "/")
     assert stream.request.header("x-config") == repr({"greeting": "hé"})
     assert "json" in stream.request.header("x-modules").split()
+
+
+def test_a_root_that_checks_its_configuration_has_json_from_the_build(tmp_path: Path) -> None:
+    modules = modules_in(Host().load(build(tmp_path, "checks-config", CHECKS_CONFIG)))
+    assert "json" in modules
+    assert modules & {"dataclasses", "inspect", "typing", "meshext.sdk.config"} == set()
 
 
 def test_imports_for_type_checkers_only_are_not_imported_at_build_time(tmp_path: Path) -> None:
