@@ -7,11 +7,15 @@ says which one a stream is on: inbound streams report as
 Peer metadata (HTTP): the client side sends its node metadata as
 ``x-envoy-peer-metadata`` (base64 of a serialised google.protobuf.Struct:
 NAMESPACE, WORKLOAD_NAME, CLUSTER_ID, LABELS, ...) and
-``x-envoy-peer-metadata-id``; the server side reads and removes them (the app
-never sees them) and answers with its own only when the request carried
-them; the client reads and removes those from the response.  Without them the
-client falls back to the endpoint's ``istio.workload`` metadata, and the
-server reports ``unknown`` for the source.
+``x-envoy-peer-metadata-id``; the server side reads them and answers with its
+own only when the request carried them; the client reads and removes those
+from the response.  Without them the client falls back to the endpoint's
+``istio.workload`` metadata, and the server reports ``unknown`` for the source.
+The parts whose values are this sidecar's constants are Envoy route
+configuration the control plane writes (control/telemetry.py
+``exchange_routes``), not host calls of every request: the outbound route
+adds the request headers, the inbound route removes them before the app (the
+router runs after this filter has read them) and adds the answer.
 
 Value rules are Istio's (``shared/research/telemetry.md`` §1): local labels as
 the node metadata has them, empty peer labels ``unknown`` (canonical revision
@@ -48,7 +52,7 @@ from istio_metrics import (
     TCP_RECEIVED,
     TCP_SENT,
 )
-from struct_codec import decode_metadata, decode_node_metadata, decode_struct, encode_struct
+from struct_codec import decode_metadata, decode_node_metadata, decode_struct
 
 from meshext.sdk import Action, Counter, Histogram, HttpContext, RootContext, StreamContext, properties
 
@@ -229,26 +233,15 @@ class Stream(HttpContext):
         content_type = headers.get("content-type") or ""
         self.protocol = "grpc" if content_type.startswith("application/grpc") else "http"
         self.peer = None
-        if inbound:
+        if inbound:  # the outbound side's headers are its route's (the module docstring)
             exchanged = headers.get(PEER_METADATA_HEADER)
-            self.exchanged = exchanged is not None
             if exchanged is not None:
                 self.peer = peer_from_header(exchanged)
-                headers.remove(PEER_METADATA_HEADER)
-                headers.remove(PEER_METADATA_ID_HEADER)
-        else:
-            self.authority = headers.get(":authority") or ""
-            headers.set(PEER_METADATA_HEADER, self.root.exchange_value)
-            headers.set(PEER_METADATA_ID_HEADER, self.root.node_id)
         return Action.CONTINUE
 
     def on_response_headers(self, end_of_stream):
-        headers = self.response.headers
-        if self.inbound:
-            if self.exchanged:
-                headers.set(PEER_METADATA_HEADER, self.root.exchange_value)
-                headers.set(PEER_METADATA_ID_HEADER, self.root.node_id)
-        else:
+        if not self.inbound:  # the inbound side's answer is its route's
+            headers = self.response.headers
             exchanged = headers.get(PEER_METADATA_HEADER)
             if exchanged is not None:
                 self.peer = peer_from_header(exchanged)
@@ -272,10 +265,13 @@ class Stream(HttpContext):
                           get_property(_RESPONSE_FLAGS))
         else:
             peer = self.peer
-            key = (False, peer, get_property(_CLUSTER_NAME), get_property(_UPSTREAM_LOCAL_SAN),
+            cluster = get_property(_CLUSTER_NAME)
+            # The destination service is the cluster's when it names one; only otherwise the authority's.
+            authority = None if _service_hosts.get(cluster) else self.request.headers.get(":authority") or ""
+            key = (False, peer, cluster, get_property(_UPSTREAM_LOCAL_SAN),
                    get_property(_UPSTREAM_PEER_SAN), protocol, get_property(_RESPONSE_CODE),
                    get_property(_GRPC_STATUS) if grpc else None, get_property(_RESPONSE_FLAGS),
-                   self.authority, get_property(_UPSTREAM_WORKLOAD) if peer is None else None)
+                   authority, get_property(_UPSTREAM_WORKLOAD) if peer is None else None)
         children = _request_children.get(key)
         if children is None:
             children = _bounded_put(_request_children, key, request_children(self.root.local, key))
@@ -295,6 +291,8 @@ class Stream(HttpContext):
 
 # Stream.on_log's label keys -> (requests, duration, request size, response size children, peer labels).
 _request_children: dict[tuple, tuple] = {}
+# Raw outbound xds.cluster_name -> whether its istio.services names a host (then :authority is not read).
+_service_hosts: dict[bytes | None, bool] = {}
 
 
 def request_children(local: tuple[str, ...], key: tuple) -> tuple:
@@ -316,6 +314,7 @@ def request_children(local: tuple[str, ...], key: tuple) -> tuple:
         _, peer, cluster, local_san, peer_san, protocol, code, grpc_status, flags, authority, workload = key
         host_name, service_name, service_namespace = (cluster_service(_decoded(cluster)) if cluster
                                                       else ("", "", ""))
+        _bounded_put(_service_hosts, cluster, bool(host_name))
         source = local
         if peer is not None:
             destination = peer
@@ -324,7 +323,7 @@ def request_children(local: tuple[str, ...], key: tuple) -> tuple:
         source_principal = _decoded(local_san) or UNKNOWN
         destination_principal = _decoded(peer_san) or UNKNOWN
         security = UNKNOWN
-        service = host_name or authority.split(":", 1)[0] or UNKNOWN
+        service = host_name or (authority or "").split(":", 1)[0] or UNKNOWN
         service_name = service_name or (service.split(".", 1)[0] if service != UNKNOWN else UNKNOWN)
         service_namespace = service_namespace or destination[1]
         reporter = "source"
@@ -430,7 +429,7 @@ class Connection(StreamContext):
 
 
 class Root(RootContext):
-    """Reads the local node's identity once and builds the peer metadata this sidecar sends.
+    """Reads the local node's identity once.
 
     Configuration (JSON, from the control plane; every key optional):
     ``tcp_reporting_ms``, how often open TCP connections report their byte
@@ -456,10 +455,6 @@ class Root(RootContext):
         node = properties.get("xds.node") or b""
         metadata = decode_node_metadata(node)
         self.local = identity(metadata)
-        self.node_id = properties.get_str(("xds", "node", "id")) or ""
-        exchanged = {key: metadata[key] for key in ("NAME", "NAMESPACE", "WORKLOAD_NAME", "CLUSTER_ID", "LABELS",
-                                                       "OWNER", "MESH_ID") if key in metadata}
-        self.exchange_value = binascii.b2a_base64(encode_struct(exchanged), newline=False).decode()
         return True
 
     def start_reporting(self):
