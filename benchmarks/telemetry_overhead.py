@@ -46,8 +46,9 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from prometheus_client.parser import text_string_to_metric_families
 from sdk_header_filter import (
@@ -62,11 +63,13 @@ from sdk_header_filter import (
     wrk_load,
 )
 
-from meshext.control.mesh import Service, ServicePort, Workload
+from meshext.control.mesh import Mesh, Service, ServicePort, Workload
 from meshext.control.telemetry import (
+    for_direction,
     node_metadata,
     peer_metadata_headers,
     services_metadata,
+    telemetry_extension,
     with_inbound_exchange,
     with_outbound_exchange,
     workload_metadata,
@@ -84,6 +87,7 @@ GRPC_STATS = {"name": "envoy.filters.http.grpc_stats", "typed_config": {
     "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
     "emit_filter_state": True, "stats_for_all_methods": False}}
 BACKEND = Service(name="backend", selector={"app": "backend"}, ports=[ServicePort(port=8080)])
+Direction = Literal["inbound", "outbound"]
 START_TIMEOUT = 300  # V8 compiles the telemetry module (CPython inside) for tens of seconds on a busy machine
 
 
@@ -110,22 +114,36 @@ def _cluster(name: str, port: int, http2: bool, metadata: dict | None = None,
     return cluster
 
 
+def telemetry_configuration(direction: Direction) -> dict:
+    """The telemetry plugin configuration of a ``direction`` listener, as the control plane writes it
+    (no mutual TLS, so no peers)."""
+    extension = for_direction(telemetry_extension("0" * 64, Mesh(), None), direction)
+    return json.loads(extension.configuration)
+
+
 @dataclass
 class Variant:
-    """What a variant's sidecars run: HTTP ``filters``, and whether their routes do the constant part of the
-    peer metadata exchange, as the control plane writes them while telemetry is placed."""
+    """What a variant's sidecars run: the same HTTP ``filters`` in both, or the ``telemetry`` module as the
+    control plane places it (its configuration per listener direction, with the grpc_stats filter beside
+    it, and the routes doing the constant part of the peer metadata exchange)."""
 
-    filters: list[dict]
-    exchange: bool = False
+    filters: list[dict] = field(default_factory=list)
+    telemetry: Path | None = None
+
+    def http_filters(self, direction: Direction) -> list[dict]:
+        """The HTTP filters of the ``direction`` sidecar, ahead of the router."""
+        if self.telemetry is None:
+            return self.filters
+        return [GRPC_STATS, *wasm_filter(self.telemetry, telemetry_configuration(direction))]
 
 
-def sidecar_bootstrap(workload: Workload, direction: str, variant: Variant, cluster: dict) -> dict:
+def sidecar_bootstrap(workload: Workload, direction: Direction, variant: Variant, cluster: dict) -> dict:
     """One sidecar's Envoy: ``workload``'s node metadata, one listener (``inbound``/``outbound``) with
     ``variant``'s filters routing everything to ``cluster``."""
     metadata = node_metadata(workload.name, workload.namespace, workload.labels)
     routes: dict = {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{
         "match": {"prefix": "/"}, "route": {"cluster": cluster["name"]}}]}]}
-    if variant.exchange:
+    if variant.telemetry is not None:
         exchange = peer_metadata_headers(workload.node_id, metadata)
         routes = (with_inbound_exchange if direction == "inbound" else with_outbound_exchange)(routes, exchange)
     return {
@@ -137,7 +155,7 @@ def sidecar_bootstrap(workload: Workload, direction: str, variant: Variant, clus
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
             "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
                 "@type": HCM, "stat_prefix": direction, "codec_type": "AUTO", "route_config": routes,
-                "http_filters": [*variant.filters, ROUTER]}}]}],
+                "http_filters": [*variant.http_filters(direction), ROUTER]}}]}],
         }]},
     }
 
@@ -190,11 +208,6 @@ class Chain:
         """Stop both Envoys and remove their work directories."""
         for envoy in self.sidecars:
             envoy.cleanup()
-
-
-def telemetry_variant(module: Path) -> Variant:
-    """The telemetry extension as the control plane places it on a sidecar's HTTP listener and routes."""
-    return Variant([GRPC_STATS, *wasm_filter(module, {"tcp_reporting_ms": 5000, "peers": {}})], exchange=True)
 
 
 def one_round(app_port: int, variant: Variant, seconds: int) -> dict[str, float]:
@@ -292,11 +305,11 @@ def main() -> None:
         chosen = {
             "no filter": Variant([]),
             "header filter": Variant(wasm_filter(header)),
-            "telemetry": telemetry_variant(telemetry_path),
+            "telemetry": Variant(telemetry=telemetry_path),
         }
         for alternative in args.alternative:
             name, _, module = alternative.partition("=")
-            chosen[f"telemetry: {name}"] = telemetry_variant(Path(module))
+            chosen[f"telemetry: {name}"] = Variant(telemetry=Path(module))
         app = EnvoyProcess(app_bootstrap(codes))
         try:
             app.start()

@@ -41,7 +41,7 @@ import hashlib
 import json
 import ssl
 import urllib.parse
-from typing import Any
+from typing import Any, Literal
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import extension_pb2
@@ -72,6 +72,7 @@ from meshext.control.telemetry import (
     TELEMETRY_KEY,
     TELEMETRY_TCP_FILTER,
     TELEMETRY_TCP_ROOT_ID,
+    for_direction,
     peer_metadata_headers,
     services_metadata,
     with_inbound_exchange,
@@ -389,6 +390,12 @@ def _outbound_cluster_name(service: Service, port: int) -> str:
     return f"outbound|{port}||{service.host}"
 
 
+def _directed(extension: PlacedExtension, direction: Literal["inbound", "outbound"]) -> PlacedExtension:
+    """``extension`` as the ``direction`` listener references it: the telemetry extension's own per
+    direction (telemetry.py ``for_direction``), any other as it is."""
+    return for_direction(extension, direction) if extension.key == TELEMETRY_KEY else extension
+
+
 def _has_telemetry(extensions: list[PlacedExtension]) -> bool:
     return any(extension.key == TELEMETRY_KEY for extension in extensions)
 
@@ -429,8 +436,8 @@ class SnapshotBuilder:
         ``node_metadata``: what its proxy announced (default: the mesh's labels
         for it), sent to its peers while telemetry is placed."""
         ordered = order(extensions)
-        inbound = [e for e in ordered if _applies(e, "inbound", workload.inbound.port)]
-        outbound = [e for e in ordered if _applies(e, "outbound", workload.outbound.port)]
+        inbound = [_directed(e, "inbound") for e in ordered if _applies(e, "inbound", workload.inbound.port)]
+        outbound = [_directed(e, "outbound") for e in ordered if _applies(e, "outbound", workload.outbound.port)]
         authentication = tuple(sorted(policies or [], key=lambda p: p.key))
         listener_key = (workload.node_id, tuple(e.filter_name for e in inbound), tuple(e.filter_name for e in outbound),
                         authentication)
@@ -449,8 +456,9 @@ class SnapshotBuilder:
         base_key = (workload.node_id, json.dumps(exchange) if exchange else None)
         if base_key not in self._base:
             self._base[base_key] = self._service_resources(workload, exchange)
-        extension_configs = [self._extension_config(e, module_dir) for e in ordered if e in inbound or e in outbound]
-        extension_configs += [self._extension_config(e, module_dir) for e in draining or []]
+        extension_configs = [self._extension_config(e, module_dir) for e in dict.fromkeys([*inbound, *outbound])]
+        extension_configs += [self._extension_config(directed, module_dir) for e in draining or []
+                              for directed in dict.fromkeys([_directed(e, "inbound"), _directed(e, "outbound")])]
         telemetry = next((e for e in ordered if e.key == TELEMETRY_KEY), None)
         if telemetry is not None and self._runs_tcp(workload):
             extension_configs.append(self._extension_config(telemetry, module_dir, network=True))

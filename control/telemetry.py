@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any
+from dataclasses import replace
+from typing import Any, Literal
 
 from meshext.control.mesh import Mesh, Service, Workload
 from meshext.control.placement import PlacedExtension
@@ -36,6 +37,9 @@ from meshext.extensions.telemetry.filter.struct_codec import encode_struct
 
 TELEMETRY_KEY = "Telemetry/meshext-system/istio-stats"
 TELEMETRY_FILTER = "meshext.telemetry"
+# The outbound listener's: its configuration names its direction (for_direction), so it is an
+# ECDS resource of its own; the same module and vm_id, so the same VM.
+TELEMETRY_OUTBOUND_FILTER = "meshext.telemetry.outbound"
 # The same module as a network filter on TCP listeners: a second ECDS resource (another type),
 # one VM with the HTTP filter (same vm_id).
 TELEMETRY_TCP_FILTER = "meshext.telemetry.tcp"
@@ -102,6 +106,16 @@ def telemetry_extension(module_sha256: str, mesh: Mesh, trust_domain: str | None
     return PlacedExtension(key=TELEMETRY_KEY, filter_name=TELEMETRY_FILTER, phase="[stats]", priority=0,
                            module_sha256=module_sha256, root_id="", configuration=configuration, fail_open=True,
                            inbound=True, outbound=True)
+
+
+def for_direction(extension: PlacedExtension, direction: Literal["inbound", "outbound"]) -> PlacedExtension:
+    """The telemetry ``extension`` as the ``direction`` listener runs it: its configuration names the
+    direction (``listener_direction``), which the filter would otherwise read per connection, an attribute
+    read per request; outbound under TELEMETRY_OUTBOUND_FILTER.  The key, module and so the VM stay one."""
+    configuration = json.dumps({**json.loads(extension.configuration), "listener_direction": direction},
+                               sort_keys=True)
+    return replace(extension, configuration=configuration,
+                   filter_name=TELEMETRY_FILTER if direction == "inbound" else TELEMETRY_OUTBOUND_FILTER)
 
 
 def peer_metadata_headers(node_id: str, metadata: dict[str, Any]) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import replace
 
 from envoy.config.core.v3 import base_pb2, extension_pb2
@@ -11,6 +12,7 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.wasm.v3 import wasm_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.wasm.v3 import wasm_pb2 as plugin_pb2
+from google.protobuf import wrappers_pb2
 
 from meshext.control.envoy_config import SnapshotBuilder
 from meshext.control.mesh import load_mesh
@@ -192,3 +194,31 @@ def test_routes_carry_the_peer_metadata_exchange_while_telemetry_is_placed():
     assert not _routes(bare, "outbound").request_headers_to_add
     assert len(_routes(bare, "inbound").virtual_hosts[0].routes) == 1
     assert not _routes(bare, "inbound").request_headers_to_remove
+
+
+def _plugin(snapshot, name: str) -> plugin_pb2.PluginConfig:
+    config = extension_pb2.TypedExtensionConfig()
+    snapshot.of_type(EXTENSION_CONFIG)[name].packed.Unpack(config)
+    wasm = wasm_pb2.Wasm()
+    config.typed_config.Unpack(wasm)
+    return wasm.config
+
+
+def test_each_listener_tells_the_telemetry_plugin_its_direction():
+    """Inbound and outbound listeners reference their own telemetry config, naming the direction (the filter
+    then reads no attribute for it), on one VM: the same vm_id and module."""
+    mesh = load_mesh()
+    workload = mesh.workloads[0]
+    snapshot = SnapshotBuilder(mesh).snapshot(workload, [telemetry_extension(SHA, mesh, None)], "/m")
+    assert "meshext.telemetry" in _http_filters(snapshot, "inbound")
+    assert "meshext.telemetry.outbound" in _http_filters(snapshot, "outbound")
+    inbound, outbound = _plugin(snapshot, "meshext.telemetry"), _plugin(snapshot, "meshext.telemetry.outbound")
+    def configuration(plugin: plugin_pb2.PluginConfig) -> dict:
+        text = wrappers_pb2.StringValue()
+        plugin.configuration.Unpack(text)
+        return json.loads(text.value)
+
+    assert configuration(inbound)["listener_direction"] == "inbound"
+    assert configuration(outbound)["listener_direction"] == "outbound"
+    assert inbound.vm_config.vm_id == outbound.vm_config.vm_id
+    assert inbound.vm_config.code.local.filename == outbound.vm_config.code.local.filename

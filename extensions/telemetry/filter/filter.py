@@ -54,7 +54,7 @@ from istio_metrics import (
 )
 from struct_codec import decode_metadata, decode_node_metadata, decode_struct
 
-from meshext.sdk import Action, Counter, Histogram, HttpContext, RootContext, StreamContext, properties
+from meshext.sdk import Action, ConfigError, Counter, Histogram, HttpContext, RootContext, StreamContext, properties
 
 TYPE_CHECKING = False  # typing is not imported inside the VM
 if TYPE_CHECKING:
@@ -196,19 +196,20 @@ def cluster_service(cluster_name: str) -> tuple[str, str, str]:
 
 # connection.id -> what every request of that downstream connection shares (connection_facts).
 _connections: dict[bytes | None, tuple[bool, bytes | None, bytes | None]] = {}
-_OUTBOUND_FACTS = (False, None, None)
+_OUTBOUND_FACTS: tuple[bool, bytes | None, bytes | None] = (False, None, None)
 
 
-def connection_facts(connection: bytes | None) -> tuple[bool, bytes | None, bytes | None]:
+def connection_facts(connection: bytes | None, inbound: bool) -> tuple[bool, bytes | None, bytes | None]:
     """(inbound, peer principal, local principal) of the downstream connection ``connection`` (its raw
-    ``connection.id``), the principals raw and only for inbound (outbound ones are the upstream's, per request).
+    ``connection.id``), the principals raw and only for inbound (outbound ones are the upstream's, per request);
+    ``inbound``: the plugin's configuration says so, else the listener's direction is read.
 
     Read once per connection (Stream.on_request_headers looks in ``_connections`` first): a listener's
     direction and the connection's certificates do not change while it is open, and a connection id names
     one connection for the life of the Envoy process (a process-wide counter,
     ConnectionImpl::next_global_id_), so an entry never answers for another connection.  Without an id
     they are read for this request only."""
-    if get_property(_LISTENER_DIRECTION) == _INBOUND_DIRECTION:
+    if inbound or get_property(_LISTENER_DIRECTION) == _INBOUND_DIRECTION:
         facts = (True, get_property(_PEER_SAN), get_property(_LOCAL_SAN))
     else:
         facts = _OUTBOUND_FACTS
@@ -223,9 +224,13 @@ class Stream(HttpContext):
     root: "Root"
 
     def on_request_headers(self, end_of_stream):
-        connection = get_property(_CONNECTION_ID)
-        # None (no connection id) is never a key; facts are non-empty tuples.
-        self.connection = facts = _connections.get(connection) or connection_facts(connection)
+        root = self.root
+        if root.outbound:  # nothing of an outbound connection is read per connection
+            self.connection = facts = _OUTBOUND_FACTS
+        else:
+            connection = get_property(_CONNECTION_ID)
+            # None (no connection id) is never a key; facts are non-empty tuples.
+            self.connection = facts = _connections.get(connection) or connection_facts(connection, root.inbound)
         self.inbound = inbound = facts[0]
         headers = self.request.headers
         # Single gets, not one get_header_map_pairs for all: in Envoy the pairs (every header, each
@@ -434,9 +439,11 @@ class Root(RootContext):
     Configuration (JSON, from the control plane; every key optional):
     ``tcp_reporting_ms``, how often open TCP connections report their byte
     counts (default 5000, Istio's native proxy's 5 s; its Wasm plugin used
-    15 s), and ``peers``, SPIFFE id -> ``[workload, namespace, canonical
+    15 s), ``peers``, SPIFFE id -> ``[workload, namespace, canonical
     service, canonical revision, app, version, cluster]``: who a TCP peer
-    is, read from its certificate."""
+    is, read from its certificate, and ``listener_direction``, ``inbound`` or
+    ``outbound``: the HTTP listener this plugin runs on (without it, read
+    from ``xds.listener_direction`` once per downstream connection)."""
 
     http_context = Stream
     stream_context = Connection
@@ -446,6 +453,9 @@ class Root(RootContext):
             return False
         settings = self.config if isinstance(self.config, dict) else {}
         self.tcp_reporting_ms = int(settings.get("tcp_reporting_ms") or DEFAULT_TCP_REPORTING_MS)
+        # Inbound still reads per connection: the peer's and the local principal (connection_facts).
+        self.inbound = settings.get("listener_direction") == "inbound"
+        self.outbound = settings.get("listener_direction") == "outbound"
         peers = settings.get("peers")
         self.peers = {principal: peer_identity([_text(value) for value in fields])
                       for principal, fields in (peers.items() if isinstance(peers, dict) else ())
@@ -456,6 +466,12 @@ class Root(RootContext):
         metadata = decode_node_metadata(node)
         self.local = identity(metadata)
         return True
+
+    def check_config(self, config):
+        direction = config.get("listener_direction") if isinstance(config, dict) else None
+        if direction not in (None, "inbound", "outbound"):
+            raise ConfigError(f"listener_direction is {direction!r}", where="config.listener_direction",
+                              fix='set it to "inbound" or "outbound", or leave it out')
 
     def start_reporting(self):
         """Start the byte-count timer with the first TCP connection (HTTP-only plugins never tick)."""
