@@ -1,8 +1,9 @@
 """Istio's standard metrics from a sidecar, and the peer metadata exchange that names both ends.
 
-One module serves both listeners of a sidecar; ``xds.listener_direction``
-says which one a stream is on: inbound streams report as
-``reporter="destination"``, outbound ones as ``reporter="source"``.
+One module serves both listeners of a sidecar, one plugin each; the
+plugin configuration's ``listener_direction`` (else ``xds.listener_direction``,
+read once per connection) says which one a stream is on: inbound streams
+report as ``reporter="destination"``, outbound ones as ``reporter="source"``.
 
 Peer metadata (HTTP): the client side sends its node metadata as
 ``x-envoy-peer-metadata`` (base64 of a serialised google.protobuf.Struct:
@@ -219,7 +220,9 @@ def connection_facts(connection: bytes | None, inbound: bool) -> tuple[bool, byt
 
 
 class Stream(HttpContext):
-    """One HTTP stream: exchange peer metadata, report at the end."""
+    """One HTTP stream: read the peer's metadata, report at the end.  An inbound plugin's streams are
+    this class: the answer to the peer is its route's, so Envoy's response callback finds no Python to run
+    (OutboundStream has one)."""
 
     root: "Root"
 
@@ -242,16 +245,6 @@ class Stream(HttpContext):
             exchanged = headers.get(PEER_METADATA_HEADER)
             if exchanged is not None:
                 self.peer = peer_from_header(exchanged)
-        return Action.CONTINUE
-
-    def on_response_headers(self, end_of_stream):
-        if not self.inbound:  # the inbound side's answer is its route's
-            headers = self.response.headers
-            exchanged = headers.get(PEER_METADATA_HEADER)
-            if exchanged is not None:
-                self.peer = peer_from_header(exchanged)
-                headers.remove(PEER_METADATA_HEADER)
-                headers.remove(PEER_METADATA_ID_HEADER)
         return Action.CONTINUE
 
     def on_log(self):
@@ -292,6 +285,21 @@ class Stream(HttpContext):
                 REQUEST_MESSAGE_COUNT.labels(*peer_labels).inc(counts[0])
             if counts[1]:
                 RESPONSE_MESSAGE_COUNT.labels(*peer_labels).inc(counts[1])
+
+
+class OutboundStream(Stream):
+    """A stream of an outbound plugin, or of one whose configuration names no direction: it also reads the
+    server's answer, and removes it before the client app sees it."""
+
+    def on_response_headers(self, end_of_stream):
+        if not self.inbound:  # the inbound side's answer is its route's
+            headers = self.response.headers
+            exchanged = headers.get(PEER_METADATA_HEADER)
+            if exchanged is not None:
+                self.peer = peer_from_header(exchanged)
+                headers.remove(PEER_METADATA_HEADER)
+                headers.remove(PEER_METADATA_ID_HEADER)
+        return Action.CONTINUE
 
 
 # Stream.on_log's label keys -> (requests, duration, request size, response size children, peer labels).
@@ -445,7 +453,7 @@ class Root(RootContext):
     ``outbound``: the HTTP listener this plugin runs on (without it, read
     from ``xds.listener_direction`` once per downstream connection)."""
 
-    http_context = Stream
+    http_context: "type[Stream]" = OutboundStream  # every callback a stream may need; an inbound plugin chooses Stream
     stream_context = Connection
 
     def on_configure(self, config):
@@ -456,6 +464,7 @@ class Root(RootContext):
         # Inbound still reads per connection: the peer's and the local principal (connection_facts).
         self.inbound = settings.get("listener_direction") == "inbound"
         self.outbound = settings.get("listener_direction") == "outbound"
+        self.http_context = Stream if self.inbound else OutboundStream
         peers = settings.get("peers")
         self.peers = {principal: peer_identity([_text(value) for value in fields])
                       for principal, fields in (peers.items() if isinstance(peers, dict) else ())
