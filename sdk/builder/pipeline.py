@@ -541,7 +541,8 @@ def _build(projects: list[Project], output: Path, progress: Progress | None, opt
                       f"importing the {what} at build time ({len(files)} files in the module's file system)"):
         image = fsimage.build_image(files)
         try:
-            result = preinit.preinitialize(shim, image)
+            # The project's sources stay in memory: an edit changes them, and no more than the snapshot.
+            result = preinit.preinitialize(shim, image, in_memory=set(contents.shown_as))
         except preinit.PreinitFailed as failure:
             raise _explain_preinit_failure(projects, contents.shown_as, failure.log) from None
 
