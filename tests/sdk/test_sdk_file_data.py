@@ -66,7 +66,7 @@ def test_files_read_at_run_time_come_from_a_passive_segment_not_from_each_vms_me
     assert len(passive) == 1 and sdk_source in passive[0]
     assert sdk_source[:200] not in memory
     assert b"MXFS" in memory  # the entry table stays in memory: a lookup touches no segment
-    assert b"def answer():" in memory  # the project's sources too (below)
+    assert b"def answer():" in memory  # the project's files too (below)
 
     plugin = Host().load(built.output)
     assert plugin.exchange("GET", "/lazy").request.header("x-lazy") == "read at run time"
@@ -83,9 +83,12 @@ def test_an_edit_of_the_filter_keeps_the_passive_segment(tmp_path: Path) -> None
     # The segment is part of the code the test host compiles: equal segments, cached native code.
     first, _ = data(build_filter(project(tmp_path), tmp_path / "out.wasm").output)
     edited = FILTER.replace('raise KeyError("VERSION")', 'raise KeyError("EDITED")')
-    built = build_filter(project(tmp_path, edited), tmp_path / "out.wasm")
+    folder = project(tmp_path, edited)
+    (folder / "lazy_helper.py").write_text("def answer():\n    return 'edited'\n")  # imported at run time only
+    built = build_filter(folder, tmp_path / "out.wasm")
     assert built.rebuilt
     assert data(built.output)[0] == first
     plugin = Host().load(built.output)
     plugin.exchange("GET", "/raise")
     assert 'raise KeyError("EDITED")' in "\n".join(plugin.log_messages())
+    assert plugin.exchange("GET", "/lazy").request.header("x-lazy") == "edited"
