@@ -401,9 +401,10 @@ def _const(value_type: int, value: int | float) -> bytes:
 # V8's and wasmparser's (wasmtime's) limit on data segments in a module.
 MAX_DATA_SEGMENTS = 100_000
 # A data segment costs 8 to 10 bytes of module besides its data (flags,
-# offset expression, length): a run of zeros longer than this is cheaper
-# left out than carried.  Measured on the header filter (README, "Data
-# segments"): module ... MB and ... segments.
+# offset expression, length): a run of zeros longer than that is cheaper
+# left out than carried.  16 measured best on the header filter (README,
+# "File data and data segments"): 23,248 segments, 0.8 MB less module than
+# 1 KiB gaps, Envoy's RSS 2 MB lower, start-up the same.
 ZERO_GAP = 16
 
 
