@@ -1,13 +1,17 @@
-"""Where a module's files live after `meshext build`: the files a filter
+"""Where a module's data live after `meshext build`: the files a filter
 reads at run time (lazy imports, codecs, source lines) come from one
 passive data segment, which V8 keeps once per module, not from each VM's
-linear memory; the project's own sources stay in memory, so an edit leaves
-that segment as it was.  Runs the modules in meshext's Proxy-Wasm host."""
+linear memory; the project's own files stay in memory, so an edit leaves
+that segment as it was; the snapshot's active segments leave out runs of
+zeros, within the number of segments Wasm engines accept.  Runs the
+modules in meshext's Proxy-Wasm host."""
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+
+import wasmtime
 
 from meshext import wasm_binary
 from meshext.sdk.builder import build_filter
@@ -92,3 +96,18 @@ def test_an_edit_of_the_filter_keeps_the_passive_segment(tmp_path: Path) -> None
     plugin.exchange("GET", "/raise")
     assert 'raise KeyError("EDITED")' in "\n".join(plugin.log_messages())
     assert plugin.exchange("GET", "/lazy").request.header("x-lazy") == "edited"
+
+
+def test_a_snapshot_needing_more_segments_than_engines_accept_still_loads() -> None:
+    module = wasmtime.wat2wasm('(module (memory (export "memory") 1))')
+    memory = (b"\x01" + bytes(wasm_binary.ZERO_GAP)) * (wasm_binary.MAX_DATA_SEGMENTS + 1000)
+    memory += bytes(-len(memory) % 65536)
+    snapshot = wasm_binary.snapshot(module, memory, [], drop_exports=(), passive=[b"file data"])
+    segments = wasm_binary.read_data_segments(wasm_binary.parse_sections(snapshot))
+    assert segments is not None and len(segments) <= wasm_binary.MAX_DATA_SEGMENTS
+    assert segments[0] == (None, b"file data")
+    store = wasmtime.Store()
+    instance = wasmtime.Instance(store, wasmtime.Module(store.engine, snapshot), [])
+    restored = instance.exports(store)["memory"]
+    assert isinstance(restored, wasmtime.Memory)
+    assert bytes(restored.read(store, 0, len(memory))) == memory
