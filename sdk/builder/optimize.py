@@ -10,15 +10,15 @@ code become 4020 and 1.46 MB, Envoy's time to the first answer 2.60 s ->
 2.11 s and its RSS 165 -> 155 MB (README, "Code size, issue 16").
 
 Only the code is optimised: wasm-opt gets the module without its data (the
-snapshot; the passive segment the file-system data is read from,
-fsimage.detach, as an empty stand-in, with the one pass that would read or
-repack it, memory-packing, skipped), and the result gets the original data
-back, byte for byte.  No other pass reads memory or segment contents, the function table keeps its slots (the heap
-holds them as function pointers) and exports keep their names, so the
-snapshot stays valid.  What wasm-opt reads is the same for every build of
-filters with the same callbacks and C modules (pruning's choices), so its
-output is cached in ``stages/`` like pruning's: wasm-opt takes tens of
-seconds on CPython.
+snapshot; the passive segment of the file data, fsimage.detach, as an
+empty stand-in, with memory-packing, the one pass that would read or repack
+it, skipped), and the result gets the original data back, byte for byte.
+No other pass reads memory or segment contents, the function table keeps
+its slots (the heap holds them as function pointers) and exports keep
+their names, so the snapshot stays valid.  What wasm-opt reads is the same
+for every build of filters with the same callbacks and C modules (pruning's
+choices), so its output is cached in ``stages/`` like pruning's: wasm-opt
+takes tens of seconds on CPython.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@
  * passive segment once, in the module's bytes, where contents in linear
  * memory would be one copy per VM.  The segment is never dropped: a file
  * may be read again.
+ *
  * fd 1 and 2 go to proxy_log, line by line (Envoy's own log).
  */
 #include <errno.h>
