@@ -7,10 +7,12 @@ that off the edit-test loop:
 - native code is cached on disk (``wasmtime/`` under the meshext cache,
   least recently used files evicted past ``MESHEXT_CACHE_LIMIT_MB``: see
   :mod:`meshext.paths`), keyed by what was compiled and the wasmtime version;
-- a module is compiled without its data segments, which :func:`instantiate`
-  writes into the new instance's memory instead.  A rebuilt filter differs
-  from the previous build only in its snapshot (data segments), so its
-  code, and therefore its native code, comes from the cache.
+- a module is compiled without its active data segments, which
+  :func:`instantiate` writes into the new instance's memory instead.  A
+  rebuilt filter differs from the previous build only in its snapshot
+  (active data segments; its passive one, the file data, holds none of the
+  project's files), so its code, and therefore its native code, comes from
+  the cache.
 
 That split is exact for modules whose active data segments are at
 constant offsets, after any passive ones, and that have no start function
