@@ -40,6 +40,7 @@ from typing import Any
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import json_format
 from stand_in_host import StandInHost, count_steps, filter_root, overridden
+from telemetry_overhead import telemetry_configuration
 
 from meshext.control.mesh import Service, ServicePort, Workload, node_id
 from meshext.control.telemetry import node_metadata, services_metadata, workload_metadata
@@ -111,6 +112,11 @@ def scenarios() -> dict[str, Scenario]:
     }
 
 
+def _configuration(reporter: str) -> str:
+    """The plugin configuration of the reporter's listener, as the control plane writes it."""
+    return json.dumps(telemetry_configuration("outbound" if reporter == "source" else "inbound"))
+
+
 def _requests(scenario: Scenario, count: int, first: int) -> Iterator[dict[str, Any]]:
     """Each request's attributes: the scenario's, on one of CONNECTIONS connections in turn."""
     for number in range(first, first + count):
@@ -136,7 +142,7 @@ def host_calls(module: Path) -> dict[str, dict[str, float]]:
         registry.HOST_FUNCTIONS[key] = counting(function)
     figures = {}
     for reporter, scenario in scenarios().items():
-        plugin = Host().load(str(module), config='{"peers": {}}', properties={
+        plugin = Host().load(str(module), config=_configuration(reporter), properties={
             "xds.node": _node(scenario.node), "xds.node.id": node_id(scenario.node.name, scenario.node.namespace)})
         _test_host_requests(plugin, scenario, WARM_UP, 0)
         calls.clear()
@@ -173,7 +179,7 @@ def steps_of(project: Path) -> dict[str, dict[str, float]]:
         host.properties = _encoded_properties({
             "xds.node": _node(scenario.node), "xds.node.id": node_id(scenario.node.name, scenario.node.namespace)})
         root = root_class(1)
-        assert root.on_configure(b'{"peers": {}}') is not False
+        assert root.on_configure(_configuration(reporter).encode()) is not False
         callbacks = overridden(root.http_context, HttpContext, ("on_request_headers", "on_response_headers", "on_log"))
         host.headers = {0: scenario.request_headers, 2: scenario.response_headers}  # MapType
         _stand_in_requests(root, callbacks, host, [_encoded_properties(properties) for properties

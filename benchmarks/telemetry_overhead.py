@@ -46,7 +46,9 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from prometheus_client.parser import text_string_to_metric_families
 from sdk_header_filter import (
@@ -61,8 +63,17 @@ from sdk_header_filter import (
     wrk_load,
 )
 
-from meshext.control.mesh import Service, ServicePort, Workload, node_id
-from meshext.control.telemetry import node_metadata, services_metadata, workload_metadata
+from meshext.control.mesh import Mesh, Service, ServicePort, Workload
+from meshext.control.telemetry import (
+    for_direction,
+    node_metadata,
+    peer_metadata_headers,
+    services_metadata,
+    telemetry_extension,
+    with_inbound_exchange,
+    with_outbound_exchange,
+    workload_metadata,
+)
 from meshext.envoy import EnvoyProcess
 from meshext.extensions.telemetry.filter.istio_metrics import PEER_METADATA_HEADER, REQUESTS_TOTAL
 from meshext.extensions.telemetry.filter.struct_codec import encode_struct
@@ -76,6 +87,7 @@ GRPC_STATS = {"name": "envoy.filters.http.grpc_stats", "typed_config": {
     "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
     "emit_filter_state": True, "stats_for_all_methods": False}}
 BACKEND = Service(name="backend", selector={"app": "backend"}, ports=[ServicePort(port=8080)])
+Direction = Literal["inbound", "outbound"]
 START_TIMEOUT = 300  # V8 compiles the telemetry module (CPython inside) for tens of seconds on a busy machine
 
 
@@ -102,22 +114,48 @@ def _cluster(name: str, port: int, http2: bool, metadata: dict | None = None,
     return cluster
 
 
-def sidecar_bootstrap(workload: Workload, direction: str, filters: list[dict], cluster: dict) -> dict:
+def telemetry_configuration(direction: Direction) -> dict:
+    """The telemetry plugin configuration of a ``direction`` listener, as the control plane writes it
+    (no mutual TLS, so no peers)."""
+    extension = for_direction(telemetry_extension("0" * 64, Mesh(), None), direction)
+    return json.loads(extension.configuration)
+
+
+@dataclass
+class Variant:
+    """What a variant's sidecars run: the same HTTP ``filters`` in both, or the ``telemetry`` module as the
+    control plane places it (its configuration per listener direction, with the grpc_stats filter beside
+    it, and the routes doing the constant part of the peer metadata exchange)."""
+
+    filters: list[dict] = field(default_factory=list)
+    telemetry: Path | None = None
+
+    def http_filters(self, direction: Direction) -> list[dict]:
+        """The HTTP filters of the ``direction`` sidecar, ahead of the router."""
+        if self.telemetry is None:
+            return self.filters
+        return [GRPC_STATS, *wasm_filter(self.telemetry, telemetry_configuration(direction))]
+
+
+def sidecar_bootstrap(workload: Workload, direction: Direction, variant: Variant, cluster: dict) -> dict:
     """One sidecar's Envoy: ``workload``'s node metadata, one listener (``inbound``/``outbound``) with
-    ``filters`` routing everything to ``cluster``."""
+    ``variant``'s filters routing everything to ``cluster``."""
+    metadata = node_metadata(workload.name, workload.namespace, workload.labels)
+    routes: dict = {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{
+        "match": {"prefix": "/"}, "route": {"cluster": cluster["name"]}}]}]}
+    if variant.telemetry is not None:
+        exchange = peer_metadata_headers(workload.node_id, metadata)
+        routes = (with_inbound_exchange if direction == "inbound" else with_outbound_exchange)(routes, exchange)
     return {
         "memory_allocator_manager": MEMORY_RELEASE,
-        "node": {"id": node_id(workload.name, workload.namespace), "cluster": f"{workload.name}.{workload.namespace}",
-                 "metadata": node_metadata(workload.name, workload.namespace, workload.labels)},
+        "node": {"id": workload.node_id, "cluster": f"{workload.name}.{workload.namespace}", "metadata": metadata},
         "stats_config": stats_config(),
         "static_resources": {"clusters": [cluster], "listeners": [{
             "name": direction, "traffic_direction": direction.upper(),
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
             "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
-                "@type": HCM, "stat_prefix": direction, "codec_type": "AUTO",
-                "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{
-                    "match": {"prefix": "/"}, "route": {"cluster": cluster["name"]}}]}]},
-                "http_filters": [*filters, ROUTER]}}]}],
+                "@type": HCM, "stat_prefix": direction, "codec_type": "AUTO", "route_config": routes,
+                "http_filters": [*variant.http_filters(direction), ROUTER]}}]}],
         }]},
     }
 
@@ -137,19 +175,19 @@ def app_bootstrap(codes: list[int]) -> dict:
 
 class Chain:
     """Sidecar B (backend-v1, inbound -> app) and, unless ``inbound_only``, sidecar A (frontend-v1,
-    outbound -> B), both running ``filters``."""
+    outbound -> B), both running ``variant``."""
 
-    def __init__(self, app_port: int, filters: list[dict], *, inbound_only: bool = False) -> None:
+    def __init__(self, app_port: int, variant: Variant, *, inbound_only: bool = False) -> None:
         backend = _workload("backend")
         self.inbound = EnvoyProcess(sidecar_bootstrap(
-            backend, "inbound", filters, _cluster("inbound|8080||", app_port, http2=False)))
+            backend, "inbound", variant, _cluster("inbound|8080||", app_port, http2=False)))
         self.sidecars = [self.inbound]
         self.inbound.start(timeout=START_TIMEOUT)
         self.inbound_address = self.inbound.listener_address("inbound")
         self.outbound: EnvoyProcess | None = None
         if not inbound_only:
             self.outbound = EnvoyProcess(sidecar_bootstrap(
-                _workload("frontend"), "outbound", filters,
+                _workload("frontend"), "outbound", variant,
                 _cluster(f"outbound|8080||{BACKEND.host}", self.inbound_address[1], http2=True,
                          metadata=services_metadata([BACKEND]), endpoint_metadata=workload_metadata(backend))))
             self.sidecars.insert(0, self.outbound)
@@ -172,14 +210,9 @@ class Chain:
             envoy.cleanup()
 
 
-def telemetry_filters(module: Path) -> list[dict]:
-    """The telemetry extension as the control plane places it on a sidecar's HTTP listener."""
-    return [GRPC_STATS, *wasm_filter(module, {"tcp_reporting_ms": 5000, "peers": {}})]
-
-
-def one_round(app_port: int, filters: list[dict], seconds: int) -> dict[str, float]:
+def one_round(app_port: int, variant: Variant, seconds: int) -> dict[str, float]:
     """Start a chain, load it through A with wrk, then read both sidecars' RSS once memory settles."""
-    chain = Chain(app_port, filters)
+    chain = Chain(app_port, variant)
     try:
         wait_answered(chain.entry + "/warm", timeout=START_TIMEOUT)
         figures = wrk_load(chain.entry + "/some/request/path", seconds, chain.pids())
@@ -191,13 +224,13 @@ def one_round(app_port: int, filters: list[dict], seconds: int) -> dict[str, flo
         chain.close()
 
 
-def chains_in_turn(app_port: int, chosen: dict[str, list[dict]], bursts: int) -> dict[str, list[dict[str, float]]]:
+def chains_in_turn(app_port: int, chosen: dict[str, Variant], bursts: int) -> dict[str, list[dict[str, float]]]:
     """Every variant's chain started together, then loaded in alternating bursts (sdk_header_filter's
     ``alternating_bursts``): each burst's figures, by variant."""
     chains: dict[str, Chain] = {}
     try:
-        for name, filters in chosen.items():
-            chains[name] = Chain(app_port, filters)
+        for name, variant in chosen.items():
+            chains[name] = Chain(app_port, variant)
             wait_answered(chains[name].entry + "/warm", timeout=START_TIMEOUT)
         return alternating_bursts({name: (chain.entry + "/some/request/path", chain.pids())
                                    for name, chain in chains.items()}, bursts)
@@ -224,7 +257,7 @@ def timed_scrapes(envoy: EnvoyProcess, count: int) -> tuple[float, int, int]:
     return statistics.median(times), len(text.encode()), series
 
 
-def scrape_figures(app_port: int, telemetry: list[dict], workloads: int, codes: list[int],
+def scrape_figures(app_port: int, telemetry: Variant, workloads: int, codes: list[int],
                    scrapes: int) -> dict[str, float]:
     """Scrape sidecar B with one label combination, then after ``workloads`` x ``codes`` combinations."""
     chain = Chain(app_port, telemetry, inbound_only=True)
@@ -270,13 +303,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         header = build_filter(HERE / "filters" / "header", Path(scratch) / "header.wasm").output
         chosen = {
-            "no filter": [],
-            "header filter": wasm_filter(header),
-            "telemetry": telemetry_filters(telemetry_path),
+            "no filter": Variant([]),
+            "header filter": Variant(wasm_filter(header)),
+            "telemetry": Variant(telemetry=telemetry_path),
         }
         for alternative in args.alternative:
             name, _, module = alternative.partition("=")
-            chosen[f"telemetry: {name}"] = telemetry_filters(Path(module))
+            chosen[f"telemetry: {name}"] = Variant(telemetry=Path(module))
         app = EnvoyProcess(app_bootstrap(codes))
         try:
             app.start()
@@ -287,8 +320,8 @@ def main() -> None:
                 rounds = chains_in_turn(app_port, chosen, args.alternate)
             else:
                 for _ in range(args.rounds):
-                    for name, filters in chosen.items():
-                        rounds[name].append(one_round(app_port, filters, args.seconds))
+                    for name, variant in chosen.items():
+                        rounds[name].append(one_round(app_port, variant, args.seconds))
                         print(json.dumps({name: rounds[name][-1]}), file=sys.stderr, flush=True)  # progress
                 scrape = scrape_figures(app_port, chosen["telemetry"], args.workloads, codes, args.scrapes)
         finally:

@@ -14,6 +14,8 @@ Per sidecar:
   TLS with their SPIFFE certificates (workload_tls.py);
 * the telemetry extension also runs as a network filter (``envoy.filters.network.wasm``)
   ahead of ``tcp_proxy`` on TCP listeners: a second ECDS resource, ``meshext.telemetry.tcp``;
+  while it is placed, the routes carry the constant headers of its peer
+  metadata exchange (telemetry.py ``with_inbound_exchange``);
 * each Wasm extension is one ECDS resource (TypedExtensionConfig holding an
   ``envoy.extensions.filters.http.wasm.v3.Wasm``); the HTTP connection
   managers only *reference* it through ``config_discovery``, so changing an
@@ -39,7 +41,7 @@ import hashlib
 import json
 import ssl
 import urllib.parse
-from typing import Any
+from typing import Any, Literal
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import extension_pb2
@@ -70,8 +72,15 @@ from meshext.control.telemetry import (
     TELEMETRY_KEY,
     TELEMETRY_TCP_FILTER,
     TELEMETRY_TCP_ROOT_ID,
+    for_direction,
+    peer_metadata_headers,
     services_metadata,
+    with_inbound_exchange,
+    with_outbound_exchange,
     workload_metadata,
+)
+from meshext.control.telemetry import (
+    node_metadata as telemetry_node_metadata,
 )
 from meshext.control.workload_tls import (
     UPSTREAM_TLS_TYPE,
@@ -381,6 +390,12 @@ def _outbound_cluster_name(service: Service, port: int) -> str:
     return f"outbound|{port}||{service.host}"
 
 
+def _directed(extension: PlacedExtension, direction: Literal["inbound", "outbound"]) -> PlacedExtension:
+    """``extension`` as the ``direction`` listener references it: the telemetry extension's own per
+    direction (telemetry.py ``for_direction``), any other as it is."""
+    return for_direction(extension, direction) if extension.key == TELEMETRY_KEY else extension
+
+
 def _has_telemetry(extensions: list[PlacedExtension]) -> bool:
     return any(extension.key == TELEMETRY_KEY for extension in extensions)
 
@@ -404,21 +419,25 @@ class SnapshotBuilder:
         (then they talk mutual TLS to each other); None: plain text."""
         self.mesh = mesh
         self.trust_domain = trust_domain
-        self._base: dict[str, dict[str, list[Resource]]] = {}
+        # By node id and the peer metadata exchange headers its routes carry (None: no telemetry placed).
+        self._base: dict[tuple[str, str | None], dict[str, list[Resource]]] = {}
         self._listeners: dict[tuple[str, tuple[str, ...], tuple[str, ...], tuple[JwtPolicy, ...]],
                               list[Resource]] = {}
         self._extension_configs: dict[tuple[PlacedExtension, str, bool], Resource] = {}
 
     def snapshot(self, workload: Workload, extensions: list[PlacedExtension], module_dir: str = "",
-                 draining: list[PlacedExtension] | None = None, policies: list[JwtPolicy] | None = None) -> Snapshot:
+                 draining: list[PlacedExtension] | None = None, policies: list[JwtPolicy] | None = None,
+                 node_metadata: dict[str, Any] | None = None) -> Snapshot:
         """Everything the sidecar of ``workload`` should run; modules are read from ``module_dir``.
 
         ``draining``: extensions no listener references any more, whose config is
         still served because connections on a draining filter chain use it.
-        ``policies``: the RequestAuthentications selecting the workload."""
+        ``policies``: the RequestAuthentications selecting the workload.
+        ``node_metadata``: what its proxy announced (default: the mesh's labels
+        for it), sent to its peers while telemetry is placed."""
         ordered = order(extensions)
-        inbound = [e for e in ordered if _applies(e, "inbound", workload.inbound.port)]
-        outbound = [e for e in ordered if _applies(e, "outbound", workload.outbound.port)]
+        inbound = [_directed(e, "inbound") for e in ordered if _applies(e, "inbound", workload.inbound.port)]
+        outbound = [_directed(e, "outbound") for e in ordered if _applies(e, "outbound", workload.outbound.port)]
         authentication = tuple(sorted(policies or [], key=lambda p: p.key))
         listener_key = (workload.node_id, tuple(e.filter_name for e in inbound), tuple(e.filter_name for e in outbound),
                         authentication)
@@ -430,14 +449,20 @@ class SnapshotBuilder:
                                                   outbound, _has_telemetry(outbound))),
             ] + [_tcp_outbound_listener(service, tcp, _has_telemetry(outbound)) for tcp in workload.tcpOutbound
                  if (service := self.mesh.tcp_target(workload, tcp)) is not None]
-        if workload.node_id not in self._base:
-            self._base[workload.node_id] = self._service_resources(workload)
-        extension_configs = [self._extension_config(e, module_dir) for e in ordered if e in inbound or e in outbound]
-        extension_configs += [self._extension_config(e, module_dir) for e in draining or []]
+        exchange = None
+        if any(e.key == TELEMETRY_KEY for e in ordered):
+            metadata = node_metadata or telemetry_node_metadata(workload.name, workload.namespace, workload.labels)
+            exchange = peer_metadata_headers(workload.node_id, metadata)
+        base_key = (workload.node_id, json.dumps(exchange) if exchange else None)
+        if base_key not in self._base:
+            self._base[base_key] = self._service_resources(workload, exchange)
+        extension_configs = [self._extension_config(e, module_dir) for e in dict.fromkeys([*inbound, *outbound])]
+        extension_configs += [self._extension_config(directed, module_dir) for e in draining or []
+                              for directed in dict.fromkeys([_directed(e, "inbound"), _directed(e, "outbound")])]
         telemetry = next((e for e in ordered if e.key == TELEMETRY_KEY), None)
         if telemetry is not None and self._runs_tcp(workload):
             extension_configs.append(self._extension_config(telemetry, module_dir, network=True))
-        base = self._base[workload.node_id]
+        base = self._base[base_key]
         return Snapshot.of_resources({
             **base,
             CLUSTER: base[CLUSTER] + jwks_clusters(list(authentication)),
@@ -460,7 +485,10 @@ class SnapshotBuilder:
             self._extension_configs[key] = Resource.of(name, typed)
         return self._extension_configs[key]
 
-    def _service_resources(self, workload: Workload) -> dict[str, list[Resource]]:
+    def _service_resources(self, workload: Workload,
+                           exchange: list[dict[str, Any]] | None) -> dict[str, list[Resource]]:
+        """Clusters, endpoints and routes of ``workload``'s sidecar; its routes carry the peer metadata
+        ``exchange`` (control/telemetry.py) unless None."""
         mesh = self.mesh
         app_protocol = _app_protocol(mesh, workload)
         inbound_cluster = _inbound_cluster_name(workload)
@@ -507,13 +535,15 @@ class SnapshotBuilder:
                     "domains": short + [f"{host}:{port.port}" for host in short],
                     "routes": [{"match": {"prefix": "/"}, "route": {"cluster": name, "timeout": "15s"}}],
                 })
-        routes = [
-            Resource.of("inbound", _parse(route_pb2.RouteConfiguration, {"name": "inbound", "virtual_hosts": [{
-                "name": "inbound", "domains": ["*"],
-                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": inbound_cluster, "timeout": "15s"}}],
-            }]})),
-            Resource.of("outbound", _parse(route_pb2.RouteConfiguration, {"name": "outbound",
-                                                                          "virtual_hosts": virtual_hosts})),
-        ]
+        inbound_routes: dict[str, Any] = {"name": "inbound", "virtual_hosts": [{
+            "name": "inbound", "domains": ["*"],
+            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": inbound_cluster, "timeout": "15s"}}],
+        }]}
+        outbound_routes: dict[str, Any] = {"name": "outbound", "virtual_hosts": virtual_hosts}
+        if exchange is not None:
+            inbound_routes = with_inbound_exchange(inbound_routes, exchange)
+            outbound_routes = with_outbound_exchange(outbound_routes, exchange)
+        routes = [Resource.of("inbound", _parse(route_pb2.RouteConfiguration, inbound_routes)),
+                  Resource.of("outbound", _parse(route_pb2.RouteConfiguration, outbound_routes))]
         return {CLUSTER: clusters, ENDPOINT: endpoints, ROUTE: routes}
 

@@ -435,7 +435,8 @@ class Operator:
                 continue
             self._state.cache.set_snapshot(node_id, self._builder.snapshot(
                 workload, list(chosen.values()), module_dir, draining=draining,
-                policies=[policy for policy in policies if self._selects(policy, workload)]))
+                policies=[policy for policy in policies if self._selects(policy, workload)],
+                node_metadata=proxy.metadata if proxy is not None else None))
         with self._lock:
             self._published = published
         for node_id, proxy in proxies.items():

@@ -6,14 +6,17 @@ canonical service name and revision), which service a cluster is from the
 cluster's ``istio.services`` metadata, and who an endpoint is from its
 ``istio.workload`` metadata (the fallback when the peer sends no metadata
 exchange headers).  The functions here compute those once, for the
-bootstrap (proxy.py) and the xDS resources (envoy_config.py) alike, and
-place the telemetry extension (extensions/telemetry) in every sidecar.
+bootstrap (proxy.py) and the xDS resources (envoy_config.py) alike, write
+the constant parts of the peer metadata exchange into a sidecar's routes,
+and place the telemetry extension (extensions/telemetry) in every sidecar.
 """
 
 from __future__ import annotations
 
+import base64
 import json
-from typing import Any
+from dataclasses import replace
+from typing import Any, Literal
 
 from meshext.control.mesh import Mesh, Service, Workload
 from meshext.control.placement import PlacedExtension
@@ -26,10 +29,17 @@ from meshext.extensions.telemetry.filter.istio_metrics import (
 )
 from meshext.extensions.telemetry.filter.istio_metrics import (
     DEFAULT_CLUSTER_ID,
+    EXCHANGED_KEYS,
+    PEER_METADATA_HEADER,
+    PEER_METADATA_ID_HEADER,
 )
+from meshext.extensions.telemetry.filter.struct_codec import encode_struct
 
 TELEMETRY_KEY = "Telemetry/meshext-system/istio-stats"
 TELEMETRY_FILTER = "meshext.telemetry"
+# The outbound listener's: its configuration names its direction (for_direction), so it is an
+# ECDS resource of its own; the same module and vm_id, so the same VM.
+TELEMETRY_OUTBOUND_FILTER = "meshext.telemetry.outbound"
 # The same module as a network filter on TCP listeners: a second ECDS resource (another type),
 # one VM with the HTTP filter (same vm_id).
 TELEMETRY_TCP_FILTER = "meshext.telemetry.tcp"
@@ -96,3 +106,51 @@ def telemetry_extension(module_sha256: str, mesh: Mesh, trust_domain: str | None
     return PlacedExtension(key=TELEMETRY_KEY, filter_name=TELEMETRY_FILTER, phase="[stats]", priority=0,
                            module_sha256=module_sha256, root_id="", configuration=configuration, fail_open=True,
                            inbound=True, outbound=True)
+
+
+def for_direction(extension: PlacedExtension, direction: Literal["inbound", "outbound"]) -> PlacedExtension:
+    """The telemetry ``extension`` as the ``direction`` listener runs it: its configuration names the
+    direction (``listener_direction``), which the filter would otherwise read per connection, an attribute
+    read per request; outbound under TELEMETRY_OUTBOUND_FILTER.  The key, module and so the VM stay one."""
+    configuration = json.dumps({**json.loads(extension.configuration), "listener_direction": direction},
+                               sort_keys=True)
+    return replace(extension, configuration=configuration,
+                   filter_name=TELEMETRY_FILTER if direction == "inbound" else TELEMETRY_OUTBOUND_FILTER)
+
+
+def peer_metadata_headers(node_id: str, metadata: dict[str, Any]) -> list[dict[str, Any]]:
+    """The peer metadata exchange headers of the sidecar ``node_id`` whose node metadata is ``metadata``, as
+    Envoy ``HeaderValueOption``s that overwrite what an app sent: ``x-envoy-peer-metadata`` (base64 of the
+    Struct of its EXCHANGED_KEYS) and ``x-envoy-peer-metadata-id``."""
+    exchanged = {key: metadata[key] for key in EXCHANGED_KEYS if key in metadata}
+    values = ((PEER_METADATA_HEADER, base64.b64encode(encode_struct(exchanged)).decode()),
+              (PEER_METADATA_ID_HEADER, node_id))
+    return [{"header": {"key": name, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+            for name, value in values]
+
+
+def with_inbound_exchange(route_config: dict[str, Any], exchange: list[dict[str, Any]]) -> dict[str, Any]:
+    """The inbound RouteConfiguration ``route_config`` doing the server side of the metadata exchange.
+
+    The telemetry filter only reads the peer's headers (extensions/telemetry/filter/filter.py); the
+    constant parts are Envoy's, a host call fewer each per request: the exchange headers are removed
+    before the app (the router applies that after the filters, so the filter has read them), and each
+    route is preceded by a copy for requests that carried them, answering with ``exchange``
+    (:func:`peer_metadata_headers`), as Istio answers only a peer that sent its own."""
+    def routes(host: dict[str, Any]) -> list[dict[str, Any]]:
+        exchanged = []
+        for route in host["routes"]:
+            match = {**route["match"], "headers": [*route["match"].get("headers", []),
+                                                   {"name": PEER_METADATA_HEADER, "present_match": True}]}
+            exchanged += [{**route, "match": match, "response_headers_to_add": exchange}, route]
+        return exchanged
+
+    return {**route_config, "request_headers_to_remove": [PEER_METADATA_HEADER, PEER_METADATA_ID_HEADER],
+            "virtual_hosts": [{**host, "routes": routes(host)} for host in route_config["virtual_hosts"]]}
+
+
+def with_outbound_exchange(route_config: dict[str, Any], exchange: list[dict[str, Any]]) -> dict[str, Any]:
+    """The outbound RouteConfiguration ``route_config`` sending the client side of the metadata exchange
+    (``exchange``, :func:`peer_metadata_headers`) with every request; the telemetry filter reads and
+    removes the answer."""
+    return {**route_config, "request_headers_to_add": exchange}

@@ -1,10 +1,22 @@
 """The module's read-only file system image (read by sdk/shim/memfs.c).
 
-Layout: ``b"MXFS"``, u32 version, u32 entry count, then per entry (sorted by
-path) five u32: path offset, path length, data offset, data length, kind
-(0 file, 1 directory); then the path strings and file contents.  Paths are
+Layout: ``b"MXFS"``, u32 version, u32 entry count, then per entry (sorted
+by path) five u32: path offset, path length, data offset, data length, kind
+(``FILE``, ``DIRECTORY``, or ``SEGMENT_FILE``: a file whose data offset
+counts from the start of the module's passive data segment 0, not from the
+image's start); then all path strings, then all file contents.  Paths are
 absolute without the leading ``/``.  Parent directories are added
 automatically.
+
+The build writes the image into the module's memory and pre-initialises
+the interpreter over it; then :func:`detach` moves what is left of the file
+data (files nothing imported at build time: lazy imports, sources for
+traceback lines) into a passive data segment, which V8 keeps once per
+module instead of in every VM's linear memory.  The header, the entry table
+and the paths stay in memory: they come first, so they take a few pages,
+not one per path.  So does the data of the files an author edits (the
+project's sources): a rebuilt filter then keeps its passive segment, and
+the test host its compiled code (meshext.compiled_modules).
 
 What goes where: the SDK, the filter's modules and its dependencies are
 imported from ``/app`` (on ``sys.path``, sdk/shim/shim.c), the stdlib from
@@ -24,8 +36,10 @@ from typing import Any
 
 from meshext.errors import InternalError, MeshextError
 
-VERSION = 1
-FILE, DIRECTORY = 0, 1
+VERSION = 2
+FILE, DIRECTORY, SEGMENT_FILE = 0, 1, 2
+_HEADER = struct.Struct("<4s2I")  # magic, version, entry count
+_ENTRY = struct.Struct("<5I")  # path offset, path length, data offset, data length, kind
 APP_DIR = "app"
 ROOTS_DIR = "roots"
 
@@ -70,18 +84,51 @@ def build_image(files: dict[str, bytes]) -> bytes:
     entries.update(dict.fromkeys(directories))
     ordered = sorted(entries.items(), key=lambda item: item[0].encode())
 
-    header_size = 12 + 20 * len(ordered)
-    blob = bytearray()
+    header_size = _HEADER.size + _ENTRY.size * len(ordered)
+    paths = [path.encode() for path, _ in ordered]
+    path_offset = header_size
+    data_offset = header_size + sum(map(len, paths))
     table = bytearray()
-    for path, content in ordered:
-        encoded = path.encode()
-        path_offset = header_size + len(blob)
-        blob += encoded
-        data_offset = header_size + len(blob)
-        if content is not None:
-            blob += content
-        table += struct.pack(
-            "<5I", path_offset, len(encoded), data_offset, len(content or b""),
-            FILE if content is not None else DIRECTORY,
-        )
-    return b"MXFS" + struct.pack("<2I", VERSION, len(ordered)) + bytes(table) + bytes(blob)
+    for encoded, (_, content) in zip(paths, ordered, strict=True):
+        table += _ENTRY.pack(path_offset, len(encoded), data_offset, len(content or b""),
+                             FILE if content is not None else DIRECTORY)
+        path_offset += len(encoded)
+        data_offset += len(content or b"")
+    contents = [content for _, content in ordered if content is not None]
+    return b"".join([_HEADER.pack(b"MXFS", VERSION, len(ordered)), bytes(table), *paths, *contents])
+
+
+def detach(memory: bytearray, at: int, size: int, in_memory: set[str]) -> bytes:
+    """Move the file data of the image at ``memory[at:at + size]`` (as
+    pre-initialisation left it) into the bytes of a passive data segment,
+    except for the files at the paths ``in_memory``.
+
+    Those stay in memory, packed after the paths; the rest of the data
+    region is zeroed (so no active segment of the snapshot covers it), and
+    each moved file becomes a ``SEGMENT_FILE`` at its offset in the returned
+    segment.  Files pre-initialisation forgot (``meshext_memfs_forget``:
+    length 0) take no room.
+    """
+    magic, version, count = _HEADER.unpack_from(memory, at)
+    if magic != b"MXFS" or version != VERSION:
+        raise InternalError(f"no file-system image (version {VERSION}) at {at} after pre-initialisation")
+    table = [_ENTRY.unpack_from(memory, at + _HEADER.size + _ENTRY.size * index) for index in range(count)]
+    data_start = _HEADER.size + _ENTRY.size * count + sum(path_length for _, path_length, *_ in table)
+    kept = bytearray()
+    segment = bytearray()
+    for index, (path_offset, path_length, data_offset, data_length, kind) in enumerate(table):
+        if kind == DIRECTORY:
+            continue
+        if kind != FILE:
+            raise InternalError(f"entry {index} of the file-system image is of kind {kind} before the snapshot")
+        data = memory[at + data_offset:at + data_offset + data_length]
+        if memory[at + path_offset:at + path_offset + path_length].decode() in in_memory:
+            data_offset, kind = data_start + len(kept), FILE
+            kept += data
+        elif data_length:
+            data_offset, kind = len(segment), SEGMENT_FILE
+            segment += data
+        _ENTRY.pack_into(memory, at + _HEADER.size + _ENTRY.size * index,
+                         path_offset, path_length, data_offset, data_length, kind)
+    memory[at + data_start:at + size] = kept + bytes(size - data_start - len(kept))
+    return bytes(segment)

@@ -10,13 +10,15 @@ code become 4020 and 1.46 MB, Envoy's time to the first answer 2.60 s ->
 2.11 s and its RSS 165 -> 155 MB (README, "Code size, issue 16").
 
 Only the code is optimised: wasm-opt gets the module without its data (the
-snapshot), and the result gets the original data back, byte for byte.  No
-pass reads memory contents, the function table keeps its slots (the heap
-holds them as function pointers) and exports keep their names, so the
-snapshot stays valid.  What wasm-opt reads is the same for every build of
-filters with the same callbacks and C modules (pruning's choices), so its
-output is cached in ``stages/`` like pruning's: wasm-opt takes tens of
-seconds on CPython.
+snapshot; the passive segment of the file data, fsimage.detach, as an
+empty stand-in, with memory-packing, the one pass that would read or repack
+it, skipped), and the result gets the original data back, byte for byte.
+No other pass reads memory or segment contents, the function table keeps
+its slots (the heap holds them as function pointers) and exports keep
+their names, so the snapshot stays valid.  What wasm-opt reads is the same
+for every build of filters with the same callbacks and C modules (pruning's
+choices), so its output is cached in ``stages/`` like pruning's: wasm-opt
+takes tens of seconds on CPython.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from meshext.sdk.builder import toolchain
 # Wasm 2.0 features clang's wasm32-wasi output may use; wasm-opt must not add others.
 FEATURES = ("--enable-bulk-memory", "--enable-sign-ext", "--enable-nontrapping-float-to-int",
             "--enable-mutable-globals")
-OPTIONS = ("-Oz", *FEATURES)
+OPTIONS = ("-Oz", *FEATURES, "--skip-pass=memory-packing")
 _DATA_SECTIONS = {wb.DATA, wb.DATACOUNT}
 _ALGORITHM = Path(__file__).read_bytes()
 _CACHE = EvictableCache("stages")
@@ -42,7 +44,15 @@ _CACHE = EvictableCache("stages")
 def optimize(module: bytes) -> bytes:
     """``module`` with its code optimised by ``wasm-opt -Oz`` and its data unchanged."""
     sections = wb.parse_sections(module)
+    segments = wb.read_data_segments(sections)
+    if segments is None:
+        raise InternalError("the pruned module has data segments that meshext build does not write")
+    passive = sum(offset is None for offset, _ in segments)
+    # The code names passive segments (memory.init): they must exist to validate, their contents need not.
+    stand_in = [wb.Section(wb.DATACOUNT, wb.uleb(passive)),
+                wb.Section(wb.DATA, wb.uleb(passive) + b"\x01\x00" * passive)] if passive else []
     code_part = [section for section in sections if section.id not in _DATA_SECTIONS and section.id != wb.CUSTOM]
+    code_part = _in_section_order(code_part + stand_in)
     key = content_key([_ALGORITHM, toolchain.BINARYEN_VERSION.encode(), " ".join(OPTIONS).encode(),
                        wb.encode_sections(code_part)])
     name = f"optimized-{key}.wasm"
@@ -51,10 +61,12 @@ def optimize(module: bytes) -> bytes:
         optimized = _run_wasm_opt(wb.encode_sections(code_part))
         _CACHE.store(name, optimized)
     kept = [section for section in wb.parse_sections(optimized) if section.id != wb.CUSTOM]
+    if [section.payload for section in kept if section.id in _DATA_SECTIONS] != [
+            section.payload for section in stand_in] or wb.find_section(kept, wb.MEMORY) is None:
+        raise InternalError("wasm-opt changed the data or removed the memory of a module it was given without data")
     data = [section for section in sections if section.id in _DATA_SECTIONS]
-    if wb.find_section(kept, wb.DATA) is not None or wb.find_section(kept, wb.MEMORY) is None:
-        raise InternalError("wasm-opt added data or removed the memory of a module it was given without data")
-    return wb.encode_sections(_in_section_order(kept + data))
+    return wb.encode_sections(_in_section_order([section for section in kept if section.id not in _DATA_SECTIONS]
+                                                + data))
 
 
 def _run_wasm_opt(module: bytes) -> bytes:

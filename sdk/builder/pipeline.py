@@ -86,6 +86,8 @@ class Contents:
     c_modules_imported: set[str]  # linked C modules some file imports
     bytecode_compiled: int
     shown_as: dict[str, Path]  # file name in tracebacks -> the file on the build machine
+    # The projects' and dependencies' files (sources, bytecode): what an author's edit changes.
+    own_files: set[str]
 
 
 @dataclass
@@ -190,10 +192,12 @@ def collect_files(projects: Sequence[Project], stdlib_dir: Path, shim: bytes) ->
         compiled = bytecode.compile_files(python, shim)
     except bytecode.CompileFailed as failure:
         raise _explain_compile_failure(failure, shipped_as.get(failure.path)) from None
+    own_files = {source.shown_as for source, _ in shipped}
     for python_file in python:
         pyc = compiled.files[python_file.pyc_path]
         if python_file.path in shipped_as:
             fsimage.add_files(files, {python_file.pyc_path: pyc}, owner=str(shipped_as[python_file.path].path))
+            own_files.add(python_file.pyc_path)
         else:
             files[python_file.pyc_path] = pyc
     # Stdlib modules the filter imports inside functions are imported at build
@@ -211,7 +215,7 @@ def collect_files(projects: Sequence[Project], stdlib_dir: Path, shim: bytes) ->
                       preload=[] if single else _own_imports(part)) for part in parts],
         preload)
     return Contents(files, len(closure_files), {name for part in parts for name in part.closure.c_modules},
-                    compiled.compiled, {source.shown_as: source.path for source, _ in shipped})
+                    compiled.compiled, {source.shown_as: source.path for source, _ in shipped}, own_files)
 
 
 def _own_imports(part: _ProjectPart) -> list[str]:
@@ -547,7 +551,9 @@ def _build(projects: list[Project], output: Path, progress: Progress | None, opt
                       f"importing the {what} at build time ({len(files)} files in the module's file system)"):
         image = fsimage.build_image(files)
         try:
-            result = preinit.preinitialize(shim, image)
+            # The projects' files stay in memory: an edit then changes the snapshot, not the passive
+            # segment, which the test host compiles with the code (fsimage.detach).
+            result = preinit.preinitialize(shim, image, in_memory=contents.own_files)
         except preinit.PreinitFailed as failure:
             raise _explain_preinit_failure(projects, contents.shown_as, failure.log) from None
 

@@ -4,8 +4,9 @@ The shim is instantiated in wasmtime with the file-system image written into
 its memory; ``meshext_preinit`` starts the interpreter and imports the
 filter; then memory and globals are written back into the module as its
 initial state (the technique of Wizer, done here with wasmtime-py and
-:mod:`wasm_binary`).  Envoy then starts each VM with the filter already
-imported.
+:mod:`wasm_binary`), with most of the image's file data moved to a passive
+data segment (:func:`fsimage.detach`).  Envoy then starts each VM with the
+filter already imported.
 
 Only ``proxy_log`` works at build time (messages are collected for the
 build's output); any other host call raises, because there is no proxy yet.
@@ -20,6 +21,7 @@ import wasmtime
 
 from meshext import compiled_modules as modules
 from meshext import wasm_binary
+from meshext.sdk.builder import fsimage
 
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error", "critical")
 
@@ -47,9 +49,11 @@ def _read(caller: wasmtime.Caller, pointer: int, size: int) -> bytes:
     return bytes(memory.read(caller, pointer, pointer + size))
 
 
-def preinitialize(shim: bytes, image: bytes) -> PreinitResult:
-    """Run ``meshext_preinit`` over ``image`` and snapshot the result into the shim."""
-    store, exports, log = _run(shim, image)
+def preinitialize(shim: bytes, image: bytes, in_memory: set[str]) -> PreinitResult:
+    """Run ``meshext_preinit`` over ``image`` and snapshot the result into the
+    shim, the data of the image's files moved to passive data segment 0
+    except for those at the paths ``in_memory``."""
+    store, exports, log, at = _run(shim, image)
     globals_count = len(wasm_binary.defined_global_types(wasm_binary.parse_sections(shim)))
     values = []
     for offset in range(globals_count):
@@ -58,9 +62,11 @@ def preinitialize(shim: bytes, image: bytes) -> PreinitResult:
         values.append(global_.value(store))
     memory = exports["memory"]
     assert isinstance(memory, wasmtime.Memory)
-    snapshot_memory = bytes(memory.read(store, 0, memory.data_len(store)))
+    snapshot_memory = bytearray(memory.read(store, 0, memory.data_len(store)))
+    file_data = fsimage.detach(snapshot_memory, at, len(image), in_memory)
     snapshotted = wasm_binary.snapshot(
-        shim, snapshot_memory, values, drop_exports=("_initialize", "meshext_preinit"), keep_names=True
+        shim, bytes(snapshot_memory), values, drop_exports=("_initialize", "meshext_preinit"), passive=[file_data],
+        keep_names=True,
     )
     return PreinitResult(snapshotted, log, len(snapshot_memory))
 
@@ -79,7 +85,8 @@ def compiled_shim(shim: bytes) -> wasmtime.Module:
     return modules.compile_module(wasm_binary.export_globals(shim), where="the meshext shim")
 
 
-def _run(shim: bytes, image: bytes) -> tuple[wasmtime.Store, Mapping[str, object], list[tuple[str, str]]]:
+def _run(shim: bytes, image: bytes) -> tuple[wasmtime.Store, Mapping[str, object], list[tuple[str, str]], int]:
+    """(store, exports, log, where the image is in memory) after ``meshext_preinit``."""
     store = wasmtime.Store(modules.engine())
     store.set_wasi(wasmtime.WasiConfig())
     linker = wasmtime.Linker(modules.engine())
@@ -127,4 +134,4 @@ def _run(shim: bytes, image: bytes) -> tuple[wasmtime.Store, Mapping[str, object
         raise PreinitFailed(log) from None
     if status != 0:
         raise PreinitFailed(log)
-    return store, exports, log
+    return store, exports, log, pointer

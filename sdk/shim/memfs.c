@@ -14,8 +14,17 @@
  *   "MXFS" u32 version u32 count
  *   count x { u32 path_offset, u32 path_length, u32 data_offset,
  *             u32 data_length, u32 kind }          sorted by path
- *   ... paths and file contents, offsets relative to the image start.
+ *   ... all paths, then all file contents; offsets relative to the image start.
  * Paths are absolute without the leading slash; the root is "".
+ *
+ * After pre-initialisation the build moves most file contents out of
+ * memory into the module's passive data segment 0 (fsimage.detach): such a
+ * file's kind becomes MXFS_KIND_SEGMENT_FILE, its data offset an offset
+ * into that segment, and reads copy from it with memory.init.  V8 keeps a
+ * passive segment once, in the module's bytes, where contents in linear
+ * memory would be one copy per VM.  The segment is never dropped: a file
+ * may be read again.
+ *
  * fd 1 and 2 go to proxy_log, line by line (Envoy's own log).
  */
 #include <errno.h>
@@ -29,6 +38,8 @@
 
 #define MXFS_KIND_FILE 0
 #define MXFS_KIND_DIR 1
+#define MXFS_KIND_SEGMENT_FILE 2
+#define MXFS_HEADER_SIZE 12
 #define ROOT_FD 3
 #define FIRST_FREE_FD 4
 #define MAX_FDS 64
@@ -52,10 +63,24 @@ typedef struct {
 static open_file fds[MAX_FDS] = {[ROOT_FD] = {.in_use = 1, .entry = -1}};
 
 void meshext_memfs_mount(uint8_t *data, uint32_t size) {
-    if (size < 12 || memcmp(data, "MXFS", 4) != 0) return;
+    if (size < MXFS_HEADER_SIZE || memcmp(data, "MXFS", 4) != 0) return;
     image = data;
     memcpy(&entry_count, data + 8, 4);
-    entries = (mxfs_entry *)(data + 12);
+    entries = (mxfs_entry *)(data + MXFS_HEADER_SIZE);
+}
+
+/* memory.init from data segment 0 (the segment index is an immediate; clang
+ * has no builtin for it any more, and only this function needs bulk memory). */
+__attribute__((target("bulk-memory")))
+static void copy_from_segment(void *destination, uint32_t offset, uint32_t size) {
+    __asm__ volatile("local.get %0\n\tlocal.get %1\n\tlocal.get %2\n\tmemory.init 0, 0"
+                     :: "r"(destination), "r"(offset), "r"(size) : "memory");
+}
+
+/* Copy `size` bytes of an entry's data, from `offset` on, to `destination`. */
+static void copy_file_data(const mxfs_entry *entry, uint32_t offset, void *destination, uint32_t size) {
+    if (entry->kind == MXFS_KIND_SEGMENT_FILE) copy_from_segment(destination, entry->data_offset + offset, size);
+    else memcpy(destination, image + entry->data_offset + offset, size);
 }
 
 static const char *entry_path(int32_t index, uint32_t *length) {
@@ -185,7 +210,7 @@ static int32_t read_at(open_file *file, uint64_t offset, int32_t iovs, int32_t i
     for (int32_t i = 0; i < iovs_len; i++) {
         uint64_t left = offset < entry->data_length ? entry->data_length - offset : 0;
         uint32_t n = vec[i].buf_len < left ? vec[i].buf_len : (uint32_t)left;
-        memcpy(vec[i].buf, image + entry->data_offset + offset, n);
+        if (n) copy_file_data(entry, (uint32_t)offset, vec[i].buf, n); /* memory.init checks its offset even for 0 bytes */
         offset += n;
         *total += n;
         if (n < vec[i].buf_len) break;
@@ -387,7 +412,8 @@ WASI_FN(clock_res_get)(int32_t clock, int32_t out) {
 
 /*
  * Build time: a module imported before the snapshot never reads its file
- * again, so its bytes are zeroed and left out of the snapshot's data.
+ * again, so its bytes are zeroed and left out of the snapshot (and of the
+ * passive segment the other files' data go to).
  */
 int meshext_memfs_forget(const char *path, uint32_t length) {
     if (length > 0 && path[0] == '/') {

@@ -7,17 +7,21 @@ that off the edit-test loop:
 - native code is cached on disk (``wasmtime/`` under the meshext cache,
   least recently used files evicted past ``MESHEXT_CACHE_LIMIT_MB``: see
   :mod:`meshext.paths`), keyed by what was compiled and the wasmtime version;
-- a module is compiled without its data segments, which :func:`instantiate`
-  writes into the new instance's memory instead.  A rebuilt filter differs
-  from the previous build only in its snapshot (data segments), so its
-  code, and therefore its native code, comes from the cache.
+- a module is compiled without its active data segments, which
+  :func:`instantiate` writes into the new instance's memory instead.  A
+  rebuilt filter differs from the previous build only in its snapshot
+  (active data segments; its passive one, the file data, holds none of the
+  project's files), so its code, and therefore its native code, comes from
+  the cache.
 
-That split is exact for modules whose data segments are all active at
-constant offsets and that have no start function (what linkers and
-``meshext build`` write): instantiation applies active segments and then
-runs the start function, so with no start function nothing can observe
-whether the bytes arrived at instantiation or just after it.  Any other
-module is compiled as it is.
+That split is exact for modules whose active data segments are at
+constant offsets, after any passive ones, and that have no start function
+(what linkers and ``meshext build`` write): instantiation applies active
+segments and then runs the start function, so with no start function
+nothing can observe whether the bytes arrived at instantiation or just
+after it.  Passive segments (a module's file data, read with
+``memory.init``) stay in the compiled module, with their numbers.  Any
+other module is compiled as it is.
 """
 
 from __future__ import annotations
@@ -137,11 +141,12 @@ def _load(code: bytes, kind: type[_Kind]) -> _Kind:
 
 
 def _split_data(code: bytes) -> tuple[bytes, MemoryImage] | None:
-    """The module without its data (and with no initial memory), and that data;
-    None when the split would not be exact (see the module docstring)."""
+    """The module without its active data (and with no initial memory), and
+    that data; None when the split would not be exact (see the module
+    docstring).  Passive segments stay in the module: the code reads them."""
     try:
         sections = wb.parse_sections(code)
-        segments = wb.active_data_segments(sections)
+        segments = wb.read_data_segments(sections)
         pages, maximum = wb.memory_limits(sections)
         memory_exports = [e.name for e in wb.read_exports(sections) if e.kind == wb.EXTERNAL_MEMORY and e.index == 0]
         imports_memory = wb.imports_by_kind(sections)[wb.EXTERNAL_MEMORY] > 0
@@ -151,19 +156,26 @@ def _split_data(code: bytes) -> tuple[bytes, MemoryImage] | None:
         ]
     except (ValueError, IndexError):
         return None  # not a module this split understands; compiling it reports what is wrong
-    if not segments or not memory_exports or imports_memory:
+    if segments is None:
+        return None
+    passive = [data for offset, data in segments if offset is None]
+    active = [(offset, data) for offset, data in segments if offset is not None]
+    if not active or not memory_exports or imports_memory:
         return None  # no data to set aside, or no way to write it, or memory 0 is not the one defined
+    if any(offset is not None for offset, _ in segments[:len(passive)]):
+        return None  # a passive segment after an active one: taking the active ones out would renumber it
     if wb.find_section(sections, wb.START) is not None:
         return None  # the start function would run before the data is written
-    if any(offset + len(data) > pages * PAGE_SIZE for offset, data in segments):
+    if any(offset + len(data) > pages * PAGE_SIZE for offset, data in active):
         return None  # instantiating the module fails: let wasmtime say so
-    start = min(offset for offset, _ in segments)
-    image = bytearray(max(offset + len(data) for offset, data in segments) - start)
-    for offset, data in segments:  # in order: a later segment overwrites an earlier one, as at instantiation
+    start = min(offset for offset, _ in active)
+    image = bytearray(max(offset + len(data) for offset, data in active) - start)
+    for offset, data in active:  # in order: a later segment overwrites an earlier one, as at instantiation
         image[offset - start:offset - start + len(data)] = data
-    wb.replace_section(kept, wb.Section(wb.DATA, wb.uleb(0)))
+    wb.replace_section(kept, wb.Section(wb.DATA, b"".join(
+        [wb.uleb(len(passive)), *(b"\x01" + wb.uleb(len(data)) + data for data in passive)])))
     if wb.find_section(kept, wb.DATACOUNT) is not None:
-        wb.replace_section(kept, wb.Section(wb.DATACOUNT, wb.uleb(0)))
+        wb.replace_section(kept, wb.Section(wb.DATACOUNT, wb.uleb(len(passive))))
     # The initial size belongs to the data: a heap grown by a page must not change the code's cache key.
     wb.replace_section(kept, wb.memory_section(0, maximum))
     return wb.encode_sections(kept), MemoryImage(memory_exports[0], pages, start, bytes(image))

@@ -275,13 +275,17 @@ def test_graph_from_prometheus_drawn_in_a_browser(traffic, tmp_path):
     html_file, svg_file = tmp_path / "graph.html", tmp_path / "graph.svg"
     with PrometheusServer(config, tmp_path) as prometheus:
         # frontend -> backend 200 and 501, the client without a sidecar -> backend 200
-        # Rates need two scrapes of each target: every series the graph draws must have a rate already
-        # (the targets are scraped independently, so the TCP series can have one before the HTTP ones).
+        # Every series the graph draws must have a rate (the targets are scraped independently, so the
+        # TCP series can have one before the HTTP ones), and the window must be full of samples: rate()
+        # extrapolates a shorter span to the window, so the drawn rate x window would overstate how many
+        # requests the error fraction was measured on (the bound below is 1 / that number).
         wait_until(lambda: len(prometheus.api(
-                       "query", query='rate(istio_requests_total{reporter="destination"}[30s]) > 0')["result"]) == 3
-                   and prometheus.api("query", query='rate(istio_tcp_sent_bytes_total[30s]) > 0')["result"],
-                   40, "two scrapes with traffic")
-        drawn = _graph_command("--prometheus", prometheus.url, "--window", "30s", "--html", str(html_file),
+                       "query", query='rate(istio_requests_total{reporter="destination"}[10s]) > 0')["result"]) == 3
+                   and prometheus.api("query", query='rate(istio_tcp_sent_bytes_total[10s]) > 0')["result"]
+                   and prometheus.api("query", query='count_over_time(istio_requests_total{reporter="destination",'
+                                                     'response_code="501"}[10s]) >= 10')["result"],
+                   60, "a 10 s window full of scrapes with traffic")
+        drawn = _graph_command("--prometheus", prometheus.url, "--window", "10s", "--html", str(html_file),
                                "--svg", str(svg_file))
     assert drawn.returncode == 0, drawn.stderr
     assert "frontend-v1" in drawn.stdout and "backend (http)" in drawn.stdout and "db (tcp)" in drawn.stdout
@@ -292,7 +296,7 @@ def test_graph_from_prometheus_drawn_in_a_browser(traffic, tmp_path):
     assert dom.returncode == 0, dom.stderr
     nodes = set(re.findall(r'<g class="node" data-node="([^"]+)"', dom.stdout))
     assert nodes == {"default/frontend-v1", "default/backend-v1", "default/db-v1", "unknown"}, dom.stdout
-    _assert_traffic_drawn(_drawn_edges(dom.stdout), 30)
+    _assert_traffic_drawn(_drawn_edges(dom.stdout), 10)
     screenshot = tmp_path / "graph.png"
     shot = _chromium(f"--screenshot={screenshot}", "--window-size=1280,800", html_file.as_uri(),
                      profile=tmp_path / "profile")

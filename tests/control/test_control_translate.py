@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from dataclasses import replace
 
-from envoy.config.core.v3 import extension_pb2
+from envoy.config.core.v3 import base_pb2, extension_pb2
 from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.wasm.v3 import wasm_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.wasm.v3 import wasm_pb2 as plugin_pb2
+from google.protobuf import wrappers_pb2
 
 from meshext.control.envoy_config import SnapshotBuilder
 from meshext.control.mesh import load_mesh
 from meshext.control.placement import PlacedExtension
 from meshext.control.resources import parse_resource
-from meshext.control.snapshot import EXTENSION_CONFIG, LISTENER
+from meshext.control.snapshot import EXTENSION_CONFIG, LISTENER, ROUTE
+from meshext.control.telemetry import node_metadata, telemetry_extension
 from meshext.errors import MeshextError
+from meshext.extensions.telemetry.filter.istio_metrics import (
+    EXCHANGED_KEYS,
+    PEER_METADATA_HEADER,
+    PEER_METADATA_ID_HEADER,
+)
+from meshext.extensions.telemetry.filter.struct_codec import encode_struct
 
 SHA = "ab" * 32
 
@@ -144,3 +155,70 @@ def test_vm_ids_are_shared_by_one_publishers_identical_modules_only():
     other_environment = replace(first, vm_environment=(("MODE", "strict"),))
     assert len({vm_id_for(e) for e in (first, other_publisher, other_module, other_environment)}) == 4
     assert vm_id_for(_placed("unpublished", "PreAuthN", 0)) == "ServiceMeshExtension/default/unpublished"
+
+
+def _routes(snapshot, name: str) -> route_pb2.RouteConfiguration:
+    routes = route_pb2.RouteConfiguration()
+    snapshot.of_type(ROUTE)[name].packed.Unpack(routes)
+    return routes
+
+
+def test_routes_carry_the_peer_metadata_exchange_while_telemetry_is_placed():
+    """The exchange's constant headers are route configuration: outbound requests carry the sidecar's
+    metadata as its proxy announced it, inbound ones lose the exchange headers before the app, and only a
+    request that carried them is answered with the server's."""
+    mesh = load_mesh()
+    workload = mesh.workloads[0]
+    telemetry = telemetry_extension(SHA, mesh, None)
+    announced = {**node_metadata(workload.name, workload.namespace, {"app": "announced"}), "MESHEXT_MODULE_SYNC": True}
+    snapshot = SnapshotBuilder(mesh).snapshot(workload, [telemetry], "/m", node_metadata=announced)
+
+    outbound = _routes(snapshot, "outbound")
+    sent = {option.header.key: option.header.value for option in outbound.request_headers_to_add}
+    assert sent == {PEER_METADATA_HEADER: base64.b64encode(encode_struct(
+        {key: announced[key] for key in EXCHANGED_KEYS if key in announced})).decode(),
+        PEER_METADATA_ID_HEADER: workload.node_id}
+    assert {o.append_action for o in outbound.request_headers_to_add} == {
+        base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD}  # an app cannot choose what its sidecar says
+
+    inbound = _routes(snapshot, "inbound")
+    assert list(inbound.request_headers_to_remove) == [PEER_METADATA_HEADER, PEER_METADATA_ID_HEADER]
+    answering, plain = inbound.virtual_hosts[0].routes
+    assert [(h.name, h.present_match) for h in answering.match.headers] == [(PEER_METADATA_HEADER, True)]
+    assert {o.header.key: o.header.value for o in answering.response_headers_to_add} == sent
+    assert not plain.match.headers and not plain.response_headers_to_add
+    assert answering.route.cluster == plain.route.cluster
+
+    # Without telemetry: routes untouched.
+    bare = SnapshotBuilder(mesh).snapshot(workload, [], "/m", node_metadata=announced)
+    assert not _routes(bare, "outbound").request_headers_to_add
+    assert len(_routes(bare, "inbound").virtual_hosts[0].routes) == 1
+    assert not _routes(bare, "inbound").request_headers_to_remove
+
+
+def _plugin(snapshot, name: str) -> plugin_pb2.PluginConfig:
+    config = extension_pb2.TypedExtensionConfig()
+    snapshot.of_type(EXTENSION_CONFIG)[name].packed.Unpack(config)
+    wasm = wasm_pb2.Wasm()
+    config.typed_config.Unpack(wasm)
+    return wasm.config
+
+
+def test_each_listener_tells_the_telemetry_plugin_its_direction():
+    """Inbound and outbound listeners reference their own telemetry config, naming the direction (the filter
+    then reads no attribute for it), on one VM: the same vm_id and module."""
+    mesh = load_mesh()
+    workload = mesh.workloads[0]
+    snapshot = SnapshotBuilder(mesh).snapshot(workload, [telemetry_extension(SHA, mesh, None)], "/m")
+    assert "meshext.telemetry" in _http_filters(snapshot, "inbound")
+    assert "meshext.telemetry.outbound" in _http_filters(snapshot, "outbound")
+    inbound, outbound = _plugin(snapshot, "meshext.telemetry"), _plugin(snapshot, "meshext.telemetry.outbound")
+    def configuration(plugin: plugin_pb2.PluginConfig) -> dict:
+        text = wrappers_pb2.StringValue()
+        plugin.configuration.Unpack(text)
+        return json.loads(text.value)
+
+    assert configuration(inbound)["listener_direction"] == "inbound"
+    assert configuration(outbound)["listener_direction"] == "outbound"
+    assert inbound.vm_config.vm_id == outbound.vm_config.vm_id
+    assert inbound.vm_config.code.local.filename == outbound.vm_config.code.local.filename

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import subprocess
@@ -15,6 +16,7 @@ from sdk_helpers import EchoServer, TcpEchoServer, cluster, http_listener, tcp_l
 from meshext.envoy import EnvoyProcess
 from meshext.errors import InternalError
 from meshext.sdk.builder import toolchain
+from meshext.sdk.builder.pipeline import SDK_DIR
 
 pytestmark = pytest.mark.envoy
 
@@ -159,6 +161,16 @@ def test_exception_fail_open_continues_and_logs_the_traceback(envoy: EnvoyProces
     assert "ValueError: the kitchen filter was asked to fail" in log
     assert 'filter.py", line' in log
     assert requests.get(url(envoy, "open", "/after"), timeout=10).status_code == 200
+
+
+def test_files_nothing_imported_at_build_time_are_read_from_the_module(envoy: EnvoyProcess) -> None:
+    # Each VM reads them from the module's passive data segment (memory.init in V8), not from its memory
+    # (tests/sdk/test_sdk_file_data.py checks where the bytes are).
+    seen = requests.get(url(envoy, "open", "/file-data"), timeout=10).json()["headers"]
+    assert bytes.fromhex(seen["x-codec"]).decode() == "café"
+    assert seen["x-sdk-source-sha256"] == hashlib.sha256((SDK_DIR / "__init__.py").read_bytes()).hexdigest()
+    requests.get(url(envoy, "open", "/boom"), timeout=10)
+    assert 'raise ValueError("the kitchen filter was asked to fail")' in envoy.log_text()  # the line's text
 
 
 def test_a_callout_callback_that_raises_releases_the_held_request(envoy: EnvoyProcess) -> None:

@@ -1,17 +1,22 @@
 """Istio's standard metrics from a sidecar, and the peer metadata exchange that names both ends.
 
-One module serves both listeners of a sidecar; ``xds.listener_direction``
-says which one a stream is on: inbound streams report as
-``reporter="destination"``, outbound ones as ``reporter="source"``.
+One module serves both listeners of a sidecar, one plugin each; the
+plugin configuration's ``listener_direction`` (else ``xds.listener_direction``,
+read once per connection) says which one a stream is on: inbound streams
+report as ``reporter="destination"``, outbound ones as ``reporter="source"``.
 
 Peer metadata (HTTP): the client side sends its node metadata as
 ``x-envoy-peer-metadata`` (base64 of a serialised google.protobuf.Struct:
 NAMESPACE, WORKLOAD_NAME, CLUSTER_ID, LABELS, ...) and
-``x-envoy-peer-metadata-id``; the server side reads and removes them (the app
-never sees them) and answers with its own only when the request carried
-them; the client reads and removes those from the response.  Without them the
-client falls back to the endpoint's ``istio.workload`` metadata, and the
-server reports ``unknown`` for the source.
+``x-envoy-peer-metadata-id``; the server side reads them and answers with its
+own only when the request carried them; the client reads and removes those
+from the response.  Without them the client falls back to the endpoint's
+``istio.workload`` metadata, and the server reports ``unknown`` for the source.
+The parts whose values are this sidecar's constants are Envoy route
+configuration the control plane writes (control/telemetry.py
+``exchange_routes``), not host calls of every request: the outbound route
+adds the request headers, the inbound route removes them before the app (the
+router runs after this filter has read them) and adds the answer.
 
 Value rules are Istio's (``shared/research/telemetry.md`` §1): local labels as
 the node metadata has them, empty peer labels ``unknown`` (canonical revision
@@ -48,9 +53,9 @@ from istio_metrics import (
     TCP_RECEIVED,
     TCP_SENT,
 )
-from struct_codec import decode_metadata, decode_node_metadata, decode_struct, encode_struct
+from struct_codec import decode_metadata, decode_node_metadata, decode_struct
 
-from meshext.sdk import Action, Counter, Histogram, HttpContext, RootContext, StreamContext, properties
+from meshext.sdk import Action, ConfigError, Counter, Histogram, HttpContext, RootContext, StreamContext, properties
 
 TYPE_CHECKING = False  # typing is not imported inside the VM
 if TYPE_CHECKING:
@@ -192,19 +197,20 @@ def cluster_service(cluster_name: str) -> tuple[str, str, str]:
 
 # connection.id -> what every request of that downstream connection shares (connection_facts).
 _connections: dict[bytes | None, tuple[bool, bytes | None, bytes | None]] = {}
-_OUTBOUND_FACTS = (False, None, None)
+_OUTBOUND_FACTS: tuple[bool, bytes | None, bytes | None] = (False, None, None)
 
 
-def connection_facts(connection: bytes | None) -> tuple[bool, bytes | None, bytes | None]:
+def connection_facts(connection: bytes | None, inbound: bool) -> tuple[bool, bytes | None, bytes | None]:
     """(inbound, peer principal, local principal) of the downstream connection ``connection`` (its raw
-    ``connection.id``), the principals raw and only for inbound (outbound ones are the upstream's, per request).
+    ``connection.id``), the principals raw and only for inbound (outbound ones are the upstream's, per request);
+    ``inbound``: the plugin's configuration says so, else the listener's direction is read.
 
     Read once per connection (Stream.on_request_headers looks in ``_connections`` first): a listener's
     direction and the connection's certificates do not change while it is open, and a connection id names
     one connection for the life of the Envoy process (a process-wide counter,
     ConnectionImpl::next_global_id_), so an entry never answers for another connection.  Without an id
     they are read for this request only."""
-    if get_property(_LISTENER_DIRECTION) == _INBOUND_DIRECTION:
+    if inbound or get_property(_LISTENER_DIRECTION) == _INBOUND_DIRECTION:
         facts = (True, get_property(_PEER_SAN), get_property(_LOCAL_SAN))
     else:
         facts = _OUTBOUND_FACTS
@@ -214,14 +220,20 @@ def connection_facts(connection: bytes | None) -> tuple[bool, bytes | None, byte
 
 
 class Stream(HttpContext):
-    """One HTTP stream: exchange peer metadata, report at the end."""
+    """One HTTP stream: read the peer's metadata, report at the end.  An inbound plugin's streams are
+    this class: the answer to the peer is its route's, so Envoy's response callback finds no Python to run
+    (OutboundStream has one)."""
 
     root: "Root"
 
     def on_request_headers(self, end_of_stream):
-        connection = get_property(_CONNECTION_ID)
-        # None (no connection id) is never a key; facts are non-empty tuples.
-        self.connection = facts = _connections.get(connection) or connection_facts(connection)
+        root = self.root
+        if root.outbound:  # nothing of an outbound connection is read per connection
+            self.connection = facts = _OUTBOUND_FACTS
+        else:
+            connection = get_property(_CONNECTION_ID)
+            # None (no connection id) is never a key; facts are non-empty tuples.
+            self.connection = facts = _connections.get(connection) or connection_facts(connection, root.inbound)
         self.inbound = inbound = facts[0]
         headers = self.request.headers
         # Single gets, not one get_header_map_pairs for all: in Envoy the pairs (every header, each
@@ -229,31 +241,10 @@ class Stream(HttpContext):
         content_type = headers.get("content-type") or ""
         self.protocol = "grpc" if content_type.startswith("application/grpc") else "http"
         self.peer = None
-        if inbound:
-            exchanged = headers.get(PEER_METADATA_HEADER)
-            self.exchanged = exchanged is not None
-            if exchanged is not None:
-                self.peer = peer_from_header(exchanged)
-                headers.remove(PEER_METADATA_HEADER)
-                headers.remove(PEER_METADATA_ID_HEADER)
-        else:
-            self.authority = headers.get(":authority") or ""
-            headers.set(PEER_METADATA_HEADER, self.root.exchange_value)
-            headers.set(PEER_METADATA_ID_HEADER, self.root.node_id)
-        return Action.CONTINUE
-
-    def on_response_headers(self, end_of_stream):
-        headers = self.response.headers
-        if self.inbound:
-            if self.exchanged:
-                headers.set(PEER_METADATA_HEADER, self.root.exchange_value)
-                headers.set(PEER_METADATA_ID_HEADER, self.root.node_id)
-        else:
+        if inbound:  # the outbound side's headers are its route's (the module docstring)
             exchanged = headers.get(PEER_METADATA_HEADER)
             if exchanged is not None:
                 self.peer = peer_from_header(exchanged)
-                headers.remove(PEER_METADATA_HEADER)
-                headers.remove(PEER_METADATA_ID_HEADER)
         return Action.CONTINUE
 
     def on_log(self):
@@ -272,10 +263,13 @@ class Stream(HttpContext):
                           get_property(_RESPONSE_FLAGS))
         else:
             peer = self.peer
-            key = (False, peer, get_property(_CLUSTER_NAME), get_property(_UPSTREAM_LOCAL_SAN),
+            cluster = get_property(_CLUSTER_NAME)
+            # The destination service is the cluster's when it names one; only otherwise the authority's.
+            authority = None if _service_hosts.get(cluster) else self.request.headers.get(":authority") or ""
+            key = (False, peer, cluster, get_property(_UPSTREAM_LOCAL_SAN),
                    get_property(_UPSTREAM_PEER_SAN), protocol, get_property(_RESPONSE_CODE),
                    get_property(_GRPC_STATUS) if grpc else None, get_property(_RESPONSE_FLAGS),
-                   self.authority, get_property(_UPSTREAM_WORKLOAD) if peer is None else None)
+                   authority, get_property(_UPSTREAM_WORKLOAD) if peer is None else None)
         children = _request_children.get(key)
         if children is None:
             children = _bounded_put(_request_children, key, request_children(self.root.local, key))
@@ -293,8 +287,25 @@ class Stream(HttpContext):
                 RESPONSE_MESSAGE_COUNT.labels(*peer_labels).inc(counts[1])
 
 
+class OutboundStream(Stream):
+    """A stream of an outbound plugin, or of one whose configuration names no direction: it also reads the
+    server's answer, and removes it before the client app sees it."""
+
+    def on_response_headers(self, end_of_stream):
+        if not self.inbound:  # the inbound side's answer is its route's
+            headers = self.response.headers
+            exchanged = headers.get(PEER_METADATA_HEADER)
+            if exchanged is not None:
+                self.peer = peer_from_header(exchanged)
+                headers.remove(PEER_METADATA_HEADER)
+                headers.remove(PEER_METADATA_ID_HEADER)
+        return Action.CONTINUE
+
+
 # Stream.on_log's label keys -> (requests, duration, request size, response size children, peer labels).
 _request_children: dict[tuple, tuple] = {}
+# Raw outbound xds.cluster_name -> whether its istio.services names a host (then :authority is not read).
+_service_hosts: dict[bytes | None, bool] = {}
 
 
 def request_children(local: tuple[str, ...], key: tuple) -> tuple:
@@ -316,6 +327,7 @@ def request_children(local: tuple[str, ...], key: tuple) -> tuple:
         _, peer, cluster, local_san, peer_san, protocol, code, grpc_status, flags, authority, workload = key
         host_name, service_name, service_namespace = (cluster_service(_decoded(cluster)) if cluster
                                                       else ("", "", ""))
+        _bounded_put(_service_hosts, cluster, bool(host_name))
         source = local
         if peer is not None:
             destination = peer
@@ -324,7 +336,7 @@ def request_children(local: tuple[str, ...], key: tuple) -> tuple:
         source_principal = _decoded(local_san) or UNKNOWN
         destination_principal = _decoded(peer_san) or UNKNOWN
         security = UNKNOWN
-        service = host_name or authority.split(":", 1)[0] or UNKNOWN
+        service = host_name or (authority or "").split(":", 1)[0] or UNKNOWN
         service_name = service_name or (service.split(".", 1)[0] if service != UNKNOWN else UNKNOWN)
         service_namespace = service_namespace or destination[1]
         reporter = "source"
@@ -430,16 +442,18 @@ class Connection(StreamContext):
 
 
 class Root(RootContext):
-    """Reads the local node's identity once and builds the peer metadata this sidecar sends.
+    """Reads the local node's identity once.
 
     Configuration (JSON, from the control plane; every key optional):
     ``tcp_reporting_ms``, how often open TCP connections report their byte
     counts (default 5000, Istio's native proxy's 5 s; its Wasm plugin used
-    15 s), and ``peers``, SPIFFE id -> ``[workload, namespace, canonical
+    15 s), ``peers``, SPIFFE id -> ``[workload, namespace, canonical
     service, canonical revision, app, version, cluster]``: who a TCP peer
-    is, read from its certificate."""
+    is, read from its certificate, and ``listener_direction``, ``inbound`` or
+    ``outbound``: the HTTP listener this plugin runs on (without it, read
+    from ``xds.listener_direction`` once per downstream connection)."""
 
-    http_context = Stream
+    http_context: "type[Stream]" = OutboundStream  # every callback a stream may need; an inbound plugin chooses Stream
     stream_context = Connection
 
     def on_configure(self, config):
@@ -447,6 +461,10 @@ class Root(RootContext):
             return False
         settings = self.config if isinstance(self.config, dict) else {}
         self.tcp_reporting_ms = int(settings.get("tcp_reporting_ms") or DEFAULT_TCP_REPORTING_MS)
+        # Inbound still reads per connection: the peer's and the local principal (connection_facts).
+        self.inbound = settings.get("listener_direction") == "inbound"
+        self.outbound = settings.get("listener_direction") == "outbound"
+        self.http_context = Stream if self.inbound else OutboundStream
         peers = settings.get("peers")
         self.peers = {principal: peer_identity([_text(value) for value in fields])
                       for principal, fields in (peers.items() if isinstance(peers, dict) else ())
@@ -456,11 +474,13 @@ class Root(RootContext):
         node = properties.get("xds.node") or b""
         metadata = decode_node_metadata(node)
         self.local = identity(metadata)
-        self.node_id = properties.get_str(("xds", "node", "id")) or ""
-        exchanged = {key: metadata[key] for key in ("NAME", "NAMESPACE", "WORKLOAD_NAME", "CLUSTER_ID", "LABELS",
-                                                       "OWNER", "MESH_ID") if key in metadata}
-        self.exchange_value = binascii.b2a_base64(encode_struct(exchanged), newline=False).decode()
         return True
+
+    def check_config(self, config):
+        direction = config.get("listener_direction") if isinstance(config, dict) else None
+        if direction not in (None, "inbound", "outbound"):
+            raise ConfigError(f"listener_direction is {direction!r}", where="config.listener_direction",
+                              fix='set it to "inbound" or "outbound", or leave it out')
 
     def start_reporting(self):
         """Start the byte-count timer with the first TCP connection (HTTP-only plugins never tick)."""

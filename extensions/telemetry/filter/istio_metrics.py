@@ -43,6 +43,8 @@ RESPONSE_FLAGS = (
 # Node metadata keys the filter reads and sends to its peers.
 PEER_METADATA_HEADER = "x-envoy-peer-metadata"
 PEER_METADATA_ID_HEADER = "x-envoy-peer-metadata-id"
+# What of the node metadata the exchange sends (Istio's metadata exchange keys; control/telemetry.py).
+EXCHANGED_KEYS = ("NAME", "NAMESPACE", "WORKLOAD_NAME", "CLUSTER_ID", "LABELS", "OWNER", "MESH_ID")
 CANONICAL_NAME_LABEL = "service.istio.io/canonical-name"
 CANONICAL_REVISION_LABEL = "service.istio.io/canonical-revision"
 DEFAULT_CLUSTER_ID = "Kubernetes"  # Istio's injector default for CLUSTER_ID

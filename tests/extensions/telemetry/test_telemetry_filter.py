@@ -13,11 +13,13 @@ import base64
 from pathlib import Path
 from typing import Any
 
+import pytest
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import struct_pb2
 
 from meshext.control.mesh import Service, ServicePort
 from meshext.control.telemetry import node_metadata, services_metadata
+from meshext.errors import MeshextError
 from meshext.extensions.telemetry.filter.istio_metrics import (
     HTTP_LABELS,
     PEER_METADATA_HEADER,
@@ -131,13 +133,10 @@ def test_each_connection_keeps_its_own_peer(telemetry_module: tuple[Path, str]) 
     }
     for _ in range(3):
         for connection, (workload, attributes) in connections.items():
-            stream = plugin.exchange(headers=[(PEER_METADATA_HEADER, _peer_header(workload)),
-                                              (PEER_METADATA_ID_HEADER, f"{workload}.default")],
-                                     properties={"connection.id": connection,
-                                                 **{k: v for k, v in attributes.items() if v is not None}})
-            if attributes["xds.listener_direction"] == INBOUND:  # the app never sees the exchange headers
-                assert stream.request.header(PEER_METADATA_HEADER) is None
-                assert stream.request.header(PEER_METADATA_ID_HEADER) is None
+            plugin.exchange(headers=[(PEER_METADATA_HEADER, _peer_header(workload)),
+                                     (PEER_METADATA_ID_HEADER, f"{workload}.default")],
+                            properties={"connection.id": connection,
+                                        **{k: v for k, v in attributes.items() if v is not None}})
 
     def label(key: tuple[str, ...], name: str) -> str:
         return key[HTTP_LABELS.index(name)]
@@ -151,3 +150,33 @@ def test_each_connection_keeps_its_own_peer(telemetry_module: tuple[Path, str]) 
         ("source", "backend-v1", "unknown", "unknown"): 3,
     }
 
+
+
+def test_the_listener_direction_in_the_configuration_decides_the_reporter(telemetry_module: tuple[Path, str]) -> None:
+    """The control plane names each HTTP listener's direction in its plugin configuration
+    (control/telemetry.py ``for_direction``), and the filter takes it from there, not from the listener's
+    ``xds.listener_direction`` (made to say the opposite here): an outbound plugin reports as the source, an
+    inbound one as the destination."""
+    host = Host()
+    node = {"xds.node": _node("frontend-v1", "frontend"), "xds.node.id": "frontend-v1.default"}
+    outbound = host.load(str(telemetry_module[0]), config='{"peers": {}, "listener_direction": "outbound"}',
+                         properties=node)
+    outbound.exchange(properties=_attributes(**{"xds.cluster_name": "outbound|8080||backend",
+                                                "xds.cluster_metadata": _cluster_metadata()}))
+    inbound = host.load(str(telemetry_module[0]), config='{"peers": {}, "listener_direction": "inbound"}',
+                        properties=node)
+    inbound.exchange(headers=[(PEER_METADATA_HEADER, _peer_header("admin-v1"))],
+                     properties=_attributes(**{"xds.listener_direction": OUTBOUND, "connection.id": 3}))
+    reporters = {(key[HTTP_LABELS.index("reporter")], key[HTTP_LABELS.index("source_workload")],
+                  key[HTTP_LABELS.index("destination_service")]) for key in _requests(host)}
+    assert reporters == {("source", "frontend-v1", BACKEND.host), ("destination", "admin-v1", "frontend")}
+
+
+def test_an_unknown_listener_direction_is_refused_naming_the_field(telemetry_module: tuple[Path, str]) -> None:
+    host = Host()
+    with pytest.raises(MeshextError, match="refused its plugin configuration"):
+        host.load(str(telemetry_module[0]), config='{"listener_direction": "sideways"}',
+                  properties={"xds.node": _node("backend-v1", "backend")})
+    log = "\n".join(host.log_lines())
+    assert ("plugin configuration refused: config.listener_direction: listener_direction is 'sideways'; "
+            'fix: set it to "inbound" or "outbound", or leave it out') in log

@@ -4,6 +4,7 @@ Request headers drive it (x-deny, x-upper-body, x-rewrite-response, ...);
 the plugin configuration sets a greeting and the fail policy.
 """
 
+import hashlib
 import random
 
 from meshext.sdk import Action, Counter, FailPolicy, HttpContext, RootContext, SharedData, log
@@ -39,6 +40,11 @@ class Kitchen(HttpContext):
                 403, b"denied by the kitchen filter\n", [("x-denied-by", "kitchen"), ("content-type", "text/plain")],
                 details="kitchen_denied",
             )
+        if path.startswith("/file-data"):
+            # Nothing imported these at build time: read now, from the module's passive data segment.
+            headers.set("x-codec", b"caf\xe9".decode("cp1252").encode().hex())  # encodings.cp1252
+            with open("/app/meshext/sdk/__init__.py", "rb") as file:  # shipped for traceback lines
+                headers.set("x-sdk-source-sha256", hashlib.sha256(file.read()).hexdigest())
         if path.startswith("/boom"):
             raise ValueError("the kitchen filter was asked to fail")
         if path.startswith("/shared/set/"):
