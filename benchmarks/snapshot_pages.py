@@ -52,12 +52,15 @@ class MeasuredRoot(_Measured):
 
 
 def nonzero_pages(module: bytes) -> int:
-    """The 4 KiB pages of linear memory the module's active data segments write a non-zero byte to."""
-    segments = wasm_binary.active_data_segments(wasm_binary.parse_sections(module))
+    """The 4 KiB pages of linear memory the module's active data segments write a non-zero
+    byte to (its passive segment, the file data, V8 keeps once per module)."""
+    segments = wasm_binary.read_data_segments(wasm_binary.parse_sections(module))
     if segments is None:
         raise SystemExit("the module has a data segment this script does not read")
     pages = set()
     for offset, data in segments:
+        if offset is None:
+            continue
         for page in range(offset // PAGE, (offset + len(data) - 1) // PAGE + 1):
             start, end = max(offset, page * PAGE) - offset, min(offset + len(data), (page + 1) * PAGE) - offset
             if data[start:end].strip(b"\0"):
