@@ -26,9 +26,14 @@ What lives here, and what it may import:
   shim's Python half (``_dispatch``, ``host``).  `meshext build` copies these
   files and ``meshext/__init__.py`` into every module, and nothing else of
   meshext: they import only each other, ``meshext/__init__`` and the
-  stdlib, and of the stdlib as little as they can, since every module they
-  import is memory in every VM (``typing`` and ``dataclasses`` only for type
-  checkers or on first use; see ``callouts.py``).
+  stdlib, and of the stdlib as little as they can, since every module
+  imported at build time is memory in every VM: ``typing`` only for type
+  checkers (``if TYPE_CHECKING:``, which the build does not import; see
+  ``callouts.py``), the configuration validation (``config``: dataclasses,
+  inspect) only for a root with a ``config_class``, ``json`` only for a root
+  that validates its configuration (``config_class`` or ``check_config``;
+  else json when a configuration comes), and no ``typing`` for the
+  validation either unless the field types need it.  tests/sdk/test_sdk_snapshot_modules.py checks it.
 - The C shim (``sdk/shim/``): embeds CPython, exports the Proxy-Wasm
   callbacks, and provides the host functions as ``_meshext_host``.
 - Host side, never inside a module: ``sdk/builder/`` (`meshext build`) and

@@ -8,7 +8,6 @@ filter.  Not part of the public API.
 from __future__ import annotations
 
 import gc
-import json
 import sys
 
 from meshext.sdk import callouts
@@ -29,9 +28,13 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-# Written by `meshext build` into the module's file system.
-BUILD_CONFIG_PATH = "/app/meshext-build.json"
-# The log line that carries build facts back to `meshext build` (sdk/builder/pipeline.py).
+# Written by `meshext build` into the module's file system, as a Python literal
+# that preinit evaluates with the compiler the module still has at build time:
+# JSON would need the json module (and re) in every VM's snapshot, also of a
+# filter that never reads JSON.
+BUILD_CONFIG_PATH = "/app/meshext-build.txt"
+# The log line that carries build facts back to `meshext build`
+# (sdk/builder/pipeline.py), as a Python literal too, for the same reason.
 BUILD_FACTS_PREFIX = "meshext-build-facts "
 
 class RootEntry:
@@ -56,8 +59,8 @@ _vm_started = False
 
 def preinit() -> None:
     """Build time: import each project's filter, then settle the heap for the snapshot."""
-    with open(BUILD_CONFIG_PATH) as file:
-        build = json.load(file)
+    with open(BUILD_CONFIG_PATH, encoding="utf-8") as file:
+        build = eval(file.read(), {"__builtins__": {}})  # the literal `meshext build` wrote
     for spec in build["roots"]:
         _import_root(spec)
     for name in build.get("preload", []):
@@ -96,6 +99,14 @@ def _import_root(spec: dict[str, Any]) -> None:
                 where=f"entry point {spec['entry']!r}",
                 fix="point `entry` in meshext.toml at your RootContext class",
             )
+        # Decided here, once the filter is imported: a root that validates
+        # its configuration (a config_class, or its own check_config) is
+        # given one as JSON, parsed by a json imported once, now, instead of
+        # in every VM; any other root's VMs carry no json (RootContext._parse
+        # imports it if a configuration comes) and none carry the validation
+        # without a config_class.
+        if candidate.config_class is not None or candidate.check_config is not RootContext.check_config:
+            import json  # noqa: F401
         if candidate.config_class is not None:
             # Type hints are resolved now: at run time the module has no
             # compiler to evaluate string annotations.
@@ -286,7 +297,7 @@ def _report_build_facts() -> None:
         "root_on_done": any(entry.entry_class.on_done is not RootContext.on_done for entry in roots.values()),
         "builtin_modules": sorted(name for name in sys.builtin_module_names if name in sys.modules),
     }
-    host.log(LogLevel.TRACE, BUILD_FACTS_PREFIX + json.dumps(facts))
+    host.log(LogLevel.TRACE, BUILD_FACTS_PREFIX + repr(facts))
 
 
 def _plain_init(cls: Any, base: Any) -> bool:

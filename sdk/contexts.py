@@ -21,7 +21,6 @@ context overrides (sdk/builder/prune.py).
 
 from __future__ import annotations
 
-import json
 from enum import StrEnum
 
 from meshext.sdk import callouts
@@ -341,6 +340,11 @@ class RootContext(_CalloutMixin):
 
     def _parse(self, config: bytes) -> Any:
         if config.strip():
+            # Imported on first use, not with the SDK: json and re are memory
+            # in every VM, and a filter without a configuration never needs
+            # them (neither needs the compiler the module lacks at run time).
+            import json
+
             try:
                 data = json.loads(config)
             except ValueError as error:
@@ -352,8 +356,9 @@ class RootContext(_CalloutMixin):
             data = {}
         if self.config_class is None:
             return data
-        # Imported on first use: dataclass validation pulls in typing and
-        # inspect, which filters without a config_class should not carry.
+        # Imported on first use (at build time: sdk/_dispatch.py imports it for
+        # a root with a config_class): dataclass validation pulls in
+        # dataclasses and inspect, which filters without one should not carry.
         from meshext.sdk.config import validate_config
 
         return validate_config(self.config_class, data)

@@ -27,8 +27,13 @@ in Envoy's dynamic metadata) convert from and to Python values with
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Mapping
+
+# typing only for checkers: importing it would grow every VM (see callouts.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
 
 VARINT, FIXED64, LENGTH_DELIMITED, FIXED32 = 0, 1, 2, 5
 _UINT64 = (1 << 64) - 1

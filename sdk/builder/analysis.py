@@ -226,6 +226,21 @@ def _guarded(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
     return False
 
 
+def _for_type_checkers(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
+    """Whether an import sits in the body of ``if TYPE_CHECKING:`` (or
+    ``typing.TYPE_CHECKING``): it runs for type checkers only, never in the module."""
+    current = node
+    while current in parents:
+        parent = parents[current]
+        if isinstance(parent, ast.If) and current in parent.body and (
+            isinstance(parent.test, ast.Name) and parent.test.id == "TYPE_CHECKING"
+            or isinstance(parent.test, ast.Attribute) and parent.test.attr == "TYPE_CHECKING"
+        ):
+            return True
+        current = parent
+    return False
+
+
 @dataclass(frozen=True)
 class Import:
     """One module an import statement of a shipped file names."""
@@ -234,6 +249,8 @@ class Import:
     line: int
     name: str  # absolute dotted name
     optional: bool  # inside a try that handles ImportError
+    # Inside `if TYPE_CHECKING:`: never imported in the module, so not at build time either.
+    for_type_checkers: bool = False
 
 
 def _package(source: SourceFile) -> str:
@@ -267,7 +284,8 @@ def direct_imports(trees: dict[SourceFile, ast.Module]) -> list[Import]:
             else:
                 continue
             optional = _guarded(node, parents)
-            found += [Import(source, node.lineno, name, optional) for name in names if name]
+            for_type_checkers = _for_type_checkers(node, parents)
+            found += [Import(source, node.lineno, name, optional, for_type_checkers) for name in names if name]
     return found
 
 

@@ -31,7 +31,6 @@ knows, ``my-filter/filter.py``, and ``/app`` holds its bytecode alone
 
 from __future__ import annotations
 
-import json
 import struct
 from typing import Any
 
@@ -50,8 +49,11 @@ def build_config(roots: list[dict[str, Any]], preload: list[str]) -> bytes:
     ``_dispatch.BUILD_CONFIG_PATH``): per root its ``root_id`` ("" serves
     every root_id), ``name``, ``entry``, ``fail_policy``, ``path`` (its own
     import folder; None: ``/app``) and ``preload`` (its own modules to import
-    at build time), and the stdlib modules to import at build time."""
-    return json.dumps({"roots": roots, "preload": preload}).encode()
+    at build time), and the stdlib modules to import at build time.
+
+    As a Python literal, which the module's CPython reads without importing
+    anything (json would stay in every VM's snapshot)."""
+    return repr({"roots": roots, "preload": preload}).encode()
 
 
 def root(name: str, entry: str, fail_policy: str, *, root_id: str = "", path: str | None = None,

@@ -160,11 +160,14 @@ def collect_files(projects: Sequence[Project], stdlib_dir: Path, shim: bytes) ->
     # All of it compiled by the module's CPython: modules carry no compiler at
     # run time (sdk/builder/prune.py), so a module the filter imports lazily
     # must come compiled.  The SDK as unchecked hash-based .pyc next to its
-    # source.  The project's and the dependencies' files as .pyc alone on the
-    # import path, compiled under the name tracebacks show, where their source
-    # sits (fsimage's docstring).  The stdlib as .pyc alone, with docstrings
-    # and asserts stripped: less memory per VM.
-    python = [bytecode.PythonFile(name, data, optimize=0, ships_source=True, importable=True)
+    # source, with docstrings stripped (about 120 KiB of every VM; they are for
+    # readers and editors, and the SDK has no asserts to lose).  The project's
+    # and the dependencies' files as .pyc alone on the import path, compiled
+    # under the name tracebacks show, where their source sits (fsimage's
+    # docstring), docstrings and asserts kept: they are the author's.  The
+    # stdlib as .pyc alone, with docstrings and asserts stripped: less memory
+    # per VM.
+    python = [bytecode.PythonFile(name, data, optimize=2, ships_source=True, importable=True)
               for name, data in files.items() if name.endswith(".py")]
     shipped_as: dict[str, analysis.SourceFile] = {}  # PythonFile.path -> the shipped file
     shipped = [(source, part.folder) for part in parts for source in part.sources]
@@ -199,9 +202,11 @@ def collect_files(projects: Sequence[Project], stdlib_dir: Path, shim: bytes) ->
             files[python_file.pyc_path] = pyc
     # Stdlib modules the filter imports inside functions are imported at build
     # time too: some define namedtuples at import, which needs the compiler
-    # modules do not carry at run time.
+    # modules do not carry at run time.  Not those imported for type checkers
+    # only (`if TYPE_CHECKING:`): they never run, and typing alone is about
+    # 0.7 MiB of every VM.
     preload = sorted({item.name for part in parts for item in part.imports
-                      if not item.optional and item.name in closure_files})
+                      if not item.optional and not item.for_type_checkers and item.name in closure_files})
     single = len(parts) == 1
     files[BUILD_CONFIG_PATH.lstrip("/")] = fsimage.build_config(
         [fsimage.root(part.project.filter.name, part.project.filter.entry, part.project.filter.fail_policy,
@@ -218,7 +223,8 @@ def _own_imports(part: _ProjectPart) -> list[str]:
     too): a multi-root module imports them at build time, in the project's
     namespace, where run-time imports find them (sdk/_dispatch.py)."""
     own = {source.module for source in part.sources}
-    return sorted({item.name for item in part.imports if item.name in own and not item.optional})
+    return sorted({item.name for item in part.imports
+                   if item.name in own and not item.optional and not item.for_type_checkers})
 
 
 def _shipped_python_file(source: analysis.SourceFile, data: bytes, folder: str) -> bytecode.PythonFile:
@@ -356,7 +362,7 @@ def _build_facts(log: list[tuple[str, str]]) -> tuple[dict, list[tuple[str, str]
     if len(facts) != 1:
         raise InternalError(f"pre-initialisation (sdk/_dispatch.py) reported {len(facts)} build fact lines, not 1")
     rest = [(level, message) for level, message in log if not message.startswith(BUILD_FACTS_PREFIX)]
-    return json.loads(facts[0].removeprefix(BUILD_FACTS_PREFIX)), rest
+    return ast.literal_eval(facts[0].removeprefix(BUILD_FACTS_PREFIX)), rest
 
 
 def module_imports(module: bytes) -> list[str]:
