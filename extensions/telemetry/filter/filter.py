@@ -14,7 +14,8 @@ from the response.  Without them the client falls back to the endpoint's
 ``istio.workload`` metadata, and the server reports ``unknown`` for the source.
 The parts whose values are this sidecar's constants are Envoy route
 configuration the control plane writes (control/telemetry.py
-``exchange_routes``), not host calls of every request: the outbound route
+``with_inbound_exchange``, ``with_outbound_exchange``), not host calls of
+every request: the outbound route
 adds the request headers, the inbound route removes them before the app (the
 router runs after this filter has read them) and adds the answer.
 
