@@ -16,7 +16,7 @@ compared with the sum of its parts.  Same method as sdk_header_filter.py
 (its helpers): one Envoy worker, direct response, wrk, interleaved rounds,
 medians; RSS with one worker after memory settles; start -> first answer.
 
-    python benchmarks/sidecar_extensions.py [--seconds 3] [--rounds 3]
+    python benchmarks/sidecar_extensions.py [--seconds 3] [--rounds 3] [--optimize]
 """
 
 from __future__ import annotations
@@ -69,9 +69,13 @@ def plugin(name: str, module: Path, vm_id: str, configuration: object = None, ro
         "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": config}}
 
 
-def build_modules(scratch: Path) -> dict[str, Path]:
-    modules = {name: build_filter(path, scratch / f"{name}.wasm").output for name, (path, _) in PROJECTS.items()}
-    modules["multi-root"] = build_filters([path for path, _ in PROJECTS.values()], scratch / "multi-root.wasm").output
+def build_modules(scratch: Path, optimize: bool) -> dict[str, Path]:
+    """Each project's module, the multi-root module of all four (``optimize``: with `meshext build --optimize`)
+    and the hand-written floor."""
+    modules = {name: build_filter(path, scratch / f"{name}.wasm", optimize_code=optimize).output
+               for name, (path, _) in PROJECTS.items()}
+    modules["multi-root"] = build_filters([path for path, _ in PROJECTS.values()], scratch / "multi-root.wasm",
+                                          optimize_code=optimize).output
     modules["floor"] = scratch / "floor.wasm"
     subprocess.run([toolchain.wasm_tools(), "parse", str(HERE / "filters" / "header_wat" / "filter.wat"),
                     "-o", str(modules["floor"])], check=True)
@@ -95,13 +99,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=3, help="wrk duration per variant and round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+    parser.add_argument("--optimize", action="store_true",
+                        help="build the Python modules with `meshext build --optimize` (wasm-opt)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install wrk")
     backend = Backend(SimulatorConfig.model_validate({"services": [THREESCALE_SERVICE]}))
     with tempfile.TemporaryDirectory() as scratch, BackendServer(backend) as simulator:
         clusters = [backend_cluster(simulator.port)]
-        modules = build_modules(Path(scratch))
+        modules = build_modules(Path(scratch), args.optimize)
         chosen = variants(modules)
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in chosen}
         loads: list[float] = []
@@ -124,7 +130,8 @@ def main() -> None:
         return figures["start_to_first_request_s"]
 
     print(f"# {machine()}, wrk -t1 -c8 -d{args.seconds}s, {args.rounds} interleaved round(s) (medians), "
-          f"Envoy 1 worker, load average {min(loads):.1f}-{max(loads):.1f} (1 min)")
+          f"Envoy 1 worker, load average {min(loads):.1f}-{max(loads):.1f} (1 min)"
+          + (", modules built with --optimize" if args.optimize else ""))
     print("module sizes (MB): " + ", ".join(f"{name} {size:.2f}" for name, size in sizes.items()))
     print("| variant | added µs/request | vs floor | RSS MB | vs no filter | vs floor | start→first answer s "
           "| vs no filter | vs floor |")
