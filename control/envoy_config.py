@@ -450,7 +450,7 @@ class SnapshotBuilder:
             ] + [_tcp_outbound_listener(service, tcp, _has_telemetry(outbound)) for tcp in workload.tcpOutbound
                  if (service := self.mesh.tcp_target(workload, tcp)) is not None]
         exchange = None
-        if any(e.key == TELEMETRY_KEY for e in ordered):
+        if _has_telemetry(ordered):
             metadata = node_metadata or telemetry_node_metadata(workload.name, workload.namespace, workload.labels)
             exchange = peer_metadata_headers(workload.node_id, metadata)
         base_key = (workload.node_id, json.dumps(exchange) if exchange else None)

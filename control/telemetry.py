@@ -14,6 +14,7 @@ and place the telemetry extension (extensions/telemetry) in every sidecar.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from dataclasses import replace
 from typing import Any, Literal
@@ -108,6 +109,10 @@ def telemetry_extension(module_sha256: str, mesh: Mesh, trust_domain: str | None
                            inbound=True, outbound=True)
 
 
+# Every snapshot of every sidecar asks for both directions of the one telemetry extension, whose
+# configuration holds the mesh's whole peer table: decoded and encoded again, it would cost each push
+# time in the mesh's size per sidecar.
+@functools.lru_cache(maxsize=4)
 def for_direction(extension: PlacedExtension, direction: Literal["inbound", "outbound"]) -> PlacedExtension:
     """The telemetry ``extension`` as the ``direction`` listener runs it: its configuration names the
     direction (``listener_direction``), which the filter would otherwise read per connection, an attribute

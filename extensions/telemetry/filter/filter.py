@@ -15,9 +15,9 @@ from the response.  Without them the client falls back to the endpoint's
 The parts whose values are this sidecar's constants are Envoy route
 configuration the control plane writes (control/telemetry.py
 ``with_inbound_exchange``, ``with_outbound_exchange``), not host calls of
-every request: the outbound route
-adds the request headers, the inbound route removes them before the app (the
-router runs after this filter has read them) and adds the answer.
+every request: the outbound route adds the request headers, the inbound
+route removes them before the app (the router runs after this filter has
+read them) and adds the answer.
 
 Value rules are Istio's (``shared/research/telemetry.md`` §1): local labels as
 the node metadata has them, empty peer labels ``unknown`` (canonical revision
