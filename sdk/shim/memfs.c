@@ -70,16 +70,17 @@ void meshext_memfs_mount(uint8_t *data, uint32_t size) {
 }
 
 /* memory.init from data segment 0 (the segment index is an immediate; clang
- * has no builtin for it any more, and only this function needs bulk memory). */
+ * has no builtin for it any more, and only this function needs bulk memory).
+ * interp.c reads the cold function bodies with it too. */
 __attribute__((target("bulk-memory")))
-static void copy_from_segment(void *destination, uint32_t offset, uint32_t size) {
+void meshext_copy_from_segment(void *destination, uint32_t offset, uint32_t size) {
     __asm__ volatile("local.get %0\n\tlocal.get %1\n\tlocal.get %2\n\tmemory.init 0, 0"
                      :: "r"(destination), "r"(offset), "r"(size) : "memory");
 }
 
 /* Copy `size` bytes of an entry's data, from `offset` on, to `destination`. */
 static void copy_file_data(const mxfs_entry *entry, uint32_t offset, void *destination, uint32_t size) {
-    if (entry->kind == MXFS_KIND_SEGMENT_FILE) copy_from_segment(destination, entry->data_offset + offset, size);
+    if (entry->kind == MXFS_KIND_SEGMENT_FILE) meshext_copy_from_segment(destination, entry->data_offset + offset, size);
     else memcpy(destination, image + entry->data_offset + offset, size);
 }
 
