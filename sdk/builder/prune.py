@@ -20,8 +20,7 @@ function-table indices), only bodies change: a pruned function's body is
 ``unreachable``, and each way into removed code calls a shim function that
 raises (``meshext_no_compiler``: SyntaxError, ``meshext_no_module``:
 ImportError; sdk/shim/shim.c) and returns NULL, as the real one does on
-failure.  No maintained Python library decodes Wasm code, so the few
-instruction encodings needed to find direct calls are decoded here.
+failure.  The direct calls come from ``meshext.wasm_code``.
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from meshext import wasm_binary as wb
+from meshext import wasm_code
 from meshext.paths import EvictableCache, content_key
 from meshext.sdk.contexts import STREAM_CALLBACKS
 
@@ -57,14 +57,8 @@ NO_MODULE_HANDLER = "meshext_no_module"
 _UNREACHABLE_BODY = b"\x00\x00\x0b"  # no locals; unreachable; end
 # What pruning reads besides the name section; with the code that does it, the cache key.
 _READ_SECTIONS = {wb.TYPE, wb.IMPORT, wb.FUNCTION, wb.EXPORT, wb.ELEMENT, wb.CODE}
-_ALGORITHM = Path(__file__).read_bytes() + Path(wb.__file__).read_bytes()
+_ALGORITHM = Path(__file__).read_bytes() + Path(wb.__file__).read_bytes() + Path(wasm_code.__file__).read_bytes()
 _CACHE = EvictableCache("stages")
-_BLOCK_OPCODES = {0x02, 0x03, 0x04}
-_ONE_ULEB = {0x0C, 0x0D, 0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0xD2}
-_MEMARG = set(range(0x28, 0x3F))
-_SATURATING_AND_BULK = {  # 0xFC sub-opcode -> number of uleb immediates
-    0: 0, 1: 0, 2: 0, 3: 0, 4: 0, 5: 0, 6: 0, 7: 0, 8: 2, 9: 1, 10: 2, 11: 1, 12: 2, 13: 1, 14: 2, 15: 1, 16: 1, 17: 1,
-}
 
 
 def unused_callback_exports(overridden: Iterable[str], *, root_on_done: bool) -> set[str]:
@@ -88,11 +82,11 @@ class Module:
         self.sections = wb.parse_sections(module)
         self.imported_functions = wb.imported_counts(self.sections)[0]
         self.exports = wb.read_exports(self.sections)
-        self.names = _function_names(self.sections)
+        self.names = wasm_code.function_names(self.sections)
         self.index_of = {name: index for index, name in self.names.items()}
         self.unique_names = {name for name, count in Counter(self.names.values()).items() if count == 1}
-        self.bodies = _code_bodies(self.sections)
-        self.table_functions = _table_functions(self.sections)
+        self.bodies = wasm_code.code_bodies(self.sections)
+        self.table_functions = wasm_code.table_functions(self.sections)
         self._types = wb.function_types(self.sections)
         self._type_of = wb.defined_function_type_indices(self.sections)
 
@@ -102,7 +96,7 @@ class Module:
         return self.index_of[name]
 
     def calls(self, index: int) -> set[int]:
-        return _direct_calls(self.bodies[index - self.imported_functions])
+        return set(wasm_code.scan(self.bodies[index - self.imported_functions]).calls)
 
     def result_types(self, index: int) -> bytes:
         return self._types[self._type_of[index - self.imported_functions]][1]
@@ -177,10 +171,7 @@ def _pruned_code_and_exports(
             bodies.append(body)
         else:
             bodies.append(_UNREACHABLE_BODY)
-    payload = bytearray(wb.uleb(len(bodies)))
-    for body in bodies:
-        payload += wb.uleb(len(body)) + body
-    return wb.Section(wb.CODE, bytes(payload)), wb.export_section(exports)
+    return wasm_code.code_section(bodies), wb.export_section(exports)
 
 
 def _raising_body(handler: int, results: bytes) -> bytes:
@@ -206,114 +197,3 @@ def _reachable(parsed: Module, roots: set[int], *, stop: set[int]) -> set[int]:
                 if callee >= parsed.imported_functions:
                     pending.append(callee)
     return seen
-
-
-def _function_names(sections: list[wb.Section]) -> dict[int, str]:
-    for section in sections:
-        if section.id != wb.CUSTOM:
-            continue
-        reader = wb.Reader(section.payload)
-        if reader.name() != "name":
-            continue
-        names: dict[int, str] = {}
-        while reader.position < len(section.payload):
-            kind = reader.byte()
-            end = reader.uleb() + reader.position
-            if kind == 1:  # function names
-                for _ in range(reader.uleb()):
-                    index = reader.uleb()
-                    names[index] = reader.name()
-            reader.position = end
-        return names
-    return {}
-
-
-def _code_bodies(sections: list[wb.Section]) -> list[bytes]:
-    section = wb.find_section(sections, wb.CODE)
-    if section is None:
-        return []
-    reader = wb.Reader(section.payload)
-    bodies = []
-    for _ in range(reader.uleb()):
-        size = reader.uleb()
-        bodies.append(section.payload[reader.position:reader.position + size])
-        reader.position += size
-    return bodies
-
-
-def _table_functions(sections: list[wb.Section]) -> set[int]:
-    """Functions in active element segments of the form wasm-ld writes."""
-    section = wb.find_section(sections, wb.ELEMENT)
-    if section is None:
-        return set()
-    reader = wb.Reader(section.payload)
-    functions: set[int] = set()
-    for _ in range(reader.uleb()):
-        flags = reader.uleb()
-        if flags not in (0, 2):
-            raise ValueError(f"element segment kind {flags} is not supported")
-        if flags == 2:
-            reader.uleb()  # table index
-        reader.skip_const_expr()
-        if flags == 2:
-            reader.byte()  # elemkind: funcref
-        functions.update(reader.uleb() for _ in range(reader.uleb()))
-    return functions
-
-
-def _direct_calls(body: bytes) -> set[int]:
-    """Indices of the functions a body calls directly (``call``)."""
-    calls: set[int] = set()
-    reader = wb.Reader(body)
-    for _ in range(reader.uleb()):  # local declarations
-        reader.uleb()
-        reader.byte()
-    size = len(body)
-    while reader.position < size:
-        opcode = reader.byte()
-        if opcode == 0x10:
-            calls.add(reader.uleb())
-        elif opcode in _ONE_ULEB:
-            reader.uleb()
-        elif opcode in _MEMARG:
-            reader.uleb()
-            reader.uleb()
-        elif opcode in _BLOCK_OPCODES:
-            _skip_block_type(reader)
-        elif opcode == 0x41 or opcode == 0x42:  # i32/i64.const: signed LEB, same byte layout
-            reader.uleb()
-        elif opcode == 0x43:
-            reader.position += 4
-        elif opcode == 0x44:
-            reader.position += 8
-        elif opcode == 0x0E:  # br_table
-            for _ in range(reader.uleb() + 1):
-                reader.uleb()
-        elif opcode == 0x11:  # call_indirect: type, table
-            reader.uleb()
-            reader.uleb()
-        elif opcode in (0x3F, 0x40, 0xD0):  # memory.size/grow, ref.null
-            reader.byte()
-        elif opcode == 0x1C:  # select with types
-            for _ in range(reader.uleb()):
-                reader.byte()
-        elif opcode == 0xFC:
-            sub = reader.uleb()
-            if sub not in _SATURATING_AND_BULK:
-                raise ValueError(f"unsupported instruction 0xFC {sub}")
-            if sub in (10, 11):  # memory.copy / memory.fill: memory indices as bytes
-                reader.position += 2 if sub == 10 else 1
-            else:
-                for _ in range(_SATURATING_AND_BULK[sub]):
-                    reader.uleb()
-        elif opcode in (0x12, 0x13, 0xFD, 0xFE, 0xFB):
-            raise ValueError(f"unsupported instruction prefix 0x{opcode:02x} (tail calls, SIMD, threads or GC)")
-    return calls
-
-
-def _skip_block_type(reader: wb.Reader) -> None:
-    first = reader.data[reader.position]
-    if first == 0x40 or first in (wb.I32, wb.I64, wb.F32, wb.F64, 0x7B, 0x70, 0x6F):
-        reader.position += 1
-    else:
-        reader.uleb()  # a type index (s33, non-negative here)

@@ -33,6 +33,7 @@ from typing import TypeVar, cast
 
 import wasmtime
 
+from meshext import function_profile
 from meshext import wasm_binary as wb
 from meshext.errors import MeshextError
 from meshext.paths import EvictableCache
@@ -91,6 +92,9 @@ def compile_module(code: bytes, *, where: str = "module") -> wasmtime.Module:
     cached = _MODULES.get(digest)
     if cached is not None:
         return cached
+    original = code
+    if function_profile.profile_dir() is not None:
+        code = function_profile.instrument(code)
     split = _split_data(code)
     module: wasmtime.Module | None = None
     if split is not None:
@@ -108,6 +112,8 @@ def compile_module(code: bytes, *, where: str = "module") -> wasmtime.Module:
         except wasmtime.WasmtimeError as error:
             raise MeshextError(f"not a valid Wasm module: {error}", where=where,
                                fix="give a core Wasm module (.wasm), e.g. from `meshext build`") from None
+    if code is not original:
+        function_profile.mark_profiled(module, original)
     _MODULES[digest] = module
     return module
 

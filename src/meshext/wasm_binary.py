@@ -121,6 +121,8 @@ class Import:
     module: str
     name: str
     kind: int
+    function_type: int = -1  # the type index of an imported function
+    global_type: tuple[int, bool] = (0, False)  # (value type, mutable) of an imported global
 
 
 def parse_sections(module: bytes) -> list[Section]:
@@ -179,15 +181,15 @@ def _import(reader: Reader) -> Import:
     name = reader.name()
     kind = reader.byte()
     if kind == EXTERNAL_FUNC:
-        reader.uleb()
-    elif kind == EXTERNAL_TABLE:
+        return Import(module, name, kind, reader.uleb())
+    if kind == EXTERNAL_TABLE:
         reader.byte()
         reader.skip_limits()
     elif kind == EXTERNAL_MEMORY:
         reader.skip_limits()
     elif kind == EXTERNAL_GLOBAL:
-        reader.byte()
-        reader.byte()
+        value_type = reader.byte()
+        return Import(module, name, kind, global_type=(value_type, bool(reader.byte())))
     else:
         raise ValueError(f"unknown import kind {kind}")
     return Import(module, name, kind)

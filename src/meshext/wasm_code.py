@@ -1,0 +1,166 @@
+"""Just enough of WebAssembly's code to prune it and to carry it as data.
+
+Pruning (``sdk/builder/prune.py``) needs each function's direct calls; carrying cold
+code (``sdk/builder/coldcode.py``) needs the same, plus whether a body uses an
+instruction the module's interpreter does not run, and where its local
+declarations end.  No maintained Python library decodes Wasm code, so the
+instruction encodings are decoded here: every instruction a wasm32-wasi
+CPython built by clang contains (the MVP, sign extension, saturating
+truncation and bulk memory); the prefixes of tail calls, SIMD, threads and
+GC are refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from meshext import wasm_binary as wb
+
+_BLOCK_OPCODES = {0x02, 0x03, 0x04}
+_ONE_ULEB = {0x0C, 0x0D, 0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0xD2}
+_MEMARG = set(range(0x28, 0x3F))
+_SATURATING_AND_BULK = {  # 0xFC sub-opcode -> number of uleb immediates
+    0: 0, 1: 0, 2: 0, 3: 0, 4: 0, 5: 0, 6: 0, 7: 0, 8: 2, 9: 1, 10: 2, 11: 1, 12: 2, 13: 1, 14: 2, 15: 1, 16: 1, 17: 1,
+}
+# What the interpreter inside the module (sdk/shim/interp.c) does not run:
+# table.get/set, the reference instructions, and 0xFC's memory.init,
+# data.drop and table operations.  A body with one stays compiled.
+_NOT_INTERPRETED = {0x25, 0x26, 0xD0, 0xD1, 0xD2}
+_NOT_INTERPRETED_FC = {8, 9, 12, 13, 14, 15, 16, 17}
+
+
+@dataclass(frozen=True)
+class CodeFacts:
+    """What one function body does, as far as pruning and cold code need it."""
+
+    calls: frozenset[int]  # functions it calls directly (``call``)
+    interpretable: bool  # no instruction the module's interpreter lacks
+    locals_end: int  # offset of the first instruction (after the local declarations)
+
+
+def scan(body: bytes) -> CodeFacts:
+    """Decode ``body`` (a code-section entry without its size) instruction by instruction."""
+    calls: set[int] = set()
+    interpretable = True
+    reader = wb.Reader(body)
+    for _ in range(reader.uleb()):  # local declarations
+        reader.uleb()
+        reader.byte()
+    locals_end = reader.position
+    size = len(body)
+    while reader.position < size:
+        opcode = reader.byte()
+        if opcode in _NOT_INTERPRETED:
+            interpretable = False
+        if opcode == 0x10:
+            calls.add(reader.uleb())
+        elif opcode in _ONE_ULEB:
+            reader.uleb()
+        elif opcode in _MEMARG:
+            reader.uleb()
+            reader.uleb()
+        elif opcode in _BLOCK_OPCODES:
+            _skip_block_type(reader)
+        elif opcode == 0x41 or opcode == 0x42:  # i32/i64.const: signed LEB, same byte layout
+            reader.uleb()
+        elif opcode == 0x43:
+            reader.position += 4
+        elif opcode == 0x44:
+            reader.position += 8
+        elif opcode == 0x0E:  # br_table
+            for _ in range(reader.uleb() + 1):
+                reader.uleb()
+        elif opcode == 0x11:  # call_indirect: type, table
+            reader.uleb()
+            if reader.uleb() != 0:
+                interpretable = False
+        elif opcode in (0x3F, 0x40, 0xD0):  # memory.size/grow, ref.null
+            reader.byte()
+        elif opcode == 0x1C:  # select with types
+            for _ in range(reader.uleb()):
+                reader.byte()
+        elif opcode == 0xFC:
+            sub = reader.uleb()
+            if sub not in _SATURATING_AND_BULK:
+                raise ValueError(f"unsupported instruction 0xFC {sub}")
+            if sub in _NOT_INTERPRETED_FC:
+                interpretable = False
+            if sub in (10, 11):  # memory.copy / memory.fill: memory indices as bytes
+                reader.position += 2 if sub == 10 else 1
+            else:
+                for _ in range(_SATURATING_AND_BULK[sub]):
+                    reader.uleb()
+        elif opcode in (0x12, 0x13, 0xFD, 0xFE, 0xFB):
+            raise ValueError(f"unsupported instruction prefix 0x{opcode:02x} (tail calls, SIMD, threads or GC)")
+    return CodeFacts(frozenset(calls), interpretable, locals_end)
+
+
+def _skip_block_type(reader: wb.Reader) -> None:
+    first = reader.data[reader.position]
+    if first == 0x40 or first in (wb.I32, wb.I64, wb.F32, wb.F64, 0x7B, 0x70, 0x6F):
+        reader.position += 1
+    else:
+        reader.uleb()  # a type index (s33, non-negative here)
+
+
+def function_names(sections: list[wb.Section]) -> dict[int, str]:
+    """Function index -> name, from the ``name`` custom section (empty without one)."""
+    for section in sections:
+        if section.id != wb.CUSTOM:
+            continue
+        reader = wb.Reader(section.payload)
+        if reader.name() != "name":
+            continue
+        names: dict[int, str] = {}
+        while reader.position < len(section.payload):
+            kind = reader.byte()
+            end = reader.uleb() + reader.position
+            if kind == 1:  # function names
+                for _ in range(reader.uleb()):
+                    index = reader.uleb()
+                    names[index] = reader.name()
+            reader.position = end
+        return names
+    return {}
+
+
+def code_bodies(sections: list[wb.Section]) -> list[bytes]:
+    """Each defined function's body (local declarations and expression), in order."""
+    section = wb.find_section(sections, wb.CODE)
+    if section is None:
+        return []
+    reader = wb.Reader(section.payload)
+    bodies = []
+    for _ in range(reader.uleb()):
+        size = reader.uleb()
+        bodies.append(section.payload[reader.position:reader.position + size])
+        reader.position += size
+    return bodies
+
+
+def code_section(bodies: list[bytes]) -> wb.Section:
+    """A code section holding ``bodies``."""
+    payload = bytearray(wb.uleb(len(bodies)))
+    for body in bodies:
+        payload += wb.uleb(len(body)) + body
+    return wb.Section(wb.CODE, bytes(payload))
+
+
+def table_functions(sections: list[wb.Section]) -> set[int]:
+    """Functions in active element segments of the form wasm-ld writes."""
+    section = wb.find_section(sections, wb.ELEMENT)
+    if section is None:
+        return set()
+    reader = wb.Reader(section.payload)
+    functions: set[int] = set()
+    for _ in range(reader.uleb()):
+        flags = reader.uleb()
+        if flags not in (0, 2):
+            raise ValueError(f"element segment kind {flags} is not supported")
+        if flags == 2:
+            reader.uleb()  # table index
+        reader.skip_const_expr()
+        if flags == 2:
+            reader.byte()  # elemkind: funcref
+        functions.update(reader.uleb() for _ in range(reader.uleb()))
+    return functions
