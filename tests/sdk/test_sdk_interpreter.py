@@ -1,6 +1,12 @@
 """The interpreter inside the module (sdk/shim/interp.c) computes what compiled code does.
 
-The `computations` filter is built, as clang leaves its code and as wasm-opt
+Instruction by instruction: tests/sdk/interpreter/operations.c, linked with
+the interpreter alone, runs every numeric, memory and call instruction on
+corner-case operands (NaNs with payloads, -0, the bounds of each
+truncation, zero divisors, addresses past memory's end), compiled and
+interpreted; results and traps must be the same.
+
+Whole programs: the `computations` filter is built, as clang leaves its code and as wasm-opt
 rewrites it (which brings `if`/`else` and `select`, instructions clang does
 not emit), then carried with every function the rewriter can move
 (sdk/builder/coldcode.py with an empty hot set) run by the interpreter:
@@ -12,14 +18,105 @@ module answers.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
+import wasmtime
 
-from meshext.sdk.builder import build_filter, coldcode
+from meshext import wasm_binary as wb
+from meshext.sdk.builder import build_filter, coldcode, toolchain
+from meshext.sdk.builder.shim import SHIM_SOURCES
 from meshext.testing import Host
 
 PROJECT = Path(__file__).parent / "filters" / "computations"
+OPERATIONS = Path(__file__).parent / "interpreter" / "operations.c"
+
+# Operands (64-bit slots; i32 and f32 operations read the low half): small
+# integers and addresses, sign and width bounds, and float bit patterns.
+F32_PATTERNS = [0x3F800000, 0xBFC00000, 0x40200000, 0x7F800000, 0xFF800000, 0x7FC00000, 0x7FA00001, 0xFFC00001,
+                0x7F7FFFFF, 0x00000001, 0x4F000000, 0xCF000000, 0xCF000001, 0x4F7FFFFF, 0x5F000000, 0x5F800000]
+F64_PATTERNS = [0x3FF0000000000000, 0xBFF8000000000000, 0x4004000000000000, 0x400C000000000000, 0x7FF0000000000000,
+                0xFFF0000000000000, 0x7FF8000000000000, 0x7FF4000000000001, 0x7FEFFFFFFFFFFFFF, 0x0000000000000001,
+                0x41E0000000000000, 0xC1E0000000200000, 0x41EFFFFFFFE00000, 0x43E0000000000000, 0xC3E0000000000000,
+                0x43F0000000000000, 0x4330000000000001]
+OPERANDS = [0, 1, 2, 3, 7, 31, 32, 33, 47, 63, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0x100000005, 0x7FFFFFFFFFFFFFFF,
+            0x8000000000000000, 0xFFFFFFFFFFFFFFFF, 0x123456789ABCDEF0, 0xFFFFFFF9, 0xDEADBEEF3F800000,
+            *F32_PATTERNS, *F64_PATTERNS]
+# The second operands, fewer (the time goes with the product).
+SECOND_OPERANDS = [0, 1, 33, 0xFFFFFFFF, 0x8000000000000000, 0xFFFFFFFFFFFFFFFF, 0x123456789ABCDEF0, 0x3F800000,
+                   0x7FA00001, 0x80000001, 0x3FF0000000000000, 0x7FF4000000000001, 0xFFF0000000000000]
+FUEL = 10_000_000  # per operation: far more than the interpreted ones take
+
+
+def _with_passive_segment_zero(module: bytes) -> bytes:
+    """``module`` with an empty passive data segment 0 (where coldcode.py appends the bodies)."""
+    sections = wb.parse_sections(module)
+    data = wb.find_section(sections, wb.DATA)
+    assert data is not None
+    reader = wb.Reader(data.payload)
+    count = reader.uleb()
+    wb.replace_section(sections, wb.Section(wb.DATA, wb.uleb(count + 1) + b"\x01\x00" + data.payload[reader.position:]))
+    wb.replace_section(sections, wb.Section(wb.DATACOUNT, wb.uleb(count + 1)))
+    return wb.encode_sections(sections)
+
+
+class Operations:
+    """One module of operations.c: ``run(which, a, b)`` is the result, or "trap" (then a fresh instance)."""
+
+    def __init__(self, module: bytes) -> None:
+        config = wasmtime.Config()
+        config.consume_fuel = True  # an interpreter that loops forever traps instead
+        self.engine = wasmtime.Engine(config)
+        self.module = wasmtime.Module(self.engine, module)
+        self._instantiate()
+
+    def _instantiate(self) -> None:
+        self.store = wasmtime.Store(self.engine)
+        self.store.set_fuel(FUEL)
+        self.exports = wasmtime.Instance(self.store, self.module, []).exports(self.store)
+        self.exports["_initialize"](self.store)
+
+    def run(self, which: int, a: int, b: int) -> int | str:
+        self.store.set_fuel(FUEL)
+        try:
+            return self.exports["operation"](self.store, which, _signed(a), _signed(b)) & (1 << 64) - 1
+        except wasmtime.Trap:
+            self._instantiate()  # as Envoy does: a trapped VM is gone
+            return "trap"
+
+
+def _signed(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+@pytest.fixture(scope="module")
+def operations(tmp_path_factory: pytest.TempPathFactory) -> tuple[Operations, Operations, int]:
+    """(operations.c compiled, the same interpreted, how many operations there are)."""
+    output = tmp_path_factory.mktemp("operations") / "operations.wasm"
+    subprocess.run([*toolchain.zig_cc(), "-target", "wasm32-wasi", "-mexec-model=reactor", "-Oz", f"-I{SHIM_SOURCES}",
+                    str(SHIM_SOURCES / "interp.c"), str(OPERATIONS), "-o", str(output)], check=True)
+    compiled = _with_passive_segment_zero(output.read_bytes())
+    carried = coldcode.carry_cold_code(compiled, hot=set())
+    assert carried.functions_moved >= 2  # operation() and walk() at least
+    native = Operations(compiled)
+    return native, Operations(carried.module), native.exports["operation_count"](native.store)
+
+
+def test_each_instruction_interpreted_gives_the_compiled_result_or_trap(
+        operations: tuple[Operations, Operations, int]) -> None:
+    compiled, interpreted, count = operations
+    differences = []
+    traps = 0
+    for which in range(count):
+        for a in OPERANDS:
+            for b in SECOND_OPERANDS:
+                expected = compiled.run(which, a, b)
+                traps += expected == "trap"
+                if interpreted.run(which, a, b) != expected:
+                    differences.append((which, hex(a), hex(b), expected, interpreted.run(which, a, b)))
+    assert differences == []
+    assert 0 < traps < count * len(OPERANDS) * len(SECOND_OPERANDS) // 2  # both ways of ending were compared
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["clang", "wasm-opt"])
