@@ -108,7 +108,7 @@ def test_each_instruction_interpreted_gives_the_compiled_result_or_trap(
     compiled, interpreted, count = operations
     differences = []
     traps = 0
-    for which in range(count):
+    for which in range(count + 1):  # and one past the end: the switch's default
         for a in OPERANDS:
             for b in SECOND_OPERANDS:
                 expected = compiled.run(which, a, b)
@@ -116,7 +116,7 @@ def test_each_instruction_interpreted_gives_the_compiled_result_or_trap(
                 if interpreted.run(which, a, b) != expected:
                     differences.append((which, hex(a), hex(b), expected, interpreted.run(which, a, b)))
     assert differences == []
-    assert 0 < traps < count * len(OPERANDS) * len(SECOND_OPERANDS) // 2  # both ways of ending were compared
+    assert 0 < traps < (count + 1) * len(OPERANDS) * len(SECOND_OPERANDS) // 2  # both ways of ending were compared
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["clang", "wasm-opt"])

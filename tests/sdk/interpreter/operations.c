@@ -116,7 +116,7 @@ static uint64_t structured(uint32_t c, uint64_t a) {
         "local.get %4\n\t"
         "i32.const 4\n\t"
         "i32.shr_u\n\t"
-        "br_table {0, 1, 0}\n\t"
+        "br_table {0, 1, 1}\n\t"
         "end_block\n\t"
         "i64.const 100\n\t"
         "i64.add\n\t"
