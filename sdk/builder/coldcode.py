@@ -25,11 +25,17 @@ and setter of globals).
 
 Compiled stay: the hot set, the interpreter and everything it calls, bodies
 no bigger than their stub, and bodies with an instruction the interpreter
-does not run (:mod:`.wasm_code`).
+does not run (``meshext.wasm_code``).
+
+``$MESHEXT_INTERPRET_ALL`` (:func:`interpret_all`) makes every build move
+everything it can, profile or not: the self-test that runs a test suite
+with CPython itself interpreted, to show the interpreter correct on all
+the code a suite reaches.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -38,6 +44,8 @@ from meshext import wasm_binary as wb
 from meshext import wasm_code
 from meshext.errors import InternalError
 
+INTERPRET_ALL_ENV = "MESHEXT_INTERPRET_ALL"
+"""Set (to anything but empty or 0): every build runs all it can in the interpreter (:func:`interpret_all`)."""
 INTERP_ENTER = "meshext_interp_enter"
 INTERP_INVOKE = "meshext_interp_invoke"
 
@@ -65,6 +73,11 @@ class ColdCode:
     bytes_moved: int  # body bytes now in the data segment instead of the code section
     code_size_before: int
     code_size_after: int
+
+
+def interpret_all() -> bool:
+    """Whether ``$MESHEXT_INTERPRET_ALL`` asks every build to interpret all it can."""
+    return os.environ.get(INTERPRET_ALL_ENV, "") not in ("", "0")
 
 
 def carry_cold_code(module: bytes, *, hot: Iterable[int]) -> ColdCode:
