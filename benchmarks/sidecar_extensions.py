@@ -69,13 +69,13 @@ def plugin(name: str, module: Path, vm_id: str, configuration: object = None, ro
         "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": config}}
 
 
-def build_modules(scratch: Path, optimize: bool) -> dict[str, Path]:
-    """Each project's module, the multi-root module of all four (``optimize``: with `meshext build --optimize`)
-    and the hand-written floor."""
-    modules = {name: build_filter(path, scratch / f"{name}.wasm", optimize_code=optimize).output
+def build_modules(scratch: Path, optimize: bool, cold_code: bool) -> dict[str, Path]:
+    """Each project's module, the multi-root module of all four (``optimize``: with `meshext build --optimize`,
+    ``cold_code``: with `--cold-code`) and the hand-written floor."""
+    modules = {name: build_filter(path, scratch / f"{name}.wasm", optimize_code=optimize, cold_code=cold_code).output
                for name, (path, _) in PROJECTS.items()}
     modules["multi-root"] = build_filters([path for path, _ in PROJECTS.values()], scratch / "multi-root.wasm",
-                                          optimize_code=optimize).output
+                                          optimize_code=optimize, cold_code=cold_code).output
     modules["floor"] = scratch / "floor.wasm"
     subprocess.run([toolchain.wasm_tools(), "parse", str(HERE / "filters" / "header_wat" / "filter.wat"),
                     "-o", str(modules["floor"])], check=True)
@@ -101,13 +101,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--optimize", action="store_true",
                         help="build the Python modules with `meshext build --optimize` (wasm-opt)")
+    parser.add_argument("--cold-code", action="store_true",
+                        help="build the Python modules with `meshext build --cold-code` (profiled on each project's "
+                             "tests and the standard workload)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install wrk")
     backend = Backend(SimulatorConfig.model_validate({"services": [THREESCALE_SERVICE]}))
     with tempfile.TemporaryDirectory() as scratch, BackendServer(backend) as simulator:
         clusters = [backend_cluster(simulator.port)]
-        modules = build_modules(Path(scratch), args.optimize)
+        modules = build_modules(Path(scratch), args.optimize, args.cold_code)
         chosen = variants(modules)
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in chosen}
         loads: list[float] = []
@@ -131,7 +134,8 @@ def main() -> None:
 
     print(f"# {machine()}, wrk -t1 -c8 -d{args.seconds}s, {args.rounds} interleaved round(s) (medians), "
           f"Envoy 1 worker, load average {min(loads):.1f}-{max(loads):.1f} (1 min)"
-          + (", modules built with --optimize" if args.optimize else ""))
+          + (", modules built with --optimize" if args.optimize else "")
+          + (", modules built with --cold-code" if args.cold_code else ""))
     print("module sizes (MB): " + ", ".join(f"{name} {size:.2f}" for name, size in sizes.items()))
     print("| variant | added µs/request | vs floor | RSS MB | vs no filter | vs floor | start→first answer s "
           "| vs no filter | vs floor |")

@@ -582,11 +582,14 @@ def _build(projects: list[Project], output: Path, progress: Progress | None, opt
         except preinit.PreinitFailed as failure:
             raise _explain_preinit_failure(projects, contents.shown_as, failure.log) from None
 
+    # Without cold code nothing calls the interpreter: its entry points go, and its code with them.
+    carry_cold = cold_code or coldcode.interpret_all()
     with stages.stage("pruning", "removing code the filter cannot reach"):
         facts, build_log = _build_facts(result.log)
         module = prune.prune(
             result.module,
-            drop_exports=prune.unused_callback_exports(facts["callbacks"], root_on_done=facts["root_on_done"]),
+            drop_exports=prune.unused_callback_exports(facts["callbacks"], root_on_done=facts["root_on_done"])
+            | (set() if carry_cold else {coldcode.INTERP_ENTER, coldcode.INTERP_INVOKE}),
             removed_modules={
                 name: OPTIONAL_MODULES[name]
                 for name in removed_c_modules(contents.c_modules_imported, facts["builtin_modules"])
@@ -596,7 +599,7 @@ def _build(projects: list[Project], output: Path, progress: Progress | None, opt
     if optimize_code:
         with stages.stage("optimising", "optimising the code with wasm-opt (once per shim, callbacks and C modules)"):
             module = optimize.optimize(module)
-    if cold_code or coldcode.interpret_all():
+    if carry_cold:
         with stages.stage("cold code", "profiling the filter's tests and a standard workload; moving the code "
                                        "they do not run to the interpreter"):
             module = _carry_cold_code(module, projects, output)

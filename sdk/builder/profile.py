@@ -28,10 +28,9 @@ import tempfile
 from pathlib import Path
 
 from meshext.errors import MeshextError
-from meshext.function_profile import PROFILE_ENV, executed
+from meshext.function_profile import PROFILE_ENV, ROOT_ID_ENV, executed
 from meshext.sdk.builder.project import PROJECT_FILE, Project
 
-_ROOT_ID_ENV = "MESHEXT_TEST_ROOT_ID"  # meshext.runtime.pytest_plugin.ROOT_ID_ENV, not imported: it loads pytest
 # Enough requests for what only a long run does: CPython's cyclic garbage
 # collector (after 700 net allocations), dict and free-list growth.
 _STANDARD_ROUNDS = 500
@@ -44,8 +43,8 @@ def hot_functions(module: Path, projects: list[Project]) -> set[int]:
     several = len(projects) > 1
     with tempfile.TemporaryDirectory(prefix="meshext-profile-") as folder:
         for project in projects:
-            environment = os.environ | {PROFILE_ENV: folder, _ROOT_ID_ENV: project.filter.name if several else ""}
-            _run([sys.executable, "-m", "meshext.sdk.builder.profile", str(module), environment[_ROOT_ID_ENV]],
+            environment = os.environ | {PROFILE_ENV: folder, ROOT_ID_ENV: project.filter.name if several else ""}
+            _run([sys.executable, "-m", "meshext.sdk.builder.profile", str(module), environment[ROOT_ID_ENV]],
                  environment, project, "the standard workload")
             if (project.root / "tests").is_dir():
                 _run([sys.executable, "-m", "meshext", "test", str(project.root), "--module", str(module),
