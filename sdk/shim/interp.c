@@ -155,8 +155,13 @@ static const uint8_t *leb_skip(const uint8_t *p) {
 
 /* Declares `name` and reads an unsigned immediate into it; most are one byte. */
 #define U32_IMMEDIATE(name)                                                    \
-    uint32_t name = *ip < 0x80 ? *ip : (uint32_t)leb_value(ip, 0);             \
-    ip = leb_skip(ip)
+    uint32_t name;                                                             \
+    if (*ip < 0x80) {                                                          \
+        name = *ip++;                                                          \
+    } else {                                                                   \
+        name = (uint32_t)leb_value(ip, 0);                                     \
+        ip = leb_skip(ip);                                                     \
+    }
 
 /* Params and results of a block type (s33): 0x40 empty, a value type, or a type index. */
 static void block_type(const uint8_t *at, struct block *block) {
@@ -567,7 +572,7 @@ static void run(uint32_t index, uint64_t *locals) {
     const struct mxic_type *type = &types[functions[index].type];
     uint64_t *const limit = stack + STACK_SLOTS - 1; /* checked before every instruction: room for one push */
     uint64_t *sp = locals + type->param_count;
-    if (body->locals > (uint32_t)(limit - sp)) trap();
+    if (body->locals > (uint32_t)(stack + STACK_SLOTS - sp)) trap();
     memset(sp, 0, body->locals * sizeof *sp);
     sp += body->locals;
     struct label *const frame = label_top; /* this frame's labels start here */
@@ -650,8 +655,8 @@ static void run(uint32_t index, uint64_t *locals) {
         case 0x1C: {            /* select t: one value type */
             U32_IMMEDIATE(count);
             ip += count;
+            __attribute__((fallthrough));
         }
-            /* fall through */
         case 0x1B: { /* select */
             uint32_t condition = (uint32_t)sp[-1];
             sp -= 2;
