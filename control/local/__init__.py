@@ -13,7 +13,7 @@ What lives here:
 
 - ``layout``     the state directory, the ports, the generated mesh file and Prometheus config;
 - ``processes``  detached processes: start, PID files, liveness, stop (by session);
-- ``images``     the example extensions: build (cached by content), push;
+- ``images``     the images `up` pushes (header-policy, the extensions bundle): build (cached by content), push;
 - ``backing``    the backing services: which resources need them, their commands;
 - ``up``         bringing the mesh up and down, with live progress;
 - ``resources``  `apply` / `delete` / `get` on the running mesh's resources directory;

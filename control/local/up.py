@@ -52,7 +52,7 @@ from meshext.registry.local_registry import registry_binary, registry_config
 
 REGISTRY, CONTROL_PLANE, PROMETHEUS = "registry", "control-plane", "prometheus"
 APPLIED_RESOURCE = images.CHECKOUT / "deploy" / "local" / "header-policy.yaml"  # up applies it, image pinned
-APPLIED_EXTENSION = images.EXTENSIONS[0]  # header-policy, which that file deploys
+APPLIED_EXTENSION = images.HEADER_POLICY  # which that file deploys
 # An image `meshext up` pinned: the local registry's meshext/header-policy at <version>-<content key>.
 PINNED_IMAGE = re.compile(rf"127\.0\.0\.1:\d+/meshext/{APPLIED_EXTENSION.name}:[^:@]+-[0-9a-f]{{12}}")
 POLICY_HEADER = "x-meshext-policy"  # the response header its configuration sets on productpage
@@ -250,9 +250,7 @@ def _build_and_push(extension: images.Extension, state: StateDir, ports: Ports, 
     name = f"build-{extension.name}"
     log = state.log_dir / f"{name}.log"
     board.set(name, "building (meshext build)")
-    # The extensions `up` does not apply build at a lower CPU priority: on a busy machine the
-    # applied one (and the control plane's telemetry build) get the cores first.
-    module, cached = images.build(extension, log, background=extension != APPLIED_EXTENSION)
+    module, cached = images.build(extension, log)
     board.set(name, "cached" if cached else "built")
     if not registry_ready.wait(BUILD_TIMEOUT_SECONDS):
         raise UnavailableError("the registry never became ready", where=REGISTRY, fix=f"see {log}")
