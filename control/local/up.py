@@ -1,8 +1,9 @@
 """`meshext up` and `meshext down`: the local mesh's processes, started in order and stopped.
 
 Start order, each part waiting only for what it needs: the registry, the control
-plane, the three apps and Prometheus together (the example extensions build
-meanwhile, the one `up` applies first); the sidecars once the control plane
+plane, the three apps and Prometheus together (the images build
+meanwhile; the extensions bundle is the one the control plane's telemetry
+builds, so one of the two builds it and the other waits); the sidecars once the control plane
 serves, with the backing services the applied resources need (backing.py); then
 the images are pushed, the ServiceMeshExtension is applied and `meshext up`
 waits until it runs and one request has gone through all three services.  If
@@ -266,7 +267,7 @@ def _result(future: Future[str], board: Board) -> str:
     except MeshextError:
         raise
     except TimeoutError:
-        raise UnavailableError(f"building the example extensions took over {BUILD_TIMEOUT_SECONDS:.0f} s",
+        raise UnavailableError(f"building the extension images took over {BUILD_TIMEOUT_SECONDS:.0f} s",
                                where="meshext build", fix="see `meshext logs build-header-policy`") from None
 
 
