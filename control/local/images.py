@@ -40,6 +40,7 @@ from meshext.registry.reference import ImageReference
 # The checkout the examples and extensions come from (this file is control/local/images.py).
 CHECKOUT = Path(__file__).resolve().parents[2]
 BUILD_CACHE = "local-mesh"  # under the cache root: <content key>/<name>.wasm
+BACKGROUND_NICENESS = 10  # `nice -n` of builds nothing waits on yet
 
 
 @dataclass(frozen=True)
@@ -81,10 +82,11 @@ BUNDLE = Extension("extensions", bundle.PROJECTS)
 EXTENSIONS = (HEADER_POLICY, BUNDLE)
 
 
-def build(extension: Extension, log: Path) -> tuple[Path, bool]:
+def build(extension: Extension, log: Path, *, background: bool = False) -> tuple[Path, bool]:
     """``extension``'s module, built unless cached: (module file, whether it was cached).
 
-    The build writes to ``log``; a failure names it."""
+    The build writes to ``log``; a failure names it.  ``background``: a `meshext build` at a lower CPU
+    priority (``nice``), for a build nothing waits on yet."""
     for project in extension.projects:
         if not project.is_dir():
             raise MeshextError(f"the filter project {project} is missing", where="meshext up",
@@ -97,7 +99,8 @@ def build(extension: Extension, log: Path) -> tuple[Path, bool]:
         return module, True
     module.parent.mkdir(parents=True, exist_ok=True)
     partial = module.with_suffix(".partial.wasm")
-    _run([sys.executable, "-m", "meshext", "build", str(extension.projects[0]), "-o", str(partial)], log,
+    command = [sys.executable, "-m", "meshext", "build", str(extension.projects[0]), "-o", str(partial)]
+    _run(["nice", "-n", str(BACKGROUND_NICENESS), *command] if background else command, log,
          what=f"building {extension.name}")
     partial.replace(module)
     return module, False

@@ -251,7 +251,10 @@ def _build_and_push(extension: images.Extension, state: StateDir, ports: Ports, 
     name = f"build-{extension.name}"
     log = state.log_dir / f"{name}.log"
     board.set(name, "building (meshext build)")
-    module, cached = images.build(extension, log)
+    # The control plane waits for the bundle (its telemetry's module) before it serves; header-policy is
+    # applied once the sidecars are in sync: on a busy machine the bundle (and then the sidecars) get the
+    # cores first.
+    module, cached = images.build(extension, log, background=extension != images.BUNDLE)
     board.set(name, "cached" if cached else "built")
     if not registry_ready.wait(BUILD_TIMEOUT_SECONDS):
         raise UnavailableError("the registry never became ready", where=REGISTRY, fix=f"see {log}")
