@@ -8,7 +8,8 @@ with no failed request, refused resources leaving the mesh serving, Prometheus
 scraping the three sidecars and `meshext graph` reading it, a second `up`, a
 killed run recovered, the backing services (the rate limit service on Redis,
 the 3scale backend simulator) started by `meshext apply` for the resources that
-need them, and `down` leaving no process (checked by PID, Envoys included).  A
+need them, the shipped rate limit and 3scale resources running in the VMs
+telemetry already had (the extensions bundle), and `down` leaving no process (checked by PID, Envoys included).  A
 taken port is refused before anything starts.
 """
 
