@@ -44,7 +44,7 @@ RATELIMIT = {"mode": "local", "domain": "bench", "response_headers": False, "rul
 # Project folder and root_id (its meshext.toml name) of each extension.
 PROJECTS = {"telemetry": (REPO / "extensions" / "telemetry" / "filter", "telemetry"),
             "ratelimit": (REPO / "extensions" / "ratelimit" / "filter", "ratelimit"),
-            "3scale": (REPO / "extensions" / "3scale" / "filter", "3scale-auth"),
+            "3scale": (REPO / "extensions" / "3scale" / "filter", "threescale-auth"),
             "user": (HERE / "filters" / "header", "bench-header")}
 CONFIGS = {"telemetry": {}, "ratelimit": RATELIMIT, "3scale": plugin_config(cached=True), "user": None}
 # The 3scale filter reads the key from :path: every path the benchmark sends is an application.
