@@ -10,8 +10,10 @@ machine is noisy, and side-by-side rounds keep drift out of the ratios.
 Reports requests/s, added latency per request against no filter (from
 requests/s) and Envoy CPU time per request, Envoy RSS, RSS added by a
 second worker, time from Envoy start to the first answered request, and
-the module size.  Every Envoy gets the bootstrap setting meshext's sidecars
-use to hand freed memory back to the OS (``memory_allocator_manager``).
+the module size.  The Python filter runs as built and as built with
+``--cold-code`` (its profile: the standard workload; it has no tests).
+Every Envoy gets the bootstrap setting meshext's sidecars use to hand
+freed memory back to the OS (``memory_allocator_manager``).
 Loopback only; every run is bounded in time.
 
     python benchmarks/sdk_header_filter.py [--seconds 5] [--rounds 3]
@@ -64,7 +66,7 @@ def wasm_filter(module: Path, configuration: dict | None = None) -> list[dict]:
         "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": config}}]
 
 
-def variants(python_module: Path, empty_module: Path, wat_module: Path) -> dict[str, list[dict]]:
+def variants(python_module: Path, empty_module: Path, wat_module: Path, cold_module: Path) -> dict[str, list[dict]]:
     return {
         "no filter": [],
         "native header_mutation": [{
@@ -81,6 +83,7 @@ def variants(python_module: Path, empty_module: Path, wat_module: Path) -> dict[
         "Wasm doing nothing": wasm_filter(empty_module),
         "hand-written Wasm (floor)": wasm_filter(wat_module),
         "meshext python": wasm_filter(python_module),
+        "meshext python, --cold-code": wasm_filter(cold_module),
     }
 
 
@@ -200,12 +203,13 @@ def main() -> None:
         sys.exit("wrk is not installed: apt-get install wrk")
     with tempfile.TemporaryDirectory() as scratch:
         built = build_filter(HERE / "filters" / "header", Path(scratch) / "header.wasm")
+        cold = build_filter(HERE / "filters" / "header", Path(scratch) / "header-cold.wasm", cold_code=True)
         wat_modules = {}
         for name in ("empty_wat", "header_wat"):
             wat_modules[name] = Path(scratch) / f"{name}.wasm"
             subprocess.run([toolchain.wasm_tools(), "parse", str(HERE / "filters" / name / "filter.wat"),
                             "-o", str(wat_modules[name])], check=True)
-        chosen = variants(built.output, wat_modules["empty_wat"], wat_modules["header_wat"])
+        chosen = variants(built.output, wat_modules["empty_wat"], wat_modules["header_wat"], cold.output)
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in chosen}
         for _ in range(args.rounds):
             for name, filters in chosen.items():
@@ -219,7 +223,7 @@ def main() -> None:
     base = results["no filter"]
     print(f"# {machine()}, wrk -t1 -c8 -d{args.seconds}s, {args.rounds} interleaved rounds (medians), "
           "Envoy 1 worker, direct response")
-    print(f"module size: {built.size / 1e6:.2f} MB")
+    print(f"module size: {built.size / 1e6:.2f} MB, with --cold-code {cold.size / 1e6:.2f} MB")
     print("| variant | req/s | added µs/request | Envoy CPU µs/request | RSS 1 worker (MB) | RSS ratio "
           "| +RSS 2nd worker (MB) | start→first request (s) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")

@@ -16,7 +16,10 @@ compared with the sum of its parts.  Same method as sdk_header_filter.py
 (its helpers): one Envoy worker, direct response, wrk, interleaved rounds,
 medians; RSS with one worker after memory settles; start -> first answer.
 
-    python benchmarks/sidecar_extensions.py [--seconds 3] [--rounds 3] [--optimize]
+With ``--cold-code`` each extension alone and the multi-root module run
+built with ``meshext build --cold-code`` too, as variants of their own.
+
+    python benchmarks/sidecar_extensions.py [--seconds 3] [--rounds 3] [--optimize] [--cold-code]
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ RATELIMIT = {"mode": "local", "domain": "bench", "response_headers": False, "rul
 # Project folder and root_id (its meshext.toml name) of each extension.
 PROJECTS = {"telemetry": (REPO / "extensions" / "telemetry" / "filter", "telemetry"),
             "ratelimit": (REPO / "extensions" / "ratelimit" / "filter", "ratelimit"),
-            "3scale": (REPO / "extensions" / "3scale" / "filter", "3scale-auth"),
+            "3scale": (REPO / "extensions" / "3scale" / "filter", "threescale-auth"),
             "user": (HERE / "filters" / "header", "bench-header")}
 CONFIGS = {"telemetry": {}, "ratelimit": RATELIMIT, "3scale": plugin_config(cached=True), "user": None}
 # The 3scale filter reads the key from :path: every path the benchmark sends is an application.
@@ -69,13 +72,20 @@ def plugin(name: str, module: Path, vm_id: str, configuration: object = None, ro
         "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": config}}
 
 
-def build_modules(scratch: Path, optimize: bool) -> dict[str, Path]:
-    """Each project's module, the multi-root module of all four (``optimize``: with `meshext build --optimize`)
-    and the hand-written floor."""
-    modules = {name: build_filter(path, scratch / f"{name}.wasm", optimize_code=optimize).output
-               for name, (path, _) in PROJECTS.items()}
-    modules["multi-root"] = build_filters([path for path, _ in PROJECTS.values()], scratch / "multi-root.wasm",
-                                          optimize_code=optimize).output
+COLD = ", --cold-code"  # the suffix of a module's (and its variant's) name built with --cold-code
+
+
+def build_modules(scratch: Path, optimize: bool, cold_code: bool) -> dict[str, Path]:
+    """Each project's module, the multi-root module of all four (``optimize``: with `meshext build --optimize`;
+    ``cold_code``: each also with `--cold-code`) and the hand-written floor."""
+    modules = {}
+    for suffix in ("", COLD) if cold_code else ("",):
+        for name, (path, _) in PROJECTS.items():
+            modules[name + suffix] = build_filter(path, scratch / f"{name}{suffix}.wasm", optimize_code=optimize,
+                                                  cold_code=bool(suffix)).output
+        modules["multi-root" + suffix] = build_filters(
+            [path for path, _ in PROJECTS.values()], scratch / f"multi-root{suffix}.wasm", optimize_code=optimize,
+            cold_code=bool(suffix)).output
     modules["floor"] = scratch / "floor.wasm"
     subprocess.run([toolchain.wasm_tools(), "parse", str(HERE / "filters" / "header_wat" / "filter.wat"),
                     "-o", str(modules["floor"])], check=True)
@@ -83,16 +93,16 @@ def build_modules(scratch: Path, optimize: bool) -> dict[str, Path]:
 
 
 def variants(m: dict[str, Path]) -> dict[str, list[dict]]:
-    alone = {f"{name} alone": [plugin(name, m[name], name, CONFIGS[name])] for name in PROJECTS}
-    return {
-        "no filter": [],
-        "hand-written Wasm (floor)": [plugin("floor", m["floor"], "floor")],
-        **alone,
-        "four modules": [plugin(name, m[name], name, CONFIGS[name]) for name in PROJECTS],
-        "one multi-root module, shared vm_id": [
-            plugin(name, m["multi-root"], "shared", CONFIGS[name], root_id=root_id)
-            for name, (_, root_id) in PROJECTS.items()],
-    }
+    chosen: dict[str, list[dict]] = {"no filter": [],
+                                     "hand-written Wasm (floor)": [plugin("floor", m["floor"], "floor")]}
+    for suffix in ("", COLD) if f"multi-root{COLD}" in m else ("",):
+        chosen |= {f"{name} alone{suffix}": [plugin(name, m[name + suffix], name, CONFIGS[name])] for name in PROJECTS}
+        if not suffix:
+            chosen["four modules"] = [plugin(name, m[name], name, CONFIGS[name]) for name in PROJECTS]
+        chosen[f"one multi-root module, shared vm_id{suffix}"] = [
+            plugin(name, m["multi-root" + suffix], "shared", CONFIGS[name], root_id=root_id)
+            for name, (_, root_id) in PROJECTS.items()]
+    return chosen
 
 
 def main() -> None:
@@ -101,13 +111,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--optimize", action="store_true",
                         help="build the Python modules with `meshext build --optimize` (wasm-opt)")
+    parser.add_argument("--cold-code", action="store_true",
+                        help="also each Python module built with `meshext build --cold-code` (profiled on each "
+                             "project's tests and the standard workload), as variants of their own")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install wrk")
     backend = Backend(SimulatorConfig.model_validate({"services": [THREESCALE_SERVICE]}))
     with tempfile.TemporaryDirectory() as scratch, BackendServer(backend) as simulator:
         clusters = [backend_cluster(simulator.port)]
-        modules = build_modules(Path(scratch), args.optimize)
+        modules = build_modules(Path(scratch), args.optimize, args.cold_code)
         chosen = variants(modules)
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in chosen}
         loads: list[float] = []
@@ -140,8 +153,9 @@ def main() -> None:
         print(f"| {name} | {added(f):+.1f} | {added(f) / added(floor):.2f} | {f['rss_mb']:.0f} "
               f"| {f['rss_mb'] / base['rss_mb']:.2f} | {f['rss_mb'] / floor['rss_mb']:.2f} "
               f"| {start(f):.2f} | {start(f) / start(base):.1f} | {start(f) / start(floor):.1f} |")
-    parts = sum(added(results[f"{name} alone"]) for name in PROJECTS)
-    print(f"sum of the four alone: {parts:+.1f} µs/request")
+    for suffix in ("", COLD) if args.cold_code else ("",):
+        parts = sum(added(results[f"{name} alone{suffix}"]) for name in PROJECTS)
+        print(f"sum of the four alone{suffix}: {parts:+.1f} µs/request")
     four, multi = results["four modules"], results["one multi-root module, shared vm_id"]
     print(f"multi-root vs four modules: RSS {multi['rss_mb'] / four['rss_mb']:.2f}x, "
           f"start {start(multi) / start(four):.2f}x, added latency {added(multi) / added(four):.2f}x")

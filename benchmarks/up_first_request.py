@@ -6,8 +6,9 @@ Targets (issue 15): cold < 60 s, warm < 15 s.  Run:
 
 Cold: a new meshext cache holding only what `scripts/install.sh` leaves there
 (``toolchain/`` and the compiled ``shim/``, copied from the current cache) and a
-new state directory (empty registry, no certificates), so the three example
-extensions are built, pushed and pulled.  Warm: `meshext down`, then `meshext up`
+new state directory (empty registry, no certificates), so header-policy and the
+extensions bundle (telemetry, ratelimit, 3scale: the control plane's telemetry
+build, which `up`'s image step waits for) are built, pushed and pulled.  Warm: `meshext down`, then `meshext up`
 again on the same cache and state.  Each run starts `meshext up` as a process
 and polls productpage (productpage -> reviews -> ratings) from the moment it
 starts; "first request" is the first 200 whose reviews carry their stars, and

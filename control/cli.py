@@ -167,10 +167,13 @@ def serve_command(config_dir: Path | None, kubernetes: bool, mesh_file: Path | N
         source = DirectorySource(config_dir)
     telemetry_module = None
     if mesh.telemetry.enabled:
-        from meshext.extensions.telemetry.module import telemetry_module as build_telemetry
+        from meshext.extensions.bundle import bundle_module
 
-        click.echo("telemetry extension: building from extensions/telemetry/filter (cached)", err=True)
-        telemetry_module = build_telemetry()
+        # The bundle, not the telemetry filter alone: the rate limit and 3scale extensions of its
+        # publisher (mesh telemetry.publisher) then run in telemetry's VMs.
+        click.echo("telemetry extension: building the extensions bundle (telemetry, ratelimit, 3scale; cached)",
+                   err=True)
+        telemetry_module = bundle_module()
     # Wired before anything starts: the servers report to the operator, the operator to the source.
     state = ControlPlaneState()
     operator = Operator(mesh, state, resources=source, registry=registry,

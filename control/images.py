@@ -92,8 +92,18 @@ def resolve_image(image: str, *, policy: str, expected_sha256: str | None, setti
         reference=pulled.reference,
         maistra=MaistraDefaults(maistra.phase, maistra.priority) if maistra else None,
         meshext_built=metadata is not None,
-        roots=tuple(root.root_id for root in metadata.roots) if metadata else (),
+        roots=_roots(metadata),
     )
+
+
+def module_roots(module: Path) -> tuple[str, ...]:
+    """The root ids of a module built from several projects (ResolvedModule.roots): empty for one
+    project's module, or one meshext did not build."""
+    return _roots(_metadata(module, str(module)))
+
+
+def _roots(metadata: ProjectMetadata | None) -> tuple[str, ...]:
+    return tuple(root.root_id for root in metadata.roots) if metadata else ()
 
 
 def _metadata(module: Path, where: str) -> ProjectMetadata | None:

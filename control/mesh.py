@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from meshext.control.images import publisher_of
 from meshext.errors import MeshextError, first_validation_problem
 
 DEFAULT_MESH_FILE = Path(__file__).with_name("default-mesh.yaml")
@@ -116,9 +117,27 @@ class MutualTLS(_Strict):
 
 
 class Telemetry(_Strict):
-    """The mesh's telemetry extension (Istio's standard metrics in every sidecar)."""
+    """The mesh's telemetry extension (Istio's standard metrics in every sidecar).
+
+    ``publisher``: the image repository (``host[:port]/repository``) where the module the control
+    plane runs telemetry from, the project's extensions bundle (meshext.extensions.bundle), is
+    published, as `meshext up` publishes it (``127.0.0.1:15050/meshext/extensions``).  An
+    extension pulled from that repository whose module is this very one then shares telemetry's
+    VMs (envoy_config.vm_id_for: one publisher, one module).  Empty: telemetry's VMs are its own."""
 
     enabled: bool = True
+    publisher: str = ""
+
+    @field_validator("publisher")
+    @classmethod
+    def _repository(cls, value: str) -> str:
+        """The repository of any reference to it (``oci://``, a tag or digest): what vm_id_for compares."""
+        if not value:
+            return value
+        try:
+            return publisher_of(value)
+        except MeshextError as error:
+            raise ValueError(f"{error.message}: {error.fix}") from None
 
 
 class Mesh(_Strict):

@@ -70,6 +70,7 @@ from meshext.control.images import (
     RegistrySettings,
     ResolvedModule,
     credentials_from_secret,
+    module_roots,
     publisher_of,
     resolve_image,
 )
@@ -136,7 +137,10 @@ class Operator:
     ``resources``: where statuses go and pull secrets come from (None: statuses
     are only in :meth:`status_report`, and no secret exists); ``registry``:
     how images are pulled; ``trust_domain``: the mesh CA's when the sidecars
-    hold workload certificates (they then talk mutual TLS to each other).
+    hold workload certificates (they then talk mutual TLS to each other);
+    ``telemetry_module``: (path, sha256) of the module telemetry runs from, in
+    every sidecar while the mesh enables it (the control plane's: the
+    extensions bundle, meshext.extensions.bundle).
     Nothing happens before :meth:`start`."""
 
     def __init__(
@@ -156,11 +160,14 @@ class Operator:
         self._trust_domain = trust_domain  # sidecars hold workload certificates: mTLS between them
         self._builder = SnapshotBuilder(mesh, trust_domain)
         # The mesh's own telemetry extension, in every sidecar while the mesh enables it.
+        # Its module: the telemetry filter alone, or the extensions bundle whose telemetry root it runs.
         self._telemetry: PlacedExtension | None = None
         self._telemetry_sha256 = telemetry_module[1] if telemetry_module is not None else None
+        self._telemetry_roots = module_roots(telemetry_module[0]) if telemetry_module is not None else ()
         if telemetry_module is not None:
             state.modules.add(*telemetry_module)
-            self._telemetry = telemetry_extension(telemetry_module[1], mesh, trust_domain)
+            self._telemetry = telemetry_extension(telemetry_module[1], mesh, trust_domain,
+                                                  module_roots=self._telemetry_roots)
         self._node_ids = {w.node_id for w in mesh.workloads}
         self._mesh_problems: list[str] = []  # why parts of the mesh (or a whole update) were left out
         self._tracked: dict[str, _Tracked] = {}
@@ -294,7 +301,8 @@ class Operator:
             return
         self.mesh, self._builder, self._mesh_problems = mesh, builder, problems
         if self._telemetry_sha256 is not None:  # its peer table names the mesh's workloads
-            self._telemetry = telemetry_extension(self._telemetry_sha256, mesh, self._trust_domain)
+            self._telemetry = telemetry_extension(self._telemetry_sha256, mesh, self._trust_domain,
+                                                  module_roots=self._telemetry_roots)
         gone = self._node_ids - {w.node_id for w in mesh.workloads}
         self._node_ids = {w.node_id for w in mesh.workloads}
         for node_id in gone:

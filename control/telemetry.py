@@ -22,6 +22,7 @@ from typing import Any, Literal
 from meshext.control.mesh import Mesh, Service, Workload
 from meshext.control.placement import PlacedExtension
 from meshext.control.workload_tls import workload_identity
+from meshext.errors import InternalError
 from meshext.extensions.telemetry.filter.istio_metrics import (
     CANONICAL_NAME_LABEL as CANONICAL_NAME,
 )
@@ -44,6 +45,9 @@ TELEMETRY_OUTBOUND_FILTER = "meshext.telemetry.outbound"
 # The same module as a network filter on TCP listeners: a second ECDS resource (another type),
 # one VM with the HTTP filter (same vm_id).
 TELEMETRY_TCP_FILTER = "meshext.telemetry.tcp"
+# Its root in a module built from several projects (the extensions bundle): the telemetry
+# project's [filter] name; as a network filter TELEMETRY_ROOT_ID/TELEMETRY_TCP_ROOT_ID.
+TELEMETRY_ROOT_ID = "telemetry"
 # Its root_id: Envoy keys a VM's root contexts by root_id and configuration, and the TCP
 # plugin's root (its reporting timer, its open connections) must not be the HTTP one's.
 TELEMETRY_TCP_ROOT_ID = "tcp"
@@ -97,16 +101,23 @@ def peer_identities(mesh: Mesh, trust_domain: str | None) -> dict[str, list[str]
     return peers
 
 
-def telemetry_extension(module_sha256: str, mesh: Mesh, trust_domain: str | None) -> PlacedExtension:
+def telemetry_extension(module_sha256: str, mesh: Mesh, trust_domain: str | None, *,
+                        module_roots: tuple[str, ...] = ()) -> PlacedExtension:
     """The telemetry filter for every sidecar, inbound and outbound, in the chain's ``[stats]`` slot.
 
     Its configuration: the TCP reporting period and the mesh's workload identities by SPIFFE id.
-    Fail open: metrics must never cost a request."""
+    Fail open: metrics must never cost a request.  ``module_roots``: the module's roots when it was
+    built from several projects (the extensions bundle), which then runs its TELEMETRY_ROOT_ID.
+    Its publisher is the mesh's ``telemetry.publisher``: the same module's other extensions from
+    there share its VMs."""
+    if module_roots and TELEMETRY_ROOT_ID not in module_roots:
+        raise InternalError(f"the telemetry module has no root {TELEMETRY_ROOT_ID!r}, only {module_roots}")
     configuration = json.dumps({"tcp_reporting_ms": TCP_REPORTING_MS, "peers": peer_identities(mesh, trust_domain)},
                                sort_keys=True)
     return PlacedExtension(key=TELEMETRY_KEY, filter_name=TELEMETRY_FILTER, phase="[stats]", priority=0,
-                           module_sha256=module_sha256, root_id="", configuration=configuration, fail_open=True,
-                           inbound=True, outbound=True)
+                           module_sha256=module_sha256, root_id=TELEMETRY_ROOT_ID if module_roots else "",
+                           configuration=configuration, fail_open=True, inbound=True, outbound=True,
+                           publisher=mesh.telemetry.publisher, module_roots=module_roots)
 
 
 # Every snapshot of every sidecar asks for both directions of the one telemetry extension, whose

@@ -40,6 +40,7 @@ from typing import Any
 
 from meshext.compiled_modules import compile_module
 from meshext.errors import MeshextError
+from meshext.function_profile import ROOT_ID_ENV
 from meshext.runtime._abi import MASK32
 from meshext.runtime._plugin import PluginVM
 from meshext.runtime._records import (
@@ -115,7 +116,9 @@ class Host:
         configuration; ``name``, ``root_id`` and ``vm_id`` are the plugin's
         Envoy names (VMs with the same ``vm_id`` share data and queues);
         ``env`` the VM's environment variables, ``properties`` attributes
-        every context of the plugin sees.
+        every context of the plugin sees.  ``root_id`` defaults to
+        ``$MESHEXT_TEST_ROOT_ID`` (``meshext build --cold-code`` sets it to
+        profile a project's tests on a module of several projects).
         """
         if isinstance(module, (str, os.PathLike)):
             path = Path(module)
@@ -127,6 +130,7 @@ class Host:
             code, where = bytes(module), "module"
         if isinstance(config, (dict, list)):
             config = json.dumps(config)
+        root_id = root_id or os.environ.get(ROOT_ID_ENV, "")
         vm = Vm(
             self, compile_module(code, where=where), where=where,
             config=config.encode() if isinstance(config, str) else bytes(config),

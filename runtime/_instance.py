@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import wasmtime
 
-from meshext import function_profile
 from meshext.compiled_modules import engine, instantiate
 from meshext.errors import MeshextError
+from meshext.function_profile import watch as watch_profile
 from meshext.runtime._abi import MASK32, MASK64
 from meshext.runtime._fastcall import Crossing, ExportedFunction, MemoryView, define_host_function
 from meshext.runtime._hostcalls import resolve
@@ -110,7 +110,7 @@ class WasmInstance:
             raise self._trap_error(trap, "instantiation (start function)") from None
         except wasmtime.WasmtimeError as error:
             raise MeshextError(f"Envoy would refuse this module: {error}", where=where) from None
-        function_profile.watch(self, module, self._store, instance)
+        watch_profile(self, module, self._store, instance)  # $MESHEXT_PROFILE_DIR: what ran, when self goes
         self._exports: dict[str, ExportedFunction] = {}
         memory = None
         for export_name, item in instance.exports(self._store).items():

@@ -8,9 +8,10 @@ Fixtures:
   as JSON), a string or bytes; options are those of ``Host.load``.
 - ``filter_module_path``: path of the module under test, from
   ``--meshext-module`` or ``$MESHEXT_TEST_MODULE`` (``meshext test`` sets it).
-  ``$MESHEXT_TEST_ROOT_ID`` is the ``root_id`` ``filter_module`` loads it
-  with unless a test names one (``meshext build --cold-code`` runs each
-  project's tests against the multi-root module it built).
+  ``$MESHEXT_TEST_ROOT_ID`` is the ``root_id`` every ``Host.load`` uses
+  unless a test names one (``meshext build --cold-code`` runs each
+  project's tests against the multi-root module it built; a module of one
+  project serves every ``root_id``).
 - ``proxy_host``: a fresh ``Host`` (one simulated Envoy) per test; load more
   VMs into it to test shared data, queues and ticks.
 """
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
     from meshext.runtime._plugin import PluginVM
 
 MODULE_ENV = "MESHEXT_TEST_MODULE"
-ROOT_ID_ENV = "MESHEXT_TEST_ROOT_ID"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -70,7 +70,6 @@ def filter_module_path(request: pytest.FixtureRequest) -> Path:
 def filter_module(proxy_host: Host, filter_module_path: Path) -> Callable[..., PluginVM]:
     """``filter_module(config=..., **options)`` loads the module under test into ``proxy_host``."""
     def load(config: Any = b"", **options: Any) -> PluginVM:
-        options.setdefault("root_id", os.environ.get(ROOT_ID_ENV, ""))
         return proxy_host.load(filter_module_path, config=config, **options)
 
     return load

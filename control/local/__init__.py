@@ -4,8 +4,8 @@
 docker-registry, the control plane (`meshext control serve` on a resources
 directory), the three demo services (``demo``) each behind its sidecar
 (`meshext proxy`), and Debian's Prometheus scraping the sidecars; it builds the
-example extensions (`meshext build`), pushes them and applies a
-ServiceMeshExtension.  Then it returns, as `docker compose up -d` does.  The
+example header-policy and the project's extensions bundle (images), pushes them
+and applies a ServiceMeshExtension.  Then it returns, as `docker compose up -d` does.  The
 rate limit service (on Redis) and the 3scale backend simulator start when an
 applied resource needs them (``backing``).
 
@@ -13,7 +13,7 @@ What lives here:
 
 - ``layout``     the state directory, the ports, the generated mesh file and Prometheus config;
 - ``processes``  detached processes: start, PID files, liveness, stop (by session);
-- ``images``     the example extensions: build (cached by content), push;
+- ``images``     the images `up` pushes (header-policy, the extensions bundle): build (cached by content), push;
 - ``backing``    the backing services: which resources need them, their commands;
 - ``up``         bringing the mesh up and down, with live progress;
 - ``resources``  `apply` / `delete` / `get` on the running mesh's resources directory;

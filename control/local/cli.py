@@ -45,8 +45,9 @@ def up_command(state_dir: Path | None, **ports: int) -> None:
     Starts, on 127.0.0.1: an OCI registry (Debian's docker-registry), the
     control plane, three demo services (productpage -> reviews -> ratings,
     the last over gRPC) each behind its sidecar, and Prometheus scraping the
-    sidecars; builds the example extensions, pushes them, and applies a
-    ServiceMeshExtension (header-policy on productpage).  Returns once a
+    sidecars; builds the example header-policy and the project's extensions
+    bundle (telemetry, rate limiting, 3scale in one module), pushes them, and
+    applies a ServiceMeshExtension (header-policy on productpage).  Returns once a
     request has gone through all three services; `meshext down` stops it all.
 
     \b

@@ -1,14 +1,24 @@
-"""The example extensions `meshext up` builds and pushes to the local registry.
+"""The extension images `meshext up` builds and pushes to the local registry.
 
-Builds run `meshext build` (a process: the control plane never imports the SDK)
-and are cached under the cache root by the content of the filter project and of
-the SDK, so a second `meshext up` builds nothing (and runs no `meshext build`
-process).  Each module is pushed in the Maistra layout (phase and priority from its ``meshext.toml``) under two tags:
-``<version>-<content key>``, which the resource `meshext up` applies names (a
-changed filter gets a new tag, never a stale cached module), and ``latest``, which
-the shipped example resources (``deploy/local/``) name: WasmPlugin pulls
-``latest`` again at each change (Istio's default pull policy), so they follow
-whatever `meshext up` built last.
+Two images: the example ``header-policy`` (a user's extension: its own module
+and publisher, so its own VMs), and ``extensions``, the project's own
+telemetry, rate limit and 3scale extensions as one module with a root each
+(meshext.extensions.bundle).  The control plane runs telemetry from that very
+module file and knows the repository it is published under (the mesh file's
+``telemetry.publisher``), so the shipped rate limit and 3scale resources, which
+name this image and their root (``deploy/local/``), share telemetry's VMs in
+a sidecar: one CPython per thread for all three.
+
+header-policy is built by `meshext build` (a process), the bundle in-process
+by the same function and cache as the control plane's (one build, whoever
+starts it first; the other waits for it); both are cached by the content of
+their projects and of the SDK, so a second `meshext up` builds nothing.  Each
+module is pushed in the Maistra layout (phase and priority from its
+``meshext.toml``) under two tags: ``<version>-<the module's sha256, 12 digits>``, which the
+resource `meshext up` applies names (a changed filter gets a new tag, never a
+stale cached module), and ``latest``, which the shipped example resources
+(``deploy/local/``) name: WasmPlugin pulls ``latest`` again at each change
+(Istio's default pull policy), so they follow whatever `meshext up` built last.
 """
 
 from __future__ import annotations
@@ -22,77 +32,94 @@ from pathlib import Path
 
 import meshext
 from meshext.errors import MeshextError
+from meshext.extensions import bundle
 from meshext.paths import cache_root
 from meshext.registry.client import RegistryClient
 from meshext.registry.reference import ImageReference
 
 # The checkout the examples and extensions come from (this file is control/local/images.py).
 CHECKOUT = Path(__file__).resolve().parents[2]
-SDK_DIR = (Path(meshext.__file__).parent / "sdk").resolve()
 BUILD_CACHE = "local-mesh"  # under the cache root: <content key>/<name>.wasm
-SKIPPED_PARTS = {"build", "tests", "__pycache__"}
 BACKGROUND_NICENESS = 10  # `nice -n` of builds nothing waits on yet
 
 
 @dataclass(frozen=True)
 class Extension:
-    """An extension the local mesh offers: its image name and filter project."""
+    """An image the local mesh offers: its repository meshext/<name> and the filter projects of its module."""
 
     name: str  # image repository meshext/<name> in the local registry
-    project: Path  # the `meshext build` project directory
+    # One: a `meshext build` project; several: one module with a root per project (the bundle).
+    projects: tuple[Path, ...]
 
     def version(self) -> str:
-        """``[filter] version`` of the project's meshext.toml."""
+        """``[filter] version`` of a one-project module's meshext.toml; the bundle's is meshext's own."""
+        if len(self.projects) > 1:
+            return meshext.__version__
+        manifest = self.projects[0] / "meshext.toml"
         try:
-            return str(tomllib.loads((self.project / "meshext.toml").read_text())["filter"]["version"])
+            return str(tomllib.loads(manifest.read_text())["filter"]["version"])
         except (OSError, KeyError, tomllib.TOMLDecodeError) as error:
-            raise MeshextError(f"cannot read the filter version: {error}", where=str(self.project / "meshext.toml"),
+            raise MeshextError(f"cannot read the filter version: {error}", where=str(manifest),
                                fix="restore the example from git") from None
-
-    def content_key(self) -> str:
-        """sha256 of the project's and the SDK's files, and meshext's version: what a build depends on."""
-        digest = hashlib.sha256(meshext.__version__.encode())
-        for root in (self.project, SDK_DIR):
-            for path in sorted(p for p in root.rglob("*") if p.is_file()):
-                relative = path.relative_to(root)
-                if SKIPPED_PARTS.isdisjoint(relative.parts) and path.suffix not in (".pyc", ".wasm"):
-                    digest.update(str(relative).encode() + b"\0" + path.read_bytes() + b"\0")
-        return digest.hexdigest()
 
     def image(self, registry: str, tag: str) -> str:
         """``registry/meshext/<name>:<tag>``."""
-        return f"{registry}/meshext/{self.name}:{tag}"
+        return f"{self.repository(registry)}:{tag}"
+
+    def repository(self, registry: str) -> str:
+        """``registry/meshext/<name>``: the publisher of its module, as the control plane names it."""
+        return f"{registry}/meshext/{self.name}"
 
 
-# What `meshext up` builds and pushes, in this order.  The first one is applied by `meshext up`
-# itself (``up.APPLIED_EXTENSION``); the others are one `meshext apply -f deploy/local/<file>.yaml`
-# away (ratelimit.yaml, ratelimit-global.yaml, 3scale.yaml).  The telemetry extension is not here:
-# the control plane builds it and places it in every sidecar itself.
-EXTENSIONS = (
-    Extension("header-policy", CHECKOUT / "examples" / "header-policy"),
-    Extension("ratelimit", CHECKOUT / "extensions" / "ratelimit" / "filter"),
-    Extension("3scale", CHECKOUT / "extensions" / "3scale" / "filter"),
-)
+HEADER_POLICY = Extension("header-policy", (CHECKOUT / "examples" / "header-policy",))
+"""The example extension `meshext up` applies itself (``up.APPLIED_EXTENSION``)."""
+
+BUNDLE = Extension("extensions", bundle.PROJECTS)
+"""The project's own extensions in one module; the rate limit and 3scale resources of ``deploy/local/``
+(ratelimit.yaml, ratelimit-global.yaml, 3scale.yaml) name it, one `meshext apply -f` away."""
+
+# What `meshext up` builds and pushes, in this order.
+EXTENSIONS = (HEADER_POLICY, BUNDLE)
 
 
 def build(extension: Extension, log: Path, *, background: bool = False) -> tuple[Path, bool]:
-    """``extension``'s module, built with `meshext build` unless cached: (module file, whether it was cached).
+    """``extension``'s module, built unless cached: (module file, whether it was cached).
 
-    `meshext build` writes to ``log``; a failure names it.  ``background``: at a lower CPU priority
-    (``nice``), for a build nothing waits on yet."""
-    if not extension.project.is_dir():
-        raise MeshextError(f"the filter project {extension.project} is missing", where="meshext up",
-                           fix="run meshext up from a meshext checkout (scripts/install.sh installs it editable)")
-    key = extension.content_key()
+    The build writes to ``log``; a failure names it.  ``background``: a `meshext build` at a lower CPU
+    priority (``nice``), for a build nothing waits on yet."""
+    for project in extension.projects:
+        if not project.is_dir():
+            raise MeshextError(f"the filter project {project} is missing", where="meshext up",
+                               fix="run meshext up from a meshext checkout (scripts/install.sh installs it editable)")
+    if len(extension.projects) > 1:
+        return _build_in_process(extension, log)
+    key = bundle.content_key(extension.projects)
     module = cache_root() / BUILD_CACHE / key / f"{extension.name}.wasm"
     if module.is_file():
         return module, True
     module.parent.mkdir(parents=True, exist_ok=True)
     partial = module.with_suffix(".partial.wasm")
-    command = [sys.executable, "-m", "meshext", "build", str(extension.project), "-o", str(partial)]
+    command = [sys.executable, "-m", "meshext", "build", str(extension.projects[0]), "-o", str(partial)]
     _run(["nice", "-n", str(BACKGROUND_NICENESS), *command] if background else command, log,
          what=f"building {extension.name}")
     partial.replace(module)
+    return module, False
+
+
+def _build_in_process(extension: Extension, log: Path) -> tuple[Path, bool]:
+    """A module of several projects, through meshext.extensions.bundle's cache: for the bundle, the very
+    file the control plane runs telemetry from (the same bytes, so the same sha256 and VMs)."""
+    cached = bundle.cached_module(extension.projects, bundle.CACHE_FOLDER)
+    if cached is not None:
+        return cached, True
+    _log_line(log, f"--- building {extension.name} from " + " ".join(map(str, extension.projects)))
+    try:
+        module, _ = bundle.built_module(extension.projects, bundle.CACHE_FOLDER,
+                                        progress=lambda message: _log_line(log, message))
+    except MeshextError as error:
+        _log_line(log, str(error))
+        raise MeshextError(f"building {extension.name} failed: {error.message}", where=str(log),
+                           fix=f"read the log (`meshext logs build-{extension.name}`)") from None
     return module, False
 
 
@@ -103,7 +130,7 @@ def push(extension: Extension, module: Path, registry: str, log: Path) -> str:
     keeps the registry's storage) nothing is pushed; otherwise one `meshext push` (Maistra layout,
     plain HTTP to loopback) publishes it.  ``latest`` is then the same manifest put under a
     second tag, in this process: no second upload, no second `meshext push` process."""
-    tag = f"{extension.version()}-{module.parent.name[:12]}"
+    tag = f"{extension.version()}-{hashlib.sha256(module.read_bytes()).hexdigest()[:12]}"
     exact = extension.image(registry, tag)
     client = RegistryClient(ImageReference.parse(exact), credentials=None, plain_http=True, ca_file=None,
                             where=exact)
@@ -112,7 +139,7 @@ def push(extension: Extension, module: Path, registry: str, log: Path) -> str:
         _log_line(log, f"--- {exact} is in the registry already: not pushed again")
     except MeshextError:  # not there yet
         _run([sys.executable, "-m", "meshext", "push", str(module), exact, "--format", "maistra",
-              "--plain-http"], log, what=f"pushing {exact}")
+              "--name", extension.name, "--plain-http"], log, what=f"pushing {exact}")
         media_type, manifest, _ = client.fetch_manifest(tag)
     client.put_manifest(manifest, media_type, "latest")
     _log_line(log, f"--- {extension.image(registry, 'latest')} = {exact}")

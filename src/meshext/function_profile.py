@@ -24,6 +24,9 @@ from meshext import wasm_code
 
 PROFILE_ENV = "MESHEXT_PROFILE_DIR"
 """The environment variable that turns profiling on: the folder the profiles go to."""
+ROOT_ID_ENV = "MESHEXT_TEST_ROOT_ID"
+"""The ``root_id`` the test host loads modules with when a test names none: the
+profiler's way to run one project's tests on a module of several."""
 PROFILE_EXPORT_PREFIX = "meshext_profile_"
 """:func:`instrument`'s exported globals: ``meshext_profile_<function index>``, 1 once it ran."""
 

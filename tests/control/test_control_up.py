@@ -8,7 +8,8 @@ with no failed request, refused resources leaving the mesh serving, Prometheus
 scraping the three sidecars and `meshext graph` reading it, a second `up`, a
 killed run recovered, the backing services (the rate limit service on Redis,
 the 3scale backend simulator) started by `meshext apply` for the resources that
-need them, and `down` leaving no process (checked by PID, Envoys included).  A
+need them, the shipped rate limit and 3scale resources running in the VMs
+telemetry already had (the extensions bundle), and `down` leaving no process (checked by PID, Envoys included).  A
 taken port is refused before anything starts.
 """
 
@@ -390,6 +391,60 @@ def test_3scale_starts_the_backend_simulator(local_mesh, tmp_path):
     assert deleted.stdout.strip() == "servicemeshextension.maistra.io/threescale-auth deleted"
     wait_until(lambda: get()[0] == 200, 60, "productpage without 3scale")
     assert all(mesh.parts[name].pid() for name in ("threescale", "threescale-sidecar"))  # until `meshext down`
+
+
+def envoy_admin(ports: Ports, app: str, path: str) -> str:
+    """GET ``path`` from the admin listener of ``app``'s sidecar Envoy."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{ports.app_port(app, 2)}{path}", timeout=10) as answer:
+        return str(answer.read().decode())
+
+
+def active_wasm_vms(ports: Ports, app: str) -> int:
+    """Envoy's count of live V8 Wasm VMs in ``app``'s sidecar (``wasm.envoy.wasm.runtime.v8.active``)."""
+    stats = envoy_admin(ports, app, "/stats?filter=^wasm\\.envoy\\.wasm\\.runtime\\.v8\\.active$")
+    return int(stats.split(":")[1])
+
+
+def wasm_vm_ids(ports: Ports, app: str) -> dict[str, str]:
+    """ECDS name -> vm_id of every Wasm plugin config in ``app``'s sidecar, from its config dump."""
+    dump = json.loads(envoy_admin(ports, app, "/config_dump?resource=ecds_filters"))
+    return {entry["ecds_filter"]["name"]: entry["ecds_filter"]["typed_config"]["config"]["vm_config"]["vm_id"]
+            for entry in dump["configs"] if "vm_config" in entry["ecds_filter"]["typed_config"].get("config", {})}
+
+
+HEADER_POLICY = "meshext.servicemeshextension.default.header-policy"  # ECDS names on productpage's sidecar
+THREESCALE = "meshext.servicemeshextension.default.threescale-auth"
+
+
+def test_the_projects_extensions_share_telemetrys_vms_and_a_users_gets_its_own(local_mesh, tmp_path):
+    """ratelimit and 3scale, applied from the shipped files, run from `up`'s extensions bundle in the VMs
+    productpage's sidecar already runs telemetry in: no VM more, one vm_id for the three; header-policy (an
+    image of another repository) keeps its own; both extensions do their work."""
+    state, ports = local_mesh
+    before = wait_until(lambda: (lambda ids: ids if len(ids) == 3 else None)(wasm_vm_ids(ports, "productpage")),
+                        60, "telemetry (inbound, outbound) and header-policy on productpage")
+    assert before[HEADER_POLICY] != before["meshext.telemetry"] == before["meshext.telemetry.outbound"]
+    vms = active_wasm_vms(ports, "productpage")
+    resources = [shipped_resource(name, ports, tmp_path) for name in ("ratelimit", "3scale")]
+    applied = meshext(state, "apply", *(option for path in resources for option in ("-f", str(path))), "--wait")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    try:
+        ids = wait_until(lambda: (lambda ids: ids if len(ids) == 5 else None)(wasm_vm_ids(ports, "productpage")),
+                         60, "ratelimit and 3scale on productpage")
+        assert ids["meshext.wasmplugin.default.ratelimit"] == ids[THREESCALE] == ids["meshext.telemetry"] \
+            == ids["meshext.telemetry.outbound"] != ids[HEADER_POLICY]
+        # The canaries Envoy starts to check each new plugin config are gone again: no VM was added.
+        wait_until(lambda: active_wasm_vms(ports, "productpage") == vms, 60, f"{vms} Wasm VMs again")
+        status, headers, _ = get_productpage(ports, headers={"x-forwarded-for": "bundle-keyless"})
+        assert (status, headers["powered-by"]) == (403, "3scale")  # no key
+        # 5 requests per client in 10 s, then 429: 11 in a row, so one window holds 6 of them.
+        keyed = {"x-forwarded-for": "bundle-client", "user_key": "demo-user-key"}
+        statuses = [get_productpage(ports, headers=keyed)[0] for _ in range(11)]
+        assert statuses[0] == 200 and 429 in statuses and set(statuses) == {200, 429}, statuses
+    finally:
+        deleted = meshext(state, "delete", *(option for path in resources for option in ("-f", str(path))))
+    assert deleted.returncode == 0, deleted.stderr
+    wait_until(lambda: get_productpage(ports)[0] == 200, 60, "productpage without 3scale and the rate limit")
 
 
 def _b64url(data: bytes) -> str:

@@ -19,7 +19,7 @@ import meshext
 
 PACKAGE = Path(meshext.__file__).parent
 CHECKOUT = PACKAGE.parent.parent
-CORE = ("cli", "errors", "envoy", "paths", "phases", "wasm_binary", "compiled_modules")
+CORE = ("cli", "errors", "envoy", "paths", "phases", "wasm_binary", "wasm_code", "function_profile", "compiled_modules")
 ROOMS = ("sdk", "runtime", "registry", "control")
 
 

@@ -1,7 +1,7 @@
 """The test host room keeps its rules: what it imports, what its public names are.
 
-- runtime/ imports only meshext.errors, meshext.paths, meshext.compiled_modules and meshext.sdk.abi
-  from the rest of meshext (cli.py also meshext.sdk.builder, for `meshext
+- runtime/ imports only meshext.errors, meshext.paths, meshext.compiled_modules,
+  meshext.function_profile and meshext.sdk.abi from the rest of meshext (cli.py also meshext.sdk.builder, for `meshext
   test`), and never meshext.control;
 - every name meshext.testing exports from the test host has a docstring;
 - no class of the test host has the name of a public class of the SDK (the
@@ -19,7 +19,8 @@ import meshext.testing
 
 RUNTIME = Path(meshext.runtime.__file__).resolve().parent
 SDK = Path(meshext.sdk.__file__).resolve().parent
-ALLOWED = ("meshext.runtime", "meshext.errors", "meshext.paths", "meshext.compiled_modules", "meshext.sdk.abi")
+ALLOWED = ("meshext.runtime", "meshext.errors", "meshext.paths", "meshext.compiled_modules", "meshext.function_profile",
+           "meshext.sdk.abi")
 ONLY_IN_CLI = ("meshext.sdk.builder",)
 
 

@@ -6,14 +6,14 @@ corner-case operands (NaNs with payloads, -0, the bounds of each
 truncation, zero divisors, addresses past memory's end), compiled and
 interpreted; results and traps must be the same.
 
-Whole programs: the `computations` filter is built, as clang leaves its code and as wasm-opt
-rewrites it (which brings `if`/`else` and `select`, instructions clang does
-not emit), then carried with every function the rewriter can move
-(sdk/builder/coldcode.py with an empty hot set) run by the interpreter:
-CPython's float formatting and parsing, libm, big integers, hashes, struct,
-json, re and Unicode tables then run as interpreted Wasm, calling back and
-forth through native code, and must answer byte for byte what the compiled
-module answers.
+Whole programs: the `computations` filter is built as clang leaves its code
+and as wasm-opt rewrites it (which brings `if`/`else` and `select`,
+instructions clang does not emit), each also with every function the
+rewriter can move run by the interpreter (MESHEXT_INTERPRET_ALL): CPython's
+float formatting and parsing, libm, big integers, hashes, struct, json, re
+and Unicode tables then run as interpreted Wasm, calling back and forth
+through native code, and must answer byte for byte what the compiled module
+answers.
 """
 
 from __future__ import annotations
@@ -121,14 +121,21 @@ def test_each_instruction_interpreted_gives_the_compiled_result_or_trap(
 
 @pytest.fixture(scope="module", params=[False, True], ids=["clang", "wasm-opt"])
 def modules(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(the compiled module, the same with everything the rewriter can move interpreted)."""
+    """(the compiled module, the same build with everything the rewriter can move interpreted)."""
     directory = tmp_path_factory.mktemp("computations")
     compiled = build_filter(PROJECT, directory / "compiled.wasm", optimize_code=request.param).output
-    carried = coldcode.carry_cold_code(compiled.read_bytes(), hot=set())
-    assert carried.functions_moved > 3000  # nearly all of CPython
-    interpreted = directory / "interpreted.wasm"
-    interpreted.write_bytes(carried.module)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(coldcode.INTERPRET_ALL_ENV, "1")
+        interpreted = build_filter(PROJECT, directory / "interpreted.wasm", optimize_code=request.param).output
+    # Nearly all of CPython moved: what stays compiled is the interpreter, stubs and tiny bodies.
+    assert _code_size(interpreted) < _code_size(compiled) / 8, (_code_size(interpreted), _code_size(compiled))
     return compiled, interpreted
+
+
+def _code_size(module: Path) -> int:
+    section = wb.find_section(wb.parse_sections(module.read_bytes()), wb.CODE)
+    assert section is not None
+    return len(section.payload)
 
 
 @pytest.mark.parametrize("probe", ["/floats", "/integers", "/library"])

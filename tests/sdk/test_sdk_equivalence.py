@@ -1,14 +1,19 @@
-"""Several extensions in one module change no filter's behaviour: a randomized comparison.
+"""How a module is laid out changes no filter's behaviour: a randomized comparison.
 
-The cost work (issue #16) puts the extensions of one publisher into one
-module with one CPython (`meshext build A B -o bundle.wasm`).  Here two
-example filters that rewrite headers and bodies, refuse requests and count
-are each run alone and as a root of one bundle, in two test hosts, on the
-same seeded random requests (methods, paths, headers, JSON and non-JSON
-bodies, upstream answers); everything a client, an upstream and an operator
-could see must be the same: what reached the upstream, what reached the
-client (local replies included), the module's log and its metrics.  The
-seed is printed on failure (``MESHEXT_EQUIVALENCE_SEED`` replays it).
+The cost work (issue #16) changes how a filter's module is made without
+changing what it does: several extensions of one publisher in one module
+with one CPython (`meshext build A B -o bundle.wasm`), and cold code run by
+the interpreter inside the module (`meshext build --cold-code`, profiled on
+the examples' own tests, so the random requests below reach code the
+profile never saw: it runs interpreted).  Here two example filters that
+rewrite headers and bodies, refuse requests and count are each run as
+built plainly and in another layout (a root of one bundle; with cold code,
+alone and in the bundle), in two test hosts, on the same seeded random
+requests (methods, paths, headers, JSON and non-JSON bodies, upstream
+answers); everything a client, an upstream and an operator could see must
+be the same: what reached the upstream, what reached the client (local
+replies included), the module's log and its metrics.  The seed is printed
+on failure (``MESHEXT_EQUIVALENCE_SEED`` replays it).
 """
 
 from __future__ import annotations
@@ -46,12 +51,21 @@ REQUESTS = 150
 SEED = int(os.environ.get("MESHEXT_EQUIVALENCE_SEED") or random.SystemRandom().randrange(1 << 32))
 
 
+# The other layouts: the module's name in ``modules`` and the root_id that selects the example in it.
+LAYOUTS = {"bundle": ("bundle", True), "cold code": ("{name} cold", False), "cold code bundle": ("bundle cold", True)}
+
+
 @pytest.fixture(scope="module")
 def modules(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Each example built alone, and both built into one module."""
+    """Each example built alone, and both built into one module; each of those also with cold code."""
     folder = tmp_path_factory.mktemp("equivalence")
-    built = {name: build_filter(EXAMPLES / name, folder / f"{name}.wasm").output for name in CONFIGS}
-    built["bundle"] = build_filters([EXAMPLES / name for name in CONFIGS], folder / "bundle.wasm").output
+    built = {}
+    for cold_code, suffix in ((False, ""), (True, " cold")):
+        for name in CONFIGS:
+            built[name + suffix] = build_filter(EXAMPLES / name, folder / f"{name}{suffix}.wasm",
+                                                cold_code=cold_code).output
+        built["bundle" + suffix] = build_filters([EXAMPLES / name for name in CONFIGS], folder / f"bundle{suffix}.wasm",
+                                                 cold_code=cold_code).output
     return built
 
 
@@ -110,11 +124,14 @@ def _seen(stream: HttpStream) -> tuple[Any, ...]:
     )
 
 
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_a_filter_does_the_same_alone_and_as_a_root_of_a_bundle(name: str, modules: dict[str, Path]) -> None:
+def test_a_filter_does_the_same_in_every_layout(name: str, layout: str, modules: dict[str, Path]) -> None:
+    module, in_bundle = LAYOUTS[layout]
     alone_host, bundle_host = Host(), Host()
     alone = alone_host.load(modules[name], config=CONFIGS[name])
-    bundled = bundle_host.load(modules["bundle"], config=CONFIGS[name], root_id=name)
+    bundled = bundle_host.load(modules[module.format(name=name)], config=CONFIGS[name],
+                               root_id=name if in_bundle else "")
     rng = random.Random(SEED)
     refused = forwarded = 0
     for number in range(REQUESTS):
