@@ -77,6 +77,9 @@ class DirectorySource:
         self._statuses: dict[Path, dict[str, Any]] = {}
         self._file_of: dict[str, Path] = {}
         self._lock = threading.Lock()
+        # The polling thread and a caller (a test, a reload) may scan at once: one scan at a time,
+        # or both see a deleted file and the second finds its objects gone.
+        self._scanning = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="directory-source", daemon=True)
 
@@ -112,8 +115,13 @@ class DirectorySource:
         """Apply what changed since the last scan, delete what disappeared.
 
         A changed file is loaded when the previous scan saw it as it is now
-        (or at once with ``settled``, as at start-up).
+        (or at once with ``settled``, as at start-up).  Safe to call while
+        the polling thread runs.
         """
+        with self._scanning:
+            self._scan(settled)
+
+    def _scan(self, settled: bool) -> None:
         sink = self._started_sink()
         present = {
             path for pattern in ("*.yaml", "*.yml", "*.json") for path in self.directory.glob(pattern)

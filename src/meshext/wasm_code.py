@@ -22,11 +22,15 @@ _MEMARG = set(range(0x28, 0x3F))
 _SATURATING_AND_BULK = {  # 0xFC sub-opcode -> number of uleb immediates
     0: 0, 1: 0, 2: 0, 3: 0, 4: 0, 5: 0, 6: 0, 7: 0, 8: 2, 9: 1, 10: 2, 11: 1, 12: 2, 13: 1, 14: 2, 15: 1, 16: 1, 17: 1,
 }
-# What the interpreter inside the module (sdk/shim/interp.c) does not run:
-# table.get/set, the reference instructions, and 0xFC's memory.init,
-# data.drop and table operations.  A body with one stays compiled.
-_NOT_INTERPRETED = {0x25, 0x26, 0xD0, 0xD1, 0xD2}
-_NOT_INTERPRETED_FC = {8, 9, 12, 13, 14, 15, 16, 17}
+# What the interpreter inside the module (sdk/shim/interp.c) runs: the MVP's
+# control, parametric, variable, memory and numeric instructions, sign
+# extension, and 0xFC's saturating truncations, memory.copy and memory.fill
+# (0xFC is checked by its sub-opcode; not memory.init, data.drop, tables or
+# references); block types without
+# vectors or references.  A body with anything else stays compiled.
+_INTERPRETED = {*range(0x00, 0x06), *range(0x0B, 0x12), 0x1A, 0x1B, 0x1C, *range(0x20, 0x25), *range(0x28, 0xC5), 0xFC}
+_INTERPRETED_FC = {0, 1, 2, 3, 4, 5, 6, 7, 10, 11}
+_INTERPRETED_BLOCK_TYPES = {0x40, wb.I32, wb.I64, wb.F32, wb.F64}
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ def scan(body: bytes) -> CodeFacts:
     size = len(body)
     while reader.position < size:
         opcode = reader.byte()
-        if opcode in _NOT_INTERPRETED:
+        if opcode not in _INTERPRETED:
             interpretable = False
         if opcode == 0x10:
             calls.add(reader.uleb())
@@ -60,6 +64,9 @@ def scan(body: bytes) -> CodeFacts:
             reader.uleb()
             reader.uleb()
         elif opcode in _BLOCK_OPCODES:
+            first = reader.data[reader.position]
+            if 0x40 <= first < 0x80 and first not in _INTERPRETED_BLOCK_TYPES:  # a one-byte type, not an index
+                interpretable = False
             _skip_block_type(reader)
         elif opcode == 0x41 or opcode == 0x42:  # i32/i64.const: signed LEB, same byte layout
             reader.uleb()
@@ -83,7 +90,7 @@ def scan(body: bytes) -> CodeFacts:
             sub = reader.uleb()
             if sub not in _SATURATING_AND_BULK:
                 raise ValueError(f"unsupported instruction 0xFC {sub}")
-            if sub in _NOT_INTERPRETED_FC:
+            if sub not in _INTERPRETED_FC:
                 interpretable = False
             if sub in (10, 11):  # memory.copy / memory.fill: memory indices as bytes
                 reader.position += 2 if sub == 10 else 1

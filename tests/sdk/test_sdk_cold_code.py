@@ -20,7 +20,7 @@ from sdk_helpers import EchoServer, cluster, http_listener
 from meshext import wasm_binary as wb
 from meshext.envoy import EnvoyProcess
 from meshext.errors import MeshextError
-from meshext.sdk.builder import build_filter, toolchain
+from meshext.sdk.builder import build_filter, coldcode, toolchain
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "header-policy"
 POLICY = {
@@ -34,10 +34,12 @@ POLICY = {
 
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """header-policy built plainly and with cold code."""
+    """header-policy built plainly and with cold code (also in the self-test, which interprets everything)."""
     folder = tmp_path_factory.mktemp("cold-code")
-    return {layout: build_filter(EXAMPLE, folder / f"{layout}.wasm", cold_code=layout == "cold").output
-            for layout in ("plain", "cold")}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv(coldcode.INTERPRET_ALL_ENV, raising=False)
+        return {layout: build_filter(EXAMPLE, folder / f"{layout}.wasm", cold_code=layout == "cold").output
+                for layout in ("plain", "cold")}
 
 
 def _code_size(module: Path) -> int:
@@ -91,7 +93,8 @@ def test_envoy_runs_a_cold_code_module_as_it_runs_the_plain_one(builds: dict[str
     assert seen["cold"][0][1:] == ("nosniff", None, "checked")
 
 
-def test_a_project_whose_tests_fail_is_not_profiled(tmp_path: Path) -> None:
+def test_a_project_whose_tests_fail_is_not_profiled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(coldcode.INTERPRET_ALL_ENV, raising=False)  # the self-test's builds take no profile
     project = tmp_path / "failing"
     (project / "tests").mkdir(parents=True)
     (project / "meshext.toml").write_text('[filter]\nname = "failing"\nentry = "filter:Root"\n')
