@@ -19,7 +19,11 @@ medians; RSS with one worker after memory settles; start -> first answer.
 With ``--cold-code`` each extension alone and the multi-root module run
 built with ``meshext build --cold-code`` too, as variants of their own.
 
-    python benchmarks/sidecar_extensions.py [--seconds 3] [--rounds 3] [--optimize] [--cold-code]
+``--alternate BURSTS`` takes the latency from every variant's Envoy running
+at once, loaded in alternating one-second bursts (as ``telemetry_overhead.py
+--alternate``): the machine's drift then falls on every variant alike.
+
+    python benchmarks/sidecar_extensions.py [--seconds 3] [--rounds 3] [--optimize] [--cold-code] [--alternate N]
 """
 
 from __future__ import annotations
@@ -34,9 +38,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sdk_header_filter import HERE, machine, one_round, rss_mb
+from sdk_header_filter import HERE, alternating_bursts, bootstrap, machine, one_round, rss_mb, wait_answered
 from threescale_latency import BACKEND_CLUSTER, SERVICE, plugin_config
 
+from meshext.envoy import EnvoyProcess
 from meshext.extensions.threescale.backend import Backend, BackendServer, SimulatorConfig
 from meshext.sdk.builder import build_filter, build_filters, toolchain
 
@@ -105,12 +110,37 @@ def variants(m: dict[str, Path]) -> dict[str, list[dict]]:
     return chosen
 
 
+def alternated_latency(chosen: dict[str, list[dict]], clusters: list[dict], bursts: int) -> dict[str, dict[str, float]]:
+    """Every variant's Envoy running at once, loaded in alternating one-second bursts
+    (``alternating_bursts``): the medians of each variant's bursts."""
+    envoys: dict[str, EnvoyProcess] = {}
+    try:
+        targets = {}
+        for name, filters in chosen.items():
+            envoy = envoys[name] = EnvoyProcess(bootstrap(filters, clusters))
+            envoy.start(timeout=300)
+            host, port = envoy.listener_address("bench")
+            wait_answered(f"http://{host}:{port}/x", timeout=300)
+            assert envoy.process is not None
+            targets[name] = (f"http://{host}:{port}/some/request/path", [envoy.process.pid])
+        runs = alternating_bursts(targets, bursts)
+    finally:
+        for envoy in envoys.values():
+            envoy.cleanup()
+    return {name: {key: statistics.median(burst[key] for burst in runs[name]) for key in ("requests_per_s",
+                                                                                        "cpu_us_per_request")}
+            for name in runs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=3, help="wrk duration per variant and round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--optimize", action="store_true",
                         help="build the Python modules with `meshext build --optimize` (wasm-opt)")
+    parser.add_argument("--alternate", type=int, default=0, metavar="BURSTS",
+                        help="measure latency with every variant's Envoy running at once, BURSTS alternating "
+                             "one-second bursts each (start and RSS still come from the rounds)")
     parser.add_argument("--cold-code", action="store_true",
                         help="also each Python module built with `meshext build --cold-code` (profiled on each "
                              "project's tests and the standard workload), as variants of their own")
@@ -133,6 +163,9 @@ def main() -> None:
                 print(json.dumps({name: rounds[name][-1]}), file=sys.stderr, flush=True)  # progress
         results = {name: {key: statistics.median(run[key] for run in runs) for key in runs[0]}
                    for name, runs in rounds.items()}
+        if args.alternate:
+            for name, figures in alternated_latency(chosen, clusters, args.alternate).items():
+                results[name] |= figures
         sizes = {name: path.stat().st_size / 1e6 for name, path in modules.items()}
     base, floor = results["no filter"], results["hand-written Wasm (floor)"]
 
@@ -144,6 +177,7 @@ def main() -> None:
 
     print(f"# {machine()}, wrk -t1 -c8 -d{args.seconds}s, {args.rounds} interleaved round(s) (medians), "
           f"Envoy 1 worker, load average {min(loads):.1f}-{max(loads):.1f} (1 min)"
+          + (f", latency from {args.alternate} alternating 1 s bursts" if args.alternate else "")
           + (", modules built with --optimize" if args.optimize else ""))
     print("module sizes (MB): " + ", ".join(f"{name} {size:.2f}" for name, size in sizes.items()))
     print("| variant | added µs/request | vs floor | RSS MB | vs no filter | vs floor | start→first answer s "

@@ -112,6 +112,8 @@ def build_command(directories: tuple[Path, ...], output: Path | None, optimize_c
     click.echo(f"  memory      {result.initial_memory / 2**20:.1f} MiB initial, {result.stdlib_modules} stdlib modules")
     click.echo(f"  imports     {len(proxy)} Proxy-Wasm: {', '.join(n.split('.', 1)[1] for n in proxy)}")
     click.echo(f"              {len(wasi)} WASI: {', '.join(n.split('.', 1)[1] for n in wasi)}")
+    if result.cold_code:
+        click.echo(f"  cold code   {result.cold_code}")
     shim = "cached" if result.shim_cached else "compiled"
     click.echo(f"  build time  {time.monotonic() - started:.1f} s (shim {shim}, "
                f"{result.bytecode_compiled} .pyc compiled)")

@@ -71,6 +71,7 @@ class BuildResult:
     rebuilt: bool = True
     bytecode_compiled: int = 0  # .pyc files the module's CPython compiled (the others came from the cache)
     stage_seconds: dict[str, float] = field(default_factory=dict)  # where the time went, by stage
+    cold_code: str = ""  # with --cold-code: what moved to the interpreter, in one line
 
 
 def _sdk_files() -> dict[str, bytes]:
@@ -458,12 +459,13 @@ def _reusable(output: Path, key: str, started: float) -> BuildResult | None:
         output=output, size=len(module), imports=facts["imports"], seconds=time.monotonic() - started,
         shim_cached=True, stdlib_modules=facts["stdlib_modules"], initial_memory=facts["initial_memory"],
         build_log=[(level, message) for level, message in facts["build_log"]], rebuilt=False,
+        cold_code=facts.get("cold_code", ""),
     )
 
 
 def _write_stamp(result: BuildResult, key: str, module: bytes) -> None:
     facts = {name: value for name, value in asdict(result).items()
-             if name in ("imports", "stdlib_modules", "initial_memory", "build_log")}
+             if name in ("imports", "stdlib_modules", "initial_memory", "build_log", "cold_code")}
     stamp = _stamp_path(result.output)
     partial = stamp.with_name(f"{stamp.name}.{os.getpid()}.tmp")
     partial.write_text(json.dumps({"key": key, "sha256": hashlib.sha256(module).hexdigest(), "result": facts}))
@@ -517,11 +519,11 @@ def build_filters(project_dirs: Sequence[Path], output: Path, progress: Progress
     return _build(projects, output, progress, optimize_code, cold_code)
 
 
-def _carry_cold_code(module: bytes, projects: list[Project], output: Path) -> bytes:
+def _carry_cold_code(module: bytes, projects: list[Project], output: Path) -> coldcode.ColdCode:
     """``module`` with what its profile did not run carried as data (sdk/builder/coldcode.py);
     with ``$MESHEXT_INTERPRET_ALL`` set, everything the interpreter can run."""
     if coldcode.interpret_all():
-        return coldcode.carry_cold_code(module, hot=()).module
+        return coldcode.carry_cold_code(module, hot=())
     output.parent.mkdir(parents=True, exist_ok=True)
     profiled = output.with_name(f".{output.name}.{os.getpid()}.profiled")
     profiled.write_bytes(module)
@@ -529,7 +531,7 @@ def _carry_cold_code(module: bytes, projects: list[Project], output: Path) -> by
         hot = profile.hot_functions(profiled, projects)
     finally:
         profiled.unlink(missing_ok=True)
-    return coldcode.carry_cold_code(module, hot=hot).module
+    return coldcode.carry_cold_code(module, hot=hot)
 
 
 def _check_roots(projects: list[Project]) -> None:
@@ -599,10 +601,15 @@ def _build(projects: list[Project], output: Path, progress: Progress | None, opt
     if optimize_code:
         with stages.stage("optimising", "optimising the code with wasm-opt (once per shim, callbacks and C modules)"):
             module = optimize.optimize(module)
+    cold_summary = ""
     if carry_cold:
         with stages.stage("cold code", "profiling the filter's tests and a standard workload; moving the code "
                                        "they do not run to the interpreter"):
-            module = _carry_cold_code(module, projects, output)
+            carried = _carry_cold_code(module, projects, output)
+        module = carried.module
+        cold_summary = (f"{carried.functions_moved:,} functions ({carried.bytes_moved / 1e6:.2f} MB) carried as data "
+                        f"for the interpreter; code {carried.code_size_before / 1e6:.2f} -> "
+                        f"{carried.code_size_after / 1e6:.2f} MB")
     # Last, as pruning and wasm-opt drop custom sections: `meshext push --format maistra` reads it.
     module = add_project_metadata(module, ProjectMetadata.of([project.filter for project in projects]))
     with stages.stage("writing", f"writing {output}"):
@@ -625,6 +632,7 @@ def _build(projects: list[Project], output: Path, progress: Progress | None, opt
             build_log=build_log,
             bytecode_compiled=contents.bytecode_compiled,
             stage_seconds=stages.seconds,
+            cold_code=cold_summary,
         )
         _write_stamp(built, key, module)
     built.seconds = time.monotonic() - started

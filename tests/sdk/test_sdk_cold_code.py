@@ -10,6 +10,7 @@ Envoy running such a module, and a profile that cannot be taken.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -38,8 +39,13 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("cold-code")
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv(coldcode.INTERPRET_ALL_ENV, raising=False)
-        return {layout: build_filter(EXAMPLE, folder / f"{layout}.wasm", cold_code=layout == "cold").output
-                for layout in ("plain", "cold")}
+        results = {layout: build_filter(EXAMPLE, folder / f"{layout}.wasm", cold_code=layout == "cold")
+                   for layout in ("plain", "cold")}
+    # What `meshext build` prints: only a cold-code build moved anything.
+    assert results["plain"].cold_code == ""
+    assert re.fullmatch(r"[\d,]+ functions \(\d+\.\d\d MB\) carried as data for the interpreter; "
+                        r"code \d\.\d\d -> 0\.\d\d MB", results["cold"].cold_code), results["cold"].cold_code
+    return {layout: result.output for layout, result in results.items()}
 
 
 def _code_size(module: Path) -> int:
