@@ -13,7 +13,7 @@ own process neither loads the test host nor compiles the module:
   ``meshext test --module`` runs them (with ``$MESHEXT_TEST_ROOT_ID`` naming
   its root in a module of several projects).
 
-A function neither ran stays correct, only slower: the interpreter runs
+A function that neither ran stays correct, only slower: the interpreter runs
 it.  A project whose tests fail is refused, since its profile would be of
 a filter that does not work.
 """
