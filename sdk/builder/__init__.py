@@ -18,7 +18,13 @@ Stages, one module each:
 - ``preinit``    runs the interpreter start and the filter import in
                  wasmtime and snapshots the result into the module;
 - ``prune``      removes the code the filter cannot reach
-                 (``meshext.wasm_binary`` reads and rewrites the sections);
+                 (``meshext.wasm_binary`` reads and rewrites the sections,
+                 ``meshext.wasm_code`` decodes the code);
+- ``optimize``   with ``--optimize``, runs Binaryen's wasm-opt over the code;
+- ``profile``    with ``--cold-code``, records what the project's tests and
+                 a standard workload run (``meshext.function_profile``);
+- ``coldcode``   with ``--cold-code``, carries the rest as data for the
+                 interpreter inside the module (``sdk/shim/interp.c``);
 - ``metadata``   records meshext.toml's name, version, description, phase
                  and priority in the module (read by `meshext push`);
 - ``pipeline``   puts the stages together.
@@ -32,6 +38,10 @@ if TYPE_CHECKING:
     from meshext.sdk.builder.pipeline import BuildResult, build_filter, build_filters
 
 __all__ = ["BuildResult", "build_filter", "build_filters"]
+
+MESHEXT_BUILD_FILES = ("__init__.py", "wasm_binary.py", "wasm_code.py", "function_profile.py")
+"""The files of the ``meshext`` package outside the SDK that decide what a build writes: part of every
+key that says whether a module must be built again (``pipeline.input_key``, meshext.extensions.bundle)."""
 
 
 def __getattr__(name: str) -> object:

@@ -98,7 +98,7 @@ def carry_cold_code(module: bytes, *, hot: Iterable[int]) -> ColdCode:
         raise InternalError("cold code: a function type with several results (the interpreter's calls return one)")
     enter, invoke = entry[INTERP_ENTER], entry[INTERP_INVOKE]
 
-    compiled = _closure({enter, invoke}, facts, first) | set(hot)
+    compiled = wasm_code.reachable({enter, invoke}, lambda index: facts[index - first].calls, first=first) | set(hot)
     cold = []
     for offset, (body, fact) in enumerate(zip(bodies, facts, strict=True)):
         index = first + offset
@@ -165,21 +165,6 @@ def carry_cold_code(module: bytes, *, hot: Iterable[int]) -> ColdCode:
         code_size_before=len(code_before.payload) if code_before else 0,
         code_size_after=len(code.payload),
     )
-
-
-def _closure(roots: set[int], facts: list[wasm_code.CodeFacts], first: int) -> set[int]:
-    """``roots`` and every defined function they reach by direct calls."""
-    seen = set(roots)
-    pending = list(roots)
-    while pending:
-        index = pending.pop()
-        if index < first:
-            continue
-        for callee in facts[index - first].calls:
-            if callee not in seen:
-                seen.add(callee)
-                pending.append(callee)
-    return seen
 
 
 def _stub(index: int, param_count: int, *, trampoline: int) -> bytes:

@@ -34,7 +34,18 @@ from meshext import wasm_binary
 from meshext.errors import InternalError, MeshextError
 from meshext.paths import EvictableCache, content_key
 from meshext.sdk._dispatch import BUILD_CONFIG_PATH, BUILD_FACTS_PREFIX
-from meshext.sdk.builder import analysis, bytecode, coldcode, fsimage, optimize, preinit, profile, prune, toolchain
+from meshext.sdk.builder import (
+    MESHEXT_BUILD_FILES,
+    analysis,
+    bytecode,
+    coldcode,
+    fsimage,
+    optimize,
+    preinit,
+    profile,
+    prune,
+    toolchain,
+)
 from meshext.sdk.builder import shim as shim_module
 from meshext.sdk.builder.dependencies import Dependency
 from meshext.sdk.builder.dependencies import resolve as resolve_dependencies
@@ -52,8 +63,6 @@ _STAGES = EvictableCache("stages")
 _ANALYSIS_SOURCES = (Path(analysis.__file__), Path(shim_module.__file__))
 
 Progress = Callable[[str], None]
-# Files of the meshext package outside the SDK that decide what a build writes.
-_MESHEXT_BUILD_FILES = ("__init__.py", "wasm_binary.py", "wasm_code.py", "function_profile.py")
 
 
 @dataclass
@@ -409,7 +418,7 @@ def input_key(projects: Sequence[Project], output: Path, optimize_code: bool = F
     for label, root, paths in (
         *sources,
         ("sdk", SDK_DIR, sorted(path for path in SDK_DIR.rglob("*") if "__pycache__" not in path.parts)),
-        ("meshext", MESHEXT_DIR, [MESHEXT_DIR / name for name in _MESHEXT_BUILD_FILES]),
+        ("meshext", MESHEXT_DIR, [MESHEXT_DIR / name for name in MESHEXT_BUILD_FILES]),
     ):
         for path in paths:
             if path.is_file():

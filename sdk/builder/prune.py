@@ -159,7 +159,7 @@ def _pruned_code_and_exports(
 
     roots = {export.index for export in exports if export.kind == wb.EXTERNAL_FUNC} | set(handlers.values())
     roots |= parsed.table_functions - set(redirect) - unrooted
-    reachable = _reachable(parsed, roots, stop=set(redirect))
+    reachable = wasm_code.reachable(roots, parsed.calls, first=parsed.imported_functions, stop=set(redirect))
 
     first = parsed.imported_functions
     bodies = []
@@ -182,18 +182,3 @@ def _raising_body(handler: int, results: bytes) -> bytes:
     if results == b"":
         return b"\x00" + call + b"\x1a\x0b"  # drop
     raise ValueError(f"cannot redirect a function returning {results.hex()}")
-
-
-def _reachable(parsed: Module, roots: set[int], *, stop: set[int]) -> set[int]:
-    seen = set(roots)
-    pending = [index for index in roots if index >= parsed.imported_functions]
-    while pending:
-        index = pending.pop()
-        if index in stop:
-            continue
-        for callee in parsed.calls(index):
-            if callee not in seen:
-                seen.add(callee)
-                if callee >= parsed.imported_functions:
-                    pending.append(callee)
-    return seen

@@ -115,7 +115,7 @@ def compile_module(code: bytes, *, where: str = "module") -> wasmtime.Module:
         except wasmtime.WasmtimeError as error:
             raise MeshextError(f"not a valid Wasm module: {error}", where=where,
                                fix="give a core Wasm module (.wasm), e.g. from `meshext build`") from None
-    if code is not original:
+    if profiling:
         function_profile.mark_profiled(module, original)
     _MODULES[digest] = module
     return module

@@ -12,6 +12,7 @@ GC are refused.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from meshext import wasm_binary as wb
@@ -100,6 +101,28 @@ def scan(body: bytes) -> CodeFacts:
         elif opcode in (0x12, 0x13, 0xFD, 0xFE, 0xFB):
             raise ValueError(f"unsupported instruction prefix 0x{opcode:02x} (tail calls, SIMD, threads or GC)")
     return CodeFacts(frozenset(calls), interpretable, locals_end)
+
+
+def reachable(roots: Iterable[int], calls: Callable[[int], Iterable[int]], *, first: int,
+              stop: Collection[int] = ()) -> set[int]:
+    """``roots`` and every function they reach by direct calls.
+
+    ``calls(index)`` gives a defined function's callees; ``first`` is the
+    number of imported functions (imports call nothing here); the search
+    does not go on from a function in ``stop``.
+    """
+    seen = set(roots)
+    pending = [index for index in seen if index >= first]
+    while pending:
+        index = pending.pop()
+        if index in stop:
+            continue
+        for callee in calls(index):
+            if callee not in seen:
+                seen.add(callee)
+                if callee >= first:
+                    pending.append(callee)
+    return seen
 
 
 def _skip_block_type(reader: wb.Reader) -> None:

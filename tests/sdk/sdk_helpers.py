@@ -11,6 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from meshext import wasm_binary
+
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
 
@@ -79,6 +81,13 @@ class TcpEchoServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def code_size(module: Path) -> int:
+    """Bytes of the module's code section: what Envoy's V8 compiles."""
+    section = wasm_binary.find_section(wasm_binary.parse_sections(module.read_bytes()), wasm_binary.CODE)
+    assert section is not None
+    return len(section.payload)
 
 
 def wasm_config(name: str, module: Path, configuration: str, *, fail_open: bool = False) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from sdk_helpers import EchoServer, cluster, http_listener
+from sdk_helpers import EchoServer, cluster, code_size, http_listener
 
 from meshext import wasm_binary as wb
 from meshext.envoy import EnvoyProcess
@@ -48,11 +48,6 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {layout: result.output for layout, result in results.items()}
 
 
-def _code_size(module: Path) -> int:
-    section = wb.find_section(wb.parse_sections(module.read_bytes()), wb.CODE)
-    assert section is not None
-    return len(section.payload)
-
 
 def _exports(module: Path) -> list[str]:
     return sorted(export.name for export in wb.read_exports(wb.parse_sections(module.read_bytes())))
@@ -62,7 +57,7 @@ def test_cold_code_leaves_a_fraction_of_the_code_for_v8_to_compile(builds: dict[
     plain, cold = builds["plain"], builds["cold"]
     subprocess.run([toolchain.wasm_tools(), "validate", str(cold)], check=True)
     # The profile (the example's tests, a standard workload) runs a few hundred of CPython's functions.
-    assert _code_size(cold) < _code_size(plain) / 4, (_code_size(cold), _code_size(plain))
+    assert code_size(cold) < code_size(plain) / 4, (code_size(cold), code_size(plain))
     # Envoy sees the same module interface: the interpreter's entry points are not exports.
     assert _exports(cold) == _exports(plain)
     assert not any(name.startswith("meshext_interp") for name in _exports(cold))

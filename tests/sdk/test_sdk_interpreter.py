@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import wasmtime
+from sdk_helpers import code_size
 
 from meshext import wasm_binary as wb
 from meshext.sdk.builder import build_filter, coldcode, toolchain
@@ -129,14 +130,9 @@ def modules(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         patch.setenv(coldcode.INTERPRET_ALL_ENV, "1")
         interpreted = build_filter(PROJECT, directory / "interpreted.wasm", optimize_code=request.param).output
     # Nearly all of CPython moved: what stays compiled is the interpreter, stubs and tiny bodies.
-    assert _code_size(interpreted) < _code_size(compiled) / 8, (_code_size(interpreted), _code_size(compiled))
+    assert code_size(interpreted) < code_size(compiled) / 8, (code_size(interpreted), code_size(compiled))
     return compiled, interpreted
 
-
-def _code_size(module: Path) -> int:
-    section = wb.find_section(wb.parse_sections(module.read_bytes()), wb.CODE)
-    assert section is not None
-    return len(section.payload)
 
 
 @pytest.mark.parametrize("probe", ["/floats", "/integers", "/library"])

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import meshext
 from meshext.paths import cache_root
+from meshext.sdk.builder import MESHEXT_BUILD_FILES
 
 _EXTENSIONS_DIR = Path(__file__).resolve().parent
 # In root order; each project's [filter] name is its root_id in the module.
@@ -38,8 +39,9 @@ PROJECTS = tuple((_EXTENSIONS_DIR / name / "filter").resolve() for name in ("tel
 CACHE_FOLDER = "extensions"
 """Where under the cache root the bundle is kept: ``<content key>.wasm``."""
 
+_MESHEXT_DIR = Path(meshext.__file__).resolve().parent
 # What a build reads besides the projects: the in-VM SDK, the shim and the builder itself.
-_BUILD_INPUTS = ((Path(meshext.__file__).resolve().parent / "sdk").resolve(),)
+_BUILD_INPUTS = ((_MESHEXT_DIR / "sdk").resolve(),)
 
 
 # Parts of a project a build does not read: its default output folder, its tests, compiled caches.
@@ -47,9 +49,12 @@ _SKIPPED_PARTS = {"build", "tests", "__pycache__"}
 
 
 def content_key(projects: Sequence[Path]) -> str:
-    """sha256 over the filter ``projects``, every SDK, shim and builder file a build reads, and meshext's
-    version: what a module built from them depends on."""
+    """sha256 over the filter ``projects``, every SDK, shim and builder file a build reads (the SDK folder
+    and the meshext files ``MESHEXT_BUILD_FILES`` names), and meshext's version: what a module built from
+    them depends on."""
     digest = hashlib.sha256(meshext.__version__.encode())
+    for name in MESHEXT_BUILD_FILES:  # the builder's Wasm code decoder and the like, outside the SDK
+        digest.update(name.encode() + b"\0" + (_MESHEXT_DIR / name).read_bytes() + b"\0")
     for root in (*projects, *_BUILD_INPUTS):
         for path in sorted(p for p in root.rglob("*") if p.is_file()):
             relative = path.relative_to(root)
