@@ -101,7 +101,8 @@ class StandInHost:
         for function in (get_headers, get_property, get_shared_data, set_shared_data, define_metric):
             setattr(module, function.__name__, function)
         for name, answer in (("increment_metric", None), ("record_metric", None), ("log", None),
-                             ("get_log_level", 2), ("set_tick_period", None), ("send_local_response", 0)):
+                             ("get_log_level", 2), ("set_tick_period", None), ("send_local_response", 0),
+                             ("set_effective_context", None)):
             setattr(module, name, counted(name.replace("_", " "), answer))
         return module
 

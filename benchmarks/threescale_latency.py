@@ -13,13 +13,20 @@
    p50/p99 latency with ``wrk --latency`` against the simulator on loopback
    (``http.server``, so the simulator is part of what is measured).
 
-    python benchmarks/threescale_latency.py [--seconds 5] [--rounds 3]
+    python benchmarks/threescale_latency.py [--seconds 5] [--rounds 3] [--alternate BURSTS]
+
+``--alternate BURSTS`` runs the cached comparison's Envoys at once and
+alternates one-second bursts between them (``sdk_header_filter.alternating_bursts``,
+steadier on a busy machine).  ``--steps`` counts instead, without Envoy, the
+interpreter steps and host calls of a cached hit (``stand_in_host``): what
+the filter's Python does per request, deterministic on a shared machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import statistics
@@ -31,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import sdk_header_filter  # benchmarks/: the header filter benchmark's helpers, reused
+from stand_in_host import StandInHost, count_steps, filter_root
 
 from meshext.envoy import EnvoyProcess
 from meshext.extensions.threescale.backend import Backend, BackendServer, SimulatorConfig
@@ -61,24 +69,67 @@ def threescale_filter(module: Path, cached: bool) -> list[dict[str, Any]]:
     return filters
 
 
-def with_backend_cluster(port: int) -> None:
-    """Make ``sdk_header_filter``'s bootstrap (used by its ``one_round``) carry the simulator's cluster."""
-    original = sdk_header_filter.bootstrap
-
-    def bootstrap(filters: list[dict[str, Any]]) -> dict[str, Any]:
-        config = original(filters)
-        config["static_resources"]["clusters"] = [{
-            "name": BACKEND_CLUSTER, "type": "STATIC", "connect_timeout": "1s", "load_assignment": {
-                "cluster_name": BACKEND_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-                    "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}]
-        return config
-
-    sdk_header_filter.bootstrap = bootstrap
+def backend_clusters(port: int) -> list[dict[str, Any]]:
+    """The simulator's cluster, for ``sdk_header_filter``'s bootstrap."""
+    return [{
+        "name": BACKEND_CLUSTER, "type": "STATIC", "connect_timeout": "1s", "load_assignment": {
+            "cluster_name": BACKEND_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}]
 
 
-def uncached_latency(filters: list[dict[str, Any]], seconds: int, connections: int) -> dict[str, float]:
+def alternating(chosen: dict[str, list[dict[str, Any]]], clusters: list[dict[str, Any]],
+                bursts: int) -> dict[str, list[dict[str, float]]]:
+    """Every variant's Envoy at once, loaded in alternating one-second bursts."""
+    envoys: dict[str, EnvoyProcess] = {}
+    try:
+        targets = {}
+        for name, filters in chosen.items():
+            envoy = envoys[name] = EnvoyProcess(sdk_header_filter.bootstrap(filters, clusters)).start(timeout=60)
+            host, port = envoy.listener_address("bench")
+            sdk_header_filter.wait_answered(f"http://{host}:{port}/x", timeout=60)
+            assert envoy.process is not None
+            targets[name] = (f"http://{host}:{port}{PATH}", [envoy.process.pid])
+        return sdk_header_filter.alternating_bursts(targets, bursts)
+    finally:
+        for envoy in envoys.values():
+            envoy.cleanup()
+
+
+STEP_REQUESTS = 2000  # cached hits counted by --steps, after 100 not counted
+
+
+def print_steps() -> None:
+    """Interpreter steps and host calls per cached hit (one hot application), in this process."""
+    host = StandInHost()
+    host.headers[0] = [(":authority", "127.0.0.1:10000"), (":path", PATH), (":method", "GET"), (":scheme", "http"),
+                       ("user-agent", "wrk"), ("x-forwarded-proto", "http"), ("x-request-id", "2b7e1516")]
+    host.install()
+    root = filter_root(FILTER)(1)
+    import cache  # type: ignore[import-not-found]  # the filter's module, on sys.path since filter_root
+
+    assert root.on_configure(json.dumps(plugin_config(cached=True)).encode()) is not False
+    key = root.cache.key_for(root.configuration.services[0], ("user_key", PATH, None))
+    # the backend's authorization as the cache stores it: authorized, one limit far from reached
+    host.shared[key] = (json.dumps([True, None, [["hits", 10**12, 0, None]], {}, 1e12]).encode(), 1)
+    assert cache.KEY_PREFIX in key
+
+    def requests(first: int, count: int) -> None:
+        for context_id in range(first, first + count):
+            context = root.http_context(root, context_id)
+            assert context.on_request_headers(False) == 0  # Action.CONTINUE: admitted from the cache
+            context.on_response_headers(False)
+
+    requests(2, 100)
+    host.calls.clear()
+    steps = count_steps(lambda: requests(200, STEP_REQUESTS), not_counted=(__file__,))
+    print(f"cached hit: {steps / STEP_REQUESTS:.0f} interpreter steps; host calls "
+          + ", ".join(f"{name} {count / STEP_REQUESTS:g}" for name, count in sorted(host.calls.items())))
+
+
+def uncached_latency(filters: list[dict[str, Any]], clusters: list[dict[str, Any]], seconds: int,
+                     connections: int) -> dict[str, float]:
     """wrk --latency percentiles through Envoy with one authrep callout per request."""
-    envoy = EnvoyProcess(sdk_header_filter.bootstrap(filters))
+    envoy = EnvoyProcess(sdk_header_filter.bootstrap(filters, clusters))
     try:
         envoy.start(timeout=60)
         host, port = envoy.listener_address("bench")
@@ -103,28 +154,40 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5, help="wrk duration per variant and round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--connections", type=int, default=4, help="wrk connections for the uncached run")
+    parser.add_argument("--alternate", type=int, default=0, metavar="BURSTS",
+                        help="cached comparison: every Envoy at once, BURSTS alternating one-second bursts")
+    parser.add_argument("--steps", action="store_true", help="count a cached hit's steps and host calls (no Envoy)")
     args = parser.parse_args()
+    if args.steps:
+        print_steps()
+        return
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install wrk")
     backend = Backend(SimulatorConfig.model_validate({"services": [SERVICE]}))
     with tempfile.TemporaryDirectory() as scratch, BackendServer(backend) as simulator:
-        with_backend_cluster(simulator.port)
+        clusters = backend_clusters(simulator.port)
         header = build_filter(HERE / "filters" / "header", Path(scratch) / "header.wasm").output
         threescale = build_filter(FILTER, Path(scratch) / "threescale.wasm").output
         chosen = {"no filter": [], "python header filter": sdk_header_filter.wasm_filter(header),
                   "3scale, cached key": threescale_filter(threescale, cached=True)}
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in chosen}
-        for _ in range(args.rounds):
-            for name, filters in chosen.items():
-                rounds[name].append(sdk_header_filter.one_round(filters, args.seconds))
+        if args.alternate:
+            rounds = alternating(chosen, clusters, args.alternate)
+        else:
+            for _ in range(args.rounds):
+                for name, filters in chosen.items():
+                    rounds[name].append(sdk_header_filter.one_round(filters, args.seconds, clusters))
         medians = {name: {key: statistics.median(run[key] for run in runs) for key in runs[0]}
                    for name, runs in rounds.items()}
-        uncached = uncached_latency(threescale_filter(threescale, cached=False), args.seconds, args.connections)
+        uncached = uncached_latency(threescale_filter(threescale, cached=False), clusters, args.seconds,
+                                    args.connections)
         reports = len(backend.reports)
     base = 1e6 / medians["no filter"]["requests_per_s"]
     added = {name: 1e6 / figures["requests_per_s"] - base for name, figures in medians.items()}
-    print(f"# {time.strftime('%Y-%m-%d')}, wrk -t1 -c8 -d{args.seconds}s, {args.rounds} interleaved rounds "
-          "(medians), Envoy 1 worker, direct response")
+    method = (f"{args.alternate} alternating 1 s bursts" if args.alternate
+              else f"-d{args.seconds}s, {args.rounds} interleaved rounds")
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, wrk -t1 -c8 {method} (medians), Envoy 1 worker, "
+          f"direct response, load average {os.getloadavg()[0]:.1f}")
     print("| variant | req/s | added µs/request | Envoy CPU µs/request |")
     print("| --- | --- | --- | --- |")
     for name, figures in medians.items():

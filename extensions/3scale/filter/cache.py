@@ -10,7 +10,7 @@ Not in the 3scale module, which makes one authrep per request.  With
   end of period), kept ``ttl`` ms at most and never past a limit's period.
   The first request of an application (a miss) waits for that authorize
   call; the backend checks its usage there, as authrep would.
-- **Usage** the cache admits is counted in the worker's VM (``pending``)
+- **Usage** the cache admits is counted in the worker's VM (``local``)
   and sent every ``flush_period`` with one ``POST /transactions.xml`` per
   service; once the backend accepted it (202), each reported application
   is authorized again, which refreshes the shared entry.
@@ -60,6 +60,8 @@ if TYPE_CHECKING:
 
 CACHE_OPTIONS = "rejection_reason_header=1&hierarchy=1"
 KEY_PREFIX = "meshext.3scale.auth|"
+KEY_MEMO_ENTRIES = 4096  # memoised keys per VM; the memo starts over when full
+NOTHING: dict[str, int] = {}  # no usage reported (never written)
 _MONTH_DAYS = (0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334)
 
 
@@ -86,19 +88,38 @@ def _add(into: dict[str, int], usages: dict[str, int]) -> None:
         into[name] = into.get(name, 0) + delta
 
 
+def _subtract(table: dict[str, dict[str, int]], key: str, usages: dict[str, int]) -> None:
+    """Take ``usages`` off ``table[key]``, dropping what reaches zero (and the key, once empty)."""
+    remaining = table.get(key, {})
+    for name, delta in usages.items():
+        remaining[name] = remaining.get(name, 0) - delta
+        if remaining[name] == 0:
+            del remaining[name]
+    if not remaining:
+        table.pop(key, None)
+
+
 class Entry:
     """A cached authorization: ``authorized``, ``reason``, ``limits``, ``children`` (metric hierarchy).
 
     ``limits``: ``[metric, max, current, period end (epoch seconds or None)]`` each.
     """
 
-    __slots__ = ("authorized", "reason", "limits", "children", "expires")
+    __slots__ = ("authorized", "reason", "limits", "children", "expires", "valid_until", "rooms", "parent_rooms")
 
     def __init__(self, authorized: bool, reason: str | None,
                  limits: list[list[Any]],
                  children: dict[str, list[str]], expires: float) -> None:
         self.authorized, self.reason, self.limits = authorized, reason, limits
         self.children, self.expires = children, expires
+        # What every hit checks, worked out once per entry: until when it may be used (its ttl, and no
+        # limit's period past its end) and, per limit, the room left: ``rooms`` for a metric without
+        # children, ``parent_rooms`` with the metrics whose usage counts against a parent's limit.
+        self.valid_until = min([expires, *(end for _, _, _, end in limits if end is not None)])
+        self.rooms = [(maximum - current, metric) for metric, maximum, current, _ in limits
+                      if not children.get(metric)]
+        self.parent_rooms = [(maximum - current, (metric, *children[metric])) for metric, maximum, current, _ in limits
+                             if children.get(metric)]
 
     def to_json(self) -> str:
         return json.dumps([self.authorized, self.reason, self.limits, self.children, self.expires])
@@ -107,13 +128,6 @@ class Entry:
     def from_json(cls, data: bytes) -> Entry:
         authorized, reason, limits, children, expires = json.loads(data)
         return cls(authorized, reason, limits, children, expires)
-
-    def fresh(self, now: float) -> bool:
-        return now < self.expires and all(end is None or now < end for _, _, _, end in self.limits)
-
-    def usage_of(self, metric: str, usages: dict[str, int]) -> int:
-        """What ``usages`` add to ``metric``: its own delta and its children's."""
-        return usages.get(metric, 0) + sum(usages.get(child, 0) for child in self.children.get(metric, ()))
 
 
 class AuthorizationCache:
@@ -124,41 +138,45 @@ class AuthorizationCache:
         self.upstream = backend.upstream
         assert backend.cache is not None
         self.settings = backend.cache
-        self.pending: dict[str, dict[str, int]] = {}      # key -> usage not reported yet
+        # key -> usage this VM admitted that no refreshed entry includes yet: what a hit adds to the entry's
+        # values.  Its part not reported yet is what the next flush sends (local - in_flight).
+        self.local: dict[str, dict[str, int]] = {}
         self.in_flight: dict[str, dict[str, int]] = {}    # key -> usage reported, entry not refreshed yet
+        self.keys: dict[tuple[str, Credential], str] = {}  # (service id, credential) -> key, memoised
         self.owners: dict[str, tuple[Service, Credential]] = {}  # key -> who the usage is for
         self.memo: dict[str, tuple[int, Entry]] = {}      # key -> (shared-data cas, parsed entry)
+        self.admitted = 0  # hits admitted since the last tick, for threescale_authorized_total
 
-    @staticmethod
-    def key(service: Service, credential: Credential) -> str:
+    def key_for(self, service: Service, credential: Credential) -> str:
+        """The application's shared-data key (also its key in this VM's tables), memoised per VM."""
         kind, value, app_key = credential
         # length-prefixed parts: no credential, whatever it holds, can spell another one's key
         parts = (service.id, kind, value, "" if app_key is None else "=" + app_key)
-        return "".join(f"{len(part)}:{part}" for part in parts)
-
-    def _entry(self, key: str) -> Entry | None:
-        found = SharedData.get(KEY_PREFIX + key)
-        if found is None:
-            return None
-        data, cas = found
-        if not data:  # cleared by a failed refresh: ask the backend again
-            return None
-        memo = self.memo.get(key)
-        if memo is not None and memo[0] == cas:
-            return memo[1]
-        entry = Entry.from_json(data)
-        self.memo[key] = (cas, entry)
-        return entry
+        if len(self.keys) >= KEY_MEMO_ENTRIES:
+            self.keys.clear()
+        key = self.keys[service.id, credential] = KEY_PREFIX + "".join(f"{len(part)}:{part}" for part in parts)
+        return key
 
     def _store(self, key: str, entry: Entry) -> None:
-        SharedData.set(KEY_PREFIX + key, entry.to_json())
+        SharedData.set(key, entry.to_json())
 
     def admit(self, context: Authorize, service: Service, credential: Credential, usages: dict[str, int]) -> str | None:
-        """``""`` admitted, a reply outcome, or None: a miss, the authorize call made (the request waits)."""
-        key = self.key(service, credential)
-        entry = self._entry(key)
-        if entry is not None and entry.fresh(time.time()):
-            return self._decide(key, service, credential, entry, usages)
+        """``""`` admitted, a reply outcome, or None: a miss, the authorize call made (the request waits).
+
+        A hit runs on every request of a hot application, so it is written out in this one method.
+        """
+        key = self.keys.get((service.id, credential)) or self.key_for(service, credential)
+        found = SharedData.get(key)
+        if found is not None and found[0]:  # empty: cleared by a failed refresh, ask the backend again
+            data, cas = found
+            memo = self.memo.get(key)
+            if memo is not None and memo[0] == cas:
+                entry = memo[1]
+            else:  # parsed once per version of the entry
+                entry = Entry.from_json(data)
+                self.memo[key] = (cas, entry)
+            if time.time() < entry.valid_until:
+                return self._decide(key, service, credential, entry, usages)
         assert service.token is not None
         query = authrep.query(service.id, service.token, credential, usages)
         try:
@@ -178,14 +196,18 @@ class AuthorizationCache:
                 usages: dict[str, int]) -> str:
         if not entry.authorized:
             return "limits_exceeded" if entry.reason == "limits_exceeded" else "authentication_failed"
-        local: dict[str, int] = {}
-        _add(local, self.pending.get(key, {}))
-        _add(local, self.in_flight.get(key, {}))
-        for metric, maximum, current, _end in entry.limits:
-            if current + entry.usage_of(metric, local) + entry.usage_of(metric, usages) > maximum:
+        local = self.local.get(key)
+        if local is None:
+            local = self.local[key] = {}
+            self.owners[key] = (service, credential)
+        for room, metric in entry.rooms:
+            if local.get(metric, 0) + usages.get(metric, 0) > room:
                 return "limits_exceeded"
-        _add(self.pending.setdefault(key, {}), usages)
-        self.owners[key] = (service, credential)
+        for room, metrics in entry.parent_rooms:
+            if sum(local.get(metric, 0) + usages.get(metric, 0) for metric in metrics) > room:
+                return "limits_exceeded"
+        for name, delta in usages.items():
+            local[name] = local.get(name, 0) + delta
         return ""
 
     def _entry_from(self, answer: HttpCallResponse) -> Entry | None:
@@ -220,9 +242,13 @@ class AuthorizationCache:
     # -- flushing --------------------------------------------------------------------------------------------
 
     def on_tick(self) -> None:
-        if not self.pending:
-            return
-        batch, self.pending = self.pending, {}
+        batch: dict[str, dict[str, int]] = {}
+        for key, usage in self.local.items():
+            reported = self.in_flight.get(key, NOTHING)
+            unreported = {name: delta - reported.get(name, 0) for name, delta in usage.items()
+                          if delta != reported.get(name, 0)}
+            if unreported:
+                batch[key] = unreported
         by_service: dict[str, list[str]] = {}
         for key in batch:
             by_service.setdefault(self.owners[key][0].id, []).append(key)
@@ -251,18 +277,14 @@ class AuthorizationCache:
             self._retry(keys, batch)
 
     def _retry(self, keys: list[str], batch: dict[str, dict[str, int]]) -> None:
+        """Not reported after all: the next flush sends it again (it is still in ``local``)."""
         for key in keys:
-            self._forget_in_flight(key, batch[key])
-            _add(self.pending.setdefault(key, {}), batch[key])
+            _subtract(self.in_flight, key, batch[key])
 
     def _forget_in_flight(self, key: str, usages: dict[str, int]) -> None:
-        remaining = self.in_flight.get(key, {})
-        for name, delta in usages.items():
-            remaining[name] = remaining.get(name, 0) - delta
-            if remaining[name] == 0:
-                del remaining[name]
-        if not remaining:
-            self.in_flight.pop(key, None)
+        """The backend counted ``usages`` (or refused them for good): no longer this VM's to add."""
+        _subtract(self.in_flight, key, usages)
+        _subtract(self.local, key, usages)
 
     def _on_report_answer(self, keys: list[str], batch: dict[str, dict[str, int]], answer: HttpCallResponse) -> None:
         status = answer.status
@@ -290,7 +312,7 @@ class AuthorizationCache:
             if entry is not None:
                 self._store(key, entry)
             else:
-                SharedData.set(KEY_PREFIX + key, "")  # unknown state: the next request asks again
+                SharedData.set(key, "")  # unknown state: the next request asks again
 
         try:
             self.root.http_call(self.upstream.name, self._authorize_headers(query), callback=on_answer,
@@ -298,4 +320,4 @@ class AuthorizationCache:
         except CalloutError as error:
             log.error(f"3scale: refresh: {error}")
             self._forget_in_flight(key, reported)
-            SharedData.set(KEY_PREFIX + key, "")
+            SharedData.set(key, "")

@@ -66,26 +66,36 @@ class Request:
 class Source:
     """One credential source; :meth:`resolve` gives its stack of values, or None."""
 
-    __slots__ = ("kind", "keys", "path", "operations")
+    __slots__ = ("kind", "keys", "path", "operations", "logs", "_values", "header_names")
 
-    def __init__(self, kind: str, keys: list[str], path: list[str], operations: list[Operation] | None) -> None:
+    def __init__(self, kind: str, keys: list[str], path: list[str], operations: list[Operation] | None,
+                 logs: bool = False) -> None:
         self.kind, self.keys, self.path, self.operations = kind, keys, path, operations
+        self.logs = logs  # its ops write to the log (a side effect on every resolution)
+        # The lookup for this kind, chosen once: resolve runs on every request.
+        self._values: Callable[[Request], list[str] | None] = {
+            "header": self._header_values, "query_string": self._query_values}.get(kind, self._filter_values)
+        # Envoy's lookup ignores case; the module compares names exactly with Envoy's lower-case ones, so a
+        # header key with capitals never matches.
+        self.header_names = [key for key in keys if key == key.lower()]
 
-    def _values(self, request: Request) -> list[str] | None:
-        if self.kind == "header":
-            for key in self.keys:
-                # Envoy's lookup ignores case; the module compares names exactly with Envoy's lower-case ones.
-                value = request.header(key) if key == key.lower() else None
-                if value is not None:
+    def _header_values(self, request: Request) -> list[str] | None:
+        header = request.header
+        for key in self.header_names:
+            value = header(key)
+            if value is not None:
+                return [value]
+        return None
+
+    def _query_values(self, request: Request) -> list[str] | None:
+        pairs = request.url.query_pairs()
+        for key in self.keys:
+            for name, value in pairs:
+                if name == key:
                     return [value]
-            return None
-        if self.kind == "query_string":
-            pairs = request.url.query_pairs()
-            for key in self.keys:
-                for name, value in pairs:
-                    if name == key:
-                        return [value]
-            return None
+        return None
+
+    def _filter_values(self, request: Request) -> list[str] | None:
         if len(self.path) < 2:
             return None
         entries = request.filter_metadata().get(self.path[0])
@@ -121,17 +131,45 @@ def _first(sources: list[Source] | None, request: Request) -> list[str] | None:
     return None
 
 
+# Resolutions memoised per service (see Credentials.resolve); the memo starts over when full.
+RESOLUTION_MEMO_ENTRIES = 4096
+_UNRESOLVED = ("", "", None)  # memoised "no credentials"
+
+
 class Credentials:
     """The ``credentials`` of a service."""
 
-    __slots__ = ("user_key", "app_id", "app_key")
+    __slots__ = ("user_key", "app_id", "app_key", "_headers_read", "_memo")
 
     def __init__(self, user_key: list[Source] | None, app_id: list[Source] | None,
                  app_key: list[Source] | None) -> None:
         self.user_key, self.app_id, self.app_key = user_key, app_id, app_key
+        sources = [source for group in (user_key, app_id, app_key) if group for source in group]
+        # Without Envoy's metadata and without logging ops, resolving is a function of the query and the headers
+        # the sources name, so it is memoised on those; otherwise (None) every request resolves afresh.
+        self._headers_read: tuple[str, ...] | None = None
+        if all(source.kind != "filter" and not source.logs for source in sources):
+            self._headers_read = tuple(sorted({key for source in sources if source.kind == "header"
+                                               for key in source.header_names}))
+        self._memo: dict[tuple[str | None, ...], tuple[str, str, str | None]] = {}
 
-    def resolve(self, request: Request) -> tuple[str, str, str | None] | None:
-        """``("user_key", key, None)`` or ``("app_id", id, key or None)``, or None: no credentials."""
+    def resolve(self, header: Callable[[str], str | None], url: RequestUrl) -> tuple[str, str, str | None] | None:
+        """``("user_key", key, None)`` or ``("app_id", id, key or None)``, or None: no credentials.
+
+        ``header`` looks a request header up by its (lower-case) name.
+        """
+        names = self._headers_read
+        if names is None:
+            return self._resolve(Request(header, url))
+        memo_key = (url.query, *map(header, names))
+        credential = self._memo.get(memo_key)
+        if credential is None:
+            if len(self._memo) >= RESOLUTION_MEMO_ENTRIES:
+                self._memo.clear()
+            credential = self._memo[memo_key] = self._resolve(Request(header, url)) or _UNRESOLVED
+        return None if credential is _UNRESOLVED else credential
+
+    def _resolve(self, request: Request) -> tuple[str, str, str | None] | None:
         user_key = _first(self.user_key, request)
         if user_key:
             return (USER_KEY, user_key[0], None)
@@ -169,7 +207,20 @@ def _parse_source(value: object, where: str) -> Source:
                              f"header names are lower case, and the 3scale module compares exactly); "
                              f"fix: write {key.lower()!r}")
     operations = optional(fields, "ops", where, parse_operations)
-    return Source(source_kind, keys, path, operations)
+    return Source(source_kind, keys, path, operations, logs=_mentions_log(fields.get("ops")))
+
+
+# The operations that write to Envoy's log: a resolution that runs one is not memoised.
+LOGGING_OPERATIONS = ("log", "values")
+
+
+def _mentions_log(ops: object) -> bool:
+    """Whether the ``ops`` as configured hold a logging operation at any depth (``test``, ``and``... nest)."""
+    if isinstance(ops, dict):
+        return any(name in ops for name in LOGGING_OPERATIONS) or any(_mentions_log(value) for value in ops.values())
+    if isinstance(ops, list):
+        return any(_mentions_log(value) for value in ops)
+    return False
 
 
 def parse_credentials(value: object, where: str) -> Credentials:

@@ -53,23 +53,25 @@ class BadUrl(ValueError):
 class RequestUrl:
     """What the module matches on: ``authority`` (``user@host[:port]``), ``path``, ``query`` (raw; None: no ``?``)."""
 
-    __slots__ = ("authority", "path", "query")
+    __slots__ = ("authority", "path", "query", "_pairs")
 
     def __init__(self, authority: str, path: str, query: str | None) -> None:
         self.authority, self.path, self.query = authority, path, query
+        self._pairs: list[tuple[str, str]] | None = None
 
     def pattern_target(self) -> str:
         """The string mapping rules match: path, then ``?`` and the query when there is one."""
         return self.path if self.query is None else f"{self.path}?{self.query}"
 
     def query_pairs(self) -> list[tuple[str, str]]:
-        """The query's form-urlencoded pairs (``+`` is a space), as the ``url`` crate reads them."""
-        pairs = []
-        for piece in (self.query or "").split("&"):
-            if piece:
-                name, _, value = piece.partition("=")
-                pairs.append((form_decode(name), form_decode(value)))
-        return pairs
+        """The query's form-urlencoded pairs (``+`` is a space), as the ``url`` crate reads them.
+
+        Decoded once per URL: the filter memoises URLs per route, so a hot route's query is not decoded again.
+        """
+        if self._pairs is None:
+            self._pairs = [(form_decode(name), form_decode(value)) for name, _, value in
+                           (piece.partition("=") for piece in (self.query or "").split("&") if piece)]
+        return self._pairs
 
 
 def form_decode(text: str) -> str:

@@ -64,6 +64,8 @@ def test_a_hot_application_costs_one_authorize_then_batched_reports(filter_modul
         assert totals(limited_simulator) == {}  # nothing reported before the flush
 
         proxy_host.advance(FLUSH_MS)
+        # the miss the authorize call decided, and the 24 hits admitted from the cache (counted at the tick)
+        assert proxy_host.metric("threescale_authorized_total") == 25
         assert len(calls_to(limited_simulator, "/transactions.xml")) == 1
         (report,) = limited_simulator.backend.reports
         assert report["transactions[0][user_key]"] == "hot"

@@ -150,3 +150,16 @@ def test_log_and_values_write_to_envoys_log(filter_module, proxy_host):
         messages = plugin.log_messages()
     assert "[3scale-auth/config] looking" in messages
     assert '[3scale-auth/stack] values at split: "a", "b"' in messages
+
+
+def test_logging_operations_log_on_every_request(filter_module, proxy_host):
+    """A source whose ops log is resolved afresh each time (not memoised), so each request logs."""
+    recording_backend(proxy_host)
+    config = user_key_config()
+    config["services"][0]["credentials"] = {"user_key": [{"header": {"keys": ["x-value"], "ops": [
+        {"test": {"if": {"log": {"msg": "looking"}}, "then": []}}]}}]}
+    with filter_module(config=config) as plugin:
+        for _ in range(3):
+            plugin.exchange("GET", "/", headers={"x-value": "a"})
+        messages = plugin.log_messages()
+    assert messages.count("[3scale-auth/config] looking") == 3

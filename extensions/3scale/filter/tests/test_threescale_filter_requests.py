@@ -278,3 +278,15 @@ def test_backend_timeout_in_the_test_host(filter_module, proxy_host):
         # Envoy 1.40 answers a timed-out callout with 504 (=> 403, tests/extensions/threescale checks it in
         # Envoy); the test host delivers no headers at all (=> 502).
         assert reply(stream) in ((502, "Bad Gateway\n"), FAILED)
+
+
+def test_each_request_resolves_its_own_credentials_on_one_route(filter_module, proxy_host):
+    """Resolutions are memoised per query and header values: a hot route still reads each request's key."""
+    calls = recording_backend(proxy_host)
+    with filter_module(config=user_key_config()) as plugin:
+        for key in ("key-a", "key-b", "key-a"):
+            plugin.exchange("GET", "/same", headers={"x-api-key": key})
+        plugin.exchange("GET", "/same?user_key=key-q", headers={"x-api-key": "key-a"})
+        assert reply(plugin.exchange("GET", "/same")) == (403, "Authentication parameters missing\n")
+    sent = [dict(authrep_params(call))["user_key"] for call in calls]
+    assert sent == ["key-a", "key-b", "key-a", "key-q"]
