@@ -237,7 +237,7 @@ def test_code_that_names_an_active_segment_is_compiled_once(monkeypatch: pytest.
     monkeypatch.setattr(modules, "_load", recording_load)
     for code in (names_active, shim):
         compiled.clear()
-        module = modules.compile_module(code)
+        modules.compile_module(code)
         assert compiled == [wasmtime.Module]
     store = wasmtime.Store(modules.engine())
     exports = modules.instantiate(wasmtime.Linker(modules.engine()), store, modules.compile_module(names_active)
