@@ -235,6 +235,7 @@ def test_code_that_names_an_active_segment_is_compiled_once(monkeypatch: pytest.
         return load(code, kind)
 
     monkeypatch.setattr(modules, "_load", recording_load)
+    monkeypatch.setattr(modules, "_MODULES", {})  # compiled earlier in this process: from the disk cache
     for code in (names_active, shim):
         compiled.clear()
         modules.compile_module(code)
