@@ -146,7 +146,7 @@ class Host:
     def add_cluster(self, name: str, handler: HttpHandler | None = None, *,
                     grpc: GrpcHandler | None = None, address: tuple[str, int] | None = None,
                     healthy: bool = True) -> Cluster:
-        """Declare an upstream cluster: callouts to an undeclared cluster fail as in Envoy.
+        """Declare an upstream cluster ``name`` (returned): callouts to an undeclared cluster fail as in Envoy.
 
         ``handler`` answers HTTP callouts and ``grpc`` gRPC ones (returning
         None leaves the call pending for the test to answer, or to time
@@ -162,7 +162,7 @@ class Host:
     # -- clock ---------------------------------------------------------------
 
     def advance(self, milliseconds: float) -> None:
-        """Move the clock forward, firing due ticks and callout timeouts in time order.
+        """Move the clock forward by ``milliseconds``, firing due ticks and callout timeouts in time order.
 
         A pending HTTP callout past its timeout gets Envoy's 504 answer, a
         unary gRPC call a close with UNAVAILABLE ("upstream request timeout").
@@ -244,7 +244,10 @@ class Host:
     # -- shared state --------------------------------------------------------
 
     def set_shared_data(self, vm_id: str, key: str, value: bytes, cas: int) -> bool:
-        """Store ``value`` under a new CAS; False (nothing stored) if ``cas`` is set and stale."""
+        """Store ``value`` under ``key`` of ``vm_id`` with a new CAS.
+
+        False (nothing stored) if ``cas`` is set and stale.
+        """
         entry = self.shared_data.get((vm_id, key))
         if cas and entry is not None and entry[1] != cas:
             return False
@@ -265,11 +268,14 @@ class Host:
         return token
 
     def resolve_queue(self, vm_id: str, name: str) -> int | None:
-        """The token of a registered queue, or None."""
+        """The token of queue ``name`` registered by a VM of ``vm_id``, or None when none registered it."""
         return self._queue_tokens.get((vm_id, name))
 
     def define_metric(self, name: str, metric_type: MetricType) -> int:
-        """The id of metric ``name``, created if new (every VM defining the name gets the same metric)."""
+        """The id of metric ``name`` of ``metric_type``, created if new.
+
+        Every VM defining the name gets the same metric.
+        """
         metric_id = self._metric_ids.get(name)
         if metric_id is None:
             metric_id = len(self.metrics) + 1
@@ -278,7 +284,7 @@ class Host:
         return metric_id
 
     def metric(self, name: str) -> int | None:
-        """Current value of a metric the modules defined (None if never defined)."""
+        """Current value of metric ``name`` as the modules defined it (None if never defined)."""
         metric_id = self._metric_ids.get(name)
         return None if metric_id is None else self.metrics[metric_id].value
 

@@ -72,7 +72,8 @@ class PluginVM:
         return self._vm.http_stream(properties)
 
     def tcp_stream(self, properties: Mapping[str, Any] | None = None) -> TcpStream:
-        """A new TCP connection to drive step by step (proxy_on_new_connection has run)."""
+        """A new TCP connection to drive step by step (proxy_on_new_connection has run);
+        ``properties`` set Envoy attributes (``source.address``)."""
         return self._vm.tcp_stream(properties)
 
     def exchange(self, method: str = "GET", path: str = "/", *, authority: str = "example.com",
@@ -81,9 +82,15 @@ class PluginVM:
                  properties: Mapping[str, Any] | None = None) -> HttpStream:
         """One complete request/response round trip through the filter.
 
-        The response is sent only if the request reached the upstream (not
-        answered locally, not left paused); the stream then ends (log, done,
-        delete) like Envoy ends it.
+        The request is ``method`` ``path`` to ``authority`` with ``headers``
+        (a dict or pairs) and ``body`` (none: the headers end it); the
+        upstream answers ``response_status`` with ``response_headers`` and
+        ``response_body``; ``properties`` set Envoy attributes
+        (``source.address``).  The response is sent only if the request
+        reached the upstream (not answered locally, not left paused); the
+        stream then ends (log, done, delete) like Envoy ends it.  Returns the
+        stream, to read what went through (``stream.request``,
+        ``stream.response``, ``stream.local_response``).
         """
         stream = self.http_stream(properties)
         request_headers = [(":authority", authority), (":path", path), (":method", method), (":scheme", "http")]

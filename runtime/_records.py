@@ -221,11 +221,16 @@ class HttpCallout:
     failed: bool = False
 
     def header(self, name: str) -> str | None:
-        """The first value of a header the cluster receives (any case), or None."""
+        """The first value of header ``name`` (any case) the cluster receives, or None when it has none."""
         return EnvoyHeaderMap(self.headers).get(name)
 
     def respond(self, status: int = 200, headers: Headers = (), body: bytes = b"", trailers: Headers = ()) -> None:
-        """Answer a pending callout (when the handler returned None)."""
+        """Answer a pending callout (when the handler returned None).
+
+        ``status``, ``headers``, ``body`` and ``trailers`` are the upstream's
+        answer (headers and trailers a dict or a sequence of pairs); the
+        module's callback runs now.
+        """
         self._callouts.answer_http(self, HttpResponse(status, as_pairs(headers), body, as_pairs(trailers)))
 
     def fail(self) -> None:
@@ -263,6 +268,9 @@ class GrpcCallout:
 
     def close(self, status: int = 0, status_message: str = "", trailing_metadata: Headers = ()) -> None:
         """End a stream, or fail a unary call with a gRPC status (Envoy: proxy_on_grpc_close).
+
+        ``trailing_metadata`` (a dict or pairs) is what the module reads as
+        the call's trailers.
 
         The module reads a unary call's message as Envoy's gRPC client gives
         it: ``status_message`` followed by ``{via_upstream}`` (without a

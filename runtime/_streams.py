@@ -171,12 +171,24 @@ class HttpStream(HostContext):
     # the test drives these
 
     def send_request_headers(self, headers: Headers, end_stream: bool = False) -> Action | None:
-        """Deliver the request headers (proxy_on_request_headers)."""
+        """Deliver the request headers (proxy_on_request_headers).
+
+        ``end_stream`` says nothing follows in this direction.
+        Returns the action the filter's callback answered, or None when the
+        callback was not called: the stream has ended (e.g. a fail-closed
+        500), or the filter answered the request locally.
+        """
         with self._vm.host.step():
             return self._deliver_headers(self.request, "proxy_on_request_headers", headers, end_stream)
 
     def send_request_body(self, chunk: bytes, end_stream: bool = False) -> Action | None:
-        """Deliver a chunk of the request body (proxy_on_request_body, with the buffered size)."""
+        """Deliver a chunk of the request body (proxy_on_request_body, with the buffered size).
+
+        ``end_stream`` says nothing follows in this direction.
+        Returns the action the filter's callback answered, or None when the
+        callback was not called: the stream has ended (e.g. a fail-closed
+        500), or the filter answered the request locally.
+        """
         with self._vm.host.step():
             return self._deliver_body(self.request, "proxy_on_request_body", chunk, end_stream)
 
@@ -186,12 +198,24 @@ class HttpStream(HostContext):
             return self._deliver_trailers(self.request, "proxy_on_request_trailers", trailers)
 
     def send_response_headers(self, headers: Headers, end_stream: bool = False) -> Action | None:
-        """Deliver the upstream's response headers (proxy_on_response_headers)."""
+        """Deliver the upstream's response headers (proxy_on_response_headers).
+
+        ``end_stream`` says nothing follows in this direction.
+        Returns the action the filter's callback answered, or None when the
+        callback was not called: the stream has ended (e.g. a fail-closed
+        500), or the filter answered the request locally.
+        """
         with self._vm.host.step():
             return self._deliver_headers(self.response, "proxy_on_response_headers", headers, end_stream)
 
     def send_response_body(self, chunk: bytes, end_stream: bool = False) -> Action | None:
-        """Deliver a chunk of the response body (proxy_on_response_body)."""
+        """Deliver a chunk of the response body (proxy_on_response_body).
+
+        ``end_stream`` says nothing follows in this direction.
+        Returns the action the filter's callback answered, or None when the
+        callback was not called: the stream has ended (e.g. a fail-closed
+        500), or the filter answered the request locally.
+        """
         with self._vm.host.step():
             return self._deliver_body(self.response, "proxy_on_response_body", chunk, end_stream)
 
@@ -406,12 +430,20 @@ class TcpStream(HostContext):
         self.close()
 
     def send_downstream_data(self, data: bytes, end_stream: bool = False) -> Action:
-        """Bytes from the client (proxy_on_downstream_data, with the buffered size)."""
+        """Bytes ``data`` from the client (proxy_on_downstream_data, with the buffered size).
+
+        ``end_stream`` says the client sends nothing more; returns the action
+        the filter answered.
+        """
         with self._vm.host.step():
             return self._data(self._downstream, self.to_upstream, "proxy_on_downstream_data", data, end_stream)
 
     def send_upstream_data(self, data: bytes, end_stream: bool = False) -> Action:
-        """Bytes from the upstream (proxy_on_upstream_data)."""
+        """Bytes ``data`` from the upstream (proxy_on_upstream_data).
+
+        ``end_stream`` says the upstream sends nothing more; returns the action
+        the filter answered.
+        """
         with self._vm.host.step():
             return self._data(self._upstream, self.to_downstream, "proxy_on_upstream_data", data, end_stream)
 
@@ -430,14 +462,14 @@ class TcpStream(HostContext):
         return action
 
     def upstream_closed(self, peer: PeerType = PeerType.UNKNOWN) -> None:
-        """The upstream side closed (proxy_on_upstream_connection_close)."""
+        """The upstream side closed (proxy_on_upstream_connection_close); ``peer`` says which end closed it."""
         if self._upstream_open:
             self._upstream_open = False
             self._vm.callback("proxy_on_upstream_connection_close", self, self.id, int(peer))
             self._end_if_closed()
 
     def downstream_closed(self, peer: PeerType = PeerType.REMOTE) -> None:
-        """The client side closed (proxy_on_downstream_connection_close)."""
+        """The client side closed (proxy_on_downstream_connection_close); ``peer`` says which end closed it."""
         if self._downstream_open:
             self._downstream_open = False
             self._vm.callback("proxy_on_downstream_connection_close", self, self.id, int(peer))

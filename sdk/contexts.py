@@ -201,7 +201,8 @@ class HttpContext(_CalloutMixin):
     ) -> Action:
         """Answer the request from the filter instead of the upstream; returns ``Action.PAUSE``.
 
-        ``status`` is the HTTP status, ``headers`` a dict or a sequence of
+        ``status`` is the HTTP status, ``body`` the reply's body (bytes, or a
+        str sent as UTF-8), ``headers`` a dict or a sequence of
         ``(name, value)`` pairs.  ``details`` shows in Envoy's access log as
         the response code details (letters, digits and ``_`` only);
         ``grpc_status`` (-1: none) sets ``grpc-status`` for gRPC clients.

@@ -36,7 +36,7 @@ class SharedData:
 
     @staticmethod
     def add(key: str, delta: int = 1, *, attempts: int = 64) -> int:
-        """Atomically add ``delta`` to an integer stored as decimal text (absent: 0); returns the new value.
+        """Atomically add ``delta`` to the integer under ``key``, as decimal text (absent: 0); returns the new value.
 
         Retries a compare-and-swap up to ``attempts`` times; raises
         :class:`~meshext.sdk.CasMismatch` when other VMs won every time.

@@ -297,7 +297,9 @@ def reachable_dependencies(imports: list[Import], available: dict[str, SourceFil
     dependency's modules ship, for its own imports by name.
     """
     reached: dict[str, SourceFile] = {}
-    pending = [item.name for item in imports]
+    # An import for type checkers only never runs in the module: what it
+    # reaches is shipped, not checked.
+    pending = [item.name for item in imports if not item.for_type_checkers]
     while pending:
         name = pending.pop()
         parts = name.split(".")
@@ -305,7 +307,8 @@ def reachable_dependencies(imports: list[Import], available: dict[str, SourceFil
             module = ".".join(parts[:depth])
             if module in available and module not in reached:
                 reached[module] = available[module]
-                pending += [item.name for item in direct_imports(check_syntax([available[module]]))]
+                pending += [item.name for item in direct_imports(check_syntax([available[module]]))
+                            if not item.for_type_checkers]
     return sorted(reached.values(), key=lambda source: source.module)
 
 
@@ -313,12 +316,15 @@ def check_imports(imports: list[Import], app_dir: Path, stdlib_dir: Path,
                   extensions: dict[str, Dependency] | None = None) -> None:
     """Every unguarded import can be satisfied inside a proxy, else a build error naming the import.
 
+    Imports under ``if TYPE_CHECKING:`` never run in the module and are not
+    checked (``packaging`` imports ``typing_extensions`` there).
+
     ``extensions`` maps the C extension modules of the declared dependencies
     (which are not bundled) to their distribution.
     """
     extensions = extensions or {}
     for item in imports:
-        if item.optional:
+        if item.optional or item.for_type_checkers:
             continue
         name, source = item.name, item.source
         top = name.split(".")[0]

@@ -289,7 +289,8 @@ def _check_imports(
              json.dumps(sorted((module, dependency.label, path) for dependency in extensions.values()
                                for module, path in dependency.extensions.items())).encode()]
     for imports in (dependency_imports, project_imports):
-        parts.append(json.dumps(sorted({(item.source.module, item.source.distribution or "", item.name, item.optional)
+        parts.append(json.dumps(sorted({(item.source.module, item.source.distribution or "", item.name, item.optional,
+                                         item.for_type_checkers)
                                         for item in imports})).encode())
     marker = f"imports-checked-{content_key(parts)}"
     if _STAGES.lookup(marker) is not None:

@@ -15,7 +15,8 @@ that off the edit-test loop:
   the cache.
 
 That split is exact for modules whose active data segments are at
-constant offsets, after any passive ones, and that have no start function
+constant offsets, after any passive ones, whose code names only the passive ones (no data
+count section without a passive segment), and that have no start function
 (what linkers and ``meshext build`` write): instantiation applies active
 segments and then runs the start function, so with no start function
 nothing can observe whether the bytes arrived at instantiation or just
@@ -171,6 +172,12 @@ def _split_data(code: bytes) -> tuple[bytes, MemoryImage] | None:
     active = [(offset, data) for offset, data in segments if offset is not None]
     if not active or not memory_exports or imports_memory:
         return None  # no data to set aside, or no way to write it, or memory 0 is not the one defined
+    if not passive and wb.find_section(sections, wb.DATACOUNT) is not None:
+        # The code names data segments (memory.init and data.drop validate only
+        # with a data count), and the only ones it can name are active: the
+        # code-only module would not validate, which wasmtime says only after
+        # compiling nearly all of it (3 s for the shim, on every build).
+        return None
     if any(offset is not None for offset, _ in segments[:len(passive)]):
         return None  # a passive segment after an active one: taking the active ones out would renumber it
     if wb.find_section(sections, wb.START) is not None:

@@ -9,8 +9,11 @@ when a test asks for a fixture).
 from __future__ import annotations
 
 import inspect
+import re
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +53,12 @@ def test_importing_pytest_does_not_load_the_test_host() -> None:
     assert "meshext.runtime.pytest_plugin" in modules
     assert "wasmtime" not in modules
     assert "meshext.runtime._host" not in modules
+
+
+def test_meshext_test_needs_no_extra() -> None:
+    # `pip install meshext` (scripts/install.sh without --test) and then
+    # `meshext test` on a new project: pytest must come with meshext itself,
+    # not only with the test extra (it once failed with a raw ModuleNotFoundError).
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    core = {re.split(r"[<>=!~\[ ;]", requirement)[0].lower() for requirement in project["dependencies"]}
+    assert "pytest" in core

@@ -290,6 +290,40 @@ def test_declared_dependencies_are_bundled_and_tracebacks_name_real_paths(tmp_pa
             "    raise KeyError(f'no tenant in {path}')") in log
 
 
+VERSION_FILTER = """from packaging.version import Version
+from meshext.sdk import Action, HttpContext, RootContext
+
+
+class Newer(HttpContext):
+    def on_request_headers(self, end_of_stream):
+        newer = Version(self.request.headers.get("x-version", "0")) > Version("1.2")
+        self.request.headers.add("x-newer", str(newer))
+        return Action.CONTINUE
+
+
+class Root(RootContext):
+    http_context = Newer
+"""
+
+
+def test_a_real_distribution_from_pypi_is_bundled(tmp_path: Path) -> None:
+    # packaging (a pytest dependency, so installed wherever these tests run)
+    # imports typing_extensions under `if typing.TYPE_CHECKING:`, which never
+    # runs in the module: the build once refused it as a missing module.
+    project = scaffold(tmp_path, VERSION_FILTER, 'dependencies = ["packaging"]\n')
+    built = meshext("build", str(project), "-o", str(tmp_path / "out.wasm"), cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    plugin = Host().load(tmp_path / "out.wasm")
+    newer = [plugin.exchange("GET", "/", headers={"x-version": version}).request.header("x-newer")
+             for version in ("1.10", "1.1")]
+    assert newer == ["True", "False"]
+    plugin.exchange("GET", "/", headers={"x-version": "not a version"})
+    log = "\n".join(plugin.log_messages())
+    assert 'File "broken/filter.py", line 7, in on_request_headers' in log
+    assert 'File "site-packages/packaging/version.py"' in log
+    assert "packaging.version.InvalidVersion: Invalid version: 'not a version'" in log
+
+
 @pytest.mark.parametrize(
     ("dependency", "expected_where", "expected_message"),
     [

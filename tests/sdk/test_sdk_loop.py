@@ -217,6 +217,38 @@ def test_a_module_compiled_without_its_data_starts_with_it() -> None:
             assert isinstance(seen, wasmtime.Global) and seen.value(store) == 42
 
 
+def test_code_that_names_an_active_segment_is_compiled_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The shim reads file data with memory.init before a build gives it the
+    # passive segment: without its data it does not validate, and wasmtime
+    # says so only after compiling nearly all of it (3 s of every edit-test
+    # loop).  Such a module is compiled whole, at the first try.
+    names_active = bytes(wasmtime.wat2wasm('''(module
+      (memory (export "memory") 1) (data (i32.const 16) "abc")
+      (func (export "init") (memory.init 0 (i32.const 0) (i32.const 0) (i32.const 0)))
+      (func (export "at") (param i32) (result i32) (i32.load8_u (local.get 0))))'''))
+    shim = wasm_binary.export_globals(build_shim()[0].read_bytes())
+    compiled: list[type] = []
+    load = modules._load
+
+    def recording_load(code: bytes, kind: type[wasmtime.Module]) -> wasmtime.Module:
+        compiled.append(kind)
+        return load(code, kind)
+
+    monkeypatch.setattr(modules, "_load", recording_load)
+    monkeypatch.setattr(modules, "_MODULES", {})  # compiled earlier in this process: from the disk cache
+    for code in (names_active, shim):
+        compiled.clear()
+        modules.compile_module(code)
+        assert compiled == [wasmtime.Module]
+    store = wasmtime.Store(modules.engine())
+    exports = modules.instantiate(wasmtime.Linker(modules.engine()), store, modules.compile_module(names_active)
+                                  ).exports(store)
+    init, at = exports["init"], exports["at"]
+    assert isinstance(init, wasmtime.Func) and isinstance(at, wasmtime.Func)
+    init(store)
+    assert at(store, 17) == ord("b")
+
+
 # -- bytecode from the module's CPython --------------------------------------------------------------
 
 
