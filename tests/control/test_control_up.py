@@ -36,11 +36,13 @@ from control_harness import Load, Response, free_port, wait_until
 from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client.parser import text_string_to_metric_families
 
+from meshext.control.local import images
 from meshext.control.local.backing import REDIS, needed_services
 from meshext.control.local.layout import PORT_RANGE, REDIS_OFFSET, Ports, StateDir
 from meshext.control.local.processes import start_time
 from meshext.control.local.resources import read_documents
 from meshext.control.local.up import LocalMesh, get_productpage, part_names
+from meshext.extensions import bundle
 from meshext.extensions.ratelimit.filter import ratelimit_metrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "local"
@@ -497,6 +499,29 @@ def test_a_resource_needs_the_backing_service_whose_cluster_its_configuration_na
            "spec": {"url": "oci://registry.example/me/auth:1", "pluginConfig": {"system": {"upstream": {
                "name": "outbound|9080||threescale.default.svc.cluster.local"}}}}}
     assert needs("own", yaml.safe_dump(own)) == ["threescale"]
+
+
+def test_header_policy_is_built_with_cold_code_and_cached_apart(tmp_path, monkeypatch):
+    """`meshext up` builds the example with `--cold-code` (productpage's sidecar compiles it after telemetry,
+    the tail of a warm start without it), in a cache entry of its own: a plain build of the same content
+    is never taken for it."""
+    monkeypatch.setenv("MESHEXT_CACHE_DIR", str(tmp_path / "cache"))
+    commands = []
+
+    def fake_build(command: list[str], log: Path, *, what: str) -> None:
+        commands.append(command)
+        Path(command[command.index("-o") + 1]).write_bytes(b"\0asm\1\0\0\0")
+
+    monkeypatch.setattr(images, "_run", fake_build)
+    plain = tmp_path / "cache" / images.BUILD_CACHE / bundle.content_key(images.HEADER_POLICY.projects)
+    plain.mkdir(parents=True)
+    (plain / "header-policy.wasm").write_bytes(b"a plain build")
+    module, cached = images.build(images.HEADER_POLICY, tmp_path / "build.log")
+    assert not cached and module.parent != plain
+    (command,) = commands
+    assert command[3:5] == ["build", str(images.HEADER_POLICY.projects[0])] and command[-1] == "--cold-code"
+    assert images.build(images.HEADER_POLICY, tmp_path / "build.log") == (module, True)  # the second up
+    assert len(commands) == 1
 
 
 def test_down_leaves_no_process(local_mesh):
