@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -212,16 +213,25 @@ def assert_demo_edges(output: str) -> None:
     assert edges[ENTRY_EDGE]["rate"] > 0 and edges[ENTRY_EDGE]["mtls"] == 0, output
 
 
+def prometheus_query(prometheus: str, promql: str) -> list[dict]:
+    """The result vector of an instant query to the Prometheus at ``prometheus``."""
+    url = f"{prometheus}/api/v1/query?query={urllib.parse.quote(promql)}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return list(json.load(response)["data"]["result"])
+
+
+def prometheus_edges(prometheus: str) -> set[tuple[str, str]]:
+    """(source, destination) workloads with requests in the last minute, as the destination's sidecar reported."""
+    return {(series["metric"]["source_workload"], series["metric"]["destination_workload"]) for series in
+            prometheus_query(prometheus, 'rate(istio_requests_total{reporter="destination"}[1m]) > 0')}
+
+
 def test_prometheus_scrapes_the_sidecars_and_graph_reads_it(local_mesh):
     state, ports = local_mesh
     prometheus = f"http://127.0.0.1:{ports.prometheus}"
 
     def query(promql: str) -> list[dict]:
-        import urllib.parse
-        import urllib.request
-        url = f"{prometheus}/api/v1/query?query={urllib.parse.quote(promql)}"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return list(json.load(response)["data"]["result"])
+        return prometheus_query(prometheus, promql)
 
     def sidecars_up() -> set[str]:
         return {series["metric"]["workload"] for series in query("up") if series["value"][1] == "1"}
@@ -236,10 +246,9 @@ def test_prometheus_scrapes_the_sidecars_and_graph_reads_it(local_mesh):
         # Every edge the graph is asserted to draw (the two demo edges and the test's own
         # requests into productpage) in Prometheus, from two scrapes at least (a rate needs
         # two samples).
-        wait_until(lambda: {(s["metric"]["source_workload"], s["metric"]["destination_workload"]) for s in query(
-            'rate(istio_requests_total{reporter="destination"}[1m]) > 0')} >=
-            {("productpage-v1", "reviews-v1"), ("reviews-v1", "ratings-v1"), ("unknown", "productpage-v1")}, 60,
-            "the demo's edges in Prometheus")
+        wait_until(lambda: prometheus_edges(prometheus) >=
+                   {("productpage-v1", "reviews-v1"), ("reviews-v1", "ratings-v1"), ("unknown", "productpage-v1")}, 60,
+                   "the demo's edges in Prometheus")
         # A terminal wide enough that no cell folds onto a second line (80 columns fold the names).
         from_prometheus = meshext_no_state("graph", "--prometheus", prometheus, columns=120)
         from_sidecars = meshext_no_state("graph", "--mesh", str(StateDir(state).mesh_file), "--interval", "2",
