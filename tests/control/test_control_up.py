@@ -16,6 +16,7 @@ taken port is refused before anything starts.
 from __future__ import annotations
 
 import base64
+import io
 import itertools
 import json
 import os
@@ -508,6 +509,26 @@ def test_a_resource_needs_the_backing_service_whose_cluster_its_configuration_na
            "spec": {"url": "oci://registry.example/me/auth:1", "pluginConfig": {"system": {"upstream": {
                "name": "outbound|9080||threescale.default.svc.cluster.local"}}}}}
     assert needs("own", yaml.safe_dump(own)) == ["threescale"]
+
+
+def test_get_keeps_every_column_at_80_columns_with_long_names_and_images():
+    from rich.console import Console
+
+    from meshext.control.local.cli import resource_table
+
+    pinned = "oci://127.0.0.1:15050/meshext/extensions:0.1.0-0123456789ab@sha256:" + "a" * 64
+    rows = [("wp/ratelimit-global-for-the-productpage-service", "AUTHZ", "0", pinned, "True"),
+            ("sme/header-policy", "PreAuthZ", "100", "127.0.0.1:15050/meshext/header-policy:0.1.0-0123456789ab",
+             "False")]
+    console = Console(width=80, record=True, file=io.StringIO())
+    console.print(resource_table(rows))
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert lines[0].split() == ["NAME", "PHASE", "PRIORITY", "IMAGE", "READY"]
+    assert [line.split()[1:3] + line.split()[-1:] for line in lines if line.startswith(("wp/", "sme/"))] == [
+        ["AUTHZ", "0", "True"], ["PreAuthZ", "100", "False"]]
+    image_column = "".join(line[lines[0].index("IMAGE"):lines[0].index("READY")].strip() for line in lines[2:])
+    assert pinned in image_column  # folded, whole
 
 
 def test_header_policy_is_built_with_cold_code_and_cached_apart(tmp_path, monkeypatch):
