@@ -236,7 +236,6 @@ def get_command(state_dir: Path | None) -> None:
 
     Resources that are not Ready are named below the table with the reason."""
     from rich.console import Console
-    from rich.table import Table, box
 
     from meshext.control.local.resources import not_ready, table_rows
     from meshext.control.local.up import LocalMesh
@@ -246,13 +245,25 @@ def get_command(state_dir: Path | None) -> None:
     if not rows:
         click.echo("no resources (meshext apply -f FILE adds some)")
         return
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-    for column in ("NAME", "PHASE", "PRIORITY", "IMAGE", "READY"):
-        # Only the image folds: the other columns stay whole, as kubectl's do.
-        table.add_column(column, overflow="fold", no_wrap=column != "IMAGE")
-    for row in rows:
-        table.add_row(*row)
     console = Console(width=min(Console().width, 100))
-    console.print(table)
+    console.print(resource_table(rows))
     for line in not_ready(report):
         console.print(line, style="yellow", markup=False, highlight=False, soft_wrap=True)
+
+
+def resource_table(rows: list[tuple[str, str, str, str, str]]) -> Any:
+    """`meshext get`'s table (a rich Table) of ``rows``: name, phase, priority, image, ready.
+
+    Phase, priority and ready stay whole (as wide as their longest value); the name and the image fold
+    when the terminal is narrow, so that a long name or a digest-pinned image never squeezes another
+    column out of an 80-column terminal."""
+    from rich.table import Table, box
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for index, column in enumerate(("NAME", "PHASE", "PRIORITY", "IMAGE", "READY")):
+        whole = column in ("PHASE", "PRIORITY", "READY")
+        table.add_column(column, overflow="fold", no_wrap=whole,
+                         min_width=max(len(column), *(len(row[index]) for row in rows)) if whole else None)
+    for row in rows:
+        table.add_row(*row)
+    return table

@@ -16,6 +16,7 @@ taken port is refused before anything starts.
 from __future__ import annotations
 
 import base64
+import io
 import itertools
 import json
 import os
@@ -26,6 +27,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,11 +38,13 @@ from control_harness import Load, Response, free_port, wait_until
 from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client.parser import text_string_to_metric_families
 
+from meshext.control.local import images
 from meshext.control.local.backing import REDIS, needed_services
 from meshext.control.local.layout import PORT_RANGE, REDIS_OFFSET, Ports, StateDir
 from meshext.control.local.processes import start_time
 from meshext.control.local.resources import read_documents
 from meshext.control.local.up import LocalMesh, get_productpage, part_names
+from meshext.extensions import bundle
 from meshext.extensions.ratelimit.filter import ratelimit_metrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "local"
@@ -210,16 +214,25 @@ def assert_demo_edges(output: str) -> None:
     assert edges[ENTRY_EDGE]["rate"] > 0 and edges[ENTRY_EDGE]["mtls"] == 0, output
 
 
+def prometheus_query(prometheus: str, promql: str) -> list[dict]:
+    """The result vector of an instant query to the Prometheus at ``prometheus``."""
+    url = f"{prometheus}/api/v1/query?query={urllib.parse.quote(promql)}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return list(json.load(response)["data"]["result"])
+
+
+def prometheus_edges(prometheus: str) -> set[tuple[str, str]]:
+    """(source, destination) workloads with requests in the last minute, as the destination's sidecar reported."""
+    return {(series["metric"]["source_workload"], series["metric"]["destination_workload"]) for series in
+            prometheus_query(prometheus, 'rate(istio_requests_total{reporter="destination"}[1m]) > 0')}
+
+
 def test_prometheus_scrapes_the_sidecars_and_graph_reads_it(local_mesh):
     state, ports = local_mesh
     prometheus = f"http://127.0.0.1:{ports.prometheus}"
 
     def query(promql: str) -> list[dict]:
-        import urllib.parse
-        import urllib.request
-        url = f"{prometheus}/api/v1/query?query={urllib.parse.quote(promql)}"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return list(json.load(response)["data"]["result"])
+        return prometheus_query(prometheus, promql)
 
     def sidecars_up() -> set[str]:
         return {series["metric"]["workload"] for series in query("up") if series["value"][1] == "1"}
@@ -234,10 +247,9 @@ def test_prometheus_scrapes_the_sidecars_and_graph_reads_it(local_mesh):
         # Every edge the graph is asserted to draw (the two demo edges and the test's own
         # requests into productpage) in Prometheus, from two scrapes at least (a rate needs
         # two samples).
-        wait_until(lambda: {(s["metric"]["source_workload"], s["metric"]["destination_workload"]) for s in query(
-            'rate(istio_requests_total{reporter="destination"}[1m]) > 0')} >=
-            {("productpage-v1", "reviews-v1"), ("reviews-v1", "ratings-v1"), ("unknown", "productpage-v1")}, 60,
-            "the demo's edges in Prometheus")
+        wait_until(lambda: prometheus_edges(prometheus) >=
+                   {("productpage-v1", "reviews-v1"), ("reviews-v1", "ratings-v1"), ("unknown", "productpage-v1")}, 60,
+                   "the demo's edges in Prometheus")
         # A terminal wide enough that no cell folds onto a second line (80 columns fold the names).
         from_prometheus = meshext_no_state("graph", "--prometheus", prometheus, columns=120)
         from_sidecars = meshext_no_state("graph", "--mesh", str(StateDir(state).mesh_file), "--interval", "2",
@@ -497,6 +509,49 @@ def test_a_resource_needs_the_backing_service_whose_cluster_its_configuration_na
            "spec": {"url": "oci://registry.example/me/auth:1", "pluginConfig": {"system": {"upstream": {
                "name": "outbound|9080||threescale.default.svc.cluster.local"}}}}}
     assert needs("own", yaml.safe_dump(own)) == ["threescale"]
+
+
+def test_get_keeps_every_column_at_80_columns_with_long_names_and_images():
+    from rich.console import Console
+
+    from meshext.control.local.cli import resource_table
+
+    pinned = "oci://127.0.0.1:15050/meshext/extensions:0.1.0-0123456789ab@sha256:" + "a" * 64
+    rows = [("wp/ratelimit-global-for-the-productpage-service", "AUTHZ", "0", pinned, "True"),
+            ("sme/header-policy", "PreAuthZ", "100", "127.0.0.1:15050/meshext/header-policy:0.1.0-0123456789ab",
+             "False")]
+    console = Console(width=80, record=True, file=io.StringIO())
+    console.print(resource_table(rows))
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert lines[0].split() == ["NAME", "PHASE", "PRIORITY", "IMAGE", "READY"]
+    assert [line.split()[1:3] + line.split()[-1:] for line in lines if line.startswith(("wp/", "sme/"))] == [
+        ["AUTHZ", "0", "True"], ["PreAuthZ", "100", "False"]]
+    image_column = "".join(line[lines[0].index("IMAGE"):lines[0].index("READY")].strip() for line in lines[2:])
+    assert pinned in image_column  # folded, whole
+
+
+def test_header_policy_is_built_with_cold_code_and_cached_apart(tmp_path, monkeypatch):
+    """`meshext up` builds the example with `--cold-code` (productpage's sidecar compiles it after telemetry,
+    the tail of a warm start without it), in a cache entry of its own: a plain build of the same content
+    is never taken for it."""
+    monkeypatch.setenv("MESHEXT_CACHE_DIR", str(tmp_path / "cache"))
+    commands = []
+
+    def fake_build(command: list[str], log: Path, *, what: str) -> None:
+        commands.append(command)
+        Path(command[command.index("-o") + 1]).write_bytes(b"\0asm\1\0\0\0")
+
+    monkeypatch.setattr(images, "_run", fake_build)
+    plain = tmp_path / "cache" / images.BUILD_CACHE / bundle.content_key(images.HEADER_POLICY.projects)
+    plain.mkdir(parents=True)
+    (plain / "header-policy.wasm").write_bytes(b"a plain build")
+    module, cached = images.build(images.HEADER_POLICY, tmp_path / "build.log")
+    assert not cached and module.parent != plain
+    (command,) = commands
+    assert command[3:5] == ["build", str(images.HEADER_POLICY.projects[0])] and command[-1] == "--cold-code"
+    assert images.build(images.HEADER_POLICY, tmp_path / "build.log") == (module, True)  # the second up
+    assert len(commands) == 1
 
 
 def test_down_leaves_no_process(local_mesh):
