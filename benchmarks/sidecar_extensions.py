@@ -39,7 +39,7 @@ import tempfile
 from pathlib import Path
 
 from sdk_header_filter import HERE, alternating_bursts, bootstrap, machine, one_round, rss_mb, wait_answered
-from threescale_latency import SERVICE, backend_cluster, plugin_config
+from threescale_latency import BACKEND_CLUSTER, SERVICE, plugin_config
 
 from meshext.envoy import EnvoyProcess
 from meshext.extensions.threescale.backend import Backend, BackendServer, SimulatorConfig
@@ -57,6 +57,13 @@ PROJECTS = {"telemetry": (REPO / "extensions" / "telemetry" / "filter", "telemet
 CONFIGS = {"telemetry": {}, "ratelimit": RATELIMIT, "3scale": plugin_config(cached=True), "user": None}
 # The 3scale filter reads the key from :path: every path the benchmark sends is an application.
 THREESCALE_SERVICE = {**SERVICE, "applications": [*SERVICE["applications"], {"user_key": "/warm", "plan": "Unlimited"}]}
+
+
+def backend_cluster(port: int) -> dict:
+    """The 3scale backend simulator's cluster."""
+    return {"name": BACKEND_CLUSTER, "type": "STATIC", "connect_timeout": "1s", "load_assignment": {
+        "cluster_name": BACKEND_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+            "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
 
 
 def plugin(name: str, module: Path, vm_id: str, configuration: object = None, root_id: str = "") -> dict:
