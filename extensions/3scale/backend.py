@@ -165,7 +165,7 @@ def load_config(path: Path) -> SimulatorConfig:
     except pydantic.ValidationError as error:
         location, problem = first_validation_problem(error, "services")
         raise MeshextError(problem["msg"], where=f"{path}: {location}",
-                           fix="see the SimulatorConfig fields in meshext.extensions.threescale.backend") from None
+                           fix="see the file format in extensions/3scale/README.md (The simulator)") from None
 
 
 # -- periods ----------------------------------------------------------------------------------------------------

@@ -25,7 +25,19 @@ def backend_group() -> None:
               help="Port to listen on (0: any free port, printed at start).")
 @click.option("--verbose", is_flag=True, help="Log every request.")
 def serve_command(config_file: Path, host: str, port: int, verbose: bool) -> None:
-    """Serve authorize, authrep and report (and System's proxy config) from CONFIG until interrupted."""
+    """Serve authorize, authrep and report (and System's proxy config) from CONFIG until interrupted.
+
+    The file lists services (id, token), their metrics, plans with limits per period and applications
+    (a user_key, or an id with keys); its format, with an example: extensions/3scale/README.md, "The
+    simulator".  Then, e.g. with the local mesh's example account:
+
+    \b
+      meshext 3scale-backend serve --config deploy/local/services/3scale-backend.yaml
+      curl -gi 'http://127.0.0.1:3001/transactions/authrep.xml?service_id=2555417834780&service_token=local-service-token&user_key=demo-user-key&usage[hits]=1'
+      curl http://127.0.0.1:3001/_simulator/usage
+
+    Point the filter's backend.upstream (an Envoy cluster) at it.
+    """
     backend = Backend(load_config(config_file))
     server = BackendServer(backend, host, port, verbose)
     stop = threading.Event()

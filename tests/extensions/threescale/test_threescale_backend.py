@@ -246,3 +246,29 @@ def test_the_serve_command_serves_until_terminated(tmp_path):
     finally:
         process.terminate()
         assert process.wait(timeout=10) == 0
+
+
+def test_the_how_to_of_serve_help_and_the_readme_works_as_printed(tmp_path):
+    """`serve --help` and extensions/3scale/README.md show one example; run as printed (its port moved), the
+    authrep is authorized and the usage recorded."""
+    shown = subprocess.run([sys.executable, "-m", "meshext", "3scale-backend", "serve", "--help"],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    lines = [line.strip() for line in shown.stdout.splitlines()]
+    serve = next(line for line in lines if line.startswith("meshext 3scale-backend serve --config "))
+    curls = [line for line in lines if line.startswith("curl ")]
+    readme = (FILTER.parent / "README.md").read_text()
+    assert serve in readme and all(curl in readme for curl in curls)
+    repository = FILTER.parents[2]
+    process = subprocess.Popen([sys.executable, "-m", "meshext", *serve.split()[1:], "--port", "0"],
+                               cwd=repository, stderr=subprocess.PIPE, text=True)
+    try:
+        url = process.stderr.readline().split()[-1]
+        authorize, usage = (curl.split()[-1].strip("'").replace("http://127.0.0.1:3001", url) for curl in curls)
+        response = requests.get(authorize, timeout=5)
+        assert response.status_code == 200
+        assert xml(response).findtext("authorized") == "true"
+        assert requests.get(usage, timeout=5).json() == {"2555417834780": {"user_key:demo-user-key": {"hits": 1}}}
+    finally:
+        process.terminate()
+        assert process.wait(timeout=10) == 0

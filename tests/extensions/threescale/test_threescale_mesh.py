@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -34,7 +35,7 @@ from conftest import (
     documented_config,
 )
 
-from meshext.extensions.threescale.backend import Backend, BackendServer, SimulatorConfig
+from meshext.extensions.threescale.backend import Application, Backend, BackendServer, SimulatorConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "control"))
 from control_harness import (  # noqa: E402 - the control plane's test harness, reused
@@ -58,6 +59,9 @@ pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 BACKEND_CLUSTER = "outbound|8080||threescale.default.svc.cluster.local"
 BACKEND_URL = "http://threescale.default.svc.cluster.local:8080/"
+# A service of the mesh that no workload serves: its cluster has no endpoints (a 3scale backend that is down).
+DOWN_CLUSTER = "outbound|8080||threescale-down.default.svc.cluster.local"
+FAILED, MISSING = (403, "Authentication failed\n"), (403, "Authentication parameters missing\n")
 
 
 class ThreescaleMesh:
@@ -73,7 +77,7 @@ class ThreescaleMesh:
         mesh_file.write_text(yaml.safe_dump({
             "controlPlaneNamespace": "meshext-system", "workloads": workloads,
             "services": [{"name": app, "namespace": "default", "selector": {"app": app}, "ports": [{"port": 8080}]}
-                         for app in ("frontend", "productpage", "threescale")]}))
+                         for app in ("frontend", "productpage", "threescale", "threescale-down")]}))
         self.mesh = load_mesh(mesh_file)
         self.apps = [start_app(w.name, w.app.port) for w in self.mesh.workloads if w.name != "threescale-v1"]
         self.pki = pki = PKIDirectory(root / "pki")
@@ -159,6 +163,19 @@ def test_a_bad_update_is_refused_and_the_last_good_configuration_keeps_serving(c
     config = documented_config(BACKEND_CLUSTER, BACKEND_URL)
     resource = mesh.deploy("sme", ossm_2_1_extension(threescale_module, config, name))
     wait_until(lambda: _ready(resource, f"ServiceMeshExtension/default/{name}"), timeout=90, what="Ready")
+    assert wait_until(lambda: mesh.get("/productpage?user_key=user-key-basic")[0] == 200, timeout=30,
+                      what="the good configuration serving")
+    # Requests all along the refused update: every one is answered by the last good configuration.
+    answers: list[tuple[int, str]] = []
+    done = threading.Event()
+
+    def load() -> None:
+        while not done.is_set():
+            answers.append(mesh.get("/productpage?user_key=user-key-basic"))
+            time.sleep(0.02)
+
+    client = threading.Thread(target=load)
+    client.start()
     del config["services"][0]["id"]
     write_resources(resource, ossm_2_1_extension(threescale_module, config, name))
 
@@ -173,10 +190,11 @@ def test_a_bad_update_is_refused_and_the_last_good_configuration_keeps_serving(c
     # the field and the fix are in the sidecar's Envoy log, where the filter wrote them
     assert "config.services[0].id: required field is missing; fix: give the 3scale service id" in (
         mesh.sidecars["productpage-v1"].envoy.log_text())
-    # Envoy 1.40 NACKs the update, yet its workers briefly answer 500 ("Plugin configured to fail closed failed
-    # to load") until the control plane has sent the last good configuration again.
-    wait_until(lambda: mesh.get("/productpage?user_key=user-key-basic")[0] == 200, timeout=30,
-               what="the last good configuration serving")
+    time.sleep(3)   # the control plane has withdrawn the refused version from every snapshot by now
+    done.set()
+    client.join()
+    failed = [answer for answer in answers if answer[0] != 200]
+    assert len(answers) > 20 and not failed, f"{len(failed)} of {len(answers)} failed: {failed[:3]}"
     assert mesh.get("/productpage?user_key=nope") == (403, "Authentication failed\n")
 
 
@@ -313,3 +331,104 @@ def test_the_sidecar_fetches_the_keys_of_a_jwks_uri(clean, threescale_module, is
     finally:
         keys.shutdown()
         keys.server_close()
+
+
+def documented_resource(kind: str, module: Path, config: dict[str, Any], name: str) -> dict[str, Any]:
+    """The 3scale module's resource as OpenShift Service Mesh documents it, its image swapped for ours:
+    2.1's ServiceMeshExtension (``config``), or 2.2+'s WasmPlugin (``pluginConfig``, ``phase: AUTHZ``,
+    ``priority: 100``; the selector as Istio spells it, ``matchLabels``, where the docs print ``labels``)."""
+    if kind == "ServiceMeshExtension":
+        return ossm_2_1_extension(module, config, name)
+    return wasmplugin(name, f"file://{module}", phase="AUTHZ", priority=100,
+                      selector={"matchLabels": {"app": "productpage"}}, pluginConfig=config)
+
+
+@pytest.mark.parametrize("kind", ["ServiceMeshExtension", "WasmPlugin"])
+def test_the_documented_configuration_authorizes_and_denies_as_the_module(clean, threescale_module, issuer,
+                                                                          monkeypatch, kind):
+    """Each case of issue 14's list through the control plane, for each resource kind: user_key in the query
+    or a header, several mapping rules summing their usages, limits exceeded, app_id/app_key, an app_id
+    from a JWT jwt_authn validated, the backend slow, the backend down; each a resource update, as a user
+    changes a deployed configuration."""
+    mesh, backend = clean, clean.simulator.backend
+    name = "threescale-sme" if kind == "ServiceMeshExtension" else "threescale-wasmplugin"  # a name per kind
+    key = f"{kind}/default/{name}"
+    trial = f"trial-of-{name}"   # a Trial application (3 hits) of this test's own
+    backend.config.services[0].applications.append(Application(user_key=trial, plan="Trial"))
+
+    def apply(config: dict[str, Any]) -> Path:
+        path = mesh.config_dir / f"{name}.yaml"
+        generation = read_status(path).get(key, {}).get("observedGeneration", 0) if path.exists() else 0
+        write_resources(path, documented_resource(kind, threescale_module, config, name))
+        wait_until(lambda: _ready(path, key, generation + 1), timeout=90, what=f"{key} generation {generation + 1}")
+        return path
+
+    def used(application: str) -> dict[str, int]:
+        return dict(backend.totals().get(SERVICE_ID, {}).get(application, {}))
+
+    apply(documented_config(BACKEND_CLUSTER, BACKEND_URL))
+    assert wait_until(lambda: mesh.get("/productpage?user_key=user-key-basic")[0] == 200, timeout=30,
+                      what="an authorized request")
+    assert mesh.get("/productpage", user_key="user-key-basic")[0] == 200   # the documented header source
+    assert mesh.get("/productpage?user_key=nope") == FAILED                # 403 user_key_invalid
+    assert mesh.get("/productpage") == MISSING
+    # /products/7/sold matches "/", "/products/" (a prefix) and "/products/{id}/sold": their usages summed
+    before = used("user_key:user-key-basic")
+    assert mesh.get("/products/7/sold?user_key=user-key-basic")[0] == 200
+    after = used("user_key:user-key-basic")
+    assert {metric: after.get(metric, 0) - before.get(metric, 0) for metric in ("hits", "products", "sales")} == {
+        "hits": 1, "products": 2, "sales": 1}
+    assert backend.requests[-1][1].endswith("&user_key=user-key-basic&usage[hits]=1&usage[products]=2"
+                                            "&usage[sales]=1")
+    assert [mesh.get(f"/?user_key={trial}")[0] for _ in range(4)] == [200, 200, 200, 429]
+    assert mesh.get(f"/?user_key={trial}") == (429, "Usage limit exceeded\n")
+    assert used(f"user_key:{trial}") == {"hits": 3}
+
+    # app_id and app_key (the OpenID Connect service's applications are identified so)
+    apply(documented_config(BACKEND_CLUSTER, BACKEND_URL, id=OIDC_SERVICE_ID, token=OIDC_TOKEN))
+    assert wait_until(lambda: mesh.get("/?app_id=app-basic&app_key=key-basic")[0] == 200, timeout=30,
+                      what="the app_id configuration serving")
+    assert mesh.get("/?application_id=app-basic", app_key="key-basic")[0] == 200
+    assert mesh.get("/?app_id=app-basic&app_key=wrong") == FAILED         # 409 application_key_invalid
+
+    # an app_id from a JWT that jwt_authn (placed by a RequestAuthentication) validated
+    apply(documented_config(BACKEND_CLUSTER, BACKEND_URL, id=OIDC_SERVICE_ID, token=OIDC_TOKEN,
+                            credentials=OIDC_CREDENTIALS))
+    policy = mesh.deploy(f"jwt-{name}", keycloak_authentication(issuer.jwks, name=f"jwt-{name}"))
+    wait_until(lambda: _ready(policy, f"RequestAuthentication/default/jwt-{name}"), timeout=30,
+               what="the RequestAuthentication enforced")
+    token = issuer.token(azp="my-client", aud=["account"])
+    assert wait_until(lambda: mesh.get("/", authorization=f"Bearer {token}")[0] == 200, timeout=30,
+                      what="the JWT's azp authorized")
+    assert backend.requests[-1][1].endswith("&app_id=my-client&usage[hits]=1")
+    assert mesh.get("/", authorization=f"Bearer {issuer.token(azp='somebody-else')}") == FAILED
+    assert mesh.get("/") == MISSING
+    policy.unlink()
+
+    # the backend slow: Envoy ends the callout after the upstream timeout (504), and the module denies
+    slow = documented_config(BACKEND_CLUSTER, BACKEND_URL)
+    slow["backend"]["upstream"]["timeout"] = 500
+    answer = backend.authorize
+
+    def slowly(*args: Any) -> tuple[int, list[tuple[str, str]], str]:
+        time.sleep(3)
+        return answer(*args)
+
+    monkeypatch.setattr(backend, "authorize", slowly)
+    apply(slow)
+    assert wait_until(lambda: mesh.get("/?user_key=user-key-basic") == FAILED, timeout=30,
+                      what="the 500 ms timeout applied")
+    started = time.monotonic()
+    assert mesh.get("/?user_key=user-key-basic") == FAILED
+    assert 0.4 < time.monotonic() - started < 2.5
+    monkeypatch.undo()
+    assert wait_until(lambda: mesh.get("/?user_key=user-key-basic")[0] == 200, timeout=10, what="fast again")
+
+    # the backend down: its cluster has no endpoints, Envoy answers the callout 503, and the module denies
+    down = documented_config(DOWN_CLUSTER, "http://threescale-down.default.svc.cluster.local:8080/")
+    apply(down)
+    assert wait_until(lambda: mesh.get("/?user_key=user-key-basic") == FAILED, timeout=30,
+                      what="the backend down")
+    # the callout reached the mesh's cluster of that service, which had no endpoint to connect to
+    assert sum(mesh.sidecars["productpage-v1"].envoy.stats(f"cluster.{DOWN_CLUSTER}.upstream_cx_none_healthy")
+               .values()) >= 1
