@@ -87,7 +87,7 @@ LEFT_OUT_UNLESS_IMPORTED = (
 )
 # C modules of CPython that meshext does not link (for a precise message).
 UNLINKED_C_MODULES = {
-    "_socket", "select", "_ssl", "_sqlite3", "_ctypes", "unicodedata", "_decimal", "pyexpat", "_elementtree",
+    "_socket", "select", "_ssl", "_sqlite3", "_ctypes", "_decimal", "pyexpat", "_elementtree",
     "_multibytecodec", "_asyncio", "_lsprof", "_crypt", "audioop", "cmath", "_zoneinfo", "mmap", "fcntl",
     "termios", "resource", "grp", "pwd", "_posixsubprocess", "_multiprocessing", "zlib", "_bz2", "_lzma",
     "readline", "_curses", "_uuid", "_hashlib", "_testcapi",

@@ -26,7 +26,7 @@ SHIM_SOURCES = Path(__file__).resolve().parent.parent / "shim"
 PARTS_FILE = "functions-by-part.json"
 
 # C modules linked into every shim (name -> init function).  Others in
-# CPython's wasi build (_decimal, pyexpat, unicodedata, the CJK codecs,
+# CPython's wasi build (_decimal, pyexpat, the CJK codecs,
 # _socket, select, ...) are left out to keep modules small; filters that
 # import them get a build error naming the import.  Pure-Python fallbacks
 # (decimal -> _pydecimal) still work.
@@ -52,6 +52,8 @@ OPTIONAL_MODULES = {
     "_datetime": "PyInit__datetime", "binascii": "PyInit_binascii", "_opcode": "PyInit__opcode",
     "_md5": "PyInit__md5", "_sha1": "PyInit__sha1", "_sha256": "PyInit__sha256", "_sha512": "PyInit__sha512",
     "_sha3": "PyInit__sha3", "_blake2": "PyInit__blake2",
+    # encodings.idna's (through stringprep), which every module ships: codecs are looked up by name at run time
+    "unicodedata": "PyInit_unicodedata",
 }
 BUILTIN_MODULES = INTERPRETER_MODULES | OPTIONAL_MODULES
 ALWAYS_BUILTIN = ("builtins", "sys")

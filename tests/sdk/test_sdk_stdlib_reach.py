@@ -100,7 +100,7 @@ def unexplained(outcomes: dict[str, str], modules: dict[str, str]) -> dict[str, 
         if any(f"'{missing}'" in error for missing in MISSING_ON_PURPOSE):
             continue  # e.g. "No module named 'socket'"
         if on_host["error"] is None and set(on_host["loaded"]) & MISSING_ON_PURPOSE:
-            continue  # CPython needs a module meshext leaves out for it (encodings.idna: unicodedata)
+            continue  # CPython needs a module meshext leaves out for it (the CJK codecs: _multibytecodec)
         if (on_host["error"] is not None and "No module named" not in on_host["error"]
                 and on_host["error"].split(":")[0] == error.split(":")[0]):
             continue  # CPython finds it and fails the same way here (encodings.mbcs: Windows only)
@@ -140,6 +140,7 @@ def test_every_codec_cpython_knows_is_in_the_module(probe: Callable[..., Any]) -
     outcomes = probe(json.dumps({"lookup": sorted(names)}).encode())["lookups"]
     assert len(outcomes) == len(names)
     assert outcomes["utf_16_be"] == outcomes["utf_32_le"] == outcomes["latin_1"] == outcomes["cp037"] == "ok"
+    assert outcomes["idna"] == "ok"  # encodings.idna needs stringprep and unicodedata (issue 11's D1)
     assert unexplained(outcomes, names) == {}
 
 
