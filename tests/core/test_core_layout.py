@@ -175,3 +175,18 @@ def test_type_checker_resolves_meshext_to_the_checkout(tmp_path: Path) -> None:
                             cwd=tmp_path, capture_output=True, text=True)
     assert 'Revealed type is "def (' in result.stdout, result.stdout + result.stderr
     assert "meshext.sdk.contexts.HttpContext" in result.stdout
+
+
+def test_no_two_public_classes_share_a_name_across_packages() -> None:
+    # Filter projects (``*/filter/``) are left out: their modules are top-level
+    # modules of their own Wasm VM (``filter:Root`` is the entry convention), not
+    # meshext packages; private modules and names are left out as well.
+    where: dict[str, set[str]] = {}
+    for path in modules_in(PACKAGE):
+        module = module_name(path)
+        if "filter" in module.split(".") or any(part.startswith("_") for part in module.split(".")):
+            continue
+        for node in ast.parse(path.read_text(), str(path)).body:
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                where.setdefault(node.name, set()).add(module)
+    assert {name: sorted(modules) for name, modules in where.items() if len(modules) > 1} == {}
