@@ -116,7 +116,7 @@ class MappingRule(_Model):
     last: bool = False
 
 
-class Service(_Model):
+class ThreescaleService(_Model):
     id: str
     token: str
     backend_version: Literal["1", "2", "oidc"] = "1"
@@ -130,7 +130,7 @@ class Service(_Model):
 class SimulatorConfig(_Model):
     """The simulator's file: ``services`` and the System ``access_tokens`` that may read proxy configs."""
 
-    services: list[Service]
+    services: list[ThreescaleService]
     access_tokens: list[str] = []
 
     @pydantic.model_validator(mode="after")
@@ -235,7 +235,7 @@ class Backend:
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), tz=UTC)
 
-    def service(self, params: dict[str, str]) -> Service:
+    def service(self, params: dict[str, str]) -> ThreescaleService:
         token, service_id = params.get("service_token", ""), params.get("service_id", "")
         if not token and not params.get("provider_key"):
             raise ApiError(403, "provider_key_or_service_token_required",
@@ -248,7 +248,7 @@ class Backend:
         raise ApiError(403, "service_token_invalid", f'service token "{token}" or service id "{service_id}" is invalid')
 
     @staticmethod
-    def application(service: Service, app_id: str, user_key: str) -> Application:
+    def application(service: ThreescaleService, app_id: str, user_key: str) -> Application:
         if app_id and user_key:
             raise ApiError(403, "authentication_error", "either app_id or user_key is allowed, not both")
         if user_key:
@@ -270,10 +270,10 @@ class Backend:
         return f"user_key:{application.user_key}" if application.user_key is not None else f"app_id:{application.id}"
 
     @staticmethod
-    def parents(service: Service) -> dict[str, str]:
+    def parents(service: ThreescaleService) -> dict[str, str]:
         return {child: metric.name for metric in service.metrics for child in metric.children}
 
-    def requested_usage(self, service: Service, usage: dict[str, str], flat: bool) -> dict[str, int]:
+    def requested_usage(self, service: ThreescaleService, usage: dict[str, str], flat: bool) -> dict[str, int]:
         """Usage per metric, children added to their parents unless ``flat``; ``#N`` values set, not add."""
         known = {metric.name for metric in service.metrics} | set(self.parents(service))
         result: dict[str, int] = {}
@@ -289,12 +289,12 @@ class Backend:
                 result[parent] = result.get(parent, 0) + value
         return result
 
-    def current(self, service: Service, application: Application, metric: str, period: str) -> int:
+    def current(self, service: ThreescaleService, application: Application, metric: str, period: str) -> int:
         bounds = period_bounds(period, self.now())
         start = _timestamp(bounds[0]) if bounds else ""
         return self.usage.get((service.id, self.identity(application), metric, period, start), 0)
 
-    def record(self, service: Service, application: Application, usage: dict[str, int]) -> None:
+    def record(self, service: ThreescaleService, application: Application, usage: dict[str, int]) -> None:
         now = self.now()
         for metric, value in usage.items():
             for period in PERIODS:
@@ -302,11 +302,11 @@ class Backend:
                 key = (service.id, self.identity(application), metric, period, _timestamp(bounds[0]) if bounds else "")
                 self.usage[key] = self.usage.get(key, 0) + value
 
-    def limits(self, service: Service, application: Application) -> list[Limit]:
+    def limits(self, service: ThreescaleService, application: Application) -> list[Limit]:
         plan = next(plan for plan in service.plans if plan.name == application.plan)
         return sorted(plan.limits, key=lambda limit: (limit.metric, PERIODS.index(limit.period)))
 
-    def validate(self, service: Service, application: Application, params: dict[str, str],
+    def validate(self, service: ThreescaleService, application: Application, params: dict[str, str],
                  requested: dict[str, int]) -> None:
         if service.backend_version != "1" and application.keys:
             app_key = params.get("app_key", "")
@@ -323,7 +323,8 @@ class Backend:
             if current + requested.get(limit.metric, 0) > limit.value:
                 raise Denied("limits_exceeded", "usage limits are exceeded")
 
-    def status_xml(self, service: Service, application: Application, denied: Denied | None, hierarchy: bool) -> str:
+    def status_xml(self, service: ThreescaleService, application: Application, denied: Denied | None,
+                   hierarchy: bool) -> str:
         parts = ['<?xml version="1.0" encoding="UTF-8"?><status>']
         parts.append("<authorized>true</authorized>" if denied is None
                      else f"<authorized>false</authorized><reason>{escape(denied.reason)}</reason>")
@@ -352,7 +353,7 @@ class Backend:
         parts.append("</status>")
         return "".join(parts)
 
-    def limit_headers(self, service: Service, application: Application,
+    def limit_headers(self, service: ThreescaleService, application: Application,
                       requested: dict[str, int]) -> list[tuple[str, str]]:
         """``3scale-limit-*``: the limit allowing the fewest more identical calls (ties: the longer period)."""
         best: tuple[int, int, Limit] | None = None

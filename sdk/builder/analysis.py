@@ -242,7 +242,7 @@ def _for_type_checkers(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
 
 
 @dataclass(frozen=True)
-class Import:
+class SourceImport:
     """One module an import statement of a shipped file names."""
 
     source: SourceFile
@@ -265,7 +265,7 @@ def _absolute(source: SourceFile, module: str | None, level: int) -> str:
     return ".".join([*base, module] if module else base)
 
 
-def direct_imports(trees: dict[SourceFile, ast.Module]) -> list[Import]:
+def direct_imports(trees: dict[SourceFile, ast.Module]) -> list[SourceImport]:
     """Each module the files' import statements name.
 
     ``from package import name`` names ``package`` and ``package.name``: the
@@ -285,11 +285,11 @@ def direct_imports(trees: dict[SourceFile, ast.Module]) -> list[Import]:
                 continue
             optional = _guarded(node, parents)
             for_type_checkers = _for_type_checkers(node, parents)
-            found += [Import(source, node.lineno, name, optional, for_type_checkers) for name in names if name]
+            found += [SourceImport(source, node.lineno, name, optional, for_type_checkers) for name in names if name]
     return found
 
 
-def reachable_dependencies(imports: list[Import], available: dict[str, SourceFile]) -> list[SourceFile]:
+def reachable_dependencies(imports: list[SourceImport], available: dict[str, SourceFile]) -> list[SourceFile]:
     """The dependency modules the project's imports reach, and the ones those reach in turn.
 
     Only these are checked (a dependency's test suite or command line may
@@ -312,7 +312,7 @@ def reachable_dependencies(imports: list[Import], available: dict[str, SourceFil
     return sorted(reached.values(), key=lambda source: source.module)
 
 
-def check_imports(imports: list[Import], app_dir: Path, stdlib_dir: Path,
+def check_imports(imports: list[SourceImport], app_dir: Path, stdlib_dir: Path,
                   extensions: dict[str, Dependency] | None = None) -> None:
     """Every unguarded import can be satisfied inside a proxy, else a build error naming the import.
 
@@ -657,22 +657,22 @@ def _module_source(name: str, folders: Iterable[Path]) -> SourceFile | None:
 
 
 @cache
-def _imports_on_load(source: SourceFile, *, certain: bool) -> tuple[Import, ...]:
+def _imports_on_load(source: SourceFile, *, certain: bool) -> tuple[SourceImport, ...]:
     """The imports that importing ``source`` runs: at its top level and in class bodies, not in
     functions, not in a ``try`` that handles ImportError, not under ``if __name__ == "__main__"``.
 
     ``certain``: only those that run whatever the platform (not in an ``if``
     or a loop); else also those that may run.
     """
-    found: list[Import] = []
+    found: list[SourceImport] = []
 
     def visit(statements: list[ast.stmt]) -> None:
         for node in statements:
             if isinstance(node, ast.Import):
-                found.extend(Import(source, node.lineno, alias.name, False) for alias in node.names)
+                found.extend(SourceImport(source, node.lineno, alias.name, False) for alias in node.names)
             elif isinstance(node, ast.ImportFrom):  # the module, and names that may be its submodules
                 module = _absolute(source, node.module, node.level)
-                found.extend(Import(source, node.lineno, name, False) for name in
+                found.extend(SourceImport(source, node.lineno, name, False) for name in
                              [module, *(f"{module}.{alias.name}" for alias in node.names if alias.name != "*")])
             elif isinstance(node, ast.Try):
                 if not _handles_import_error(node):

@@ -111,7 +111,7 @@ class _ProjectPart:
     sources: list[analysis.SourceFile]
     dependencies: list[Dependency]
     dependency_files: list[analysis.SourceFile]  # the dependencies' modules it reaches
-    imports: list[analysis.Import]
+    imports: list[analysis.SourceImport]
     closure: analysis.StdlibClosure
 
 
@@ -269,7 +269,8 @@ def _explain_compile_failure(failure: bytecode.CompileFailed, source: analysis.S
 
 
 def _check_imports(
-    dependency_imports: list[analysis.Import], project_imports: list[analysis.Import], staged: dict[str, bytes],
+    dependency_imports: list[analysis.SourceImport], project_imports: list[analysis.SourceImport],
+    staged: dict[str, bytes],
     app_dir: Path, stdlib_dir: Path, extensions: dict[str, Dependency],
 ) -> None:
     """analysis.check_imports over the dependencies' imports, then the

@@ -170,10 +170,10 @@ def test_an_import_check_that_passed_is_skipped_and_a_changed_guard_is_checked(
     guard = "try:\n    import socket\nexcept ImportError:\n    socket = None\n"
     project = make_project(tmp_path, FILTER + "\n" + guard)
     build_filter(project)
-    checked: list[list[analysis.Import]] = []
+    checked: list[list[analysis.SourceImport]] = []
     check_imports = analysis.check_imports
 
-    def check_and_record(imports: list[analysis.Import], *args: object) -> None:
+    def check_and_record(imports: list[analysis.SourceImport], *args: object) -> None:
         checked.append(imports)
         check_imports(imports, *args)  # type: ignore[arg-type]
 

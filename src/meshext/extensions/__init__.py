@@ -10,6 +10,9 @@ The folders are linked here under import names (``extensions/3scale`` is
 What may import what: an extension's filter code imports only ``meshext.sdk``
 and its own filter modules (it runs inside the Wasm VM); its host side may
 import ``meshext.sdk`` (for the shared configuration schema), ``meshext.errors``,
-``meshext.paths``, ``meshext.registry`` and ``meshext.envoy``; nothing here
-imports ``meshext.control``.
+``meshext.paths``, ``meshext.registry``, ``meshext.envoy`` and
+``meshext.extensions`` (the bundle; telemetry's stats configuration names the
+rate limit filter's metric labels from that filter's own table); nothing here
+imports ``meshext.control``.  tests/core/test_core_layout.py checks every
+room's rules.
 """
