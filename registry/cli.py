@@ -102,7 +102,7 @@ def push_command(module: str, reference: str, image_format: str, manifest_file: 
       meshext push filter.wasm quay.io/me/hello:1.0 --format maistra --priority 10
       echo "$TOKEN" | meshext push f.wasm quay.io/me/f:1 -u me --password-stdin
     """
-    from meshext.registry.push import push
+    from meshext.registry import push
 
     fields = {"--name": name, "--description": description, "--version": module_version, "--phase": phase,
               "--priority": priority}
@@ -163,7 +163,7 @@ def pull_command(reference: str, output: str, policy: str, expected_sha256: str 
     Example:
       meshext pull 127.0.0.1:5000/filters/hello:1.0 --plain-http -o hello.wasm
     """
-    from meshext.registry.pull import pull
+    from meshext.registry import pull
 
     module = pull(reference, policy=policy, sha256=expected_sha256, progress=True, **transport)
     _copy_atomically(module.path, Path(output))
@@ -194,7 +194,7 @@ def inspect_command(reference: str, as_json: bool, **transport: Any) -> None:
     Example:
       meshext inspect 127.0.0.1:5000/filters/hello:1.0 --plain-http
     """
-    from meshext.registry.pull import inspect
+    from meshext.registry import inspect
 
     info = inspect(reference, progress=not as_json, **transport)
     if as_json:

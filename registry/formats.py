@@ -11,14 +11,12 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import tarfile
 from dataclasses import asdict, dataclass
-from typing import Literal
-
-import pydantic
-import yaml
+from typing import Any, Literal
 
 from meshext.errors import InternalError, MeshextError, first_validation_problem
 from meshext.phases import MAISTRA_PHASES, MaistraPhase
@@ -48,18 +46,24 @@ DOCKER_MODULE_FILE = "plugin.wasm"
 MAISTRA_MANIFEST_FILE = "manifest.yaml"
 
 
-class _MaistraManifestSchema(pydantic.BaseModel):
-    """manifest.yaml of a Maistra extension image (unknown keys are tolerated)."""
+@functools.cache
+def _maistra_manifest_schema() -> Any:
+    """manifest.yaml of a Maistra extension image (unknown keys are tolerated): a pydantic model, defined on
+    first use so that importing this module (`meshext push --help` does) loads no pydantic."""
+    import pydantic
 
-    model_config = pydantic.ConfigDict(extra="ignore", strict=False)
+    class MaistraManifestSchema(pydantic.BaseModel):
+        model_config = pydantic.ConfigDict(extra="ignore", strict=False)
 
-    schemaVersion: Literal[1]
-    name: str = pydantic.Field(min_length=1)
-    description: str = ""
-    version: str = ""
-    phase: MaistraPhase
-    priority: int = 0
-    module: str = pydantic.Field(min_length=1, pattern=r"^[^/\\]+\.wasm$")
+        schemaVersion: Literal[1]
+        name: str = pydantic.Field(min_length=1)
+        description: str = ""
+        version: str = ""
+        phase: MaistraPhase
+        priority: int = 0
+        module: str = pydantic.Field(min_length=1, pattern=r"^[^/\\]+\.wasm$")
+
+    return MaistraManifestSchema
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,9 @@ class MaistraManifest:
     @classmethod
     def parse(cls, text: str | bytes, where: str) -> MaistraManifest:
         """Validate manifest.yaml; ``where`` names the image for the error message."""
+        import pydantic
+        import yaml
+
         try:
             document = yaml.safe_load(text)
         except yaml.YAMLError as error:
@@ -85,7 +92,7 @@ class MaistraManifest:
             raise MeshextError("manifest.yaml is not a mapping", where=where,
                                fix="manifest.yaml needs schemaVersion, name, phase, priority and module keys")
         try:
-            schema = _MaistraManifestSchema.model_validate(document)
+            schema = _maistra_manifest_schema().model_validate(document)
         except pydantic.ValidationError as error:
             field, problem = first_validation_problem(error, "manifest.yaml")
             raise MeshextError(
@@ -97,6 +104,8 @@ class MaistraManifest:
 
     def to_yaml(self) -> str:
         """The manifest.yaml text (schemaVersion 1 first)."""
+        import yaml
+
         return yaml.safe_dump({"schemaVersion": 1, **asdict(self)}, sort_keys=False)
 
 

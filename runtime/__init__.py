@@ -20,7 +20,9 @@ every ``_``-module is internal to the test host:
 - ``_contexts`` and ``_streams``: what the callbacks act on (root, HTTP
   streams, TCP connections); ``_properties``: Envoy's attributes;
 - ``_records``: data handed to tests; ``_abi``: ABI facts the SDK's enums
-  do not carry.
+  do not carry;
+- ``standard_workload``: the program `meshext build --cold-code` profiles a
+  module with.
 
 Imports: this room may use ``meshext.errors``, ``meshext.paths``,
 ``meshext.compiled_modules`` and ``meshext.sdk.abi``; ``cli`` alone also uses ``meshext.sdk.builder`` (to

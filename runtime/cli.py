@@ -10,7 +10,6 @@ from pathlib import Path
 import click
 
 from meshext.errors import MeshextError
-from meshext.runtime.pytest_plugin import MODULE_ENV
 
 
 def build_with_sdk(project: Path) -> Path:
@@ -64,6 +63,8 @@ def test_command(directory: Path, module: Path | None, pytest_args: tuple[str, .
     # imported before pytest could mark its plugin for assertion rewriting
     # is expected here (the plugin has no assertions to rewrite).
     import pytest
+
+    from meshext.runtime.pytest_plugin import MODULE_ENV  # imports pytest too: not for `meshext test --help`
 
     os.environ[MODULE_ENV] = str(wasm)
     os.chdir(directory)

@@ -39,8 +39,9 @@ What lives here, and what it may import:
 - Host side, never inside a module: ``sdk/builder/`` (`meshext build`) and
   ``sdk/cli.py``.  They may import ``meshext.errors``, ``meshext.paths``,
   ``meshext.phases``, ``meshext.function_profile``, wasmtime and the in-VM
-  SDK; ``builder/profile.py`` alone also uses ``meshext.testing`` (the
-  cold-code profile runs the built module in the test host, imported on use).
+  SDK.  The cold-code profile runs the built module in the test host as
+  programs (``python -m meshext.runtime.standard_workload``, ``meshext
+  test --module``), so nothing here imports the test host.
 
 Besides :class:`Action`, the ABI enums exported here are the two the API
 hands to filters (:class:`LogLevel` from ``log.level()``, :class:`PeerType`

@@ -34,7 +34,6 @@ import meshext
 from meshext.errors import MeshextError
 from meshext.extensions import bundle
 from meshext.paths import cache_root, content_key
-from meshext.registry.client import RegistryClient
 from meshext.registry.reference import ImageReference
 
 # The checkout the examples and extensions come from (this file is control/local/images.py).
@@ -140,6 +139,8 @@ def push(extension: Extension, module: Path, registry: str, log: Path) -> str:
     keeps the registry's storage) nothing is pushed; otherwise one `meshext push` (Maistra layout,
     plain HTTP to loopback) publishes it.  ``latest`` is then the same manifest put under a
     second tag, in this process: no second upload, no second `meshext push` process."""
+    from meshext.registry.client import RegistryClient  # oras: loaded only when an image is pushed
+
     tag = f"{extension.version()}-{hashlib.sha256(module.read_bytes()).hexdigest()[:12]}"
     exact = extension.image(registry, tag)
     client = RegistryClient(ImageReference.parse(exact), credentials=None, plain_http=True, ca_file=None,

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import click
 
-from meshext.extensions.threescale.backend import Backend, BackendServer, load_config
-
 
 @click.group("3scale-backend")
 def backend_group() -> None:
@@ -38,6 +36,8 @@ def serve_command(config_file: Path, host: str, port: int, verbose: bool) -> Non
 
     Point the filter's backend.upstream (an Envoy cluster) at it.
     """
+    from meshext.extensions.threescale.backend import Backend, BackendServer, load_config  # pydantic, on use
+
     backend = Backend(load_config(config_file))
     server = BackendServer(backend, host, port, verbose)
     stop = threading.Event()

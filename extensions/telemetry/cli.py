@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import click
-import yaml
 
 
 @click.group("telemetry")
@@ -32,4 +31,6 @@ def stats_config_command(labels: tuple[str, ...], output_format: str) -> None:
     if output_format == "json":
         click.echo(json.dumps(snippet, indent=2))
     else:
+        import yaml  # on use: `meshext telemetry --help` loads nothing it does not need
+
         click.echo(yaml.safe_dump(snippet, sort_keys=False), nl=False)

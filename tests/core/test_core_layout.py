@@ -84,8 +84,6 @@ RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
                              "meshext.function_profile", "meshext.sdk.abi", "meshext.sdk.builder")),
     ("meshext.runtime", ("meshext.runtime", "meshext.errors", "meshext.paths", "meshext.compiled_modules",
                          "meshext.function_profile", "meshext.sdk.abi")),
-    ("meshext.sdk.builder.profile", ("meshext.sdk", "meshext.errors", "meshext.paths", "meshext.phases",
-                                     "meshext.function_profile", "meshext.testing")),
     *((host_side, ("meshext.sdk", "meshext.errors", "meshext.paths", "meshext.phases", "meshext.function_profile"))
       for host_side in SDK_HOST_SIDE),
     ("meshext.sdk", ("meshext.sdk",)),
