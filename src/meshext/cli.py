@@ -126,10 +126,11 @@ def main() -> None:
     except MeshextError as error:
         click.secho(f"error: {error}", fg="red", err=True)
         sys.exit(error.exit_code)
-    except InternalError as error:
+    except Exception as error:  # InternalError, or any other exception: a meshext bug either way (an assert...)
         traceback.print_exc()
-        click.secho(f"error: {error}", fg="red", err=True)
-        sys.exit(error.exit_code)
+        internal = error if isinstance(error, InternalError) else InternalError(f"{type(error).__name__}: {error}")
+        click.secho(f"error: {internal}", fg="red", err=True)
+        sys.exit(internal.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
 
 

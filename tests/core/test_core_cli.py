@@ -75,3 +75,15 @@ def test_meshext_test_needs_no_extra() -> None:
     project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
     core = {re.split(r"[<>=!~\[ ;]", requirement)[0].lower() for requirement in project["dependencies"]}
     assert "pytest" in core
+
+
+def test_an_unexpected_exception_is_reported_as_a_meshext_bug() -> None:
+    # Not the user's input: no "fix", the traceback for the report, exit 70 (EX_SOFTWARE).
+    code = ("import meshext.cli\n"
+            "def broken(**options):\n    raise AssertionError('an invariant of meshext')\n"
+            "meshext.cli.cli.main = broken\nmeshext.cli.main()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 70
+    assert "Traceback" in result.stderr
+    assert "internal error (a meshext bug, please report it): AssertionError: an invariant of meshext" in result.stderr
+    assert "fix:" not in result.stderr  # a MeshextError's "fix: ..." line
