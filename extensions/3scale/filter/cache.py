@@ -206,8 +206,7 @@ class AuthorizationCache:
         for room, metrics in entry.parent_rooms:
             if sum(local.get(metric, 0) + usages.get(metric, 0) for metric in metrics) > room:
                 return "limits_exceeded"
-        for name, delta in usages.items():
-            local[name] = local.get(name, 0) + delta
+        _add(local, usages)
         return ""
 
     def _entry_from(self, answer: HttpCallResponse) -> Entry | None:

@@ -26,7 +26,7 @@ used.
 
 from __future__ import annotations
 
-from operations import Failed, Operation, parse_operations, run_all
+from operations import LOGGING_OPERATIONS, Failed, Operation, parse_operations, run_all
 from problems import ConfigProblem, kind, only_keys, optional, want_list, want_object, want_strings
 from protobuf import decode_filter_metadata
 from rules import RequestUrl
@@ -208,10 +208,6 @@ def _parse_source(value: object, where: str) -> Source:
                              f"fix: write {key.lower()!r}")
     operations = optional(fields, "ops", where, parse_operations)
     return Source(source_kind, keys, path, operations, logs=_mentions_log(fields.get("ops")))
-
-
-# The operations that write to Envoy's log: a resolution that runs one is not memoised.
-LOGGING_OPERATIONS = ("log", "values")
 
 
 def _mentions_log(ops: object) -> bool:

@@ -540,6 +540,9 @@ def parse_operations(value: object, where: str) -> list[Operation]:
 
 
 UNIT_OPERATIONS = ("strrev", "ok", "fail", "base64_standard", "base64_urlsafe", "reverse")
+# The operations that write to Envoy's log (Log and Values below): a credential resolution that runs one is
+# not memoised (credentials.py), since each request must log.
+LOGGING_OPERATIONS = ("log", "values")
 
 
 def parse_operation(value: object, where: str) -> Operation:
