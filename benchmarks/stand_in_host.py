@@ -57,6 +57,13 @@ class StandInHost:
                 calls["header get"] += 1
                 return next((value for key, value in host.headers.get(self.map_type, ()) if key == name), default)
 
+            def get_many(self, names: tuple[str, ...]) -> tuple[str | None, ...]:
+                calls["header pairs get"] += 1
+                first: dict[str, str] = {}
+                for key, value in host.headers.get(self.map_type, ()):
+                    first.setdefault(key, value)
+                return tuple(first.get(name.lower()) for name in names)
+
             def set(self, name: str, value: str) -> None:
                 calls["header set/add"] += 1
 

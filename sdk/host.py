@@ -53,7 +53,8 @@ except ImportError:
         def __init__(self, buffer_type: int) -> None:
             self.buffer_type = int(buffer_type)
 
-    for _name in ("get", "add", "set", "remove", "__getitem__", "__setitem__", "__delitem__", "__contains__"):
+    for _name in ("get", "get_many", "add", "set", "remove", "__getitem__", "__setitem__", "__delitem__",
+                  "__contains__"):
         setattr(NativeHeaderMap, _name, _explaining(_name))
     for _name in ("size", "read", "replace", "append", "prepend"):
         setattr(NativeBody, _name, _explaining(_name))

@@ -43,6 +43,10 @@ def probe(headers, map_type):
         "get_bad_name": outcome(lambda: headers.get(3)),
         "get_no_name": outcome(lambda: headers.get()),
         "get_unknown_keyword": outcome(lambda: headers.get("x-probe", fallback="x")),
+        "get_many": headers.get_many(("x-probe", "X-Probe", "x-absent", b"x-probe")),
+        "get_many_none": headers.get_many(()),
+        "get_many_list": outcome(lambda: headers.get_many(["x-probe"])),
+        "get_many_bad_name": outcome(lambda: headers.get_many(("x-probe", 3))),
         "getitem": outcome(lambda: headers["x-probe"]),
         "getitem_absent": outcome(lambda: headers["x-absent"]),
         "in": "x-probe" in headers,
@@ -60,6 +64,7 @@ def probe(headers, map_type):
     headers.add("x-added", "one")
     headers.add(name="x-added", value="two")
     results["get_all"] = headers.get_all("x-added")
+    results["get_many_repeated"] = headers.get_many(("x-added", "x-added"))
     headers.set("x-set", "first")
     headers.set("x-set", "second")
     headers["x-item"] = "by-item"
@@ -115,6 +120,10 @@ EXPECTED = {
     "get_bad_name": ["TypeError", "expected str or bytes, got int"],
     "get_no_name": ["TypeError", "get() missing required argument 'name'"],
     "get_unknown_keyword": ["TypeError", "get() got an unexpected keyword argument 'fallback'"],
+    "get_many": ["here", "here", None, "here"],
+    "get_many_none": [],
+    "get_many_list": ["TypeError", "get_many() takes a tuple of header names, got list"],
+    "get_many_bad_name": ["TypeError", "expected str or bytes, got int"],
     "getitem": ["ok", "here"],
     "getitem_absent": ["KeyError", "'x-absent'"],
     "in": True,
@@ -129,6 +138,7 @@ EXPECTED = {
     "continue": [True, True, 1],
     "action_missing": "AttributeError",
     "get_all": ["one", "two"],
+    "get_many_repeated": ["one", "one"],
     "after_writes": ["second", "by-item", False, False],
 }
 

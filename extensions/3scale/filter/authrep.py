@@ -29,6 +29,7 @@ from __future__ import annotations
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from config import Upstream
+    from credentials import Credential
 
     from meshext.sdk import HttpCallResponse
 
@@ -52,7 +53,7 @@ def encode(value: str) -> str:
     return "".join(chr(byte) if byte in _UNRESERVED else f"%{byte:02X}" for byte in data)
 
 
-def credential_params(credential: tuple[str, str, str | None]) -> list[tuple[str, str]]:
+def credential_params(credential: Credential) -> list[tuple[str, str]]:
     kind, value, app_key = credential
     params = [(kind, value)]
     if app_key is not None:
@@ -60,7 +61,7 @@ def credential_params(credential: tuple[str, str, str | None]) -> list[tuple[str
     return params
 
 
-def query(service_id: str, token: str, credential: tuple[str, str, str | None],
+def query(service_id: str, token: str, credential: Credential,
           usages: dict[str, int] | None) -> str:
     """``service_id=…&service_token=…&<credentials>&usage[m]=d…``."""
     params = [("service_id", service_id), ("service_token", token), *credential_params(credential)]

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from protobuf import ProtoValue
 
 USER_KEY, APP_ID = "user_key", "app_id"
+Credential = tuple[str, str, str | None]  # ("user_key", key, None) or ("app_id", id, app_key or None)
 
 
 class Request:
@@ -131,45 +132,27 @@ def _first(sources: list[Source] | None, request: Request) -> list[str] | None:
     return None
 
 
-# Resolutions memoised per service (see Credentials.resolve); the memo starts over when full.
-RESOLUTION_MEMO_ENTRIES = 4096
-_UNRESOLVED = ("", "", None)  # memoised "no credentials"
-
-
 class Credentials:
     """The ``credentials`` of a service."""
 
-    __slots__ = ("user_key", "app_id", "app_key", "_headers_read", "_memo")
+    __slots__ = ("user_key", "app_id", "app_key", "header_names", "memoisable")
 
     def __init__(self, user_key: list[Source] | None, app_id: list[Source] | None,
                  app_key: list[Source] | None) -> None:
         self.user_key, self.app_id, self.app_key = user_key, app_id, app_key
         sources = [source for group in (user_key, app_id, app_key) if group for source in group]
-        # Without Envoy's metadata and without logging ops, resolving is a function of the query and the headers
-        # the sources name, so it is memoised on those; otherwise (None) every request resolves afresh.
-        self._headers_read: tuple[str, ...] | None = None
-        if all(source.kind != "filter" and not source.logs for source in sources):
-            self._headers_read = tuple(sorted({key for source in sources if source.kind == "header"
-                                               for key in source.header_names}))
-        self._memo: dict[tuple[str | None, ...], tuple[str, str, str | None]] = {}
+        # the headers the sources read: the only ones resolve looks up
+        self.header_names = {key for source in sources if source.kind == "header" for key in source.header_names}
+        # Without Envoy's metadata and without logging ops, resolving is a function of the query and of those
+        # headers, so the filter memoises it on them (Root.prepare); otherwise every request resolves afresh.
+        self.memoisable = all(source.kind != "filter" and not source.logs for source in sources)
 
-    def resolve(self, header: Callable[[str], str | None], url: RequestUrl) -> tuple[str, str, str | None] | None:
+    def resolve(self, header: Callable[[str], str | None], url: RequestUrl) -> Credential | None:
         """``("user_key", key, None)`` or ``("app_id", id, key or None)``, or None: no credentials.
 
-        ``header`` looks a request header up by its (lower-case) name.
+        ``header`` looks a request header up by its (lower-case) name; only :attr:`header_names` are asked.
         """
-        names = self._headers_read
-        if names is None:
-            return self._resolve(Request(header, url))
-        memo_key = (url.query, *map(header, names))
-        credential = self._memo.get(memo_key)
-        if credential is None:
-            if len(self._memo) >= RESOLUTION_MEMO_ENTRIES:
-                self._memo.clear()
-            credential = self._memo[memo_key] = self._resolve(Request(header, url)) or _UNRESOLVED
-        return None if credential is _UNRESOLVED else credential
-
-    def _resolve(self, request: Request) -> tuple[str, str, str | None] | None:
+        request = Request(header, url)
         user_key = _first(self.user_key, request)
         if user_key:
             return (USER_KEY, user_key[0], None)

@@ -31,11 +31,18 @@ import json
 import authrep
 from cache import AuthorizationCache
 from config import Configuration, Service, parse_configuration
+from credentials import Credential
 from problems import ConfigProblem
 from rules import BadUrl, RequestUrl, parse_url, usages_for
 from system import SystemFetcher
 
 from meshext.sdk import Action, CalloutError, Counter, HttpCallResponse, HttpContext, RootContext, log
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from config import Upstream
 
 _COUNTERS: dict[str, Counter] = {}
 
@@ -57,43 +64,31 @@ class Authorize(HttpContext):
 
     def on_request_headers(self, end_of_stream: bool) -> Action:
         root = self.root
-        configuration = root.configuration
-        assert configuration is not None  # Envoy creates no stream before a configuration was accepted
-        # The whole map in one host call, the first value of each name as HeaderMap.get gives it: in Envoy
-        # that costs less than one call per header read (this path reads four to six).
-        header = dict(reversed(self.request.headers.items())).get
-        route_key = tuple(map(header, ROUTE_HEADERS))
-        found = root.routes.get(route_key)
-        if found is None:
-            try:
-                found = root.route(route_key)
-            except BadUrl as error:
-                log.info(f"3scale: request URL does not parse ({error})")
-                return self.reply("authentication_failed")
-        url, service, usages = found
-        if service is None:
-            return self.reply("unknown_service")
-        credential = service.credentials.resolve(header, url)
-        if credential is None:
-            return self.reply("missing_credentials")
-        if not usages:
-            return self.reply("no_mapping_rule")
-        if configuration.passthrough_metadata:
-            return self.pass_metadata(service, credential, usages)
+        # Every header this path reads, in one host call: in Envoy that costs less than a call per header.
+        memo_key = self.request.headers.get_many(root.request_headers)
+        prepared = root.prepared.get(memo_key) or root.prepare(memo_key)
+        if isinstance(prepared, str):
+            return self.reply(prepared)
+        url, service, credential, usages, cache_key = prepared
+        if credential is None:  # its sources read Envoy's metadata or log: resolved on every request
+            credential = service.credentials.resolve(root.header_lookup(memo_key), url)
+            if credential is None:
+                return self.reply("missing_credentials")
+            if not usages:
+                return self.reply("no_mapping_rule")
         if service.token is None:  # a system fetch has not brought it yet
             return self.reply("authentication_failed")
+        if root.passthrough_metadata:
+            return self.pass_metadata(service, credential, usages)
         cache = root.cache
         if cache is not None:
-            verdict = cache.admit(self, service, credential, usages)
+            verdict = cache.admit(self, cache_key or cache.key_for(service, credential), service, credential, usages)
             if verdict is None:
                 return Action.PAUSE  # cache.admit made the callout; its answer resumes or replies
-            if verdict == "":  # admitted without a callout
-                cache.admitted += 1  # counted at the next tick: one host call per flush, not per request
+            if verdict == "":  # admitted without a callout (counted at the next tick: a host call per flush)
                 return Action.CONTINUE
             return self.reply(verdict)
-        backend = configuration.backend
-        assert backend is not None  # parse_configuration requires it
-        upstream = backend.upstream
+        upstream = root.upstream
         query = authrep.query(service.id, service.token, credential, usages)
         target = upstream.target("transactions/authrep.xml", query)
         try:
@@ -120,13 +115,10 @@ class Authorize(HttpContext):
         status, body = authrep.REPLIES[outcome]
         return self.send_local_response(status, body, details=f"threescale_{outcome}")
 
-    def pass_metadata(self, service: Service, credential: tuple[str, str, str | None],
+    def pass_metadata(self, service: Service, credential: Credential,
                       usages: dict[str, int]) -> Action:
-        configuration = self.root.configuration
-        assert configuration is not None and configuration.backend is not None
-        if service.token is None:
-            return self.reply("authentication_failed")
-        upstream = configuration.backend.upstream
+        assert service.token is not None  # on_request_headers replied without one
+        upstream = self.root.upstream
         kind, value, app_key = credential
         headers = self.request.headers
         if kind == "user_key":
@@ -149,13 +141,18 @@ class Authorize(HttpContext):
         return Action.CONTINUE
 
 
-# What a route depends on, in the order Root.route reads them.  Routes are memoised per these headers' values:
-# parsing the URL and matching authorities and rules is most of a cached request's work.  Bounded: short paths
-# only, and the memo starts over when full.
+# What a route depends on, in the order Root.prepare reads them.  What a request needs before the cache or the
+# backend decides (its URL, service, credentials, usages and cache key) is memoised per these headers' values and
+# those the credential sources read (Root.request_headers): parsing the URL, matching authorities and rules and
+# resolving credentials are most of a cached request's work.  Bounded: short values only, and the memo starts
+# over when full.
 ROUTE_HEADERS = (":scheme", "x-forwarded-proto", ":authority", ":path", ":method")
-ROUTE_MEMO_ENTRIES = 1024
-ROUTE_MEMO_MAX_PATH = 512
-RouteKey = tuple[str | None, ...]
+REQUEST_MEMO_ENTRIES = 1024
+REQUEST_MEMO_MAX_CHARS = 1024  # of the memo key's header values together
+
+# (url, service, credential or None: resolved on every request, usages, cache key or None)
+Prepared = tuple[RequestUrl, Service, Credential | None, dict[str, int], str | None]
+MemoKey = tuple[str | None, ...]
 
 
 class Root(RootContext):
@@ -164,30 +161,62 @@ class Root(RootContext):
     def __init__(self, context_id: int) -> None:
         super().__init__(context_id)
         self.configuration: Configuration | None = None
-        self.routes: dict[RouteKey, tuple[RequestUrl, Service | None, dict[str, int]]] = {}
+        self.passthrough_metadata = False
+        # Every header a request's route and credentials read (ROUTE_HEADERS, then the credential sources'):
+        # their values are the memo key.
+        self.request_headers = ROUTE_HEADERS
+        self.prepared: dict[MemoKey, Prepared | str] = {}
         self.cache: AuthorizationCache | None = None
         self.fetcher: SystemFetcher | None = None
 
-    def route(self, key: RouteKey) -> tuple[RequestUrl, Service | None, dict[str, int]]:
-        """The parsed URL, the service its authority selects (None: unknown) and the usages of its rules.
+    @property
+    def upstream(self) -> Upstream:
+        """The backend's upstream (``backend.upstream``)."""
+        assert self.configuration is not None and self.configuration.backend is not None  # parse_configuration
+        return self.configuration.backend.upstream
 
-        ``key``: the values of :data:`ROUTE_HEADERS`; memoised in ``routes`` (the caller looks there first).
-        Raises :class:`BadUrl` when they make no URL.
+    def header_lookup(self, memo_key: MemoKey) -> Callable[[str], str | None]:
+        """The credential sources' header lookup, from the values of :attr:`request_headers`."""
+        return dict(zip(self.request_headers, memo_key, strict=True)).get
+
+    def prepare(self, memo_key: MemoKey) -> Prepared | str:
+        """What the request with these headers needs before a decision, or the outcome to reply with.
+
+        ``memo_key``: the values of :attr:`request_headers`; memoised in ``prepared`` (the caller looks there
+        first), except a URL that does not parse, which is logged each time.
         """
-        scheme, forwarded_proto, authority, path, method = key
-        if authority is None or path is None:
-            raise BadUrl("no :authority or :path")
-        assert self.configuration is not None
-        method = method or ""
-        url = parse_url(scheme or forwarded_proto or "https", authority, path)
+        scheme, forwarded_proto, authority, path, method = memo_key[:len(ROUTE_HEADERS)]
+        assert self.configuration is not None  # Envoy creates no stream before a configuration was accepted
+        try:
+            if authority is None or path is None:
+                raise BadUrl("no :authority or :path")
+            url = parse_url(scheme or forwarded_proto or "https", authority, path)
+        except BadUrl as error:
+            log.info(f"3scale: request URL does not parse ({error})")
+            return "authentication_failed"
         service = next((service for service in self.configuration.services
                         if service.matches_authority(url.authority)), None)
-        found = (url, service, usages_for(service.mapping_rules, method, url) if service is not None else {})
-        if len(path) <= ROUTE_MEMO_MAX_PATH:
-            if len(self.routes) >= ROUTE_MEMO_ENTRIES:
-                self.routes.clear()
-            self.routes[key] = found
-        return found
+        prepared: Prepared | str
+        if service is None:
+            prepared = "unknown_service"
+        else:
+            usages = usages_for(service.mapping_rules, method or "", url)
+            if not service.credentials.memoisable:
+                prepared = (url, service, None, usages, None)
+            else:
+                credential = service.credentials.resolve(self.header_lookup(memo_key), url)
+                if credential is None:
+                    prepared = "missing_credentials"
+                elif not usages:
+                    prepared = "no_mapping_rule"
+                else:
+                    cache_key = self.cache.key_for(service, credential) if self.cache is not None else None
+                    prepared = (url, service, credential, usages, cache_key)
+        if sum(len(value) for value in memo_key if value) <= REQUEST_MEMO_MAX_CHARS:
+            if len(self.prepared) >= REQUEST_MEMO_ENTRIES:
+                self.prepared.clear()
+            self.prepared[memo_key] = prepared
+        return prepared
 
     def on_configure(self, config: bytes) -> bool:
         try:
@@ -202,7 +231,10 @@ class Root(RootContext):
             log.error(f"3scale: plugin configuration refused: {problem}")
             return False
         self.configuration = configuration
-        self.routes.clear()
+        self.passthrough_metadata = configuration.passthrough_metadata
+        self.request_headers = ROUTE_HEADERS + tuple(sorted({
+            name for service in configuration.services for name in service.credentials.header_names}))
+        self.prepared.clear()
         backend = configuration.backend
         assert backend is not None
         self.cache = AuthorizationCache(self, backend) if backend.cache is not None else None
@@ -217,9 +249,9 @@ class Root(RootContext):
 
     def on_tick(self) -> None:
         if self.cache is not None:
+            self.cache.on_tick()
             if self.cache.admitted:
                 count("authorized", self.cache.admitted)
                 self.cache.admitted = 0
-            self.cache.on_tick()
         if self.fetcher is not None:
             self.fetcher.on_tick()

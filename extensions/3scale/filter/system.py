@@ -88,7 +88,7 @@ class SystemFetcher:
                      "current mapping rules")
             return
         service.mapping_rules = service.static_rules + rules
-        self.root.routes.clear()  # memoised usages came from the old rules
+        self.root.prepared.clear()  # memoised usages came from the old rules
         if token is not None:
             service.token = token
         log.info(f"3scale: service {service.id}: {len(rules)} mapping rules from system")

@@ -94,6 +94,20 @@ def test_with_one_worker_the_cache_admits_exactly_the_limit(filter_module, proxy
         assert proxy_host.metric("threescale_limits_exceeded_total") == 5
 
 
+@pytest.mark.parametrize("limited_simulator", [8], indirect=True)
+def test_requests_of_different_usages_share_the_limit_one_by_one(filter_module, proxy_host, limited_simulator):
+    """``/`` costs hits 1, ``/orders`` hits 1 + orders 1 (its child): 2 against the hits limit of 8."""
+    proxy_host.add_cluster("backend", address=("127.0.0.1", limited_simulator.port))
+    with filter_module(config=cached_config()) as plugin:
+        paths = ["/", "/", "/orders", "/orders", "/", "/orders", "/", "/", "/orders"]
+        outcomes = [reply(plugin.exchange("GET", f"{path}?user_key=hot")) for path in paths]
+        # used 1, 2, 4, 6, 7; then 9 > 8 is refused while 8 still fits; then nothing fits
+        assert outcomes == [None] * 5 + [LIMITED, None, LIMITED, LIMITED]
+        proxy_host.advance(FLUSH_MS)
+        assert totals(limited_simulator) == {"user_key:hot": {"hits": 8, "orders": 2}}
+        assert proxy_host.metric("threescale_authorized_total") == 6
+
+
 @pytest.mark.parametrize("limited_simulator", [10], indirect=True)
 def test_with_two_workers_the_overshoot_stays_within_the_documented_bound(filter_module, proxy_host,
                                                                            limited_simulator):
