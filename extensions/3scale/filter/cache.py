@@ -140,10 +140,11 @@ class Run:
     tick or report answer (:meth:`AuthorizationCache._settle`): the same decisions, in fewer steps.
     """
 
-    __slots__ = ("entry", "usages", "limit", "admitted")
+    __slots__ = ("version", "valid_until", "usages", "limit", "admitted")
 
     def __init__(self, entry: Entry, usages: dict[str, int], limit: int) -> None:
-        self.entry, self.usages, self.limit, self.admitted = entry, usages, limit, 0
+        self.version, self.valid_until = entry.version, entry.valid_until  # the entry's, read on every hit
+        self.usages, self.limit, self.admitted = usages, limit, 0
 
 
 UNLIMITED = 1 << 62  # a run's limit when no limit of the entry counts the request's usages
@@ -200,8 +201,8 @@ class AuthorizationCache:
         """
         found = SharedData.get(key)
         run = self.runs.get(key)
-        if (run is not None and found is not None and found[1] == run.entry.version and run.usages is usages
-                and run.admitted < run.limit and time.time() < run.entry.valid_until):
+        if (run is not None and found is not None and found[1] == run.version and run.usages is usages
+                and run.admitted < run.limit and time.time() < run.valid_until):
             run.admitted += 1  # the common hit: the same application, usages and entry version as the last one
             return ""
         if found is not None and found[0]:  # empty: cleared by a failed refresh, ask the backend again

@@ -83,10 +83,10 @@ class Authorize(HttpContext):
         cache = root.cache
         if cache is not None:
             verdict = cache.admit(self, cache_key or cache.key_for(service, credential), service, credential, usages)
-            if verdict is None:
-                return Action.PAUSE  # cache.admit made the callout; its answer resumes or replies
             if verdict == "":  # admitted without a callout (counted at the next tick: a host call per flush)
                 return Action.CONTINUE
+            if verdict is None:
+                return Action.PAUSE  # cache.admit made the callout; its answer resumes or replies
             return self.reply(verdict)
         upstream = root.upstream
         query = authrep.query(service.id, service.token, credential, usages)
