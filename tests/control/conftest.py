@@ -8,10 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from control_harness import PULL_PASSWORD, PULL_USER, MeshUnderTest, header_module
 
-from meshext.registry import Credentials, MaistraManifest, push
-from meshext.registry.local_registry import LocalRegistry
+# The shared checks assert like tests do: rewritten, a failure shows the values compared.
+pytest.register_assert_rewrite("control_harness", "local_mesh_checks")
+
+from control_harness import PULL_PASSWORD, PULL_USER, MeshUnderTest, header_module  # noqa: E402 (rewritten first)
+
+from meshext.registry import Credentials, MaistraManifest, push  # noqa: E402
+from meshext.registry.local_registry import LocalRegistry  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -32,7 +32,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from control_harness import Load, Response, free_port, wait_until
-from test_control_up import all_pids, assert_demo_edges, free_port_base, prometheus_edges
+from local_mesh_checks import all_pids, assert_demo_edges, free_port_base, prometheus_edges
 
 from meshext.control.local.layout import STATE_ENV, Ports, StateDir
 from meshext.control.local.processes import start_time

@@ -75,7 +75,8 @@ GOOD_ROOT = "from meshext.sdk import RootContext\nclass Root(RootContext):\n    
          "class Root(RootContext):\n    http_context = Check\n",
          "filter.py:3", "on_request_headers(self) does not take the SDK's arguments"),
         ("import meshext.sdk as sdk\nclass Root(sdk.RootContext):\n    def on_configure(self, config, schema):\n"
-         "        return True\n", "filter.py:3", "on_configure(self, config, schema) does not take the SDK's arguments"),
+         "        return True\n", "filter.py:3",
+         "on_configure(self, config, schema) does not take the SDK's arguments"),
         ("from meshext.sdk import HttpContext, RootContext\nclass Check(HttpContext):\n"
          "    def on_request_body(self, body_size, *, end_of_stream):\n        pass\n"
          "class Root(RootContext):\n    http_context = Check\n",
@@ -181,7 +182,8 @@ def write_wheel(folder: Path, name: str, version: str, files: dict[str, bytes]) 
     dist_info = f"{name}-{version}.dist-info"
     contents = dict(files) | {
         f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
-        f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: meshext-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: meshext-tests\nRoot-Is-Purelib: true\n"
+                              b"Tag: py3-none-any\n",
     }
     record = [f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},"
               f"{len(data)}" for path, data in contents.items()]
@@ -196,7 +198,8 @@ def write_wheel(folder: Path, name: str, version: str, files: dict[str, bytes]) 
 EXTENSION = importlib.machinery.EXTENSION_SUFFIXES[0]  # e.g. .cpython-311-x86_64-linux-gnu.so
 DISTRIBUTIONS = {
     ("tinyfmt", "1.2.3"): {
-        "tinyfmt/__init__.py": b'import os\n\nwith open(os.path.join(os.path.dirname(__file__), "greeting.txt")) as f:\n'
+        "tinyfmt/__init__.py": b'import os\n\n'
+                               b'with open(os.path.join(os.path.dirname(__file__), "greeting.txt")) as f:\n'
                                b'    GREETING = f.read().strip()\n\n\ndef shout(text):\n    return text.upper() + "!"\n'
                                b'\n\ndef explode(reason):\n    raise ValueError(f"tinyfmt cannot format {reason}")\n',
         "tinyfmt/greeting.txt": b"hello from a data file\n",

@@ -20,7 +20,7 @@ class Kitchen(HttpContext):
     def on_request_headers(self, end_of_stream):
         global VM_TOKEN
         if VM_TOKEN is None:
-            VM_TOKEN = "%016x" % random.getrandbits(64)
+            VM_TOKEN = f"{random.getrandbits(64):016x}"
         headers = self.request.headers
         path = headers.get(":path", "")
         REQUESTS.increment()
@@ -55,7 +55,8 @@ class Kitchen(HttpContext):
         if path.startswith("/auth"):
             self.http_call(
                 "auth",
-                [(":method", "GET"), (":path", "/check"), (":authority", "auth"), ("x-user", headers.get("x-user", ""))],
+                [(":method", "GET"), (":path", "/check"), (":authority", "auth"),
+                 ("x-user", headers.get("x-user", ""))],
                 callback=self.on_auth_answer,
                 timeout_ms=2000,
             )

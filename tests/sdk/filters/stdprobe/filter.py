@@ -6,15 +6,17 @@ value or the exception; `x-probe: query` takes a JSON body
 the files under DIR and, for each name, "ok" or the exception it raised.
 (tests/sdk/test_sdk_stdlib_reach.py)
 """
+# ruff: noqa: E401, F401, I001
+# (importing these modules, many to a line, is the probe)
 
-import abc, argparse, array, base64, binascii, bisect, calendar, codecs, collections, colorsys  # noqa: E401
-import contextlib, contextvars, copy, csv, dataclasses, datetime, decimal, difflib, email, enum  # noqa: E401
-import fnmatch, fractions, functools, getopt, gettext, glob, graphlib, hashlib, heapq, hmac, html  # noqa: E401
-import html.parser, http, importlib, importlib.util, inspect, io, ipaddress, itertools, json, keyword  # noqa: E401
-import locale, logging, math, mimetypes, numbers, operator, optparse, os, pathlib, pickle, pprint  # noqa: E401
-import queue, quopri, random, re, sched, secrets, shlex, shutil, statistics, string, struct, sys  # noqa: E401
-import sysconfig, tarfile, tempfile, textwrap, time, tomllib, types, typing, urllib.parse, uuid  # noqa: E401
-import warnings, weakref, xml.dom.minidom, xml.etree.ElementTree, xml.sax, zipfile, zoneinfo  # noqa: E401
+import abc, argparse, array, base64, binascii, bisect, calendar, codecs, collections, colorsys
+import contextlib, contextvars, copy, csv, dataclasses, datetime, decimal, difflib, email, enum
+import fnmatch, fractions, functools, getopt, gettext, glob, graphlib, hashlib, heapq, hmac, html
+import html.parser, http, importlib, importlib.util, inspect, io, ipaddress, itertools, json, keyword
+import locale, logging, math, mimetypes, numbers, operator, optparse, os, pathlib, pickle, pprint
+import queue, quopri, random, re, sched, secrets, shlex, shutil, statistics, string, struct, sys
+import sysconfig, tarfile, tempfile, textwrap, time, tomllib, types, typing, urllib.parse, uuid
+import warnings, weakref, xml.dom.minidom, xml.etree.ElementTree, xml.sax, zipfile, zoneinfo
 
 from meshext.sdk import Action, HttpContext, RootContext
 
