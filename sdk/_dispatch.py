@@ -14,12 +14,14 @@ from meshext.sdk import callouts
 from meshext.sdk.abi import Action, BufferType, LogLevel, MapType, StreamType
 from meshext.sdk.contexts import (
     ALL_CALLBACKS,
+    RESPONSE_HEADERS_BIT,
     STREAM_CALLBACKS,
     FailPolicy,
     HttpContext,
     RootContext,
     StreamContext,
     callback_mask,
+    response_headers_to_add,
 )
 from meshext.sdk.errors import SdkError
 from meshext.sdk.host import host
@@ -232,7 +234,7 @@ def configure(root: RootContext, config: bytes) -> int:
     make: the root may have chosen its context classes for this configuration."""
     if not _accepted(root.on_configure(config)):
         return 0
-    beyond = _children_mask(root) & ~_children_mask(type(root))
+    beyond = _exported_mask(root) & ~_exported_mask(type(root))
     if beyond:
         names = ", ".join(callback.method for bit, callback in enumerate(STREAM_CALLBACKS) if beyond & 1 << bit)
         raise SdkError(
@@ -250,9 +252,11 @@ def create_root(context_id: int) -> RootContext:
     return select_root().entry_class(context_id)
 
 
-def children(root: RootContext) -> tuple[int, type | None, type | None]:
-    """The callbacks the root's children override, and the child classes the
-    shim may create itself (no Python code runs for them).
+def children(root: RootContext) -> tuple[int, type | None, type | None, tuple[tuple[str, str], ...]]:
+    """The callbacks the root's children override, the child classes the
+    shim may create itself (no Python code runs for them), and the headers
+    the shim sets on every response of its HTTP children
+    (``response_headers_to_add``).
 
     Read from the root object, not its class: a root may set ``http_context``
     or ``stream_context`` in ``on_configure`` to a class with fewer callbacks
@@ -264,7 +268,7 @@ def children(root: RootContext) -> tuple[int, type | None, type | None]:
     http_class, stream_class = root.http_context, root.stream_context
     fast_http = http_class if not custom_http and _plain_init(http_class, HttpContext) else None
     fast_stream = stream_class if not custom_stream and _plain_init(stream_class, StreamContext) else None
-    return _children_mask(root), fast_http, fast_stream
+    return _children_mask(root), fast_http, fast_stream, response_headers_to_add(http_class)
 
 
 def _children_mask(root: RootContext | type[RootContext]) -> int:
@@ -275,6 +279,13 @@ def _children_mask(root: RootContext | type[RootContext]) -> int:
     ):
         return ALL_CALLBACKS  # children chosen at run time: any callback may matter
     return callback_mask(root.http_context, HttpContext) | callback_mask(root.stream_context, StreamContext)
+
+
+def _exported_mask(root: RootContext | type[RootContext]) -> int:
+    """The callbacks the module must export for a root: those its children override, and on_response_headers
+    for headers the shim adds (``response_headers_to_add``, checked here, so a bad one fails the build)."""
+    adds = bool(response_headers_to_add(root.http_context))
+    return _children_mask(root) | (1 << RESPONSE_HEADERS_BIT if adds else 0)
 
 
 def _speed_up_action_lookup() -> None:
@@ -291,7 +302,7 @@ def _report_build_facts() -> None:
     # One module's exports serve all its roots: the union of what they override.
     mask = 0
     for entry in roots.values():
-        mask |= _children_mask(entry.entry_class)
+        mask |= _exported_mask(entry.entry_class)
     facts = {
         "callbacks": sorted(callback.method for bit, callback in enumerate(STREAM_CALLBACKS) if mask & 1 << bit),
         "root_on_done": any(entry.entry_class.on_done is not RootContext.on_done for entry in roots.values()),

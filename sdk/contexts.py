@@ -139,6 +139,11 @@ class HttpContext(_CalloutMixin):
     """The request's headers, body and trailers (of the stream Envoy is calling now)."""
     response: ClassVar[Message] = RESPONSE
     """The response's headers, body and trailers (of the stream Envoy is calling now)."""
+    response_headers_to_add: ClassVar[Headers] = ()
+    """Headers every response of the stream gets, local replies included, as ``response.headers.set`` gives
+    them, before :meth:`on_response_headers` runs: a dict or ``(name, value)`` pairs of str.  The module's C
+    code sets them, so a filter that only adds fixed response headers costs Envoy no call into Python on the
+    response (as Envoy's own ``response_headers_to_add``).  Not set once the stream's filter code raised."""
 
     def __init__(self, root: RootContext, context_id: int) -> None:
         self.root = root
@@ -481,6 +486,27 @@ STREAM_CALLBACKS = (
     StreamCallback("on_upstream_close", "proxy_on_upstream_connection_close", TCP_STREAM, PEER_ARGUMENTS),
 )
 ALL_CALLBACKS = (1 << len(STREAM_CALLBACKS)) - 1
+
+
+RESPONSE_HEADERS_BIT = next(bit for bit, callback in enumerate(STREAM_CALLBACKS)
+                            if callback.method == "on_response_headers")
+
+
+def response_headers_to_add(cls: type[HttpContext] | None) -> tuple[tuple[str, str], ...]:
+    """``cls.response_headers_to_add`` as pairs of str; raises :class:`SdkError` naming it when it is not."""
+    if cls is None:
+        return ()
+    where = f"{cls.__name__}.response_headers_to_add"
+    try:
+        pairs = header_pairs(cls.response_headers_to_add)
+    except (TypeError, ValueError) as error:
+        raise SdkError(f"not a dict or a list of (name, value) pairs ({error})", where=where,
+                          fix='write e.g. response_headers_to_add = {"powered-by": "my-filter"}') from None
+    for pair in pairs:
+        if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(item, str) for item in pair)):
+            raise SdkError(f"{pair!r} is not a (name, value) pair of str", where=where,
+                              fix='write e.g. response_headers_to_add = {"powered-by": "my-filter"}')
+    return tuple(pairs)
 
 
 def callback_mask(cls: type | None, base: type) -> int:

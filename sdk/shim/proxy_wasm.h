@@ -50,6 +50,9 @@ proxy_status proxy_get_buffer_status(uint32_t buffer, size_t *size, uint32_t *un
 PROXY_IMPORT(proxy_set_buffer_bytes)
 proxy_status proxy_set_buffer_bytes(uint32_t buffer, size_t start, size_t size, const char *data, size_t data_size);
 
+/* Proxy-Wasm's map types (meshext.sdk.abi.MapType) the shim itself uses. */
+enum { PROXY_MAP_HTTP_RESPONSE_HEADERS = 2 };
+
 PROXY_IMPORT(proxy_get_header_map_pairs)
 proxy_status proxy_get_header_map_pairs(uint32_t map, char **data, size_t *size);
 PROXY_IMPORT(proxy_set_header_map_pairs)

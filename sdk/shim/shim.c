@@ -38,6 +38,20 @@ enum { KIND_ROOT = 1, KIND_CHILD = 2 };
 /* The kind of a child context (the `stream` argument of child_callback). */
 enum { CHILD_HTTP = 0, CHILD_TCP = 1 };
 
+/* How a stream callback's ABI arguments become Python arguments. */
+enum { ARGS_NONE, ARGS_END, ARGS_SIZE_END, ARGS_PEER };
+
+/* The `holds` of a callback whose answer holds no direction (on_downstream_close...). */
+enum { HOLDS_NOTHING = -1 };
+
+/* ---- exports: HTTP and TCP stream callbacks (generated), CB_* bits and method names ---- */
+
+/* What every generated export calls (below). */
+static uint32_t child_callback(uint32_t context_id, int bit, int stream, int holds, int kind, uint32_t size,
+                               uint32_t end);
+
+#include "stream_callbacks.h"
+
 typedef struct {
     uint32_t id;       /* 0 marks a free slot */
     uint32_t root_id;  /* for children */
@@ -52,6 +66,9 @@ typedef struct {
     PyObject *fast_http, *fast_stream;
     /* roots: a finished child of each kind kept for the next stream (park_child) */
     PyObject *spare_http, *spare_stream;
+    /* roots: (name, value) str pairs every response of their HTTP children gets
+       (response_headers_to_add), or NULL */
+    PyObject *response_headers;
 } context_slot;
 
 static context_slot *slots;
@@ -244,9 +261,6 @@ static uint32_t root_mask(context_slot *slot) {
     return root ? root->mask : 0;
 }
 
-/* How a stream callback's ABI arguments become Python arguments. */
-enum { ARGS_NONE, ARGS_END, ARGS_SIZE_END, ARGS_PEER };
-
 /*
  * Calls `bit`'s method on a child context, creating the object on first use.
  * Python arguments are only built once the filter is known to override the
@@ -276,18 +290,34 @@ static uint32_t slot_callback(context_slot *slot, int bit, int stream, int kind,
 /* The context whose code runs now: Envoy's callback, or a callout answer (meshext_effective_context). */
 static uint32_t current_context;
 
-/* The `holds` of a callback whose answer holds no direction (on_downstream_close...). */
-enum { HOLDS_NOTHING = -1 };
-
 /*
  * Every stream callback, overridden or not, passes here.  `holds` is the
  * direction (PROXY_STREAM_*) Envoy holds when it answers PAUSE: remembered
  * for meshext_resume_paused, which needs it when a callout's callback fails
  * open.
  */
+/* A child's response_headers_to_add, set before its on_response_headers (if any) runs: no Python runs for them. */
+static void add_response_headers(context_slot *slot) {
+    context_slot *root = slot && !slot->failed ? find_slot(slot->root_id) : NULL;
+    PyObject *pairs = root ? root->response_headers : NULL;
+    for (Py_ssize_t i = 0; pairs && i < PyTuple_GET_SIZE(pairs); i++) {
+        PyObject *pair = PyTuple_GET_ITEM(pairs, i);
+        Py_ssize_t name_size, value_size;
+        const char *name = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(pair, 0), &name_size);
+        const char *value = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(pair, 1), &value_size);
+        /* _dispatch.children checked they are str; a refusal (the response already went) leaves nothing to do */
+        if (name && value)
+            proxy_replace_header_map_value(PROXY_MAP_HTTP_RESPONSE_HEADERS, name, (size_t)name_size, value,
+                                           (size_t)value_size);
+        else
+            PyErr_Clear();
+    }
+}
+
 static uint32_t child_callback(uint32_t context_id, int bit, int stream, int holds, int kind, uint32_t size,
                                uint32_t end) {
     current_context = context_id;
+    if (bit == CB_ON_RESPONSE_HEADERS) add_response_headers(find_slot(context_id));
     uint32_t action = slot_callback(find_slot(context_id), bit, stream, kind, size, end);
     /* Found again: filter code may have created contexts, which can move the table. */
     context_slot *slot = holds == HOLDS_NOTHING ? NULL : find_slot(context_id);
@@ -342,6 +372,8 @@ static void set_children(context_slot *slot, PyObject *answer) {
     Py_XSETREF(slot->fast_stream, fast_stream == Py_None ? NULL : Py_NewRef(fast_stream));
     Py_CLEAR(slot->spare_http);
     Py_CLEAR(slot->spare_stream);
+    PyObject *headers = PyTuple_GET_ITEM(answer, 3);
+    Py_XSETREF(slot->response_headers, PyTuple_GET_SIZE(headers) ? Py_NewRef(headers) : NULL);
 }
 
 EXPORT(proxy_on_context_create) void proxy_on_context_create(uint32_t context_id, uint32_t parent_id) {
@@ -419,10 +451,6 @@ EXPORT(proxy_on_foreign_function) void proxy_on_foreign_function(uint32_t root_i
               read_buffer(PROXY_BUFFER_FOREIGN_FUNCTION_ARGUMENTS, size), 2, "on_foreign_function");
 }
 
-/* ---- exports: HTTP and TCP stream callbacks (generated), CB_* bits and method names ---- */
-
-#include "stream_callbacks.h"
-
 /* ---- exports: end of a context ---- */
 
 /* Written here, not generated: they serve both kinds of child (known from
@@ -461,6 +489,7 @@ EXPORT(proxy_on_delete) void proxy_on_delete(uint32_t id) {
     Py_XDECREF(slot->fast_stream);
     Py_XDECREF(slot->spare_http);
     Py_XDECREF(slot->spare_stream);
+    Py_XDECREF(slot->response_headers);
     remove_slot(slot);
     if (object && PyDict_GET_SIZE(pending_callouts) > 0) {
         /* Forget pending callouts of this context (their responses would find no one). */

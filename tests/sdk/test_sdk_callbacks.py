@@ -221,3 +221,77 @@ def test_a_context_class_chosen_in_on_configure_may_not_add_callbacks(tmp_path: 
     assert "proxy_on_configure returned false" in refusal, refusal
     assert "on_configure chose context classes that override on_request_body" in refusal, refusal
     assert "Root.http_context / stream_context" in refusal and "its base class" in refusal, refusal
+
+
+# Fixed response headers set by the shim (response_headers_to_add): alone, with an on_response_headers that
+# sees them, on a local reply, and not once the stream's filter code raised.
+FIXED_HEADERS = '''
+from meshext.sdk import HttpContext, RootContext, log
+
+
+class Fixed(HttpContext):
+    response_headers_to_add = {"powered-by": "fixed", "x-two": "2"}
+
+    def on_request_headers(self, end_of_stream):
+        path = self.request.headers.get(":path")
+        if path == "/deny":
+            return self.send_local_response(403, "denied")
+        if path == "/raise":
+            raise ValueError("asked to fail")
+
+
+class FixedAndMore(Fixed):
+    response_headers_to_add = [("powered-by", "more")]
+
+    def on_response_headers(self, end_of_stream):
+        self.response.headers.add("x-saw", self.response.headers.get("powered-by") or "nothing")
+
+
+class Root(RootContext):
+    http_context = Fixed
+
+    def on_configure(self, config):
+        if not super().on_configure(config):
+            return False
+        self.http_context = FixedAndMore if self.config.get("more") else Fixed
+        return True
+'''
+
+
+def _fixed(tmp_path: Path, source: str, config: dict):
+    folder = tmp_path / "fixed"
+    folder.mkdir(exist_ok=True)
+    (folder / "meshext.toml").write_text('[filter]\nname = "fixed"\nentry = "filter:Root"\n')
+    (folder / "filter.py").write_text(source)
+    return Host().load(build_filter(folder, tmp_path / "fixed.wasm").output, config=config)
+
+
+def test_response_headers_to_add_are_set_on_every_response_without_python(tmp_path: Path) -> None:
+    plugin = _fixed(tmp_path, FIXED_HEADERS, {})
+    for _ in range(2):
+        stream = plugin.exchange("GET", "/", response_headers={"powered-by": "upstream"})
+        assert (stream.response.header("powered-by"), stream.response.header("x-two")) == ("fixed", "2")  # set
+    denied = plugin.exchange("GET", "/deny")
+    assert denied.local_response is not None and denied.local_response.status == 403
+    assert denied.response.header("powered-by") == "fixed"  # local replies included
+    failed = plugin.exchange("GET", "/raise")
+    assert failed.response.header("powered-by") is None  # the stream's filter code raised: none of it runs
+    more = _fixed(tmp_path, FIXED_HEADERS, {"more": True})
+    stream = more.exchange("GET", "/")
+    assert (stream.response.header("powered-by"), stream.response.header("x-saw")) == ("more", "more")
+    assert stream.response.header("x-two") is None
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ('"3"', "'3' is not a (name, value) pair of str"),
+    ("{'x-n': 1}", "('x-n', 1) is not a (name, value) pair of str"),
+    ("7", "not a dict or a list of (name, value) pairs"),
+])
+def test_a_bad_response_headers_to_add_fails_the_build_naming_it(tmp_path: Path, value: str, message: str) -> None:
+    source = FIXED_HEADERS.replace('response_headers_to_add = {"powered-by": "fixed", "x-two": "2"}',
+                                   f"response_headers_to_add = {value}")
+    with pytest.raises(MeshextError) as refused:
+        _fixed(tmp_path, source, {})
+    refusal = str(refused.value)
+    assert "Fixed.response_headers_to_add" in refusal and message in refusal, refusal
+    assert 'response_headers_to_add = {"powered-by": "my-filter"}' in refusal, refusal

@@ -61,6 +61,7 @@ def count(outcome: str, requests: int = 1) -> None:
 
 class Authorize(HttpContext):
     root: Root
+    response_headers_to_add = {"powered-by": "3scale"}  # on every response, local replies included
 
     def on_request_headers(self, end_of_stream: bool) -> Action:
         root = self.root
@@ -136,9 +137,6 @@ class Authorize(HttpContext):
         count("passed_through")
         return Action.CONTINUE
 
-    def on_response_headers(self, end_of_stream: bool) -> Action:
-        self.response.headers.set("powered-by", "3scale")
-        return Action.CONTINUE
 
 
 # What a route depends on, in the order Root.prepare reads them.  What a request needs before the cache or the
