@@ -10,13 +10,17 @@ machine is noisy, and side-by-side rounds keep drift out of the ratios.
 Reports requests/s, added latency per request against no filter (from
 requests/s) and Envoy CPU time per request, Envoy RSS, RSS added by a
 second worker, time from Envoy start to the first answered request, and
-the module size.  The Python filter runs as built and as built with
-``--cold-code`` (its profile: the standard workload; it has no tests).
+the module size, each also as a ratio against the hand-written floor.  The
+Python filter runs as built and as built with ``--cold-code`` (its profile:
+the standard workload; it has no tests).  ``--alternate BURSTS`` takes the
+requests/s and CPU from every variant's Envoy running at once, loaded in
+alternating one-second bursts (:func:`alternating_bursts`), steadier on a
+busy machine; start-up still comes from the rounds.
 Every Envoy gets the bootstrap setting meshext's sidecars use to hand
 freed memory back to the OS (``memory_allocator_manager``).
 Loopback only; every run is bounded in time.
 
-    python benchmarks/sdk_header_filter.py [--seconds 5] [--rounds 3]
+    python benchmarks/sdk_header_filter.py [--seconds 5] [--rounds 3] [--alternate BURSTS]
 """
 
 from __future__ import annotations
@@ -156,6 +160,25 @@ def alternating_bursts(targets: dict[str, tuple[str, list[int]]], bursts: int) -
     return runs
 
 
+def alternated(chosen: dict[str, list[dict]], bursts: int, clusters: list[dict] | None = None,
+               start_timeout: float = 60) -> dict[str, list[dict[str, float]]]:
+    """Every variant's Envoy at once (``clusters`` for filters that call out), loaded in
+    :func:`alternating_bursts` on ``/some/request/path``: each burst's figures, by variant."""
+    envoys: dict[str, EnvoyProcess] = {}
+    try:
+        targets = {}
+        for name, filters in chosen.items():
+            envoy = envoys[name] = EnvoyProcess(bootstrap(filters, clusters)).start(timeout=start_timeout)
+            host, port = envoy.listener_address("bench")
+            wait_answered(f"http://{host}:{port}/x", timeout=start_timeout)
+            assert envoy.process is not None
+            targets[name] = (f"http://{host}:{port}/some/request/path", [envoy.process.pid])
+        return alternating_bursts(targets, bursts)
+    finally:
+        for envoy in envoys.values():
+            envoy.cleanup()
+
+
 def one_round(filters: list[dict], seconds: int, clusters: list[dict] | None = None,
               connections: int = 8, start_timeout: float = 60) -> dict[str, float]:
     """Start Envoy (timing the first answered request) and load it with wrk (one thread, ``connections``)."""
@@ -198,6 +221,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=5, help="wrk duration per variant and round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+    parser.add_argument("--alternate", type=int, default=0, metavar="BURSTS",
+                        help="requests/s and CPU from every Envoy at once, BURSTS alternating one-second bursts")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install wrk")
@@ -217,22 +242,32 @@ def main() -> None:
         results = {
             name: {key: statistics.median(run[key] for run in runs) for key in runs[0]} for name, runs in rounds.items()
         }
+        if args.alternate:
+            for name, bursts in alternated(chosen, args.alternate).items():
+                for key in ("requests_per_s", "cpu_us_per_request"):
+                    results[name][key] = statistics.median(burst[key] for burst in bursts)
         for name, filters in chosen.items():
             results[name]["rss_mb_1_worker"] = rss_mb(filters, 1)
             results[name]["rss_mb_2_workers"] = rss_mb(filters, 2)
-    base = results["no filter"]
-    print(f"# {machine()}, wrk -t1 -c8 -d{args.seconds}s, {args.rounds} interleaved rounds (medians), "
-          "Envoy 1 worker, direct response")
+    base, floor = results["no filter"], results["hand-written Wasm (floor)"]
+    load = f"{args.alternate} alternating 1 s bursts" if args.alternate else f"-d{args.seconds}s"
+    print(f"# {machine()}, wrk -t1 -c8 {load}, {args.rounds} interleaved rounds (medians), "
+          f"Envoy 1 worker, direct response, load average {os.getloadavg()[0]:.1f}")
     print(f"module size: {built.size / 1e6:.2f} MB, with --cold-code {cold.size / 1e6:.2f} MB")
-    print("| variant | req/s | added µs/request | Envoy CPU µs/request | RSS 1 worker (MB) | RSS ratio "
-          "| +RSS 2nd worker (MB) | start→first request (s) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| variant | req/s | added µs/request | vs floor | Envoy CPU µs/request | RSS 1 worker (MB) "
+          "| vs no filter | vs floor | +RSS 2nd worker (MB) | start→first request (s) | vs floor |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+
+    def added(figures: dict[str, float]) -> float:
+        return 1e6 / figures["requests_per_s"] - 1e6 / base["requests_per_s"]
+
     for name, figures in results.items():
-        added = 1e6 / figures["requests_per_s"] - 1e6 / base["requests_per_s"]
-        print(f"| {name} | {figures['requests_per_s']:.0f} | {added:+.1f} | {figures['cpu_us_per_request']:.1f} "
-              f"| {figures['rss_mb_1_worker']:.0f} | {figures['rss_mb_1_worker'] / base['rss_mb_1_worker']:.2f} "
-              f"| {figures['rss_mb_2_workers'] - figures['rss_mb_1_worker']:+.0f} "
-              f"| {figures['start_to_first_request_s']:.2f} |")
+        rss = figures["rss_mb_1_worker"]
+        print(f"| {name} | {figures['requests_per_s']:.0f} | {added(figures):+.1f} "
+              f"| {added(figures) / added(floor):.2f} | {figures['cpu_us_per_request']:.1f} "
+              f"| {rss:.0f} | {rss / base['rss_mb_1_worker']:.2f} | {rss / floor['rss_mb_1_worker']:.2f} "
+              f"| {figures['rss_mb_2_workers'] - rss:+.0f} | {figures['start_to_first_request_s']:.2f} "
+              f"| {figures['start_to_first_request_s'] / floor['start_to_first_request_s']:.1f} |")
     print(json.dumps({name: {"rounds": rounds[name], "medians": results[name]} for name in results}), file=sys.stderr)
 
 

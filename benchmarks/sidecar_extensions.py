@@ -38,10 +38,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sdk_header_filter import HERE, alternating_bursts, bootstrap, machine, one_round, rss_mb, wait_answered
+from sdk_header_filter import HERE, alternated, machine, one_round, rss_mb
 from threescale_latency import BACKEND_CLUSTER, SERVICE, plugin_config
 
-from meshext.envoy import EnvoyProcess
 from meshext.extensions.threescale.backend import Backend, BackendServer, SimulatorConfig
 from meshext.sdk.builder import build_filter, build_filters, toolchain
 
@@ -110,28 +109,6 @@ def variants(m: dict[str, Path]) -> dict[str, list[dict]]:
     return chosen
 
 
-def alternated_latency(chosen: dict[str, list[dict]], clusters: list[dict], bursts: int) -> dict[str, dict[str, float]]:
-    """Every variant's Envoy running at once, loaded in alternating one-second bursts
-    (``alternating_bursts``): the medians of each variant's bursts."""
-    envoys: dict[str, EnvoyProcess] = {}
-    try:
-        targets = {}
-        for name, filters in chosen.items():
-            envoy = envoys[name] = EnvoyProcess(bootstrap(filters, clusters))
-            envoy.start(timeout=300)
-            host, port = envoy.listener_address("bench")
-            wait_answered(f"http://{host}:{port}/x", timeout=300)
-            assert envoy.process is not None
-            targets[name] = (f"http://{host}:{port}/some/request/path", [envoy.process.pid])
-        runs = alternating_bursts(targets, bursts)
-    finally:
-        for envoy in envoys.values():
-            envoy.cleanup()
-    return {name: {key: statistics.median(burst[key] for burst in runs[name]) for key in ("requests_per_s",
-                                                                                        "cpu_us_per_request")}
-            for name in runs}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=3, help="wrk duration per variant and round")
@@ -164,7 +141,9 @@ def main() -> None:
         results = {name: {key: statistics.median(run[key] for run in runs) for key in runs[0]}
                    for name, runs in rounds.items()}
         if args.alternate:
-            for name, figures in alternated_latency(chosen, clusters, args.alternate).items():
+            for name, bursts in alternated(chosen, args.alternate, clusters, start_timeout=300).items():
+                figures = {key: statistics.median(burst[key] for burst in bursts)
+                           for key in ("requests_per_s", "cpu_us_per_request")}
                 results[name] |= figures
         sizes = {name: path.stat().st_size / 1e6 for name, path in modules.items()}
     base, floor = results["no filter"], results["hand-written Wasm (floor)"]

@@ -77,24 +77,6 @@ def backend_clusters(port: int) -> list[dict[str, Any]]:
                 "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}]
 
 
-def alternating(chosen: dict[str, list[dict[str, Any]]], clusters: list[dict[str, Any]],
-                bursts: int) -> dict[str, list[dict[str, float]]]:
-    """Every variant's Envoy at once, loaded in alternating one-second bursts."""
-    envoys: dict[str, EnvoyProcess] = {}
-    try:
-        targets = {}
-        for name, filters in chosen.items():
-            envoy = envoys[name] = EnvoyProcess(sdk_header_filter.bootstrap(filters, clusters)).start(timeout=60)
-            host, port = envoy.listener_address("bench")
-            sdk_header_filter.wait_answered(f"http://{host}:{port}/x", timeout=60)
-            assert envoy.process is not None
-            targets[name] = (f"http://{host}:{port}{PATH}", [envoy.process.pid])
-        return sdk_header_filter.alternating_bursts(targets, bursts)
-    finally:
-        for envoy in envoys.values():
-            envoy.cleanup()
-
-
 STEP_REQUESTS = 2000  # cached hits counted by --steps, after 100 not counted
 
 
@@ -175,7 +157,7 @@ def main() -> None:
                   "3scale, cached key": threescale_filter(threescale, cached=True)}
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in chosen}
         if args.alternate:
-            rounds = alternating(chosen, clusters, args.alternate)
+            rounds = sdk_header_filter.alternated(chosen, args.alternate, clusters)
         else:
             for _ in range(args.rounds):
                 for name, filters in chosen.items():
