@@ -12,11 +12,20 @@ therefore moves each function outside the hot set (what a profile saw run,
   compiles;
 - its body becomes a stub that hands the parameters to the interpreter the
   shim carries (sdk/shim/interp.c: ``meshext_interp_enter`` reserves their
-  slots, ``meshext_interp_invoke`` runs the body) and returns its result.
+  slots, ``meshext_interp_invoke`` runs the body) and returns its result;
+- or, when native code never enters it (it is not in the table, not
+  exported, not called by compiled code), no function is left of it at
+  all: the interpreter runs a cold callee by its body, never through its
+  stub, and V8 would compile a stub as it compiles a small function.  The
+  functions after it move down, and every index the module names is
+  renumbered (calls and ``ref.func`` in compiled code, the table's
+  segments, the exports); the interpreter keeps the original numbering
+  (its function table, the stubs' immediates, the cold bodies' calls).
 
 A cold function reached at run time is therefore correct, only slower.
-Function indices, the existing table slots, memory and globals do not
-change, so the snapshot stays valid.  The interpreter reads what it needs
+The existing table slots, memory and globals do not change, so the
+snapshot stays valid (CPython's function pointers are table slots, not
+function indices).  The interpreter reads what it needs
 from the region appended to segment 0 (:func:`_region`, the layout
 interp.c documents): each function's type, table slot and body, the
 function types, and the table slots of three functions written here for it
@@ -24,8 +33,8 @@ function types, and the table slots of three functions written here for it
 and setter of globals).
 
 Compiled stay: the hot set, the interpreter and everything it calls, bodies
-no bigger than their stub, and bodies with an instruction the interpreter
-does not run (``meshext.wasm_code``).
+no bigger than their stub that native code enters, and bodies with an
+instruction the interpreter does not run (``meshext.wasm_code``).
 
 ``$MESHEXT_INTERPRET_ALL`` (:func:`interpret_all`) makes every build move
 everything it can, profile or not: the self-test that runs a test suite
@@ -70,6 +79,7 @@ class ColdCode:
 
     module: bytes
     functions_moved: int
+    functions_removed: int  # of those, the ones native code never enters: no stub, no function left
     bytes_moved: int  # body bytes now in the data segment instead of the code section
     code_size_before: int
     code_size_after: int
@@ -99,24 +109,52 @@ def carry_cold_code(module: bytes, *, hot: Iterable[int]) -> ColdCode:
     enter, invoke = entry[INTERP_ENTER], entry[INTERP_INVOKE]
 
     compiled = wasm_code.reachable({enter, invoke}, lambda index: facts[index - first].calls, first=first) | set(hot)
-    cold = []
-    for offset, (body, fact) in enumerate(zip(bodies, facts, strict=True)):
-        index = first + offset
-        if index in compiled or not fact.interpretable:
-            continue
-        if len(body) <= len(_stub(index, len(types[type_of[index]][0]), trampoline=first + len(bodies) + len(types))):
-            continue  # no bigger than its stub: compiling it costs V8 less than the stub would
-        cold.append(index)
-    cold_set = set(cold)
+    defined = range(first, first + len(bodies))
+    candidates = {index for index in defined if index not in compiled and facts[index - first].interpretable}
+    trampoline_guess = first + len(bodies) + len(types)  # a stub's size does not depend on it much
 
-    # The functions written for the interpreter, appended (no index moves): the
-    # three it calls, then one trampoline per type of cold function (a stub
-    # passes its parameters and its index to its type's trampoline).
+    def stub_size(index: int) -> int:
+        return len(_stub(index, len(types[type_of[index]][0]), trampoline=trampoline_guess))
+
+    # What native code can enter: the table's functions, the exports and what the compiled functions call.  A
+    # candidate no bigger than its stub that native code enters stays compiled (compiling it costs V8 less
+    # than a stub would), and what it calls can be entered too: hence the loop.  The other candidates are
+    # carried as data: with a stub when native code enters them, else with no function left in the module at
+    # all (the interpreter calls a cold function by its body, never through its stub): V8 compiles a function
+    # for every index, and a stub costs it about what a small function does.
+    start = wb.find_section(sections, wb.START)
+    entered = wasm_code.table_functions(sections) | set(entry.values())
+    if start is not None:
+        entered.add(wb.Reader(start.payload).uleb())
+    kept = set(defined) - candidates
+    needed = set(entered)
+    pending = set(kept)
+    while pending:
+        for index in pending:
+            needed |= wasm_code.named_functions(bodies[index - first], facts[index - first])
+        pending = {index for index in candidates - kept
+                   if index in needed and len(bodies[index - first]) <= stub_size(index)}
+        kept |= pending
+    cold = sorted(candidates - kept)
+    cold_set = set(cold)
+    removed = {index for index in cold if index not in needed}
+
+    # Indices after the removal (imports keep theirs); the interpreter keeps the original ones (its region's
+    # function table, the stubs' immediates, the cold bodies' calls).
+    new_index = {index: index for index in range(first)}
+    for index in defined:
+        if index not in removed:
+            new_index[index] = len(new_index)
+
+    # The functions written for the interpreter, appended: the three it calls, then one trampoline per type of
+    # cold function (a stub passes its parameters and its index to its type's trampoline).
     cold_types = sorted({type_of[index] for index in cold})
     signatures = [_NATIVE_CALL_TYPE, _GLOBAL_GET_TYPE, _GLOBAL_SET_TYPE]
     signatures += [(types[index][0] + bytes([wb.I32]), types[index][1]) for index in cold_types]
     generated_types = [_type_index(types, signature) for signature in signatures]
     generated_first = first + len(bodies)
+    for position in range(len(generated_types)):
+        new_index[generated_first + position] = len(new_index)
     native_call, global_get, global_set = generated_first, generated_first + 1, generated_first + 2
     trampoline_of = {type_index: generated_first + 3 + position for position, type_index in enumerate(cold_types)}
 
@@ -140,20 +178,31 @@ def carry_cold_code(module: bytes, *, hot: Iterable[int]) -> ColdCode:
     segment_zero = segment_zero + bytes(meta - len(segment_zero)) + region
 
     global_types = _all_global_types(sections)
-    new_bodies = list(bodies)
-    for index in cold:
-        new_bodies[index - first] = _stub(index, len(types[type_of[index]][0]),
-                                          trampoline=trampoline_of[type_of[index]])
+    new_bodies = []
+    for index in defined:
+        if index in removed:
+            continue
+        if index in cold_set:
+            new_bodies.append(_stub(index, len(types[type_of[index]][0]),
+                                    trampoline=new_index[trampoline_of[type_of[index]]]))
+        else:
+            new_bodies.append(wasm_code.renumber_functions(bodies[index - first], facts[index - first], new_index))
     new_bodies += [_native_call_body(types), _global_get_body(global_types), _global_set_body(global_types)]
-    new_bodies += [_trampoline(types[index], meta=meta, enter=enter, invoke=invoke) for index in cold_types]
+    new_bodies += [_trampoline(types[index], meta=meta, enter=new_index[enter], invoke=new_index[invoke])
+                   for index in cold_types]
 
     code_before = wb.find_section(sections, wb.CODE)
+    type_indices = [type_index for index, type_index in zip(defined, wb.defined_function_type_indices(sections),
+                                                            strict=True) if index not in removed]
     wb.replace_section(sections, _type_section(types))
-    wb.replace_section(sections, _function_section(wb.defined_function_type_indices(sections) + generated_types))
+    wb.replace_section(sections, _function_section(type_indices + generated_types))
     wb.replace_section(sections, _table_section(size, None if table_max is None else max(size, table_max)))
-    wb.replace_section(sections, _with_element_segment(sections, table_min, native))
+    wb.replace_section(sections, _with_element_segment(sections, table_min, [new_index[index] for index in native],
+                                                       new_index))
     wb.replace_section(sections, wb.export_section(
-        [export for export in exports if export.name not in (INTERP_ENTER, INTERP_INVOKE)]))
+        [_renumbered(export, new_index) for export in exports if export.name not in (INTERP_ENTER, INTERP_INVOKE)]))
+    if start is not None:
+        wb.replace_section(sections, wb.Section(wb.START, wb.uleb(new_index[wb.Reader(start.payload).uleb()])))
     code = wasm_code.code_section(new_bodies)
     wb.replace_section(sections, code)
     wb.replace_section(sections, wb.Section(wb.DATA, rest[0] + b"\x01" + wb.uleb(len(segment_zero)) + segment_zero
@@ -161,10 +210,15 @@ def carry_cold_code(module: bytes, *, hot: Iterable[int]) -> ColdCode:
     return ColdCode(
         module=wb.encode_sections(sections),
         functions_moved=len(cold),
+        functions_removed=len(removed),
         bytes_moved=sum(len(bodies[index - first]) for index in cold),
         code_size_before=len(code_before.payload) if code_before else 0,
         code_size_after=len(code.payload),
     )
+
+
+def _renumbered(export: wb.Export, new_index: dict[int, int]) -> wb.Export:
+    return wb.Export(export.name, export.kind, new_index[export.index]) if export.kind == wb.EXTERNAL_FUNC else export
 
 
 def _stub(index: int, param_count: int, *, trampoline: int) -> bytes:
@@ -320,15 +374,30 @@ def _table_section(minimum: int, maximum: int | None) -> wb.Section:
     return wb.Section(wb.TABLE, b"\x01\x70" + limits)
 
 
-def _with_element_segment(sections: list[wb.Section], offset: int, functions: list[int]) -> wb.Section:
-    """The element section with one more active segment: ``functions`` at table slot ``offset``."""
+def _with_element_segment(sections: list[wb.Section], offset: int, functions: list[int],
+                          new_index: dict[int, int]) -> wb.Section:
+    """The element section with its segments' functions renumbered (``new_index``) and one more active segment:
+    ``functions`` at table slot ``offset``.  Segments of the form wasm-ld writes (flags 0 or 2)."""
     section = wb.find_section(sections, wb.ELEMENT)
-    existing = section.payload if section else wb.uleb(0)
-    reader = wb.Reader(existing)
+    reader = wb.Reader(section.payload if section else wb.uleb(0))
     count = reader.uleb()
-    segment = (b"\x00\x41" + wb.sleb(offset) + b"\x0b" + wb.uleb(len(functions))
-               + b"".join(wb.uleb(index) for index in functions))
-    return wb.Section(wb.ELEMENT, wb.uleb(count + 1) + existing[reader.position:] + segment)
+    payload = bytearray(wb.uleb(count + 1))
+    for _ in range(count):
+        start = reader.position
+        flags = reader.uleb()
+        if flags not in (0, 2):
+            raise InternalError(f"cold code: element segment kind {flags} (wasm-ld writes 0 or 2)")
+        if flags == 2:
+            reader.uleb()  # table index
+        reader.skip_const_expr()
+        if flags == 2:
+            reader.byte()  # elemkind: funcref
+        payload += reader.data[start:reader.position]
+        members = [reader.uleb() for _ in range(reader.uleb())]
+        payload += wb.uleb(len(members)) + b"".join(wb.uleb(new_index[index]) for index in members)
+    payload += (b"\x00\x41" + wb.sleb(offset) + b"\x0b" + wb.uleb(len(functions))
+                + b"".join(wb.uleb(index) for index in functions))
+    return wb.Section(wb.ELEMENT, bytes(payload))
 
 
 def _split_first_segment(section: wb.Section | None) -> tuple[bytes, tuple[bytes, bytes]]:

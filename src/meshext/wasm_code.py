@@ -41,11 +41,13 @@ class CodeFacts:
     calls: frozenset[int]  # functions it calls directly (``call``)
     interpretable: bool  # no instruction the module's interpreter lacks
     locals_end: int  # offset of the first instruction (after the local declarations)
+    function_sites: tuple[int, ...]  # offsets of the function indices it names (``call``, ``ref.func``)
 
 
 def scan(body: bytes) -> CodeFacts:
     """Decode ``body`` (a code-section entry without its size) instruction by instruction."""
     calls: set[int] = set()
+    sites: list[int] = []
     interpretable = True
     reader = wb.Reader(body)
     for _ in range(reader.uleb()):  # local declarations
@@ -57,8 +59,11 @@ def scan(body: bytes) -> CodeFacts:
         opcode = reader.byte()
         if opcode not in _INTERPRETED:
             interpretable = False
-        if opcode == 0x10:
-            calls.add(reader.uleb())
+        if opcode == 0x10 or opcode == 0xD2:  # call, ref.func
+            sites.append(reader.position)
+            callee = reader.uleb()
+            if opcode == 0x10:
+                calls.add(callee)
         elif opcode in _ONE_ULEB:
             reader.uleb()
         elif opcode in _MEMARG:
@@ -100,7 +105,24 @@ def scan(body: bytes) -> CodeFacts:
                     reader.uleb()
         elif opcode in (0x12, 0x13, 0xFD, 0xFE, 0xFB):
             raise ValueError(f"unsupported instruction prefix 0x{opcode:02x} (tail calls, SIMD, threads or GC)")
-    return CodeFacts(frozenset(calls), interpretable, locals_end)
+    return CodeFacts(frozenset(calls), interpretable, locals_end, tuple(sites))
+
+
+def named_functions(body: bytes, facts: CodeFacts) -> set[int]:
+    """The functions ``body`` calls or takes a reference to (``ref.func``)."""
+    return {wb.Reader(body, site).uleb() for site in facts.function_sites}
+
+
+def renumber_functions(body: bytes, facts: CodeFacts, new_index: dict[int, int]) -> bytes:
+    """``body`` with each function index it names (``call``, ``ref.func``) replaced by ``new_index[index]``."""
+    out = bytearray()
+    done = 0
+    for site in facts.function_sites:
+        reader = wb.Reader(body, site)
+        old = reader.uleb()
+        out += body[done:site] + wb.uleb(new_index[old])
+        done = reader.position
+    return bytes(out + body[done:])
 
 
 def reachable(roots: Iterable[int], calls: Callable[[int], Iterable[int]], *, first: int,
