@@ -2,13 +2,15 @@
 
     python benchmarks/snapshot_pages.py [PROJECT ...] [--import MODULE ...]
 
-Every Envoy VM of a module (concurrency + 2, and a transient canary) starts
-from the module's active data segments: CPython's static data and the heap
-pre-initialisation left, with every module imported at build time.  For
-each filter project (default: the header filter of sdk_header_filter.py,
-examples/header-policy, the telemetry filter) this builds the module and
-prints its size, its initial memory, the 4 KiB pages its active data
-segments write (what each VM holds beyond zero pages), and the stdlib
+Every Envoy VM of a module that Envoy calls into (concurrency + 1, and a
+transient canary; the base VM kept for cloning is never called, so its
+deferred snapshot is never restored) starts from the module's snapshot:
+CPython's static data and the heap pre-initialisation left, with every
+module imported at build time.  For each filter project (default: the
+header filter of sdk_header_filter.py, examples/header-policy, the
+telemetry filter) this builds the module and prints its size, its initial
+memory, the 4 KiB pages its snapshot writes (what each such VM holds
+beyond zero pages), and the stdlib
 modules in its ``sys.modules`` when its VM starts (the filter's root class,
 subclassed by a probe that logs them from ``on_vm_start``).
 
@@ -52,15 +54,13 @@ class MeasuredRoot(_Measured):
 
 
 def nonzero_pages(module: bytes) -> int:
-    """The 4 KiB pages of linear memory the module's active data segments write a non-zero
-    byte to (its passive segment, the file data, V8 keeps once per module)."""
-    segments = wasm_binary.read_data_segments(wasm_binary.parse_sections(module))
-    if segments is None:
+    """The 4 KiB pages of linear memory the module's snapshot writes a non-zero byte to in
+    every VM it is restored in (its file data V8 keeps once per module)."""
+    runs = wasm_binary.initial_memory(wasm_binary.parse_sections(module))
+    if runs is None:
         raise SystemExit("the module has a data segment this script does not read")
     pages = set()
-    for offset, data in segments:
-        if offset is None:
-            continue
+    for offset, data in runs:
         for page in range(offset // PAGE, (offset + len(data) - 1) // PAGE + 1):
             start, end = max(offset, page * PAGE) - offset, min(offset + len(data), (page + 1) * PAGE) - offset
             if data[start:end].strip(b"\0"):

@@ -621,6 +621,8 @@ def _build(projects: list[Project], output: Path, progress: Progress | None, opt
         cold_summary = (f"{carried.functions_moved:,} functions ({carried.bytes_moved / 1e6:.2f} MB) carried as data "
                         f"for the interpreter, {carried.functions_removed:,} of them with no stub left; code "
                         f"{carried.code_size_before / 1e6:.2f} -> {carried.code_size_after / 1e6:.2f} MB")
+    # After every stage that rewrites code or data: the exports' wrappers and the restore are added last.
+    module = wasm_binary.defer_snapshot(module)
     # Last, as pruning and wasm-opt drop custom sections: `meshext push --format maistra` reads it.
     module = add_project_metadata(module, ProjectMetadata.of([project.filter for project in projects]))
     with stages.stage("writing", f"writing {output}"):

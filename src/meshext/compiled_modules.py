@@ -21,8 +21,13 @@ count section without a passive segment), and that have no start function
 segments and then runs the start function, so with no start function
 nothing can observe whether the bytes arrived at instantiation or just
 after it.  Passive segments (a module's file data, read with
-``memory.init``) stay in the compiled module, with their numbers.  Any
-other module is compiled as it is.
+``memory.init``) stay in the compiled module, with their numbers.  A
+snapshot ``meshext build`` defers to the first call
+(:func:`meshext.wasm_binary.defer_snapshot`) is data too: its runs are
+written at instantiation and its segment is emptied in the code-only
+module, whose first call then restores nothing (no host of the test
+runtime reads memory before its first call).  Any other module is
+compiled as it is.
 """
 
 from __future__ import annotations
@@ -170,6 +175,12 @@ def _split_data(code: bytes) -> tuple[bytes, MemoryImage] | None:
         return None
     passive = [data for offset, data in segments if offset is None]
     active = [(offset, data) for offset, data in segments if offset is not None]
+    deferred = wb.deferred_snapshot_segment(sections)
+    if deferred is not None and not active and 0 <= deferred < len(passive):
+        # The snapshot's runs are written at instantiation like active data, and the code-only
+        # module's copy of their segment holds none, so its first call restores nothing.
+        active = wb.deferred_runs(passive[deferred])
+        passive[deferred] = wb.EMPTY_DEFERRED_SNAPSHOT
     if not active or not memory_exports or imports_memory:
         return None  # no data to set aside, or no way to write it, or memory 0 is not the one defined
     if not passive and wb.find_section(sections, wb.DATACOUNT) is not None:

@@ -483,3 +483,159 @@ def snapshot(
     if not keep_names:
         sections = [s for s in sections if s.id != CUSTOM]
     return encode_sections(sections)
+
+
+# The custom section that marks a snapshot carried in a passive segment (its
+# payload: that segment's index), restored on the module's first call.
+DEFERRED_SNAPSHOT_SECTION = "meshext.deferred_snapshot"
+# Where the restore reads each run's header: 8 bytes the snapshot leaves zero
+# (wasm-ld puts static data at 1024 and up), zeroed again once it is done.
+_RUN_HEADER_AT = 0
+_RUN_HEADER = struct.Struct("<II")  # (offset in memory, length); a length of 0 ends the runs
+_NO_PARAMS_NO_RESULTS = (b"", b"")
+
+
+def _append_entries(sections: list[Section], section_id: int, entries: Sequence[bytes]) -> None:
+    """Add ``entries`` at the end of the vector section ``section_id`` (made if missing)."""
+    section = find_section(sections, section_id)
+    count, rest = 0, b""
+    if section is not None:
+        reader = Reader(section.payload)
+        count = reader.uleb()
+        rest = section.payload[reader.position:]
+    replace_section(sections, Section(section_id, b"".join([uleb(count + len(entries)), rest, *entries])))
+
+
+def _function_body(code: bytes, locals_: bytes = b"\x00") -> bytes:
+    """A code section entry: ``locals_`` (already a vector) then ``code`` and its END."""
+    return uleb(len(locals_) + len(code) + 1) + locals_ + code + bytes([END])
+
+
+def _restore_body(segment: int, restored_global: int) -> bytes:
+    """Once per instance: copy each run of segment ``segment`` to its place in memory, then drop it."""
+    init = b"\xfc\x08" + uleb(segment) + b"\x00"  # memory.init segment, memory 0
+    header, header_length = _RUN_HEADER_AT, _RUN_HEADER.size
+    position, destination, length = 0, 1, 2  # the locals
+    code = b"".join([
+        b"\x23" + uleb(restored_global) + b"\x04\x40\x0f\x0b",  # if restored: return
+        b"\x41\x01\x24" + uleb(restored_global),  # restored = 1 (before anything can trap)
+        b"\x03\x40",  # loop: read the next run's header into memory[header:header + 8]
+        b"\x41" + sleb(header) + b"\x20" + uleb(position) + b"\x41" + sleb(header_length) + init,
+        b"\x41" + sleb(header) + b"\x28\x02\x00\x21" + uleb(destination),
+        b"\x41" + sleb(header) + b"\x28\x02\x04\x22" + uleb(length),
+        b"\x04\x40",  # if length: copy the run, step past it and loop
+        b"\x20" + uleb(destination) + b"\x20" + uleb(position) + b"\x41" + sleb(header_length) + b"\x6a",
+        b"\x20" + uleb(length) + init,
+        b"\x20" + uleb(position) + b"\x20" + uleb(length) + b"\x6a\x41" + sleb(header_length) + b"\x6a",
+        b"\x21" + uleb(position) + b"\x0c\x01\x0b\x0b",  # br to the loop; end if; end loop
+        b"\x41" + sleb(header) + b"\x42\x00\x37\x03\x00",  # the header's bytes back to the snapshot's zeros
+        b"\xfc\x09" + uleb(segment),  # data.drop: nothing reads the runs again
+    ])
+    return _function_body(code, locals_=b"\x01\x03" + bytes([I32]))
+
+
+def _run_stream(runs: Sequence[tuple[int, bytes]]) -> bytes:
+    """``runs`` as the deferred snapshot's segment: each run's header and bytes, then an empty header."""
+    parts: list[bytes] = []
+    for offset, data in runs:
+        parts += (_RUN_HEADER.pack(offset, len(data)), data)
+    parts.append(_RUN_HEADER.pack(0, 0))
+    return b"".join(parts)
+
+
+def deferred_runs(segment: bytes) -> list[tuple[int, bytes]]:
+    """The (offset, bytes) runs a deferred snapshot's segment writes, in order."""
+    runs: list[tuple[int, bytes]] = []
+    position = 0
+    while True:
+        offset, length = _RUN_HEADER.unpack_from(segment, position)
+        if not length:
+            return runs
+        position += _RUN_HEADER.size
+        runs.append((offset, segment[position:position + length]))
+        position += length
+
+
+EMPTY_DEFERRED_SNAPSHOT = _run_stream(())
+
+
+def deferred_snapshot_segment(sections: list[Section]) -> int | None:
+    """The index of the passive segment carrying the module's deferred snapshot; None if it has none."""
+    for section in sections:
+        if section.id == CUSTOM:
+            reader = Reader(section.payload)
+            if reader.name() == DEFERRED_SNAPSHOT_SECTION:
+                return reader.uleb()
+    return None
+
+
+def initial_memory(sections: list[Section]) -> list[tuple[int, bytes]] | None:
+    """The (offset, bytes) runs every instance's memory holds before its code runs: its active segments,
+    or its deferred snapshot; None as for :func:`read_data_segments`."""
+    segments = read_data_segments(sections)
+    if segments is None:
+        return None
+    deferred = deferred_snapshot_segment(sections)
+    if deferred is not None:
+        return deferred_runs(segments[deferred][1])
+    return [(offset, data) for offset, data in segments if offset is not None]
+
+
+def defer_snapshot(module: bytes) -> bytes:
+    """``module`` with its active data segments carried in one passive segment, written into memory by
+    the first call of any exported function instead of at instantiation.
+
+    An instance that is never called then holds none of the snapshot: Envoy
+    keeps a base VM per module only to clone the others from, and never
+    calls into it.  Every exported function becomes a wrapper that restores
+    the snapshot once (a check of one global afterwards) and calls the
+    original; internal calls and the table are unchanged.  The module must
+    have no start function (it would run before the restore) and leave the
+    8 bytes at address 0 zero.
+    """
+    sections = parse_sections(module)
+    segments = read_data_segments(sections)
+    if segments is None or find_section(sections, START) is not None:
+        raise ValueError("only a module without a start function whose active segments are at constant "
+                         "offsets can defer its snapshot")
+    passive = [data for offset, data in segments if offset is None]
+    runs = [(offset, data) for offset, data in segments if offset is not None]
+    if any(offset is not None for offset, _ in segments[:len(passive)]):
+        raise ValueError("a passive segment after an active one")
+    if any(offset < _RUN_HEADER_AT + _RUN_HEADER.size for offset, _ in runs):
+        raise ValueError(f"the snapshot writes below address {_RUN_HEADER.size}, where the restore reads")
+    segment = len(passive)
+    data_parts = [uleb(segment + 1), *(b"\x01" + uleb(len(data)) + data for data in passive)]
+    stream = _run_stream(runs)
+    replace_section(sections, Section(DATA, b"".join([*data_parts, b"\x01", uleb(len(stream)), stream])))
+    replace_section(sections, Section(DATACOUNT, uleb(segment + 1)))
+
+    imported_functions, imported_globals = imported_counts(sections)
+    restored_global = imported_globals + len(defined_global_types(sections))
+    _append_entries(sections, GLOBAL, [bytes([I32, 1]) + _const(I32, 0)])
+
+    types = function_types(sections)
+    if _NO_PARAMS_NO_RESULTS in types:
+        restore_type = types.index(_NO_PARAMS_NO_RESULTS)
+    else:
+        restore_type = len(types)
+        _append_entries(sections, TYPE, [b"\x60\x00\x00"])
+    all_types = [*(item.function_type for item in read_imports(sections) if item.kind == EXTERNAL_FUNC),
+                 *defined_function_type_indices(sections)]
+    restore = imported_functions + len(defined_function_type_indices(sections))
+    new_types, bodies = [restore_type], [_restore_body(segment, restored_global)]
+    exports = read_exports(sections)
+    for export in exports:
+        if export.kind != EXTERNAL_FUNC:
+            continue
+        params = function_types(sections)[all_types[export.index]][0]
+        arguments = b"".join(b"\x20" + uleb(number) for number in range(len(params)))
+        new_types.append(all_types[export.index])
+        bodies.append(_function_body(b"\x10" + uleb(restore) + arguments + b"\x10" + uleb(export.index)))
+        export.index = restore + len(bodies) - 1
+    _append_entries(sections, FUNCTION, [uleb(index) for index in new_types])
+    _append_entries(sections, CODE, bodies)
+    replace_section(sections, export_section(exports))
+    name = DEFERRED_SNAPSHOT_SECTION.encode()
+    sections.append(Section(CUSTOM, uleb(len(name)) + name + uleb(segment)))
+    return encode_sections(sections)

@@ -52,14 +52,16 @@ def project(tmp_path: Path, source: str = FILTER) -> Path:
 
 
 def data(module: Path) -> tuple[list[bytes], bytes]:
-    """(the passive segments, every VM's initial memory as the active segments write it)."""
-    segments = wasm_binary.read_data_segments(wasm_binary.parse_sections(module.read_bytes()))
-    assert segments is not None
-    passive = [content for offset, content in segments if offset is None]
-    memory = bytearray(max(offset + len(content) for offset, content in segments if offset is not None))
-    for offset, content in segments:
-        if offset is not None:
-            memory[offset:offset + len(content)] = content
+    """(the passive segments the code reads, every VM's initial memory as its snapshot writes it)."""
+    sections = wasm_binary.parse_sections(module.read_bytes())
+    segments = wasm_binary.read_data_segments(sections)
+    runs = wasm_binary.initial_memory(sections)
+    assert segments is not None and runs is not None
+    snapshot = wasm_binary.deferred_snapshot_segment(sections)
+    passive = [content for index, (offset, content) in enumerate(segments) if offset is None and index != snapshot]
+    memory = bytearray(max(offset + len(content) for offset, content in runs))
+    for offset, content in runs:
+        memory[offset:offset + len(content)] = content
     return passive, bytes(memory)
 
 
