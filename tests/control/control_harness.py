@@ -432,7 +432,8 @@ class MeshUnderTest:
     def remove_resources(self) -> None:
         """Empty the watched directory and wait until the proxies run without the extensions."""
         for path in self.config_dir.iterdir():
-            path.unlink()
+            # missing_ok: the source's polling thread deletes a status file once its resource file is gone
+            path.unlink(missing_ok=True)
         self.source.scan()
         self.operator.wait_idle()
         nodes = [w.node_id for w in self.mesh.workloads]
