@@ -144,28 +144,6 @@ def print_test_host(projects: dict[str, tuple[Path, dict | None]], rounds: int) 
         print(f"| {name} | {figure:.1f} |")
 
 
-def envoys_in_turn(chosen: dict[str, list[dict]], bursts: int) -> dict[str, list[dict[str, float]]]:
-    """Every variant's Envoy started together, then loaded in alternating bursts (sdk_header_filter's
-    ``alternating_bursts``): each burst's figures, by variant."""
-    from sdk_header_filter import alternating_bursts, bootstrap, wait_answered
-
-    from meshext.envoy import EnvoyProcess
-
-    envoys: dict[str, EnvoyProcess] = {}
-    try:
-        targets = {}
-        for name, filters in chosen.items():
-            envoy = envoys[name] = EnvoyProcess(bootstrap(filters)).start(timeout=60)
-            host, port = envoy.listener_address("bench")
-            wait_answered(f"http://{host}:{port}/x", timeout=60)
-            assert envoy.process is not None
-            targets[name] = (f"http://{host}:{port}/some/request/path", [envoy.process.pid])
-        return alternating_bursts(targets, bursts)
-    finally:
-        for envoy in envoys.values():
-            envoy.cleanup()
-
-
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--steps-of":  # the child process of --steps
         print(json.dumps(steps_of(Path(sys.argv[2]), json.loads(sys.argv[3]))))
@@ -194,7 +172,7 @@ def main() -> None:
     if args.test_host:
         print_test_host(projects, args.rounds)
         return
-    from sdk_header_filter import machine, one_round, wasm_filter
+    from sdk_header_filter import alternated, machine, one_round, wasm_filter
 
     from meshext.sdk.builder import build_filter
 
@@ -218,7 +196,7 @@ def main() -> None:
             built = build_filter(project, Path(scratch) / f"extra-{len(chosen)}.wasm").output
             chosen[name] = wasm_filter(built, ratelimit_config("token_bucket"))
         if args.alternate:
-            rounds = envoys_in_turn(chosen, args.alternate)
+            rounds = alternated(chosen, args.alternate)
         else:
             rounds = {name: [] for name in chosen}
             for _ in range(args.rounds):

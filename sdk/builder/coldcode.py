@@ -378,23 +378,10 @@ def _with_element_segment(sections: list[wb.Section], offset: int, functions: li
                           new_index: dict[int, int]) -> wb.Section:
     """The element section with its segments' functions renumbered (``new_index``) and one more active segment:
     ``functions`` at table slot ``offset``.  Segments of the form wasm-ld writes (flags 0 or 2)."""
-    section = wb.find_section(sections, wb.ELEMENT)
-    reader = wb.Reader(section.payload if section else wb.uleb(0))
-    count = reader.uleb()
-    payload = bytearray(wb.uleb(count + 1))
-    for _ in range(count):
-        start = reader.position
-        flags = reader.uleb()
-        if flags not in (0, 2):
-            raise InternalError(f"cold code: element segment kind {flags} (wasm-ld writes 0 or 2)")
-        if flags == 2:
-            reader.uleb()  # table index
-        reader.skip_const_expr()
-        if flags == 2:
-            reader.byte()  # elemkind: funcref
-        payload += reader.data[start:reader.position]
-        members = [reader.uleb() for _ in range(reader.uleb())]
-        payload += wb.uleb(len(members)) + b"".join(wb.uleb(new_index[index]) for index in members)
+    segments = wasm_code.element_segments(sections)
+    payload = bytearray(wb.uleb(len(segments) + 1))
+    for head, members in segments:
+        payload += head + wb.uleb(len(members)) + b"".join(wb.uleb(new_index[index]) for index in members)
     payload += (b"\x00\x41" + wb.sleb(offset) + b"\x0b" + wb.uleb(len(functions))
                 + b"".join(wb.uleb(index) for index in functions))
     return wb.Section(wb.ELEMENT, bytes(payload))

@@ -198,14 +198,16 @@ def code_section(bodies: list[bytes]) -> wb.Section:
     return wb.Section(wb.CODE, bytes(payload))
 
 
-def table_functions(sections: list[wb.Section]) -> set[int]:
-    """Functions in active element segments of the form wasm-ld writes."""
+def element_segments(sections: list[wb.Section]) -> list[tuple[bytes, list[int]]]:
+    """Each active element segment of the form wasm-ld writes (flags 0 or 2): its encoding up to the function
+    count (flags, table, offset, kind), and its functions."""
     section = wb.find_section(sections, wb.ELEMENT)
     if section is None:
-        return set()
+        return []
     reader = wb.Reader(section.payload)
-    functions: set[int] = set()
+    segments = []
     for _ in range(reader.uleb()):
+        start = reader.position
         flags = reader.uleb()
         if flags not in (0, 2):
             raise ValueError(f"element segment kind {flags} is not supported")
@@ -214,5 +216,11 @@ def table_functions(sections: list[wb.Section]) -> set[int]:
         reader.skip_const_expr()
         if flags == 2:
             reader.byte()  # elemkind: funcref
-        functions.update(reader.uleb() for _ in range(reader.uleb()))
-    return functions
+        head = reader.data[start:reader.position]
+        segments.append((head, [reader.uleb() for _ in range(reader.uleb())]))
+    return segments
+
+
+def table_functions(sections: list[wb.Section]) -> set[int]:
+    """Functions in active element segments of the form wasm-ld writes."""
+    return {index for _, functions in element_segments(sections) for index in functions}
