@@ -143,7 +143,8 @@ class HttpContext(_CalloutMixin):
     """Headers every response of the stream gets, local replies included, as ``response.headers.set`` gives
     them, before :meth:`on_response_headers` runs: a dict or ``(name, value)`` pairs of str.  The module's C
     code sets them, so a filter that only adds fixed response headers costs Envoy no call into Python on the
-    response (as Envoy's own ``response_headers_to_add``).  Not set once the stream's filter code raised."""
+    response (as Envoy's own ``response_headers_to_add``).  Not set once the stream's filter code raised.
+    Read from the root's ``http_context`` class (a root overriding ``new_http_context`` names it there)."""
 
     def __init__(self, root: RootContext, context_id: int) -> None:
         self.root = root
@@ -501,11 +502,11 @@ def response_headers_to_add(cls: type[HttpContext] | None) -> tuple[tuple[str, s
         pairs = header_pairs(cls.response_headers_to_add)
     except (TypeError, ValueError) as error:
         raise SdkError(f"not a dict or a list of (name, value) pairs ({error})", where=where,
-                          fix='write e.g. response_headers_to_add = {"powered-by": "my-filter"}') from None
+                       fix='write e.g. response_headers_to_add = {"powered-by": "my-filter"}') from None
     for pair in pairs:
         if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(item, str) for item in pair)):
             raise SdkError(f"{pair!r} is not a (name, value) pair of str", where=where,
-                              fix='write e.g. response_headers_to_add = {"powered-by": "my-filter"}')
+                           fix='write e.g. response_headers_to_add = {"powered-by": "my-filter"}')
     return tuple(pairs)
 
 

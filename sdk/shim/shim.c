@@ -290,12 +290,6 @@ static uint32_t slot_callback(context_slot *slot, int bit, int stream, int kind,
 /* The context whose code runs now: Envoy's callback, or a callout answer (meshext_effective_context). */
 static uint32_t current_context;
 
-/*
- * Every stream callback, overridden or not, passes here.  `holds` is the
- * direction (PROXY_STREAM_*) Envoy holds when it answers PAUSE: remembered
- * for meshext_resume_paused, which needs it when a callout's callback fails
- * open.
- */
 /* A child's response_headers_to_add, set before its on_response_headers (if any) runs: no Python runs for them. */
 static void add_response_headers(context_slot *slot) {
     context_slot *root = slot && !slot->failed ? find_slot(slot->root_id) : NULL;
@@ -314,6 +308,12 @@ static void add_response_headers(context_slot *slot) {
     }
 }
 
+/*
+ * Every stream callback, overridden or not, passes here.  `holds` is the
+ * direction (PROXY_STREAM_*) Envoy holds when it answers PAUSE: remembered
+ * for meshext_resume_paused, which needs it when a callout's callback fails
+ * open.
+ */
 static uint32_t child_callback(uint32_t context_id, int bit, int stream, int holds, int kind, uint32_t size,
                                uint32_t end) {
     current_context = context_id;
