@@ -16,8 +16,8 @@ the standard workload; it has no tests).  ``--alternate BURSTS`` takes the
 requests/s and CPU from every variant's Envoy running at once, loaded in
 alternating one-second bursts (:func:`alternating_bursts`), steadier on a
 busy machine; start-up still comes from the rounds.
-Every Envoy gets the bootstrap setting meshext's sidecars use to hand
-freed memory back to the OS (``memory_allocator_manager``).
+Every Envoy gets tcmalloc's settings meshext's sidecars use (the bootstrap's
+``memory_allocator_manager``, glibc's rseq left to tcmalloc).
 Loopback only; every run is bounded in time.
 
     python benchmarks/sdk_header_filter.py [--seconds 5] [--rounds 3] [--alternate BURSTS]
@@ -40,6 +40,7 @@ from pathlib import Path
 
 from registry_pull import cpu_model
 
+from meshext.control.proxy import MEMORY_ALLOCATOR_MANAGER
 from meshext.envoy import EnvoyProcess
 from meshext.sdk.builder import build_filter, toolchain
 
@@ -53,9 +54,6 @@ function envoy_on_request(request_handle)
   request_handle:headers():add("x-path-length", tostring(string.len(path)))
 end
 """
-# The same as meshext's sidecar bootstrap (control/proxy.py): without it
-# tcmalloc keeps the compiler's freed memory.
-MEMORY_RELEASE = {"bytes_to_release": str(64 << 20), "memory_release_interval": "0.5s"}
 SETTLE_SECONDS = 1.5  # a few release intervals before RSS is read
 
 
@@ -93,7 +91,7 @@ def variants(python_module: Path, empty_module: Path, wat_module: Path, cold_mod
 
 def bootstrap(filters: list[dict], clusters: list[dict] | None = None) -> dict:
     """One listener "bench" answering 200 itself after ``filters``; ``clusters`` for filters that call out."""
-    return {"memory_allocator_manager": MEMORY_RELEASE, "static_resources": {"clusters": clusters or [], "listeners": [{
+    listener = {
         "name": "bench",
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
         "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
@@ -101,7 +99,9 @@ def bootstrap(filters: list[dict], clusters: list[dict] | None = None) -> dict:
             "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{
                 "match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]}]},
             "http_filters": [*filters, ROUTER]}}]}],
-    }]}}
+    }
+    return {"memory_allocator_manager": MEMORY_ALLOCATOR_MANAGER,
+            "static_resources": {"clusters": clusters or [], "listeners": [listener]}}
 
 
 def cpu_seconds(pid: int) -> float:

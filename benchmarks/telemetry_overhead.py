@@ -53,7 +53,6 @@ from typing import Literal
 from prometheus_client.parser import text_string_to_metric_families
 from sdk_header_filter import (
     HERE,
-    MEMORY_RELEASE,
     ROUTER,
     SETTLE_SECONDS,
     alternating_bursts,
@@ -64,6 +63,7 @@ from sdk_header_filter import (
 )
 
 from meshext.control.mesh import Mesh, Service, ServicePort, Workload
+from meshext.control.proxy import MEMORY_ALLOCATOR_MANAGER
 from meshext.control.telemetry import (
     for_direction,
     node_metadata,
@@ -147,7 +147,7 @@ def sidecar_bootstrap(workload: Workload, direction: Direction, variant: Variant
         exchange = peer_metadata_headers(workload.node_id, metadata)
         routes = (with_inbound_exchange if direction == "inbound" else with_outbound_exchange)(routes, exchange)
     return {
-        "memory_allocator_manager": MEMORY_RELEASE,
+        "memory_allocator_manager": MEMORY_ALLOCATOR_MANAGER,
         "node": {"id": workload.node_id, "cluster": f"{workload.name}.{workload.namespace}", "metadata": metadata},
         "stats_config": stats_config(),
         "static_resources": {"clusters": [cluster], "listeners": [{

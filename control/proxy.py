@@ -38,6 +38,24 @@ from meshext.extensions.telemetry.stats_config import stats_config
 
 log = logging.getLogger(__name__)
 
+# tcmalloc's settings for every sidecar (the bootstrap's memory_allocator_manager).
+# V8 compiles a Wasm module with scratch memory that tcmalloc keeps once freed:
+# the background release (the first two settings) does not break up the huge
+# pages that scratch memory shared with live objects, and waits one to five
+# minutes (tcmalloc's skip-subrelease intervals) before it hands them back.
+# Above the soft limit tcmalloc releases free pages at once, huge pages broken
+# up; it never refuses an allocation.  64 MiB is under a sidecar's heap while
+# it compiles a Python extension, so what the compiler freed goes back at
+# once: -17 MB for one Python filter, -12 MB for the four extensions in one
+# module, whose start it slows by about 0.2 s (pages released while V8 still
+# compiles, then touched again); 96 MiB costs no start-up but saves the one
+# filter nothing (benchmarks/sidecar_memory.py, README "tcmalloc's settings").
+MEMORY_ALLOCATOR_MANAGER = {
+    "bytes_to_release": str(64 << 20),
+    "memory_release_interval": "0.5s",
+    "soft_memory_limit_bytes": str(64 << 20),
+}
+
 # How long Envoy drains connections of a replaced filter chain (Envoy's default is 600 s).
 SIDECAR_DRAIN_SECONDS = 5
 # Envoy is LIVE only once its first listeners are in, and V8 compiles their Wasm modules
@@ -90,9 +108,7 @@ def bootstrap(
     ``stats_config`` turns the labels of meshext's extensions' metrics and of ``stats_labels``
     (label names of other extensions' meshext.sdk metrics) into Prometheus labels."""
     config: dict[str, Any] = {
-        # V8 compiles Wasm modules with scratch memory that tcmalloc would keep
-        # after each filter (re)load; hand freed memory back to the OS.
-        "memory_allocator_manager": {"bytes_to_release": str(64 << 20), "memory_release_interval": "0.5s"},
+        "memory_allocator_manager": MEMORY_ALLOCATOR_MANAGER,
         "node": {
             "id": node_id(workload, namespace),
             "cluster": f"{workload}.{namespace}",

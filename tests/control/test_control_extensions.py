@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from control_harness import (
     wasmplugin,
     write_resources,
 )
+
+from meshext.control.proxy import MEMORY_ALLOCATOR_MANAGER
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
@@ -350,6 +353,18 @@ def test_python_filter_built_with_the_sdk(mesh_under_test, clean_config, modules
     assert status["resolvedDigest"] == digest
     wait_until(lambda: _with_chain(call(mesh_under_test.mesh, "frontend-v1", "backend"),
                                    ["from-python", '{"tag":"wat"}']), what="Python then WAT filter")
+
+
+def test_sidecars_hand_the_compilers_memory_back_and_keep_per_cpu_caches(mesh_under_test):
+    """What an operator reads on a sidecar's admin page (/memory/tcmalloc): tcmalloc's soft limit,
+    above which free pages go back to the OS at once, and per-CPU caches in use (glibc's rseq
+    left to tcmalloc), not one cache per Envoy thread."""
+    for sidecar in mesh_under_test.sidecars.values():
+        page = sidecar.envoy.admin_get("/memory/tcmalloc")
+        limit = int(MEMORY_ALLOCATOR_MANAGER["soft_memory_limit_bytes"])
+        assert f"PARAMETER desired_usage_limit_bytes {limit}" in page
+        per_cpu_slabs = re.search(r"MALLOC:\s+(\d+) \(.*\) per-CPU slab bytes used", page)
+        assert per_cpu_slabs and int(per_cpu_slabs.group(1)) > 0, page[:1500]
 
 
 def test_extensions_of_one_publisher_share_a_vm_and_others_do_not(mesh_under_test, clean_config, registry,

@@ -8,12 +8,13 @@ import json
 import socket
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
 from sdk_helpers import EchoServer, TcpEchoServer, cluster, http_listener, tcp_listener
 
-from meshext.envoy import EnvoyProcess
+from meshext.envoy import EnvoyProcess, envoy_environment
 from meshext.errors import InternalError
 from meshext.sdk.builder import toolchain
 from meshext.sdk.builder.pipeline import SDK_DIR
@@ -197,3 +198,14 @@ def test_starting_a_running_envoy_again_is_refused_not_a_second_envoy(envoy: Env
     with pytest.raises(InternalError, match="already runs Envoy"):
         envoy.start()
     assert envoy.process is first and first is not None and first.poll() is None
+
+
+def test_envoy_runs_with_glibcs_rseq_left_to_tcmalloc_and_other_tunables_kept(envoy: EnvoyProcess) -> None:
+    assert envoy.process is not None
+    environ = dict(item.split("=", 1) for item in
+                   Path(f"/proc/{envoy.process.pid}/environ").read_text().split("\0") if "=" in item)
+    assert "glibc.pthread.rseq=0" in environ["GLIBC_TUNABLES"].split(":")
+    assert envoy_environment({"GLIBC_TUNABLES": "glibc.malloc.check=3"})["GLIBC_TUNABLES"] == (
+        "glibc.malloc.check=3:glibc.pthread.rseq=0")
+    # One who asks glibc to keep rseq (to compare, as benchmarks/sidecar_memory.py does) gets it.
+    assert envoy_environment({"GLIBC_TUNABLES": "glibc.pthread.rseq=1"})["GLIBC_TUNABLES"] == "glibc.pthread.rseq=1"
