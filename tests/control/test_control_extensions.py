@@ -355,7 +355,7 @@ def test_python_filter_built_with_the_sdk(mesh_under_test, clean_config, modules
                                    ["from-python", '{"tag":"wat"}']), what="Python then WAT filter")
 
 
-def test_sidecars_hand_the_compilers_memory_back_and_keep_per_cpu_caches(mesh_under_test):
+def test_sidecars_run_tcmalloc_with_the_soft_limit_and_per_cpu_caches(mesh_under_test):
     """What an operator reads on a sidecar's admin page (/memory/tcmalloc): tcmalloc's soft limit,
     above which free pages go back to the OS at once, and per-CPU caches in use (glibc's rseq
     left to tcmalloc), not one cache per Envoy thread."""
