@@ -14,7 +14,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from meshext.control.local.layout import PORT_RANGE
+from meshext.control.local.layout import PORT_RANGE, Ports
 from meshext.control.local.up import LocalMesh
 
 
@@ -37,6 +37,17 @@ def free_port_base(count: int = PORT_RANGE) -> int:
             continue
         return base
     raise AssertionError(f"no {count} consecutive free ports between 10000 and {low}")
+
+
+def free_mesh_ports() -> Ports:
+    """Ports for a test's local mesh, every one below Linux's ephemeral range (see free_port_base): the
+    five single ports follow the backing services' range.  A single port among the ephemeral ones was
+    taken by some outgoing connection while `meshext up` restarted the registry after a killed run,
+    as one CI run saw."""
+    base = free_port_base(PORT_RANGE + 5)
+    productpage, registry, control, control_http, prometheus = range(base + PORT_RANGE, base + PORT_RANGE + 5)
+    return Ports(productpage=productpage, registry=registry, control=control, control_http=control_http,
+                 prometheus=prometheus, port_base=base)
 
 
 def all_pids(mesh: LocalMesh) -> set[int]:

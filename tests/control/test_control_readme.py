@@ -31,8 +31,8 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from control_harness import Load, Response, free_port, wait_until
-from local_mesh_checks import all_pids, assert_demo_edges, free_port_base, prometheus_edges
+from control_harness import Load, Response, wait_until
+from local_mesh_checks import all_pids, assert_demo_edges, free_mesh_ports, prometheus_edges
 
 from meshext.control.local.layout import STATE_ENV, Ports, StateDir
 from meshext.control.local.processes import start_time
@@ -108,8 +108,7 @@ def test_the_readme_commands_run_as_written(tmp_path):
     assert commands[0] == "bash scripts/demo.sh" and commands[-1] == "meshext down", commands
     copy, state = tmp_path / "meshext", tmp_path / "state"
     fresh_copy(copy)
-    ports = Ports(productpage=free_port(), registry=free_port(), control=free_port(), control_http=free_port(),
-                  prometheus=free_port(), port_base=free_port_base())
+    ports = free_mesh_ports()
     installed(copy, ports)
     environment = {**os.environ, STATE_ENV: str(state), "PYTHONPATH": str(copy / "src"), "COLUMNS": "120"}
     terminal = Terminal(copy, environment)

@@ -34,7 +34,14 @@ import pytest
 import yaml
 from control_harness import Load, Response, free_port, wait_until
 from cryptography.hazmat.primitives.asymmetric import rsa
-from local_mesh_checks import all_pids, assert_demo_edges, free_port_base, prometheus_edges, prometheus_query
+from local_mesh_checks import (
+    all_pids,
+    assert_demo_edges,
+    free_mesh_ports,
+    free_port_base,
+    prometheus_edges,
+    prometheus_query,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshext.control.local import images
@@ -63,8 +70,7 @@ def port_options(ports: Ports) -> list[str]:
 @pytest.fixture(scope="module")
 def local_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Ports]]:
     state = tmp_path_factory.mktemp("state")
-    ports = Ports(productpage=free_port(), registry=free_port(), control=free_port(), control_http=free_port(),
-                  prometheus=free_port(), port_base=free_port_base())
+    ports = free_mesh_ports()
     try:
         started = meshext(state, "up", *port_options(ports))
         assert started.returncode == 0, started.stdout + started.stderr
