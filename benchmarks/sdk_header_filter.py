@@ -196,18 +196,31 @@ def one_round(filters: list[dict], seconds: int, clusters: list[dict] | None = N
         envoy.cleanup()
 
 
+def settled_rss_mb(envoy: EnvoyProcess) -> float:
+    """A started Envoy's RSS in MB once its workers have served requests and memory has settled."""
+    host, port = envoy.listener_address("bench")
+    for _ in range(4):  # reach both workers
+        urllib.request.urlopen(f"http://{host}:{port}/warm", timeout=5).read()
+    time.sleep(SETTLE_SECONDS)
+    return envoy.rss_bytes() / 2**20
+
+
 def rss_mb(filters: list[dict], workers: int, start_timeout: float = 60, clusters: list[dict] | None = None) -> float:
     """Envoy's RSS once every worker has served requests and memory has settled."""
     envoy = EnvoyProcess(bootstrap(filters, clusters), concurrency=workers)
     try:
         envoy.start(timeout=start_timeout)
-        host, port = envoy.listener_address("bench")
-        for _ in range(4):  # reach both workers
-            urllib.request.urlopen(f"http://{host}:{port}/warm", timeout=5).read()
-        time.sleep(SETTLE_SECONDS)
-        return envoy.rss_bytes() / 2**20
+        return settled_rss_mb(envoy)
     finally:
         envoy.cleanup()
+
+
+def wat_module(name: str, directory: Path) -> Path:
+    """filters/NAME/filter.wat assembled with wasm-tools into DIRECTORY/NAME.wasm."""
+    module = directory / f"{name}.wasm"
+    subprocess.run([toolchain.wasm_tools(), "parse", str(HERE / "filters" / name / "filter.wat"), "-o", str(module)],
+                   check=True)
+    return module
 
 
 def machine() -> str:
@@ -229,12 +242,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         built = build_filter(HERE / "filters" / "header", Path(scratch) / "header.wasm")
         cold = build_filter(HERE / "filters" / "header", Path(scratch) / "header-cold.wasm", cold_code=True)
-        wat_modules = {}
-        for name in ("empty_wat", "header_wat"):
-            wat_modules[name] = Path(scratch) / f"{name}.wasm"
-            subprocess.run([toolchain.wasm_tools(), "parse", str(HERE / "filters" / name / "filter.wat"),
-                            "-o", str(wat_modules[name])], check=True)
-        chosen = variants(built.output, wat_modules["empty_wat"], wat_modules["header_wat"], cold.output)
+        chosen = variants(built.output, wat_module("empty_wat", Path(scratch)), wat_module("header_wat", Path(scratch)),
+                          cold.output)
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in chosen}
         for _ in range(args.rounds):
             for name, filters in chosen.items():

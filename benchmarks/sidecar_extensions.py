@@ -33,16 +33,15 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from sdk_header_filter import HERE, alternated, machine, one_round, rss_mb
+from sdk_header_filter import HERE, alternated, machine, one_round, rss_mb, wat_module
 from threescale_latency import BACKEND_CLUSTER, SERVICE, plugin_config
 
 from meshext.extensions.threescale.backend import Backend, BackendServer, SimulatorConfig
-from meshext.sdk.builder import build_filter, build_filters, toolchain
+from meshext.sdk.builder import build_filter, build_filters
 
 REPO = HERE.parent
 RATELIMIT = {"mode": "local", "domain": "bench", "response_headers": False, "rules": [{
@@ -90,9 +89,7 @@ def build_modules(scratch: Path, optimize: bool, cold_code: bool) -> dict[str, P
         modules["multi-root" + suffix] = build_filters(
             [path for path, _ in PROJECTS.values()], scratch / f"multi-root{suffix}.wasm", optimize_code=optimize,
             cold_code=bool(suffix)).output
-    modules["floor"] = scratch / "floor.wasm"
-    subprocess.run([toolchain.wasm_tools(), "parse", str(HERE / "filters" / "header_wat" / "filter.wat"),
-                    "-o", str(modules["floor"])], check=True)
+    modules["floor"] = wat_module("header_wat", scratch)
     return modules
 
 

@@ -24,19 +24,18 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+from unittest.mock import patch
 
-from sdk_header_filter import HERE, SETTLE_SECONDS, bootstrap, machine, wait_answered, wasm_filter
+from sdk_header_filter import HERE, bootstrap, machine, settled_rss_mb, wait_answered, wasm_filter, wat_module
 from sidecar_extensions import CONFIGS, PROJECTS, THREESCALE_SERVICE, backend_cluster, plugin
 
 from meshext.control.proxy import MEMORY_ALLOCATOR_MANAGER
 from meshext.envoy import EnvoyProcess
 from meshext.extensions.threescale.backend import Backend, BackendServer, SimulatorConfig
-from meshext.sdk.builder import build_filter, build_filters, toolchain
+from meshext.sdk.builder import build_filter, build_filters
 
 RELEASE_ONLY = {key: MEMORY_ALLOCATOR_MANAGER[key] for key in ("bytes_to_release", "memory_release_interval")}
 GLIBC_KEEPS_RSEQ = "glibc.pthread.rseq=1"  # envoy_environment leaves a given rseq tunable alone
@@ -51,9 +50,7 @@ SETTINGS = {
 
 def modules(scratch: Path) -> dict[str, list[dict]]:
     """The filter chains measured: none, the floor, the header filter and the four extensions with cold code."""
-    floor = scratch / "floor.wasm"
-    subprocess.run([toolchain.wasm_tools(), "parse", str(HERE / "filters" / "header_wat" / "filter.wat"),
-                    "-o", str(floor)], check=True)
+    floor = wat_module("header_wat", scratch)
     header = build_filter(HERE / "filters" / "header", scratch / "header.wasm", cold_code=True).output
     bundle = build_filters([path for path, _ in PROJECTS.values()], scratch / "multi-root.wasm", cold_code=True).output
     return {
@@ -69,25 +66,17 @@ def measure(filters: list[dict], clusters: list[dict], memory: dict, tunables: s
     """(RSS in MB after 4 requests and settling, seconds from start to the first answer)."""
     config = bootstrap(filters, clusters)
     config["memory_allocator_manager"] = memory
-    saved = os.environ.get("GLIBC_TUNABLES")
-    os.environ["GLIBC_TUNABLES"] = tunables
-    started = time.monotonic()
-    envoy = EnvoyProcess(config)
-    try:
-        envoy.start(timeout=300)
-        host, port = envoy.listener_address("bench")
-        wait_answered(f"http://{host}:{port}/x", timeout=300)
-        first_answer = time.monotonic() - started
-        for _ in range(4):
-            urllib.request.urlopen(f"http://{host}:{port}/warm", timeout=5).read()
-        time.sleep(SETTLE_SECONDS)
-        return envoy.rss_bytes() / 2**20, first_answer
-    finally:
-        envoy.cleanup()
-        if saved is None:
-            os.environ.pop("GLIBC_TUNABLES", None)
-        else:
-            os.environ["GLIBC_TUNABLES"] = saved
+    with patch.dict(os.environ, {"GLIBC_TUNABLES": tunables}):  # envoy_environment starts from it
+        started = time.monotonic()
+        envoy = EnvoyProcess(config)
+        try:
+            envoy.start(timeout=300)
+            host, port = envoy.listener_address("bench")
+            wait_answered(f"http://{host}:{port}/x", timeout=300)
+            first_answer = time.monotonic() - started
+            return settled_rss_mb(envoy), first_answer
+        finally:
+            envoy.cleanup()
 
 
 def main() -> None:

@@ -359,9 +359,9 @@ def test_sidecars_run_tcmalloc_with_the_soft_limit_and_per_cpu_caches(mesh_under
     """What an operator reads on a sidecar's admin page (/memory/tcmalloc): tcmalloc's soft limit,
     above which free pages go back to the OS at once, and per-CPU caches in use (glibc's rseq
     left to tcmalloc), not one cache per Envoy thread."""
+    limit = int(MEMORY_ALLOCATOR_MANAGER["soft_memory_limit_bytes"])
     for sidecar in mesh_under_test.sidecars.values():
         page = sidecar.envoy.admin_get("/memory/tcmalloc")
-        limit = int(MEMORY_ALLOCATOR_MANAGER["soft_memory_limit_bytes"])
         assert f"PARAMETER desired_usage_limit_bytes {limit}" in page
         per_cpu_slabs = re.search(r"MALLOC:\s+(\d+) \(.*\) per-CPU slab bytes used", page)
         assert per_cpu_slabs and int(per_cpu_slabs.group(1)) > 0, page[:1500]
