@@ -41,9 +41,7 @@ def free_port_base(count: int = PORT_RANGE) -> int:
 
 def free_mesh_ports() -> Ports:
     """Ports for a test's local mesh, every one below Linux's ephemeral range (see free_port_base): the
-    five single ports follow the backing services' range.  A single port among the ephemeral ones was
-    taken by some outgoing connection while `meshext up` restarted the registry after a killed run,
-    as one CI run saw."""
+    five single ports follow the backing services' range."""
     base = free_port_base(PORT_RANGE + 5)
     productpage, registry, control, control_http, prometheus = range(base + PORT_RANGE, base + PORT_RANGE + 5)
     return Ports(productpage=productpage, registry=registry, control=control, control_http=control_http,
