@@ -34,10 +34,19 @@ def _stat_fields(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2:].split()
 
 
+def _exited(stat: list[str]) -> bool:
+    """Whether every thread of the process has exited: a zombie with no thread left but its leader.
+
+    A multi-threaded process's leader can be a zombie while its other threads are still exiting, and
+    they hold the process's files until the last one is gone: its listening sockets too (a registry
+    stopped by `meshext up` looked gone while its port was still taken)."""
+    return stat[0] in ("Z", "X") and int(stat[17]) <= 1  # fields 3 (state) and 20 (num_threads)
+
+
 def start_time(pid: int) -> int | None:
-    """The process's start time (clock ticks after boot), None when it is gone or a zombie."""
+    """The process's start time (clock ticks after boot), None when it is gone or has exited."""
     stat = _stat_fields(pid)
-    if stat is None or stat[0] in ("Z", "X"):
+    if stat is None or _exited(stat):
         return None
     return int(stat[19])  # field 22 of /proc/PID/stat
 
@@ -57,7 +66,7 @@ def session_members(session: int, started_after: int) -> list[int]:
         if not entry.name.isdigit():
             continue
         stat = _stat_fields(int(entry.name))
-        if stat is not None and stat[0] not in ("Z", "X") and int(stat[3]) == session \
+        if stat is not None and not _exited(stat) and int(stat[3]) == session \
                 and int(stat[19]) >= started_after:
             members.append(int(entry.name))
     return members
