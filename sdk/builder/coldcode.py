@@ -8,7 +8,8 @@ therefore moves each function outside the hot set (what a profile saw run,
 ``meshext.function_profile``) out of the code section:
 
 - its body, byte for byte, goes into passive data segment 0 (after the file
-  data memfs.c reads from it), which V8 keeps as module bytes and never
+  data memfs.c reads from it; the segment is carried packed,
+  sdk/builder/packed_segment.py), which V8 keeps as module bytes and never
   compiles;
 - its body becomes a stub that hands the parameters to the interpreter the
   shim carries (sdk/shim/interp.c: ``meshext_interp_enter`` reserves their
@@ -52,6 +53,7 @@ from dataclasses import dataclass
 from meshext import wasm_binary as wb
 from meshext import wasm_code
 from meshext.errors import InternalError
+from meshext.sdk.builder import packed_segment
 
 INTERPRET_ALL_ENV = "MESHEXT_INTERPRET_ALL"
 """Set (to anything but empty or 0): every build runs all it can in the interpreter (:func:`interpret_all`)."""
@@ -166,7 +168,8 @@ def carry_cold_code(module: bytes, *, hot: Iterable[int]) -> ColdCode:
     size = table_min + len(native)
 
     data_section = wb.find_section(sections, wb.DATA)
-    segment_zero, rest = _split_first_segment(data_section)
+    packed, rest = _split_first_segment(data_section)
+    segment_zero = packed_segment.unpack(packed)
     meta = (len(segment_zero) + 7) & ~7
     region = _region(
         type_of=type_of + generated_types,
@@ -205,8 +208,8 @@ def carry_cold_code(module: bytes, *, hot: Iterable[int]) -> ColdCode:
         wb.replace_section(sections, wb.Section(wb.START, wb.uleb(new_index[wb.Reader(start.payload).uleb()])))
     code = wasm_code.code_section(new_bodies)
     wb.replace_section(sections, code)
-    wb.replace_section(sections, wb.Section(wb.DATA, rest[0] + b"\x01" + wb.uleb(len(segment_zero)) + segment_zero
-                                            + rest[1]))
+    packed = packed_segment.pack(segment_zero)
+    wb.replace_section(sections, wb.Section(wb.DATA, rest[0] + b"\x01" + wb.uleb(len(packed)) + packed + rest[1]))
     return ColdCode(
         module=wb.encode_sections(sections),
         functions_moved=len(cold),

@@ -21,7 +21,7 @@ import wasmtime
 
 from meshext import compiled_modules as modules
 from meshext import wasm_binary
-from meshext.sdk.builder import fsimage
+from meshext.sdk.builder import fsimage, packed_segment
 
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error", "critical")
 
@@ -65,7 +65,8 @@ def preinitialize(shim: bytes, image: bytes, in_memory: set[str]) -> PreinitResu
     snapshot_memory = bytearray(memory.read(store, 0, memory.data_len(store)))
     file_data = fsimage.detach(snapshot_memory, at, len(image), in_memory)
     snapshotted = wasm_binary.snapshot(
-        shim, bytes(snapshot_memory), values, drop_exports=("_initialize", "meshext_preinit"), passive=[file_data],
+        shim, bytes(snapshot_memory), values, drop_exports=("_initialize", "meshext_preinit"),
+        passive=[packed_segment.pack(file_data)],
         keep_names=True,
     )
     return PreinitResult(snapshotted, log, len(snapshot_memory))

@@ -39,7 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "memfs.h"
+#include "segment.h"
 
 #define STACK_SLOTS (128 * 1024) /* value slots (1 MiB), shared by all nested interpreted frames */
 #define LABEL_SLOTS (16 * 1024)  /* open blocks, loops and ifs of all nested interpreted frames */

@@ -20,7 +20,7 @@
  * After pre-initialisation the build moves most file contents out of
  * memory into the module's passive data segment 0 (fsimage.detach): such a
  * file's kind becomes MXFS_KIND_SEGMENT_FILE, its data offset an offset
- * into that segment, and reads copy from it with memory.init.  V8 keeps a
+ * into that segment, and reads copy from it (segment.c).  V8 keeps a
  * passive segment once, in the module's bytes, where contents in linear
  * memory would be one copy per VM.  The segment is never dropped: a file
  * may be read again.
@@ -34,6 +34,7 @@
 #include <wasi/api.h>
 
 #include "memfs.h"
+#include "segment.h"
 #include "proxy_wasm.h"
 
 #define MXFS_KIND_FILE 0
@@ -67,15 +68,6 @@ void meshext_memfs_mount(uint8_t *data, uint32_t size) {
     image = data;
     memcpy(&entry_count, data + 8, 4);
     entries = (mxfs_entry *)(data + MXFS_HEADER_SIZE);
-}
-
-/* memory.init from data segment 0 (the segment index is an immediate; clang
- * has no builtin for it any more, and only this function needs bulk memory).
- * interp.c reads the cold function bodies with it too. */
-__attribute__((target("bulk-memory")))
-void meshext_copy_from_segment(void *destination, uint32_t offset, uint32_t size) {
-    __asm__ volatile("local.get %0\n\tlocal.get %1\n\tlocal.get %2\n\tmemory.init 0, 0"
-                     :: "r"(destination), "r"(offset), "r"(size) : "memory");
 }
 
 /* Copy `size` bytes of an entry's data, from `offset` on, to `destination`. */

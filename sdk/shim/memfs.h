@@ -13,8 +13,4 @@ void meshext_memfs_mount(uint8_t *data, uint32_t size);
 /* Build time: drop the bytes of a file nothing reads again; 0 if it was a file of the image. */
 int meshext_memfs_forget(const char *path, uint32_t length);
 
-/* Copy `size` bytes of passive data segment 0, from `offset` on (memory.init 0);
- * traps when the range is outside the segment. */
-void meshext_copy_from_segment(void *destination, uint32_t offset, uint32_t size);
-
 #endif

@@ -9,12 +9,13 @@ modules in meshext's Proxy-Wasm host."""
 from __future__ import annotations
 
 import hashlib
+import random
 from pathlib import Path
 
 import wasmtime
 
 from meshext import wasm_binary
-from meshext.sdk.builder import build_filter
+from meshext.sdk.builder import build_filter, packed_segment
 from meshext.sdk.builder.pipeline import SDK_DIR
 from meshext.testing import Host
 
@@ -52,13 +53,15 @@ def project(tmp_path: Path, source: str = FILTER) -> Path:
 
 
 def data(module: Path) -> tuple[list[bytes], bytes]:
-    """(the passive segments the code reads, every VM's initial memory as its snapshot writes it)."""
+    """(the passive segments the code reads, segment 0 unpacked; every VM's initial memory as its snapshot
+    writes it)."""
     sections = wasm_binary.parse_sections(module.read_bytes())
     segments = wasm_binary.read_data_segments(sections)
     runs = wasm_binary.initial_memory(sections)
     assert segments is not None and runs is not None
     snapshot = wasm_binary.deferred_snapshot_segment(sections)
-    passive = [content for index, (offset, content) in enumerate(segments) if offset is None and index != snapshot]
+    passive = [packed_segment.unpack(content) if index == 0 else content
+               for index, (offset, content) in enumerate(segments) if offset is None and index != snapshot]
     memory = bytearray(max(offset + len(content) for offset, content in runs))
     for offset, content in runs:
         memory[offset:offset + len(content)] = content
@@ -83,6 +86,48 @@ def test_files_read_at_run_time_come_from_a_passive_segment_not_from_each_vms_me
     assert 'File "reader/filter.py", line 17, in on_request_headers' in log
     assert 'raise KeyError("VERSION")' in log  # the line's text, read at run time
     assert plugin.exchange("GET", "/lazy").request.header("x-lazy") == "read at run time"  # read again
+
+
+SLICES = '''
+import hashlib, os
+from meshext.sdk import Action, HttpContext, RootContext
+
+SDK = "/app/meshext/sdk/"
+
+class Slicer(HttpContext):
+    def on_request_headers(self, end_of_stream):
+        path = self.request.headers.get(":path")
+        if path == "/list":
+            self.request.headers.add("x-files", " ".join(sorted(n for n in os.listdir(SDK) if n.endswith(".py"))))
+        else:
+            _, name, offset, size = path.split("/")
+            with open(SDK + name, "rb") as file:
+                file.seek(int(offset))
+                self.request.headers.add("x-sha256", hashlib.sha256(file.read(int(size))).hexdigest())
+        return Action.CONTINUE
+
+class Root(RootContext):
+    http_context = Slicer
+'''
+
+
+def test_random_slices_of_files_in_the_packed_segment_read_as_the_files_are(tmp_path: Path) -> None:
+    # Segment 0 is carried in compressed blocks (sdk/builder/packed_segment.py): slices that start and end
+    # anywhere, across block boundaries too, against the SDK's files the module carries.
+    built = build_filter(project(tmp_path, SLICES), tmp_path / "out.wasm")
+    packed = wasm_binary.read_data_segments(wasm_binary.parse_sections(built.output.read_bytes()))[0][1]
+    assert len(packed) < len(packed_segment.unpack(packed)) / 2  # what the packing is for
+    plugin = Host().load(built.output)
+    names = plugin.exchange("GET", "/list").request.header("x-files").split()
+    assert "contexts.py" in names and "_dispatch.py" in names  # each over a block (16 KiB)
+    chooser = random.Random(16)
+    for _ in range(150):
+        name = chooser.choice(names)
+        content = (SDK_DIR / name).read_bytes()
+        offset = chooser.randrange(len(content) + 1)
+        size = chooser.choice([1, 7, 4096, packed_segment.BLOCK_SIZE + 3, len(content)])
+        answer = plugin.exchange("GET", f"/{name}/{offset}/{size}").request.header("x-sha256")
+        assert answer == hashlib.sha256(content[offset:offset + size]).hexdigest(), (name, offset, size)
 
 
 def test_an_edit_of_the_filter_keeps_the_passive_segment(tmp_path: Path) -> None:

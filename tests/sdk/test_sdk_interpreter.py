@@ -26,7 +26,7 @@ import wasmtime
 from sdk_helpers import code_size
 
 from meshext import wasm_binary as wb
-from meshext.sdk.builder import build_filter, coldcode, toolchain
+from meshext.sdk.builder import build_filter, coldcode, packed_segment, toolchain
 from meshext.sdk.builder.shim import SHIM_SOURCES
 from meshext.testing import Host
 
@@ -51,13 +51,15 @@ FUEL = 10_000_000  # per operation: far more than the interpreted ones take
 
 
 def _with_passive_segment_zero(module: bytes) -> bytes:
-    """``module`` with an empty passive data segment 0 (where coldcode.py appends the bodies)."""
+    """``module`` with an empty passive data segment 0, packed (where coldcode.py appends the bodies)."""
     sections = wb.parse_sections(module)
     data = wb.find_section(sections, wb.DATA)
     assert data is not None
     reader = wb.Reader(data.payload)
     count = reader.uleb()
-    wb.replace_section(sections, wb.Section(wb.DATA, wb.uleb(count + 1) + b"\x01\x00" + data.payload[reader.position:]))
+    empty = packed_segment.pack(b"")
+    wb.replace_section(sections, wb.Section(wb.DATA, wb.uleb(count + 1) + b"\x01" + wb.uleb(len(empty)) + empty
+                                            + data.payload[reader.position:]))
     wb.replace_section(sections, wb.Section(wb.DATACOUNT, wb.uleb(count + 1)))
     return wb.encode_sections(sections)
 
@@ -96,7 +98,8 @@ def operations(tmp_path_factory: pytest.TempPathFactory) -> tuple[Operations, Op
     """(operations.c compiled, the same interpreted, how many operations there are)."""
     output = tmp_path_factory.mktemp("operations") / "operations.wasm"
     subprocess.run([*toolchain.zig_cc(), "-target", "wasm32-wasi", "-mexec-model=reactor", "-Oz", f"-I{SHIM_SOURCES}",
-                    str(SHIM_SOURCES / "interp.c"), str(OPERATIONS), "-o", str(output)], check=True)
+                    str(SHIM_SOURCES / "interp.c"), str(SHIM_SOURCES / "segment.c"),
+                    str(OPERATIONS), "-o", str(output)], check=True)
     compiled = _with_passive_segment_zero(output.read_bytes())
     carried = coldcode.carry_cold_code(compiled, hot=set())
     assert carried.functions_moved >= 2  # operation() and walk() at least

@@ -1,7 +1,7 @@
 /*
  * Wasm instructions one by one, for tests/sdk/test_sdk_interpreter.py.
  *
- * Linked with sdk/shim/interp.c into a small module; the test moves `operation`
+ * Linked with sdk/shim/interp.c and segment.c into a small module; the test moves `operation`
  * and its helpers to the interpreter (sdk/builder/coldcode.py) and compares
  * each case's result, or its trap, with the compiled module's.  Values travel
  * as bit patterns (floats too), so NaN payloads and -0 compare exactly.
@@ -10,12 +10,6 @@
  */
 #include <stdint.h>
 #include <string.h>
-
-/* memory.init 0, as memfs.c (which needs the proxy's imports) does it. */
-void meshext_copy_from_segment(void *destination, uint32_t offset, uint32_t size) {
-    __asm__ volatile("local.get %0\n\tlocal.get %1\n\tlocal.get %2\n\tmemory.init 0, 0"
-                     :: "r"(destination), "r"(offset), "r"(size) : "memory");
-}
 
 static float f32(uint64_t bits) { uint32_t b = (uint32_t)bits; float f; memcpy(&f, &b, 4); return f; }
 static double f64(uint64_t bits) { double d; memcpy(&d, &bits, 8); return d; }
