@@ -203,7 +203,7 @@ static int32_t read_at(open_file *file, uint64_t offset, int32_t iovs, int32_t i
     for (int32_t i = 0; i < iovs_len; i++) {
         uint64_t left = offset < entry->data_length ? entry->data_length - offset : 0;
         uint32_t n = vec[i].buf_len < left ? vec[i].buf_len : (uint32_t)left;
-        if (n) copy_file_data(entry, (uint32_t)offset, vec[i].buf, n); /* memory.init checks its offset even for 0 bytes */
+        if (n) copy_file_data(entry, (uint32_t)offset, vec[i].buf, n);
         offset += n;
         *total += n;
         if (n < vec[i].buf_len) break;

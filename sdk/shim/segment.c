@@ -170,7 +170,9 @@ static void inflate_codes(inflater *s, const huffman *literals, const huffman *d
 }
 
 static void inflate_stored(inflater *s) {
-    s->bit_buffer = 0;  /* to the byte boundary */
+    /* To the byte boundary: the partial byte's bits go, the whole bytes refill() read ahead go back. */
+    s->in_position -= s->bit_count / 8;
+    s->bit_buffer = 0;
     s->bit_count = 0;
     if (s->in_size - s->in_position < 4) trap();
     const uint8_t *at = s->in + s->in_position;

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from meshext import wasm_binary
+from meshext.sdk.builder import packed_segment
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
@@ -81,6 +82,22 @@ class TcpEchoServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def with_passive_segment_zero(module: bytes, content: bytes) -> bytes:
+    """``module`` (with no passive segment) with ``content`` as passive data segment 0, packed as
+    `meshext build` packs it (sdk/builder/packed_segment.py)."""
+    sections = wasm_binary.parse_sections(module)
+    data = wasm_binary.find_section(sections, wasm_binary.DATA)
+    assert data is not None
+    reader = wasm_binary.Reader(data.payload)
+    count = reader.uleb()
+    packed = packed_segment.pack(content)
+    segment_zero = b"\x01" + wasm_binary.uleb(len(packed)) + packed  # flags 1: passive
+    payload = wasm_binary.uleb(count + 1) + segment_zero + data.payload[reader.position:]
+    wasm_binary.replace_section(sections, wasm_binary.Section(wasm_binary.DATA, payload))
+    wasm_binary.replace_section(sections, wasm_binary.Section(wasm_binary.DATACOUNT, wasm_binary.uleb(count + 1)))
+    return wasm_binary.encode_sections(sections)
 
 
 def code_size(module: Path) -> int:

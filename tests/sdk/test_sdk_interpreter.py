@@ -23,10 +23,9 @@ from pathlib import Path
 
 import pytest
 import wasmtime
-from sdk_helpers import code_size
+from sdk_helpers import code_size, with_passive_segment_zero
 
-from meshext import wasm_binary as wb
-from meshext.sdk.builder import build_filter, coldcode, packed_segment, toolchain
+from meshext.sdk.builder import build_filter, coldcode, toolchain
 from meshext.sdk.builder.shim import SHIM_SOURCES
 from meshext.testing import Host
 
@@ -48,20 +47,6 @@ OPERANDS = [0, 1, 2, 3, 7, 31, 32, 33, 47, 63, 0x7FFFFFFF, 0x80000000, 0xFFFFFFF
 SECOND_OPERANDS = [0, 1, 33, 0xFFFFFFFF, 0x8000000000000000, 0xFFFFFFFFFFFFFFFF, 0x123456789ABCDEF0, 0x3F800000,
                    0x7FA00001, 0x80000001, 0x3FF0000000000000, 0x7FF4000000000001, 0xFFF0000000000000]
 FUEL = 10_000_000  # per operation: far more than the interpreted ones take
-
-
-def _with_passive_segment_zero(module: bytes) -> bytes:
-    """``module`` with an empty passive data segment 0, packed (where coldcode.py appends the bodies)."""
-    sections = wb.parse_sections(module)
-    data = wb.find_section(sections, wb.DATA)
-    assert data is not None
-    reader = wb.Reader(data.payload)
-    count = reader.uleb()
-    empty = packed_segment.pack(b"")
-    wb.replace_section(sections, wb.Section(wb.DATA, wb.uleb(count + 1) + b"\x01" + wb.uleb(len(empty)) + empty
-                                            + data.payload[reader.position:]))
-    wb.replace_section(sections, wb.Section(wb.DATACOUNT, wb.uleb(count + 1)))
-    return wb.encode_sections(sections)
 
 
 class Operations:
@@ -100,7 +85,7 @@ def operations(tmp_path_factory: pytest.TempPathFactory) -> tuple[Operations, Op
     subprocess.run([*toolchain.zig_cc(), "-target", "wasm32-wasi", "-mexec-model=reactor", "-Oz", f"-I{SHIM_SOURCES}",
                     str(SHIM_SOURCES / "interp.c"), str(SHIM_SOURCES / "segment.c"),
                     str(OPERATIONS), "-o", str(output)], check=True)
-    compiled = _with_passive_segment_zero(output.read_bytes())
+    compiled = with_passive_segment_zero(output.read_bytes(), b"")  # where coldcode.py appends the bodies
     carried = coldcode.carry_cold_code(compiled, hot=set())
     assert carried.functions_moved >= 2  # operation() and walk() at least
     native = Operations(compiled)
