@@ -14,9 +14,11 @@ built with ``--cold-code`` (one shared ``vm_id``), under four settings:
   ``MEMORY_ALLOCATOR_MANAGER``, meshext.envoy's ``envoy_environment``).
 
 One Envoy worker, RSS after 4 requests and memory settled (as
-sdk_header_filter.py), interleaved rounds, medians.  Loopback only.
+sdk_header_filter.py), interleaved rounds, medians.  ``--soft-limits``
+measures meshext's settings with other soft limits instead (how meshext's
+was chosen).  Loopback only.
 
-    python benchmarks/sidecar_memory.py [--rounds 3]
+    python benchmarks/sidecar_memory.py [--rounds 3] [--soft-limits 16,32,64]
 """
 
 from __future__ import annotations
@@ -82,7 +84,13 @@ def measure(filters: list[dict], clusters: list[dict], memory: dict, tunables: s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+    parser.add_argument("--soft-limits", metavar="MIB,MIB,...",
+                        help="instead of the four settings, meshext's with each of these soft limits")
     args = parser.parse_args()
+    settings = SETTINGS if not args.soft_limits else {
+        f"meshext's, soft limit {mib} MiB": (
+            {**MEMORY_ALLOCATOR_MANAGER, "soft_memory_limit_bytes": str(int(mib) << 20)}, "")
+        for mib in args.soft_limits.split(",")}
     backend = Backend(SimulatorConfig.model_validate({"services": [THREESCALE_SERVICE]}))
     with tempfile.TemporaryDirectory() as scratch, BackendServer(backend) as simulator:
         clusters = [backend_cluster(simulator.port)]
@@ -90,7 +98,7 @@ def main() -> None:
         runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for _ in range(args.rounds):
             for chain, filters in chains.items():
-                for setting, (memory, tunables) in SETTINGS.items():
+                for setting, (memory, tunables) in settings.items():
                     runs.setdefault((chain, setting), []).append(measure(filters, clusters, memory, tunables))
     rss = {key: statistics.median(r for r, _ in values) for key, values in runs.items()}
     start = {key: statistics.median(s for _, s in values) for key, values in runs.items()}

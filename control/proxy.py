@@ -44,16 +44,18 @@ log = logging.getLogger(__name__)
 # pages that scratch memory shared with live objects, and waits one to five
 # minutes (tcmalloc's skip-subrelease intervals) before it hands them back.
 # Above the soft limit tcmalloc releases free pages at once, huge pages broken
-# up; it never refuses an allocation.  64 MiB is under a sidecar's heap while
+# up; it never refuses an allocation.  32 MiB is under a sidecar's heap while
 # it compiles a Python extension, so what the compiler freed goes back at
-# once: -17 MB for one Python filter, -12 MB for the four extensions in one
-# module, whose start it slows by about 0.2 s (pages released while V8 still
-# compiles, then touched again); 96 MiB costs no start-up but saves the one
-# filter nothing (benchmarks/sidecar_memory.py, README "tcmalloc's settings").
+# once.  It was 64 MiB until the snapshot was packed (issue 16): the header
+# filter's heap then stayed under 64 MiB and kept its free pages, 124 MB
+# against 111.5 MB at 32 MiB (16-48 MiB give the same); the four extensions
+# in one module 132 MB against 129 MB, a start about 0.2 s slower on a busy
+# machine (pages released while V8 still compiles, then touched again)
+# (benchmarks/sidecar_memory.py, README "tcmalloc's settings").
 MEMORY_ALLOCATOR_MANAGER = {
     "bytes_to_release": str(64 << 20),
     "memory_release_interval": "0.5s",
-    "soft_memory_limit_bytes": str(64 << 20),
+    "soft_memory_limit_bytes": str(32 << 20),
 }
 
 # How long Envoy drains connections of a replaced filter chain (Envoy's default is 600 s).

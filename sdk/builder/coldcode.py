@@ -9,7 +9,7 @@ therefore moves each function outside the hot set (what a profile saw run,
 
 - its body, byte for byte, goes into passive data segment 0 (after the file
   data memfs.c reads from it; the segment is carried packed,
-  sdk/builder/packed_segment.py), which V8 keeps as module bytes and never
+  src/meshext/packed_segment.py), which V8 keeps as module bytes and never
   compiles;
 - its body becomes a stub that hands the parameters to the interpreter the
   shim carries (sdk/shim/interp.c: ``meshext_interp_enter`` reserves their
@@ -33,7 +33,8 @@ function types, and the table slots of three functions written here for it
 (a native call per function type through ``call_indirect``, and a getter
 and setter of globals).
 
-Compiled stay: the hot set, the interpreter and everything it calls, bodies
+Compiled stay: the hot set, the interpreter and everything it calls, the
+snapshot's restore (``wasm_binary.RESTORE_SNAPSHOT_EXPORT``) and all it calls, bodies
 no bigger than their stub that native code enters, and bodies with an
 instruction the interpreter does not run (``meshext.wasm_code``).
 
@@ -50,10 +51,9 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from meshext import packed_segment, wasm_code
 from meshext import wasm_binary as wb
-from meshext import wasm_code
 from meshext.errors import InternalError
-from meshext.sdk.builder import packed_segment
 
 INTERPRET_ALL_ENV = "MESHEXT_INTERPRET_ALL"
 """Set (to anything but empty or 0): every build runs all it can in the interpreter (:func:`interpret_all`)."""
@@ -110,7 +110,9 @@ def carry_cold_code(module: bytes, *, hot: Iterable[int]) -> ColdCode:
         raise InternalError("cold code: a function type with several results (the interpreter's calls return one)")
     enter, invoke = entry[INTERP_ENTER], entry[INTERP_INVOKE]
 
-    compiled = wasm_code.reachable({enter, invoke}, lambda index: facts[index - first].calls, first=first) | set(hot)
+    # The snapshot's restore runs before memory holds anything, the interpreter's state included.
+    roots = {enter, invoke} | ({entry[wb.RESTORE_SNAPSHOT_EXPORT]} if wb.RESTORE_SNAPSHOT_EXPORT in entry else set())
+    compiled = wasm_code.reachable(roots, lambda index: facts[index - first].calls, first=first) | set(hot)
     defined = range(first, first + len(bodies))
     candidates = {index for index in defined if index not in compiled and facts[index - first].interpretable}
     trampoline_guess = first + len(bodies) + len(types)  # a stub's size does not depend on it much

@@ -13,7 +13,7 @@ the interpreter over it; then :func:`detach` moves what is left of the file
 data (files nothing imported at build time: lazy imports, sources for
 traceback lines) into a passive data segment, which V8 keeps once per
 module instead of in every VM's linear memory (compressed:
-sdk/builder/packed_segment.py).  The header, the entry table
+src/meshext/packed_segment.py).  The header, the entry table
 and the paths stay in memory: they come first, so they take a few pages,
 not one per path.  So does the data of the files an author edits (the
 project's sources): a rebuilt filter then keeps its passive segment, and

@@ -10,9 +10,10 @@ code become 4020 and 1.46 MB, Envoy's time to the first answer 2.60 s ->
 2.11 s and its RSS 165 -> 155 MB (README, "Code size, issue 16").
 
 Only the code is optimised: wasm-opt gets the module without its data (the
-snapshot; the passive segment of the file data, fsimage.detach, as an
-empty stand-in, with memory-packing, the one pass that would read or repack
-it, skipped), and the result gets the original data back, byte for byte.
+snapshot; the passive segment of the file data, fsimage.detach, and the
+one the snapshot will be carried in, as empty stand-ins, with
+memory-packing, the one pass that would read or repack them, skipped), and
+the result gets the original data back, byte for byte.
 No other pass reads memory or segment contents, the function table keeps
 its slots (the heap holds them as function pointers) and exports keep
 their names, so the snapshot stays valid.  What wasm-opt reads is the same
@@ -48,9 +49,11 @@ def optimize(module: bytes) -> bytes:
     if segments is None:
         raise InternalError("the pruned module has data segments that meshext build does not write")
     passive = sum(offset is None for offset, _ in segments)
-    # The code names passive segments (memory.init): they must exist to validate, their contents need not.
-    stand_in = [wb.Section(wb.DATACOUNT, wb.uleb(passive)),
-                wb.Section(wb.DATA, wb.uleb(passive) + b"\x01\x00" * passive)] if passive else []
+    # The code names passive segments (memory.init), and the shim's restore names the one the snapshot will
+    # be carried in: they must exist to validate, their contents need not.
+    named = max(passive, wb.PACKED_SNAPSHOT_SEGMENT + 1) if passive else 0
+    stand_in = [wb.Section(wb.DATACOUNT, wb.uleb(named)),
+                wb.Section(wb.DATA, wb.uleb(named) + b"\x01\x00" * named)] if passive else []
     code_part = [section for section in sections if section.id not in _DATA_SECTIONS and section.id != wb.CUSTOM]
     code_part = _in_section_order(code_part + stand_in)
     key = content_key([_ALGORITHM, toolchain.BINARYEN_VERSION.encode(), " ".join(OPTIONS).encode(),

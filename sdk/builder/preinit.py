@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import wasmtime
 
 from meshext import compiled_modules as modules
-from meshext import wasm_binary
-from meshext.sdk.builder import fsimage, packed_segment
+from meshext import packed_segment, wasm_binary
+from meshext.sdk.builder import fsimage
 
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error", "critical")
 

@@ -229,30 +229,66 @@ done:
     return result;
 }
 
+/* A reader of Proxy-Wasm's serialized header map: u32 count, then count (u32 key size, u32 value size),
+ * then each key and each value followed by a NUL.  A malformed answer reads as its well-formed start. */
+typedef struct {
+    const char *sizes, *cursor, *end;
+    uint32_t left;
+} pair_reader;
+
+static void pairs_open(pair_reader *reader, const char *data, size_t size) {
+    uint32_t count = 0;
+    if (data && size >= 4) memcpy(&count, data, 4);
+    if ((size_t)count * 8 + 4 > size) count = 0;
+    if (!count) {  /* nothing to read, and no arithmetic on a NULL answer */
+        *reader = (pair_reader){0};
+        return;
+    }
+    *reader = (pair_reader){.sizes = data + 4, .cursor = data + 4 + 8 * (size_t)count, .end = data + size,
+                            .left = count};
+}
+
+/* The next pair, or 0 at the end (or where the answer stops being well formed). */
+static int pairs_next(pair_reader *reader, const char **key, uint32_t *key_size, const char **value,
+                      uint32_t *value_size) {
+    if (!reader->left) return 0;
+    memcpy(key_size, reader->sizes, 4);
+    memcpy(value_size, reader->sizes + 4, 4);
+    if ((size_t)(reader->end - reader->cursor) < (size_t)*key_size + *value_size + 2) {
+        reader->left = 0;
+        return 0;
+    }
+    *key = reader->cursor;
+    *value = reader->cursor + *key_size + 1;
+    reader->cursor = *value + *value_size + 1;
+    reader->sizes += 8;
+    reader->left--;
+    return 1;
+}
+
 static PyObject *parse_pairs(const char *data, size_t size) {
-    if (!data || size < 4) return PyList_New(0);
-    uint32_t count;
-    memcpy(&count, data, 4);
-    if ((size_t)count * 8 + 4 > size) return PyList_New(0);
-    PyObject *list = PyList_New(count);
+    pair_reader reader;
+    pairs_open(&reader, data, size);
+    PyObject *list = PyList_New(reader.left);
     if (!list) return NULL;
-    const char *cursor = data + 4 + 8 * (size_t)count;
-    for (uint32_t i = 0; i < count; i++) {
-        uint32_t key_size, value_size;
-        memcpy(&key_size, data + 4 + 8 * i, 4);
-        memcpy(&value_size, data + 8 + 8 * i, 4);
-        PyObject *key = decode_text(cursor, key_size);
-        cursor += key_size + 1;
-        PyObject *value = decode_text(cursor, value_size);
-        cursor += value_size + 1;
-        PyObject *pair = (key && value) ? PyTuple_Pack(2, key, value) : NULL;
-        Py_XDECREF(key);
-        Py_XDECREF(value);
+    const char *key, *value;
+    uint32_t key_size, value_size;
+    Py_ssize_t parsed = 0;
+    while (pairs_next(&reader, &key, &key_size, &value, &value_size)) {
+        PyObject *key_text = decode_text(key, key_size);
+        PyObject *value_text = key_text ? decode_text(value, value_size) : NULL;
+        PyObject *pair = value_text ? PyTuple_Pack(2, key_text, value_text) : NULL;
+        Py_XDECREF(key_text);
+        Py_XDECREF(value_text);
         if (!pair) {
             Py_DECREF(list);
             return NULL;
         }
-        PyList_SET_ITEM(list, i, pair);
+        PyList_SET_ITEM(list, parsed++, pair);
+    }
+    if (parsed < PyList_GET_SIZE(list) && PyList_SetSlice(list, parsed, PyList_GET_SIZE(list), NULL) < 0) {
+        Py_DECREF(list);
+        return NULL;
     }
     return list;
 }
@@ -428,17 +464,11 @@ static PyObject *header_map_get_many(PyObject *self, PyObject *names) {
         PyMem_Free(name_size);
         return NULL;
     }
-    uint32_t count = 0;
-    if (data && size >= 4) memcpy(&count, data, 4);
-    if ((size_t)count * 8 + 4 > size) count = 0;
-    const char *cursor = count ? data + 4 + 8 * (size_t)count : NULL, *end = data + size;
-    for (uint32_t pair = 0; pair < count; pair++) {
-        uint32_t key_size, value_size;
-        memcpy(&key_size, data + 4 + 8 * pair, 4);
-        memcpy(&value_size, data + 8 + 8 * pair, 4);
-        if ((size_t)(end - cursor) < (size_t)key_size + value_size + 2) break;  /* a malformed answer ends here */
-        const char *key = cursor, *value = cursor + key_size + 1;
-        cursor = value + value_size + 1;
+    pair_reader reader;
+    pairs_open(&reader, data, size);
+    const char *key, *value;
+    uint32_t key_size, value_size;
+    while (pairs_next(&reader, &key, &key_size, &value, &value_size)) {
         for (Py_ssize_t i = 0; i < wanted; i++) {
             if (PyTuple_GET_ITEM(values, i) || (size_t)name_size[i] != key_size ||
                 strncasecmp(name_data[i], key, key_size) != 0)

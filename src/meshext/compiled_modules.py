@@ -175,12 +175,12 @@ def _split_data(code: bytes) -> tuple[bytes, MemoryImage] | None:
         return None
     passive = [data for offset, data in segments if offset is None]
     active = [(offset, data) for offset, data in segments if offset is not None]
-    deferred = wb.deferred_snapshot_segment(sections)
-    if deferred is not None and not active and 0 <= deferred < len(passive):
+    deferred = wb.deferred_snapshot(sections)
+    if deferred is not None and not active and 0 <= deferred.segment < len(passive):
         # The snapshot's runs are written at instantiation like active data, and the code-only
         # module's copy of their segment holds none, so its first call restores nothing.
-        active = wb.deferred_runs(passive[deferred])
-        passive[deferred] = wb.EMPTY_DEFERRED_SNAPSHOT
+        active = wb.deferred_runs(passive[deferred.segment], packed=deferred.packed)
+        passive[deferred.segment] = wb.empty_deferred_snapshot(packed=deferred.packed)
     if not active or not memory_exports or imports_memory:
         return None  # no data to set aside, or no way to write it, or memory 0 is not the one defined
     if not passive and wb.find_section(sections, wb.DATACOUNT) is not None:

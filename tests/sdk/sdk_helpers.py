@@ -11,8 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from meshext import wasm_binary
-from meshext.sdk.builder import packed_segment
+from meshext import packed_segment, wasm_binary
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
@@ -84,19 +83,21 @@ class TcpEchoServer:
         self.server.server_close()
 
 
-def with_passive_segment_zero(module: bytes, content: bytes) -> bytes:
-    """``module`` (with no passive segment) with ``content`` as passive data segment 0, packed as
-    `meshext build` packs it (sdk/builder/packed_segment.py)."""
+def with_passive_segments(module: bytes, segment_zero: bytes, snapshot: bytes | None = None) -> bytes:
+    """``module`` (with no passive segment) with ``segment_zero`` as passive data segment 0 and ``snapshot``,
+    if given, as segment 1, each packed as `meshext build` packs them (src/meshext/packed_segment.py)."""
     sections = wasm_binary.parse_sections(module)
     data = wasm_binary.find_section(sections, wasm_binary.DATA)
     assert data is not None
     reader = wasm_binary.Reader(data.payload)
-    count = reader.uleb()
-    packed = packed_segment.pack(content)
-    segment_zero = b"\x01" + wasm_binary.uleb(len(packed)) + packed  # flags 1: passive
-    payload = wasm_binary.uleb(count + 1) + segment_zero + data.payload[reader.position:]
+    packed = [packed_segment.pack(segment_zero)]
+    if snapshot is not None:
+        packed.append(packed_segment.pack(snapshot))
+    count = reader.uleb() + len(packed)
+    added = b"".join(b"\x01" + wasm_binary.uleb(len(segment)) + segment for segment in packed)  # flags 1: passive
+    payload = wasm_binary.uleb(count) + added + data.payload[reader.position:]
     wasm_binary.replace_section(sections, wasm_binary.Section(wasm_binary.DATA, payload))
-    wasm_binary.replace_section(sections, wasm_binary.Section(wasm_binary.DATACOUNT, wasm_binary.uleb(count + 1)))
+    wasm_binary.replace_section(sections, wasm_binary.Section(wasm_binary.DATACOUNT, wasm_binary.uleb(count)))
     return wasm_binary.encode_sections(sections)
 
 

@@ -84,7 +84,7 @@ def test_a_filter_restoring_its_own_snapshot_behaves_as_in_the_test_host(built: 
     # section that marks them, the module is compiled whole and its own restore writes them.
     module = built.read_bytes()
     sections = wb.parse_sections(module)
-    assert wb.deferred_snapshot_segment(sections) is not None
+    assert wb.deferred_snapshot(sections) == wb.DeferredSnapshot(segment=1, packed=True)
     segments = wb.read_data_segments(sections)
     assert segments is not None and all(offset is None for offset, _ in segments)  # no active segment
     unmarked = wb.encode_sections([s for s in sections if s.id != wb.CUSTOM

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import wasmtime
 
-from meshext import wasm_binary
-from meshext.sdk.builder import build_filter, packed_segment
+from meshext import packed_segment, wasm_binary
+from meshext.sdk.builder import build_filter
 from meshext.sdk.builder.pipeline import SDK_DIR
 from meshext.testing import Host
 
@@ -59,9 +59,10 @@ def data(module: Path) -> tuple[list[bytes], bytes]:
     segments = wasm_binary.read_data_segments(sections)
     runs = wasm_binary.initial_memory(sections)
     assert segments is not None and runs is not None
-    snapshot = wasm_binary.deferred_snapshot_segment(sections)
+    snapshot = wasm_binary.deferred_snapshot(sections)
+    assert snapshot is not None
     passive = [packed_segment.unpack(content) if index == 0 else content
-               for index, (offset, content) in enumerate(segments) if offset is None and index != snapshot]
+               for index, (offset, content) in enumerate(segments) if offset is None and index != snapshot.segment]
     memory = bytearray(max(offset + len(content) for offset, content in runs))
     for offset, content in runs:
         memory[offset:offset + len(content)] = content
@@ -112,7 +113,7 @@ class Root(RootContext):
 
 
 def test_random_slices_of_files_in_the_packed_segment_read_as_the_files_are(tmp_path: Path) -> None:
-    # Segment 0 is carried in compressed blocks (sdk/builder/packed_segment.py): slices that start and end
+    # Segment 0 is carried in compressed blocks (src/meshext/packed_segment.py): slices that start and end
     # anywhere, across block boundaries too, against the SDK's files the module carries.
     built = build_filter(project(tmp_path, SLICES), tmp_path / "out.wasm")
     packed = wasm_binary.read_data_segments(wasm_binary.parse_sections(built.output.read_bytes()))[0][1]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import wasmtime
-from sdk_helpers import code_size, with_passive_segment_zero
+from sdk_helpers import code_size, with_passive_segments
 
 from meshext.sdk.builder import build_filter, coldcode, toolchain
 from meshext.sdk.builder.shim import SHIM_SOURCES
@@ -85,7 +85,7 @@ def operations(tmp_path_factory: pytest.TempPathFactory) -> tuple[Operations, Op
     subprocess.run([*toolchain.zig_cc(), "-target", "wasm32-wasi", "-mexec-model=reactor", "-Oz", f"-I{SHIM_SOURCES}",
                     str(SHIM_SOURCES / "interp.c"), str(SHIM_SOURCES / "segment.c"),
                     str(OPERATIONS), "-o", str(output)], check=True)
-    compiled = with_passive_segment_zero(output.read_bytes(), b"")  # where coldcode.py appends the bodies
+    compiled = with_passive_segments(output.read_bytes(), b"")  # where coldcode.py appends the bodies
     carried = coldcode.carry_cold_code(compiled, hot=set())
     assert carried.functions_moved >= 2  # operation() and walk() at least
     native = Operations(compiled)

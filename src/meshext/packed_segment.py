@@ -1,4 +1,4 @@
-"""Passive data segment 0 as the module carries it: cut in blocks, each compressed with DEFLATE.
+"""Passive data segments as the module carries them: cut in blocks, each compressed with DEFLATE.
 
 Segment 0 holds what the module reads at run time but never keeps in every
 VM's memory: the file data memfs.c serves (:func:`fsimage.detach`) and the
@@ -8,7 +8,9 @@ two bytes of a sidecar's RSS; compressed, the header filter's 3.3 MB take
 1.2 MB.  The blocks are compressed apart from each other, so a read inflates
 only the blocks it covers (sdk/shim/segment.c, which documents the layout
 with this module).  Offsets into segment 0 everywhere else in the build
-(file data offsets, the cold region's) count in the unpacked bytes.
+(file data offsets, the cold region's) count in the unpacked bytes.  The
+deferred snapshot's segment (``wasm_binary.defer_snapshot``) is packed the
+same way, and unpacked whole by each VM's first call.
 
 Layout, little endian: ``"MXZ1"``, u32 block size, u32 unpacked size, u32
 block count; block count + 1 u32 offsets, from the segment's start, of each
@@ -53,9 +55,9 @@ def unpack(packed: bytes) -> bytes:
     """The bytes :func:`pack` packed."""
     magic, _block_size, size, count = _HEADER.unpack_from(packed)
     if magic != MAGIC:
-        raise InternalError(f"passive data segment 0 is not packed ({MAGIC.decode()} expected, {magic!r} found)")
+        raise InternalError(f"a packed data segment starts with {magic!r}, not {MAGIC.decode()}")
     offsets = [_OFFSET.unpack_from(packed, _HEADER.size + _OFFSET.size * index)[0] for index in range(count + 1)]
     unpacked = b"".join(zlib.decompress(packed[start:end], -15) for start, end in itertools.pairwise(offsets))
     if len(unpacked) != size:
-        raise InternalError(f"passive data segment 0 unpacks to {len(unpacked)} bytes, not {size}")
+        raise InternalError(f"a packed data segment unpacks to {len(unpacked)} bytes, not {size}")
     return unpacked
