@@ -47,11 +47,12 @@ log = logging.getLogger(__name__)
 # up; it never refuses an allocation.  32 MiB is under a sidecar's heap while
 # it compiles a Python extension, so what the compiler freed goes back at
 # once.  It was 64 MiB until the snapshot was packed (issue 16): the header
-# filter's heap then stayed under 64 MiB and kept its free pages, 124 MB
-# against 111.5 MB at 32 MiB (16-48 MiB give the same); the four extensions
-# in one module 132 MB against 129 MB, a start about 0.2 s slower on a busy
-# machine (pages released while V8 still compiles, then touched again)
-# (benchmarks/sidecar_memory.py, README "tcmalloc's settings").
+# filter's heap then stayed under 64 MiB and kept its free pages, 124.1 MB
+# against 110.4 MB at 32 MiB (16 MiB gives the same); the four extensions in
+# one module 132.2 against 127.1 MB, whose start 32 MiB slows by about 0.1 s
+# (pages released while V8 still compiles, then touched again)
+# (benchmarks/sidecar_memory.py --soft-limits, README "The deferred snapshot
+# packed").
 MEMORY_ALLOCATOR_MANAGER = {
     "bytes_to_release": str(64 << 20),
     "memory_release_interval": "0.5s",

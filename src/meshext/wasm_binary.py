@@ -577,12 +577,12 @@ def _packed_restore_body(segment: int, restored_global: int, restore: int) -> by
 
 
 def _restore_area(runs: Sequence[tuple[int, bytes]], memory_size: int) -> int | None:
-    """The start of the widest stretch of ``memory_size`` bytes that no run writes, if it holds the packed
-    restore's area (16-byte aligned); None if none does."""
-    ends = sorted((offset, offset + len(data)) for offset, data in runs)
-    gaps = [(start, end) for (_, start), (end, _) in zip([(0, 0), *ends], [*ends, (memory_size, memory_size)],
-                                                           strict=True)]
-    start, end = max(gaps, key=lambda gap: gap[1] - gap[0])
+    """The start (16-byte aligned) of the widest stretch of ``memory_size`` bytes that no run writes, above
+    the bytes the restore reads through, if it holds the packed restore's area; None if none does."""
+    writes = sorted((offset, offset + len(data)) for offset, data in runs)
+    gap_starts = [_READ_AT + _RUN_HEADER.size, *(end for _, end in writes)]
+    gap_ends = [*(offset for offset, _ in writes), memory_size]
+    start, end = max(zip(gap_starts, gap_ends, strict=True), key=lambda gap: gap[1] - gap[0])
     start += -start % 16
     return start if end - start >= RESTORE_AREA_SIZE else None
 
