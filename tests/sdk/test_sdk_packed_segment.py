@@ -109,8 +109,9 @@ def run_stream(runs: list[tuple[int, bytes]]) -> bytes:
 
 
 class Restore:
-    """One instance of reader.c whose segment 1 packs ``runs`` as a deferred snapshot; memory from ``base`` on
-    (4 MiB grown for the test) starts as 0xAA bytes, as if something else were there."""
+    """One instance of reader.c whose segment 1 packs ``stream`` (:func:`run_stream`) as the build packs a
+    deferred snapshot; memory from ``base`` on (4 MiB grown for the test) starts as 0xAA bytes, as if
+    something else were there."""
 
     SIZE = 4 << 20
 
