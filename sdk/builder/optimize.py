@@ -51,7 +51,7 @@ def optimize(module: bytes) -> bytes:
     passive = sum(offset is None for offset, _ in segments)
     # The code names passive segments (memory.init), and the shim's restore names the one the snapshot will
     # be carried in: they must exist to validate, their contents need not.
-    named = max(passive, wb.PACKED_SNAPSHOT_SEGMENT + 1) if passive else 0
+    named = max(passive, wb.PACKED_SNAPSHOT_SEGMENT + 1)
     stand_in = [wb.Section(wb.DATACOUNT, wb.uleb(named)),
                 wb.Section(wb.DATA, wb.uleb(named) + b"\x01\x00" * named)] if passive else []
     code_part = [section for section in sections if section.id not in _DATA_SECTIONS and section.id != wb.CUSTOM]

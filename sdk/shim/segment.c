@@ -321,9 +321,30 @@ static void inflate(const uint8_t *in, uint32_t in_size, uint8_t *out, uint32_t 
     if (s->out_position != out_size) trap();
 }
 
-/* ---- the packed segment ---- */
+/* ---- the packed layout ---- */
 
-static uint32_t block_size, unpacked_size, block_count;
+typedef struct {
+    uint32_t block_size, unpacked_size, block_count;
+} packed_layout;
+
+/* The layout from a segment's first PACKED_HEADER_SIZE bytes; traps on a header the build does not write. */
+HOT void read_layout(packed_layout *layout, const uint8_t *header) {
+    if (u32_at(header) != PACKED_MAGIC) trap();
+    layout->block_size = u32_at(header + 4);
+    layout->unpacked_size = u32_at(header + 8);
+    layout->block_count = u32_at(header + 12);
+    if (!layout->block_size || (uint64_t)layout->block_size * layout->block_count < layout->unpacked_size) trap();
+}
+
+/* Unpacked bytes of block `index`: the block size, the last block what is left. */
+HOT uint32_t block_length(const packed_layout *layout, uint32_t index) {
+    uint32_t start = index * layout->block_size;
+    return layout->unpacked_size - start < layout->block_size ? layout->unpacked_size - start : layout->block_size;
+}
+
+/* ---- segment 0 ---- */
+
+static packed_layout segment_zero;
 static uint32_t *starts;        /* block_count + 1 offsets into the segment */
 static uint8_t *compressed;     /* room for the largest compressed block */
 static uint8_t *block;          /* the block last inflated */
@@ -339,11 +360,8 @@ static void *allocate(size_t size) {
 static void open_segment(void) {
     uint8_t header[PACKED_HEADER_SIZE];
     copy_packed(header, 0, sizeof header);
-    if (u32_at(header) != PACKED_MAGIC) trap();
-    block_size = u32_at(header + 4);
-    unpacked_size = u32_at(header + 8);
-    block_count = u32_at(header + 12);
-    if (!block_size || (uint64_t)block_size * block_count < unpacked_size) trap();
+    read_layout(&segment_zero, header);
+    uint32_t block_count = segment_zero.block_count;
     starts = allocate(((size_t)block_count + 1) * sizeof *starts);
     copy_packed(starts, PACKED_HEADER_SIZE, (block_count + 1) * (uint32_t)sizeof *starts);
     uint32_t largest = 0;
@@ -352,7 +370,7 @@ static void open_segment(void) {
         if (starts[i + 1] - starts[i] > largest) largest = starts[i + 1] - starts[i];
     }
     compressed = allocate(largest);
-    block = allocate(block_size);
+    block = allocate(segment_zero.block_size);
     work = allocate(sizeof *work);
 }
 
@@ -360,23 +378,21 @@ static void load_block(uint32_t index) {
     if (index == block_index) return;
     uint32_t size = starts[index + 1] - starts[index];
     copy_packed(compressed, starts[index], size);
-    uint32_t start = index * block_size;
-    uint32_t length = unpacked_size - start < block_size ? unpacked_size - start : block_size;
     block_index = UINT32_MAX;  /* a trap inside leaves no half-inflated block behind as good */
-    inflate(compressed, size, block, length, work);
+    inflate(compressed, size, block, block_length(&segment_zero, index), work);
     block_index = index;
 }
 
 void meshext_copy_from_segment(void *destination, uint32_t offset, uint32_t size) {
     if (!size) return;
     if (!starts) open_segment();
-    if (offset > unpacked_size || size > unpacked_size - offset) trap();
+    if (offset > segment_zero.unpacked_size || size > segment_zero.unpacked_size - offset) trap();
     uint8_t *to = destination;
     while (size) {
-        uint32_t index = offset / block_size, within = offset % block_size;
+        uint32_t index = offset / segment_zero.block_size, within = offset % segment_zero.block_size;
         load_block(index);
-        uint32_t block_end = index + 1 == block_count ? unpacked_size - index * block_size : block_size;
-        uint32_t n = block_end - within < size ? block_end - within : size;
+        uint32_t left = block_length(&segment_zero, index) - within;
+        uint32_t n = left < size ? left : size;
         memcpy(to, block + within, n);
         to += n;
         offset += n;
@@ -394,6 +410,7 @@ void meshext_copy_from_segment(void *destination, uint32_t offset, uint32_t size
 /* All the restore works in: a stretch of memory the snapshot leaves zero and none of its runs covers. */
 typedef struct {
     inflate_work work;
+    packed_layout layout;
     uint8_t header[PACKED_HEADER_SIZE];
     uint8_t run_header[8];
     uint8_t compressed[SNAPSHOT_COMPRESSED_MAX];
@@ -409,19 +426,16 @@ __attribute__((export_name("meshext_restore_snapshot")))
 void meshext_restore_snapshot(restore_area *area, uint32_t area_size, uint32_t packed_at) {
     if (area_size < sizeof *area) trap();
     copy_snapshot(area->header, packed_at, PACKED_HEADER_SIZE);
-    if (u32_at(area->header) != PACKED_MAGIC) trap();
-    uint32_t size_of_block = u32_at(area->header + 4), unpacked = u32_at(area->header + 8);
-    uint32_t count = u32_at(area->header + 12);
-    if (!size_of_block || size_of_block > SNAPSHOT_BLOCK_MAX || (uint64_t)size_of_block * count < unpacked) trap();
+    read_layout(&area->layout, area->header);
+    if (area->layout.block_size > SNAPSHOT_BLOCK_MAX) trap();
     uint32_t header_bytes = 0, remaining = 0, ended = 0;
     uint8_t *destination = 0;
-    for (uint32_t index = 0; index < count; index++) {
+    for (uint32_t index = 0; index < area->layout.block_count; index++) {
         copy_snapshot(area->header, packed_at + PACKED_HEADER_SIZE + 4 * index, 8);
         uint32_t start = u32_at(area->header), end = u32_at(area->header + 4);
         if (end < start || end - start > SNAPSHOT_COMPRESSED_MAX) trap();
         copy_snapshot(area->compressed, packed_at + start, end - start);
-        uint32_t first = index * size_of_block;
-        uint32_t length = unpacked - first < size_of_block ? unpacked - first : size_of_block;
+        uint32_t length = block_length(&area->layout, index);
         inflate(area->compressed, end - start, area->block, length, &area->work);
         for (uint32_t at = 0; at < length && !ended;) {
             if (remaining) {

@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 from meshext.errors import InternalError
 
@@ -35,12 +36,21 @@ _HEADER = struct.Struct("<4sIII")
 _OFFSET = struct.Struct("<I")
 
 
+def _compress(block: bytes) -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15, 9)  # -15: raw DEFLATE, no zlib header
+    return compressor.compress(block) + compressor.flush()
+
+
 def pack(unpacked: bytes) -> bytes:
-    """``unpacked`` in the packed layout (deterministic: the same bytes give the same segment)."""
-    blocks = []
-    for start in range(0, len(unpacked), BLOCK_SIZE):
-        compressor = zlib.compressobj(9, zlib.DEFLATED, -15, 9)  # -15: raw DEFLATE, no zlib header
-        blocks.append(compressor.compress(unpacked[start:start + BLOCK_SIZE]) + compressor.flush())
+    """``unpacked`` in the packed layout (deterministic: the same bytes give the same segment).
+
+    The blocks are compressed apart, so on threads (zlib lets go of the GIL):
+    every build packs segment 0 and the snapshot, about 8 MB at level 9,
+    which took the edit-test loop's rebuild 0.55 s on one core.
+    """
+    with ThreadPoolExecutor() as pool:
+        blocks = list(pool.map(_compress, (unpacked[start:start + BLOCK_SIZE]
+                                           for start in range(0, len(unpacked), BLOCK_SIZE))))
     position = _HEADER.size + _OFFSET.size * (len(blocks) + 1)
     offsets = []
     for block in blocks:
