@@ -110,7 +110,8 @@ class WasmInstance:
             raise self._trap_error(trap, "instantiation (start function)") from None
         except wasmtime.WasmtimeError as error:
             raise MeshextError(f"Envoy would refuse this module: {error}", where=where) from None
-        watch_profile(self, module, self._store, instance)  # $MESHEXT_PROFILE_DIR: what ran, when self goes
+        # $MESHEXT_PROFILE_DIR: what ran when self goes, and in which phase (told before each call from outside)
+        self._enter_profiled = watch_profile(self, module, self._store, instance)
         self._exports: dict[str, ExportedFunction] = {}
         memory = None
         for export_name, item in instance.exports(self._store).items():
@@ -144,6 +145,8 @@ class WasmInstance:
         if self.failed:
             raise MeshextError(f"the VM crashed earlier; {name} not called", where=self.where,
                                fix="see the first WasmTrap; Envoy would also stop using this VM")
+        if self._enter_profiled is not None and not self._depth:
+            self._enter_profiled(name, args)
         self._depth += 1
         try:
             return func(*args)

@@ -4,8 +4,8 @@ Envoy's V8 compiles every function of a module with TurboFan before the
 first request, at about 3 CPU-µs per byte of code, and keeps the machine
 code in every Envoy; after pre-initialisation a filter executes a few
 hundred of CPython's thousands of functions.  ``meshext build --cold-code``
-therefore moves each function outside the hot set (what a profile saw run,
-``meshext.function_profile``) out of the code section:
+therefore moves each function outside the hot set (what the profile saw run,
+``sdk/builder/profile.py``) out of the code section:
 
 - its body, byte for byte, goes into passive data segment 0 (after the file
   data memfs.c reads from it; the segment is carried packed,

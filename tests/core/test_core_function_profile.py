@@ -1,4 +1,4 @@
-"""The function profile `meshext build --cold-code` keeps compiled: what ran, and nothing else."""
+"""The function profile `meshext build --cold-code` keeps compiled: what ran, in which phase, VM by VM."""
 
 from __future__ import annotations
 
@@ -42,17 +42,39 @@ def test_a_profile_names_the_functions_that_ran_and_the_module_still_computes(
     class Owner:
         """Stands for the test host's instance, whose end records the profile."""
 
-    owner = Owner()
-    store = wasmtime.Store(engine())
-    instance = instantiate(wasmtime.Linker(engine()), store, compiled)
-    function_profile.watch(owner, compiled, store, instance)
-    entry = instance.exports(store)["entry"]
-    assert isinstance(entry, wasmtime.Func)
-    assert entry(store) == 42  # instrumenting changed nothing the code computes
-    assert function_profile.executed(tmp_path, module) == set()  # recorded when the owner goes
-    del owner, instance
-    gc.collect()
-    assert function_profile.executed(tmp_path, module) == {0, 1}
+    def run_once(callback: str, arguments: tuple[int, ...]) -> None:
+        owner = Owner()
+        store = wasmtime.Store(engine())
+        instance = instantiate(wasmtime.Linker(engine()), store, compiled)
+        enter = function_profile.watch(owner, compiled, store, instance)
+        assert enter is not None
+        enter(callback, arguments)
+        entry = instance.exports(store)["entry"]
+        assert isinstance(entry, wasmtime.Func)
+        assert entry(store) == 42  # instrumenting changed nothing the code computes
+        del owner, instance
+        gc.collect()
+
+    assert function_profile.executed(tmp_path, module) == []  # recorded when the owner goes
+    run_once("proxy_on_configure", (1, 0))
+    run_once("proxy_on_request_headers", (2, 3, 1))
+    starting, serving = function_profile.STARTING, function_profile.SERVING
+    assert function_profile.executed(tmp_path, module) == [{0: starting, 1: starting}, {0: serving, 1: serving}]
+
+
+@pytest.mark.parametrize(("callback", "arguments", "phase"), [
+    ("_initialize", (), function_profile.STARTING),
+    ("proxy_on_vm_start", (1, 0), function_profile.STARTING),
+    ("proxy_on_configure", (1, 12), function_profile.STARTING),
+    ("proxy_on_context_create", (1, 0), function_profile.STARTING),  # the root context
+    ("proxy_on_context_create", (2, 1), function_profile.SERVING),  # a stream's
+    ("proxy_on_request_headers", (2, 3, 1), function_profile.SERVING),
+    ("proxy_on_tick", (1,), function_profile.SERVING),
+    ("proxy_on_http_call_response", (1, 4, 2, 0, 0), function_profile.SERVING),
+])
+def test_the_phase_of_a_call_is_start_only_for_what_envoy_calls_while_a_vm_starts(
+        callback: str, arguments: tuple[int, ...], phase: int) -> None:
+    assert function_profile.phase_of(callback, arguments) == phase
 
 
 def test_without_the_setting_nothing_is_instrumented(module: bytes, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,10 +18,11 @@ import pytest
 import requests
 from sdk_helpers import EchoServer, cluster, code_size, http_listener
 
+from meshext import function_profile
 from meshext import wasm_binary as wb
 from meshext.envoy import EnvoyProcess
 from meshext.errors import MeshextError
-from meshext.sdk.builder import build_filter, coldcode, toolchain
+from meshext.sdk.builder import build_filter, coldcode, profile, toolchain
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "header-policy"
 POLICY = {
@@ -121,3 +122,12 @@ def test_a_project_whose_tests_fail_is_not_profiled(tmp_path: Path, monkeypatch:
     assert refused.value.where == str(project / "meshext.toml")
     assert refused.value.fix is not None and f"meshext test {project}" in refused.value.fix
     assert not (project / "build" / "failing.wasm").exists()
+
+
+def test_the_hot_set_is_the_workload_and_what_one_test_vm_in_ten_served_with() -> None:
+    starting, serving = function_profile.STARTING, function_profile.SERVING
+    workload = [{1: starting, 2: serving}]
+    # One project's 20 test VMs: function 3 served in two of them (SERVED_SHARE), 4 in one, 5 only started them
+    # all; another project's single VM served with 6.
+    first_tests = [{3: serving} for _ in range(2)] + [{4: serving | starting}] + [{5: starting}] * 17
+    assert profile.choose_hot(workload, [first_tests, [{6: serving}], []]) == {1, 2, 3, 6}
