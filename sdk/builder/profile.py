@@ -19,11 +19,12 @@ compiles the module:
 
 Why not all the tests ran: a suite starts a VM per test, with many
 configurations and bad ones, and tests each edge case once.  Compiled code
-costs every Envoy start about 2 µs per byte (V8 compiles all of it before
-the first request), while a cold function costs only when it runs.  On the
-four extensions' module (2026-12-03, README "What the tests run, compiled"),
-all the tests ran made 0.53 MB of hot code; what they ran serving in one VM
-in ten or more, 0.41 MB, with the same added latency per request.
+costs every Envoy start about 2 µs per byte on two cores (V8 compiles it
+all before the first request), while a cold function costs only when it
+runs.  On the four extensions' module (2026-12-03, README "What the tests
+run, compiled"), all the tests ran made 0.53 MB of hot code; what they ran
+serving in one VM in ten or more, 0.41 MB, with the same added latency per
+request.
 
 A function that neither ran stays correct, only slower: the interpreter runs
 it.  A project whose tests fail is refused, since its profile would be of
